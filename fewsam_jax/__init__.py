@@ -1,0 +1,1 @@
+"""fewsam_jax: few-shot Segment Anything for anatomical segmentation, in JAX/Flax NNX."""

