@@ -7,13 +7,14 @@ temporary name and renamed into place, so a killed conversion never leaves one t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -33,24 +34,40 @@ def models_dir() -> Path:
     return fewsam_home() / "models"
 
 
-def save_model(model: Sam, directory: str | os.PathLike, report: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` to ``directory`` atomically (replacing what was there)."""
+@contextlib.contextmanager
+def atomic_directory(directory: str | os.PathLike) -> Iterator[Path]:
+    """Yield a staging folder that replaces ``directory`` only once the block completes."""
     directory = Path(directory).absolute()
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(staging / "state", nnx.state(model))
-        (staging / "config.json").write_text(
-            json.dumps({"model": model.config.name, "weights_id": model.weights_id}, indent=2)
-        )
-        (staging / "report.json").write_text(json.dumps(report or {}, indent=2))
+        yield staging
         if directory.exists():
             shutil.rmtree(directory)
         staging.rename(directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return directory
+
+
+def save_pytree(path: Path, tree: Any) -> None:
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path.absolute(), tree)
+
+
+def restore_pytree(path: Path, abstract_tree: Any) -> Any:
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(path.absolute(), abstract_tree)
+
+
+def save_model(model: Sam, directory: str | os.PathLike, report: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` to ``directory`` atomically (replacing what was there)."""
+    with atomic_directory(directory) as staging:
+        save_pytree(staging / "state", nnx.state(model))
+        (staging / "config.json").write_text(
+            json.dumps({"model": model.config.name, "weights_id": model.weights_id}, indent=2)
+        )
+        (staging / "report.json").write_text(json.dumps(report or {}, indent=2))
+    return Path(directory)
 
 
 def is_model_dir(path: str | os.PathLike) -> bool:
@@ -70,9 +87,7 @@ def load_model_dir(directory: str | os.PathLike) -> Sam:
     cfg = get_config(meta["model"])
     abstract = nnx.eval_shape(lambda: Sam(cfg, rngs=nnx.Rngs(0), weights_id=meta["weights_id"]))
     graphdef, abstract_state = nnx.split(abstract)
-    with ocp.StandardCheckpointer() as checkpointer:
-        state = checkpointer.restore(directory.absolute() / "state", abstract_state)
-    return nnx.merge(graphdef, state)
+    return nnx.merge(graphdef, restore_pytree(directory / "state", abstract_state))
 
 
 def load_model(name: str = DEFAULT_MODEL, checkpoint: str | os.PathLike | None = None) -> Sam:

@@ -1,0 +1,434 @@
+"""Medical image IO: NIfTI, DICOM series, NumPy arrays and 2D PNG/JPEG as one :class:`Volume`.
+
+Conventions
+-----------
+* ``Volume.array`` is (X, Y, Z) in canonical RAS+ voxel order: index x grows toward the
+  patient's Right, y toward Anterior, z toward Superior (nibabel's "closest canonical";
+  oblique grids keep their obliquity in ``Volume.affine``, only axes are permuted/flipped).
+* The source grid (the file's own voxel order and affine) is remembered, so
+  :func:`save_labels` writes label maps that overlay the source image exactly.
+* 2D slices (:func:`get_slices`) are shown in the radiological display convention: for a
+  slice along ``axis`` the two remaining canonical axes (a, b), a < b, become
+  ``rows = b reversed`` and ``columns = a reversed``. Axial (axis 2): anterior at the top,
+  patient's right on the image's left. Coronal (1): superior at the top, right on the left.
+  Sagittal (0): superior at the top, anterior on the left. For a standard axial DICOM
+  series, ``get_slices(vol, 2)[k]`` equals the k-th slice's ``pixel_array`` (inferior first).
+* 2D images (PNG/JPEG, or 2D arrays) are read like a single axial DICOM slice with 1 mm
+  pixels: columns run toward the patient's left, rows toward posterior, so
+  ``get_slices(vol, 2)[0]`` is the image exactly as a viewer shows it.
+* Intensities: NIfTI/NumPy data stored as integers without scaling keep their integer
+  dtype (label maps stay integer); everything else is float32 (DICOM: Hounsfield units
+  after RescaleSlope/Intercept; RGB images: luminance 0.299 R + 0.587 G + 0.114 B).
+* A 4D input whose extra trailing dimensions are all 1 is squeezed to 3D; other 4D
+  inputs are rejected.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+from nibabel import orientations as ornt_lib
+from PIL import Image
+from pydicom.errors import InvalidDicomError
+from pydicom.misc import is_dicom
+
+__all__ = [
+    "Volume",
+    "VolumeError",
+    "from_array",
+    "get_slices",
+    "load_volume",
+    "save_labels",
+    "stack_slices",
+]
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_RAS_ORNT = ornt_lib.axcodes2ornt(("R", "A", "S"))
+_IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+_SUPPORTED = ".nii, .nii.gz, .npy, .png, .jpg, .jpeg, a DICOM file or a DICOM series folder"
+
+
+class VolumeError(ValueError):
+    """A volume could not be read, written or is not a valid 3D image."""
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A 3D image in canonical RAS+ voxel order plus what is needed to go back to its source grid.
+
+    Attributes:
+      array: (X, Y, Z) voxels in canonical RAS+ order.
+      affine: (4, 4) voxel index -> RAS+ world (mm) of ``array``.
+      spacing: voxel size in mm along X, Y, Z of ``array``.
+      source_affine: (4, 4) voxel -> RAS+ affine of the source grid (as in the file).
+      source_shape: shape of the source grid.
+      source: the path it was read from, or None.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    source_affine: np.ndarray
+    source_shape: tuple[int, int, int]
+    source: str | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.array.shape
+
+    def to_source(self, array: np.ndarray) -> np.ndarray:
+        """Reorder an array on the canonical grid, shape ``self.shape`` (+ any trailing
+        dims), to the source grid, shape ``source_shape`` (+ the same trailing dims)."""
+        array = np.asarray(array)
+        if array.shape[:3] != self.shape:
+            raise VolumeError(
+                f"array of shape {array.shape} is not on the grid of {self._name()} "
+                f"(expected shape {self.shape})"
+            )
+        back = ornt_lib.ornt_transform(_RAS_ORNT, ornt_lib.io_orientation(self.source_affine))
+        return ornt_lib.apply_orientation(array, back)
+
+    def _name(self) -> str:
+        return self.source or "the volume"
+
+
+def _volume(data: np.ndarray, source_affine: np.ndarray, source: str | None) -> Volume:
+    """Validates source-grid ``data`` (3D, or 2D/4D with singleton dims) and builds a Volume."""
+    name = source or "array"
+    data = np.asarray(data)
+    if data.ndim > 3:
+        extra = data.shape[3:]
+        if any(d != 1 for d in extra):
+            raise VolumeError(
+                f"{name}: {data.ndim}D image of shape {data.shape}; expected a 3D volume "
+                "(4D inputs are accepted only when the extra dimensions are 1)"
+            )
+        data = data.reshape(data.shape[:3])
+    elif data.ndim == 2:
+        data = data[:, :, None]
+    elif data.ndim != 3:
+        raise VolumeError(f"{name}: {data.ndim}D array of shape {data.shape}; expected a 3D volume")
+    if data.size == 0:
+        raise VolumeError(f"{name}: empty image (shape {data.shape})")
+    if data.dtype == bool:
+        data = data.astype(np.uint8)
+    elif not np.issubdtype(data.dtype, np.integer):
+        if not np.issubdtype(data.dtype, np.floating):
+            raise VolumeError(f"{name}: unsupported voxel dtype {data.dtype}; expected numbers")
+        data = data.astype(np.float32, copy=False)
+        bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+        if bad:
+            raise VolumeError(f"{name}: {bad} voxels are NaN or Inf; expected finite intensities")
+    source_affine = np.asarray(source_affine, dtype=np.float64)
+    if (
+        source_affine.shape != (4, 4)
+        or not np.all(np.isfinite(source_affine))
+        or abs(np.linalg.det(source_affine[:3, :3])) < 1e-12
+    ):
+        raise VolumeError(f"{name}: affine must be a finite, invertible (4, 4) matrix, got {source_affine}")
+    ornt = ornt_lib.io_orientation(source_affine)
+    array = ornt_lib.apply_orientation(data, ornt)
+    affine = source_affine @ ornt_lib.inv_ornt_aff(ornt, data.shape)
+    spacing = tuple(float(s) for s in nib.affines.voxel_sizes(affine))
+    return Volume(
+        array=np.ascontiguousarray(array),
+        affine=affine,
+        spacing=spacing,
+        source_affine=source_affine,
+        source_shape=tuple(data.shape),
+        source=source,
+    )
+
+
+def from_array(
+    array: np.ndarray,
+    spacing: tuple[float, float, float] | None = None,
+    affine: np.ndarray | None = None,
+) -> Volume:
+    """Wraps a NumPy array as a Volume.
+
+    Args:
+      array: (X, Y, Z) voxels; or (H, W) an image (read like a PNG, see module doc).
+      spacing: voxel size in mm (default 1 mm); used when ``affine`` is None: the array is
+        then taken to be in canonical RAS+ order already (image: as described for PNGs).
+      affine: (4, 4) voxel -> RAS+ affine of ``array``; the array is reoriented to canonical.
+        If ``spacing`` is also given it must match the affine's voxel sizes.
+    """
+    array = np.asarray(array)
+    if affine is not None:
+        affine = np.asarray(affine, dtype=np.float64)
+        if spacing is not None and affine.shape == (4, 4):
+            sizes = tuple(float(s) for s in nib.affines.voxel_sizes(affine))
+            if not np.allclose(sizes, spacing, rtol=1e-5, atol=1e-6):
+                raise VolumeError(f"array: spacing {tuple(map(float, spacing))} disagrees with the affine's voxel sizes {sizes}")
+        return _volume(array, affine, None)
+    spacing = (1.0, 1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing)
+    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise VolumeError(f"array: spacing must be three positive numbers (mm), got {spacing}")
+    return _canonical_or_image(array, spacing, None)
+
+
+def _canonical_or_image(array: np.ndarray, spacing: tuple[float, float, float], source: str | None) -> Volume:
+    """(H, W) images -> PNG-like layout; anything else is taken as canonical RAS+ already."""
+    if array.ndim == 2:
+        return _volume(array.T, _image_affine(spacing), source)
+    return _volume(array, np.diag([*spacing, 1.0]), source)
+
+
+def load_volume(path: str | os.PathLike) -> Volume:
+    """Reads a volume from a .nii/.nii.gz, .npy, .png/.jpg/.jpeg file or a DICOM series folder.
+
+    A path to a single DICOM file (.dcm, or any name with the DICOM preamble) loads that
+    file's whole series from its folder.
+    Raises:
+      VolumeError: missing/unreadable file, unsupported format, or not a valid 3D image.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise VolumeError(f"{p}: no such file or folder")
+    if p.is_dir():
+        return _load_dicom_series(p)
+    name = p.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        return _load_nifti(p)
+    if name.endswith(".npy"):
+        try:
+            data = np.load(p, allow_pickle=False)
+        except Exception as e:
+            raise VolumeError(f"{p}: cannot read .npy file: {e}") from e
+        return _canonical_or_image(data, (1.0, 1.0, 1.0), str(p))
+    if name.endswith(_IMAGE_EXTS):
+        return _load_image(p)
+    if name.endswith(".dcm") or is_dicom(p):
+        try:
+            uid = str(pydicom.dcmread(p, stop_before_pixels=True).get("SeriesInstanceUID", ""))
+        except Exception as e:
+            raise VolumeError(f"{p}: cannot read DICOM file: {e}") from e
+        return _load_dicom_series(p.parent, uid)
+    raise VolumeError(f"{p}: unsupported file type; expected {_SUPPORTED}")
+
+
+def _load_nifti(p: Path) -> Volume:
+    try:
+        img = nib.load(p)
+        scaled = img.dataobj.slope != 1 or img.dataobj.inter != 0
+        data = np.asanyarray(img.dataobj)
+        if scaled or not np.issubdtype(data.dtype, np.integer):
+            data = np.asarray(data, dtype=np.float32)
+        affine = img.affine
+    except Exception as e:
+        raise VolumeError(f"{p}: cannot read NIfTI file ({type(e).__name__}: {e})") from e
+    return _volume(data, affine, str(p))
+
+
+def _image_affine(spacing: tuple[float, float, float]) -> np.ndarray:
+    """Affine of a (W, H, 1) image grid: columns -> patient left, rows -> posterior (LPS)."""
+    return _LPS_TO_RAS @ np.diag([*spacing, 1.0])
+
+
+def _load_image(p: Path) -> Volume:
+    try:
+        with Image.open(p) as im:
+            im.load()
+            if im.mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F"):
+                grey = np.asarray(im, dtype=np.float32)
+            elif im.mode == "LA":
+                grey = np.asarray(im, dtype=np.float32)[..., 0]
+            else:
+                rgb = np.asarray(im.convert("RGB"), dtype=np.float32)
+                grey = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    except Exception as e:
+        raise VolumeError(f"{p}: cannot read image ({type(e).__name__}: {e})") from e
+    return _canonical_or_image(grey, (1.0, 1.0, 1.0), str(p))
+
+
+def _load_dicom_series(folder: Path, series_uid: str | None = None) -> Volume:
+    """Reads the single series in ``folder`` (or the one with ``series_uid``) as a Volume.
+
+    Source grid: (columns, rows, slices sorted along the slice normal).
+    """
+    headers = []
+    for f in sorted(folder.iterdir()):
+        if not f.is_file():
+            continue
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except InvalidDicomError:
+            continue
+        except Exception as e:
+            raise VolumeError(f"{f}: cannot read DICOM file ({type(e).__name__}: {e})") from e
+        if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
+            headers.append((f, ds))
+    if not headers:
+        raise VolumeError(f"{folder}: no DICOM image files (with ImagePositionPatient) in this folder")
+    by_series: dict[str, list] = {}
+    for f, ds in headers:
+        by_series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((f, ds))
+    if series_uid is not None:
+        by_series = {series_uid: by_series.get(series_uid, [])}
+    elif len(by_series) > 1:
+        listing = ", ".join(f"{uid or '<no UID>'} ({len(v)} files)" for uid, v in by_series.items())
+        raise VolumeError(
+            f"{folder}: {len(by_series)} DICOM series in one folder: {listing}; "
+            "expected one series per folder (or pass one of its files)"
+        )
+    ((uid, items),) = by_series.items()
+    if not items:
+        raise VolumeError(f"{folder}: no DICOM image files of series {series_uid or '<no UID>'} in this folder")
+
+    iop = np.array(items[0][1].ImageOrientationPatient, dtype=np.float64)
+    for f, ds in items:
+        if not np.allclose(np.array(ds.ImageOrientationPatient, dtype=np.float64), iop, atol=1e-4):
+            raise VolumeError(f"{f}: ImageOrientationPatient differs from the rest of series {uid or '<no UID>'} in {folder}")
+    row_dir, col_dir = iop[:3], iop[3:]  # direction of increasing column index, of increasing row index
+    normal = np.cross(row_dir, col_dir)
+    pos = np.array([np.array(ds.ImagePositionPatient, dtype=np.float64) for _, ds in items])
+    order = np.argsort(pos @ normal, kind="stable")
+    items, pos = [items[i] for i in order], pos[order]
+    dist = pos @ normal
+    gaps = np.diff(dist)
+    if len(items) > 1:
+        if np.any(gaps < 1e-3):
+            i = int(np.argmin(gaps))
+            raise VolumeError(
+                f"{folder}: two slices at the same position {dist[i]:.3f} mm along the normal "
+                f"({items[i][0].name}, {items[i + 1][0].name}); expected one slice per position"
+            )
+        step = float(gaps.min())
+        bad = np.flatnonzero(np.abs(gaps - step) > 0.01 * step + 1e-3)
+        if bad.size:
+            i = int(bad[0])
+            raise VolumeError(
+                f"{folder}: non-uniform slice spacing, gap of {gaps[i]:.3f} mm between "
+                f"{items[i][0].name} and {items[i + 1][0].name} (positions {dist[i]:.3f} and "
+                f"{dist[i + 1]:.3f} mm) where {step:.3f} mm was expected: missing slice(s)?"
+            )
+        slice_vec = (pos[-1] - pos[0]) / (len(items) - 1)
+    else:
+        ds = items[0][1]
+        thickness = float(ds.get("SpacingBetweenSlices", None) or ds.get("SliceThickness", None) or 1.0)
+        slice_vec = normal * thickness
+
+    if "PixelSpacing" not in items[0][1]:
+        raise VolumeError(f"{items[0][0]}: no PixelSpacing; expected a CT/MR image series")
+    dr, dc = (float(v) for v in items[0][1].PixelSpacing)  # row spacing, column spacing
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row_dir * dc, col_dir * dr, slice_vec, pos[0]
+
+    slices = []
+    for f, _ in items:
+        try:
+            ds = pydicom.dcmread(f)
+            pix = ds.pixel_array
+        except Exception as e:
+            raise VolumeError(f"{f}: cannot decode DICOM pixel data ({type(e).__name__}: {e})") from e
+        if pix.ndim != 2:
+            raise VolumeError(f"{f}: pixel data of shape {pix.shape}; expected one 2D grey slice per file")
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        inter = float(ds.get("RescaleIntercept", 0) or 0)
+        slices.append((pix.astype(np.float32) * np.float32(slope) + np.float32(inter)).T)
+    shapes = {s.shape for s in slices}
+    if len(shapes) > 1:
+        raise VolumeError(f"{folder}: slices of different sizes {sorted(shapes)} in one series")
+    return _volume(np.stack(slices, axis=2), _LPS_TO_RAS @ lps, str(folder))
+
+
+def save_labels(labels: np.ndarray, like: Volume, path: str | os.PathLike) -> Path:
+    """Writes a label map on ``like``'s canonical grid to ``path`` on the SOURCE grid.
+
+    ``.nii``/``.nii.gz``: NIfTI with exactly ``like.source_affine`` (overlays the source in
+    any viewer); ``.png``: one-slice volumes only, written as ``get_slices(labels, 2)[0]``
+    (the source image's pixel layout). Values must be integers; stored as uint8 when in
+    [0, 255], else int16. Written atomically (temporary file + ``os.replace``).
+
+    Args:
+      labels: (X, Y, Z) integer (or bool / integer-valued float) labels, shape ``like.shape``.
+      like: the Volume the labels belong to.
+      path: output file.
+    Returns: the written path.
+    """
+    p = Path(path)
+    labels = np.asarray(labels)
+    if labels.shape != like.shape:
+        raise VolumeError(f"{p}: labels of shape {labels.shape} do not match {like._name()} (shape {like.shape})")
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+            raise VolumeError(f"{p}: labels must be integer-valued, got dtype {labels.dtype} with non-integer values")
+    lo, hi = int(labels.min()), int(labels.max())
+    if 0 <= lo and hi <= 255:
+        dtype = np.uint8
+    elif -(2**15) <= lo and hi < 2**15:
+        dtype = np.int16
+    else:
+        raise VolumeError(f"{p}: label values {lo}..{hi} do not fit in int16")
+    labels = labels.astype(dtype)
+    name = p.name.lower()
+    if not p.parent.is_dir():
+        raise VolumeError(f"{p}: folder {p.parent} does not exist")
+    if name.endswith((".nii", ".nii.gz")):
+        suffix = ".nii.gz" if name.endswith(".gz") else ".nii"
+        img = nib.Nifti1Image(like.to_source(labels), like.source_affine)
+        img.set_sform(like.source_affine, code=1)
+        img.set_qform(like.source_affine, code=1)
+        img.header.set_xyzt_units("mm")
+
+        def write(tmp):
+            nib.save(img, tmp)
+
+    elif name.endswith(".png"):
+        if like.shape[2] != 1:
+            raise VolumeError(f"{p}: PNG output needs a one-slice volume, got shape {like.shape}; use .nii.gz")
+        if dtype != np.uint8:
+            raise VolumeError(f"{p}: label values {lo}..{hi} do not fit an 8-bit PNG; use .nii.gz")
+        suffix = ".png"
+
+        def write(tmp):
+            Image.fromarray(get_slices(labels, 2)[0]).save(tmp)
+
+    else:
+        raise VolumeError(f"{p}: unsupported output type; expected .nii, .nii.gz or .png")
+    tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp{suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return p
+
+
+def _check_axis(axis: int, ndim: int = 3) -> int:
+    if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
+        raise ValueError(f"axis={axis!r} is out of range for a 3D volume; expected 0, 1 or 2 (or -3..-1)")
+    return int(axis) % ndim
+
+
+def get_slices(volume_array: np.ndarray | Volume, axis: int = 2) -> np.ndarray:
+    """2D slices of a canonical (X, Y, Z) array along ``axis``, in display orientation.
+
+    Args:
+      volume_array: (X, Y, Z) array, or a Volume (its ``array``).
+      axis: 0 sagittal, 1 coronal, 2 axial (default).
+    Returns: (N, H, W) contiguous copy, N = size of ``axis``; rows/columns follow the
+      radiological convention of the module doc (H, W = remaining axes b, a reversed).
+    """
+    a = volume_array.array if isinstance(volume_array, Volume) else np.asarray(volume_array)
+    if a.ndim != 3:
+        raise ValueError(f"volume_array of shape {a.shape}: expected a 3D (X, Y, Z) array")
+    axis = _check_axis(axis)
+    return np.ascontiguousarray(np.moveaxis(a, axis, 0).transpose(0, 2, 1)[:, ::-1, ::-1])
+
+
+def stack_slices(slices: np.ndarray, axis: int = 2) -> np.ndarray:
+    """Inverse of :func:`get_slices`: (N, H, W) display-oriented slices -> canonical 3D array."""
+    s = np.asarray(slices)
+    if s.ndim != 3:
+        raise ValueError(f"slices of shape {s.shape}: expected (N, H, W)")
+    axis = _check_axis(axis)
+    return np.ascontiguousarray(np.moveaxis(s[:, ::-1, ::-1].transpose(0, 2, 1), 0, axis))

@@ -1,0 +1,254 @@
+"""Segmentation metrics: Dice, IoU, HD95 and normalised surface Dice, per volume and per slice.
+
+Pure numpy/scipy (no JAX): metrics run on host label maps after inference.
+
+Conventions (each function repeats the ones it uses):
+
+* Masks are boolean arrays of any dimension ``(*S)``; label maps are integer arrays ``(*S)``.
+  ``spacing`` gives the voxel size in mm along each of the ``len(S)`` axes.
+* Empty masks: Dice/IoU are 1.0 when both masks are empty and 0.0 when exactly one is.
+  HD95 is 0.0 when both are empty and ``inf`` when exactly one is (``to_json`` writes ``null``);
+  surface Dice is 1.0 when both are empty and 0.0 when exactly one is.
+* Surfaces are sets of boundary voxels, ``mask & ~binary_erosion(mask, structure)``, with voxels on
+  the array border counting as boundary. The default structure has full connectivity (3x3x3 in 3D):
+  a voxel touching the background through a face, an edge or a corner is on the boundary. On
+  irregular shapes this tracks the surfel-based surface Dice of DeepMind's surface-distance (the
+  reference implementation of Nikolov et al.) to ~0.02, where face connectivity under-counts by ~0.1
+  at a 1.5 mm tolerance. ``connectivity=1`` (face neighbours only) reproduces MONAI's and medpy's
+  edges, hence MONAI's HD95 and surface Dice, exactly.
+  Distances are Euclidean, in mm, between boundary voxel centres.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+
+def _masks(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both inputs as boolean arrays of one shape ``(*S)``; ``ValueError`` naming both shapes otherwise."""
+    pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred and gt shapes differ: pred {pred.shape} vs gt {gt.shape}")
+    return pred, gt
+
+
+def _overlap(inter: np.ndarray, p: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dice and IoU from voxel counts (arrays of any shape); 1.0 where both masks are empty."""
+    total = p + g
+    union = total - inter
+    dice = np.where(total == 0, 1.0, 2.0 * inter / np.maximum(total, 1))
+    iou = np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+    return dice, iou
+
+
+def dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice coefficient ``2|P&G| / (|P|+|G|)`` of two masks ``(*S)``; 1.0 if both are empty."""
+    pred, gt = _masks(pred, gt)
+    return float(_overlap(np.sum(pred & gt), np.sum(pred), np.sum(gt))[0])
+
+
+def iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Intersection over union ``|P&G| / |P or G|`` of two masks ``(*S)``; 1.0 if both are empty."""
+    pred, gt = _masks(pred, gt)
+    return float(_overlap(np.sum(pred & gt), np.sum(pred), np.sum(gt))[1])
+
+
+def _spacing(spacing: Sequence[float], ndim: int) -> tuple[float, ...]:
+    """``spacing`` (one value or ``ndim`` values, mm) as ``ndim`` positive floats."""
+    arr = np.asarray(spacing, dtype=float)
+    arr = np.full(ndim, arr) if arr.ndim == 0 else arr
+    if arr.shape != (ndim,) or not np.all(arr > 0):
+        raise ValueError(f"spacing must be {ndim} positive values, got {tuple(arr.ravel().tolist())}")
+    return tuple(arr.tolist())
+
+
+def _boundary(mask: np.ndarray, connectivity: int) -> np.ndarray:
+    """Boundary voxels ``(*S)`` of a mask ``(*S)``: those removed by one erosion (border counts as outside)."""
+    structure = ndimage.generate_binary_structure(mask.ndim, connectivity)
+    return mask & ~ndimage.binary_erosion(mask, structure, border_value=0)
+
+
+def surface_distances(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    spacing: Sequence[float],
+    connectivity: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Directed surface distances in mm between two masks ``(*S)``.
+
+    Args:
+      pred, gt: boolean masks of one shape ``(*S)``.
+      spacing: voxel size in mm, ``len(S)`` values (or one value for all axes).
+      connectivity: connectivity of the erosion structure defining boundary voxels, 1..ndim;
+        None (default) means full connectivity (ndim).
+
+    Returns:
+      ``(pred_to_gt, gt_to_pred)``: float64 arrays ``(Bp,)`` and ``(Bg,)`` holding, for every boundary
+      voxel of ``pred`` (resp. ``gt``), the distance to the nearest boundary voxel of the other mask,
+      ``inf`` when the other mask is empty. An empty mask has no boundary voxels (a ``(0,)`` array).
+    """
+    pred, gt = _masks(pred, gt)
+    spacing = _spacing(spacing, pred.ndim)
+    union = pred | gt
+    if not union.any():
+        return np.zeros(0), np.zeros(0)
+    # Cropping to the union's bounding box is exact: every boundary voxel lies inside it, Euclidean
+    # distances do not depend on the box, and voxels beyond it are background as the border is.
+    box = ndimage.find_objects(union.astype(np.uint8))[0]
+    connectivity = pred.ndim if connectivity is None else connectivity
+    surf_p, surf_g = _boundary(pred[box], connectivity), _boundary(gt[box], connectivity)
+
+    def directed(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        if not dst.any():
+            return np.full(int(src.sum()), np.inf)
+        return ndimage.distance_transform_edt(~dst, sampling=spacing)[src]
+
+    return directed(surf_p, surf_g), directed(surf_g, surf_p)
+
+
+def _hd95(pred_to_gt: np.ndarray, gt_to_pred: np.ndarray) -> float:
+    if pred_to_gt.size == 0 and gt_to_pred.size == 0:
+        return 0.0
+    if pred_to_gt.size == 0 or gt_to_pred.size == 0:
+        return math.inf
+    return float(max(np.percentile(pred_to_gt, 95), np.percentile(gt_to_pred, 95)))
+
+
+def _nsd(pred_to_gt: np.ndarray, gt_to_pred: np.ndarray, tolerance_mm: float) -> float:
+    n = pred_to_gt.size + gt_to_pred.size
+    if n == 0:
+        return 1.0
+    return float((np.sum(pred_to_gt <= tolerance_mm) + np.sum(gt_to_pred <= tolerance_mm)) / n)
+
+
+def hd95(
+    pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], connectivity: int | None = None
+) -> float:
+    """95th-percentile Hausdorff distance in mm between two masks ``(*S)``.
+
+    Convention of MONAI (``compute_hausdorff_distance(percentile=95)``) and DeepMind's
+    surface-distance (``compute_robust_hausdorff(d, 95)``): the larger of the two directed 95th
+    percentiles, ``max(P95(pred->gt), P95(gt->pred))`` (numpy's linear interpolation; surface-distance
+    additionally weights by surfel area). medpy instead takes the 95th percentile of both directed sets
+    pooled, which is never larger. Both empty -> 0.0; exactly one empty -> ``inf``.
+    ``spacing``/``connectivity`` as in :func:`surface_distances`.
+    """
+    return _hd95(*surface_distances(pred, gt, spacing, connectivity))
+
+
+def surface_dice(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    spacing: Sequence[float],
+    tolerance_mm: float = 1.0,
+    connectivity: int | None = None,
+) -> float:
+    """Normalised surface Dice (Nikolov et al., 2021) at ``tolerance_mm`` between two masks ``(*S)``.
+
+    Approximated on boundary voxels (each counts as one surface element, as MONAI's
+    ``compute_surface_dice(use_subvoxels=False)``): the number of boundary voxels of either mask lying
+    within ``tolerance_mm`` (inclusive) of the other's boundary, over the total number of boundary
+    voxels of both. Both empty -> 1.0; exactly one empty -> 0.0.
+    ``spacing``/``connectivity`` as in :func:`surface_distances`.
+    """
+    return _nsd(*surface_distances(pred, gt, spacing, connectivity), tolerance_mm)
+
+
+def _per_slice(pred: np.ndarray, gt: np.ndarray, axis: int) -> list[dict[str, Any]]:
+    """2D Dice/IoU of every slice along ``axis`` of two masks ``(*S)``; ``S[axis]`` entries."""
+    p = np.moveaxis(pred, axis, 0).reshape(pred.shape[axis], -1)
+    g = np.moveaxis(gt, axis, 0).reshape(gt.shape[axis], -1)
+    ps, gs = p.sum(1), g.sum(1)
+    d, j = _overlap((p & g).sum(1), ps, gs)
+    empty = (ps + gs) == 0
+    return [
+        {"slice": k, "dice": float(d[k]), "iou": float(j[k]), "empty": bool(empty[k])}
+        for k in range(len(d))
+    ]
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if len(values) else math.nan
+
+
+def evaluate(
+    pred_labels: np.ndarray,
+    gt_labels: np.ndarray,
+    spacing: Sequence[float],
+    classes: Mapping[int, str],
+    per_slice_axis: int | None = 2,
+    tolerance_mm: float = 1.0,
+    connectivity: int | None = None,
+) -> dict[str, Any]:
+    """All metrics for every class of two label maps ``(*S)``.
+
+    Args:
+      pred_labels, gt_labels: integer label maps of one shape ``(*S)`` (``ValueError`` otherwise).
+      spacing: voxel size in mm, ``len(S)`` values.
+      classes: label id -> class name. Label ids absent from ``classes`` (e.g. background 0, or
+        structures not under evaluation) are ignored, in both maps. No name may be ``"mean"``.
+      per_slice_axis: axis along which 2D per-slice Dice/IoU are listed; None skips them (and the
+        ``"per_slice"`` key).
+      tolerance_mm: surface Dice tolerance.
+      connectivity: boundary definition, as in :func:`surface_distances`.
+
+    Returns:
+      ``{name: {"dice", "iou", "hd95", "surface_dice", "pred_voxels", "gt_voxels",
+      "per_slice": [{"slice": k, "dice", "iou", "empty"}, ...]}, ..., "mean": {...}}``.
+      Volume conventions are those of :func:`dice`, :func:`hd95`, :func:`surface_dice`. Per-slice
+      entries of slices where both masks are empty have ``dice == iou == 1.0`` and ``"empty": True``
+      (``False`` elsewhere); filter them out to average over informative slices only. ``"mean"``
+      averages dice, iou and surface_dice over classes, and hd95 over the classes where it is finite,
+      whose number is ``"hd95_finite_classes"`` (hd95 mean is ``nan`` when there is none).
+      Values are Python floats/ints/bools (``inf``/``nan`` possible): use :func:`to_json` to serialise.
+    """
+    pred_labels, gt_labels = np.asarray(pred_labels), np.asarray(gt_labels)
+    if pred_labels.shape != gt_labels.shape:
+        raise ValueError(f"pred and gt shapes differ: pred {pred_labels.shape} vs gt {gt_labels.shape}")
+    if "mean" in classes.values():
+        raise ValueError("'mean' is reserved and cannot be a class name")
+    spacing = _spacing(spacing, pred_labels.ndim)
+    result: dict[str, Any] = {}
+    for label, name in classes.items():
+        pred, gt = pred_labels == label, gt_labels == label
+        d_pg, d_gp = surface_distances(pred, gt, spacing, connectivity)
+        entry = {
+            "dice": dice(pred, gt),
+            "iou": iou(pred, gt),
+            "hd95": _hd95(d_pg, d_gp),
+            "surface_dice": _nsd(d_pg, d_gp, tolerance_mm),
+            "pred_voxels": int(pred.sum()),
+            "gt_voxels": int(gt.sum()),
+        }
+        if per_slice_axis is not None:
+            entry["per_slice"] = _per_slice(pred, gt, per_slice_axis)
+        result[name] = entry
+    entries = list(result.values())
+    finite_hd = [e["hd95"] for e in entries if math.isfinite(e["hd95"])]
+    result["mean"] = {key: _mean([e[key] for e in entries]) for key in ("dice", "iou", "surface_dice")}
+    result["mean"].update(hd95=_mean(finite_hd), hd95_finite_classes=len(finite_hd))
+    return result
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def to_json(result: Mapping[str, Any], indent: int | None = 2) -> str:
+    """Strict JSON text of an :func:`evaluate` result; ``inf``/``nan`` become ``null``."""
+    return json.dumps(_jsonable(result), indent=indent, allow_nan=False)

@@ -1,0 +1,162 @@
+"""SAM's ViT image encoder (``segment_anything.modeling.ImageEncoderViT``) in NHWC.
+
+A ViTDet-style backbone: a strided patch embedding, an absolute position embedding, transformer
+blocks that attend within non-overlapping windows (a few attend globally) with decomposed
+relative position biases, and a convolutional neck down to ``out_chans`` channels.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from fewsam_jax.config import ViTConfig
+from fewsam_jax.modeling.common import MLPBlock, conv, layer_norm, softmax_attention
+
+
+def window_partition(x: jax.Array, window: int) -> jax.Array:
+    """(B, H, W, C) -> (B * nh * nw, window, window, C), zero-padding H and W up to multiples of ``window``."""
+    b, h, w, c = x.shape
+    hp, wp = -(-h // window) * window, -(-w // window) * window
+    x = jnp.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
+    x = x.reshape(b, hp // window, window, wp // window, window, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, window, window, c)
+
+
+def window_unpartition(windows: jax.Array, window: int, hw: tuple[int, int]) -> jax.Array:
+    """Inverse of :func:`window_partition`: (B * nh * nw, window, window, C) -> (B, H, W, C), padding cropped."""
+    h, w = hw
+    nh, nw = -(-h // window), -(-w // window)
+    c = windows.shape[-1]
+    x = windows.reshape(-1, nh, nw, window, window, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, nh * window, nw * window, c)[:, :h, :w]
+
+
+def resize_rel_pos(rel_pos: jax.Array, length: int) -> jax.Array:
+    """(L, C) -> (length, C): linear resampling along L, as ``F.interpolate(mode="linear")`` (align_corners=False)."""
+    size = rel_pos.shape[0]
+    src = np.maximum((np.arange(length, dtype=np.float32) + 0.5) * np.float32(size / length) - 0.5, 0.0)
+    lo = src.astype(np.int64)
+    hi = np.minimum(lo + 1, size - 1)
+    frac = jnp.asarray(src - lo, dtype=rel_pos.dtype)[:, None]
+    return rel_pos[lo] * (1 - frac) + rel_pos[hi] * frac
+
+
+def get_rel_pos(q_size: int, k_size: int, rel_pos: jax.Array) -> jax.Array:
+    """Relative position embeddings for every (query, key) pair along one axis.
+
+    ``rel_pos``: (L, C) table, resized to 2 * max(q_size, k_size) - 1 entries if L differs.
+    Returns (q_size, k_size, C). The shorter axis' coordinates are stretched to the longer one.
+    """
+    length = 2 * max(q_size, k_size) - 1
+    if rel_pos.shape[0] != length:
+        rel_pos = resize_rel_pos(rel_pos, length)
+    q_scale, k_scale = max(k_size / q_size, 1.0), max(q_size / k_size, 1.0)
+    q_coords = np.arange(q_size, dtype=np.float32)[:, None] * np.float32(q_scale)
+    k_coords = np.arange(k_size, dtype=np.float32)[None, :] * np.float32(k_scale)
+    index = (q_coords - k_coords) + np.float32((k_size - 1) * k_scale)
+    return rel_pos[index.astype(np.int64)]
+
+
+class PatchEmbed(nnx.Module):
+    """Non-overlapping patch projection: (B, H, W, in_chans) -> (B, H/p, W/p, embed_dim)."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, *, rngs: nnx.Rngs):
+        self.proj = conv(in_chans, embed_dim, patch_size, rngs, stride=patch_size)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.proj(x)
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention over a (B, H, W, C) grid with optional decomposed relative position bias.
+
+    ``size`` is the grid side the relative position tables are built for: ``rel_pos_h`` and
+    ``rel_pos_w`` have shape (2 * size - 1, C // num_heads).
+    """
+
+    def __init__(self, dim: int, num_heads: int, size: int, *, qkv_bias: bool = True,
+                 use_rel_pos: bool = False, rngs: nnx.Rngs):
+        self.num_heads = num_heads
+        self.qkv = nnx.Linear(dim, 3 * dim, use_bias=qkv_bias, rngs=rngs)
+        self.proj = nnx.Linear(dim, dim, rngs=rngs)
+        self.use_rel_pos = use_rel_pos
+        if use_rel_pos:
+            self.rel_pos_h = nnx.Param(jnp.zeros((2 * size - 1, dim // num_heads)))
+            self.rel_pos_w = nnx.Param(jnp.zeros((2 * size - 1, dim // num_heads)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(B, H, W, C) -> (B, H, W, C)."""
+        b, h, w, c = x.shape
+        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, c // self.num_heads)
+        q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # each (B, heads, H*W, head_dim)
+        bias = None
+        if self.use_rel_pos:
+            rq = q.reshape(b, self.num_heads, h, w, -1)
+            rel_h = jnp.einsum("bnhwc,hkc->bnhwk", rq, get_rel_pos(h, h, self.rel_pos_h[...]))
+            rel_w = jnp.einsum("bnhwc,wkc->bnhwk", rq, get_rel_pos(w, w, self.rel_pos_w[...]))
+            bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, self.num_heads, h * w, h * w)
+        out = softmax_attention(q, k, v, bias)  # (B, heads, H*W, head_dim)
+        return self.proj(out.transpose(0, 2, 1, 3).reshape(b, h, w, c))
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block; attention is windowed when ``window_size > 0``, global otherwise.
+
+    ``input_size`` is the token grid side, used for the relative position tables of global blocks.
+    """
+
+    def __init__(self, dim: int, num_heads: int, input_size: int, *, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = True, use_rel_pos: bool = False, window_size: int = 0, rngs: nnx.Rngs):
+        self.norm1 = layer_norm(dim, rngs)
+        self.attn = Attention(dim, num_heads, window_size or input_size, qkv_bias=qkv_bias,
+                              use_rel_pos=use_rel_pos, rngs=rngs)
+        self.norm2 = layer_norm(dim, rngs)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio), rngs)
+        self.window_size = window_size
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(B, H, W, C) -> (B, H, W, C)."""
+        y = self.norm1(x)
+        if self.window_size > 0:
+            y = window_unpartition(self.attn(window_partition(y, self.window_size)), self.window_size,
+                                   x.shape[1:3])
+        else:
+            y = self.attn(y)
+        x = x + y
+        return x + self.mlp(self.norm2(x))
+
+
+class ImageEncoderViT(nnx.Module):
+    """(B, img_size, img_size, in_chans) images -> (B, E, E, out_chans) embeddings, E = img_size // patch_size."""
+
+    def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
+        self.img_size = cfg.img_size
+        e = cfg.embedding_size
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim, rngs=rngs)
+        self.pos_embed = nnx.Param(jnp.zeros((1, e, e, cfg.embed_dim))) if cfg.use_abs_pos else None
+        self.blocks = nnx.List([
+            Block(cfg.embed_dim, cfg.num_heads, e, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
+                  use_rel_pos=cfg.use_rel_pos,
+                  window_size=0 if i in cfg.global_attn_indexes else cfg.window_size, rngs=rngs)
+            for i in range(cfg.depth)
+        ])
+        self.neck = nnx.List([
+            conv(cfg.embed_dim, cfg.out_chans, 1, rngs, bias=False),
+            layer_norm(cfg.out_chans, rngs),
+            conv(cfg.out_chans, cfg.out_chans, 3, rngs, padding=1, bias=False),
+            layer_norm(cfg.out_chans, rngs),
+        ])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(B, img_size, img_size, in_chans) -> (B, E, E, out_chans)."""
+        x = self.patch_embed(x)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed[...]
+        for block in self.blocks:
+            x = block(x)
+        for layer in self.neck:
+            x = layer(x)
+        return x

@@ -1,0 +1,291 @@
+"""Volume IO: NIfTI orientations round trip, arrays, 2D images, slicing, errors."""
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from fewsam_jax.io import Volume, VolumeError, from_array, get_slices, load_volume, save_labels, stack_slices
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _rot_z(deg):
+    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+
+
+def _affine(m, origin):
+    a = np.eye(4)
+    a[:3, :3], a[:3, 3] = m, origin
+    return a
+
+
+AFFINES = {
+    "RAS": _affine(np.diag([1.5, 2.0, 3.0]), [-10, 20, 5]),
+    "LPS": _affine(np.diag([-1.5, -2.0, 3.0]), [10, -20, 5]),
+    "LAS": _affine(np.diag([-0.8, 0.8, 2.5]), [100, -50, -30]),
+    # voxel axes (0, 1, 2) -> world (S, R, P)
+    "permuted": _affine(np.array([[0, 1.2, 0], [0, 0, -0.7], [2.0, 0, 0]]), [3, 4, 5]),
+    # 20 degrees in-plane rotation of a permuted, flipped grid
+    "oblique": _affine(_rot_z(20) @ np.array([[0, -1.1, 0], [0.9, 0, 0], [0, 0, 2.2]]), [-1, 2, -3]),
+}
+
+
+def _world_of(affine, ijk):
+    return (affine @ np.append(np.asarray(ijk, float), 1.0))[:3]
+
+
+@pytest.mark.parametrize("name", list(AFFINES))
+def test_nifti_orientation_round_trip(tmp_path, name):
+    src_affine = AFFINES[name]
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(5, 6, 7)).astype(np.float32) * 100
+    src = tmp_path / f"img_{name}.nii.gz"
+    nib.save(nib.Nifti1Image(data, src_affine), src)
+    file_affine = nib.load(src).affine
+
+    vol = load_volume(src)
+    assert vol.source == str(src) and vol.source_shape == (5, 6, 7)
+    np.testing.assert_array_equal(vol.source_affine, file_affine)
+    assert nib.aff2axcodes(vol.affine) == ("R", "A", "S")
+    canonical = nib.as_closest_canonical(nib.load(src))
+    np.testing.assert_array_equal(vol.array, canonical.get_fdata(dtype=np.float32))
+    np.testing.assert_allclose(vol.affine, canonical.affine, atol=1e-9)
+    np.testing.assert_allclose(vol.spacing, nib.affines.voxel_sizes(vol.affine), rtol=1e-12)
+    np.testing.assert_allclose(sorted(vol.spacing), sorted(nib.affines.voxel_sizes(file_affine)), rtol=1e-6)
+    # every source voxel lands at the canonical voxel with the same world position
+    inv = np.linalg.inv(vol.affine)
+    for ijk in [(0, 0, 0), (4, 5, 6), (1, 3, 2), (4, 0, 6)]:
+        c = np.round(_world_of(inv, _world_of(file_affine, ijk))).astype(int)
+        assert vol.array[tuple(c)] == data[ijk]
+
+    labels = (np.arange(vol.array.size).reshape(vol.shape) % 7).astype(np.int64)
+    out = save_labels(labels, vol, tmp_path / "labels.nii.gz")
+    written = nib.load(out)
+    np.testing.assert_array_equal(written.affine, file_affine)
+    assert written.get_data_dtype() == np.uint8 and written.shape == (5, 6, 7)
+    np.testing.assert_array_equal(np.asarray(written.dataobj), vol.to_source(labels))
+    # the label map reloads onto the same canonical grid
+    again = load_volume(out)
+    np.testing.assert_array_equal(again.array, labels)
+    np.testing.assert_allclose(again.affine, vol.affine, atol=1e-9)
+    assert again.array.dtype == np.uint8
+
+
+def test_save_labels_int16_plain_nii_and_leaves_no_temp(tmp_path):
+    vol = from_array(np.zeros((3, 4, 5), np.float32), affine=AFFINES["LPS"])
+    labels = np.full(vol.shape, -3, np.int32)
+    labels[0] = 300
+    out = save_labels(labels, vol, tmp_path / "lab.nii")
+    img = nib.load(out)
+    assert img.get_data_dtype() == np.int16
+    np.testing.assert_array_equal(np.asarray(img.dataobj), vol.to_source(labels))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lab.nii"]
+
+
+def test_save_labels_is_atomic(tmp_path, monkeypatch):
+    vol = from_array(np.zeros((3, 4, 5), np.float32))
+    final = tmp_path / "lab.nii.gz"
+    final.write_bytes(b"previous")
+
+    def killed(img, filename):
+        Path(filename).write_bytes(b"half-written")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nib, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_labels(np.ones(vol.shape, np.uint8), vol, final)
+    assert final.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lab.nii.gz"]
+
+
+def test_from_array():
+    a = np.arange(24, dtype=np.float64).reshape(2, 3, 4)
+    vol = from_array(a, spacing=(0.5, 1, 2))
+    assert vol.array.dtype == np.float32 and vol.spacing == (0.5, 1.0, 2.0) and vol.source is None
+    np.testing.assert_array_equal(vol.array, a)
+    np.testing.assert_array_equal(vol.affine, np.diag([0.5, 1, 2, 1]))
+
+    lps = from_array(a, affine=np.diag([-0.5, -1, 2, 1]))
+    np.testing.assert_array_equal(lps.array, a[::-1, ::-1])
+    np.testing.assert_array_equal(lps.to_source(lps.array), a)
+    assert lps.spacing == (0.5, 1.0, 2.0)
+
+    assert from_array(np.zeros((2, 3, 4), bool)).array.dtype == np.uint8
+    assert from_array(np.zeros((2, 3, 4), np.int16)).array.dtype == np.int16
+    with pytest.raises(VolumeError, match=r"spacing \(1\.0, 1\.0, 1\.0\) disagrees"):
+        from_array(a, spacing=(1, 1, 1), affine=np.diag([2.0, 1, 1, 1]))
+
+
+def test_2d_image_convention_png_and_array(tmp_path):
+    h, w = 5, 8
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    path = tmp_path / "img.png"
+    Image.fromarray(rgb).save(path)
+    vol = load_volume(path)
+    grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    assert vol.shape == (w, h, 1) and vol.array.dtype == np.float32
+    np.testing.assert_allclose(get_slices(vol, axis=2)[0], grey, rtol=1e-6)
+    # row 0 of the image is anterior, column 0 is the patient's right (radiological axial view)
+    top_left = vol.affine @ np.array([w - 1, h - 1, 0, 1.0])
+    bottom_right = vol.affine @ np.array([0, 0, 0, 1.0])
+    assert top_left[1] > bottom_right[1] and top_left[0] > bottom_right[0]
+
+    np.testing.assert_array_equal(get_slices(from_array(grey), 2)[0], grey)
+
+    labels = stack_slices((grey > 128).astype(np.uint8)[None] * 3, axis=2)
+    out = save_labels(labels, vol, tmp_path / "mask.png")
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), (grey > 128) * 3)
+    nii = nib.load(save_labels(labels, vol, tmp_path / "mask.nii.gz"))
+    assert nii.shape == (w, h, 1)
+    np.testing.assert_array_equal(np.asarray(nii.dataobj)[:, :, 0], ((grey > 128) * 3).T)
+
+
+def test_grey_jpeg_and_16bit_png(tmp_path):
+    grey = np.tile(np.arange(0, 240, 10, dtype=np.uint8), (6, 1))
+    jpg = tmp_path / "g.jpeg"
+    Image.fromarray(grey).save(jpg, quality=95)
+    np.testing.assert_array_equal(get_slices(load_volume(jpg))[0], np.asarray(Image.open(jpg)))
+
+    deep = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000).astype(np.uint16)
+    png16 = tmp_path / "deep.png"
+    Image.fromarray(deep).save(png16)
+    np.testing.assert_array_equal(get_slices(load_volume(png16))[0], deep.astype(np.float32))
+
+
+def test_npy(tmp_path):
+    a = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
+    np.save(tmp_path / "a.npy", a)
+    np.testing.assert_array_equal(load_volume(tmp_path / "a.npy").array, a)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -1, -3])
+def test_slices_round_trip(axis):
+    a = np.random.default_rng(2).normal(size=(3, 4, 5)).astype(np.float32)
+    s = get_slices(a, axis)
+    n = a.shape[axis]
+    rest = [d for i, d in enumerate(a.shape) if i != axis % 3]
+    assert s.shape == (n, rest[1], rest[0]) and s.flags.c_contiguous
+    np.testing.assert_array_equal(stack_slices(s, axis), a)
+
+
+def test_slice_display_orientation():
+    a = np.zeros((4, 5, 6))
+    a[3, 4, 2] = 1  # right, anterior: axial top-left
+    a[3, 1, 5] = 2  # right, superior: coronal top-left
+    a[2, 4, 5] = 3  # anterior, superior: sagittal top-left
+    assert get_slices(a, 2)[2, 0, 0] == 1
+    assert get_slices(a, 1)[1, 0, 0] == 2
+    assert get_slices(a, 0)[2, 0, 0] == 3
+
+
+# ---- errors -------------------------------------------------------------------------------
+
+
+def _nifti(path, data, affine=np.eye(4)):
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return path
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(VolumeError, match="nope.nii.gz: no such file"):
+        load_volume(tmp_path / "nope.nii.gz")
+
+
+def test_truncated_and_garbage_nifti(tmp_path):
+    p = _nifti(tmp_path / "trunc.nii.gz", np.ones((20, 20, 20), np.float32))
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    with pytest.raises(VolumeError, match="trunc.nii.gz: cannot read NIfTI"):
+        load_volume(p)
+    g = tmp_path / "garbage.nii"
+    g.write_bytes(b"not a nifti header" * 3)
+    with pytest.raises(VolumeError, match="garbage.nii: cannot read NIfTI"):
+        load_volume(g)
+
+
+def test_non_finite_voxels(tmp_path):
+    data = np.zeros((3, 3, 3), np.float32)
+    data[1, 1, 1] = np.nan
+    data[0, 0, 0] = np.inf
+    with pytest.raises(VolumeError, match="nan.nii.gz: 2 voxels are NaN or Inf"):
+        load_volume(_nifti(tmp_path / "nan.nii.gz", data))
+    with pytest.raises(VolumeError, match="array: 2 voxels are NaN or Inf"):
+        from_array(data)
+
+
+def test_4d(tmp_path):
+    with pytest.raises(VolumeError, match=r"t4.nii.gz: 4D image of shape \(3, 3, 3, 2\)"):
+        load_volume(_nifti(tmp_path / "t4.nii.gz", np.zeros((3, 3, 3, 2), np.float32)))
+    assert load_volume(_nifti(tmp_path / "t1.nii.gz", np.zeros((3, 3, 3, 1), np.float32))).shape == (3, 3, 3)
+
+
+def test_empty_and_bad_arrays(tmp_path):
+    with pytest.raises(VolumeError, match=r"array: empty image \(shape \(0, 3, 3\)\)"):
+        from_array(np.zeros((0, 3, 3)))
+    np.save(tmp_path / "empty.npy", np.zeros((3, 0, 3)))
+    with pytest.raises(VolumeError, match="empty.npy: empty image"):
+        load_volume(tmp_path / "empty.npy")
+    with pytest.raises(VolumeError, match="1D array"):
+        from_array(np.zeros(3))
+    with pytest.raises(VolumeError, match="affine must be"):
+        from_array(np.zeros((2, 2, 2)), affine=np.zeros((4, 4)))
+
+
+def test_unsupported_extension(tmp_path):
+    p = tmp_path / "scan.mha"
+    p.write_bytes(b"x")
+    with pytest.raises(VolumeError, match=r"scan.mha: unsupported file type; expected \.nii"):
+        load_volume(p)
+
+
+def test_unreadable_image(tmp_path):
+    p = tmp_path / "broken.png"
+    p.write_bytes(b"\x89PNG not really")
+    with pytest.raises(VolumeError, match="broken.png: cannot read image"):
+        load_volume(p)
+
+
+@pytest.mark.parametrize("axis", [3, -4, 1.0])
+def test_axis_out_of_range(axis):
+    with pytest.raises(ValueError, match=f"axis={axis!r} is out of range"):
+        get_slices(np.zeros((2, 2, 2)), axis)
+    with pytest.raises(ValueError, match=f"axis={axis!r} is out of range"):
+        stack_slices(np.zeros((2, 2, 2)), axis)
+
+
+def test_save_labels_errors(tmp_path):
+    vol = from_array(np.zeros((2, 3, 4), np.float32))
+    with pytest.raises(VolumeError, match=r"bad.nii.gz: labels of shape \(3, 3, 4\) do not match"):
+        save_labels(np.zeros((3, 3, 4), np.uint8), vol, tmp_path / "bad.nii.gz")
+    with pytest.raises(VolumeError, match="frac.nii.gz: labels must be integer-valued"):
+        save_labels(np.full(vol.shape, 0.5), vol, tmp_path / "frac.nii.gz")
+    with pytest.raises(VolumeError, match="big.nii.gz: label values 70000..70000 do not fit"):
+        save_labels(np.full(vol.shape, 70000), vol, tmp_path / "big.nii.gz")
+    with pytest.raises(VolumeError, match=r"lab.mha: unsupported output type"):
+        save_labels(np.zeros(vol.shape, np.uint8), vol, tmp_path / "lab.mha")
+    with pytest.raises(VolumeError, match="does not exist"):
+        save_labels(np.zeros(vol.shape, np.uint8), vol, tmp_path / "no" / "lab.nii.gz")
+    with pytest.raises(VolumeError, match="lab.png: PNG output needs a one-slice volume"):
+        save_labels(np.zeros(vol.shape, np.uint8), vol, tmp_path / "lab.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- shared data --------------------------------------------------------------------------
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data folder {SHARED} is absent")
+def test_shared_nifti_and_images():
+    ct = load_volume(SHARED / "totalseg_ct" / "ct_small_3mm.nii.gz")
+    seg = load_volume(SHARED / "totalseg_ct" / "ct_small_3mm_seg.nii.gz")
+    assert ct.shape == seg.shape == (122, 101, 30) and ct.spacing == (3.0, 3.0, 3.0)
+    np.testing.assert_allclose(ct.affine, seg.affine, atol=1e-4)
+    assert np.issubdtype(seg.array.dtype, np.integer)
+    xray = load_volume(SHARED / "cxr_lungs" / "1.jpg")
+    assert xray.shape == (512, 512, 1)
+    png = load_volume(SHARED / "ct_slices_2d" / "images" / "amos_0004_75.png")
+    assert png.shape[2] == 1 and isinstance(png, Volume)
