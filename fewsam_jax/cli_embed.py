@@ -1,0 +1,99 @@
+"""``fewsam embed`` and ``fewsam cache``: fill, inspect and evict the slice-embedding cache."""
+
+from __future__ import annotations
+
+import argparse
+
+from fewsam_jax.preprocess import WINDOWS, Intensity
+
+DEFAULT_MODEL = "litemedsam"  # as fewsam_jax.weights.DEFAULT_MODEL; not imported to keep `fewsam --help` fast
+
+
+def _embed(args: argparse.Namespace) -> None:
+    from fewsam_jax.cache import embed_volume
+    from fewsam_jax.io import load_volume
+    from fewsam_jax.weights import load_model
+
+    volume = load_volume(args.image)  # bad inputs fail before the model loads
+    intensity = Intensity.parse(args.window or args.intensity)
+    entry = embed_volume(
+        volume,
+        load_model(args.model),
+        axis=args.axis,
+        intensity=intensity,
+        cache=args.cache,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        progress=not args.quiet,
+    )
+    computed = len(entry.computed)
+    print(
+        f"{entry.num_slices} slices of {entry.slice_shape[0]}x{entry.slice_shape[1]} along axis {entry.axis}: "
+        f"{computed} encoded, {entry.num_slices - computed} from the cache; embeddings "
+        f"{entry.embedding_shape} float16 in {entry.path}"
+    )
+
+
+def _cache_info(args: argparse.Namespace) -> None:
+    from fewsam_jax.cache import EmbeddingCache
+
+    cache = EmbeddingCache(args.cache)
+    info = cache.info()
+    if args.model:
+        info = {args.model: info[args.model]} if args.model in info else {}
+    print(f"embedding cache: {cache.root}")
+    if not info:
+        print("empty" if not args.model else f"no entries for model {args.model!r}")
+        return
+    print(f"{'model':<16}{'entries':>9}{'complete':>10}{'slices':>9}{'size':>12}")
+    for model, stats in info.items():
+        size = f"{stats['bytes'] / 2**20:.1f} MiB"
+        print(f"{model:<16}{stats['entries']:>9}{stats['complete']:>10}{stats['slices']:>9}{size:>12}")
+
+
+def _cache_clear(args: argparse.Namespace) -> None:
+    from fewsam_jax.cache import EmbeddingCache
+
+    cache = EmbeddingCache(args.cache)
+    result = cache.clear(args.model)
+    what = f"model {args.model!r}" if args.model else "all models"
+    print(f"removed {result['removed']} entries ({result['bytes'] / 2**20:.1f} MiB) of {what} from {cache.root}")
+    for path in result["in_use"]:
+        print(f"skipped (being written): {path}")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Adds the ``embed`` and ``cache`` subcommands to ``fewsam``'s subparsers."""
+    cache_help = "cache root (default: $FEWSAM_HOME/embeddings)"
+    embed = commands.add_parser(
+        "embed",
+        help="encode every slice of a volume into the embedding cache (resumable)",
+        description="Encode every 2D slice of IMAGE along --axis with the model's frozen image encoder "
+        "and store the embeddings (float16) in the content-addressed cache; rerunning computes only "
+        "missing slices.",
+    )
+    embed.add_argument("image", help="NIfTI, DICOM folder/file, .npy, PNG or JPEG")
+    embed.add_argument("--model", default=DEFAULT_MODEL, help=f"preset name or converted model directory (default {DEFAULT_MODEL})")
+    embed.add_argument("--axis", type=int, default=2, choices=(0, 1, 2), help="slicing axis: 0 sagittal, 1 coronal, 2 axial (default)")
+    intensity = embed.add_mutually_exclusive_group()
+    intensity.add_argument("--window", choices=sorted(WINDOWS), help="CT window preset")
+    intensity.add_argument(
+        "--intensity", default="percentile",
+        help="'window:LEVEL,WIDTH', 'percentile[:LOW,HIGH]' (default, 0.5-99.5) or 'minmax'",
+    )
+    embed.add_argument("--cache", help=cache_help)
+    embed.add_argument("--batch-size", type=int, default=4, help="slices per compiled batch (default 4)")
+    embed.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="encoder compute dtype")
+    embed.add_argument("--quiet", action="store_true", help="no progress bar")
+    embed.set_defaults(run=_embed)
+
+    cache = commands.add_parser("cache", help="inspect or evict the embedding cache")
+    actions = cache.add_subparsers(dest="action", required=True)
+    for name, run, text in (
+        ("info", _cache_info, "entries and size per model"),
+        ("clear", _cache_clear, "delete cached embeddings (entries being written are skipped)"),
+    ):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("--model", help="only this model (default: all)")
+        action.add_argument("--cache", help=cache_help)
+        action.set_defaults(run=run)

@@ -1,0 +1,249 @@
+"""Embedding cache: keys, hit/miss, resume after SIGKILL, torn writes, concurrent writers, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fewsam_jax.cache import CachedEmbeddings, EmbeddingCache, _acquire, _encoder_for, embed_volume, entry_key
+from fewsam_jax.cli_embed import register
+from fewsam_jax.encode import SliceEncoder
+from fewsam_jax.io import from_array, get_slices, load_volume
+from fewsam_jax.preprocess import Intensity
+
+from embed_worker import results, start, tiny_model  # tests/ is on sys.path (pytest's default prepend import mode)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+HIPPOCAMPUS = DATA / "hippocampus" / "imagesTr" / "hippocampus_003_0000.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="session")
+def jax_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("jax-cache")
+
+
+@pytest.fixture(scope="module")
+def encoder(model):
+    return SliceEncoder(model, batch_size=2)  # as embed_worker's default
+
+
+def _volume(seed=0, shape=(40, 30, 8)):
+    return np.random.default_rng(seed).normal(100.0, 30.0, shape).astype(np.float32)
+
+
+def _percentile_slices(array, axis=2):
+    return get_slices(Intensity.parse("percentile").apply(array), axis)
+
+
+def test_hit_miss_and_keys(tmp_path, model, encoder):
+    cache = EmbeddingCache(tmp_path)
+    array = _volume()
+    first = embed_volume(array, encoder, cache=cache, progress=False)
+    assert first.complete and first.computed.tolist() == list(range(8))
+    assert (first.num_slices, first.slice_shape, first.axis) == (8, (30, 40), 2)
+    embeddings = first.load()
+    assert embeddings.shape == (8, 8, 8, 32) and embeddings.dtype == np.float32
+    np.testing.assert_array_equal(first[3], embeddings[3])
+    np.testing.assert_array_equal(first[[6, 1]], embeddings[[6, 1]])
+    np.testing.assert_allclose(embeddings, encoder.encode(_percentile_slices(array)), rtol=2**-10, atol=1e-6)
+
+    again = embed_volume(array, encoder, cache=cache, progress=False)
+    assert again.key == first.key and again.computed.size == 0
+    # the same voxels in another orientation give the same canonical array, hence the same entry
+    flipped = from_array(array[::-1], affine=np.diag([-1.0, 1.0, 1.0, 1.0]))
+    assert embed_volume(flipped, encoder, cache=cache, progress=False).computed.size == 0
+    # every ingredient of the key matters
+    changed = array.copy()
+    changed[0, 0, 0] += 1
+    keys = {
+        first.key,
+        entry_key(changed, "tiny", "tiny-seed0", "percentile:0.5,99.5", 2),
+        entry_key(array, "tiny", "other-weights", "percentile:0.5,99.5", 2),
+        entry_key(array, "tiny", "tiny-seed0", "minmax", 2),
+        entry_key(array, "tiny", "tiny-seed0", "percentile:0.5,99.5", 1),
+        entry_key(array, "tiny", "tiny-seed0", "percentile:0.5,99.5", 2, "bfloat16"),
+        entry_key(array.astype(np.float64), "tiny", "tiny-seed0", "percentile:0.5,99.5", 2),
+    }
+    assert len(keys) == 7 and first.key == entry_key(array, "tiny", "tiny-seed0", "percentile:0.5,99.5", 2)
+    coronal = embed_volume(array, encoder, axis=1, intensity="window:100,200", cache=cache, progress=False)
+    assert (coronal.num_slices, coronal.slice_shape) == (30, (8, 40))
+
+    info = cache.info()
+    assert info["tiny"]["entries"] == 2 and info["tiny"]["complete"] == 2 and info["tiny"]["slices"] == 38
+    assert info["tiny"]["bytes"] > 38 * 8 * 8 * 32 * 2
+    cleared = cache.clear("tiny")
+    assert cleared["removed"] == 2 and cleared["in_use"] == [] and cache.info() == {}
+    assert not (tmp_path / "tiny").exists()
+
+
+def test_embed_volume_compiles_once_per_slice_size(tmp_path, model):
+    for seed in (5, 6, 7):
+        entry = embed_volume(_volume(seed), model, cache=tmp_path, batch_size=3, progress=False)
+        assert entry.computed.size == 8
+    assert _encoder_for(model, 3, "float32").traces == [(3, 30, 40, 1)]
+
+
+def test_subset_of_slices(tmp_path, encoder):
+    array = _volume(8)
+    part = embed_volume(array, encoder, slices=[5, 1, -3], cache=tmp_path, progress=False)
+    assert part.computed.tolist() == [1, 5] and not part.complete
+    assert embed_volume(array, encoder, slices=[5], cache=tmp_path, progress=False).computed.size == 0
+    with pytest.raises(ValueError, match="not in the cache"):
+        part.load()
+    rest = embed_volume(array, encoder, cache=tmp_path, progress=False)
+    assert rest.computed.tolist() == [0, 2, 3, 4, 6, 7] and rest.complete
+    np.testing.assert_array_equal(part.load([1, 5]), rest.load()[[1, 5]])
+    with pytest.raises(ValueError, match="out of range for 8 slices"):
+        embed_volume(array, encoder, slices=[8], cache=tmp_path, progress=False)
+
+
+def test_torn_writes_never_read_as_valid(tmp_path, encoder):
+    """Chunks written without their done flag (a writer killed in between) are recomputed."""
+    array = _volume(1)
+    clean = embed_volume(array, encoder, cache=tmp_path / "clean", progress=False).load()
+    entry = embed_volume(array, encoder, cache=tmp_path / "torn", progress=False)
+    writable = CachedEmbeddings(entry.path, _writable=True)
+    writable._done.oindex[[2, 5]] = False
+    writable._embeddings.oindex[[2, 5]] = np.full((2, 8, 8, 32), 7.0, np.float16)  # garbage, not done
+    assert not entry.complete
+    with pytest.raises(ValueError, match=r"slices \[2, 5\] are not in the cache"):
+        entry.load()
+    with pytest.raises(ValueError, match=r"slices \[5\]"):
+        entry[5]
+    np.testing.assert_array_equal(entry[[0, 1]], clean[:2])  # finished slices stay readable
+    rerun = embed_volume(array, encoder, cache=tmp_path / "torn", progress=False)
+    assert rerun.computed.tolist() == [2, 5]
+    np.testing.assert_array_equal(rerun.load(), clean)
+
+
+def test_resume_after_kill(tmp_path, encoder, jax_cache):
+    """SIGKILL a writer mid-volume; the rerun computes exactly the missing slices."""
+    array = _volume(2, (40, 30, 24))
+    np.save(tmp_path / "vol.npy", array)
+    cache = EmbeddingCache(tmp_path / "cache")
+    proc = start("cache", cache.root, tmp_path / "vol.npy", "--sleep", "0.5", jax_cache=jax_cache)
+    deadline = time.monotonic() + 240
+    done = 0
+    while done < 4:
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, "the worker made no progress"
+        time.sleep(0.05)
+        entries = list(cache.entries("tiny"))
+        if entries and (entries[0] / "meta.json").exists():
+            done = int(CachedEmbeddings(entries[0]).done().sum())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (path,) = cache.entries("tiny")
+    flags = CachedEmbeddings(path).done()
+    assert 4 <= flags.sum() < 24
+    rerun = embed_volume(tmp_path / "vol.npy", encoder, cache=cache, progress=False)
+    assert rerun.path == path and rerun.complete
+    assert rerun.computed.tolist() == np.flatnonzero(~flags).tolist()
+    clean = embed_volume(array, encoder, cache=tmp_path / "clean", progress=False)
+    np.testing.assert_array_equal(rerun.load(), clean.load())
+
+
+def test_concurrent_writers(tmp_path, encoder, jax_cache):
+    """Two processes write one cache: disjoint volumes a and b at once, then both the same volume c."""
+    arrays = {name: _volume(seed) for seed, name in enumerate("abc", start=3)}
+    for name, array in arrays.items():
+        np.save(tmp_path / f"{name}.npy", array)
+    cache = EmbeddingCache(tmp_path / "cache")
+    procs = [start("cache", cache.root, tmp_path / f"{name}.npy", tmp_path / "c.npy", "--sleep", "0.2", jax_cache=jax_cache) for name in "ab"]
+    (a, c1), (b, c2) = [results(p) for p in procs]
+    assert a["computed"] == b["computed"] == list(range(8))
+    assert sorted(c1["computed"] + c2["computed"]) == list(range(8))  # no slice of c encoded twice
+    assert c1["key"] == c2["key"] and len({a["key"], b["key"], c1["key"]}) == 3
+    assert cache.info()["tiny"]["complete"] == 3
+    for result, array in zip((a, b, c1), arrays.values()):
+        clean = embed_volume(array, encoder, cache=tmp_path / "clean", progress=False)
+        assert clean.key == result["key"]
+        np.testing.assert_array_equal(cache.open("tiny", result["key"]).load(), clean.load())
+
+
+def test_clear_skips_entries_being_written(tmp_path, encoder):
+    cache = EmbeddingCache(tmp_path)
+    entry = embed_volume(_volume(), encoder, cache=cache, progress=False)
+    fd = _acquire(entry.path.with_name(entry.key + ".lock"))
+    try:
+        assert cache.clear() == {"removed": 0, "bytes": 0, "in_use": [str(entry.path)]}
+    finally:
+        os.close(fd)
+    assert cache.clear()["removed"] == 1 and cache.info() == {}
+
+
+@pytest.mark.parametrize(
+    "volume, kwargs, message",
+    [
+        (np.full((4, 4, 4), np.nan, np.float32), {}, "NaN or Inf"),
+        (np.zeros((4, 4, 4, 2), np.float32), {}, "4D"),
+        (np.zeros((0, 4, 4), np.float32), {}, "empty"),
+        (np.zeros((4, 4, 4), np.float32), {"axis": 3}, "axis=3 is out of range"),
+        (np.zeros((4, 4, 4), np.float32), {"intensity": "gamma"}, "unknown intensity"),
+        ("missing.nii.gz", {}, "no such file"),
+    ],
+)
+def test_bad_inputs(tmp_path, encoder, volume, kwargs, message):
+    if isinstance(volume, str):
+        volume = tmp_path / volume
+    with pytest.raises(ValueError, match=message):
+        embed_volume(volume, encoder, cache=tmp_path, progress=False, **kwargs)
+    assert not list(EmbeddingCache(tmp_path).entries())
+
+
+def test_cli(tmp_path, model, capsys, monkeypatch):
+    import fewsam_jax.weights
+
+    monkeypatch.setattr(fewsam_jax.weights, "load_model", lambda name: {"tiny-test": model}[name])
+    parser = argparse.ArgumentParser(prog="fewsam")
+    register(parser.add_subparsers(dest="command", required=True))
+
+    def run(*argv):
+        args = parser.parse_args([str(a) for a in argv])
+        args.run(args)
+        return capsys.readouterr().out
+
+    np.save(tmp_path / "vol.npy", _volume())
+    embed = ("embed", tmp_path / "vol.npy", "--model", "tiny-test", "--cache", tmp_path / "cache", "--quiet")
+    assert "8 encoded, 0 from the cache" in run(*embed, "--window", "soft_tissue", "--batch-size", "3")
+    assert "0 encoded, 8 from the cache" in run(*embed, "--intensity", "window:40,400")
+    assert "40 encoded" in run(*embed, "--axis", "0")
+    info = run("cache", "info", "--cache", tmp_path / "cache")
+    assert info.splitlines()[-1].split()[:4] == ["tiny", "2", "2", "48"]
+    assert "no entries for model 'vit_b'" in run("cache", "info", "--model", "vit_b", "--cache", tmp_path / "cache")
+    assert "removed 2 entries" in run("cache", "clear", "--model", "tiny", "--cache", tmp_path / "cache")
+    assert "empty" in run("cache", "info", "--cache", tmp_path / "cache")
+    with pytest.raises(SystemExit):
+        run(*embed, "--window", "liver", "--intensity", "minmax")
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+@pytest.mark.skipif(not HIPPOCAMPUS.exists(), reason=f"needs ../shared/data ({HIPPOCAMPUS} not found)")
+def test_float16_error_real_litemedsam(tmp_path, monkeypatch):
+    """Real LiteMedSAM embeddings of two hippocampus slices: the float16 cache is within half an ulp."""
+    from fewsam_jax.weights import load_model
+
+    monkeypatch.setenv("FEWSAM_HOME", str(tmp_path))
+    source = load_volume(HIPPOCAMPUS)
+    volume = from_array(source.array[:, :, 14:16], spacing=source.spacing)
+    litemedsam = SliceEncoder(load_model("litemedsam"), batch_size=2)
+    entry = embed_volume(volume, litemedsam, progress=False)
+    assert entry.path.is_relative_to(tmp_path / "embeddings" / "litemedsam")
+    exact = litemedsam.encode(get_slices(Intensity.parse("percentile").apply(volume.array), 2))
+    stored = entry.load()
+    assert stored.shape == exact.shape == (2, 64, 64, 256)
+    err = np.abs(stored - exact)
+    assert np.all(err <= 2.0**-11 * np.abs(exact) + 2.0**-25)  # round-to-nearest float16
+    print(f"float16 cache error: max abs {err.max():.2e}, relative to max |x| {err.max() / np.abs(exact).max():.2e}")
