@@ -1,0 +1,83 @@
+"""Segmenting every slice of a volume from its cached embeddings with a trained few-shot decoder."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from scipy import ndimage
+from tqdm.auto import tqdm
+
+from fewsam_jax.fewshot.decoder import FewShotDecoder
+from fewsam_jax.transforms import resized_shape
+
+
+@nnx.jit
+def _decode_batch(decoder: FewShotDecoder, embeddings, tokens, prototypes):
+    logits, presence = decoder(embeddings, tokens, prototypes)
+    return logits, jax.nn.sigmoid(presence)
+
+
+def predict_logits(
+    decoder: FewShotDecoder,
+    tokens: jax.Array,
+    prototypes: jax.Array,
+    embeddings: Iterable[np.ndarray] | np.ndarray,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Low-resolution logits (N, K, L, L) and presence probabilities (N, K) for every slice.
+
+    Slices run in fixed-size batches (the last one padded), so one compilation serves every volume.
+    """
+    embeddings = np.asarray(embeddings)
+    n = len(embeddings)
+    logits, presence = [], []
+    for start in tqdm(range(0, n, batch_size), desc="segment", disable=not progress, unit="batch"):
+        batch = embeddings[start:start + batch_size].astype(np.float32)
+        real = len(batch)
+        if real < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - real, *batch.shape[1:]), np.float32)])
+        out_logits, out_presence = _decode_batch(decoder, jnp.asarray(batch), tokens, prototypes)
+        logits.append(np.asarray(out_logits[:real]))
+        presence.append(np.asarray(out_presence[:real]))
+    return np.concatenate(logits), np.concatenate(presence)
+
+
+def logits_to_native(logits: np.ndarray, slice_shape: tuple[int, int]) -> np.ndarray:
+    """(N, K, L, L) logits in the low-resolution frame -> (N, K, H, W) on the slice's own grid."""
+    n, k, low, _ = logits.shape
+    new_h, new_w = resized_shape(*slice_shape, low)
+    cropped = jnp.asarray(logits[..., :new_h, :new_w])
+    return np.asarray(jax.image.resize(cropped, (n, k, *slice_shape), "linear", antialias=True))
+
+
+def labels_from_logits(
+    logits: np.ndarray, presence: np.ndarray, class_ids: tuple[int, ...], presence_threshold: float = 0.5
+) -> np.ndarray:
+    """Label map (N, H, W): each pixel gets the class with the highest positive logit among the
+    classes judged present on its slice, background (0) where none is positive."""
+    active = np.where((presence >= presence_threshold)[..., None, None], logits, -np.inf)
+    best = active.argmax(axis=1)
+    lut = np.asarray((0, *class_ids))
+    return np.where(active.max(axis=1) > 0, lut[best + 1], 0).astype(np.int32)
+
+
+def postprocess_3d(labels: np.ndarray, class_ids: tuple[int, ...], largest_component: bool = True,
+                   fill_holes: bool = True) -> np.ndarray:
+    """Per class: keep the largest 26-connected component and/or fill holes, in 3D."""
+    out = np.where(np.isin(labels, class_ids), 0, labels)
+    for class_id in class_ids:
+        mask = labels == class_id
+        if largest_component and mask.any():
+            components, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+            if count > 1:
+                sizes = np.bincount(components.ravel())[1:]
+                mask = components == 1 + int(sizes.argmax())
+        if fill_holes:
+            mask = ndimage.binary_fill_holes(mask) & ((out == 0) | mask)
+        out[mask] = class_id
+    return out

@@ -1,0 +1,206 @@
+"""From a few-shot collection to label maps: the whole pipeline around the cached embeddings.
+
+``FewShotSegmenter.train`` embeds the labelled slices (and augmented copies) through the cache,
+trains the decoder on those arrays, and keeps everything needed to segment new volumes: decoder
+parameters, class prompt tokens, the class map, the base model's identity and the intensity and
+axis settings. ``save``/``load`` round-trip it with Orbax, without the collection's images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from fewsam_jax.cache import embed_volume
+from fewsam_jax.config import get_config
+from fewsam_jax.fewshot.augment import AugmentConfig, augment_slices
+from fewsam_jax.fewshot.collection import Collection, load_collection, load_support_item
+from fewsam_jax.fewshot.decoder import FewShotConfig, FewShotDecoder
+from fewsam_jax.fewshot.infer import labels_from_logits, logits_to_native, postprocess_3d, predict_logits
+from fewsam_jax.fewshot.prompts import labels_to_low_res
+from fewsam_jax.fewshot.train import SupportSet, train_decoder
+from fewsam_jax.io import Volume, from_array, get_slices, load_volume, save_labels, stack_slices
+from fewsam_jax.modeling.sam import Sam
+from fewsam_jax.preprocess import Intensity
+from fewsam_jax.weights import atomic_directory, load_model, restore_pytree, save_pytree
+
+# Augmented copies are already normalised to [0, 1]; this window passes them through unchanged.
+IDENTITY_INTENSITY = Intensity.parse("window:0.5,1")
+
+
+def support_set(
+    collection: Collection,
+    sam: Sam,
+    intensity: Intensity,
+    augment: AugmentConfig,
+    cache: Any = None,
+    progress: bool = True,
+) -> SupportSet:
+    """Embed the collection's labelled slices (and their augmented copies) through the cache."""
+    embeddings, labels, groups = [], [], []
+    next_group = 0
+    for item in collection.support:
+        image, label_slices = load_support_item(item, collection.axis)
+        entry = embed_volume(image, sam, axis=collection.axis, intensity=intensity, cache=cache,
+                             slices=item.slices, progress=progress)
+        embeddings.append(entry.load(list(item.slices)))
+        labels.append(label_slices)
+        groups.append(next_group + np.arange(len(item.slices)))
+        if augment.copies:
+            normalised = get_slices(intensity.apply(image.array), collection.axis)[list(item.slices)]
+            aug_images, aug_labels, sources = augment_slices(normalised, label_slices, augment)
+            aug_entry = embed_volume(from_array(stack_slices(aug_images, 2)), sam, axis=2,
+                                     intensity=IDENTITY_INTENSITY, cache=cache, progress=progress)
+            embeddings.append(aug_entry.load())
+            labels.append(aug_labels)
+            groups.append(next_group + sources)
+        next_group += len(item.slices)
+    return SupportSet(
+        embeddings=np.concatenate(embeddings).astype(np.float32),
+        labels=labels_to_low_res(np.concatenate(labels), collection.class_ids, sam.config),
+        groups=np.concatenate(groups),
+        class_ids=collection.class_ids,
+    )
+
+
+@dataclasses.dataclass
+class FewShotSegmenter:
+    """A trained few-shot decoder and all it needs to segment a new volume."""
+
+    decoder: FewShotDecoder
+    tokens: jax.Array  # (K, T, C)
+    prototypes: jax.Array  # (K, C)
+    classes: dict[int, str]
+    model_name: str
+    weights_id: str
+    intensity: Intensity
+    axis: int
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    _sam: Sam | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def class_ids(self) -> tuple[int, ...]:
+        return tuple(sorted(self.classes))
+
+    @classmethod
+    def train(
+        cls,
+        collection: Collection | str | os.PathLike,
+        sam: Sam | str = "litemedsam",
+        config: FewShotConfig = FewShotConfig(),
+        augment: AugmentConfig = AugmentConfig(),
+        intensity: Intensity | str = "percentile",
+        cache: Any = None,
+        progress: bool = True,
+    ) -> "FewShotSegmenter":
+        """Embed the collection's slices (cached), then train the decoder on the cached arrays."""
+        if not isinstance(collection, Collection):
+            collection = load_collection(collection)
+        sam = load_model(sam) if isinstance(sam, str) else sam
+        intensity = Intensity.parse(intensity) if isinstance(intensity, str) else intensity
+        started = time.perf_counter()
+        support = support_set(collection, sam, intensity, augment, cache, progress)
+        embedded = time.perf_counter()
+        decoder = FewShotDecoder(sam, config, rngs=nnx.Rngs(config.seed))
+        losses, tokens, prototypes = train_decoder(decoder, support, progress=progress)
+        info = {
+            "labelled_slices": collection.num_slices,
+            "support_rows": len(support.groups),
+            "augment": dataclasses.asdict(augment),
+            "embed_seconds": round(embedded - started, 2),
+            "train_seconds": round(time.perf_counter() - embedded, 2),
+            "loss_first": losses[0] if losses else None,
+            "loss_last": float(np.mean(losses[-10:])) if losses else None,
+        }
+        return cls(decoder, tokens, prototypes, dict(collection.classes), sam.config.name, sam.weights_id,
+                   intensity, collection.axis, info, sam)
+
+    def sam(self) -> Sam:
+        """The base model (for encoding slices not cached yet), loaded on first use."""
+        if self._sam is None:
+            self._sam = load_model(self.model_name)
+            if self._sam.weights_id != self.weights_id:
+                raise ValueError(
+                    f"the decoder was trained on {self.model_name} weights {self.weights_id[:12]}, but the "
+                    f"cached model has {self._sam.weights_id[:12]}; convert the same checkpoint"
+                )
+        return self._sam
+
+    def predict_volume(self, volume: Volume, cache: Any = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Per-class probabilities on the slice grid and presence per slice.
+
+        Returns logits (N, K, H, W) and presence probabilities (N, K), N slices along ``axis``.
+        """
+        entry = embed_volume(volume, self.sam(), axis=self.axis, intensity=self.intensity, cache=cache,
+                             progress=progress)
+        logits, presence = predict_logits(self.decoder, self.tokens, self.prototypes, entry.load(), progress=progress)
+        return logits_to_native(logits, entry.slice_shape), presence
+
+    def segment(self, volume: Volume | str | os.PathLike, cache: Any = None, postprocess: bool = False,
+                progress: bool = True) -> np.ndarray:
+        """Label map (X, Y, Z) on the volume's canonical grid."""
+        volume = volume if isinstance(volume, Volume) else load_volume(volume)
+        logits, presence = self.predict_volume(volume, cache, progress)
+        labels = stack_slices(
+            labels_from_logits(logits, presence, self.class_ids, self.decoder.config.presence_threshold), self.axis
+        )
+        return postprocess_3d(labels, self.class_ids) if postprocess else labels
+
+    def segment_file(self, image: str | os.PathLike, out: str | os.PathLike, **kwargs) -> Path:
+        """Segment ``image`` and write the label map as NIfTI on its source grid and orientation."""
+        volume = load_volume(image)
+        return save_labels(self.segment(volume, **kwargs), volume, out)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write decoder, prompts and settings to ``directory`` (Orbax + JSON), atomically."""
+        with atomic_directory(directory) as staging:
+            save_pytree(staging / "state", {"decoder": nnx.state(self.decoder), "tokens": self.tokens,
+                                            "prototypes": self.prototypes})
+            meta = {
+                "classes": {str(k): v for k, v in self.classes.items()},
+                "model": self.model_name,
+                "weights_id": self.weights_id,
+                "intensity": self.intensity.key(),
+                "axis": self.axis,
+                "fewshot": dataclasses.asdict(self.decoder.config),
+                "tokens_shape": list(self.tokens.shape),
+                "info": self.info,
+            }
+            (staging / "fewshot.json").write_text(json.dumps(meta, indent=2))
+        return Path(directory)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "FewShotSegmenter":
+        directory = Path(directory)
+        if not (directory / "fewshot.json").is_file():
+            raise FileNotFoundError(f"{directory} is not a trained decoder directory (no fewshot.json); "
+                                    "create one with `fewsam train`")
+        meta = json.loads((directory / "fewshot.json").read_text())
+        config = FewShotConfig(**meta["fewshot"])
+        sam_config = get_config(meta["model"])
+
+        def build():
+            return FewShotDecoder(Sam(sam_config, rngs=nnx.Rngs(0)), config, rngs=nnx.Rngs(0))
+
+        graphdef, abstract_state = nnx.split(nnx.eval_shape(build))
+        k, t, c = meta["tokens_shape"]
+        abstract = {
+            "decoder": abstract_state,
+            "tokens": jax.ShapeDtypeStruct((k, t, c), jnp.float32),
+            "prototypes": jax.ShapeDtypeStruct((k, c), jnp.float32),
+        }
+        restored = restore_pytree(directory / "state", abstract)
+        return cls(
+            nnx.merge(graphdef, restored["decoder"]), restored["tokens"], restored["prototypes"],
+            {int(k): v for k, v in meta["classes"].items()}, meta["model"], meta["weights_id"],
+            Intensity.parse(meta["intensity"]), meta["axis"], meta["info"],
+        )

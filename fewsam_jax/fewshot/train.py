@@ -1,0 +1,179 @@
+"""Training the few-shot decoder with Optax, on cached embeddings only (the encoder is never run).
+
+An episode takes a batch of support slices as targets and prompts every class with few-shot
+embeddings from a random share of the *other* support slices (augmented copies of a target slice
+are excluded with it), so the decoder learns to segment a slice from other slices' examples.
+Loss: focal + Dice on the class masks (padding ignored), binary cross-entropy on the presence logit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from fewsam_jax.fewshot.decoder import FewShotConfig, FewShotDecoder, class_tokens
+from fewsam_jax.fewshot.prompts import IGNORE, region_embeddings, region_fractions, region_positions
+
+
+@dataclasses.dataclass(frozen=True)
+class SupportSet:
+    """Labelled support slices in the model frame.
+
+    embeddings: (S, E, E, C) cached image embeddings; labels: (S, L, L) class indices (0 background,
+    k = ``class_ids[k-1]``, ``IGNORE`` padding); groups: (S,) id of the labelled slice each row comes
+    from (augmented copies share their original's id).
+    """
+
+    embeddings: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+    class_ids: tuple[int, ...]
+
+    def __post_init__(self):
+        s = len(self.embeddings)
+        if s == 0:
+            raise ValueError("the few-shot collection is empty: label at least one slice")
+        if self.labels.shape[0] != s or self.groups.shape != (s,):
+            raise ValueError(
+                f"support arrays disagree: {s} embeddings, {self.labels.shape[0]} label slices, "
+                f"{self.groups.shape[0]} groups"
+            )
+        present = [(self.labels == k).any() for k in range(1, len(self.class_ids) + 1)]
+        missing = [c for c, p in zip(self.class_ids, present) if not p]
+        if missing:
+            raise ValueError(f"class ids {missing} are absent from every support slice; label at least one each")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_ids)
+
+
+def region_stats(decoder: FewShotDecoder, embeddings: jax.Array, labels: jax.Array, num_classes: int):
+    """Prototypes (S, R, C), areas (S, R) and centroid encodings (S, R, C) of every region."""
+    fractions = region_fractions(labels, num_classes, embeddings.shape[1])
+    prototypes, areas = region_embeddings(embeddings, fractions)
+    return prototypes, areas, region_positions(fractions, decoder.dense_pe())
+
+
+def segmentation_loss(logits: jax.Array, presence: jax.Array, labels: jax.Array, cfg: FewShotConfig) -> jax.Array:
+    """Focal + Dice + presence BCE. logits (B, K, L, L), presence (B, K), labels (B, L, L)."""
+    num_classes = logits.shape[1]
+    target = (labels[:, None] == jnp.arange(1, num_classes + 1)[None, :, None, None]).astype(jnp.float32)
+    valid = (labels != IGNORE)[:, None].astype(jnp.float32)
+    focal = optax.sigmoid_focal_loss(logits, target, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
+    focal = (focal * valid).sum(axis=(2, 3)) / jnp.maximum(valid.sum(axis=(2, 3)), 1.0)
+    prob = jax.nn.sigmoid(logits) * valid
+    dice = 1.0 - (2.0 * (prob * target).sum(axis=(2, 3)) + 1.0) / (prob.sum(axis=(2, 3)) + target.sum(axis=(2, 3)) + 1.0)
+    present = (target.sum(axis=(2, 3)) > 0).astype(jnp.float32)
+    presence_loss = optax.sigmoid_binary_cross_entropy(presence, present)
+    per_item = cfg.focal_weight * focal + cfg.dice_weight * dice + cfg.presence_weight * presence_loss
+    return per_item.mean()
+
+
+def trainable_filter(cfg: FewShotConfig):
+    """The parameters training updates; the positional encoding always stays as converted."""
+    heads = ("output_upscaling", "output_hypernetworks_mlps", "iou_prediction_head")
+    if cfg.trainable == "heads":
+        return nnx.All(nnx.Param, nnx.Any(*(nnx.PathContains(h) for h in heads)))
+    return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("pe_layer")))
+
+
+def make_optimizer(decoder: FewShotDecoder, cfg: FewShotConfig) -> nnx.Optimizer:
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, cfg.learning_rate, min(cfg.warmup_steps, max(cfg.steps - 1, 1)), max(cfg.steps, 2)
+    )
+    tx = optax.chain(
+        optax.clip_by_global_norm(cfg.grad_clip),
+        optax.adamw(schedule, weight_decay=cfg.weight_decay),
+    )
+    return nnx.Optimizer(decoder, tx, wrt=trainable_filter(decoder.config))
+
+
+@nnx.jit
+def train_step(decoder, optimizer, embeddings, labels, targets, weights, slice_choice):
+    """One episode: predict the ``targets`` slices from prompts built on the weighted pool."""
+    cfg = decoder.config
+
+    def loss_fn(model):
+        prototypes, areas, positions = region_stats(model, embeddings, labels, slice_choice.shape[0])
+        tokens, fg = class_tokens(model, prototypes, areas, positions, weights, slice_choice)
+        logits, presence = model(embeddings[targets], tokens, fg)
+        return segmentation_loss(logits, presence, labels[targets], cfg)
+
+    loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, trainable_filter(cfg)))(decoder)
+    optimizer.update(decoder, grads)
+    return loss
+
+
+class EpisodeSampler:
+    """Targets and prompt pools for each step, from a NumPy generator (deterministic per seed)."""
+
+    def __init__(self, support: SupportSet, cfg: FewShotConfig):
+        self.cfg = cfg
+        self.groups = support.groups
+        self.present = np.stack([(support.labels == k).any(axis=(1, 2)) for k in range(1, support.num_classes + 1)])
+        self.rng = np.random.default_rng(cfg.seed)
+
+    def __call__(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cfg, groups = self.cfg, self.groups
+        targets = self.rng.choice(len(groups), size=cfg.batch_slices, replace=len(groups) < cfg.batch_slices)
+        others = ~np.isin(groups, groups[targets])
+        if not others.any():  # a single labelled slice: it has to prompt itself
+            others = np.ones_like(others)
+        keep = others & (self.rng.random(len(groups)) < cfg.episode_fraction)
+        # every class needs at least one prompting slice where it is present
+        for present in self.present:
+            if not (keep & present).any():
+                candidates = np.flatnonzero(others & present)
+                if candidates.size == 0:
+                    candidates = np.flatnonzero(present)
+                keep[self.rng.choice(candidates)] = True
+        choice = np.stack([
+            self.rng.choice(np.flatnonzero(keep & present), size=cfg.slice_tokens) for present in self.present
+        ])
+        return targets.astype(np.int32), keep.astype(np.float32), choice.astype(np.int32)
+
+
+def inference_choice(support: SupportSet, slice_tokens: int) -> np.ndarray:
+    """Support slices whose prototypes become each class's individual tokens at inference:
+    evenly spread over the original (first-seen) slices where the class is present."""
+    _, first = np.unique(support.groups, return_index=True)
+    rows = []
+    for k in range(1, support.num_classes + 1):
+        present = np.array([i for i in np.sort(first) if (support.labels[i] == k).any()])
+        if present.size == 0:
+            present = np.flatnonzero((support.labels == k).any(axis=(1, 2)))
+        rows.append(present[np.linspace(0, present.size - 1, slice_tokens).round().astype(int)])
+    return np.stack(rows).astype(np.int32)
+
+
+@nnx.jit
+def final_tokens(decoder, embeddings, labels, slice_choice):
+    prototypes, areas, positions = region_stats(decoder, embeddings, labels, slice_choice.shape[0])
+    weights = jnp.ones((embeddings.shape[0],), jnp.float32)
+    return class_tokens(decoder, prototypes, areas, positions, weights, slice_choice)
+
+
+def train_decoder(decoder: FewShotDecoder, support: SupportSet, progress: bool = True) -> tuple[list[float], jax.Array, jax.Array]:
+    """Train ``decoder`` in place; returns the loss per step and the inference tokens (K, T, C),
+    prototypes (K, C) built from the whole support set."""
+    cfg = decoder.config
+    embeddings = jnp.asarray(support.embeddings, jnp.float32)
+    labels = jnp.asarray(support.labels, jnp.int32)
+    optimizer = make_optimizer(decoder, cfg)
+    sampler = EpisodeSampler(support, cfg)
+    losses = []
+    with tqdm(range(cfg.steps), desc="train decoder", disable=not progress, unit="step") as bar:
+        for _ in bar:
+            targets, weights, choice = sampler()
+            loss = float(train_step(decoder, optimizer, embeddings, labels, targets, weights, choice))
+            losses.append(loss)
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+    tokens, prototypes = final_tokens(decoder, embeddings, labels, jnp.asarray(inference_choice(support, cfg.slice_tokens)))
+    return losses, tokens, prototypes

@@ -1,0 +1,50 @@
+"""Shared fixtures: an isolated FEWSAM_HOME, the tiny random SAM and the real LiteMedSAM."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Tests never read or write the user's cache. One folder serves every xdist worker of a run
+# (conversion happens once per run, under a lock).
+os.environ["FEWSAM_HOME"] = os.environ.get(
+    "FEWSAM_TEST_HOME", str(Path(tempfile.gettempdir()) / f"fewsam-test-home-{os.getuid()}")
+)
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, skipping the test with the reason when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs the shared data set: {path} is absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sam():
+    """The `tiny` SAM with random weights (seed 0)."""
+    from flax import nnx
+
+    from fewsam_jax.config import tiny
+    from fewsam_jax.modeling.sam import Sam
+
+    return Sam(tiny(), rngs=nnx.Rngs(0), weights_id="tiny-seed0")
+
+
+@pytest.fixture(scope="session")
+def litemedsam():
+    """The real LiteMedSAM, converted once per test run into the test FEWSAM_HOME."""
+    from fewsam_jax.weights import cached_model_dir, fewsam_home, load_model_dir
+
+    home = fewsam_home()
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".convert.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        directory = cached_model_dir("litemedsam")
+    return load_model_dir(directory)

@@ -1,0 +1,137 @@
+"""The few-shot decoder end to end on synthetic volumes with the tiny random SAM.
+
+Shapes are easy to learn: a bright ellipse (class 1) and a mid-grey bar (class 2, absent from
+some slices) on a dark, noisy background, both moving from slice to slice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import nibabel as nib
+import numpy as np
+import pytest
+
+from fewsam_jax import metrics
+from fewsam_jax.fewshot import AugmentConfig, FewShotConfig, FewShotSegmenter, load_collection
+from fewsam_jax.fewshot.infer import labels_from_logits, postprocess_3d
+from fewsam_jax.io import get_slices, load_volume
+
+CONFIG = FewShotConfig(steps=150, batch_slices=2, learning_rate=1e-3, warmup_steps=5, slice_tokens=2)
+
+
+def synthetic_volume(seed: int, shape=(48, 40, 12)) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x, y = np.mgrid[: shape[0], : shape[1]]
+    image = rng.normal(0.1, 0.03, shape).astype(np.float32)
+    labels = np.zeros(shape, np.uint8)
+    for z in range(shape[2]):
+        cx, cy = 24 + 6 * np.sin(z / 2 + seed), 20 + 4 * np.cos(z / 3)
+        ellipse = ((x - cx) / 11) ** 2 + ((y - cy) / 8) ** 2 < 1
+        labels[..., z][ellipse] = 1
+        if z % 3:
+            bar = (np.abs(x - 8) < 5) & (np.abs(y - cy) < 12)
+            labels[..., z][bar & ~ellipse] = 2
+    image += 0.8 * (labels == 1) + 0.45 * (labels == 2)
+    return image, labels
+
+
+def write_case(folder, name, seed, affine=np.diag([1.5, 1.0, 2.0, 1.0])):
+    image, labels = synthetic_volume(seed)
+    nib.save(nib.Nifti1Image(image, affine), folder / f"{name}.nii.gz")
+    nib.save(nib.Nifti1Image(labels, affine), folder / f"{name}_seg.nii.gz")
+    return folder / f"{name}.nii.gz", folder / f"{name}_seg.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_sam, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fewshot")
+    write_case(folder, "a", seed=0)
+    test_image, test_labels = write_case(folder, "b", seed=1, affine=np.diag([-1.5, -1.0, 2.0, 1.0]))
+    manifest = folder / "manifest.json"
+    manifest.write_text(json.dumps({
+        "classes": {"1": "ellipse", "2": "bar"}, "axis": 2,
+        "support": [{"image": "a.nii.gz", "labels": "a_seg.nii.gz", "slices": [0, 2, 4, 6, 9]}],
+    }))
+    segmenter = FewShotSegmenter.train(manifest, sam=tiny_sam, config=CONFIG, augment=AugmentConfig(copies=1),
+                                       cache=folder / "cache", progress=False)
+    untrained = FewShotSegmenter.train(manifest, sam=tiny_sam, config=dataclasses.replace(CONFIG, steps=0),
+                                       augment=AugmentConfig(copies=1), cache=folder / "cache", progress=False)
+    return dict(folder=folder, segmenter=segmenter, untrained=untrained, test_image=test_image,
+                test_labels=test_labels, cache=folder / "cache", sam=tiny_sam)
+
+
+def dice_per_class(pred, truth):
+    return [metrics.dice(pred == c, truth == c) for c in (1, 2)]
+
+
+def test_training_lowers_the_loss(trained):
+    info = trained["segmenter"].info
+    assert info["loss_last"] < 0.7 * info["loss_first"], info
+
+
+def test_trained_beats_untrained(trained):
+    truth = np.rint(load_volume(trained["test_labels"]).array)
+    scores = {}
+    for name in ("segmenter", "untrained"):
+        pred = trained[name].segment(trained["test_image"], cache=trained["cache"], progress=False)
+        scores[name] = dice_per_class(pred, truth)
+    assert np.mean(scores["segmenter"]) > np.mean(scores["untrained"]) + 0.2, scores
+    assert scores["segmenter"][0] > 0.6, scores
+
+
+def test_absent_class_suppressed_on_empty_slices(trained):
+    segmenter = trained["segmenter"]
+    volume = load_volume(trained["test_image"])
+    truth = get_slices(np.rint(load_volume(trained["test_labels"]).array).astype(int), 2)
+    _, presence = segmenter.predict_volume(volume, cache=trained["cache"], progress=False)
+    has_bar = (truth == 2).any(axis=(1, 2))
+    suppressed = presence[~has_bar, 1] < CONFIG.presence_threshold
+    assert suppressed.mean() >= 0.75, (presence[:, 1], has_bar)
+    assert presence[has_bar, 1].mean() > presence[~has_bar, 1].mean() + 0.3, (presence[:, 1], has_bar)
+    assert (presence[:, 0] > CONFIG.presence_threshold).all()  # the ellipse is on every slice
+
+
+def test_saved_decoder_reloads_to_identical_predictions(trained, tmp_path):
+    segmenter = trained["segmenter"]
+    segmenter.save(tmp_path / "decoder")
+    reloaded = FewShotSegmenter.load(tmp_path / "decoder")
+    reloaded._sam = trained["sam"]  # the tiny test model is not a registered checkpoint
+    volume = load_volume(trained["test_image"])
+    a = segmenter.predict_volume(volume, cache=trained["cache"], progress=False)
+    b = reloaded.predict_volume(volume, cache=trained["cache"], progress=False)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert reloaded.classes == {1: "ellipse", 2: "bar"} and reloaded.intensity == segmenter.intensity
+
+
+def test_written_labels_overlay_the_source(trained, tmp_path):
+    out = trained["segmenter"].segment_file(trained["test_image"], tmp_path / "pred.nii.gz", cache=trained["cache"],
+                                            progress=False)
+    written, source = nib.load(out), nib.load(trained["test_image"])
+    np.testing.assert_array_equal(written.affine, source.affine)
+    assert written.shape == source.shape
+    truth = np.asarray(nib.load(trained["test_labels"]).dataobj)
+    assert metrics.dice(np.asarray(written.dataobj) == 1, truth == 1) > 0.6
+
+
+def test_labels_from_logits_resolves_overlaps_and_presence():
+    logits = np.full((1, 2, 2, 2), -1.0)
+    logits[0, 0, 0, :] = 2.0  # class 1 strong on row 0
+    logits[0, 1, 0, 0] = 3.0  # class 2 stronger on (0, 0)
+    logits[0, 1, 1, 1] = 1.0  # class 2 alone on (1, 1)
+    labels = labels_from_logits(logits, np.array([[0.9, 0.9]]), (4, 7))
+    np.testing.assert_array_equal(labels[0], [[7, 4], [0, 7]])
+    suppressed = labels_from_logits(logits, np.array([[0.9, 0.1]]), (4, 7))
+    np.testing.assert_array_equal(suppressed[0], [[4, 4], [0, 0]])
+
+
+def test_postprocess_keeps_largest_component_and_fills_holes():
+    labels = np.zeros((9, 9, 3), np.int32)
+    labels[1:6, 1:6, :] = 1
+    labels[3, 3, 1] = 0  # a hole
+    labels[8, 8, 0] = 1  # a speck
+    out = postprocess_3d(labels, (1,))
+    assert out[3, 3, 1] == 1 and out[8, 8, 0] == 0
