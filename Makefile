@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -ra
+	$(BIN)/python -m pytest -n 2 --dist loadfile -ra
 
 demo: $(STAMP)
 	$(BIN)/fewsam demo

@@ -22,7 +22,7 @@ def _convert(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from fewsam_jax.fewshot import AugmentConfig, FewShotConfig, FewShotSegmenter
 
-    config = FewShotConfig(steps=args.steps, seed=args.seed)
+    config = FewShotConfig(seed=args.seed, **({"steps": args.steps} if args.steps else {}))
     segmenter = FewShotSegmenter.train(args.manifest, sam=args.model, config=config,
                                        augment=AugmentConfig(copies=args.augment, seed=args.seed),
                                        intensity=args.intensity, cache=args.cache)
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("manifest")
     train.add_argument("--model", default="litemedsam", help="preset name or converted model directory")
     train.add_argument("--out", required=True, help="output decoder directory")
-    train.add_argument("--steps", type=int, default=300)
+    train.add_argument("--steps", type=int, help="training steps (default: FewShotConfig.steps)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--augment", type=int, default=2, help="augmented copies per labelled slice")
     train.add_argument("--intensity", default="percentile",

@@ -6,11 +6,13 @@ the prompt encoder's point/box tokens, and the dense prompt is the learned no-ma
 (optionally plus a similarity prior). The decoder's single-mask output is the class's logits; its
 IoU head output, trained as a presence logit, suppresses the class on slices where it is absent.
 
-Tokens per class (``T = 2 + slice_tokens``):
-  ``[mean foreground prototype + pos, mean background prototype + neg, slice_tokens x one support
-  slice's foreground prototype + pos]``, where ``pos``/``neg`` start from SAM's positive/negative
-  point embeddings and each prototype may carry the positional encoding of its region's centroid
-  (``region_position``), like a point prompt placed there.
+Tokens per class:
+  ``[mean foreground prototype + pos, mean background prototype + neg, (box corners),
+  slice_tokens x one support slice's foreground prototype + pos]``, where ``pos``/``neg`` start from
+  SAM's positive/negative point embeddings and each prototype may carry the positional encoding of its
+  region's centroid (``region_position``), like a point prompt placed there. With ``region_box`` two
+  more tokens place SAM's box-corner embeddings at the class's mean bounding box in the support
+  slices, a location prior the pretrained decoder already understands.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ class FewShotConfig:
     slice_tokens: int = 4  # individual support-slice prototypes per class, besides the two means
     region_position: bool = True  # add the region centroid's positional encoding to each prototype
     similarity_prior: bool = True  # dense prompt += learned vector x cosine(embedding, class prototype)
+    region_box: bool = True  # two box-corner tokens at the class's mean bounding box in the support slices
+    train_crop: int = 32  # train on crops of this many embedding cells a side (0: whole slices); ~4x cheaper at 32/64
     trainable: str = "decoder"  # "decoder": whole mask decoder; "heads": upscaling + hypernetworks + IoU head
-    steps: int = 300
-    batch_slices: int = 4
-    learning_rate: float = 1e-4
-    warmup_steps: int = 20
+    steps: int = 150
+    batch_slices: int = 2
+    learning_rate: float = 5e-4
+    warmup_steps: int = 10
     weight_decay: float = 1e-2
     grad_clip: float = 1.0
     focal_weight: float = 20.0  # SAM's 20:1 focal:dice
@@ -67,21 +71,26 @@ class FewShotDecoder(nnx.Module):
         self.prompt_type = nnx.Param(
             jnp.concatenate([points[1].embedding[...], points[0].embedding[...]], axis=0)
         )  # (2, C): positive, negative
+        self.box_type = nnx.Param(
+            jnp.concatenate([points[2].embedding[...], points[3].embedding[...]], axis=0)
+        )  # (2, C): box top-left, bottom-right corner
         dim = sam.config.prompt_embed_dim
         self.similarity_embed = nnx.Param(jnp.zeros((dim,), jnp.float32))
 
     def dense_pe(self) -> jax.Array:
         return self.pe_layer.grid(self.embedding_size)
 
-    def __call__(self, embeddings: jax.Array, tokens: jax.Array, prototypes: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, embeddings: jax.Array, tokens: jax.Array, prototypes: jax.Array,
+                 image_pe: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """Logits for every (slice, class).
 
         Args:
-          embeddings: (B, E, E, C) image embeddings.
+          embeddings: (B, h, w, C) image embeddings (the whole E x E grid, or a crop of it).
           tokens: (K, T, C) class prompt tokens (:func:`class_tokens`).
           prototypes: (K, C) mean foreground prototype per class (for the similarity prior).
+          image_pe: (h, w, C) positional encoding of the grid; the whole grid's by default.
         Returns:
-          mask logits (B, K, L, L) and presence logits (B, K).
+          mask logits (B, K, 4h, 4w) and presence logits (B, K).
         """
         b = embeddings.shape[0]
         k, t, c = tokens.shape
@@ -93,9 +102,9 @@ class FewShotDecoder(nnx.Module):
             proto = prototypes / (jnp.linalg.norm(prototypes, axis=-1, keepdims=True) + 1e-6)
             cosine = jnp.einsum("bhwc,kc->bkhw", unit, proto).reshape(b * k, *embeddings.shape[1:3], 1)
             dense = dense + cosine * self.similarity_embed[...]
-        masks, iou, _, _ = self.mask_decoder.predict_masks(image, self.dense_pe(), sparse, dense)
-        low = masks.shape[-1]
-        return masks[:, 0].reshape(b, k, low, low), iou[:, 0].reshape(b, k)
+        image_pe = self.dense_pe() if image_pe is None else image_pe
+        masks, iou, _, _ = self.mask_decoder.predict_masks(image, image_pe, sparse, dense)
+        return masks[:, 0].reshape(b, k, *masks.shape[-2:]), iou[:, 0].reshape(b, k)
 
 
 def class_tokens(
@@ -103,6 +112,7 @@ def class_tokens(
     prototypes: jax.Array,
     areas: jax.Array,
     positions: jax.Array,
+    boxes: jax.Array,
     weights: jax.Array,
     slice_choice: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
@@ -110,12 +120,13 @@ def class_tokens(
 
     Args:
       prototypes: (S, R, C) region prototypes of the pool (R = 1 + K; region 0 is background).
-      areas: (S, R) region areas; positions: (S, R, C) region centroid encodings.
+      areas: (S, R) region areas; positions: (S, R, C) region centroid encodings; boxes: (S, R, 4)
+        region bounding boxes as fractions of the frame.
       weights: (S,) 1 for slices that may prompt (0 excludes a slice, e.g. the episode's target).
       slice_choice: (K, slice_tokens) pool indices of the slices whose prototypes become the
         individual tokens of each class (absent ones fall back to the class mean).
     Returns:
-      tokens (K, 2 + slice_tokens, C) and mean foreground prototypes (K, C).
+      tokens (K, T, C), T = 2 + 2 * region_box + slice_tokens, and mean foreground prototypes (K, C).
     """
     cfg = decoder.config
     pos_type, neg_type = decoder.prompt_type[...][0], decoder.prompt_type[...][1]
@@ -137,12 +148,11 @@ def class_tokens(
     present = (chosen_area > 0)[..., None]
     chosen = jnp.where(present, prototypes[slice_choice, class_index], fg_proto[:, None])
     chosen_pos = jnp.where(present, positions[slice_choice, class_index], fg_pos[:, None])
-    tokens = jnp.concatenate(
-        [
-            (fg_proto + fg_pos + pos_type)[:, None],
-            (bg_proto + bg_pos + neg_type)[:, None],
-            chosen + chosen_pos + pos_type,
-        ],
-        axis=1,
-    )
-    return tokens, fg_proto
+    parts = [(fg_proto + fg_pos + pos_type)[:, None], (bg_proto + bg_pos + neg_type)[:, None]]
+    if cfg.region_box:
+        present_w = weights[:, None] * (areas[:, 1:] > 0)  # (S, K)
+        mean_box = jnp.einsum("sk,skf->kf", present_w, boxes[:, 1:]) / jnp.maximum(present_w.sum(0), 1e-6)[:, None]
+        corners = decoder.pe_layer.encode(mean_box.reshape(-1, 2, 2))  # (K, 2, C)
+        parts.append(corners + decoder.box_type[...])
+    parts.append(chosen + chosen_pos + pos_type)
+    return jnp.concatenate(parts, axis=1), fg_proto

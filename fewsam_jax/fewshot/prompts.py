@@ -67,3 +67,23 @@ def region_positions(fractions: jax.Array, dense_pe: jax.Array) -> jax.Array:
     """Area-weighted mean positional encoding of each region: (N, E, E, R), (E, E, C) -> (N, R, C)."""
     area = fractions.sum(axis=(1, 2))
     return jnp.einsum("nhwr,hwc->nrc", fractions, dense_pe) / jnp.maximum(area, 1e-6)[..., None]
+
+
+def region_boxes(fractions: jax.Array) -> jax.Array:
+    """Bounding box of each region on each slice, in embedding cells: (N, E, E, R) -> (N, R, 4)
+    as (x0, y0, x1, y1) cell edges; zeros where a region is absent."""
+    present = fractions > 0
+    size = fractions.shape[1]
+    cells = jnp.arange(size, dtype=jnp.float32)
+    rows = present.any(axis=2)  # (N, E, R) over x
+    cols = present.any(axis=1)  # (N, E, R) over y
+
+    def extent(hit):
+        lo = jnp.where(hit, cells[None, :, None], size).min(axis=1)
+        hi = jnp.where(hit, cells[None, :, None] + 1, 0).max(axis=1)
+        return lo, hi
+
+    y0, y1 = extent(rows)
+    x0, x1 = extent(cols)
+    box = jnp.stack([x0, y0, x1, y1], axis=-1)
+    return jnp.where(present.any(axis=(1, 2))[..., None], box, 0.0)

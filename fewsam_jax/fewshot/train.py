@@ -18,7 +18,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from fewsam_jax.fewshot.decoder import FewShotConfig, FewShotDecoder, class_tokens
-from fewsam_jax.fewshot.prompts import IGNORE, region_embeddings, region_fractions, region_positions
+from fewsam_jax.fewshot.prompts import IGNORE, region_boxes, region_embeddings, region_fractions, region_positions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,10 +55,12 @@ class SupportSet:
 
 
 def region_stats(decoder: FewShotDecoder, embeddings: jax.Array, labels: jax.Array, num_classes: int):
-    """Prototypes (S, R, C), areas (S, R) and centroid encodings (S, R, C) of every region."""
+    """Prototypes (S, R, C), areas (S, R), centroid encodings (S, R, C) and bounding boxes (S, R, 4,
+    fractions of the frame) of every region."""
     fractions = region_fractions(labels, num_classes, embeddings.shape[1])
     prototypes, areas = region_embeddings(embeddings, fractions)
-    return prototypes, areas, region_positions(fractions, decoder.dense_pe())
+    boxes = region_boxes(fractions) / embeddings.shape[1]
+    return prototypes, areas, region_positions(fractions, decoder.dense_pe()), boxes
 
 
 def segmentation_loss(logits: jax.Array, presence: jax.Array, labels: jax.Array, cfg: FewShotConfig) -> jax.Array:
@@ -95,16 +97,27 @@ def make_optimizer(decoder: FewShotDecoder, cfg: FewShotConfig) -> nnx.Optimizer
     return nnx.Optimizer(decoder, tx, wrt=trainable_filter(decoder.config))
 
 
+def crop_size(cfg: FewShotConfig, embedding_size: int) -> int:
+    return embedding_size if cfg.train_crop <= 0 else min(cfg.train_crop, embedding_size)
+
+
 @nnx.jit
-def train_step(decoder, optimizer, embeddings, labels, targets, weights, slice_choice):
-    """One episode: predict the ``targets`` slices from prompts built on the weighted pool."""
+def train_step(decoder, optimizer, embeddings, labels, targets, weights, slice_choice, offset):
+    """One episode: predict the ``targets`` slices, cropped at ``offset`` (cells, (y, x)), from
+    prompts built on the weighted pool of whole support slices."""
     cfg = decoder.config
+    b, size, c = len(targets), crop_size(cfg, embeddings.shape[1]), embeddings.shape[-1]
+    scale = labels.shape[1] // embeddings.shape[1]
+    target_emb = jax.lax.dynamic_slice(embeddings[targets], (0, offset[0], offset[1], 0), (b, size, size, c))
+    target_labels = jax.lax.dynamic_slice(labels[targets], (0, scale * offset[0], scale * offset[1]),
+                                          (b, scale * size, scale * size))
 
     def loss_fn(model):
-        prototypes, areas, positions = region_stats(model, embeddings, labels, slice_choice.shape[0])
-        tokens, fg = class_tokens(model, prototypes, areas, positions, weights, slice_choice)
-        logits, presence = model(embeddings[targets], tokens, fg)
-        return segmentation_loss(logits, presence, labels[targets], cfg)
+        stats = region_stats(model, embeddings, labels, slice_choice.shape[0])
+        tokens, fg = class_tokens(model, *stats, weights, slice_choice)
+        pe = jax.lax.dynamic_slice(model.dense_pe(), (offset[0], offset[1], 0), (size, size, c))
+        logits, presence = model(target_emb, tokens, fg, pe)
+        return segmentation_loss(logits, presence, target_labels, cfg)
 
     loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, trainable_filter(cfg)))(decoder)
     optimizer.update(decoder, grads)
@@ -114,13 +127,29 @@ def train_step(decoder, optimizer, embeddings, labels, targets, weights, slice_c
 class EpisodeSampler:
     """Targets and prompt pools for each step, from a NumPy generator (deterministic per seed)."""
 
-    def __init__(self, support: SupportSet, cfg: FewShotConfig):
+    def __init__(self, support: SupportSet, cfg: FewShotConfig, embedding_size: int):
         self.cfg = cfg
         self.groups = support.groups
+        self.grid = embedding_size
+        self.crop = crop_size(cfg, embedding_size)
+        scale = support.labels.shape[1] // embedding_size
+        self.foreground = [np.argwhere(l[::scale, ::scale] > 0) for l in support.labels]
         self.present = np.stack([(support.labels == k).any(axis=(1, 2)) for k in range(1, support.num_classes + 1)])
         self.rng = np.random.default_rng(cfg.seed)
 
-    def __call__(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def crop_offset(self, targets: np.ndarray) -> np.ndarray:
+        """Top-left cell of the training crop: centred (with jitter) on a labelled cell of a target
+        three times in four, anywhere otherwise."""
+        span = self.grid - self.crop
+        cells = np.concatenate([self.foreground[t] for t in targets])
+        if span == 0:
+            return np.zeros(2, np.int32)
+        if cells.size and self.rng.random() < 0.75:
+            centre = cells[self.rng.integers(len(cells))] + self.rng.integers(-self.crop // 4, self.crop // 4 + 1, 2)
+            return np.clip(centre - self.crop // 2, 0, span).astype(np.int32)
+        return self.rng.integers(0, span + 1, 2).astype(np.int32)
+
+    def __call__(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         cfg, groups = self.cfg, self.groups
         targets = self.rng.choice(len(groups), size=cfg.batch_slices, replace=len(groups) < cfg.batch_slices)
         others = ~np.isin(groups, groups[targets])
@@ -137,7 +166,7 @@ class EpisodeSampler:
         choice = np.stack([
             self.rng.choice(np.flatnonzero(keep & present), size=cfg.slice_tokens) for present in self.present
         ])
-        return targets.astype(np.int32), keep.astype(np.float32), choice.astype(np.int32)
+        return targets.astype(np.int32), keep.astype(np.float32), choice.astype(np.int32), self.crop_offset(targets)
 
 
 def inference_choice(support: SupportSet, slice_tokens: int) -> np.ndarray:
@@ -155,9 +184,9 @@ def inference_choice(support: SupportSet, slice_tokens: int) -> np.ndarray:
 
 @nnx.jit
 def final_tokens(decoder, embeddings, labels, slice_choice):
-    prototypes, areas, positions = region_stats(decoder, embeddings, labels, slice_choice.shape[0])
+    stats = region_stats(decoder, embeddings, labels, slice_choice.shape[0])
     weights = jnp.ones((embeddings.shape[0],), jnp.float32)
-    return class_tokens(decoder, prototypes, areas, positions, weights, slice_choice)
+    return class_tokens(decoder, *stats, weights, slice_choice)
 
 
 def train_decoder(decoder: FewShotDecoder, support: SupportSet, progress: bool = True) -> tuple[list[float], jax.Array, jax.Array]:
@@ -167,12 +196,11 @@ def train_decoder(decoder: FewShotDecoder, support: SupportSet, progress: bool =
     embeddings = jnp.asarray(support.embeddings, jnp.float32)
     labels = jnp.asarray(support.labels, jnp.int32)
     optimizer = make_optimizer(decoder, cfg)
-    sampler = EpisodeSampler(support, cfg)
+    sampler = EpisodeSampler(support, cfg, embeddings.shape[1])
     losses = []
     with tqdm(range(cfg.steps), desc="train decoder", disable=not progress, unit="step") as bar:
         for _ in bar:
-            targets, weights, choice = sampler()
-            loss = float(train_step(decoder, optimizer, embeddings, labels, targets, weights, choice))
+            loss = float(train_step(decoder, optimizer, embeddings, labels, *sampler()))
             losses.append(loss)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
     tokens, prototypes = final_tokens(decoder, embeddings, labels, jnp.asarray(inference_choice(support, cfg.slice_tokens)))

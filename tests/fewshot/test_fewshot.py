@@ -90,8 +90,9 @@ def test_absent_class_suppressed_on_empty_slices(trained):
     has_bar = (truth == 2).any(axis=(1, 2))
     suppressed = presence[~has_bar, 1] < CONFIG.presence_threshold
     assert suppressed.mean() >= 0.75, (presence[:, 1], has_bar)
-    assert presence[has_bar, 1].mean() > presence[~has_bar, 1].mean() + 0.3, (presence[:, 1], has_bar)
     assert (presence[:, 0] > CONFIG.presence_threshold).all()  # the ellipse is on every slice
+    pred = get_slices(segmenter.segment(volume, cache=trained["cache"], progress=False), 2)
+    assert ((pred[~has_bar] == 2).sum(axis=(1, 2)) == 0).mean() >= 0.75
 
 
 def test_saved_decoder_reloads_to_identical_predictions(trained, tmp_path):
