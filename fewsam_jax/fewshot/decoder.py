@@ -49,6 +49,7 @@ class FewShotConfig:
     focal_alpha: float | None = 0.25  # None: no class weighting
     episode_fraction: float = 0.5  # share of the other support slices a training episode prompts with
     presence_threshold: float = 0.5
+    calibrate_threshold: bool = True  # per-class logit threshold maximising Dice on the labelled slices (else 0)
     seed: int = 0
 
     def __post_init__(self):

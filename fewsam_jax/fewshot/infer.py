@@ -12,6 +12,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from fewsam_jax.fewshot.decoder import FewShotDecoder
+from fewsam_jax.fewshot.prompts import IGNORE
 from fewsam_jax.transforms import resized_shape
 
 
@@ -45,6 +46,26 @@ def predict_logits(
         logits.append(np.asarray(out_logits[:real]))
         presence.append(np.asarray(out_presence[:real]))
     return np.concatenate(logits), np.concatenate(presence)
+
+
+def calibrate_thresholds(logits: np.ndarray, labels: np.ndarray, grid: np.ndarray = np.linspace(-4.0, 2.0, 25)) -> np.ndarray:
+    """Per-class logit thresholds that maximise Dice on labelled slices.
+
+    Args:
+      logits: (N, K, L, L) predictions for labelled slices; labels: (N, L, L) class indices with
+        ``IGNORE`` padding. Returns (K,) thresholds (ties go to the one nearest 0, SAM's own).
+    """
+    valid = labels != IGNORE
+    best = np.zeros(logits.shape[1], np.float32)
+    order = np.argsort(np.abs(grid), kind="stable")
+    for k in range(logits.shape[1]):
+        target = (labels == k + 1) & valid
+        scores = [
+            2 * ((logits[:, k] > t) & target).sum() / max(((logits[:, k] > t) & valid).sum() + target.sum(), 1)
+            for t in grid[order]
+        ]
+        best[k] = grid[order][int(np.argmax(scores))]
+    return best
 
 
 def logits_to_native(logits: np.ndarray, slice_shape: tuple[int, int]) -> np.ndarray:

@@ -25,7 +25,13 @@ from fewsam_jax.config import get_config
 from fewsam_jax.fewshot.augment import AugmentConfig, augment_slices
 from fewsam_jax.fewshot.collection import Collection, load_collection, load_support_item
 from fewsam_jax.fewshot.decoder import FewShotConfig, FewShotDecoder
-from fewsam_jax.fewshot.infer import labels_from_logits, logits_to_native, postprocess_3d, predict_logits
+from fewsam_jax.fewshot.infer import (
+    calibrate_thresholds,
+    labels_from_logits,
+    logits_to_native,
+    postprocess_3d,
+    predict_logits,
+)
 from fewsam_jax.fewshot.prompts import labels_to_low_res
 from fewsam_jax.fewshot.train import SupportSet, train_decoder
 from fewsam_jax.io import Volume, from_array, get_slices, load_volume, save_labels, stack_slices
@@ -53,7 +59,7 @@ def support_set(
         entry = embed_volume(image, sam, axis=collection.axis, intensity=intensity, cache=cache,
                              slices=item.slices, progress=progress)
         embeddings.append(entry.load(list(item.slices)))
-        labels.append(label_slices)
+        labels.append(labels_to_low_res(label_slices, collection.class_ids, sam.config))
         groups.append(next_group + np.arange(len(item.slices)))
         if augment.copies:
             normalised = get_slices(intensity.apply(image.array), collection.axis)[list(item.slices)]
@@ -61,12 +67,12 @@ def support_set(
             aug_entry = embed_volume(from_array(stack_slices(aug_images, 2)), sam, axis=2,
                                      intensity=IDENTITY_INTENSITY, cache=cache, progress=progress)
             embeddings.append(aug_entry.load())
-            labels.append(aug_labels)
+            labels.append(labels_to_low_res(aug_labels, collection.class_ids, sam.config))
             groups.append(next_group + sources)
         next_group += len(item.slices)
     return SupportSet(
         embeddings=np.concatenate(embeddings).astype(np.float32),
-        labels=labels_to_low_res(np.concatenate(labels), collection.class_ids, sam.config),
+        labels=np.concatenate(labels),
         groups=np.concatenate(groups),
         class_ids=collection.class_ids,
     )
@@ -79,6 +85,7 @@ class FewShotSegmenter:
     decoder: FewShotDecoder
     tokens: jax.Array  # (K, T, C)
     prototypes: jax.Array  # (K, C)
+    thresholds: np.ndarray  # (K,) logit threshold per class
     classes: dict[int, str]
     model_name: str
     weights_id: str
@@ -112,6 +119,11 @@ class FewShotSegmenter:
         embedded = time.perf_counter()
         decoder = FewShotDecoder(sam, config, rngs=nnx.Rngs(config.seed))
         losses, tokens, prototypes = train_decoder(decoder, support, progress=progress)
+        thresholds = np.zeros(support.num_classes, np.float32)
+        if config.calibrate_threshold:
+            originals = np.unique(support.groups, return_index=True)[1]
+            logits, _ = predict_logits(decoder, tokens, prototypes, support.embeddings[originals])
+            thresholds = calibrate_thresholds(logits, support.labels[originals])
         info = {
             "labelled_slices": collection.num_slices,
             "support_rows": len(support.groups),
@@ -120,8 +132,9 @@ class FewShotSegmenter:
             "train_seconds": round(time.perf_counter() - embedded, 2),
             "loss_first": losses[0] if losses else None,
             "loss_last": float(np.mean(losses[-10:])) if losses else None,
+            "thresholds": thresholds.tolist(),
         }
-        return cls(decoder, tokens, prototypes, dict(collection.classes), sam.config.name, sam.weights_id,
+        return cls(decoder, tokens, prototypes, thresholds, dict(collection.classes), sam.config.name, sam.weights_id,
                    intensity, collection.axis, info, sam)
 
     def sam(self) -> Sam:
@@ -136,13 +149,12 @@ class FewShotSegmenter:
         return self._sam
 
     def predict_volume(self, volume: Volume, cache: Any = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Per-class probabilities on the slice grid and presence per slice.
-
-        Returns logits (N, K, H, W) and presence probabilities (N, K), N slices along ``axis``.
-        """
+        """Per-class logits on the slice grid, shifted so 0 is each class's calibrated threshold,
+        and presence probabilities: (N, K, H, W) and (N, K), N slices along ``axis``."""
         entry = embed_volume(volume, self.sam(), axis=self.axis, intensity=self.intensity, cache=cache,
                              progress=progress)
         logits, presence = predict_logits(self.decoder, self.tokens, self.prototypes, entry.load(), progress=progress)
+        logits = logits - self.thresholds[None, :, None, None]
         return logits_to_native(logits, entry.slice_shape), presence
 
     def segment(self, volume: Volume | str | os.PathLike, cache: Any = None, postprocess: bool = False,
@@ -173,6 +185,7 @@ class FewShotSegmenter:
                 "axis": self.axis,
                 "fewshot": dataclasses.asdict(self.decoder.config),
                 "tokens_shape": list(self.tokens.shape),
+                "thresholds": [float(t) for t in self.thresholds],
                 "info": self.info,
             }
             (staging / "fewshot.json").write_text(json.dumps(meta, indent=2))
@@ -201,6 +214,7 @@ class FewShotSegmenter:
         restored = restore_pytree(directory / "state", abstract)
         return cls(
             nnx.merge(graphdef, restored["decoder"]), restored["tokens"], restored["prototypes"],
+            np.asarray(meta["thresholds"], np.float32),
             {int(k): v for k, v in meta["classes"].items()}, meta["model"], meta["weights_id"],
             Intensity.parse(meta["intensity"]), meta["axis"], meta["info"],
         )
