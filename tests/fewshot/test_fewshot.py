@@ -16,7 +16,8 @@ import pytest
 
 from fewsam_jax import metrics
 from fewsam_jax.fewshot import AugmentConfig, FewShotConfig, FewShotSegmenter, load_collection
-from fewsam_jax.fewshot.infer import labels_from_logits, postprocess_3d
+from fewsam_jax.fewshot.infer import calibrate_thresholds, labels_from_logits, postprocess_3d
+from fewsam_jax.fewshot.prompts import IGNORE
 from fewsam_jax.io import get_slices, load_volume
 
 CONFIG = FewShotConfig(steps=150, batch_slices=2, learning_rate=1e-3, warmup_steps=5, slice_tokens=2)
@@ -139,3 +140,16 @@ def test_postprocess_keeps_largest_component_and_fills_holes():
     labels[8, 8, 0] = 1  # a speck
     out = postprocess_3d(labels, (1,))
     assert out[3, 3, 1] == 1 and out[8, 8, 0] == 0
+
+
+def test_calibrated_thresholds_undo_a_logit_offset():
+    labels = np.zeros((2, 8, 8), np.int32)
+    labels[:, 2:5, 2:5] = 1
+    labels[:, 5:7, 5:7] = 2
+    labels[:, :, 7] = IGNORE
+    truth = np.stack([(labels == k).astype(float) * 4 - 2 for k in (1, 2)], axis=1)
+    logits = truth + np.array([-3.0, 0.0])[None, :, None, None]  # class 1 under-confident: all below 0
+    thresholds = calibrate_thresholds(logits, labels)
+    assert -5.0 < thresholds[0] < -1.0 and thresholds[1] == 0.0
+    pred = labels_from_logits(logits - thresholds[None, :, None, None], np.ones((2, 2)), (1, 2))
+    np.testing.assert_array_equal(pred[labels != IGNORE], labels[labels != IGNORE])
