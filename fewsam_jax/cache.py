@@ -53,7 +53,7 @@ import numpy as np
 import zarr
 
 from fewsam_jax.encode import SliceEncoder
-from fewsam_jax.io import Volume, from_array, get_slices, load_volume
+from fewsam_jax.io import Volume, check_axis, from_array, get_slices, load_volume
 from fewsam_jax.modeling.sam import Sam
 from fewsam_jax.preprocess import Intensity
 from fewsam_jax.weights import fewsam_home
@@ -64,12 +64,6 @@ _ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Sam -> {(b
 
 def default_root() -> Path:
     return fewsam_home() / "embeddings"
-
-
-def _check_axis(axis: int) -> int:
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -3 <= axis < 3:
-        raise ValueError(f"axis={axis!r} is out of range for a 3D volume; expected 0, 1 or 2 (or -3..-1)")
-    return int(axis) % 3
 
 
 def _check_name(model: str) -> str:
@@ -341,7 +335,7 @@ def embed_volume(
         vol = load_volume(volume)
     if not isinstance(intensity, Intensity):
         intensity = Intensity.parse(intensity)
-    axis = _check_axis(axis)
+    axis = check_axis(axis)
     num_slices = vol.shape[axis]
     wanted = np.arange(num_slices)
     if slices is not None:

@@ -403,8 +403,9 @@ def save_labels(labels: np.ndarray, like: Volume, path: str | os.PathLike) -> Pa
     return p
 
 
-def _check_axis(axis: int, ndim: int = 3) -> int:
-    if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
+def check_axis(axis: int, ndim: int = 3) -> int:
+    """``axis`` as 0..ndim-1; a ValueError naming it when it is not an axis of a 3D volume."""
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
         raise ValueError(f"axis={axis!r} is out of range for a 3D volume; expected 0, 1 or 2 (or -3..-1)")
     return int(axis) % ndim
 
@@ -421,7 +422,7 @@ def get_slices(volume_array: np.ndarray | Volume, axis: int = 2) -> np.ndarray:
     a = volume_array.array if isinstance(volume_array, Volume) else np.asarray(volume_array)
     if a.ndim != 3:
         raise ValueError(f"volume_array of shape {a.shape}: expected a 3D (X, Y, Z) array")
-    axis = _check_axis(axis)
+    axis = check_axis(axis)
     return np.ascontiguousarray(np.moveaxis(a, axis, 0).transpose(0, 2, 1)[:, ::-1, ::-1])
 
 
@@ -430,5 +431,5 @@ def stack_slices(slices: np.ndarray, axis: int = 2) -> np.ndarray:
     s = np.asarray(slices)
     if s.ndim != 3:
         raise ValueError(f"slices of shape {s.shape}: expected (N, H, W)")
-    axis = _check_axis(axis)
+    axis = check_axis(axis)
     return np.ascontiguousarray(np.moveaxis(s[:, ::-1, ::-1].transpose(0, 2, 1), 0, axis))
