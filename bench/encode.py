@@ -286,7 +286,8 @@ def markdown(report: dict) -> str:
     lines += ["", "Targets (JAX against PyTorch, s/image, same run):", ""]
     for t in report["targets"]:
         lines.append(f"- {t['model']} batch {t['batch']}: {t['speedup']:.2f}x, target >= {t['target']}x: "
-                     f"{'met' if t['met'] else 'missed'}")
+                     f"{'met' if t['met'] else 'missed'} (PyTorch here {t['torch_s_per_image']:.2f} s/image; "
+                     f"quiet-machine reference {REFERENCE[t['model']]} s/image)")
     lines += ["", "Output agreement, `max|jax - torch| / max|torch|` on the same inputs:", ""]
     for model, batch, err in report["agreement"]:
         lines.append(f"- {model} batch {batch}: {err:.1e}")
@@ -374,7 +375,8 @@ def benchmark(args: argparse.Namespace) -> dict:
         jax_run["speedup"] = torch_run["s_per_image"] / jax_run["s_per_image"]
         target = TARGETS[jax_run["model"]]
         targets.append({"model": jax_run["model"], "batch": jax_run["batch"], "speedup": jax_run["speedup"],
-                        "target": target, "met": jax_run["speedup"] >= target})
+                        "target": target, "met": jax_run["speedup"] >= target,
+                        "torch_s_per_image": torch_run["s_per_image"]})
     for r in runs:
         r["gflops"] = flops[r["model"]]["xla"] / r["s_per_image"] / 1e9
         r["peak_fraction"] = r["gflops"] / peak

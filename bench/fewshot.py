@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -106,6 +107,7 @@ def run(args: argparse.Namespace) -> dict:
         "fewshot": dataclasses.asdict(config),
         "augment": dataclasses.asdict(augment),
         "rows": rows,
+        "load_average": os.getloadavg()[0],
     }
 
 
@@ -117,7 +119,8 @@ def markdown(report: dict) -> str:
         f"{report['date']}, {machine.get('cpu', '?')} ({machine.get('cores', '?')} cores), LiteMedSAM, "
         f"decoder trained {report['fewshot']['steps']} steps, {report['augment']['copies']} augmented copies per "
         f"labelled slice. Support from {len(report['train_volumes'])} volumes, scored in 3D on "
-        f"{report['test_volumes']} other volumes. `python bench/fewshot.py`.",
+        f"{report['test_volumes']} other volumes. `python bench/fewshot.py --test-volumes {report['test_volumes']}`."
+        + (f" Load average (1 min) at the end: {report['load_average']:.1f}." if "load_average" in report else ""),
         "",
         "| positive slices | labelled slices (incl. empty) | Dice anterior | Dice posterior | mean Dice | "
         "train s | segment s / volume |",
