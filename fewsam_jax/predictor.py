@@ -104,7 +104,11 @@ class SamPredictor:
             boxes = transforms.scale_boxes(box, size, self.config)[None]
         if mask_input is not None:
             low = self.config.low_res_size
-            masks_in = np.asarray(mask_input, np.float32).reshape(1, low, low, 1)
+            masks_in = np.asarray(mask_input, np.float32)
+            if masks_in.size != low * low:
+                raise ValueError(f"mask_input: expected ({low}, {low}) or (1, {low}, {low}) low-res logits, "
+                                 f"got shape {masks_in.shape}")
+            masks_in = masks_in.reshape(1, low, low, 1)
         low_res, iou = decode_masks(
             self.model, self.embedding[None], coords, labels, boxes, masks_in, multimask_output
         )

@@ -34,6 +34,8 @@ def test_shapes_follow_segment_anything(predictor, multimask, count):
 def test_bad_prompts_are_explained(predictor):
     with pytest.raises(ValueError, match="point_labels"):
         predictor.predict(point_coords=np.array([[1, 2]]))
+    with pytest.raises(ValueError, match=r"mask_input: expected \(32, 32\)"):
+        predictor.predict(mask_input=np.zeros((1, 64, 64)))
     with pytest.raises(ValueError, match="box: expected 4 numbers"):
         predictor.predict(box=np.array([1, 2, 3]))
     with pytest.raises(ValueError, match=r"image: float images must be in \[0, 1\]"):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from fewsam_jax import metrics
-from fewsam_jax.fewshot import AugmentConfig, FewShotConfig, FewShotSegmenter, load_collection
+from fewsam_jax.fewshot import AugmentConfig, FewShotConfig, FewShotSegmenter, SupportSet, load_collection
 from fewsam_jax.fewshot.infer import calibrate_thresholds, labels_from_logits, postprocess_3d
 from fewsam_jax.fewshot.prompts import IGNORE
 from fewsam_jax.io import get_slices, load_volume
@@ -153,3 +153,12 @@ def test_calibrated_thresholds_undo_a_logit_offset():
     assert -5.0 < thresholds[0] < -1.0 and thresholds[1] == 0.0
     pred = labels_from_logits(logits - thresholds[None, :, None, None], np.ones((2, 2)), (1, 2))
     np.testing.assert_array_equal(pred[labels != IGNORE], labels[labels != IGNORE])
+
+
+def test_support_needs_every_class():
+    labels = np.zeros((2, 8, 8), np.int32)
+    labels[0, 2:4, 2:4] = 1
+    with pytest.raises(ValueError, match=r"class ids \[2\] are absent from every support slice"):
+        SupportSet(np.zeros((2, 2, 2, 4), np.float32), labels, np.arange(2), (1, 2))
+    with pytest.raises(ValueError, match="the few-shot collection is empty"):
+        SupportSet(np.zeros((0, 2, 2, 4), np.float32), labels[:0], np.arange(0), (1,))
