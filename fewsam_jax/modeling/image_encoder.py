@@ -13,7 +13,7 @@ import numpy as np
 from flax import nnx
 
 from fewsam_jax.config import ViTConfig
-from fewsam_jax.modeling.common import MLPBlock, conv, layer_norm, softmax_attention
+from fewsam_jax.modeling.common import MLPBlock, conv, layer_norm
 
 
 def window_partition(x: jax.Array, window: int) -> jax.Array:
@@ -60,6 +60,47 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: jax.Array) -> jax.Array:
     return rel_pos[index.astype(np.int64)]
 
 
+SCORES_BLOCK_BYTES = 16 * 2**20
+
+
+def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                      rel: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+    """Softmax attention computed a few MiB of scores at a time, with SAM's decomposed rel-pos bias.
+
+    ``q``, ``k``, ``v``: (B, heads, N, D); ``rel``: ``(rel_h, rel_w)`` of shapes (B, heads, N, kh) and
+    (B, heads, N, kw) with kh * kw = N, the bias of query i and key (y, x) being
+    ``rel_h[..., i, y] + rel_w[..., i, x]``. Returns (B, heads, N, D).
+
+    ``lax.map`` walks over the B items (several per step when they are small) and, when one item's
+    (heads, N, N) scores exceed ``SCORES_BLOCK_BYTES``, over blocks of queries. Same result as one
+    big softmax; but every intermediate stays small enough for malloc to recycle it from its heap,
+    where a full (heads, 4096, 4096) score tensor of a global block (805 MB) would be mmapped fresh
+    and page-faulted in on every call (on a 2-core CPU, ~1.2 s of kernel time per block).
+    """
+    b, heads, n, d = q.shape
+    row_bytes = heads * k.shape[2] * q.dtype.itemsize
+    block = max(c for c in range(1, n + 1) if n % c == 0 and (c * row_bytes <= SCORES_BLOCK_BYTES or c == 1))
+    per_step = max(1, SCORES_BLOCK_BYTES // (n * row_bytes))
+
+    def attend(q, k, v, rel):  # one query block of one item: q (heads, block, D)
+        scores = jnp.einsum("nqd,nkd->nqk", q, k) * (d ** -0.5)
+        if rel is not None:
+            rel_h, rel_w = rel
+            scores = scores + (rel_h[..., :, None] + rel_w[..., None, :]).reshape(scores.shape)
+        return jnp.einsum("nqk,nkd->nqd", jax.nn.softmax(scores, axis=-1), v)
+
+    def item(args):  # (heads, N, D) -> (heads, N, D)
+        q, k, v, rel = args
+        if block == n:
+            return attend(q, k, v, rel)
+        split = lambda a: jnp.moveaxis(a.reshape(heads, n // block, block, *a.shape[2:]), 1, 0)
+        blocks = jax.lax.map(lambda a: attend(a[0], k, v, a[1]),
+                             (split(q), None if rel is None else tuple(map(split, rel))))
+        return jnp.moveaxis(blocks, 0, 1).reshape(heads, n, d)
+
+    return jax.lax.map(item, (q, k, v, rel), batch_size=per_step)
+
+
 class PatchEmbed(nnx.Module):
     """Non-overlapping patch projection: (B, H, W, in_chans) -> (B, H/p, W/p, embed_dim)."""
 
@@ -92,13 +133,13 @@ class Attention(nnx.Module):
         b, h, w, c = x.shape
         qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # each (B, heads, H*W, head_dim)
-        bias = None
+        rel = None
         if self.use_rel_pos:
             rq = q.reshape(b, self.num_heads, h, w, -1)
             rel_h = jnp.einsum("bnhwc,hkc->bnhwk", rq, get_rel_pos(h, h, self.rel_pos_h[...]))
             rel_w = jnp.einsum("bnhwc,wkc->bnhwk", rq, get_rel_pos(w, w, self.rel_pos_w[...]))
-            bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, self.num_heads, h * w, h * w)
-        out = softmax_attention(q, k, v, bias)  # (B, heads, H*W, head_dim)
+            rel = (rel_h.reshape(b, self.num_heads, h * w, h), rel_w.reshape(b, self.num_heads, h * w, w))
+        out = blocked_attention(q, k, v, rel)  # (B, heads, H*W, head_dim)
         return self.proj(out.transpose(0, 2, 1, 3).reshape(b, h, w, c))
 
 
