@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from fewsam_jax.config import SamConfig, TinyViTConfig, ViTConfig

@@ -8,7 +8,6 @@ import jax
 import numpy as np
 import pytest
 import torch
-from flax import nnx
 
 from converters.convert import CheckpointError, convert_checkpoint, read_state_dict
 from converters.torch_to_flax import ConversionError

@@ -9,13 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import jax
 import nibabel as nib
 import numpy as np
 import pytest
 
 from fewsam_jax import metrics
-from fewsam_jax.fewshot import AugmentConfig, FewShotConfig, FewShotSegmenter, SupportSet, load_collection
+from fewsam_jax.fewshot import AugmentConfig, FewShotConfig, FewShotSegmenter, SupportSet
 from fewsam_jax.fewshot.infer import calibrate_thresholds, labels_from_logits, postprocess_3d
 from fewsam_jax.fewshot.prompts import IGNORE
 from fewsam_jax.io import get_slices, load_volume
