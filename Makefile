@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fewsam-installed
 
-.PHONY: test demo install clean
+.PHONY: test demo install clean test-browser screenshots
 
 install: $(STAMP)
 
@@ -16,6 +16,14 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -ra
+
+# The widgets in Voila + headless Chromium alone (also part of `make test`).
+test-browser: $(STAMP)
+	$(BIN)/python -m pytest tests/browser -m browser -ra
+
+# docs/widget_*.png for the README (runs the demo's job first; minutes on a CPU).
+screenshots: $(STAMP)
+	$(BIN)/python tests/browser/screenshots.py
 
 demo: $(STAMP)
 	$(BIN)/fewsam demo

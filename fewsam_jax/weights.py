@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -55,8 +56,12 @@ def save_pytree(path: Path, tree: Any) -> None:
 
 
 def restore_pytree(path: Path, abstract_tree: Any) -> Any:
+    """Restore onto this process's default device, whatever device the checkpoint was saved from
+    (a model converted on a CPU machine loads on a GPU one)."""
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), abstract_tree)
     with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(path.absolute(), abstract_tree)
+        return checkpointer.restore(path.absolute(), target)
 
 
 def save_model(model: Sam, directory: str | os.PathLike, report: dict[str, Any] | None = None) -> Path:

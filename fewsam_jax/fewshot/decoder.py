@@ -48,13 +48,17 @@ class FewShotConfig:
     focal_gamma: float = 2.0
     focal_alpha: float | None = 0.25  # None: no class weighting
     episode_fraction: float = 0.5  # share of the other support slices a training episode prompts with
+    episode_holdout: str = "volume"  # prompts never come from the target's "slice" or (several volumes) "volume"
     presence_threshold: float = 0.5
-    calibrate_threshold: bool = True  # per-class logit threshold maximising Dice on the labelled slices (else 0)
+    calibrate_threshold: bool = True  # per-class logit threshold maximising Dice on the labelled slices (else 0),
+    # each slice predicted from prompts of the other volumes when the support spans several (as at inference)
     seed: int = 0
 
     def __post_init__(self):
         if self.trainable not in ("decoder", "heads"):
             raise ValueError(f"trainable: expected 'decoder' or 'heads', got {self.trainable!r}")
+        if self.episode_holdout not in ("slice", "volume"):
+            raise ValueError(f"episode_holdout: expected 'slice' or 'volume', got {self.episode_holdout!r}")
         if not 0.0 < self.episode_fraction <= 1.0:
             raise ValueError(f"episode_fraction: expected a value in (0, 1], got {self.episode_fraction}")
 

@@ -33,7 +33,7 @@ from fewsam_jax.fewshot.infer import (
     predict_logits,
 )
 from fewsam_jax.fewshot.prompts import labels_to_low_res
-from fewsam_jax.fewshot.train import SupportSet, train_decoder
+from fewsam_jax.fewshot.train import SupportSet, support_tokens, train_decoder
 from fewsam_jax.io import Volume, from_array, get_slices, load_volume, save_labels, stack_slices
 from fewsam_jax.modeling.sam import Sam
 from fewsam_jax.preprocess import Intensity
@@ -52,15 +52,16 @@ def support_set(
     progress: bool = True,
 ) -> SupportSet:
     """Embed the collection's labelled slices (and their augmented copies) through the cache."""
-    embeddings, labels, groups = [], [], []
+    embeddings, labels, groups, volumes = [], [], [], []
     next_group = 0
-    for item in collection.support:
+    for volume_id, item in enumerate(collection.support):
         image, label_slices = load_support_item(item, collection.axis)
         entry = embed_volume(image, sam, axis=collection.axis, intensity=intensity, cache=cache,
                              slices=item.slices, progress=progress)
         embeddings.append(entry.load(list(item.slices)))
         labels.append(labels_to_low_res(label_slices, collection.class_ids, sam.config))
         groups.append(next_group + np.arange(len(item.slices)))
+        volumes.append(np.full(len(item.slices), volume_id))
         if augment.copies:
             normalised = get_slices(intensity.apply(image.array), collection.axis)[list(item.slices)]
             aug_images, aug_labels, sources = augment_slices(normalised, label_slices, augment)
@@ -69,13 +70,40 @@ def support_set(
             embeddings.append(aug_entry.load())
             labels.append(labels_to_low_res(aug_labels, collection.class_ids, sam.config))
             groups.append(next_group + sources)
+            volumes.append(np.full(len(sources), volume_id))
         next_group += len(item.slices)
     return SupportSet(
         embeddings=np.concatenate(embeddings).astype(np.float32),
         labels=np.concatenate(labels),
         groups=np.concatenate(groups),
         class_ids=collection.class_ids,
+        volumes=np.concatenate(volumes),
     )
+
+
+def calibration_logits(decoder: FewShotDecoder, support: SupportSet) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of the original labelled slices for threshold calibration.
+
+    With ``episode_holdout="volume"`` and several support volumes, each volume's slices are predicted
+    from the prompts of the other volumes only (as a new volume will be), skipping a volume whose
+    absence would leave a class without examples; otherwise from the whole support set.
+    """
+    originals = np.zeros(len(support.groups), bool)
+    originals[np.unique(support.groups, return_index=True)[1]] = True
+    held_out = []
+    if decoder.config.episode_holdout == "volume":
+        for volume in np.unique(support.volumes):
+            others = support.volumes != volume
+            if all((support.labels[others] == k).any() for k in range(1, support.num_classes + 1)):
+                held_out.append((originals & ~others, others))
+    if len(held_out) < 2:
+        held_out = [(originals, None)]
+    logits, labels = [], []
+    for targets, prompts in held_out:
+        tokens, prototypes = support_tokens(decoder, support, prompts)
+        logits.append(predict_logits(decoder, tokens, prototypes, support.embeddings[targets])[0])
+        labels.append(support.labels[targets])
+    return np.concatenate(logits), np.concatenate(labels)
 
 
 @dataclasses.dataclass
@@ -121,9 +149,7 @@ class FewShotSegmenter:
         losses, tokens, prototypes = train_decoder(decoder, support, progress=progress)
         thresholds = np.zeros(support.num_classes, np.float32)
         if config.calibrate_threshold:
-            originals = np.unique(support.groups, return_index=True)[1]
-            logits, _ = predict_logits(decoder, tokens, prototypes, support.embeddings[originals])
-            thresholds = calibrate_thresholds(logits, support.labels[originals])
+            thresholds = calibrate_thresholds(*calibration_logits(decoder, support))
         info = {
             "labelled_slices": collection.num_slices,
             "support_rows": len(support.groups),

@@ -27,13 +27,15 @@ class SupportSet:
 
     embeddings: (S, E, E, C) cached image embeddings; labels: (S, L, L) class indices (0 background,
     k = ``class_ids[k-1]``, ``IGNORE`` padding); groups: (S,) id of the labelled slice each row comes
-    from (augmented copies share their original's id).
+    from (augmented copies share their original's id); volumes: (S,) id of the volume it comes from
+    (default: every labelled slice its own volume).
     """
 
     embeddings: np.ndarray
     labels: np.ndarray
     groups: np.ndarray
     class_ids: tuple[int, ...]
+    volumes: np.ndarray | None = None
 
     def __post_init__(self):
         s = len(self.embeddings)
@@ -44,6 +46,10 @@ class SupportSet:
                 f"support arrays disagree: {s} embeddings, {self.labels.shape[0]} label slices, "
                 f"{self.groups.shape[0]} groups"
             )
+        if self.volumes is None:
+            object.__setattr__(self, "volumes", self.groups)
+        elif self.volumes.shape != (s,):
+            raise ValueError(f"support arrays disagree: {s} embeddings, {self.volumes.shape[0]} volume ids")
         present = [(self.labels == k).any() for k in range(1, len(self.class_ids) + 1)]
         missing = [c for c, p in zip(self.class_ids, present) if not p]
         if missing:
@@ -129,7 +135,10 @@ class EpisodeSampler:
 
     def __init__(self, support: SupportSet, cfg: FewShotConfig, embedding_size: int):
         self.cfg = cfg
-        self.groups = support.groups
+        # rows a target's prompts must not come from: its own slice, or with "volume" its whole volume
+        # (when the support spans several volumes), as at inference on a new volume
+        spans = cfg.episode_holdout == "volume" and len(np.unique(support.volumes)) > 1
+        self.groups = support.volumes if spans else support.groups
         self.grid = embedding_size
         self.crop = crop_size(cfg, embedding_size)
         scale = support.labels.shape[1] // embedding_size
@@ -169,24 +178,36 @@ class EpisodeSampler:
         return targets.astype(np.int32), keep.astype(np.float32), choice.astype(np.int32), self.crop_offset(targets)
 
 
-def inference_choice(support: SupportSet, slice_tokens: int) -> np.ndarray:
+def inference_choice(support: SupportSet, slice_tokens: int, rows: np.ndarray) -> np.ndarray:
     """Support slices whose prototypes become each class's individual tokens at inference:
-    evenly spread over the original (first-seen) slices where the class is present."""
+    evenly spread over the original (first-seen) slices among ``rows`` where the class is present."""
     _, first = np.unique(support.groups, return_index=True)
-    rows = []
+    first = np.sort(first)[rows[np.sort(first)]]
+    choice = []
     for k in range(1, support.num_classes + 1):
-        present = np.array([i for i in np.sort(first) if (support.labels[i] == k).any()])
-        if present.size == 0:
-            present = np.flatnonzero((support.labels == k).any(axis=(1, 2)))
-        rows.append(present[np.linspace(0, present.size - 1, slice_tokens).round().astype(int)])
-    return np.stack(rows).astype(np.int32)
+        present = np.array([i for i in first if (support.labels[i] == k).any()])
+        if present.size == 0:  # only augmented copies show it
+            present = np.flatnonzero(rows & (support.labels == k).any(axis=(1, 2)))
+        choice.append(present[np.linspace(0, present.size - 1, slice_tokens).round().astype(int)])
+    return np.stack(choice).astype(np.int32)
 
 
 @nnx.jit
-def final_tokens(decoder, embeddings, labels, slice_choice):
+def _tokens(decoder, embeddings, labels, weights, slice_choice):
     stats = region_stats(decoder, embeddings, labels, slice_choice.shape[0])
-    weights = jnp.ones((embeddings.shape[0],), jnp.float32)
     return class_tokens(decoder, *stats, weights, slice_choice)
+
+
+def support_tokens(decoder: FewShotDecoder, support: SupportSet, rows: np.ndarray | None = None) -> tuple[jax.Array, jax.Array]:
+    """Inference prompt tokens (K, T, C) and mean prototypes (K, C) from the support rows selected by
+    the boolean mask ``rows`` (default all); every class must be present in them."""
+    rows = np.ones(len(support.groups), bool) if rows is None else np.asarray(rows, bool)
+    for k, class_id in enumerate(support.class_ids, start=1):
+        if not (support.labels[rows] == k).any():
+            raise ValueError(f"class id {class_id} is absent from the selected support slices")
+    choice = inference_choice(support, decoder.config.slice_tokens, rows)
+    return _tokens(decoder, jnp.asarray(support.embeddings, jnp.float32), jnp.asarray(support.labels, jnp.int32),
+                   jnp.asarray(rows, jnp.float32), jnp.asarray(choice))
 
 
 def train_decoder(decoder: FewShotDecoder, support: SupportSet, progress: bool = True) -> tuple[list[float], jax.Array, jax.Array]:
@@ -203,5 +224,5 @@ def train_decoder(decoder: FewShotDecoder, support: SupportSet, progress: bool =
             loss = float(train_step(decoder, optimizer, embeddings, labels, *sampler()))
             losses.append(loss)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-    tokens, prototypes = final_tokens(decoder, embeddings, labels, jnp.asarray(inference_choice(support, cfg.slice_tokens)))
+    tokens, prototypes = support_tokens(decoder, support)
     return losses, tokens, prototypes

@@ -161,3 +161,26 @@ def test_support_needs_every_class():
         SupportSet(np.zeros((2, 2, 2, 4), np.float32), labels, np.arange(2), (1, 2))
     with pytest.raises(ValueError, match="the few-shot collection is empty"):
         SupportSet(np.zeros((0, 2, 2, 4), np.float32), labels[:0], np.arange(0), (1,))
+
+
+@pytest.mark.parametrize("holdout", ["slice", "volume"])
+def test_episodes_never_prompt_from_the_held_out_rows(holdout):
+    """With "volume", a target's prompts come only from other volumes (as at inference on a new one)."""
+    from fewsam_jax.fewshot.train import EpisodeSampler
+
+    labels = np.zeros((6, 16, 16), np.int32)
+    labels[:, 4:9, 4:9] = 1
+    volumes = np.array([0, 0, 1, 1, 2, 2])
+    support = SupportSet(np.zeros((6, 4, 4, 8), np.float32), labels, np.arange(6), (1,), volumes)
+    config = FewShotConfig(episode_holdout=holdout, batch_slices=1, slice_tokens=2, train_crop=0)
+    sampler = EpisodeSampler(support, config, embedding_size=4)
+    for _ in range(50):
+        targets, keep, choice, _ = sampler()
+        held_out = volumes == volumes[targets[0]] if holdout == "volume" else np.arange(6) == targets[0]
+        assert not keep[held_out].any() and not held_out[choice].any()
+
+
+def test_support_volumes_must_match_rows():
+    labels = np.ones((2, 4, 4), np.int32)
+    with pytest.raises(ValueError, match="volume ids"):
+        SupportSet(np.zeros((2, 2, 2, 4), np.float32), labels, np.arange(2), (1,), np.zeros(3, int))

@@ -1,0 +1,153 @@
+"""ResultViewer: per-slice Dice, uncertainty ranking, plot clicks, orthogonal planes and overlays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fewsam_jax as fs
+from fewsam_jax.widgets import ResultViewer, slice_uncertainty, slice_view
+from fewsam_jax.widgets.render import grey, png_bytes
+
+SHAPE = (24, 20, 10)
+CLASSES = {1: "liver", 2: "spleen"}
+
+
+def pointer(phase, row, col):
+    return {"kind": "pointer", "phase": phase, "row": row, "col": col, "button": 0,
+            "shift": False, "alt": False, "ctrl": False}
+
+
+@pytest.fixture
+def case():
+    rng = np.random.default_rng(0)
+    volume = fs.from_array(rng.random(SHAPE, dtype=np.float32) * 100, spacing=(1.0, 1.0, 2.5))
+    truth = np.zeros(SHAPE, np.int32)
+    truth[4:12, 5:15, 2:8] = 1
+    truth[15:20, 2:6, 4:9] = 2
+    prediction = truth.copy()
+    prediction[4:8, 5:15, 6:8] = 0  # under-segment the top of class 1
+    prediction[15:20, 2:6, 9] = 2  # a false positive slice of class 2
+    return volume, prediction, truth
+
+
+def test_per_slice_dice_is_exact_with_nan_where_both_empty(case):
+    volume, prediction, truth = case
+    viewer = ResultViewer(volume, prediction, ground_truth=truth, classes=CLASSES)
+    dice = viewer.per_slice_dice()
+    assert set(dice) == {"liver", "spleen"}
+    liver = np.full(10, np.nan)
+    liver[2:6] = 1.0
+    liver[6:8] = 2 * 40 / (40 + 80)  # prediction keeps x 8..11 (40 px) of the 80 true pixels
+    np.testing.assert_allclose(dice["liver"], liver)
+    spleen = np.full(10, np.nan)
+    spleen[4:9] = 1.0
+    spleen[9] = 0.0
+    np.testing.assert_allclose(dice["spleen"], spleen)
+    with pytest.raises(ValueError, match="needs ground_truth"):
+        ResultViewer(volume, prediction).per_slice_dice()
+
+
+def test_slice_uncertainty_definition():
+    logits = np.full((4, 2, 8, 8), -10.0, np.float32)
+    logits[0, 0, 2:6, 2:6] = 10.0  # confident structure: score 0
+    logits[1, 0, 2:6, 2:6] = 10.0
+    logits[1, 0, 2:6, 2] = 0.5  # 4 undecided pixels of a 16-pixel region: 0.25
+    logits[2, 1, :2, :] = 1.0  # a wholly undecided 16-pixel region: 1.0
+    logits[3, 1, :, :] = 1.0  # undecided everywhere, but the class is judged absent below
+    np.testing.assert_allclose(slice_uncertainty(logits), [0.0, 0.25, 1.0, 1.0])
+    presence = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.5], [1.0, 0.02]], np.float32)
+    np.testing.assert_allclose(slice_uncertainty(logits, presence), [0.0, 0.25, 1.0, 0.04], atol=1e-6)
+    np.testing.assert_allclose(slice_uncertainty(None, presence), [0.0, 0.0, 1.0, 0.04], atol=1e-6)
+    np.testing.assert_allclose(slice_uncertainty(logits, margin=0.25), [0.0, 0.0, 0.0, 0.0])
+
+
+def test_least_certain_ranks_and_buttons_jump(case):
+    volume, prediction, truth = case
+    logits = np.full((10, 2, 20, 24), -10.0, np.float32)
+    logits[7, 0, :4, :] = 0.1  # most uncertain
+    logits[3, 1, :4, :4] = 10.0
+    logits[3, 1, 0, :4] = 1.0  # 4 of 16 pixels: 0.25
+    viewer = ResultViewer(volume, prediction, ground_truth=truth, classes=CLASSES, logits=logits)
+    assert viewer.least_certain(5) == [7, 3]
+    assert viewer.least_certain(1) == [7]
+    buttons = [w for w in viewer.widget.children[-3].children if "fewsam-uncertain" in w._dom_classes]
+    assert [b.description for b in buttons] == ["slice 7 (1.00)", "slice 3 (0.25)"]
+    buttons[1].click()
+    assert viewer.slice_index == 3 and viewer._slider.value == 3
+    with pytest.raises(ValueError, match="needs logits"):
+        ResultViewer(volume, prediction).least_certain()
+    with pytest.raises(ValueError, match="logits: expected shape"):
+        ResultViewer(volume, prediction, classes=CLASSES, logits=logits[:, :, :, :20])
+
+
+def test_plot_click_jumps_to_the_slice_under_it(case):
+    volume, prediction, truth = case
+    viewer = ResultViewer(volume, prediction, ground_truth=truth, classes=CLASSES)
+    height = viewer._plot_rgb.shape[0]
+    box = viewer._plot_axes_box
+    row = height - (box.y0 + box.y1) / 2
+    for index in range(viewer.num_slices):
+        col = viewer._plot_transform.transform((index, 0.5))[0] - 0.5
+        assert viewer.plot_slice_at(row, col) == index
+        viewer.plot_canvas._handle_custom_msg(pointer("down", row, col), [])
+        assert viewer.slice_index == index
+        assert viewer.plot_canvas.png == png_bytes(viewer.render_plot())
+    assert viewer.plot_slice_at(row, 1.0) is None  # left of the axes: no jump
+    viewer.plot_canvas._handle_custom_msg(pointer("down", row, 1.0), [])
+    assert viewer.slice_index == viewer.num_slices - 1
+
+
+def test_orthogonal_planes_follow_the_cursor(case):
+    volume, prediction, truth = case
+    viewer = ResultViewer(volume, prediction, ground_truth=truth, classes=CLASSES)
+    assert set(viewer.canvases) == {0, 1, 2}
+    viewer.canvases[1]._handle_custom_msg(pointer("down", 3.0, 7.0), [])  # click on the coronal plane
+    x, y, z = viewer.cursor
+    assert y == SHAPE[1] // 2
+    coronal = slice_view(volume.array, 1, y)
+    assert volume.array[x, y, z] == coronal[3, 7]
+    assert viewer.slice_index == z
+    axial = slice_view(volume.array, 2, z)
+    row, col = SHAPE[1] - 1 - y, SHAPE[0] - 1 - x
+    assert axial[row, col] == volume.array[x, y, z]
+    assert viewer.plane_point(2, row, col) == (x, y, z)
+    assert viewer.canvases[1].aspect == 2.5  # coronal rows are z, 2.5 mm
+    viewer.go_to(4)
+    assert viewer.cursor[2] == 4 and viewer._status.value.startswith("slice 4/9")
+
+
+def test_overlay_toggles_and_opacity(case):
+    volume, prediction, truth = case
+    viewer = ResultViewer(volume, prediction, ground_truth=truth, classes=CLASSES)
+    viewer.go_to(5)
+    plain = grey(slice_view(volume.array, 2, 5), viewer.level, viewer.width)
+    pred = slice_view(prediction, 2, 5)
+    shown = viewer.render_plane(2)
+    assert (shown[pred == 1] != plain[pred == 1]).any(axis=-1).all()
+    viewer.set_layers(ground_truth=False)
+    viewer._toggles[1].value = False  # the checkbox, as a user unticks it
+    assert viewer.visible == {2}
+    hidden = viewer.render_plane(2)
+    crosshair = np.zeros(pred.shape, bool)
+    crosshair[SHAPE[1] - 1 - viewer.cursor[1], :] = True
+    crosshair[:, SHAPE[0] - 1 - viewer.cursor[0]] = True
+    np.testing.assert_array_equal(hidden[(pred == 1) & ~crosshair], plain[(pred == 1) & ~crosshair])
+    viewer.set_visible(1, True)
+    viewer.set_opacity(0.0)
+    np.testing.assert_array_equal(viewer.render_plane(2)[~crosshair], plain[~crosshair])
+    viewer.set_layers(ground_truth=True)
+    outlined = viewer.render_plane(2)
+    assert (outlined[(slice_view(truth, 2, 5) == 1) & ~crosshair] != plain[(slice_view(truth, 2, 5) == 1)
+                                                                           & ~crosshair]).any()
+    with pytest.raises(ValueError, match="opacity"):
+        viewer.set_opacity(1.5)
+
+
+def test_viewer_without_ground_truth_plots_areas(case):
+    volume, prediction, _ = case
+    viewer = ResultViewer(volume, prediction)
+    assert viewer.classes == {1: "class 1", 2: "class 2"}
+    assert viewer.show_ground_truth is False and viewer._layer_truth.disabled
+    assert "Dice" not in viewer.status()
+    assert viewer.plot_canvas.png.startswith(b"\x89PNG")
