@@ -1,0 +1,78 @@
+"""The tutorial notebooks: stored clean, and each runs headless top to bottom with ``FEWSAM_FAST=1``.
+
+A cell that raises fails the test with that cell's traceback (nbclient's ``CellExecutionError``).
+The kernels inherit the test ``FEWSAM_HOME`` (models and embeddings shared with the other tests) and
+a persistent JAX compilation cache inside it, so later notebooks reuse earlier compilations.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
+NOTEBOOKS = ("01_quickstart", "02_annotate_your_volume", "03_reproduce_paper", "04_convert_sam")
+CELL_TIMEOUT_S = 900
+NEEDS_LITEMEDSAM = {"01_quickstart", "02_annotate_your_volume"}
+
+
+def read(name: str) -> nbformat.NotebookNode:
+    return nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+
+
+def code_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
+    return [cell for cell in nb.cells if cell.cell_type == "code"]
+
+
+def test_the_tutorials_are_all_there():
+    assert sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_is_stored_clean_and_only_calls_the_package(name):
+    nb = read(name)
+    nbformat.validate(nb)
+    cells = code_cells(nb)
+    for cell in cells:
+        assert cell.outputs == [] and cell.execution_count is None, f"{name}: stored with outputs; clear them"
+        # library logic belongs in the package: no function or class definitions in a tutorial
+        assert not re.search(r"^\s*(def|class)\s", cell.source, re.MULTILINE), f"{name}: defines code:\n{cell.source}"
+    setup = cells[0].source
+    assert "REPO_URL" in setup and "%pip install" in setup and 'find_spec("fewsam_jax") is None' in setup
+    assert any('os.environ.get("FEWSAM_FAST") == "1"' in cell.source for cell in cells)
+
+
+@pytest.fixture(scope="module")
+def jax_compilation_cache():
+    """A persistent compilation cache shared by the notebook kernels of this run."""
+    path = Path(os.environ["FEWSAM_HOME"]) / "jax-compilation-cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_headless(name, monkeypatch, request, jax_compilation_cache):
+    if name in NEEDS_LITEMEDSAM:
+        request.getfixturevalue("litemedsam")  # converted once per run, under the conftest lock
+    monkeypatch.setenv("FEWSAM_FAST", "1")
+    monkeypatch.setenv("FEWSAM_RESULTS", str(ROOT / "bench" / "results"))
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(jax_compilation_cache))
+    for variable in ("FEWSAM_VOLUME", "SAM_CHECKPOINT"):  # the built-in examples, whatever the shell says
+        monkeypatch.delenv(variable, raising=False)
+    nb = read(name)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f"{name}-") as workdir:  # 04 writes ~0.75 GB: gone afterwards
+        client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+                                resources={"metadata": {"path": workdir}})
+        client.execute()  # raises CellExecutionError, with the cell and its traceback, if a cell fails
+    print(f"{name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
