@@ -183,15 +183,19 @@ class FewShotSegmenter:
         logits = logits - self.thresholds[None, :, None, None]
         return logits_to_native(logits, entry.slice_shape), presence
 
-    def segment(self, volume: Volume | str | os.PathLike, cache: Any = None, postprocess: bool = False,
-                progress: bool = True) -> np.ndarray:
-        """Label map (X, Y, Z) on the volume's canonical grid."""
-        volume = volume if isinstance(volume, Volume) else load_volume(volume)
-        logits, presence = self.predict_volume(volume, cache, progress)
+    def labels_from(self, logits: np.ndarray, presence: np.ndarray, postprocess: bool = False) -> np.ndarray:
+        """Label map (X, Y, Z) on the volume's canonical grid from :meth:`predict_volume`'s outputs
+        (so a notebook can keep the logits for review without decoding twice)."""
         labels = stack_slices(
             labels_from_logits(logits, presence, self.class_ids, self.decoder.config.presence_threshold), self.axis
         )
         return postprocess_3d(labels, self.class_ids) if postprocess else labels
+
+    def segment(self, volume: Volume | str | os.PathLike, cache: Any = None, postprocess: bool = False,
+                progress: bool = True) -> np.ndarray:
+        """Label map (X, Y, Z) on the volume's canonical grid."""
+        volume = volume if isinstance(volume, Volume) else load_volume(volume)
+        return self.labels_from(*self.predict_volume(volume, cache, progress), postprocess=postprocess)
 
     def segment_file(self, image: str | os.PathLike, out: str | os.PathLike, **kwargs) -> Path:
         """Segment ``image`` and write the label map as NIfTI on its source grid and orientation."""
