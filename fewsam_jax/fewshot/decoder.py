@@ -48,7 +48,9 @@ class FewShotConfig:
     focal_gamma: float = 2.0
     focal_alpha: float | None = 0.25  # None: no class weighting
     episode_fraction: float = 0.5  # share of the other support slices a training episode prompts with
-    episode_holdout: str = "volume"  # prompts never come from the target's "slice" or (several volumes) "volume"
+    # prompts never come from the target's "slice", or (several support volumes) its whole "volume"; "volume"
+    # measured worse on hippocampus (mean Dice 0.19 vs 0.27 on 3 unseen volumes, 30 support slices, 1 seed)
+    episode_holdout: str = "slice"
     presence_threshold: float = 0.5
     calibrate_threshold: bool = True  # per-class logit threshold maximising Dice on the labelled slices (else 0),
     # each slice predicted from prompts of the other volumes when the support spans several (as at inference)

@@ -16,6 +16,7 @@ import ipywidgets as W
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from scipy.special import entr, expit
 
 from fewsam_jax.io import Volume, check_axis
 from fewsam_jax.preprocess import Intensity
@@ -33,47 +34,106 @@ from fewsam_jax.widgets.render import (
     slice_view,
 )
 
+TYPICAL_LOGIT = float(np.log(9.0))  # the volume's median decision margin is rescaled to this (p = 0.9)
 
-def slice_uncertainty(logits: np.ndarray | None, presence: np.ndarray | None = None, margin: float = 2.0) -> np.ndarray:
-    """How unsure the decoder is about each slice, in [0, 1]: (N,).
+
+def _entropy_bits(logit: np.ndarray) -> np.ndarray:
+    """Entropy in bits of Bernoulli(sigmoid(logit)) for finite ``logit`` >= 0, elementwise."""
+    logit = np.asarray(logit, np.float64)
+    return (np.logaddexp(0, -logit) + logit * expit(-logit)) / np.log(2)
+
+
+def _decide(slice_logits: np.ndarray, active: np.ndarray, flips: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One slice decided as ``labels_from_logits`` does (background at logit 0 against the ``active``
+    classes' logits). slice_logits: (K, H, W); active: (K,) bool. Returns (H, W) margin between the
+    winning label's logit and the runner-up's (inf where no class is active), (H, W) bool "a class
+    wins", and (K,) pixels that would change label if class k alone were switched in or out (when
+    ``flips``; else zeros)."""
+    masked = np.where(active[:, None, None], slice_logits.astype(np.float32), -np.inf)
+    if len(masked) > 1:
+        ordered = np.partition(masked, len(masked) - 2, axis=0)
+        first, second = ordered[-1], ordered[-2]
+    else:
+        first, second = masked[0], np.full(masked.shape[1:], -np.inf, np.float32)
+    predicted = first > 0
+    margin = np.where(predicted, first - np.maximum(second, 0), -first)
+    changed = np.zeros(len(masked), np.int64)
+    if flips:
+        best = masked.argmax(axis=0)
+        for k, logits_k in enumerate(slice_logits):
+            rival = np.where(best == k, second, first) if active[k] else first  # best other label's logit
+            changed[k] = np.count_nonzero(logits_k > np.maximum(rival, 0))
+    return margin, predicted, changed
+
+
+def slice_uncertainty(logits: np.ndarray | None, presence: np.ndarray | None = None,
+                      presence_threshold: float = 0.5) -> np.ndarray:
+    """How unsure the decoder is about each slice, relative to the rest of the volume: (N,) in [0, 1].
 
     Args:
       logits: (N, K, H, W) per-class logits with 0 at the decision threshold (as
         ``FewShotSegmenter.predict_volume`` returns them), or None.
-      presence: (N, K) presence probabilities, or None (classes then count as present).
-      margin: logits within ``±margin`` are undecided (2.0: probabilities 0.12..0.88).
-    Per slice n and class k:
-      pixel part = (pixels with |logit| < margin) / (pixels with logit > -margin), i.e. the undecided
-      fraction of the predicted-or-nearly-predicted region (0 when that region is empty), weighted by
-      the presence probability (a class judged absent cannot be unsure about its outline);
-      presence part = 1 - |2 p - 1| (1 at p = 0.5).
-    The slice's score is the largest over classes of the larger part.
+      presence: (N, K) presence probabilities, or None (every class then counts as present).
+      presence_threshold: classes with presence below it do not compete for pixels (the decoder's
+        ``presence_threshold``).
+
+    Each pixel is decided as ``labels_from_logits`` does: the best of background (logit 0) and the
+    present classes. Its *margin* is the winner's logit minus the runner-up's. Few-shot decoders are
+    often under-confident (typical margins far below 1 on unseen slices), so margins are divided by
+    the volume's median margin over predicted pixels and mapped so that median becomes a logit of
+    ln 9 (probability 0.9): the score is unchanged when all logits are multiplied by any c > 0, and a
+    slice stands out by being less decided than the volume's typical one. Per slice n:
+
+      region: predicted pixels plus the background pixels whose margin is below that median;
+      pixel part = mean over the region of the binary entropy (bits) of sigmoid(rescaled margin),
+        times min(1, region size / the median non-empty region size of the volume), so that the few
+        pixels at a structure's tip do not outrank a slice through its middle;
+      presence part = max over classes of the entropy of presence[n, k] times min(1, pixels whose
+        label depends on that presence decision / the same median size) (a class with nothing to
+        add or remove on the slice cannot make it uncertain);
+      score = the larger part.
+
+    Reading it: 0 = nothing on the slice is close to a decision; ~0.47 = decided like the volume's
+    typical predicted pixel; 1 = the whole region sits on the decision boundary. With ``presence``
+    alone the score is the largest presence entropy of the slice.
     """
     if logits is None and presence is None:
         raise ValueError("slice_uncertainty: needs logits and/or presence (from FewShotSegmenter.predict_volume)")
-    if not margin > 0:
-        raise ValueError(f"margin: expected a positive logit margin, got {margin}")
+    if not 0 < presence_threshold < 1:
+        raise ValueError(f"presence_threshold: expected a probability in (0, 1), got {presence_threshold}")
     if presence is not None:
-        presence = np.asarray(presence, np.float32)
+        presence = np.asarray(presence, np.float64)
         if presence.ndim != 2:
             raise ValueError(f"presence: expected (N, K) probabilities, got shape {presence.shape}")
+        if not ((presence >= 0) & (presence <= 1)).all():
+            raise ValueError("presence: expected probabilities in [0, 1]")
+        presence_bits = (entr(presence) + entr(1 - presence)) / np.log(2)
     if logits is None:
-        return (1 - np.abs(2 * presence - 1)).max(axis=1)
+        return presence_bits.max(axis=1).astype(np.float32)
     logits = np.asarray(logits)
     if logits.ndim != 4:
         raise ValueError(f"logits: expected (N, K, H, W), got shape {logits.shape}")
     if presence is not None and presence.shape != logits.shape[:2]:
         raise ValueError(f"presence: expected shape {logits.shape[:2]} to match logits, got {presence.shape}")
-    weight = np.ones(logits.shape[:2], np.float32) if presence is None else presence
-    scores = np.zeros(len(logits), np.float32)
+    active = np.ones(logits.shape[:2], bool) if presence is None else presence >= presence_threshold
+    margins = np.empty((len(logits), *logits.shape[2:]), np.float32)
+    predicted = np.empty(margins.shape, bool)
+    changed = np.empty(logits.shape[:2], np.int64)
     for n, slice_logits in enumerate(logits):  # one slice at a time: no (N, K, H, W) temporaries
-        flat = slice_logits.reshape(len(slice_logits), -1)
-        region = (flat > -margin).sum(axis=1)
-        band = (np.abs(flat) < margin).sum(axis=1)
-        pixel = np.where(region > 0, band / np.maximum(region, 1), 0.0) * weight[n]
-        part = pixel if presence is None else np.maximum(pixel, 1 - np.abs(2 * presence[n] - 1))
-        scores[n] = part.max()
-    return scores
+        margins[n], predicted[n], changed[n] = _decide(slice_logits, active[n], presence is not None)
+    reference = margins[predicted] if predicted.any() else margins[np.isfinite(margins)]
+    typical = float(np.median(reference)) if reference.size else 0.0
+    factor = TYPICAL_LOGIT / (typical if typical > 0 else 1.0)
+    region = predicted | (margins * factor < TYPICAL_LOGIT)
+    sizes = region.reshape(len(region), -1).sum(axis=1)
+    median_size = float(np.median(sizes[sizes > 0])) if sizes.any() else 1.0
+    pixel = np.zeros(len(logits))
+    for n in np.flatnonzero(sizes):
+        pixel[n] = _entropy_bits(margins[n][region[n]] * factor).mean() * min(1.0, sizes[n] / median_size)
+    if presence is None:
+        return pixel.astype(np.float32)
+    presence_part = (presence_bits * np.minimum(1.0, changed / median_size)).max(axis=1)
+    return np.maximum(pixel, presence_part).astype(np.float32)
 
 
 def _labels(value, volume: Volume, name: str) -> np.ndarray:
@@ -102,7 +162,7 @@ class ResultViewer:
       intensity: the display window starts from it ("window" specs) or from the 0.5-99.5 percentiles.
       logits, presence: (N, K, H, W) and (N, K) from ``FewShotSegmenter.predict_volume`` (classes in
         sorted id order), for :func:`slice_uncertainty`.
-      colors: {id: matplotlib colour}; margin: the logit margin of :func:`slice_uncertainty`.
+      colors: {id: matplotlib colour}. zoom: display scale of the large plane (default: ~512 px).
     """
 
     def __init__(
@@ -117,7 +177,6 @@ class ResultViewer:
         logits: np.ndarray | None = None,
         presence: np.ndarray | None = None,
         colors: Mapping[int, ColorSpec] | None = None,
-        margin: float = 2.0,
         zoom: float | None = None,
     ):
         self.volume = _as_volume(volume, "volume")
@@ -143,10 +202,8 @@ class ResultViewer:
             presence = np.asarray(presence)
             if presence.shape != (n, len(self.classes)):
                 raise ValueError(f"presence: expected shape {(n, len(self.classes))}, got {presence.shape}")
-        self.logits, self.presence, self.margin = logits, presence, margin
-        self.uncertainty = (
-            slice_uncertainty(logits, presence, margin) if logits is not None or presence is not None else None
-        )
+        self.logits, self.presence = logits, presence
+        self.uncertainty = slice_uncertainty(logits, presence) if logits is not None or presence is not None else None
         intensity = intensity if isinstance(intensity, Intensity) else Intensity.parse(intensity)
         if intensity.mode == "window":
             self.level, self.width = float(intensity.level), float(intensity.width)
@@ -183,13 +240,21 @@ class ResultViewer:
             out[name] = np.where(total == 0, np.nan, 2 * inter / np.maximum(total, 1))
         return out
 
-    def least_certain(self, count: int = 5) -> list[int]:
-        """The ``count`` slices with the highest :func:`slice_uncertainty` (ties: lower index first;
-        slices scoring 0 are left out)."""
+    def least_certain(self, count: int = 5, min_gap: int = 2) -> list[int]:
+        """Up to ``count`` slices to label next: the highest :func:`slice_uncertainty` first, each at
+        least ``min_gap`` slices from those already chosen (2: never two neighbours, which show nearly
+        the same anatomy); ties go to the lower index, slices scoring 0 are left out."""
         if self.uncertainty is None:
             raise ValueError("least_certain: needs logits and/or presence (from FewShotSegmenter.predict_volume)")
-        order = np.argsort(-self.uncertainty, kind="stable")
-        return [int(i) for i in order[:count] if self.uncertainty[i] > 0]
+        if isinstance(min_gap, bool) or not isinstance(min_gap, (int, np.integer)) or min_gap < 1:
+            raise ValueError(f"min_gap: expected an integer >= 1, got {min_gap!r}")
+        chosen: list[int] = []
+        for index in np.argsort(-self.uncertainty, kind="stable"):
+            if len(chosen) == count or self.uncertainty[index] <= 0:
+                break
+            if all(abs(int(index) - other) >= min_gap for other in chosen):
+                chosen.append(int(index))
+        return chosen
 
     # ---------------------------------------------------------- navigation
     def go_to(self, index: int) -> None:
@@ -253,29 +318,39 @@ class ResultViewer:
         return rgb
 
     def _plot(self) -> None:
-        """Draws the per-slice plot once; keeps its pixels and the pixel <-> slice mapping."""
-        figure = Figure(figsize=(6.4, 2.2), dpi=100)
+        """Draws the per-slice plot once; keeps its pixels and the pixel <-> slice mapping. The legend
+        (class names, "uncertainty") sits above the axes in as many columns as fit the figure's width;
+        the y-label names the metric."""
+        figure = Figure(figsize=(6.4, 2.4), dpi=100, layout="constrained")
         canvas = FigureCanvasAgg(figure)
-        ax = figure.add_axes((0.08, 0.2, 0.74, 0.72))
+        ax = figure.add_subplot()
         x = np.arange(self.num_slices)
         if self._dice is not None:
-            for class_id, name in self.classes.items():
-                ax.plot(x, self._dice[name], ".-", color=self.colors[class_id] / 255, label=f"Dice {name}", lw=1)
+            curves, metric = self._dice, "Dice"
         else:
             slices = np.moveaxis(self.prediction, self.axis, 0).reshape(self.num_slices, -1)
-            for class_id, name in self.classes.items():
-                area = (slices == class_id).sum(axis=1)
-                ax.plot(x, area / max(area.max(), 1), ".-", color=self.colors[class_id] / 255, lw=1,
-                        label=f"area {name} (rel.)")
+            areas = {name: (slices == class_id).sum(axis=1) for class_id, name in self.classes.items()}
+            curves, metric = {name: area / max(area.max(), 1) for name, area in areas.items()}, "area / largest"
+        for class_id, name in self.classes.items():
+            ax.plot(x, curves[name], ".-", color=self.colors[class_id] / 255, label=name, lw=1, ms=3)
         if self.uncertainty is not None:
             ax.plot(x, self.uncertainty, "--", color="0.35", lw=1, label="uncertainty")
         ax.set_xlim(-0.5, self.num_slices - 0.5)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel(f"{AXIS_NAMES[self.axis]} slice (click to go there)", fontsize=8)
+        ax.set_ylabel(metric, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        handles, labels = ax.get_legend_handles_labels()
+        renderer = canvas.get_renderer()
+        for columns in range(len(handles), 0, -1):  # the most columns whose row fits the figure
+            legend = figure.legend(handles, labels, loc="outside upper center", ncols=columns, fontsize=7,
+                                   frameon=False, columnspacing=1.2, handlelength=2.2)
+            if columns == 1 or legend.get_window_extent(renderer).width <= 0.98 * figure.bbox.width:
+                break
+            legend.remove()
         canvas.draw()
+        self._plot_figure = figure
         self._plot_rgb = np.asarray(canvas.buffer_rgba())[..., :3].copy()
         self._plot_transform = ax.transData
         self._plot_axes_box = ax.get_window_extent()
@@ -378,9 +453,10 @@ class ResultViewer:
         swatches = [W.HBox([W.HTML(f'<span style="display:inline-block;width:12px;height:12px;margin-top:9px;'
                                    f'background:{hex_color(self.colors[k])}"></span>'), box])
                     for k, box in self._toggles.items()]
-        self._layer_pred = W.Checkbox(value=True, description="prediction (filled)", indent=False)
+        self._layer_pred = W.Checkbox(value=True, description="prediction (filled)", indent=False,
+                                      layout=W.Layout(width="auto"))
         self._layer_truth = W.Checkbox(value=self.show_ground_truth, description="ground truth (outline)",
-                                       indent=False, disabled=self.ground_truth is None)
+                                       indent=False, disabled=self.ground_truth is None, layout=W.Layout(width="auto"))
         uncertain = []
         if self.uncertainty is not None:
             for index in self.least_certain(5):

@@ -48,37 +48,85 @@ def test_per_slice_dice_is_exact_with_nan_where_both_empty(case):
         ResultViewer(volume, prediction).per_slice_dice()
 
 
+H90, H75, H20 = 0.4689956, 0.8112781, 0.7219281  # binary entropy in bits of p = 0.9, 0.75, 0.2
+
+
 def test_slice_uncertainty_definition():
-    logits = np.full((4, 2, 8, 8), -10.0, np.float32)
-    logits[0, 0, 2:6, 2:6] = 10.0  # confident structure: score 0
-    logits[1, 0, 2:6, 2:6] = 10.0
-    logits[1, 0, 2:6, 2] = 0.5  # 4 undecided pixels of a 16-pixel region: 0.25
-    logits[2, 1, :2, :] = 1.0  # a wholly undecided 16-pixel region: 1.0
-    logits[3, 1, :, :] = 1.0  # undecided everywhere, but the class is judged absent below
-    np.testing.assert_allclose(slice_uncertainty(logits), [0.0, 0.25, 1.0, 1.0])
-    presence = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.5], [1.0, 0.02]], np.float32)
-    np.testing.assert_allclose(slice_uncertainty(logits, presence), [0.0, 0.25, 1.0, 0.04], atol=1e-6)
-    np.testing.assert_allclose(slice_uncertainty(None, presence), [0.0, 0.0, 1.0, 0.04], atol=1e-6)
-    np.testing.assert_allclose(slice_uncertainty(logits, margin=0.25), [0.0, 0.0, 0.0, 0.0])
+    # One class, 1 x 4 pixels per slice. Every predicted pixel has margin 2, so the volume's median
+    # margin is 2 and a margin m counts as logit m * ln(9) / 2: margin 2 -> p = 0.9, 1 -> 0.75, 0 -> 0.5.
+    logits = np.array([[2, 2, -6, -6],  # the structure alone (background margin 6: not near)
+                       [2, 0, -6, -6],  # plus one pixel exactly at the threshold
+                       [2, 2, -1, -6],  # plus one background pixel at margin 1
+                       [2, -6, -6, -6]], np.float32)[:, None, None, :]  # a 1-pixel tip
+    # Region sizes 2, 2, 3, 1 (median 2): the tip's mean entropy counts half.
+    expected = [H90, (H90 + 1) / 2, (2 * H90 + H75) / 3, H90 / 2]
+    np.testing.assert_allclose(slice_uncertainty(logits), expected, rtol=1e-5)
+    for scale in (0.01, 30.0):  # only the margins relative to the volume's count
+        np.testing.assert_allclose(slice_uncertainty(logits * scale), expected, rtol=1e-4)
+    np.testing.assert_array_equal(slice_uncertainty(np.full((2, 1, 2, 2), -5.0)), [0, 0])  # nothing near
 
 
-def test_least_certain_ranks_and_buttons_jump(case):
+def test_slice_uncertainty_presence_counts_only_where_it_changes_labels():
+    logits = np.full((2, 2, 1, 4), -6.0, np.float32)
+    logits[:, 0, 0, :2] = 2.0  # class 0 on both slices
+    logits[1, 1, 0, 2:] = 2.0  # class 1 only on slice 1
+    # Class 1 at presence 0.5 (competes): regions of 2 and 4 pixels (median 3), all at margin 2.
+    # Slice 0: nothing of class 1 to add, so its presence doubt does not count: H(0.9) * 2/3.
+    # Slice 1: its presence decides 2 pixels: H(0.5) * 2/3 beats the pixel part H(0.9).
+    presence = np.array([[1.0, 0.5], [1.0, 0.5]], np.float32)
+    np.testing.assert_allclose(slice_uncertainty(logits, presence), [H90 * 2 / 3, 2 / 3], rtol=1e-5)
+    # Class 1 judged absent on slice 1 (0.2): its pixels are background, but switching it on would
+    # label 2 pixels; regions are 2 and 2 pixels.
+    presence[1, 1] = 0.2
+    np.testing.assert_allclose(slice_uncertainty(logits, presence), [H90, H20], rtol=1e-5)
+    np.testing.assert_allclose(slice_uncertainty(None, presence), [1.0, H20], rtol=1e-5)
+    with pytest.raises(ValueError, match="presence: expected probabilities"):
+        slice_uncertainty(logits, presence * 2)
+    with pytest.raises(ValueError, match="needs logits and/or presence"):
+        slice_uncertainty(None)
+
+
+def test_least_certain_picks_the_ambiguous_slice_at_any_logit_scale(case):
     volume, prediction, truth = case
-    logits = np.full((10, 2, 20, 24), -10.0, np.float32)
-    logits[7, 0, :4, :] = 0.1  # most uncertain
-    logits[3, 1, :4, :4] = 10.0
-    logits[3, 1, 0, :4] = 1.0  # 4 of 16 pixels: 0.25
+    scale = 0.05  # an under-confident decoder: no logit reaches 1
+    logits = np.full((10, 2, 20, 24), -10 * scale, np.float32)
+    logits[:, 0, 5:15, 5:15] = scale  # class 1 decided alike on every slice...
+    logits[7, 0, 5:15, 5:15] = 0.04 * scale  # ...except slice 7, all but at the threshold,
+    logits[3, 0, 5:10, 5:15] = 0.2 * scale  # slice 3, half of it close,
+    logits[4, 0, 5:8, 5:15] = 0.2 * scale  # and slice 4, a third of it close
     viewer = ResultViewer(volume, prediction, ground_truth=truth, classes=CLASSES, logits=logits)
-    assert viewer.least_certain(5) == [7, 3]
-    assert viewer.least_certain(1) == [7]
+    assert viewer.least_certain(2) == [7, 3]
+    assert viewer.least_certain(3, min_gap=1) == [7, 3, 4]
+    assert viewer.least_certain(3) == [7, 3, 0]  # 4 neighbours 3; then the lowest of the tied rest
+    # Slice 7: H(sigmoid(0.04 ln 9)) ~ 0.997; slice 3: (H(0.9) + H(sigmoid(0.2 ln 9))) / 2 = 0.717.
     buttons = [w for w in viewer.widget.children[-3].children if "fewsam-uncertain" in w._dom_classes]
-    assert [b.description for b in buttons] == ["slice 7 (1.00)", "slice 3 (0.25)"]
+    assert [b.description for b in buttons[:2]] == ["slice 7 (1.00)", "slice 3 (0.72)"]
+    np.testing.assert_allclose(viewer.uncertainty[[0, 1, 2, 5, 6, 8, 9]], H90, rtol=1e-5)
     buttons[1].click()
     assert viewer.slice_index == 3 and viewer._slider.value == 3
+    with pytest.raises(ValueError, match="min_gap"):
+        viewer.least_certain(3, min_gap=0)
     with pytest.raises(ValueError, match="needs logits"):
         ResultViewer(volume, prediction).least_certain()
     with pytest.raises(ValueError, match="logits: expected shape"):
         ResultViewer(volume, prediction, classes=CLASSES, logits=logits[:, :, :, :20])
+
+
+def test_plot_legend_and_labels_fit_the_figure(case):
+    volume, prediction, truth = case
+    long_names = {1: "left anterior hippocampus head", 2: "right posterior hippocampus tail"}
+    viewer = ResultViewer(volume, prediction, ground_truth=truth, classes=long_names,
+                          presence=np.full((10, 2), 0.7, np.float32))
+    figure = viewer._plot_figure
+    renderer = figure.canvas.get_renderer()
+    (ax,) = figure.axes
+    legend = figure.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == [*long_names.values(), "uncertainty"]
+    assert ax.get_ylabel() == "Dice"
+    bounds = figure.bbox
+    for box in (legend.get_window_extent(renderer), ax.get_tightbbox(renderer)):  # the axes with its labels
+        assert bounds.x0 <= box.x0 and box.x1 <= bounds.x1 and bounds.y0 <= box.y0 and box.y1 <= bounds.y1, box
+    assert legend.get_window_extent(renderer).y0 >= ax.get_window_extent(renderer).y1  # above the axes
 
 
 def test_plot_click_jumps_to_the_slice_under_it(case):
