@@ -48,3 +48,12 @@ def litemedsam():
         fcntl.flock(lock, fcntl.LOCK_EX)
         directory = cached_model_dir("litemedsam")
     return load_model_dir(directory)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Lets fixtures see whether the test body failed (the browser tests then save a screenshot)."""
+    report = yield
+    if report.when == "call":
+        item.test_body_failed = report.failed
+    return report

@@ -40,7 +40,7 @@ def browser_page(request, artifacts):
     """A fresh page; on failure a full-page screenshot is saved. Fails on console or page errors."""
     with chromium_page(1200, 800) as (page, problems):
         yield page
-        if getattr(request.node, "browser_test_failed", False):
+        if getattr(request.node, "test_body_failed", False):
             page.screenshot(path=str(artifacts / f"{request.node.name}_failure.png"), full_page=True)
     assert not problems.unexpected(), "the page reported errors:\n" + "\n".join(problems.unexpected())
 
