@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fewsam_jax import cli_embed
 from fewsam_jax.config import PRESETS
+from fewsam_jax.reproduce.datasets import DATASETS
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -77,6 +78,15 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.out, steps=args.steps, retrain=args.retrain)
 
 
+def _reproduce(args: argparse.Namespace) -> None:
+    from fewsam_jax.reproduce import run_study
+
+    command = f"fewsam reproduce --dataset {args.dataset}" + (" --quick" if args.quick else "")
+    report = run_study(args.dataset, quick=args.quick, out=args.out, model=args.model, checkpoint=args.checkpoint,
+                       cache=args.cache, data_root=args.data, command=command)
+    print("\n".join(str(path) for path in report["files"].values()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fewsam", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=None)
     demo.add_argument("--retrain", action="store_true")
     demo.set_defaults(run=_demo)
+
+    reproduce = commands.add_parser(
+        "reproduce", help="the paper's comparison on the shared data: few-shot vs prompted SAM vs full supervision")
+    reproduce.add_argument("--dataset", default="hippocampus", choices=DATASETS)
+    reproduce.add_argument("--quick", action="store_true",
+                           help="small split, one seed, fewer steps (about 15 min on 2 CPU cores with a cold cache)")
+    reproduce.add_argument("--out", default="bench/results", help="folder for the Markdown, JSON and PNG files")
+    reproduce.add_argument("--model", default="litemedsam", help="preset name or converted model directory")
+    reproduce.add_argument("--checkpoint", help="official .pth for vit_b/vit_l/vit_h (converted once into the cache)")
+    reproduce.add_argument("--data", help="data root (default: ../shared/data beside the project)")
+    reproduce.add_argument("--cache", help="embedding cache folder (default $FEWSAM_HOME/embeddings)")
+    reproduce.set_defaults(run=_reproduce)
     return parser
 
 

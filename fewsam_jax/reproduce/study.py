@@ -1,0 +1,382 @@
+"""The comparison of the paper, run on a :class:`~fewsam_jax.reproduce.datasets.Task`.
+
+Methods, all scored on the same test slices of every fold (per class, only on test items whose
+ground truth contains the class):
+
+* **few-shot**: :class:`FewShotSegmenter` with its default settings, trained on N labelled slices
+  (the sweep) drawn from the fold's pool, ``seeds`` draws each. Spread: standard deviation over seeds.
+* **prompted SAM**: the same frozen model prompted on every test slice and class present there
+  (:data:`fewsam_jax.baselines.PROMPT_SUITE`: 1/3/5 points with and without negatives, a tight and a
+  ±10 % box), from the same cached embeddings. Spread: over test items.
+* **fully supervised decoder**: the few-shot decoder trained on every slice of the pool (no augmented
+  copies; ``full_steps`` steps), and a **2D U-Net** from scratch on the same slices. Not run for
+  ``cross_image`` tasks, whose pool is two or three images.
+
+A drawn support set: for N slices, min(N, pool cases) cases are drawn, the N slices split evenly
+over them, each case's share taken one per equal part of its slices with structure (a random slice in
+each part), redrawn until every class appears; plus one slice without any class from each drawn case
+that has one (a negative example, counted in the labelled slices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from fewsam_jax import metrics
+from fewsam_jax.baselines import PROMPT_SUITE, PromptSpec, UNetConfig, predict_unet, segment_prompted, train_unet
+from fewsam_jax.cache import embed_volume
+from fewsam_jax.fewshot import AugmentConfig, Collection, FewShotConfig, FewShotSegmenter, SupportItem
+from fewsam_jax.io import get_slices, save_labels
+from fewsam_jax.modeling.sam import Sam
+from fewsam_jax.preprocess import Intensity
+from fewsam_jax.reproduce.datasets import Case, Fold, Task
+
+METRICS = ("dice", "iou", "hd95")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    """Sizes of the study. ``fewshot_steps`` None keeps :class:`FewShotConfig`'s default; ``shots``
+    None runs the task's sweep."""
+
+    seeds: int = 3
+    shots: tuple[int, ...] | None = None
+    fewshot_steps: int | None = None
+    full_steps: int = 600
+    unet: UNetConfig = dataclasses.field(default_factory=UNetConfig)
+    prompts: tuple[PromptSpec, ...] = PROMPT_SUITE
+    prompt_seed: int = 0
+
+    def __post_init__(self):
+        if self.seeds < 1:
+            raise ValueError(f"seeds: expected at least 1, got {self.seeds}")
+        if self.shots is not None and (not self.shots or min(self.shots) < 1):
+            raise ValueError(f"shots: expected positive counts, got {self.shots}")
+
+    @classmethod
+    def quick(cls) -> StudyConfig:
+        """One seed, 60 decoder steps, a short reference training and the tiny U-Net."""
+        return cls(seeds=1, fewshot_steps=60, full_steps=100, unet=UNetConfig.tiny(steps=300))
+
+
+Log = Callable[[str], None]
+
+
+def _present(labels: np.ndarray, class_ids: tuple[int, ...]) -> np.ndarray:
+    """(N,) bool: slices of (N, H, W) that contain any of ``class_ids``."""
+    return np.isin(labels, class_ids).any(axis=(1, 2))
+
+
+def draw_support(fold: Fold, class_ids: tuple[int, ...], axis: int, shots: int, seed: int,
+                 attempts: int = 500) -> list[tuple[int, tuple[int, ...]]] | None:
+    """A support set of ``shots`` slices with structure (+ one empty slice per drawn case where there is
+    one): ``[(pool case index, sorted slices)]``, or None when no draw covers every class.
+
+    Seeds draw in turn (``default_rng([s, shots])`` for s = 0..seed) and a seed avoids the draws of the
+    seeds before it while another covering draw can be found, so small pools still give distinct draws.
+    """
+    label_slices = [case.label_slices(axis) for case in fold.pool]
+    positives, empties = [], []
+    for labels, allowed in zip(label_slices, fold.pool_slices):
+        allowed = np.asarray(allowed)
+        has = _present(labels[allowed], class_ids)
+        positives.append(allowed[has])
+        empties.append(allowed[~has])
+    usable = [i for i, p in enumerate(positives) if len(p)]
+    if sum(len(positives[i]) for i in usable) < shots:
+        return None
+
+    def candidate(rng: np.random.Generator) -> dict[int, list[int]] | None:
+        chosen = sorted(rng.choice(usable, min(shots, len(usable)), replace=False).tolist())
+        counts = dict.fromkeys(chosen, 0)
+        for _ in range(shots):  # round robin over the cases that still have slices to give
+            open_cases = [i for i in chosen if counts[i] < len(positives[i])]
+            if not open_cases:
+                return None
+            counts[min(open_cases, key=lambda i: counts[i])] += 1
+        picks = {i: sorted(int(rng.choice(part)) for part in np.array_split(positives[i], counts[i]))
+                 for i in chosen if counts[i]}
+        covered = set()
+        for i, slices in picks.items():
+            covered |= set(np.unique(label_slices[i][slices]).tolist())
+        return picks if set(class_ids) <= covered else None
+
+    taken: list[dict[int, list[int]]] = []
+    for s in range(seed + 1):
+        rng = np.random.default_rng([s, shots])
+        first = None
+        for _ in range(attempts):
+            picks = candidate(rng)
+            if picks is None:
+                continue
+            first = first or picks
+            if picks not in taken:
+                break
+        else:
+            picks = first
+        if picks is None:
+            return None
+        taken.append(picks)
+    return [(i, tuple(sorted(slices + ([int(rng.choice(empties[i]))] if len(empties[i]) else []))))
+            for i, slices in taken[-1].items()]
+
+
+def _slice_spacing(case: Case, axis: int, step: int) -> tuple[float, float, float]:
+    """Spacing (mm) of a (N, H, W) stack of every ``step``-th slice along ``axis``."""
+    a, b = [d for d in range(3) if d != axis]
+    spacing = case.volume.spacing
+    return (spacing[axis] * step, spacing[b], spacing[a])
+
+
+def score_item(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, float, float],
+               classes: dict[int, str]) -> dict[str, dict[str, float]]:
+    """Dice, IoU, HD95 per class present in ``truth``; (N, H, W) slice stacks, scored in 3D (in 2D when
+    N == 1). ``spacing``: (between slices, rows, columns)."""
+    present = {i: n for i, n in classes.items() if (truth == i).any()}
+    if not present:
+        return {}
+    if pred.shape[0] == 1:
+        pred, truth, spacing = pred[0], truth[0], spacing[1:]
+    result = metrics.evaluate(pred, truth, spacing, present, per_slice_axis=None)
+    return {name: {key: float(result[name][key]) for key in METRICS} for name in present.values()}
+
+
+@dataclasses.dataclass
+class _Context:
+    task: Task
+    sam: Sam
+    config: StudyConfig
+    cache: Any
+    scratch: Path
+    log: Log
+    example: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def class_ids(self) -> tuple[int, ...]:
+        return tuple(sorted(self.task.classes))
+
+    def labels_file(self, case: Case) -> Path:
+        """The case's task labels as NIfTI on its source grid (written once per study)."""
+        path = self.scratch / f"{case.name}_labels.nii.gz"
+        if not path.exists():
+            save_labels(case.labels, case.volume, path)
+        return path
+
+    def test_truth(self, fold: Fold, index: int) -> np.ndarray:
+        return fold.test[index].label_slices(self.task.axis)[list(fold.test_slices[index])]
+
+    def spacing(self, fold: Fold, index: int) -> tuple[float, float, float]:
+        slices = fold.test_slices[index]
+        step = slices[1] - slices[0] if len(slices) > 1 else 1
+        return _slice_spacing(fold.test[index], self.task.axis, step)
+
+    def keep_example(self, method: str | None, fold_index: int, item: int, pred: np.ndarray) -> None:
+        """Keep the prediction on the overlay slice (first fold, first test item) under ``method``."""
+        if method and fold_index == 0 and item == 0:
+            self.example["predictions"][method] = pred[self.example["slice"]]
+
+    def score_fold(self, method: str | None, fold_index: int, predict: Callable[[int], np.ndarray]) -> list[dict]:
+        """Scores of ``predict(test item index) -> (n, H, W)`` on every test item of a fold; the overlay
+        keeps the prediction under ``method`` (None: not kept)."""
+        fold = self.task.folds[fold_index]
+        items = []
+        for index, case in enumerate(fold.test):
+            pred = predict(index)
+            self.keep_example(method, fold_index, index, pred)
+            items.append({"fold": fold.name, "case": case.name,
+                          "scores": score_item(pred, self.test_truth(fold, index), self.spacing(fold, index),
+                                               self.task.classes)})
+        return items
+
+
+def _support_collection(ctx: _Context, fold: Fold, support: list[tuple[int, tuple[int, ...]]]) -> Collection:
+    items = tuple(SupportItem(fold.pool[i].image, ctx.labels_file(fold.pool[i]), slices) for i, slices in support)
+    return Collection(classes=dict(ctx.task.classes), axis=ctx.task.axis, support=items)
+
+
+def _segment_tests(ctx: _Context, segmenter: FewShotSegmenter, fold: Fold) -> Callable[[int], np.ndarray]:
+    def predict(index: int) -> np.ndarray:
+        labels = segmenter.segment(fold.test[index].volume, cache=ctx.cache, progress=False)
+        return get_slices(labels, ctx.task.axis)[list(fold.test_slices[index])]
+    return predict
+
+
+def run_fewshot(ctx: _Context, shots_list: tuple[int, ...]) -> tuple[list[dict], list[str]]:
+    """Every (shots, seed, fold) run; notes on shot counts a fold cannot supply."""
+    runs, notes = [], []
+    base = FewShotConfig()
+    for shots in shots_list:
+        for seed in range(ctx.config.seeds):
+            for fold_index, fold in enumerate(ctx.task.folds):
+                support = draw_support(fold, ctx.class_ids, ctx.task.axis, shots, seed)
+                if support is None:
+                    notes.append(f"{shots} labelled slices: fold {fold.name} cannot supply a draw covering every "
+                                 "class; skipped")
+                    continue
+                config = dataclasses.replace(base, seed=seed, **(
+                    {"steps": ctx.config.fewshot_steps} if ctx.config.fewshot_steps else {}))
+                started = time.perf_counter()
+                segmenter = FewShotSegmenter.train(_support_collection(ctx, fold, support), sam=ctx.sam,
+                                                   config=config, augment=AugmentConfig(seed=seed),
+                                                   intensity=ctx.task.intensity, cache=ctx.cache, progress=False)
+                trained = time.perf_counter()
+                method = f"few-shot {shots}"
+                items = ctx.score_fold(method if seed == 0 else None, fold_index, _segment_tests(ctx, segmenter, fold))
+                positives = sum(int(_present(fold.pool[i].label_slices(ctx.task.axis)[list(s)], ctx.class_ids).sum())
+                                for i, s in support)
+                runs.append({
+                    "method": method, "shots": shots, "seed": seed, "fold": fold.name,
+                    "support": [{"case": fold.pool[i].name, "slices": list(s)} for i, s in support],
+                    "labelled_slices": sum(len(s) for _, s in support), "positive_slices": positives,
+                    "steps": config.steps, "train_seconds": round(trained - started, 1),
+                    "segment_seconds": round(time.perf_counter() - trained, 1), "items": items,
+                })
+                ctx.log(f"few-shot {shots} slices, seed {seed}, fold {fold.name}: trained in "
+                        f"{trained - started:.0f} s, {len(items)} test items segmented")
+    return runs, sorted(set(notes))
+
+
+def run_prompted(ctx: _Context) -> list[dict]:
+    """Every prompt spec on every test item, from the cached embeddings."""
+    runs = {spec.name: {"method": spec.name, "spec": dataclasses.asdict(spec), "items": [], "interactions": 0,
+                        "seconds": 0.0} for spec in ctx.config.prompts}
+    for fold_index, fold in enumerate(ctx.task.folds):
+        for index, case in enumerate(fold.test):
+            slices = list(fold.test_slices[index])
+            entry = embed_volume(case.volume, ctx.sam, axis=ctx.task.axis, intensity=ctx.task.intensity,
+                                 cache=ctx.cache, slices=slices, progress=False)
+            embeddings = entry.load(slices)
+            truth = ctx.test_truth(fold, index)
+            prompted = sum(int((truth == c).any(axis=(1, 2)).sum()) for c in ctx.class_ids)
+            for spec in ctx.config.prompts:
+                started = time.perf_counter()
+                pred = segment_prompted(ctx.sam, embeddings, entry.slice_shape, truth, ctx.class_ids, spec,
+                                        seed=ctx.config.prompt_seed)
+                run = runs[spec.name]
+                run["seconds"] += time.perf_counter() - started
+                run["interactions"] += prompted * spec.interactions_per_slice
+                ctx.keep_example(spec.name, fold_index, index, pred)
+                run["items"].append({"fold": fold.name, "case": case.name,
+                                     "scores": score_item(pred, truth, ctx.spacing(fold, index), ctx.task.classes)})
+        ctx.log(f"prompted SAM ({len(ctx.config.prompts)} prompt kinds): fold {fold.name} done")
+    for spec in ctx.config.prompts:
+        runs[spec.name]["interactions_per_slice"] = spec.interactions_per_slice
+        runs[spec.name]["seconds"] = round(runs[spec.name]["seconds"], 1)
+    return list(runs.values())
+
+
+def run_supervised(ctx: _Context) -> list[dict]:
+    """The decoder on every pool slice, and the U-Net from scratch on the same slices."""
+    axis, class_ids = ctx.task.axis, ctx.class_ids
+    intensity = Intensity.parse(ctx.task.intensity)
+    lut = np.zeros(max(class_ids) + 1, np.int32)
+    lut[list(class_ids)] = np.arange(1, len(class_ids) + 1)
+    decoder_run = {"method": "decoder, all pool slices", "items": [], "labelled_slices": 0, "positive_slices": 0,
+                   "train_seconds": 0.0}
+    unet_run = {"method": "U-Net, all pool slices", "items": [], "labelled_slices": 0, "positive_slices": 0,
+                "train_seconds": 0.0}
+    for fold_index, fold in enumerate(ctx.task.folds):
+        support = [(i, tuple(s)) for i, s in enumerate(fold.pool_slices)]
+        labelled = sum(len(s) for _, s in support)
+        positives = sum(int(_present(c.label_slices(axis)[list(s)], class_ids).sum())
+                        for c, s in zip(fold.pool, fold.pool_slices))
+        config = dataclasses.replace(FewShotConfig(), steps=ctx.config.full_steps)
+        started = time.perf_counter()
+        segmenter = FewShotSegmenter.train(_support_collection(ctx, fold, support), sam=ctx.sam, config=config,
+                                           augment=AugmentConfig(copies=0), intensity=ctx.task.intensity,
+                                           cache=ctx.cache, progress=False)
+        decoder_run["train_seconds"] += time.perf_counter() - started
+        decoder_run["items"] += ctx.score_fold(decoder_run["method"], fold_index, _segment_tests(ctx, segmenter, fold))
+        ctx.log(f"fully supervised decoder, fold {fold.name}: {labelled} slices, {config.steps} steps, "
+                f"{time.perf_counter() - started:.0f} s")
+
+        images, labels = [], []
+        for case, slices in zip(fold.pool, fold.pool_slices):
+            images += list(get_slices(intensity.apply(case.volume.array), axis)[list(slices)])
+            labels += list(lut[case.label_slices(axis)[list(slices)]])
+        started = time.perf_counter()
+        model, _ = train_unet(images, labels, len(class_ids) + 1, ctx.config.unet, seed=0, progress=False)
+        unet_run["train_seconds"] += time.perf_counter() - started
+        inverse = np.asarray((0, *class_ids), np.int32)
+
+        def predict(index: int, fold: Fold = fold, model=model, inverse: np.ndarray = inverse) -> np.ndarray:
+            volume_slices = get_slices(intensity.apply(fold.test[index].volume.array), axis)
+            return inverse[np.stack(predict_unet(model, list(volume_slices[list(fold.test_slices[index])])))]
+
+        unet_run["items"] += ctx.score_fold(unet_run["method"], fold_index, predict)
+        ctx.log(f"U-Net, fold {fold.name}: {len(images)} slices, {ctx.config.unet.steps} steps, "
+                f"{time.perf_counter() - started:.0f} s")
+        for run in (decoder_run, unet_run):
+            run["labelled_slices"] += labelled
+            run["positive_slices"] += positives
+    decoder_run.update(steps=ctx.config.full_steps, augment_copies=0)
+    unet_run.update(steps=ctx.config.unet.steps, unet=dataclasses.asdict(ctx.config.unet))
+    folds = len(ctx.task.folds)
+    for run in (decoder_run, unet_run):  # per trained model: the mean over folds
+        run["labelled_slices"] /= folds
+        run["positive_slices"] /= folds
+        run["train_seconds"] = round(run["train_seconds"] / folds, 1)
+    return [decoder_run, unet_run]
+
+
+def _embed_everything(ctx: _Context) -> int:
+    """Embed every test slice and every pool slice a method may use (once, through the cache)."""
+    computed = 0
+    for fold in ctx.task.folds:
+        needs = [(c, s) for c, s in zip(fold.test, fold.test_slices)]
+        if ctx.task.protocol != "cross_image":
+            needs += list(zip(fold.pool, fold.pool_slices))
+        for case, slices in needs:
+            entry = embed_volume(case.volume, ctx.sam, axis=ctx.task.axis, intensity=ctx.task.intensity,
+                                 cache=ctx.cache, slices=list(slices), progress=False)
+            computed += len(entry.computed)
+    return computed
+
+
+def _example(task: Task) -> dict[str, Any]:
+    """The overlay slice: the first test item's slice with the most labelled pixels."""
+    fold = task.folds[0]
+    truth = fold.test[0].label_slices(task.axis)[list(fold.test_slices[0])]
+    index = int(np.isin(truth, list(task.classes)).sum(axis=(1, 2)).argmax())
+    image = get_slices(Intensity.parse(task.intensity).apply(fold.test[0].volume.array), task.axis)
+    return {"case": fold.test[0].name, "slice": index, "volume_slice": int(fold.test_slices[0][index]),
+            "image": image[fold.test_slices[0][index]], "truth": truth[index], "predictions": {}}
+
+
+def run_methods(task: Task, sam: Sam, config: StudyConfig, cache: Any = None, log: Log = print) -> dict[str, Any]:
+    """Run every method of the study on ``task``; raw runs (per-item scores), timings and the overlay
+    example. Aggregation and files: :mod:`fewsam_jax.reproduce.report`."""
+    shots = tuple(config.shots or task.shots)
+    timings: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="fewsam-reproduce-") as scratch:
+        ctx = _Context(task, sam, config, cache, Path(scratch), log, _example(task))
+        started = time.perf_counter()
+        computed = _embed_everything(ctx)
+        timings["embed_seconds"] = round(time.perf_counter() - started, 1)
+        log(f"embeddings ready: {computed} slices encoded now, the rest from the cache "
+            f"({timings['embed_seconds']:.0f} s)")
+        started = time.perf_counter()
+        prompted = run_prompted(ctx)
+        timings["prompted_seconds"] = round(time.perf_counter() - started, 1)
+        started = time.perf_counter()
+        fewshot, notes = run_fewshot(ctx, shots)
+        timings["fewshot_seconds"] = round(time.perf_counter() - started, 1)
+        supervised = []
+        if task.protocol != "cross_image":
+            started = time.perf_counter()
+            supervised = run_supervised(ctx)
+            timings["supervised_seconds"] = round(time.perf_counter() - started, 1)
+        else:
+            notes.append("No fully supervised reference: the pool of each fold is two or three images.")
+    return {"fewshot": fewshot, "prompted": prompted, "supervised": supervised, "notes": notes,
+            "timings": timings, "slices_encoded": computed, "shots": list(shots), "example": ctx.example,
+            "load_average": os.getloadavg()[0]}
+

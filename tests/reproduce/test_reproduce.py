@@ -1,0 +1,207 @@
+"""The reproduction study end to end on a tiny synthetic task (tiny random SAM), its pieces, and the
+adapters of the shared data sets."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+from conftest import shared_data
+
+from fewsam_jax.baselines import PromptSpec, UNetConfig
+from fewsam_jax.io import load_volume
+from fewsam_jax.reproduce import Case, Fold, StudyConfig, Task, draw_support, load_task, run_study, score_item
+from fewsam_jax.reproduce.report import file_names, make_report, write_report
+
+
+def _case(folder, name: str, rng: np.random.Generator, shape=(28, 24, 8)) -> Case:
+    """A noisy volume with two boxes (classes 1 and 2) on its middle slices, written as .npy."""
+    labels = np.zeros(shape, np.int32)
+    x0, y0 = rng.integers(3, 7, size=2)
+    labels[x0:x0 + 8, y0:y0 + 6, 2:6] = 1
+    labels[x0 + 10:x0 + 16, y0 + 4:y0 + 12, 3:7] = 2
+    image = (labels * 40 + rng.normal(100, 10, shape)).astype(np.float32)
+    path = folder / f"{name}.npy"
+    np.save(path, image)
+    return Case(name, path, load_volume(path), labels)
+
+
+@pytest.fixture(scope="module")
+def synthetic_task(tmp_path_factory) -> Task:
+    folder = tmp_path_factory.mktemp("synthetic")
+    rng = np.random.default_rng(0)
+    pool = tuple(_case(folder, f"pool{i}", rng) for i in range(2))
+    test = tuple(_case(folder, f"test{i}", rng) for i in range(2))
+    fold = Fold("synthetic", pool, tuple(tuple(range(8)) for _ in pool), test, tuple(tuple(range(8)) for _ in test))
+    return Task(name="synthetic", classes={1: "left", 2: "right"}, axis=2, intensity="minmax",
+                protocol="cross_volume", folds=(fold,), shots=(1,), notes=("Synthetic boxes.",),
+                reference={"method": "published", "dice": {"left": 0.9, "right": 0.8}, "labelled": "all",
+                           "source": "nowhere"})
+
+
+def _numbers(cell: str) -> list[float]:
+    return [float(x) for x in re.findall(r"-?\d+\.\d+", cell)]
+
+
+def _markdown_matches(text: str, stored: dict) -> set[tuple[str, str]]:
+    """Check every (method, class) row of the Markdown's per-class table against the JSON; return the
+    pairs seen."""
+    table = text.split("## Per class")[1].split("\n\n")[1].splitlines()[2:]
+    seen = set()
+    for line in table:
+        method, name, dice, iou, hd95 = [cell.strip() for cell in line.strip("|").split("|")][:5]
+        entry = next(r for r in stored["rows"] if r["method"] == method)["classes"][name]
+        for cell, key, digits in ((dice, "dice", 3), (iou, "iou", 3), (hd95, "hd95", 2)):
+            value = entry.get(key)
+            if value is None:
+                assert cell.startswith("–"), (method, name, key, cell)
+                continue
+            shown = _numbers(cell)
+            assert shown[0] == round(value, digits), (method, name, key)
+            if entry.get(f"{key}_spread") is not None:
+                assert shown[1] == round(entry[f"{key}_spread"], digits), (method, name, key)
+        seen.add((method, name))
+    return seen
+
+
+def test_study_writes_consistent_report(synthetic_task, tiny_sam, tmp_path):
+    # every training and prompt kind compiles afresh, so: one few-shot count, one seed, one prompt kind
+    config = StudyConfig(seeds=1, fewshot_steps=2, full_steps=2, unet=UNetConfig.tiny(steps=2, features=(4, 8)),
+                         prompts=(PromptSpec("points", 1),))
+    report = run_study(synthetic_task, out=tmp_path / "results", model=tiny_sam, config=config,
+                       cache=tmp_path / "cache", log=lambda message: None)
+
+    names = file_names("synthetic", quick=False)
+    for key, name in names.items():
+        path = tmp_path / "results" / name
+        assert path.is_file() and path.stat().st_size > 0, key
+        assert report["files"][key] == path
+    assert (tmp_path / "results" / names["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stored = json.loads((tmp_path / "results" / names["json"]).read_text())
+    text = (tmp_path / "results" / names["markdown"]).read_text()
+
+    methods = [row["method"] for row in stored["rows"]]
+    assert methods == ["few-shot, 1 slice", "SAM 1 point", "decoder, all pool slices", "U-Net, all pool slices",
+                       "published"]
+    (run,) = stored["runs"]["fewshot"]
+    assert (run["shots"], run["seed"], len(run["items"])) == (1, 0, 2)
+    assert run["positive_slices"] == 1 and run["labelled_slices"] == 2  # + one empty slice
+    assert stored["rows"][2]["labelled_slices"] == 16  # every slice of both pool volumes
+    assert stored["rows"][1]["interactions_per_item"] == 8  # 1 click x (4 + 4 slices with a class) per volume
+
+    assert _markdown_matches(text, stored) == {(m, c) for m in methods for c in ("left", "right")}
+    # the summary's few-shot vs one-point ratio is computed from the rows
+    arm = stored["headline"]["fewshot"][0]
+    assert math.isclose(arm["iou_ratio_vs_one_point"], stored["rows"][0]["mean"]["iou"] / stored["rows"][1]["mean"]["iou"])
+    assert f"{arm['iou_ratio_vs_one_point']:.2f}" in text
+
+
+def _run(seed: int, shots: int, dice: tuple[float, float], empty_right: bool = False) -> dict:
+    def item(case, d, e):
+        return {"fold": "f", "case": case, "scores": {
+            "left": {"dice": d, "iou": d / (2 - d), "hd95": 2.0},
+            "right": {"dice": e, "iou": e / (2 - e), "hd95": math.inf if empty_right else 3.0}}}
+    return {"method": f"few-shot {shots}", "shots": shots, "seed": seed, "fold": "f", "labelled_slices": shots + 1,
+            "positive_slices": shots, "train_seconds": 1.0, "segment_seconds": 1.0,
+            "support": [{"case": "p", "slices": [seed, 9]}], "items": [item("a", *dice), item("b", *dice)]}
+
+
+def test_report_spreads_over_seeds_and_matches_markdown(synthetic_task, tmp_path):
+    raw = {
+        "shots": [1], "notes": ["a note"], "timings": {"embed_seconds": 1.0}, "slices_encoded": 3, "load_average": 1.0,
+        "fewshot": [_run(0, 1, (0.5, 0.2), empty_right=True), _run(1, 1, (0.7, 0.4))],
+        "prompted": [{"method": "SAM 1 point", "spec": {"kind": "points"}, "interactions_per_slice": 1,
+                      "interactions": 16, "seconds": 1.0,
+                      "items": [{"fold": "f", "case": "a", "scores": {"left": {"dice": 0.4, "iou": 0.25, "hd95": 5.0},
+                                                                      "right": {"dice": 0.8, "iou": 2 / 3, "hd95": 1.0}}}]}],
+        "supervised": [],
+    }
+    report = make_report(synthetic_task, raw, StudyConfig(), model={"name": "tiny", "weights_id": "x" * 12},
+                         quick=False, command="test", load_start=1.0, total_seconds=10.0)
+    rows = {row["method"]: row for row in report["rows"]}
+    left = rows["few-shot, 1 slice"]["classes"]["left"]
+    assert left["dice"] == pytest.approx(0.6) and left["dice_spread"] == pytest.approx(0.1)  # mean, std over seeds
+    right = rows["few-shot, 1 slice"]["classes"]["right"]
+    assert right["hd95"] == pytest.approx(3.0) and (right["empty"], right["scored"]) == (2, 4)
+    # few-shot beats one click on "left" but loses on "right" by 0.8 - 0.3
+    (loss,) = [loss for loss in report["headline"]["losses"] if loss["method"] == "SAM 1 point"]
+    assert loss["class"] == "right" and loss["difference"] == pytest.approx(-0.5)
+    example = {"case": "a", "slice": 0, "volume_slice": 3, "image": np.zeros((8, 8)), "truth": np.eye(8, dtype=int),
+               "predictions": {"SAM 1 point": np.eye(8, dtype=int) * 2}}
+    files = write_report(report, example, tmp_path)
+    text, stored = files["markdown"].read_text(), json.loads(files["json"].read_text())
+    assert _markdown_matches(text, stored) == {(m, c) for m in rows for c in ("left", "right")}
+    assert "0.600 ± 0.100" in text and "(2/4 empty)" in text and "a note" in text
+    assert "SAM 1 point, right: 0.800 vs 0.300 (-0.500)" in text
+    assert "| 2 | 1 | f | p: 1, 9 | 1 | 1 | 0.550 |" in text  # the draws, seed 1: mean of 0.7 and 0.4
+
+
+def test_draw_support_covers_classes_and_differs_between_seeds(synthetic_task):
+    fold = synthetic_task.folds[0]
+    draws = [draw_support(fold, (1, 2), 2, 3, seed) for seed in range(3)]
+    for draw in draws:
+        slices = [s for _, chosen in draw for s in chosen]
+        labels = np.concatenate([fold.pool[i].label_slices(2)[list(chosen)] for i, chosen in draw])
+        assert {1, 2} <= set(np.unique(labels).tolist())
+        positives = sum(int(np.isin(fold.pool[i].label_slices(2)[list(c)], (1, 2)).any(axis=(1, 2)).sum())
+                        for i, c in draw)
+        assert positives == 3 and len(slices) == 3 + len(draw)  # + one empty slice per drawn volume
+    assert draws[0] != draws[1]
+    assert draw_support(fold, (1, 2), 2, 3, 0) == draws[0]  # deterministic
+    assert draw_support(fold, (1, 2), 2, 99, 0) is None  # more slices than the pool has
+
+
+def test_score_item_per_class_in_3d_and_2d():
+    truth = np.zeros((3, 10, 10), np.int32)
+    truth[:, 2:6, 2:6] = 1
+    pred = truth.copy()
+    pred[:, 2:6, 2:4] = 0
+    scores = score_item(pred, truth, (2.0, 1.0, 1.0), {1: "a", 2: "b"})
+    assert set(scores) == {"a"}  # absent classes are not scored
+    assert scores["a"]["dice"] == pytest.approx(2 * 24 / (24 + 48))
+    assert scores["a"]["iou"] == pytest.approx(0.5)
+    flat = score_item(pred[:1], truth[:1], (2.0, 1.0, 1.0), {1: "a"})
+    assert flat["a"]["hd95"] == pytest.approx(2.0)  # in-plane only for one slice
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("dataset", ["hippocampus", "totalseg_ct", "ct_slices_2d", "cxr_lungs"])
+def test_shared_datasets_become_tasks(dataset):
+    root = shared_data(dataset).parent
+    task = load_task(dataset, quick=True, data_root=root)
+    ids = tuple(sorted(task.classes))
+    for fold in task.folds:
+        for case, slices in zip(fold.test, fold.test_slices):
+            assert case.labels.shape == case.volume.shape
+            assert set(np.unique(case.labels).tolist()) <= {0, *ids}
+            assert max(slices) < case.volume.shape[task.axis]
+        assert draw_support(fold, ids, task.axis, min(task.shots), 0) is not None
+    if dataset == "totalseg_ct":
+        assert {"liver", "spleen", "aorta"} <= set(task.classes.values())
+        assert any("model" in note for note in task.notes)
+        fold = task.folds[0]
+        assert not set(fold.pool_slices[0]) & set(fold.test_slices[0])  # within-volume: disjoint slices
+    if dataset in ("ct_slices_2d", "cxr_lungs"):
+        assert all(case.volume.shape[2] == 1 for fold in task.folds for case in fold.test)
+        assert all(fold.test[0] not in fold.pool for fold in task.folds)
+
+
+def test_fold_rejects_unevenly_spaced_test_slices(synthetic_task):
+    case = synthetic_task.folds[0].pool[0]
+    with pytest.raises(ValueError, match="evenly spaced"):
+        Fold("bad", (case,), ((0, 2),), (case,), ((1, 3, 4),))
+    with pytest.raises(ValueError, match="dataset"):
+        load_task("nonexistent")
+
+
+def test_cli_reproduce_arguments():
+    from fewsam_jax.cli import build_parser
+
+    args = build_parser().parse_args(["reproduce", "--dataset", "cxr_lungs", "--quick", "--out", "x"])
+    assert (args.dataset, args.quick, args.out, args.model) == ("cxr_lungs", True, "x", "litemedsam")
+    assert args.run.__name__ == "_reproduce"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["reproduce", "--dataset", "mnist"])
