@@ -123,19 +123,24 @@ def _check_classes(classes: Mapping[int, str]) -> dict[int, str]:
     return dict(sorted(out.items()))
 
 
+def _labels(value, volume: Volume, name: str) -> np.ndarray:
+    """A label map (array, Volume or path) as (X, Y, Z) int32 on ``volume``'s canonical grid."""
+    if isinstance(value, (str, os.PathLike)):
+        value = _as_volume(value, name)
+    if isinstance(value, Volume):
+        if value.shape != volume.shape or not np.allclose(value.affine, volume.affine, atol=1e-3):
+            raise ValueError(f"{name}: grid of {value.source or 'the label volume'} (shape {value.shape}) differs "
+                             f"from the image's (shape {volume.shape})")
+        value = value.array
+    array = np.asarray(value)
+    if array.shape != volume.shape:
+        raise ValueError(f"{name}: expected shape {volume.shape} (the volume's canonical grid), got {array.shape}")
+    return np.rint(array).astype(np.int32)
+
+
 def _labels_on_grid(labels, volume: Volume, classes: Mapping[int, str]) -> np.ndarray:
     """Initial labels (array, Volume or path) as (X, Y, Z) int32 on ``volume``'s canonical grid."""
-    if isinstance(labels, (str, os.PathLike)):
-        labels = load_volume(labels)
-    if isinstance(labels, Volume):
-        if labels.shape != volume.shape or not np.allclose(labels.affine, volume.affine, atol=1e-3):
-            raise ValueError(f"labels: grid of {labels.source or 'the label volume'} (shape {labels.shape}) "
-                             f"differs from the image's (shape {volume.shape})")
-        labels = labels.array
-    array = np.asarray(labels)
-    if array.shape != volume.shape:
-        raise ValueError(f"labels: expected shape {volume.shape} (the volume's canonical grid), got {array.shape}")
-    values = np.rint(array).astype(np.int32)
+    values = _labels(labels, volume, "labels")
     unknown = sorted(set(np.unique(values).tolist()) - {0, *classes})
     if unknown:
         raise ValueError(f"labels: values {unknown[:10]} are not among the classes {sorted(classes)}")

@@ -20,7 +20,7 @@ from scipy.special import entr, expit
 
 from fewsam_jax.io import Volume, check_axis
 from fewsam_jax.preprocess import Intensity
-from fewsam_jax.widgets.annotator import AXIS_NAMES, _as_volume
+from fewsam_jax.widgets.annotator import AXIS_NAMES, _as_volume, _labels
 from fewsam_jax.widgets.canvas import SliceCanvas, parse_pointer_event
 from fewsam_jax.widgets.render import (
     ColorSpec,
@@ -134,21 +134,6 @@ def slice_uncertainty(logits: np.ndarray | None, presence: np.ndarray | None = N
         return pixel.astype(np.float32)
     presence_part = (presence_bits * np.minimum(1.0, changed / median_size)).max(axis=1)
     return np.maximum(pixel, presence_part).astype(np.float32)
-
-
-def _labels(value, volume: Volume, name: str) -> np.ndarray:
-    """A label map (array, Volume or path) as (X, Y, Z) int32 on ``volume``'s canonical grid."""
-    if isinstance(value, (str, os.PathLike)):
-        value = _as_volume(value, name)
-    if isinstance(value, Volume):
-        if value.shape != volume.shape or not np.allclose(value.affine, volume.affine, atol=1e-3):
-            raise ValueError(f"{name}: grid of {value.source or 'the label volume'} (shape {value.shape}) differs "
-                             f"from the image's (shape {volume.shape})")
-        value = value.array
-    array = np.asarray(value)
-    if array.shape != volume.shape:
-        raise ValueError(f"{name}: expected shape {volume.shape} (the volume's canonical grid), got {array.shape}")
-    return np.rint(array).astype(np.int32)
 
 
 class ResultViewer:
