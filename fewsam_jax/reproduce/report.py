@@ -239,9 +239,9 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def _cell(entry: dict | None, key: str, digits: int = 3) -> str:
-    if not entry or entry.get(key) is None:
+    if not entry:
         return "–"
-    text = _fmt(entry[key], digits)
+    text = _fmt(entry.get(key), digits)
     spread = entry.get(f"{key}_spread")
     if spread is not None and math.isfinite(spread) and text != "–":
         text += f" ± {spread:.{digits}f}"
