@@ -379,8 +379,8 @@ def plot_dice(report: dict[str, Any], path: Path) -> None:
     classes = [report["task"]["classes"][k] for k in sorted(report["task"]["classes"], key=int)]
     panels = classes + (["mean"] if len(classes) > 1 else [])
     cols = min(len(panels), 4)
-    fig, axes = plt.subplots(-(-len(panels) // cols), cols, figsize=(4.2 * cols, 3.6 * -(-len(panels) // cols)),
-                             squeeze=False)
+    grid_rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(grid_rows, cols, figsize=(max(4.2 * cols, 8.0), 3.6 * grid_rows + 1.0), squeeze=False)
     fewshot = [r for r in rows if r["family"] == "few-shot"]
     styles = {ONE_POINT: ("tab:orange", ":"), "SAM 5 points + neg": ("tab:red", ":"), "SAM box": ("tab:purple", ":"),
               FULL_DECODER: ("tab:green", "--"), UNET: ("tab:brown", "--")}
@@ -420,9 +420,11 @@ def plot_dice(report: dict[str, Any], path: Path) -> None:
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8)
+    ncol = min(len(labels), 2 if cols == 1 else 4)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8)
+    legend_inches = 0.2 * -(-len(labels) // ncol) + 0.15
     fig.suptitle(f"{report['dataset']}: Dice vs labelled slices" + (" (quick)" if report["quick"] else ""))
-    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+    fig.tight_layout(rect=(0, legend_inches / (3.6 * grid_rows + 1.0), 1, 0.96))
     _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
