@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="output decoder directory")
     train.add_argument("--steps", type=int, help="training steps (default: FewShotConfig.steps)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--augment", type=int, default=2, help="augmented copies per labelled slice")
+    train.add_argument("--augment", type=int, default=0, help="augmented copies per labelled slice")
     train.add_argument("--intensity", default="percentile",
                        help="preset window (soft_tissue, liver, lung, bone, brain), window:L,W, percentile[:lo,hi], minmax")
     train.add_argument("--cache", help="embedding cache folder (default $FEWSAM_HOME/embeddings)")

@@ -15,7 +15,9 @@ from scipy import ndimage
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    copies: int = 2  # augmented copies per labelled slice (0 turns augmentation off)
+    # augmented copies per labelled slice; off by default: 2 copies measured 0.38 vs 0.44 mean Dice on
+    # hippocampus (4 unseen volumes, 600 steps) and cost an encoder pass per copy
+    copies: int = 0
     rotation_deg: float = 10.0
     scale: float = 0.1  # scale factor drawn from [1 - scale, 1 + scale]
     flip: bool = False

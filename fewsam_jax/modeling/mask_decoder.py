@@ -46,6 +46,12 @@ class MaskDecoder(nnx.Module):
             [common.MLP(c, c, c // 8, 3, rngs) for _ in range(self.num_mask_tokens)])
         self.iou_prediction_head = common.MLP(c, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth, rngs)
 
+    def upscale(self, src: jax.Array) -> jax.Array:
+        """Transformer image output (B, E, E, C) -> (B, 4E, 4E, C / 8) features the mask tokens are dotted with."""
+        for layer in self.output_upscaling:
+            src = layer(src)
+        return src
+
     def predict_masks(self, image_embeddings: jax.Array, image_pe: jax.Array, sparse: jax.Array,
                       dense: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         """All mask outputs and the transformer's output tokens.
@@ -67,9 +73,7 @@ class MaskDecoder(nnx.Module):
         iou_token_out = hs[:, 0]
         mask_tokens_out = hs[:, 1:1 + self.num_mask_tokens]
 
-        upscaled = src.reshape(b, e, e, c)
-        for layer in self.output_upscaling:
-            upscaled = layer(upscaled)
+        upscaled = self.upscale(src.reshape(b, e, e, c))
         hyper_in = jnp.stack([mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
                              axis=1)
         masks = jnp.einsum("btc,bhwc->bthw", hyper_in, upscaled)

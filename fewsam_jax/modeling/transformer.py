@@ -32,10 +32,10 @@ class Attention(nnx.Module):
         b, n, d = x.shape
         return x.reshape(b, n, self.num_heads, d // self.num_heads).transpose(0, 2, 1, 3)
 
-    def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-        """``q``: (B, Nq, C), ``k``/``v``: (B, Nk, C) -> (B, Nq, C)."""
+    def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+        """``q``: (B, Nq, C), ``k``/``v``: (B, Nk, C) -> (B, Nq, C); ``bias``: (Nq, Nk) added to the scores."""
         out = common.softmax_attention(self._heads(self.q_proj(q)), self._heads(self.k_proj(k)),
-                                       self._heads(self.v_proj(v)))
+                                       self._heads(self.v_proj(v)), bias)
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, n, -1))
 
@@ -59,14 +59,15 @@ class TwoWayAttentionBlock(nnx.Module):
         self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, attention_downsample_rate, rngs=rngs)
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def __call__(self, queries: jax.Array, keys: jax.Array, query_pe: jax.Array,
-                 key_pe: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``queries``/``query_pe``: (B, N, C); ``keys``/``key_pe``: (B or 1, HW, C)."""
+    def __call__(self, queries: jax.Array, keys: jax.Array, query_pe: jax.Array, key_pe: jax.Array,
+                 token_bias: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """``queries``/``query_pe``: (B, N, C); ``keys``/``key_pe``: (B or 1, HW, C); ``token_bias``: (N, N)
+        added to the token self-attention scores (e.g. -inf between tokens that must not see each other)."""
         if self.skip_first_layer_pe:
-            queries = self.self_attn(queries, queries, queries)
+            queries = self.self_attn(queries, queries, queries, token_bias)
         else:
             q = queries + query_pe
-            queries = queries + self.self_attn(q, q, queries)
+            queries = queries + self.self_attn(q, q, queries, token_bias)
         queries = self.norm1(queries)
 
         k = keys + key_pe
@@ -89,14 +90,15 @@ class TwoWayTransformer(nnx.Module):
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate, rngs=rngs)
         self.norm_final_attn = common.layer_norm(embedding_dim, rngs, eps=_LN_EPS)
 
-    def __call__(self, image_embedding: jax.Array, image_pe: jax.Array,
-                 point_embedding: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, image_embedding: jax.Array, image_pe: jax.Array, point_embedding: jax.Array,
+                 token_bias: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """Run the decoder transformer.
 
         Args:
             image_embedding: (B, H, W, C).
             image_pe: (B or 1, H, W, C) positional encoding of the image grid.
             point_embedding: (B, N, C) prompt/output tokens.
+            token_bias: optional (N, N) bias of the token self-attention scores.
 
         Returns:
             queries (B, N, C) and keys (B, H*W, C).
@@ -106,6 +108,6 @@ class TwoWayTransformer(nnx.Module):
         key_pe = image_pe.reshape(image_pe.shape[0], h * w, c)
         queries = point_embedding
         for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, key_pe)
+            queries, keys = layer(queries, keys, point_embedding, key_pe, token_bias)
         attn = self.final_attn_token_to_image(queries + point_embedding, keys + key_pe, keys)
         return self.norm_final_attn(queries + attn), keys

@@ -10,6 +10,7 @@ import dataclasses
 import json
 
 import nibabel as nib
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -184,3 +185,28 @@ def test_support_volumes_must_match_rows():
     labels = np.ones((2, 4, 4), np.int32)
     with pytest.raises(ValueError, match="volume ids"):
         SupportSet(np.zeros((2, 2, 2, 4), np.float32), labels, np.arange(2), (1,), np.zeros(3, int))
+
+
+def test_joint_decoding_of_one_class_equals_a_separate_pass(tiny_sam):
+    """A class decodes in the joint pass exactly as alone; with two classes the passes differ only
+    through the shared image tokens, so the outputs keep their (B, K, ...) layout."""
+    from flax import nnx
+
+    from fewsam_jax.fewshot.decoder import FewShotDecoder
+
+    rng = np.random.default_rng(0)
+    e, c = tiny_sam.config.embedding_size, tiny_sam.config.prompt_embed_dim
+    embeddings = jnp.asarray(rng.normal(size=(3, e, e, c)), jnp.float32)
+    tokens = jnp.asarray(rng.normal(size=(2, 5, c)), jnp.float32)
+    prototypes = jnp.asarray(rng.normal(size=(2, c)), jnp.float32)
+    joint = FewShotDecoder(tiny_sam, FewShotConfig(class_decoding="joint"), rngs=nnx.Rngs(0))
+    joint.similarity_embed[...] = jnp.asarray(rng.normal(size=c), jnp.float32)  # a prior that matters
+    separate = nnx.clone(joint)
+    separate.config = FewShotConfig(class_decoding="separate")
+    outputs = {name: [decoder(embeddings, tokens[:1], prototypes[:1]), decoder(embeddings, tokens, prototypes)]
+               for name, decoder in (("joint", joint), ("separate", separate))}
+    for joint, separate in zip(outputs["joint"][0], outputs["separate"][0]):
+        np.testing.assert_allclose(joint, separate, rtol=1e-5, atol=1e-5)
+    logits, presence = outputs["joint"][1]
+    assert logits.shape == (3, 2, 4 * e, 4 * e) and presence.shape == (3, 2)
+    assert not np.allclose(logits[:, 0], logits[:, 1])
