@@ -108,9 +108,10 @@ def crop_size(cfg: FewShotConfig, embedding_size: int) -> int:
 
 
 @nnx.jit
-def train_step(decoder, optimizer, embeddings, labels, targets, weights, slice_choice, offset):
+def train_step(decoder, optimizer, embeddings, labels, stats, targets, weights, slice_choice, offset):
     """One episode: predict the ``targets`` slices, cropped at ``offset`` (cells, (y, x)), from
-    prompts built on the weighted pool of whole support slices."""
+    prompts built on the weighted pool of whole support slices (``stats``: :func:`region_stats` of the
+    pool, fixed during training since the encoder and the positional encoding are frozen)."""
     cfg = decoder.config
     b, size, c = len(targets), crop_size(cfg, embeddings.shape[1]), embeddings.shape[-1]
     scale = labels.shape[1] // embeddings.shape[1]
@@ -119,7 +120,6 @@ def train_step(decoder, optimizer, embeddings, labels, targets, weights, slice_c
                                           (b, scale * size, scale * size))
 
     def loss_fn(model):
-        stats = region_stats(model, embeddings, labels, slice_choice.shape[0])
         tokens, fg = class_tokens(model, *stats, weights, slice_choice)
         pe = jax.lax.dynamic_slice(model.dense_pe(), (offset[0], offset[1], 0), (size, size, c))
         logits, presence = model(target_emb, tokens, fg, pe)
@@ -192,9 +192,11 @@ def inference_choice(support: SupportSet, slice_tokens: int, rows: np.ndarray) -
     return np.stack(choice).astype(np.int32)
 
 
+_region_stats = nnx.jit(region_stats, static_argnums=3)
+
+
 @nnx.jit
-def _tokens(decoder, embeddings, labels, weights, slice_choice):
-    stats = region_stats(decoder, embeddings, labels, slice_choice.shape[0])
+def _tokens(decoder, stats, weights, slice_choice):
     return class_tokens(decoder, *stats, weights, slice_choice)
 
 
@@ -206,8 +208,9 @@ def support_tokens(decoder: FewShotDecoder, support: SupportSet, rows: np.ndarra
         if not (support.labels[rows] == k).any():
             raise ValueError(f"class id {class_id} is absent from the selected support slices")
     choice = inference_choice(support, decoder.config.slice_tokens, rows)
-    return _tokens(decoder, jnp.asarray(support.embeddings, jnp.float32), jnp.asarray(support.labels, jnp.int32),
-                   jnp.asarray(rows, jnp.float32), jnp.asarray(choice))
+    stats = _region_stats(decoder, jnp.asarray(support.embeddings, jnp.float32), jnp.asarray(support.labels, jnp.int32),
+                          support.num_classes)
+    return _tokens(decoder, stats, jnp.asarray(rows, jnp.float32), jnp.asarray(choice))
 
 
 def train_decoder(decoder: FewShotDecoder, support: SupportSet, progress: bool = True) -> tuple[list[float], jax.Array, jax.Array]:
@@ -218,10 +221,11 @@ def train_decoder(decoder: FewShotDecoder, support: SupportSet, progress: bool =
     labels = jnp.asarray(support.labels, jnp.int32)
     optimizer = make_optimizer(decoder, cfg)
     sampler = EpisodeSampler(support, cfg, embeddings.shape[1])
+    stats = _region_stats(decoder, embeddings, labels, support.num_classes)
     losses = []
     with tqdm(range(cfg.steps), desc="train decoder", disable=not progress, unit="step") as bar:
         for _ in bar:
-            loss = float(train_step(decoder, optimizer, embeddings, labels, *sampler()))
+            loss = float(train_step(decoder, optimizer, embeddings, labels, stats, *sampler()))
             losses.append(loss)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
     tokens, prototypes = support_tokens(decoder, support)
