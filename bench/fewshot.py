@@ -161,8 +161,8 @@ def markdown(report: dict) -> str:
         + (f" Load average (1 min) at the end: {report['load_average']:.1f}." if "load_average" in report else ""),
         "",
         "| variant | positive slices | labelled slices (incl. empty) | Dice anterior | Dice posterior | mean Dice | "
-        "validation mean Dice | train s | segment s / volume |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "validation mean Dice | train s | segment s / volume | segment s / 100 slices |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         (a, p), (sa, sp) = row["dice_mean"], row["dice_std"]
@@ -170,7 +170,8 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {row.get('variant', 'default')} | {row['positive_slices']} | {row['labelled_slices']} | "
             f"{a:.3f} ± {sa:.3f} | {p:.3f} ± {sp:.3f} | {(a + p) / 2:.3f} | {val} | {row['train_seconds']:.1f} | "
-            f"{row['segment_seconds_per_volume']:.2f} |"
+            f"{row['segment_seconds_per_volume']:.2f} | "
+            f"{100 * row['segment_seconds_per_volume'] / row['slices_per_volume']:.2f} |"
         )
     variants = {row.get("variant", "default"): row.get("overrides", {}) for row in report["rows"]}
     if len(variants) > 1:
@@ -190,7 +191,7 @@ def main() -> None:
                         "variants on (the test volumes follow them)")
     parser.add_argument("--test-volumes", type=int, default=40)
     parser.add_argument("--steps", type=int, help="decoder training steps (default: FewShotConfig's)")
-    parser.add_argument("--augment", type=int, default=2)
+    parser.add_argument("--augment", type=int, default=0, help="augmented copies per labelled slice")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", help="embedding cache folder (default $FEWSAM_HOME/embeddings)")
     parser.add_argument("--data", type=Path, default=DATA, help="the hippocampus folder (imagesTr/, labelsTr/)")
