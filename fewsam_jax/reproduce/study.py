@@ -63,8 +63,8 @@ class StudyConfig:
 
     @classmethod
     def quick(cls) -> StudyConfig:
-        """One seed, 60 decoder steps, a short reference training and the tiny U-Net."""
-        return cls(seeds=1, fewshot_steps=60, full_steps=100, unet=UNetConfig.tiny(steps=300))
+        """One seed, 200 decoder steps (a third of the default), a short reference training and the tiny U-Net."""
+        return cls(seeds=1, fewshot_steps=200, full_steps=100, unet=UNetConfig.tiny(steps=300))
 
 
 Log = Callable[[str], None]
