@@ -228,7 +228,8 @@ class FewShotSegmenter:
             raise FileNotFoundError(f"{directory} is not a trained decoder directory (no fewshot.json); "
                                     "create one with `fewsam train`")
         meta = json.loads((directory / "fewshot.json").read_text())
-        config = FewShotConfig(**meta["fewshot"])
+        # decoders saved before ``class_decoding`` existed were trained one pass per class
+        config = FewShotConfig(**{"class_decoding": "separate", **meta["fewshot"]})
         sam_config = get_config(meta["model"])
 
         def build():

@@ -210,3 +210,12 @@ def test_joint_decoding_of_one_class_equals_a_separate_pass(tiny_sam):
     logits, presence = outputs["joint"][1]
     assert logits.shape == (3, 2, 4 * e, 4 * e) and presence.shape == (3, 2)
     assert not np.allclose(logits[:, 0], logits[:, 1])
+
+
+def test_decoder_saved_before_joint_decoding_loads_as_separate(trained, tmp_path):
+    trained["segmenter"].save(tmp_path / "decoder")
+    meta_path = tmp_path / "decoder" / "fewshot.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["fewshot"]["class_decoding"]
+    meta_path.write_text(json.dumps(meta))
+    assert FewShotSegmenter.load(tmp_path / "decoder").decoder.config.class_decoding == "separate"
