@@ -380,7 +380,8 @@ def plot_dice(report: dict[str, Any], path: Path) -> None:
     panels = classes + (["mean"] if len(classes) > 1 else [])
     cols = min(len(panels), 4)
     grid_rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(grid_rows, cols, figsize=(max(4.2 * cols, 8.0), 3.6 * grid_rows + 1.0), squeeze=False)
+    height = 3.6 * grid_rows + 1.0  # inches, with room for the legend
+    fig, axes = plt.subplots(grid_rows, cols, figsize=(max(4.2 * cols, 8.0), height), squeeze=False)
     fewshot = [r for r in rows if r["family"] == "few-shot"]
     styles = {ONE_POINT: ("tab:orange", ":"), "SAM 5 points + neg": ("tab:red", ":"), "SAM box": ("tab:purple", ":"),
               FULL_DECODER: ("tab:green", "--"), UNET: ("tab:brown", "--")}
@@ -424,7 +425,7 @@ def plot_dice(report: dict[str, Any], path: Path) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8)
     legend_inches = 0.2 * -(-len(labels) // ncol) + 0.15
     fig.suptitle(f"{report['dataset']}: Dice vs labelled slices" + (" (quick)" if report["quick"] else ""))
-    fig.tight_layout(rect=(0, legend_inches / (3.6 * grid_rows + 1.0), 1, 0.96))
+    fig.tight_layout(rect=(0, legend_inches / height, 1, 0.96))
     _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
