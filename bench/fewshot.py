@@ -1,19 +1,25 @@
-"""Few-shot segmentation of the shared hippocampus MRI (MSD Task04, manual labels).
+"""Few-shot hippocampus: the decision harness (MSD Task04, manual labels), few-shot decoder beside a U-Net.
 
-A collection of N labelled axial slices (N = 5, 10, 20 by default) taken evenly from the labelled
-extent of the first ``--train-volumes`` volumes, plus one label-free slice per volume; the decoder is
-trained on it and segments ``--test-volumes`` other volumes, scored in 3D (Dice per class on each
-volume's own grid). Embeddings go through the package's cache, so a rerun only trains and segments.
+Fixed splits of the 200 shared volumes (sorted by name), never changed between runs:
 
-Run ``python bench/fewshot.py`` (``--test-volumes 40`` encodes ~1,400 slices: about an hour on the
-2-core CPU the first time). Results: the "Few-shot hippocampus" section of ``bench/RESULTS.md`` and
-``bench/results/fewshot.json``.
+- support draws ``A`` = volumes 0-4, ``B`` = 45-49, ``C`` = 50-54: where the labelled slices come from;
+- ``validation`` = the last 8 volumes: every method decision is made here;
+- ``test`` = volumes 5-44 (40): scored once per candidate default, never used to choose.
+
+A collection takes N labelled axial slices (``--shots``, default 5, 10, 20) at the centres of equal parts of
+the labelled extent of the draw's 5 volumes, plus one label-free slice per volume. The decoder is trained on
+it (``--variant``: FewShotConfig overrides) and, with ``--unet``, the project's 2D U-Net from scratch on
+exactly the same slices; both are scored in 3D on every volume of the phase's split: Dice, HD95 (mm) and
+predicted / true volume per class. ``--curve N`` adds a learning curve: validation Dice (threshold 0)
+every N steps. Embeddings go through the package's cache, so a rerun only trains and segments.
+
+Rows accumulate in ``bench/results/fewshot_<phase>.json`` (a rerun of the same variant, draw, seed and shot
+count replaces its row); the "Few-shot hippocampus" sections of ``bench/RESULTS.md`` are rewritten from it.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import os
@@ -23,13 +29,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from encode import machine_info, write_section  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hippocampus"  # default of --data
-START, END = "<!-- fewshot:start -->", "<!-- fewshot:end -->"
 CLASSES = {1: "anterior", 2: "posterior"}
+DRAWS = {"A": slice(0, 5), "B": slice(45, 50), "C": slice(50, 55)}
+PHASES = {"validation": slice(-8, None), "test": slice(5, 45)}
 
 
 def cases(data: Path) -> list[str]:
@@ -47,13 +53,17 @@ def pick_slices(labels: np.ndarray, count: int) -> list[int]:
     return sorted({int(s) for s in chosen} | {empty})
 
 
-def manifest(data: Path, train: list[str], shots: int, folder: Path) -> Path:
+def read_labels(path: Path) -> np.ndarray:
     from fewsam_jax.io import load_volume
 
+    return np.rint(load_volume(path).array).astype(int)
+
+
+def manifest(data: Path, train: list[str], shots: int, folder: Path) -> Path:
     per_volume = np.diff(np.linspace(0, shots, len(train) + 1).round().astype(int))
     support = []
     for name, count in zip(train, per_volume):
-        labels = np.rint(load_volume(data / "labelsTr" / f"{name}.nii.gz").array).astype(int)
+        labels = read_labels(data / "labelsTr" / f"{name}.nii.gz")
         support.append({"image": str(data / "imagesTr" / f"{name}_0000.nii.gz"),
                         "labels": str(data / "labelsTr" / f"{name}.nii.gz"),
                         "slices": pick_slices(labels, int(count))})
@@ -63,7 +73,7 @@ def manifest(data: Path, train: list[str], shots: int, folder: Path) -> Path:
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
-    """``NAME`` or ``NAME:key=value,key=value`` -> (name, overrides of FewShotConfig fields or ``augment``)."""
+    """``NAME`` or ``NAME:key=value,key=value`` -> (name, FewShotConfig overrides)."""
     name, _, body = spec.partition(":")
     overrides = {}
     for item in filter(None, body.split(",")):
@@ -72,141 +82,213 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     return name, overrides
 
 
-def score(segmenter, volumes: list, cache) -> tuple[np.ndarray, list[float]]:
-    """3D Dice per (volume, class) and segmentation seconds per volume (embeddings cached first)."""
+def score_volume(pred: np.ndarray, truth: np.ndarray, spacing) -> dict[str, list[float]]:
+    """Per class (in CLASSES order): Dice, HD95 (mm) and predicted / true voxel count."""
     from fewsam_jax import metrics
 
-    scores, seconds = [], []
-    for volume, truth in volumes:
-        segmenter.segment(volume, cache=cache, progress=False)  # embeds (cached) once
-        started = time.perf_counter()
-        pred = segmenter.segment(volume, cache=cache, progress=False)
-        seconds.append(time.perf_counter() - started)
-        result = metrics.evaluate(pred, truth, volume.spacing, CLASSES, per_slice_axis=None)
-        scores.append([result[c]["dice"] for c in CLASSES.values()])
-    return np.asarray(scores), seconds
+    result = metrics.evaluate(pred, truth, spacing, CLASSES, per_slice_axis=None)
+    names = list(CLASSES.values())
+    return {"dice": [result[c]["dice"] for c in names], "hd95": [result[c]["hd95"] for c in names],
+            "volume_ratio": [result[c]["pred_voxels"] / max(result[c]["gt_voxels"], 1) for c in names]}
 
 
-def run(args: argparse.Namespace) -> dict:
-    import jax
+def summarise(per_volume: list[dict[str, list[float]]], seconds: float, slices: int) -> dict:
+    """Means (and Dice spread) over volumes; HD95's mean counts an infinite distance (a missed class) as such."""
+    out = {}
+    for key in ("dice", "hd95", "volume_ratio"):
+        values = np.asarray([v[key] for v in per_volume], float)  # (volumes, classes)
+        out[key] = values.mean(axis=0).tolist()
+        if key == "dice":
+            out["dice_std"] = values.std(axis=0).tolist()
+    out["segment_seconds_per_100_slices"] = 100 * seconds / max(slices, 1)
+    return out
 
-    from fewsam_jax.fewshot import AugmentConfig, FewShotConfig, FewShotSegmenter
-    from fewsam_jax.io import load_volume
+
+def run(args: argparse.Namespace) -> list[dict]:
+    from fewsam_jax.cache import embed_volume
+    from fewsam_jax.fewshot import FewShotConfig, FewShotSegmenter
+    from fewsam_jax.fewshot.infer import labels_from_logits, logits_to_native, predict_logits
+    from fewsam_jax.fewshot.segmenter import volume_images
+    from fewsam_jax.fewshot.train import support_tokens
+    from fewsam_jax.io import load_volume, stack_slices
+    from fewsam_jax.preprocess import Intensity
     from fewsam_jax.weights import load_model
 
     data = args.data.resolve()  # manifests hold absolute paths
     names = cases(data)
-    train = names[: args.train_volumes]
-    validation = names[args.train_volumes:][: args.val_volumes]
-    test = names[args.train_volumes + args.val_volumes:][: args.test_volumes]
+    scored = names[PHASES[args.phase]]
+    intensity = Intensity.parse("percentile")
 
     def load(name):
-        volume = load_volume(data / "imagesTr" / f"{name}_0000.nii.gz")
-        return volume, np.rint(load_volume(data / "labelsTr" / f"{name}.nii.gz").array).astype(int)
+        return load_volume(data / "imagesTr" / f"{name}_0000.nii.gz"), read_labels(data / "labelsTr" / f"{name}.nii.gz")
 
-    val_volumes, test_volumes = [load(n) for n in validation], [load(n) for n in test]
+    volumes = [load(n) for n in scored]
+    total_slices = sum(v.shape[2] for v, _ in volumes)
     sam = load_model("litemedsam")
+    entries = [embed_volume(v, sam, axis=2, intensity=intensity, cache=args.cache, progress=False) for v, _ in volumes]
+    curve_volumes = volumes[: args.curve_volumes]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for name, overrides in map(parse_variant, args.variant):
-            copies = overrides.pop("augment", args.augment)
-            config = FewShotConfig(**{"seed": args.seed, **({"steps": args.steps} if args.steps else {}), **overrides})
-            augment = AugmentConfig(copies=copies, seed=args.seed)
-            for shots in args.shots:
-                segmenter = FewShotSegmenter.train(manifest(data, train, shots, Path(scratch)), sam=sam, config=config,
-                                                   augment=augment, cache=args.cache, progress=False)
-                test_scores, seconds = score(segmenter, test_volumes, args.cache)
-                val_scores, _ = score(segmenter, val_volumes, args.cache) if val_volumes else (np.zeros((0, 2)), [])
-                rows.append({
-                    "variant": name,
-                    "overrides": {**overrides, "augment": copies},
-                    "labelled_slices": segmenter.info["labelled_slices"],
-                    "positive_slices": shots,
-                    "dice_mean": test_scores.mean(axis=0).tolist(),
-                    "dice_std": test_scores.std(axis=0).tolist(),
-                    "val_dice_mean": val_scores.mean(axis=0).tolist() if len(val_scores) else None,
-                    "train_seconds": segmenter.info["train_seconds"],
-                    "thresholds": segmenter.info["thresholds"],
-                    "segment_seconds_per_volume": float(np.mean(seconds)),
-                    "slices_per_volume": float(np.mean([v.shape[2] for v, _ in test_volumes])),
-                })
-                print(json.dumps(rows[-1]), flush=True)
-    return {
-        "date": datetime.date.today().isoformat(),
-        "machine": {**machine_info(), "jax_device": jax.devices()[0].device_kind},
-        "command": "python bench/fewshot.py " + " ".join(args.argv),
-        "train_volumes": train,
-        "val_volumes": len(validation),
-        "test_volumes": len(test),
-        "fewshot": dataclasses.asdict(FewShotConfig(seed=args.seed, **({"steps": args.steps} if args.steps else {}))),
-        "augment": dataclasses.asdict(AugmentConfig(copies=args.augment, seed=args.seed)),
-        "rows": rows,
-        "load_average": os.getloadavg()[0],
-    }
+            for draw in args.draws:
+                for seed in args.seeds:
+                    config = FewShotConfig(**{"seed": seed, **overrides})
+                    for shots in args.shots:
+                        path = manifest(data, names[DRAWS[draw]], shots, Path(scratch))
+                        curve, curve_seconds = [], [0.0]
+
+                        def learning_curve(step, decoder, support, config=config):
+                            started = time.perf_counter()
+                            tokens, prototypes = support_tokens(decoder, support)
+                            dice = []
+                            for (volume, truth), entry in zip(curve_volumes, entries):
+                                logits, presence = predict_logits(
+                                    decoder, tokens, prototypes, entry.load(),
+                                    images=volume_images(volume, intensity, 2, config, sam.config))
+                                pred = stack_slices(labels_from_logits(logits_to_native(logits, entry.slice_shape),
+                                                                       presence, (1, 2)), 2)
+                                dice.append(score_volume(pred, truth, volume.spacing)["dice"])
+                            curve.append({"step": step, "dice": np.mean(dice, axis=0).tolist()})
+                            curve_seconds[0] += time.perf_counter() - started
+
+                        load_before = os.getloadavg()[0]
+                        segmenter = FewShotSegmenter.train(path, sam=sam, config=config, cache=args.cache,
+                                                           progress=False, callback=learning_curve if args.curve else None,
+                                                           callback_every=args.curve)
+                        started, per_volume = time.perf_counter(), []
+                        for volume, truth in volumes:
+                            pred = segmenter.segment(volume, cache=args.cache, progress=False,
+                                                     postprocess=args.postprocess)
+                            per_volume.append(score_volume(pred, truth, volume.spacing))
+                        row = {"method": "few-shot", "variant": name, "overrides": overrides, "draw": draw,
+                               "seed": seed, "positive_slices": shots,
+                               "labelled_slices": segmenter.info["labelled_slices"],
+                               "train_seconds": segmenter.info["train_seconds"] - curve_seconds[0],
+                               "thresholds": segmenter.info["thresholds"], "curve": curve,
+                               "load_average": [load_before, os.getloadavg()[0]],
+                               **summarise(per_volume, time.perf_counter() - started, total_slices)}
+                        rows.append(row)
+                        print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
+                        if curve:
+                            print("curve", json.dumps(curve), flush=True)
+                        if args.unet and name == args.variant_names[0]:
+                            rows.append(unet_row(path, draw, seed, shots, volumes, total_slices, intensity))
+                            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def unet_row(path: Path, draw: str, seed: int, shots: int, volumes: list, total_slices: int, intensity) -> dict:
+    """The U-Net from scratch (``baselines.unet``, default config) on exactly the collection's slices."""
+    from fewsam_jax.baselines import UNetConfig, predict_unet, train_unet
+    from fewsam_jax.fewshot import load_collection
+    from fewsam_jax.fewshot.collection import load_support_item
+    from fewsam_jax.io import get_slices
+
+    collection = load_collection(path)
+    images, labels = [], []
+    for item in collection.support:
+        volume, label_slices = load_support_item(item, 2)
+        images += list(get_slices(intensity.apply(volume.array), 2)[list(item.slices)])
+        labels += list(np.clip(label_slices, 0, 2).astype(np.int32))
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    model, _ = train_unet(images, labels, 3, UNetConfig(), seed=seed, progress=False)
+    train_seconds = time.perf_counter() - started
+    started, per_volume = time.perf_counter(), []
+    for volume, truth in volumes:
+        slices = get_slices(intensity.apply(volume.array), 2)
+        pred = np.moveaxis(np.stack(predict_unet(model, list(slices))), 0, 2)
+        per_volume.append(score_volume(pred, truth, volume.spacing))
+    return {"method": "U-Net", "variant": "unet", "overrides": {}, "draw": draw, "seed": seed,
+            "positive_slices": shots, "labelled_slices": collection.num_slices, "train_seconds": train_seconds,
+            "load_average": [load_before, os.getloadavg()[0]],
+            **summarise(per_volume, time.perf_counter() - started, total_slices)}
+
+
+def merge(path: Path, rows: list[dict], report: dict) -> dict:
+    """Add ``rows`` to the report at ``path``; a row with the same (variant, draw, seed, shots) is replaced."""
+    old = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    key = lambda r: (r["variant"], r["draw"], r["seed"], r["positive_slices"])
+    fresh = {key(r) for r in rows}
+    return {**report, "rows": [r for r in old["rows"] if key(r) not in fresh] + rows}
 
 
 def markdown(report: dict) -> str:
     machine = report["machine"]
+    phase = report["phase"]
     lines = [
-        "## Few-shot hippocampus",
+        f"## Few-shot hippocampus: {phase} split",
         "",
-        f"{report['date']}, {machine.get('cpu', '?')} ({machine.get('cores', '?')} cores"
-        f"{', JAX on ' + machine['jax_device'] if machine.get('jax_device', 'cpu') != 'cpu' else ''}), LiteMedSAM, "
-        f"decoder trained {report['fewshot']['steps']} steps, {report['augment']['copies']} augmented copies per "
-        f"labelled slice (unless a variant says otherwise). Support from {len(report['train_volumes'])} volumes, "
-        f"scored in 3D on {report['test_volumes']} other volumes (mean ± std over volumes)"
-        + (f"; variants compared on {report['val_volumes']} further validation volumes" if report.get("val_volumes")
-           else "")
-        + f". `{report.get('command', 'python bench/fewshot.py')}`."
-        + (f" Load average (1 min) at the end: {report['load_average']:.1f}." if "load_average" in report else ""),
+        f"Last run {report['date']}, {machine.get('cpu', '?')} ({machine.get('cores', '?')} cores), LiteMedSAM. "
+        f"Support draws A/B/C = volumes 0-4 / 45-49 / 50-54 (sorted names); scored in 3D on the {report['volumes']} "
+        f"{phase} volumes ({'the last 8' if phase == 'validation' else 'volumes 5-44'}). Mean over draws x seeds of "
+        f"the per-volume mean; ± is the spread (std) of that mean over draws x seeds. Volume ratio = predicted / true "
+        f"voxels. `python bench/fewshot.py --phase {phase} ...` (rows accumulate; each row's command options are in "
+        f"`results/fewshot_{phase}.json`). Load average (1 min) before/after each training is in the JSON.",
         "",
-        "| variant | positive slices | labelled slices (incl. empty) | Dice anterior | Dice posterior | mean Dice | "
-        "validation mean Dice | train s | segment s / volume | segment s / 100 slices |",
+        "| method / variant | positive slices | runs (draws x seeds) | Dice anterior | Dice posterior | mean Dice | "
+        "HD95 mm (mean) | volume ratio ant / post | train s | segment s / 100 slices |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    groups: dict[tuple, list[dict]] = {}
     for row in report["rows"]:
-        (a, p), (sa, sp) = row["dice_mean"], row["dice_std"]
-        val = f"{np.mean(row['val_dice_mean']):.3f}" if row.get("val_dice_mean") else "-"
+        groups.setdefault((row["variant"], row["positive_slices"]), []).append(row)
+    for (variant, shots), rows in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0] != "unet", kv[0][0])):
+        dice = np.asarray([r["dice"] for r in rows])
+        mean = dice.mean(axis=1)
+        hd = np.asarray([np.mean(r["hd95"]) for r in rows])
+        ratio = np.asarray([r["volume_ratio"] for r in rows]).mean(axis=0)
+        runs = f"{len({r['draw'] for r in rows})} x {len({r['seed'] for r in rows})}"
         lines.append(
-            f"| {row.get('variant', 'default')} | {row['positive_slices']} | {row['labelled_slices']} | "
-            f"{a:.3f} ± {sa:.3f} | {p:.3f} ± {sp:.3f} | {(a + p) / 2:.3f} | {val} | {row['train_seconds']:.1f} | "
-            f"{row['segment_seconds_per_volume']:.2f} | "
-            f"{100 * row['segment_seconds_per_volume'] / row['slices_per_volume']:.2f} |"
-        )
-    variants = {row.get("variant", "default"): row.get("overrides", {}) for row in report["rows"]}
-    if len(variants) > 1:
-        lines += ["", "Variants (changes from the defaults): " + "; ".join(
-            f"**{name}** {json.dumps(overrides)}" for name, overrides in variants.items())]
+            f"| {variant} | {shots} | {runs} | {dice[:, 0].mean():.3f} | {dice[:, 1].mean():.3f} | "
+            f"**{mean.mean():.3f}** ± {mean.std():.3f} | {hd.mean():.2f} | {ratio[0]:.2f} / {ratio[1]:.2f} | "
+            f"{np.mean([r['train_seconds'] for r in rows]):.0f} | "
+            f"{np.mean([r['segment_seconds_per_100_slices'] for r in rows]):.2f} |")
+    variants = {r["variant"]: r.get("overrides", {}) for r in report["rows"] if r["method"] != "U-Net"}
+    lines += ["", "Variants (FewShotConfig changes from the defaults of their day; `unet`: `baselines.unet`, default "
+              "config, same slices): " + "; ".join(f"**{n}** `{json.dumps(o)}`" for n, o in sorted(variants.items()))]
     lines += ["", "Reference: nnU-Net, fully supervised on all training cases: ~0.90 / 0.89 (Decathlon test set)."]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phase", choices=sorted(PHASES), default="validation",
+                        help="validation: decide; test: score a candidate default once")
     parser.add_argument("--shots", type=lambda s: [int(x) for x in s.split(",")], default=[5, 10, 20])
+    parser.add_argument("--draws", type=lambda s: s.split(","), default=["A"], help="support draws, of A,B,C")
+    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0])
     parser.add_argument("--variant", action="append",
-                        help="NAME or NAME:key=value,... (FewShotConfig fields or augment=COPIES); repeatable")
-    parser.add_argument("--train-volumes", type=int, default=5)
-    parser.add_argument("--val-volumes", type=int, default=0, help="volumes after the training ones to compare "
-                        "variants on (the test volumes follow them)")
-    parser.add_argument("--test-volumes", type=int, default=40)
-    parser.add_argument("--steps", type=int, help="decoder training steps (default: FewShotConfig's)")
-    parser.add_argument("--augment", type=int, default=0, help="augmented copies per labelled slice")
-    parser.add_argument("--seed", type=int, default=0)
+                        help="NAME or NAME:key=value,... (FewShotConfig fields); repeatable (default: the defaults)")
+    parser.add_argument("--unet", action="store_true", help="also train the U-Net on the same slices")
+    parser.add_argument("--postprocess", action="store_true", help="3D largest component + hole filling")
+    parser.add_argument("--curve", type=int, default=0, help="learning curve: score every N steps (0: off)")
+    parser.add_argument("--curve-volumes", type=int, default=4, help="phase volumes the learning curve scores")
     parser.add_argument("--cache", help="embedding cache folder (default $FEWSAM_HOME/embeddings)")
     parser.add_argument("--data", type=Path, default=DATA, help="the hippocampus folder (imagesTr/, labelsTr/)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fewshot.json")
     parser.add_argument("--results-md", type=Path, default=ROOT / "bench" / "RESULTS.md",
                         help="Markdown file whose few-shot section is rewritten")
     args = parser.parse_args()
-    args.argv = sys.argv[1:]
     args.variant = args.variant or ["default"]
+    args.variant_names = [parse_variant(v)[0] for v in args.variant]
+    if not set(args.draws) <= set(DRAWS):
+        raise SystemExit(f"--draws: expected names from {sorted(DRAWS)}, got {args.draws}")
     if not (args.data / "imagesTr").is_dir():
         raise SystemExit(f"needs the shared hippocampus data (imagesTr/, labelsTr/) at {args.data}")
-    report = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    write_section(args.results_md, f"{START}\n{markdown(report)}\n{END}", START, END)
+    import jax
+
+    rows = run(args)
+    for row in rows:
+        row["command"] = "python bench/fewshot.py " + " ".join(sys.argv[1:])
+    out = ROOT / "bench" / "results" / f"fewshot_{args.phase}.json"
+    report = {"date": datetime.date.today().isoformat(), "phase": args.phase,
+              "machine": {**machine_info(), "jax_device": jax.devices()[0].device_kind},
+              "volumes": len(cases(args.data)[PHASES[args.phase]])}
+    report = merge(out, rows, report)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    start, end = f"<!-- fewshot-{args.phase}:start -->", f"<!-- fewshot-{args.phase}:end -->"
+    write_section(args.results_md, f"{start}\n{markdown(report)}\n{end}", start, end)
 
 
 if __name__ == "__main__":

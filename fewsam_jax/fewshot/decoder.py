@@ -25,7 +25,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from fewsam_jax.fewshot.image_branch import ImageBranch
 from fewsam_jax.modeling.sam import Sam
+
+
+def image_channels(cfg: FewShotConfig) -> int:
+    """Channels of the image branch's input: the slice and ``image_context`` neighbours on either side."""
+    return 1 + 2 * cfg.image_context
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +66,11 @@ class FewShotConfig:
     presence_threshold: float = 0.5
     calibrate_threshold: bool = True  # per-class logit threshold maximising Dice on the labelled slices (else 0),
     # each slice predicted from prompts of the other volumes when the support spans several (as at inference)
+    # the image itself (:mod:`fewsam_jax.fewshot.image_branch`): channels of a small convolutional branch on the
+    # normalised slice, fused into the mask upscaling (0: off, SAM's decoder alone), and the neighbouring slices
+    # on either side it also sees (2.5D)
+    image_features: int = 0
+    image_context: int = 0
     seed: int = 0
 
     def __post_init__(self):
@@ -69,6 +80,13 @@ class FewShotConfig:
             raise ValueError(f"trainable: expected 'decoder' or 'heads', got {self.trainable!r}")
         if self.episode_holdout not in ("slice", "volume"):
             raise ValueError(f"episode_holdout: expected 'slice' or 'volume', got {self.episode_holdout!r}")
+        if self.image_features < 0 or self.image_context < 0:
+            raise ValueError(f"image_features / image_context: expected >= 0, got {self.image_features} / "
+                             f"{self.image_context}")
+        if self.image_features and self.class_decoding != "joint":
+            raise ValueError("the image branch (image_features > 0) needs class_decoding='joint'")
+        if self.image_context and not self.image_features:
+            raise ValueError("image_context needs the image branch (image_features > 0)")
         if not 0.0 < self.episode_fraction <= 1.0:
             raise ValueError(f"episode_fraction: expected a value in (0, 1], got {self.episode_fraction}")
 
@@ -91,12 +109,14 @@ class FewShotDecoder(nnx.Module):
         )  # (2, C): box top-left, bottom-right corner
         dim = sam.config.prompt_embed_dim
         self.similarity_embed = nnx.Param(jnp.zeros((dim,), jnp.float32))
+        self.image_branch = (ImageBranch(image_channels(cfg), cfg.image_features, dim, rngs=rngs)
+                             if cfg.image_features else None)
 
     def dense_pe(self) -> jax.Array:
         return self.pe_layer.grid(self.embedding_size)
 
     def __call__(self, embeddings: jax.Array, tokens: jax.Array, prototypes: jax.Array,
-                 image_pe: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+                 image_pe: jax.Array | None = None, images: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """Logits for every (slice, class).
 
         Args:
@@ -104,17 +124,24 @@ class FewShotDecoder(nnx.Module):
           tokens: (K, T, C) class prompt tokens (:func:`class_tokens`).
           prototypes: (K, C) mean foreground prototype per class (for the similarity prior).
           image_pe: (h, w, C) positional encoding of the grid; the whole grid's by default.
+          images: (B, 4h, 4w, 1 + 2 * image_context) the slices in the low-resolution frame
+            (:func:`~fewsam_jax.fewshot.prompts.images_to_low_res`); required with the image branch.
         Returns:
           mask logits (B, K, 4h, 4w) and presence logits (B, K).
         """
         image_pe = self.dense_pe() if image_pe is None else image_pe
+        if (self.image_branch is None) != (images is None):
+            raise ValueError("images must be given exactly when the decoder has an image branch "
+                             f"(image_features={self.config.image_features})")
         cosine = None
         if self.config.similarity_prior:
             unit = embeddings / (jnp.linalg.norm(embeddings, axis=-1, keepdims=True) + 1e-6)
             proto = prototypes / (jnp.linalg.norm(prototypes, axis=-1, keepdims=True) + 1e-6)
             cosine = jnp.einsum("bhwc,kc->bkhw", unit, proto)[..., None]  # (B, K, h, w, 1)
         if self.config.class_decoding == "joint":
-            return self._decode_joint(embeddings, tokens, cosine, image_pe)
+            return self._decode_joint(embeddings, tokens, cosine, image_pe, images)
+        if images is not None:
+            raise ValueError("the image branch needs class_decoding='joint'")
         b, k = embeddings.shape[0], tokens.shape[0]
         image = jnp.repeat(embeddings, k, axis=0)  # (B*K, h, w, C), slice-major
         dense = jnp.broadcast_to(self.no_mask_embed.embedding[...][0], image.shape)
@@ -124,7 +151,7 @@ class FewShotDecoder(nnx.Module):
         return masks[:, 0].reshape(b, k, *masks.shape[-2:]), iou[:, 0].reshape(b, k)
 
     def _decode_joint(self, embeddings: jax.Array, tokens: jax.Array, cosine: jax.Array | None,
-                      image_pe: jax.Array) -> tuple[jax.Array, jax.Array]:
+                      image_pe: jax.Array, images: jax.Array | None) -> tuple[jax.Array, jax.Array]:
         """One decoder pass per slice. Each class is the token group SAM's decoder sees for one prompt,
         ``[IoU token, mask tokens, the class's prompts]``; groups attend only within themselves, the image
         tokens attend to (and are read by) all of them, so one class alone decodes exactly as in
@@ -144,7 +171,10 @@ class FewShotDecoder(nnx.Module):
         hs, src = decoder.transformer(embeddings + dense, image_pe[None], sequence, token_bias)
         starts = jnp.arange(k) * width
         hyper = decoder.output_hypernetworks_mlps[0](hs[:, starts + 1])  # (B, K, C / 8): single-mask output
-        masks = jnp.einsum("bkc,bhwc->bkhw", hyper, decoder.upscale(src.reshape(b, h, w, c)))
+        src = src.reshape(b, h, w, c)
+        upscaled = (decoder.upscale(src) if images is None
+                    else self.image_branch.upscale(decoder.output_upscaling, src, images))
+        masks = jnp.einsum("bkc,bhwc->bkhw", hyper, upscaled)
         return masks, decoder.iou_prediction_head(hs[:, starts])[:, :, 0]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +17,17 @@ from fewsam_jax.transforms import resized_shape
 
 
 @nnx.jit
-def _decode_batch(decoder: FewShotDecoder, embeddings, tokens, prototypes):
-    logits, presence = decoder(embeddings, tokens, prototypes)
+def _decode_batch(decoder: FewShotDecoder, embeddings, tokens, prototypes, images):
+    logits, presence = decoder(embeddings, tokens, prototypes, images=images)
     return logits, jax.nn.sigmoid(presence)
+
+
+def _pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
+    """float32 ``batch`` padded with zero rows to ``size`` rows."""
+    batch = batch.astype(np.float32)
+    if len(batch) == size:
+        return batch
+    return np.concatenate([batch, np.zeros((size - len(batch), *batch.shape[1:]), np.float32)])
 
 
 def predict_logits(
@@ -29,20 +37,25 @@ def predict_logits(
     embeddings: Iterable[np.ndarray] | np.ndarray,
     batch_size: int = 8,
     progress: bool = False,
+    images: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Low-resolution logits (N, K, L, L) and presence probabilities (N, K) for every slice.
 
-    Slices run in fixed-size batches (the last one padded), so one compilation serves every volume.
+    ``images`` (N, L, L, 1 + 2 * context): the slices in the low-resolution frame, needed by a decoder
+    with an image branch. Slices run in fixed-size batches (the last one padded), so one compilation
+    serves every volume.
     """
     embeddings = np.asarray(embeddings)
     n = len(embeddings)
+    if images is not None and len(images) != n:
+        raise ValueError(f"{len(images)} images for {n} embeddings")
     logits, presence = [], []
     for start in tqdm(range(0, n, batch_size), desc="segment", disable=not progress, unit="batch"):
-        batch = embeddings[start:start + batch_size].astype(np.float32)
+        batch = embeddings[start:start + batch_size]
         real = len(batch)
-        if real < batch_size:
-            batch = np.concatenate([batch, np.zeros((batch_size - real, *batch.shape[1:]), np.float32)])
-        out_logits, out_presence = _decode_batch(decoder, jnp.asarray(batch), tokens, prototypes)
+        image_batch = None if images is None else jnp.asarray(_pad_batch(images[start:start + batch_size], batch_size))
+        out_logits, out_presence = _decode_batch(decoder, jnp.asarray(_pad_batch(batch, batch_size)), tokens,
+                                                 prototypes, image_batch)
         logits.append(np.asarray(out_logits[:real]))
         presence.append(np.asarray(out_presence[:real]))
     return np.concatenate(logits), np.concatenate(presence)

@@ -38,6 +38,19 @@ def labels_to_low_res(labels: np.ndarray, class_ids: tuple[int, ...], cfg: SamCo
     return out
 
 
+def images_to_low_res(images: np.ndarray, cfg: SamConfig) -> np.ndarray:
+    """Normalised slices (N, H, W, C) in [0, 1] -> (N, L, L, C) in the low-resolution frame, the frame of
+    :func:`labels_to_low_res`: longest side resized to L (antialiased bilinear), zeros in the padding."""
+    images = np.asarray(images, np.float32)
+    n, height, width, channels = images.shape
+    low = cfg.low_res_size
+    new_h, new_w = resized_shape(height, width, low)
+    out = np.zeros((n, low, low, channels), np.float32)
+    out[:, :new_h, :new_w] = np.asarray(
+        jax.image.resize(jnp.asarray(images), (n, new_h, new_w, channels), "linear", antialias=True))
+    return out
+
+
 def region_fractions(low_res_labels: jax.Array, num_classes: int, embedding_size: int) -> jax.Array:
     """(N, L, L) class indices -> (N, E, E, 1 + num_classes) area fraction of each region per cell.
 

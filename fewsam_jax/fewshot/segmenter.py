@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,11 @@ import numpy as np
 from flax import nnx
 
 from fewsam_jax.cache import embed_volume
-from fewsam_jax.config import get_config
+from fewsam_jax.config import SamConfig, get_config
 from fewsam_jax.fewshot.augment import AugmentConfig, augment_slices
 from fewsam_jax.fewshot.collection import Collection, load_collection, load_support_item
-from fewsam_jax.fewshot.decoder import FewShotConfig, FewShotDecoder
+from fewsam_jax.fewshot.decoder import FewShotConfig, FewShotDecoder, image_channels
+from fewsam_jax.fewshot.image_branch import context_slices
 from fewsam_jax.fewshot.infer import (
     calibrate_thresholds,
     labels_from_logits,
@@ -32,8 +34,8 @@ from fewsam_jax.fewshot.infer import (
     postprocess_3d,
     predict_logits,
 )
-from fewsam_jax.fewshot.prompts import labels_to_low_res
-from fewsam_jax.fewshot.train import SupportSet, support_tokens, train_decoder
+from fewsam_jax.fewshot.prompts import images_to_low_res, labels_to_low_res
+from fewsam_jax.fewshot.train import SupportSet, support_images, support_tokens, train_decoder
 from fewsam_jax.io import Volume, from_array, get_slices, load_volume, save_labels, stack_slices
 from fewsam_jax.modeling.sam import Sam
 from fewsam_jax.preprocess import Intensity
@@ -43,6 +45,18 @@ from fewsam_jax.weights import atomic_directory, load_model, restore_pytree, sav
 IDENTITY_INTENSITY = Intensity.parse("window:0.5,1")
 
 
+def volume_images(volume: Volume, intensity: Intensity, axis: int, config: FewShotConfig, sam_config: SamConfig,
+                  indices=None) -> np.ndarray | None:
+    """The slices ``indices`` (default all) along ``axis`` as the decoder's image branch sees them:
+    intensity-normalised, with ``config.image_context`` neighbours either side, in the low-resolution frame,
+    (n, L, L, 1 + 2 * context); None when ``config`` has no image branch."""
+    if not config.image_features:
+        return None
+    slices = get_slices(intensity.apply(volume.array), axis)
+    indices = np.arange(len(slices)) if indices is None else indices
+    return images_to_low_res(context_slices(slices, indices, config.image_context), sam_config)
+
+
 def support_set(
     collection: Collection,
     sam: Sam,
@@ -50,9 +64,12 @@ def support_set(
     augment: AugmentConfig,
     cache: Any = None,
     progress: bool = True,
+    config: FewShotConfig = FewShotConfig(),
 ) -> SupportSet:
-    """Embed the collection's labelled slices (and their augmented copies) through the cache."""
-    embeddings, labels, groups, volumes = [], [], [], []
+    """Embed the collection's labelled slices (and their augmented copies) through the cache; with an image
+    branch in ``config``, keep the slices themselves too (:func:`volume_images`)."""
+    embeddings, labels, groups, volumes, images = [], [], [], [], []
+    channels = image_channels(config)
     next_group = 0
     for volume_id, item in enumerate(collection.support):
         image, label_slices = load_support_item(item, collection.axis)
@@ -60,6 +77,7 @@ def support_set(
                              slices=item.slices, progress=progress)
         embeddings.append(entry.load(list(item.slices)))
         labels.append(labels_to_low_res(label_slices, collection.class_ids, sam.config))
+        images.append(volume_images(image, intensity, collection.axis, config, sam.config, list(item.slices)))
         groups.append(next_group + np.arange(len(item.slices)))
         volumes.append(np.full(len(item.slices), volume_id))
         if augment.copies:
@@ -69,6 +87,9 @@ def support_set(
                                      intensity=IDENTITY_INTENSITY, cache=cache, progress=progress)
             embeddings.append(aug_entry.load())
             labels.append(labels_to_low_res(aug_labels, collection.class_ids, sam.config))
+            # a warped copy has no warped neighbours: its own slice stands in for them
+            images.append(images_to_low_res(np.repeat(aug_images[..., None], channels, axis=-1), sam.config)
+                          if config.image_features else None)
             groups.append(next_group + sources)
             volumes.append(np.full(len(sources), volume_id))
         next_group += len(item.slices)
@@ -78,6 +99,7 @@ def support_set(
         groups=np.concatenate(groups),
         class_ids=collection.class_ids,
         volumes=np.concatenate(volumes),
+        images=np.concatenate(images) if config.image_features else None,
     )
 
 
@@ -101,7 +123,9 @@ def calibration_logits(decoder: FewShotDecoder, support: SupportSet) -> tuple[np
     logits, labels = [], []
     for targets, prompts in held_out:
         tokens, prototypes = support_tokens(decoder, support, prompts)
-        logits.append(predict_logits(decoder, tokens, prototypes, support.embeddings[targets])[0])
+        images = support_images(decoder, support)
+        logits.append(predict_logits(decoder, tokens, prototypes, support.embeddings[targets],
+                                     images=None if images is None else images[targets])[0])
         labels.append(support.labels[targets])
     return np.concatenate(logits), np.concatenate(labels)
 
@@ -136,17 +160,21 @@ class FewShotSegmenter:
         intensity: Intensity | str = "percentile",
         cache: Any = None,
         progress: bool = True,
-    ) -> "FewShotSegmenter":
-        """Embed the collection's slices (cached), then train the decoder on the cached arrays."""
+        callback: Callable[[int, FewShotDecoder, SupportSet], None] | None = None,
+        callback_every: int = 0,
+    ) -> FewShotSegmenter:
+        """Embed the collection's slices (cached), then train the decoder on the cached arrays.
+        ``callback``/``callback_every``: see :func:`~fewsam_jax.fewshot.train.train_decoder`."""
         if not isinstance(collection, Collection):
             collection = load_collection(collection)
         sam = load_model(sam) if isinstance(sam, str) else sam
         intensity = Intensity.parse(intensity) if isinstance(intensity, str) else intensity
         started = time.perf_counter()
-        support = support_set(collection, sam, intensity, augment, cache, progress)
+        support = support_set(collection, sam, intensity, augment, cache, progress, config)
         embedded = time.perf_counter()
         decoder = FewShotDecoder(sam, config, rngs=nnx.Rngs(config.seed))
-        losses, tokens, prototypes = train_decoder(decoder, support, progress=progress)
+        losses, tokens, prototypes = train_decoder(decoder, support, progress=progress, callback=callback,
+                                                   callback_every=callback_every)
         thresholds = np.zeros(support.num_classes, np.float32)
         if config.calibrate_threshold:
             thresholds = calibrate_thresholds(*calibration_logits(decoder, support))
@@ -179,7 +207,9 @@ class FewShotSegmenter:
         and presence probabilities: (N, K, H, W) and (N, K), N slices along ``axis``."""
         entry = embed_volume(volume, self.sam(), axis=self.axis, intensity=self.intensity, cache=cache,
                              progress=progress)
-        logits, presence = predict_logits(self.decoder, self.tokens, self.prototypes, entry.load(), progress=progress)
+        images = volume_images(volume, self.intensity, self.axis, self.decoder.config, self.sam().config)
+        logits, presence = predict_logits(self.decoder, self.tokens, self.prototypes, entry.load(), progress=progress,
+                                          images=images)
         logits = logits - self.thresholds[None, :, None, None]
         return logits_to_native(logits, entry.slice_shape), presence
 
@@ -222,14 +252,16 @@ class FewShotSegmenter:
         return Path(directory)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> "FewShotSegmenter":
+    def load(cls, directory: str | os.PathLike) -> FewShotSegmenter:
         directory = Path(directory)
         if not (directory / "fewshot.json").is_file():
             raise FileNotFoundError(f"{directory} is not a trained decoder directory (no fewshot.json); "
                                     "create one with `fewsam train`")
         meta = json.loads((directory / "fewshot.json").read_text())
         # decoders saved before ``class_decoding`` existed were trained one pass per class
-        config = FewShotConfig(**{"class_decoding": "separate", **meta["fewshot"]})
+        # ... and before the image branch existed, without one
+        config = FewShotConfig(**{"class_decoding": "separate", "image_features": 0, "image_context": 0,
+                                  **meta["fewshot"]})
         sam_config = get_config(meta["model"])
 
         def build():

@@ -9,6 +9,7 @@ Loss: focal + Dice on the class masks (padding ignored), binary cross-entropy on
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,8 @@ class SupportSet:
     embeddings: (S, E, E, C) cached image embeddings; labels: (S, L, L) class indices (0 background,
     k = ``class_ids[k-1]``, ``IGNORE`` padding); groups: (S,) id of the labelled slice each row comes
     from (augmented copies share their original's id); volumes: (S,) id of the volume it comes from
-    (default: every labelled slice its own volume).
+    (default: every labelled slice its own volume); images: (S, L, L, 1 + 2 * context) the slices (and
+    their neighbours) in the low-resolution frame, for a decoder with an image branch, else None.
     """
 
     embeddings: np.ndarray
@@ -36,6 +38,7 @@ class SupportSet:
     groups: np.ndarray
     class_ids: tuple[int, ...]
     volumes: np.ndarray | None = None
+    images: np.ndarray | None = None
 
     def __post_init__(self):
         s = len(self.embeddings)
@@ -50,6 +53,8 @@ class SupportSet:
             object.__setattr__(self, "volumes", self.groups)
         elif self.volumes.shape != (s,):
             raise ValueError(f"support arrays disagree: {s} embeddings, {self.volumes.shape[0]} volume ids")
+        if self.images is not None and self.images.shape[:3] != self.labels.shape:
+            raise ValueError(f"support arrays disagree: images {self.images.shape[:3]} vs labels {self.labels.shape}")
         present = [(self.labels == k).any() for k in range(1, len(self.class_ids) + 1)]
         missing = [c for c, p in zip(self.class_ids, present) if not p]
         if missing:
@@ -108,21 +113,26 @@ def crop_size(cfg: FewShotConfig, embedding_size: int) -> int:
 
 
 @nnx.jit
-def train_step(decoder, optimizer, embeddings, labels, stats, targets, weights, slice_choice, offset):
+def train_step(decoder, optimizer, embeddings, labels, images, stats, targets, weights, slice_choice, offset):
     """One episode: predict the ``targets`` slices, cropped at ``offset`` (cells, (y, x)), from
     prompts built on the weighted pool of whole support slices (``stats``: :func:`region_stats` of the
-    pool, fixed during training since the encoder and the positional encoding are frozen)."""
+    pool, fixed during training since the encoder and the positional encoding are frozen). ``images``:
+    the support's low-resolution-frame slices for the image branch, or None."""
     cfg = decoder.config
     b, size, c = len(targets), crop_size(cfg, embeddings.shape[1]), embeddings.shape[-1]
     scale = labels.shape[1] // embeddings.shape[1]
     target_emb = jax.lax.dynamic_slice(embeddings[targets], (0, offset[0], offset[1], 0), (b, size, size, c))
     target_labels = jax.lax.dynamic_slice(labels[targets], (0, scale * offset[0], scale * offset[1]),
                                           (b, scale * size, scale * size))
+    target_images = None
+    if images is not None:
+        target_images = jax.lax.dynamic_slice(images[targets], (0, scale * offset[0], scale * offset[1], 0),
+                                              (b, scale * size, scale * size, images.shape[-1]))
 
     def loss_fn(model):
         tokens, fg = class_tokens(model, *stats, weights, slice_choice)
         pe = jax.lax.dynamic_slice(model.dense_pe(), (offset[0], offset[1], 0), (size, size, c))
-        logits, presence = model(target_emb, tokens, fg, pe)
+        logits, presence = model(target_emb, tokens, fg, pe, target_images)
         return segmentation_loss(logits, presence, target_labels, cfg)
 
     loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, trainable_filter(cfg)))(decoder)
@@ -192,6 +202,15 @@ def inference_choice(support: SupportSet, slice_tokens: int, rows: np.ndarray) -
     return np.stack(choice).astype(np.int32)
 
 
+def support_images(decoder: FewShotDecoder, support: SupportSet) -> np.ndarray | None:
+    """The support's images for ``decoder``'s image branch (None without one); a clear error when missing."""
+    if decoder.image_branch is None:
+        return None
+    if support.images is None:
+        raise ValueError("this decoder has an image branch (image_features > 0): the support set needs its images")
+    return support.images
+
+
 _region_stats = nnx.jit(region_stats, static_argnums=3)
 
 
@@ -213,20 +232,26 @@ def support_tokens(decoder: FewShotDecoder, support: SupportSet, rows: np.ndarra
     return _tokens(decoder, stats, jnp.asarray(rows, jnp.float32), jnp.asarray(choice))
 
 
-def train_decoder(decoder: FewShotDecoder, support: SupportSet, progress: bool = True) -> tuple[list[float], jax.Array, jax.Array]:
+def train_decoder(decoder: FewShotDecoder, support: SupportSet, progress: bool = True,
+                  callback: Callable[[int, FewShotDecoder, SupportSet], None] | None = None,
+                  callback_every: int = 0) -> tuple[list[float], jax.Array, jax.Array]:
     """Train ``decoder`` in place; returns the loss per step and the inference tokens (K, T, C),
-    prototypes (K, C) built from the whole support set."""
+    prototypes (K, C) built from the whole support set. ``callback(step, decoder, support)`` runs after
+    every ``callback_every``-th step (e.g. a learning curve on validation volumes); it must not train."""
     cfg = decoder.config
     embeddings = jnp.asarray(support.embeddings, jnp.float32)
     labels = jnp.asarray(support.labels, jnp.int32)
+    images = None if decoder.image_branch is None else jnp.asarray(support_images(decoder, support))
     optimizer = make_optimizer(decoder, cfg)
     sampler = EpisodeSampler(support, cfg, embeddings.shape[1])
     stats = _region_stats(decoder, embeddings, labels, support.num_classes)
     losses = []
     with tqdm(range(cfg.steps), desc="train decoder", disable=not progress, unit="step") as bar:
-        for _ in bar:
-            loss = float(train_step(decoder, optimizer, embeddings, labels, stats, *sampler()))
+        for step in bar:
+            loss = float(train_step(decoder, optimizer, embeddings, labels, images, stats, *sampler()))
             losses.append(loss)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            if callback is not None and callback_every and (step + 1) % callback_every == 0:
+                callback(step + 1, decoder, support)
     tokens, prototypes = support_tokens(decoder, support)
     return losses, tokens, prototypes

@@ -219,3 +219,118 @@ def test_decoder_saved_before_joint_decoding_loads_as_separate(trained, tmp_path
     del meta["fewshot"]["class_decoding"]
     meta_path.write_text(json.dumps(meta))
     assert FewShotSegmenter.load(tmp_path / "decoder").decoder.config.class_decoding == "separate"
+
+
+def test_image_branch_starts_as_sams_decoder(tiny_sam):
+    """Zero-initialised fusion: before training, the image branch changes nothing."""
+    from flax import nnx
+
+    from fewsam_jax.fewshot.decoder import FewShotDecoder
+
+    rng = np.random.default_rng(0)
+    e, c = tiny_sam.config.embedding_size, tiny_sam.config.prompt_embed_dim
+    embeddings = jnp.asarray(rng.normal(size=(2, e, e, c)), jnp.float32)
+    tokens = jnp.asarray(rng.normal(size=(2, 5, c)), jnp.float32)
+    prototypes = jnp.asarray(rng.normal(size=(2, c)), jnp.float32)
+    images = jnp.asarray(rng.random(size=(2, 4 * e, 4 * e, 3)), jnp.float32)
+    plain = FewShotDecoder(tiny_sam, FewShotConfig(), rngs=nnx.Rngs(0))
+    branch = FewShotDecoder(tiny_sam, FewShotConfig(image_features=4, image_context=1), rngs=nnx.Rngs(0))
+    expected = plain(embeddings, tokens, prototypes)
+    got = branch(embeddings, tokens, prototypes, images=images)
+    assert got[0].shape == (2, 2, 4 * e, 4 * e) and got[1].shape == (2, 2)
+    for x, y in zip(expected, got):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="images must be given exactly when"):
+        branch(embeddings, tokens, prototypes)
+
+
+def test_image_branch_config_is_checked():
+    with pytest.raises(ValueError, match="needs class_decoding='joint'"):
+        FewShotConfig(image_features=8, class_decoding="separate")
+    with pytest.raises(ValueError, match="image_context needs the image branch"):
+        FewShotConfig(image_context=1)
+    with pytest.raises(ValueError, match="expected >= 0"):
+        FewShotConfig(image_features=-1)
+
+
+def test_context_slices_repeat_the_edges():
+    from fewsam_jax.fewshot.image_branch import context_slices
+
+    slices = np.arange(4, dtype=np.float32)[:, None, None] * np.ones((4, 2, 3), np.float32)
+    out = context_slices(slices, [0, 2, 3], context=1)
+    assert out.shape == (3, 2, 3, 3)
+    np.testing.assert_array_equal(out[:, 0, 0], [[0, 0, 1], [1, 2, 3], [2, 3, 3]])
+
+
+def test_images_and_labels_share_the_low_res_frame(tiny_sam):
+    from fewsam_jax.fewshot.prompts import images_to_low_res, labels_to_low_res
+
+    labels = np.zeros((1, 40, 20), np.int32)
+    labels[0, 10:30, 5:15] = 1
+    images = labels[..., None].astype(np.float32)
+    low_images = images_to_low_res(images, tiny_sam.config)
+    low_labels = labels_to_low_res(labels, (1,), tiny_sam.config)
+    size = tiny_sam.config.low_res_size
+    assert low_images.shape == (1, size, size, 1)
+    assert (low_images[0, ..., 0][low_labels[0] == IGNORE] == 0).all()  # padding is zero
+    inside = low_images[0, ..., 0] > 0.5
+    assert metrics.dice(inside, low_labels[0] == 1) > 0.9
+
+
+@pytest.fixture(scope="module")
+def image_branch_case(tiny_sam, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("image_branch")
+    write_case(folder, "a", seed=0, shape=(48, 40, 8))
+    test_image, _ = write_case(folder, "b", seed=1, shape=(48, 40, 6))
+    manifest = folder / "manifest.json"
+    manifest.write_text(json.dumps({
+        "classes": {"1": "ellipse", "2": "bar"}, "axis": 2,
+        "support": [{"image": "a.nii.gz", "labels": "a_seg.nii.gz", "slices": [0, 2, 4, 7]}],
+    }))
+    config = dataclasses.replace(CONFIG, steps=12, image_features=4, image_context=1)
+    train = [FewShotSegmenter.train(manifest, sam=tiny_sam, config=config, cache=folder / "cache", progress=False)
+             for _ in range(2)]
+    return dict(folder=folder, segmenters=train, test_image=test_image, sam=tiny_sam)
+
+
+def test_image_branch_training_is_deterministic_and_reloads(image_branch_case, tmp_path):
+    first, second = image_branch_case["segmenters"]
+    volume = load_volume(image_branch_case["test_image"])
+    cache = image_branch_case["folder"] / "cache"
+    a = first.predict_volume(volume, cache=cache, progress=False)
+    b = second.predict_volume(volume, cache=cache, progress=False)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)  # same seed, same decoder
+    first.save(tmp_path / "decoder")
+    reloaded = FewShotSegmenter.load(tmp_path / "decoder")
+    reloaded._sam = image_branch_case["sam"]
+    assert reloaded.decoder.config.image_features == 4 and reloaded.decoder.config.image_context == 1
+    c = reloaded.predict_volume(volume, cache=cache, progress=False)
+    for x, y in zip(a, c):
+        np.testing.assert_array_equal(x, y)
+    branch = nnx_state_leaves(first.decoder.image_branch)
+    assert any(np.abs(leaf).max() > 0 for leaf in branch["fuse"])  # training moved the zero-initialised fusion
+
+
+def nnx_state_leaves(module) -> dict[str, list[np.ndarray]]:
+    from flax import nnx
+
+    state = nnx.state(module, nnx.Param).to_pure_dict()
+    return {key: [np.asarray(x) for x in jax_leaves(value)] for key, value in state.items()}
+
+
+def jax_leaves(tree):
+    import jax
+
+    return jax.tree_util.tree_leaves(tree)
+
+
+def test_decoder_saved_before_the_image_branch_loads_without_one(trained, tmp_path):
+    trained["segmenter"].save(tmp_path / "decoder")
+    meta_path = tmp_path / "decoder" / "fewshot.json"
+    meta = json.loads(meta_path.read_text())
+    for key in ("image_features", "image_context"):
+        del meta["fewshot"][key]
+    meta_path.write_text(json.dumps(meta))
+    config = FewShotSegmenter.load(tmp_path / "decoder").decoder.config
+    assert config.image_features == 0 and config.image_context == 0

@@ -1,0 +1,114 @@
+"""The image itself beside SAM's embedding: a small convolutional branch fused into the mask upscaling.
+
+The frozen encoder's final embedding is a coarse summary; fine boundaries and local intensity
+patterns it dropped are still in the pixels. As HQ-SAM brings early, high-resolution features into
+SAM's decoder, this branch brings the normalised slice (and optionally its neighbours, 2.5D) into the
+decoder's upscaling path, in the decoder's low-resolution mask frame (L = 4E, the frame the labels
+live in):
+
+  image (B, L, L, 1 + 2 * context)
+    -> level 0: two 3x3 convolutions at L         -> f0 (B, L,   L,   w)    fused after the 2nd upscaling
+    -> level 1: 2x2 average pool, two convolutions -> f1 (B, L/2, L/2, 2w)   fused after the 1st upscaling
+    -> level 2: 2x2 average pool, two convolutions -> f2 (B, E,   E,   4w)   fused into the transformer output
+
+Each fusion is a 1x1 projection into the decoder's channels, initialised to zero, followed (at L/2 and
+L) by a residual 3x3 convolution whose last layer also starts at zero: an untrained branch leaves SAM's
+decoder exactly as converted, and training grows the branch's contribution from there. Every
+normalisation is per pixel (LayerNorm over channels), so a training crop and a whole slice are
+normalised alike.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from flax import nnx
+
+from fewsam_jax.modeling.common import gelu, layer_norm
+
+
+def _conv3(in_ch: int, out_ch: int, rngs: nnx.Rngs, zero: bool = False) -> nnx.Conv:
+    init = nnx.initializers.zeros_init() if zero else nnx.initializers.lecun_normal()
+    return nnx.Conv(in_ch, out_ch, (3, 3), padding="SAME", kernel_init=init, rngs=rngs)
+
+
+def _project(in_ch: int, out_ch: int, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(in_ch, out_ch, kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
+
+
+def _pool(x: jax.Array) -> jax.Array:
+    """2x2 average pooling, (B, H, W, C) -> (B, H/2, W/2, C)."""
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+class ConvBlock(nnx.Module):
+    """Two 3x3 convolutions, each followed by a per-pixel LayerNorm and GELU."""
+
+    def __init__(self, in_ch: int, out_ch: int, rngs: nnx.Rngs):
+        self.conv1, self.norm1 = _conv3(in_ch, out_ch, rngs), layer_norm(out_ch, rngs)
+        self.conv2, self.norm2 = _conv3(out_ch, out_ch, rngs), layer_norm(out_ch, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return gelu(self.norm2(self.conv2(gelu(self.norm1(self.conv1(x))))))
+
+
+class Refine(nnx.Module):
+    """Residual 3x3 conv -> GELU -> 3x3 conv (the last starts at zero): mixes fused features locally."""
+
+    def __init__(self, ch: int, rngs: nnx.Rngs):
+        self.conv1, self.conv2 = _conv3(ch, ch, rngs), _conv3(ch, ch, rngs, zero=True)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x + self.conv2(gelu(self.conv1(x)))
+
+
+class ImageBranch(nnx.Module):
+    """Features of the slice at three scales and their fusion into SAM's mask upscaling.
+
+    Args:
+      in_ch: input channels, 1 + 2 * context slices.
+      width: channels at the finest level (doubled at each coarser one).
+      dim: the decoder's transformer width C (upscaled features have C / 4 and C / 8 channels).
+    """
+
+    def __init__(self, in_ch: int, width: int, dim: int, *, rngs: nnx.Rngs):
+        self.levels = nnx.List([ConvBlock(in_ch, width, rngs), ConvBlock(width, 2 * width, rngs),
+                                ConvBlock(2 * width, 4 * width, rngs)])
+        self.fuse = nnx.List([_project(width, dim // 8, rngs), _project(2 * width, dim // 4, rngs),
+                              _project(4 * width, dim, rngs)])
+        self.refine = nnx.List([Refine(dim // 8, rngs), Refine(dim // 4, rngs)])
+
+    def features(self, images: jax.Array) -> list[jax.Array]:
+        """(B, L, L, in_ch) -> [(B, L, L, w), (B, L/2, L/2, 2w), (B, L/4, L/4, 4w)]."""
+        out, x = [], images
+        for i, level in enumerate(self.levels):
+            x = level(_pool(x) if i else x)
+            out.append(x)
+        return out
+
+    def upscale(self, upscaling, src: jax.Array, images: jax.Array) -> jax.Array:
+        """SAM's ``output_upscaling`` layers ``[convT, LayerNorm, GELU, convT, GELU]`` applied to the
+        transformer's image output ``src`` (B, E, E, C) with the image's features fused in at each scale;
+        returns (B, 4E, 4E, C / 8), what the mask tokens are dotted with."""
+        up1, norm, act, up2, act2 = upscaling
+        f0, f1, f2 = self.features(images)
+        x = up1(src + self.fuse[2](f2)) + self.fuse[1](f1)
+        x = self.refine[1](act(norm(x)))
+        x = up2(x) + self.fuse[0](f0)
+        return self.refine[0](act2(x))
+
+
+def context_slices(slices: np.ndarray, indices, context: int) -> np.ndarray:
+    """Each requested slice with ``context`` neighbours on either side as channels.
+
+    Args:
+      slices: (N, H, W) all slices of a volume along the slicing axis; indices: which to return.
+    Returns:
+      (len(indices), H, W, 1 + 2 * context), channel ``context`` the slice itself; neighbours past the
+      volume's ends repeat the edge slice.
+    """
+    indices = np.asarray(indices, int)
+    offsets = np.arange(-context, context + 1)
+    picked = np.clip(indices[:, None] + offsets[None, :], 0, len(slices) - 1)  # (n, 1 + 2c)
+    return np.moveaxis(slices[picked], 1, -1)
