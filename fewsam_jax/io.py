@@ -185,7 +185,10 @@ def load_volume(path: str | os.PathLike) -> Volume:
     """Reads a volume from a .nii/.nii.gz, .npy, .png/.jpg/.jpeg file or a DICOM series folder.
 
     A path to a single DICOM file (.dcm, or any name with the DICOM preamble) loads that
-    file's whole series from its folder.
+    file's whole series from its folder; that is how one series is picked from a folder holding
+    several (a folder is split into series by SeriesInstanceUID, SeriesNumber,
+    FrameOfReferenceUID, orientation and, for overlapping acquisitions, AcquisitionNumber; a
+    folder path with more than one series is an error listing them).
     Raises:
       VolumeError: missing/unreadable file, unsupported format, or not a valid 3D image.
     """
@@ -207,10 +210,10 @@ def load_volume(path: str | os.PathLike) -> Volume:
         return _load_image(p)
     if name.endswith(".dcm") or is_dicom(p):
         try:
-            uid = str(pydicom.dcmread(p, stop_before_pixels=True).get("SeriesInstanceUID", ""))
+            pydicom.dcmread(p, stop_before_pixels=True)
         except Exception as e:
             raise VolumeError(f"{p}: cannot read DICOM file: {e}") from e
-        return _load_dicom_series(p.parent, uid)
+        return _load_dicom_series(p.parent, pick=p)
     raise VolumeError(f"{p}: unsupported file type; expected {_SUPPORTED}")
 
 
@@ -248,8 +251,75 @@ def _load_image(p: Path) -> Volume:
     return _canonical_or_image(grey, (1.0, 1.0, 1.0), str(p))
 
 
-def _load_dicom_series(folder: Path, series_uid: str | None = None) -> Volume:
-    """Reads the single series in ``folder`` (or the one with ``series_uid``) as a Volume.
+_SERIES_FIELDS = ("SeriesInstanceUID", "SeriesNumber", "FrameOfReferenceUID")
+
+
+def _orientation_name(iop: np.ndarray) -> str:
+    normal = np.cross(iop[:3], iop[3:])
+    axis = int(np.argmax(np.abs(normal)))
+    if abs(normal[axis]) < 0.99:
+        return "oblique " + "\\".join(f"{v:g}" for v in np.round(iop, 3))
+    return ("sagittal", "coronal", "axial")[axis]
+
+
+@dataclass
+class _Series:
+    """Slices of one series: same UID, SeriesNumber, frame of reference and orientation."""
+
+    fields: tuple[str, ...]
+    iop: np.ndarray
+    items: list
+    acquisition: str | None = None
+
+    def describe(self, shown: set[str]) -> str:
+        uid, number, frame = self.fields
+        parts = [f"SeriesInstanceUID {uid}" if uid else "no SeriesInstanceUID"]
+        if "number" in shown:
+            parts.append(f"SeriesNumber {number or '<none>'}")
+        if "acquisition" in shown:
+            parts.append(f"AcquisitionNumber {self.acquisition or '<none>'}")
+        if "frame" in shown:
+            parts.append(f"FrameOfReferenceUID {frame or '<none>'}")
+        parts.append(_orientation_name(self.iop))
+        return f"{', '.join(parts)}: {len(self.items)} file{'s' * (len(self.items) != 1)}, e.g. {self.items[0][0].name}"
+
+
+def _split_series(headers: list) -> list[_Series]:
+    """Groups (file, header) pairs into series.
+
+    SeriesInstanceUID alone is not enough: anonymised exports often drop it, so slices are also
+    split by SeriesNumber, FrameOfReferenceUID and ImageOrientationPatient (to 1e-4). A group that
+    has two slices at one position and several AcquisitionNumbers is split by AcquisitionNumber too
+    (two acquisitions of the same region; sequential-mode CT numbers the acquisitions of ONE
+    volume, at distinct positions, so those stay together).
+    """
+    groups: list[_Series] = []
+    for f, ds in headers:
+        fields = tuple(str(ds.get(name, "") or "").strip() for name in _SERIES_FIELDS)
+        iop = np.array(ds.ImageOrientationPatient, dtype=np.float64)
+        for group in groups:
+            if group.fields == fields and np.allclose(group.iop, iop, atol=1e-4):
+                group.items.append((f, ds))
+                break
+        else:
+            groups.append(_Series(fields, iop, [(f, ds)]))
+    out = []
+    for group in groups:
+        acquisitions: dict[str, list] = {}
+        for f, ds in group.items:
+            acquisitions.setdefault(str(ds.get("AcquisitionNumber", "") or "").strip(), []).append((f, ds))
+        normal = np.cross(group.iop[:3], group.iop[3:])
+        dist = np.sort([np.array(ds.ImagePositionPatient, dtype=np.float64) @ normal for _, ds in group.items])
+        if len(acquisitions) > 1 and np.any(np.diff(dist) < 1e-3):
+            out.extend(_Series(group.fields, group.iop, items, acquisition=number)
+                       for number, items in acquisitions.items())
+        else:
+            out.append(group)
+    return out
+
+
+def _load_dicom_series(folder: Path, pick: Path | None = None) -> Volume:
+    """Reads the single series in ``folder`` (or the series of the file ``pick``) as a Volume.
 
     Source grid: (columns, rows, slices sorted along the slice normal).
     """
@@ -265,22 +335,26 @@ def _load_dicom_series(folder: Path, series_uid: str | None = None) -> Volume:
             raise VolumeError(f"{f}: cannot read DICOM file ({type(e).__name__}: {e})") from e
         if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
             headers.append((f, ds))
+    if pick is not None and not any(f.name == pick.name for f, _ in headers):
+        raise VolumeError(f"{pick}: not a DICOM image slice (no ImagePositionPatient/ImageOrientationPatient)")
     if not headers:
         raise VolumeError(f"{folder}: no DICOM image files (with ImagePositionPatient) in this folder")
-    by_series: dict[str, list] = {}
-    for f, ds in headers:
-        by_series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((f, ds))
-    if series_uid is not None:
-        by_series = {series_uid: by_series.get(series_uid, [])}
-    elif len(by_series) > 1:
-        listing = ", ".join(f"{uid or '<no UID>'} ({len(v)} files)" for uid, v in by_series.items())
+    groups = _split_series(headers)
+    if pick is not None:
+        groups = [g for g in groups if any(f.name == pick.name for f, _ in g.items)]
+    elif len(groups) > 1:
+        shown = {name for name, values in (
+            ("number", {g.fields[1] for g in groups}),
+            ("frame", {g.fields[2] for g in groups}),
+            ("acquisition", {g.acquisition for g in groups}),
+        ) if len(values) > 1}
+        listing = "; ".join(f"[{k + 1}] {g.describe(shown)}" for k, g in enumerate(groups))
         raise VolumeError(
-            f"{folder}: {len(by_series)} DICOM series in one folder: {listing}; "
-            "expected one series per folder (or pass one of its files)"
+            f"{folder}: {len(groups)} DICOM series in one folder: {listing}. Expected one series per folder; "
+            f"to read one of them pass one of its files, e.g. {groups[0].items[0][0]}"
         )
-    ((uid, items),) = by_series.items()
-    if not items:
-        raise VolumeError(f"{folder}: no DICOM image files of series {series_uid or '<no UID>'} in this folder")
+    items = groups[0].items
+    uid = groups[0].fields[0]
 
     iop = np.array(items[0][1].ImageOrientationPatient, dtype=np.float64)
     for f, ds in items:
