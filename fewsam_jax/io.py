@@ -25,8 +25,11 @@ Conventions
 
 from __future__ import annotations
 
+import gzip
+import math
 import os
 import secrets
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,14 +220,82 @@ def load_volume(path: str | os.PathLike) -> Volume:
     raise VolumeError(f"{p}: unsupported file type; expected {_SUPPORTED}")
 
 
+# Deflate cannot expand data by more than 1032:1; a .nii.gz declaring more is lying.
+_DEFLATE_MAX_RATIO = 1032
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"
+
+
+def _decompressed_at_least(p: Path, needed: int) -> int:
+    """Bytes of a gzip file's decompressed stream, counted up to ``needed`` (stops there): a cheap
+    answer for the common case through the ISIZE trailer, streaming (never holding it all) otherwise."""
+    size = p.stat().st_size
+    if size >= 18 and needed < 2**32:
+        with open(p, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            isize = int.from_bytes(f.read(4), "little")  # length mod 2**32 of the last member
+        if isize >= needed:
+            return isize
+    total = 0
+    try:
+        with gzip.open(p, "rb") as f:
+            while total < needed:
+                chunk = f.read(min(1 << 22, needed - total))
+                if not chunk:
+                    break
+                total += len(chunk)
+    except (OSError, EOFError, zlib.error):  # truncated or corrupt stream: what was read is what there is
+        pass
+    return total
+
+
+def _check_nifti_size(p: Path, img) -> None:
+    """The data size the header declares (shape x bytes per voxel, after vox_offset) must be in the
+    file, checked BEFORE any allocation: a damaged 81-byte header must not ask for gigabytes."""
+    proxy = img.dataobj
+    shape = tuple(int(d) for d in proxy.shape)
+    if any(d < 0 for d in shape):
+        raise VolumeError(f"{p}: the header declares a negative dimension {shape}: corrupt header")
+    itemsize = np.dtype(proxy.dtype).itemsize
+    offset = int(getattr(proxy, "offset", 0))
+    needed = offset + math.prod(shape) * itemsize
+    declared = (f"cannot read NIfTI file: the header declares {'x'.join(map(str, shape))} voxels of {np.dtype(proxy.dtype)} "
+                f"({_human_bytes(needed - offset)} of data after a {offset}-byte header)")
+    size = p.stat().st_size
+    if p.name.lower().endswith(".gz"):
+        if needed > size * _DEFLATE_MAX_RATIO + 1024:
+            raise VolumeError(f"{p}: {declared}, but a {size}-byte gzip file cannot hold more than "
+                              f"{_human_bytes(size * _DEFLATE_MAX_RATIO)}: corrupt header or truncated file")
+        have = _decompressed_at_least(p, needed)
+        if have < needed:
+            raise VolumeError(f"{p}: {declared}, but the file decompresses to only {have} bytes "
+                              "(a truncated file or a corrupt header)")
+    elif size < needed:
+        raise VolumeError(f"{p}: {declared}, but the file holds only {size} bytes "
+                          "(a truncated file or a corrupt header)")
+
+
 def _load_nifti(p: Path) -> Volume:
     try:
-        img = nib.load(p)
+        img = nib.load(p)  # the header only; the data stays on disk
+    except Exception as e:
+        raise VolumeError(f"{p}: cannot read NIfTI file ({type(e).__name__}: {e})") from e
+    _check_nifti_size(p, img)
+    try:
         scaled = img.dataobj.slope != 1 or img.dataobj.inter != 0
         data = np.asanyarray(img.dataobj)
         if scaled or not np.issubdtype(data.dtype, np.integer):
             data = np.asarray(data, dtype=np.float32)
         affine = img.affine
+    except MemoryError:
+        raise VolumeError(f"{p}: not enough memory to load {img.shape} voxels of {img.get_data_dtype()} "
+                          f"({_human_bytes(math.prod(img.shape) * 4)} as float32)") from None
     except Exception as e:
         raise VolumeError(f"{p}: cannot read NIfTI file ({type(e).__name__}: {e})") from e
     return _volume(data, affine, str(p))
