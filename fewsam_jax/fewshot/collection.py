@@ -136,7 +136,7 @@ class _Checker:
         try:
             resolved = (self.path.parent / value).resolve()
             exists = resolved.exists()
-        except (OSError, ValueError) as err:  # embedded NUL, name too long, unencodable characters
+        except (OSError, ValueError, RuntimeError) as err:  # NUL, name too long, unencodable, symlink loop
             raise self.fail(where, f"not a usable path ({type(err).__name__}: {err})") from None
         if not exists:
             raise ManifestError(f"{self.path}: {where} not found: {resolved}")

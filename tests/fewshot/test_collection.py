@@ -123,6 +123,15 @@ def test_strict_schema_names_file_key_and_expectation(manifest, edit, message):
         load_collection(rewrite(path, raw))
 
 
+def test_symlink_loop_is_a_manifest_error(manifest, tmp_path):
+    path, raw = manifest
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    raw["support"][0]["image"] = "loop1"
+    with pytest.raises(ManifestError, match=r"support\[0\]\.image: not a usable path \(RuntimeError: Symlink loop"):
+        load_collection(rewrite(path, raw))
+
+
 def test_version_optional_and_written(manifest, tmp_path):
     path, raw = manifest
     assert "version" not in raw
