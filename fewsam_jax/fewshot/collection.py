@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from fewsam_jax.io import Volume, get_slices, load_volume
+from fewsam_jax.metrics import label_map
 
 
 class ManifestError(ValueError):
@@ -263,5 +264,12 @@ def load_support_item(item: SupportItem, axis: int) -> tuple[Volume, np.ndarray]
     bad = [s for s in item.slices if not 0 <= s < count]
     if bad:
         raise ManifestError(f"{item.image}: slice indices {bad} out of range 0..{count - 1} along axis {axis}")
-    label_slices = get_slices(np.rint(labels.array).astype(np.int32), axis)[list(item.slices)]
+    try:
+        label_ids = label_map(labels.array, str(item.labels))
+    except ValueError as err:
+        raise ManifestError(str(err)) from None
+    if label_ids.min() < 0:
+        raise ManifestError(f"{item.labels}: a label map holds ids >= 0, but this one holds {int(label_ids.min())}: "
+                            "an intensity image rather than labels?")
+    label_slices = get_slices(label_ids.astype(np.int32), axis)[list(item.slices)]
     return image, label_slices

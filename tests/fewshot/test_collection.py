@@ -66,6 +66,21 @@ def test_label_grid_differs(manifest, tmp_path):
         load_support_item(item, 2)
 
 
+@pytest.mark.parametrize("values, message", [
+    (np.float32(0.5), r"b_seg\.nii\.gz: a label map must hold integer ids, but 27 of 432 voxels are not integers"),
+    (np.int16(-3), r"b_seg\.nii\.gz: a label map holds ids >= 0, but this one holds -3"),
+])
+def test_labels_must_be_integer_ids(manifest, tmp_path, values, message):
+    """An intensity image or a probability map given as labels is refused, not rounded."""
+    path, raw = manifest
+    labels = np.zeros((8, 9, 6), values.dtype)
+    labels[2:5, 3:6, 1:4] = values
+    raw["support"][0]["labels"] = write_nifti(tmp_path / "b_seg.nii.gz", labels)
+    item = load_collection(rewrite(path, raw)).support[0]
+    with pytest.raises(ManifestError, match=message):
+        load_support_item(item, 2)
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("support", [], "the collection is empty"),
     ("classes", {}, "at least one label id"),
