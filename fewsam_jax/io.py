@@ -204,6 +204,7 @@ def load_volume(path: str | os.PathLike) -> Volume:
     if name.endswith((".nii", ".nii.gz")):
         return _load_nifti(p)
     if name.endswith(".npy"):
+        _check_npy_size(p)
         try:
             data = np.load(p, allow_pickle=False)
         except Exception as e:
@@ -278,6 +279,24 @@ def _check_nifti_size(p: Path, img) -> None:
                               "(a truncated file or a corrupt header)")
     elif size < needed:
         raise VolumeError(f"{p}: {declared}, but the file holds only {size} bytes "
+                          "(a truncated file or a corrupt header)")
+
+
+def _check_npy_size(p: Path) -> None:
+    """The .npy header's shape x itemsize must fit in the file before np.load allocates it."""
+    try:
+        with open(p, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+            offset = f.tell()
+    except Exception:  # np.load reports unreadable headers
+        return
+    needed = offset + math.prod(shape) * dtype.itemsize
+    size = p.stat().st_size
+    if size < needed:
+        raise VolumeError(f"{p}: cannot read .npy file: the header declares {'x'.join(map(str, shape))} values of "
+                          f"{dtype} ({_human_bytes(needed - offset)}), but the file holds only {size} bytes "
                           "(a truncated file or a corrupt header)")
 
 

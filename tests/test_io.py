@@ -241,6 +241,21 @@ def test_nifti_header_size_checked_before_allocating(tmp_path):
     assert peak < 20 * 2**20
 
 
+def test_npy_header_size_checked_before_allocating(tmp_path):
+    p = tmp_path / "lying.npy"
+    with open(p, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (3000, 3000, 300)})
+    tracemalloc.start()
+    try:
+        with pytest.raises(VolumeError, match=r"lying\.npy: cannot read \.npy file: the header declares 3000x3000x300 "
+                                              r"values of float32 \(10\.1 GiB\), but the file holds only 128 bytes"):
+            load_volume(p)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20  # np.load alone allocated the 10 GiB first
+
+
 def test_nifti_gz_shorter_than_its_header_declares(tmp_path):
     # within deflate's ratio, so the stream is counted (the ISIZE trailer says too little): one slice missing
     p = _header_only(tmp_path / "short.nii.gz", (20, 20, 5), np.int16,
