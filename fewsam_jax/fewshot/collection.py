@@ -18,7 +18,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -63,7 +63,7 @@ _LABEL_ID = re.compile(r"[1-9][0-9]*")
 
 
 def _json_type(value: Any) -> str:
-    """How JSON spells the type of a parsed value: 'true', 'a float 2.9', 'a string "035"'..."""
+    """A parsed JSON value as an error message shows it: 'true', 'the number 2.9', "the string '035'"..."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -85,7 +85,13 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        self.key = key
+
+
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object hook: ``{"axis": 0, "axis": 2}`` is an error, not the last value silently."""
     seen: dict[str, Any] = {}
     for key, value in pairs:
         if key in seen:
@@ -94,12 +100,7 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return seen
 
 
-class _DuplicateKey(Exception):
-    def __init__(self, key: str):
-        self.key = key
-
-
-def _reject_constant(name: str) -> None:
+def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not a JSON number")
 
 
