@@ -290,7 +290,7 @@ def _check_npy_size(p: Path) -> None:
             read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
             shape, _, dtype = read(f)
             offset = f.tell()
-    except Exception:  # np.load reports unreadable headers
+    except (OSError, ValueError, SyntaxError, TypeError):  # an unreadable header: np.load reports it
         return
     needed = offset + math.prod(shape) * dtype.itemsize
     size = p.stat().st_size

@@ -191,5 +191,5 @@ def test_shared_series_has_no_uid_and_is_not_merged_with_another(tmp_path):
     with pytest.raises(VolumeError, match=r"mixed: 2 DICOM series in one folder: \[1\] no SeriesInstanceUID, .*axial: "
                                           r"20 files.*\[2\] no SeriesInstanceUID, .*coronal: 2 files"):
         load_volume(folder)
-    first = sorted(folder.glob("CT.*"))[0]
+    first = min(folder.glob("CT.*"))
     assert load_volume(first).shape == (512, 512, 20)

@@ -110,8 +110,8 @@ def test_not_json(tmp_path):
     (lambda raw: raw.update(axis=True), r"manifest\.json: axis: 'axis' must be 0, 1 or 2 \(an integer\), got true"),
     (lambda raw: raw.update(axis=2.9), r"axis: 'axis' must be 0, 1 or 2 \(an integer\), got the number 2\.9"),
     (lambda raw: raw["support"][0].update(slices="035"),
-     r"manifest\.json: support\[0\]\.slices: expected an array of slice indices \(integers >= 0\), "
-     r"got the string '035'"),
+     (r"manifest\.json: support\[0\]\.slices: expected an array of slice indices \(integers >= 0\), "
+      r"got the string '035'")),
     (lambda raw: raw["support"][0].update(slices=[1, 2.0]),
      r"support\[0\]\.slices\[1\]: expected a slice index \(an integer >= 0\), got the number 2\.0"),
     (lambda raw: raw["support"][0].update(slices=[1, True]), r"support\[0\]\.slices\[1\]: expected .*, got true"),
