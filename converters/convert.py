@@ -20,7 +20,7 @@ LITEMEDSAM_FILE = "lite_medsam.pth"
 
 
 class CheckpointError(ValueError):
-    """A file is not a readable PyTorch checkpoint."""
+    """A file is not a readable PyTorch checkpoint, or holds values no model can use (NaN/Inf)."""
 
 
 def litemedsam_checkpoint() -> Path:
@@ -61,8 +61,40 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return {key: value.detach().float().numpy() for key, value in obj.items()}
 
 
-def convert_state_dict(name: str, state_dict: dict[str, np.ndarray], weights_id: str) -> tuple[Sam, dict[str, Any]]:
-    """A model of preset ``name`` holding ``state_dict``, and the load report."""
+def check_finite(state_dict: dict[str, np.ndarray], source: str = "state_dict") -> None:
+    """CheckpointError naming every tensor that holds a NaN or an infinity (up to 20 keys, with counts).
+
+    A checkpoint like that converts without complaint and only fails much later, as "float16
+    overflow" or NaN masks; it is refused here, at conversion.
+    """
+    bad = []
+    for key, value in state_dict.items():
+        value = np.asarray(value)
+        if not np.issubdtype(value.dtype, np.floating):
+            continue
+        finite = np.isfinite(value)
+        if finite.all():
+            continue
+        counts = {"NaN": int(np.isnan(value).sum()), "+Inf": int(np.isposinf(value).sum()),
+                  "-Inf": int(np.isneginf(value).sum())}
+        what = ", ".join(f"{n} {label}" for label, n in counts.items() if n)
+        bad.append(f"{key!r} ({what} of {value.size} values)")
+    if bad:
+        shown = "; ".join(bad[:20]) + (f"; ... and {len(bad) - 20} more" if len(bad) > 20 else "")
+        raise CheckpointError(
+            f"{source}: {len(bad)} of {len(state_dict)} tensors hold non-finite values: {shown}. The checkpoint is "
+            "corrupt or comes from a diverged training run; a model built from it would output garbage"
+        )
+
+
+def convert_state_dict(name: str, state_dict: dict[str, np.ndarray], weights_id: str,
+                       source: str = "state_dict") -> tuple[Sam, dict[str, Any]]:
+    """A model of preset ``name`` holding ``state_dict``, and the load report.
+
+    Raises CheckpointError (naming the keys) when a tensor holds NaN or Inf, ConversionError when the
+    keys or shapes do not fit the model.
+    """
+    check_finite(state_dict, source)
     cfg = get_config(name)
     model = nnx.eval_shape(lambda: Sam(cfg, rngs=nnx.Rngs(0), weights_id=weights_id))
     report = load_state_dict(model, state_dict)
@@ -79,7 +111,7 @@ def convert_checkpoint(name: str, checkpoint: str | os.PathLike | None, out_dir:
     digest = sha256_file(path)
     state_dict = read_state_dict(path)
     try:
-        model, load_report = convert_state_dict(name, state_dict, weights_id=digest)
+        model, load_report = convert_state_dict(name, state_dict, weights_id=digest, source=str(path))
     except ConversionError as err:
         raise ConversionError(f"{path} does not fit model {name!r}: {err}") from None
     report = {

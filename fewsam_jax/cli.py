@@ -50,6 +50,8 @@ def _parse_classes(spec: str | None) -> dict[int, str] | None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    import math
+
     import numpy as np
 
     from fewsam_jax import metrics
@@ -58,18 +60,40 @@ def _evaluate(args: argparse.Namespace) -> None:
     pred, gt = load_volume(args.pred), load_volume(args.gt)
     if pred.shape != gt.shape or not np.allclose(pred.affine, gt.affine, atol=1e-3):
         raise ValueError(f"{args.pred} (shape {pred.shape}) and {args.gt} (shape {gt.shape}) are not on one grid")
-    gt_labels = np.rint(gt.array).astype(np.int32)
-    classes = _parse_classes(args.classes) or {
-        int(c): str(int(c)) for c in np.unique(gt_labels) if c != 0
-    }
-    result = metrics.evaluate(np.rint(pred.array).astype(np.int32), gt_labels, gt.spacing, classes,
-                              per_slice_axis=args.axis)
+    pred_labels, gt_labels = metrics.label_map(pred.array, str(args.pred)), metrics.label_map(gt.array, str(args.gt))
+    for path, labels in ((args.pred, pred_labels), (args.gt, gt_labels)):
+        if labels.min() < 0:
+            raise ValueError(f"{path}: a label map holds ids >= 0, but this one holds {int(labels.min())}: "
+                             "an intensity image (CT in HU?) rather than a label map")
+    classes = _parse_classes(args.classes)
+    if classes is None:
+        gt_ids = {int(c) for c in np.unique(gt_labels)} - {0}
+        pred_only = {int(c) for c in np.unique(pred_labels)} - {0} - gt_ids
+        if len(pred_only) > max(10, len(gt_ids)):
+            listed = ", ".join(map(str, sorted(pred_only)[:10]))
+            raise ValueError(f"{args.pred} holds {len(pred_only)} label ids that {args.gt} lacks ({listed}, ...): "
+                             "an intensity image rather than a label map? Pass --classes ID=NAME to score chosen ids")
+        if not gt_ids and not pred_only:
+            raise ValueError(f"{args.pred} and {args.gt} are both empty (no label other than 0): nothing to score. "
+                             "Pass --classes ID=NAME to score classes anyway (absent from both: Dice 1, HD95 0)")
+        # the ids of either map: a structure predicted where the ground truth has none scores 0, flagged
+        classes = {c: str(c) for c in sorted(gt_ids | pred_only)}
+    result = metrics.evaluate(pred_labels, gt_labels, gt.spacing, classes, per_slice_axis=args.axis)
     if args.json:
         print(metrics.to_json(result))
         return
-    print(f"{'class':<20}{'dice':>8}{'iou':>8}{'hd95 mm':>10}{'nsd':>8}")
+    print(f"{'class':<20}{'dice':>8}{'iou':>8}{'hd95 mm':>10}{'nsd':>8}  note")
+    notes = {(True, True): "absent from both: Dice 1, HD95 0 by convention",
+             (True, False): "not in the ground truth: predicted only",
+             (False, True): "missed: not in the prediction"}
     for name, row in result.items():
-        print(f"{name:<20}{row['dice']:>8.3f}{row['iou']:>8.3f}{row['hd95']:>10.2f}{row['surface_dice']:>8.3f}")
+        note = notes.get((row.get("gt_empty"), row.get("pred_empty")), "")
+        if name == "mean" and row["hd95_infinite_classes"]:
+            missing = row["hd95_infinite_classes"]
+            finite = (f"; over the {row['hd95_finite_classes']} others {row['hd95_finite']:.2f} mm"
+                      if math.isfinite(row["hd95_finite"]) else "")
+            note = f"hd95 inf: {len(missing)} class(es) empty in one map ({', '.join(missing)}){finite}"
+        print(f"{name:<20}{row['dice']:>8.3f}{row['iou']:>8.3f}{row['hd95']:>10.2f}{row['surface_dice']:>8.3f}  {note}".rstrip())
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -121,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="Dice, IoU, HD95 and surface Dice of a label map")
     evaluate.add_argument("pred")
     evaluate.add_argument("gt")
-    evaluate.add_argument("--classes", help="ID=NAME[,ID=NAME...] (default: the ids in GT)")
+    evaluate.add_argument("--classes", help="ID=NAME[,ID=NAME...] (default: the ids in GT or in the prediction)")
     evaluate.add_argument("--axis", type=int, default=2, help="axis of the per-slice scores")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(run=_evaluate)

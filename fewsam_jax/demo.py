@@ -17,6 +17,7 @@ import numpy as np
 
 from fewsam_jax import metrics
 from fewsam_jax.fewshot import AugmentConfig, FewShotConfig, FewShotSegmenter, load_collection
+from fewsam_jax.fewshot.collection import MANIFEST_VERSION
 from fewsam_jax.io import get_slices, load_volume, save_labels
 
 CLASSES = {1: "white_matter", 2: "grey_matter", 3: "other_brain"}
@@ -80,7 +81,7 @@ def run_demo(out: str | Path = "fewsam_demo", steps: int | None = None, retrain:
     labelled = pick_slices(truth, axis, LABELLED_SLICES)
     manifest = out / "manifest.json"
     manifest.write_text(json.dumps({
-        "classes": {str(k): v for k, v in CLASSES.items()}, "axis": axis,
+        "version": MANIFEST_VERSION, "classes": {str(k): v for k, v in CLASSES.items()}, "axis": axis,
         "support": [{"image": image_path.name, "labels": label_path.name, "slices": labelled}],
     }, indent=2))
     print(f"labelled slices (the 'user's' labels): {labelled} of {truth.shape[axis]} along axis {axis}")

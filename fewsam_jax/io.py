@@ -25,8 +25,11 @@ Conventions
 
 from __future__ import annotations
 
+import gzip
+import math
 import os
 import secrets
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,7 +188,10 @@ def load_volume(path: str | os.PathLike) -> Volume:
     """Reads a volume from a .nii/.nii.gz, .npy, .png/.jpg/.jpeg file or a DICOM series folder.
 
     A path to a single DICOM file (.dcm, or any name with the DICOM preamble) loads that
-    file's whole series from its folder.
+    file's whole series from its folder; that is how one series is picked from a folder holding
+    several (a folder is split into series by SeriesInstanceUID, SeriesNumber,
+    FrameOfReferenceUID, orientation and, for overlapping acquisitions, AcquisitionNumber; a
+    folder path with more than one series is an error listing them).
     Raises:
       VolumeError: missing/unreadable file, unsupported format, or not a valid 3D image.
     """
@@ -198,6 +204,7 @@ def load_volume(path: str | os.PathLike) -> Volume:
     if name.endswith((".nii", ".nii.gz")):
         return _load_nifti(p)
     if name.endswith(".npy"):
+        _check_npy_size(p)
         try:
             data = np.load(p, allow_pickle=False)
         except Exception as e:
@@ -207,21 +214,107 @@ def load_volume(path: str | os.PathLike) -> Volume:
         return _load_image(p)
     if name.endswith(".dcm") or is_dicom(p):
         try:
-            uid = str(pydicom.dcmread(p, stop_before_pixels=True).get("SeriesInstanceUID", ""))
+            pydicom.dcmread(p, stop_before_pixels=True)
         except Exception as e:
             raise VolumeError(f"{p}: cannot read DICOM file: {e}") from e
-        return _load_dicom_series(p.parent, uid)
+        return _load_dicom_series(p.parent, pick=p)
     raise VolumeError(f"{p}: unsupported file type; expected {_SUPPORTED}")
+
+
+# Deflate cannot expand data by more than 1032:1; a .nii.gz declaring more is lying.
+_DEFLATE_MAX_RATIO = 1032
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"
+
+
+def _decompressed_at_least(p: Path, needed: int) -> int:
+    """Bytes of a gzip file's decompressed stream, counted up to ``needed`` (stops there): a cheap
+    answer for the common case through the ISIZE trailer, streaming (never holding it all) otherwise."""
+    size = p.stat().st_size
+    if size >= 18 and needed < 2**32:
+        with open(p, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            isize = int.from_bytes(f.read(4), "little")  # length mod 2**32 of the last member
+        if isize >= needed:
+            return isize
+    total = 0
+    try:
+        with gzip.open(p, "rb") as f:
+            while total < needed:
+                chunk = f.read(min(1 << 22, needed - total))
+                if not chunk:
+                    break
+                total += len(chunk)
+    except (OSError, EOFError, zlib.error):  # truncated or corrupt stream: what was read is what there is
+        pass
+    return total
+
+
+def _check_nifti_size(p: Path, img) -> None:
+    """The data size the header declares (shape x bytes per voxel, after vox_offset) must be in the
+    file, checked BEFORE any allocation: a damaged 81-byte header must not ask for gigabytes."""
+    proxy = img.dataobj
+    shape = tuple(int(d) for d in proxy.shape)
+    if any(d < 0 for d in shape):
+        raise VolumeError(f"{p}: the header declares a negative dimension {shape}: corrupt header")
+    itemsize = np.dtype(proxy.dtype).itemsize
+    offset = int(getattr(proxy, "offset", 0))
+    needed = offset + math.prod(shape) * itemsize
+    declared = (f"cannot read NIfTI file: the header declares {'x'.join(map(str, shape))} voxels of {np.dtype(proxy.dtype)} "
+                f"({_human_bytes(needed - offset)} of data after a {offset}-byte header)")
+    size = p.stat().st_size
+    if p.name.lower().endswith(".gz"):
+        if needed > size * _DEFLATE_MAX_RATIO + 1024:
+            raise VolumeError(f"{p}: {declared}, but a {size}-byte gzip file cannot hold more than "
+                              f"{_human_bytes(size * _DEFLATE_MAX_RATIO)}: corrupt header or truncated file")
+        have = _decompressed_at_least(p, needed)
+        if have < needed:
+            raise VolumeError(f"{p}: {declared}, but the file decompresses to only {have} bytes "
+                              "(a truncated file or a corrupt header)")
+    elif size < needed:
+        raise VolumeError(f"{p}: {declared}, but the file holds only {size} bytes "
+                          "(a truncated file or a corrupt header)")
+
+
+def _check_npy_size(p: Path) -> None:
+    """The .npy header's shape x itemsize must fit in the file before np.load allocates it."""
+    try:
+        with open(p, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+            offset = f.tell()
+    except (OSError, ValueError, SyntaxError, TypeError):  # an unreadable header: np.load reports it
+        return
+    needed = offset + math.prod(shape) * dtype.itemsize
+    size = p.stat().st_size
+    if size < needed:
+        raise VolumeError(f"{p}: cannot read .npy file: the header declares {'x'.join(map(str, shape))} values of "
+                          f"{dtype} ({_human_bytes(needed - offset)}), but the file holds only {size} bytes "
+                          "(a truncated file or a corrupt header)")
 
 
 def _load_nifti(p: Path) -> Volume:
     try:
-        img = nib.load(p)
+        img = nib.load(p)  # the header only; the data stays on disk
+    except Exception as e:
+        raise VolumeError(f"{p}: cannot read NIfTI file ({type(e).__name__}: {e})") from e
+    _check_nifti_size(p, img)
+    try:
         scaled = img.dataobj.slope != 1 or img.dataobj.inter != 0
         data = np.asanyarray(img.dataobj)
         if scaled or not np.issubdtype(data.dtype, np.integer):
             data = np.asarray(data, dtype=np.float32)
         affine = img.affine
+    except MemoryError:
+        raise VolumeError(f"{p}: not enough memory to load {img.shape} voxels of {img.get_data_dtype()} "
+                          f"({_human_bytes(math.prod(img.shape) * 4)} as float32)") from None
     except Exception as e:
         raise VolumeError(f"{p}: cannot read NIfTI file ({type(e).__name__}: {e})") from e
     return _volume(data, affine, str(p))
@@ -248,8 +341,75 @@ def _load_image(p: Path) -> Volume:
     return _canonical_or_image(grey, (1.0, 1.0, 1.0), str(p))
 
 
-def _load_dicom_series(folder: Path, series_uid: str | None = None) -> Volume:
-    """Reads the single series in ``folder`` (or the one with ``series_uid``) as a Volume.
+_SERIES_FIELDS = ("SeriesInstanceUID", "SeriesNumber", "FrameOfReferenceUID")
+
+
+def _orientation_name(iop: np.ndarray) -> str:
+    normal = np.cross(iop[:3], iop[3:])
+    axis = int(np.argmax(np.abs(normal)))
+    if abs(normal[axis]) < 0.99:
+        return "oblique " + "\\".join(f"{v:g}" for v in np.round(iop, 3))
+    return ("sagittal", "coronal", "axial")[axis]
+
+
+@dataclass
+class _Series:
+    """Slices of one series: same UID, SeriesNumber, frame of reference and orientation."""
+
+    fields: tuple[str, ...]
+    iop: np.ndarray
+    items: list
+    acquisition: str | None = None
+
+    def describe(self, shown: set[str]) -> str:
+        uid, number, frame = self.fields
+        parts = [f"SeriesInstanceUID {uid}" if uid else "no SeriesInstanceUID"]
+        if "number" in shown:
+            parts.append(f"SeriesNumber {number or '<none>'}")
+        if "acquisition" in shown:
+            parts.append(f"AcquisitionNumber {self.acquisition or '<none>'}")
+        if "frame" in shown:
+            parts.append(f"FrameOfReferenceUID {frame or '<none>'}")
+        parts.append(_orientation_name(self.iop))
+        return f"{', '.join(parts)}: {len(self.items)} file{'s' * (len(self.items) != 1)}, e.g. {self.items[0][0].name}"
+
+
+def _split_series(headers: list) -> list[_Series]:
+    """Groups (file, header) pairs into series.
+
+    SeriesInstanceUID alone is not enough: anonymised exports often drop it, so slices are also
+    split by SeriesNumber, FrameOfReferenceUID and ImageOrientationPatient (to 1e-4). A group that
+    has two slices at one position and several AcquisitionNumbers is split by AcquisitionNumber too
+    (two acquisitions of the same region; sequential-mode CT numbers the acquisitions of ONE
+    volume, at distinct positions, so those stay together).
+    """
+    groups: list[_Series] = []
+    for f, ds in headers:
+        fields = tuple(str(ds.get(name, "") or "").strip() for name in _SERIES_FIELDS)
+        iop = np.array(ds.ImageOrientationPatient, dtype=np.float64)
+        for group in groups:
+            if group.fields == fields and np.allclose(group.iop, iop, atol=1e-4):
+                group.items.append((f, ds))
+                break
+        else:
+            groups.append(_Series(fields, iop, [(f, ds)]))
+    out = []
+    for group in groups:
+        acquisitions: dict[str, list] = {}
+        for f, ds in group.items:
+            acquisitions.setdefault(str(ds.get("AcquisitionNumber", "") or "").strip(), []).append((f, ds))
+        normal = np.cross(group.iop[:3], group.iop[3:])
+        dist = np.sort([np.array(ds.ImagePositionPatient, dtype=np.float64) @ normal for _, ds in group.items])
+        if len(acquisitions) > 1 and np.any(np.diff(dist) < 1e-3):
+            out.extend(_Series(group.fields, group.iop, items, acquisition=number)
+                       for number, items in acquisitions.items())
+        else:
+            out.append(group)
+    return out
+
+
+def _load_dicom_series(folder: Path, pick: Path | None = None) -> Volume:
+    """Reads the single series in ``folder`` (or the series of the file ``pick``) as a Volume.
 
     Source grid: (columns, rows, slices sorted along the slice normal).
     """
@@ -265,22 +425,26 @@ def _load_dicom_series(folder: Path, series_uid: str | None = None) -> Volume:
             raise VolumeError(f"{f}: cannot read DICOM file ({type(e).__name__}: {e})") from e
         if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
             headers.append((f, ds))
+    if pick is not None and not any(f.name == pick.name for f, _ in headers):
+        raise VolumeError(f"{pick}: not a DICOM image slice (no ImagePositionPatient/ImageOrientationPatient)")
     if not headers:
         raise VolumeError(f"{folder}: no DICOM image files (with ImagePositionPatient) in this folder")
-    by_series: dict[str, list] = {}
-    for f, ds in headers:
-        by_series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((f, ds))
-    if series_uid is not None:
-        by_series = {series_uid: by_series.get(series_uid, [])}
-    elif len(by_series) > 1:
-        listing = ", ".join(f"{uid or '<no UID>'} ({len(v)} files)" for uid, v in by_series.items())
+    groups = _split_series(headers)
+    if pick is not None:
+        groups = [g for g in groups if any(f.name == pick.name for f, _ in g.items)]
+    elif len(groups) > 1:
+        shown = {name for name, values in (
+            ("number", {g.fields[1] for g in groups}),
+            ("frame", {g.fields[2] for g in groups}),
+            ("acquisition", {g.acquisition for g in groups}),
+        ) if len(values) > 1}
+        listing = "; ".join(f"[{k + 1}] {g.describe(shown)}" for k, g in enumerate(groups))
         raise VolumeError(
-            f"{folder}: {len(by_series)} DICOM series in one folder: {listing}; "
-            "expected one series per folder (or pass one of its files)"
+            f"{folder}: {len(groups)} DICOM series in one folder: {listing}. Expected one series per folder; "
+            f"to read one of them pass one of its files, e.g. {groups[0].items[0][0]}"
         )
-    ((uid, items),) = by_series.items()
-    if not items:
-        raise VolumeError(f"{folder}: no DICOM image files of series {series_uid or '<no UID>'} in this folder")
+    items = groups[0].items
+    uid = groups[0].fields[0]
 
     iop = np.array(items[0][1].ImageOrientationPatient, dtype=np.float64)
     for f, ds in items:

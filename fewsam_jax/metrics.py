@@ -8,7 +8,11 @@ Conventions (each function repeats the ones it uses):
   ``spacing`` gives the voxel size in mm along each of the ``len(S)`` axes.
 * Empty masks: Dice/IoU are 1.0 when both masks are empty and 0.0 when exactly one is.
   HD95 is 0.0 when both are empty and ``inf`` when exactly one is (``to_json`` writes ``null``);
-  surface Dice is 1.0 when both are empty and 0.0 when exactly one is.
+  surface Dice is 1.0 when both are empty and 0.0 when exactly one is. :func:`evaluate` flags
+  each class with ``gt_empty`` / ``pred_empty`` so these conventional values are never mistaken
+  for measured ones, and its mean HD95 is ``inf`` when any class's is (the classes are named).
+* Label maps hold integer ids: integer or bool arrays, or float arrays whose values are all
+  integral (``float32`` label files are common); anything else is refused (:func:`label_map`).
 * Surfaces are sets of boundary voxels, ``mask & ~binary_erosion(mask, structure)``, with voxels on
   the array border counting as boundary. The default structure has full connectivity (3x3x3 in 3D):
   a voxel touching the background through a face, an edge or a corner is on the boundary. On
@@ -172,6 +176,30 @@ def _per_slice(pred: np.ndarray, gt: np.ndarray, axis: int) -> list[dict[str, An
     ]
 
 
+def label_map(array: np.ndarray, name: str = "label map") -> np.ndarray:
+    """``array`` as an integer (int64) label map; ``ValueError`` naming ``name`` unless every value is
+    an integer id: integer/bool arrays pass, float arrays only when all values are finite and integral.
+
+    A float image with fractional values is an intensity image or a probability map, not labels;
+    rounding it would score garbage without a word.
+    """
+    array = np.asarray(array)
+    if array.dtype == bool or np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.int64, copy=False)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"{name}: a label map must hold integer ids, got dtype {array.dtype}")
+    finite = np.isfinite(array)
+    bad = ~finite | (np.where(finite, array, 0) != np.round(np.where(finite, array, 0)))
+    if bad.any():
+        example = array[bad].ravel()[0]
+        raise ValueError(
+            f"{name}: a label map must hold integer ids, but {int(bad.sum())} of {array.size} voxels are not "
+            f"integers (e.g. {float(example)!r}, dtype {array.dtype}); is it an intensity image or a probability "
+            "map? Threshold or argmax it into integer labels first"
+        )
+    return array.astype(np.int64)
+
+
 def _mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else math.nan
 
@@ -188,7 +216,8 @@ def evaluate(
     """All metrics for every class of two label maps ``(*S)``.
 
     Args:
-      pred_labels, gt_labels: integer label maps of one shape ``(*S)`` (``ValueError`` otherwise).
+      pred_labels, gt_labels: integer label maps of one shape ``(*S)`` (``ValueError`` otherwise; float
+        arrays are accepted when every value is integral, see :func:`label_map`).
       spacing: voxel size in mm, ``len(S)`` values.
       classes: label id -> class name. Label ids absent from ``classes`` (e.g. background 0, or
         structures not under evaluation) are ignored, in both maps. No name may be ``"mean"``.
@@ -198,16 +227,19 @@ def evaluate(
       connectivity: boundary definition, as in :func:`surface_distances`.
 
     Returns:
-      ``{name: {"dice", "iou", "hd95", "surface_dice", "pred_voxels", "gt_voxels",
-      "per_slice": [{"slice": k, "dice", "iou", "empty"}, ...]}, ..., "mean": {...}}``.
-      Volume conventions are those of :func:`dice`, :func:`hd95`, :func:`surface_dice`. Per-slice
-      entries of slices where both masks are empty have ``dice == iou == 1.0`` and ``"empty": True``
-      (``False`` elsewhere); filter them out to average over informative slices only. ``"mean"``
-      averages dice, iou and surface_dice over classes, and hd95 over the classes where it is finite,
-      whose number is ``"hd95_finite_classes"`` (hd95 mean is ``nan`` when there is none).
+      ``{name: {"dice", "iou", "hd95", "surface_dice", "pred_voxels", "gt_voxels", "gt_empty",
+      "pred_empty", "per_slice": [{"slice": k, "dice", "iou", "empty"}, ...]}, ..., "mean": {...}}``.
+      Volume conventions are those of :func:`dice`, :func:`hd95`, :func:`surface_dice`: a class absent
+      from both maps (``gt_empty`` and ``pred_empty``) scores Dice 1, HD95 0; absent from one, Dice 0,
+      HD95 ``inf``. Per-slice entries of slices where both masks are empty have ``dice == iou == 1.0``
+      and ``"empty": True`` (``False`` elsewhere); filter them out to average over informative slices
+      only. ``"mean"`` averages dice, iou and surface_dice over classes; its ``"hd95"`` averages every
+      class, so it is ``inf`` when a structure is missed or hallucinated: those classes are listed in
+      ``"hd95_infinite_classes"``, and ``"hd95_finite"`` averages the ``"hd95_finite_classes"`` others
+      (``nan`` when there is none).
       Values are Python floats/ints/bools (``inf``/``nan`` possible): use :func:`to_json` to serialise.
     """
-    pred_labels, gt_labels = np.asarray(pred_labels), np.asarray(gt_labels)
+    pred_labels, gt_labels = label_map(pred_labels, "pred_labels"), label_map(gt_labels, "gt_labels")
     if pred_labels.shape != gt_labels.shape:
         raise ValueError(f"pred and gt shapes differ: pred {pred_labels.shape} vs gt {gt_labels.shape}")
     if "mean" in classes.values():
@@ -224,14 +256,22 @@ def evaluate(
             "surface_dice": _nsd(d_pg, d_gp, tolerance_mm),
             "pred_voxels": int(pred.sum()),
             "gt_voxels": int(gt.sum()),
+            "gt_empty": not gt.any(),
+            "pred_empty": not pred.any(),
         }
         if per_slice_axis is not None:
             entry["per_slice"] = _per_slice(pred, gt, per_slice_axis)
         result[name] = entry
     entries = list(result.values())
     finite_hd = [e["hd95"] for e in entries if math.isfinite(e["hd95"])]
+    infinite_hd = [name for name, e in result.items() if not math.isfinite(e["hd95"])]
     result["mean"] = {key: _mean([e[key] for e in entries]) for key in ("dice", "iou", "surface_dice")}
-    result["mean"].update(hd95=_mean(finite_hd), hd95_finite_classes=len(finite_hd))
+    result["mean"].update(
+        hd95=_mean([e["hd95"] for e in entries]),  # inf as soon as one class is missed: never dropped
+        hd95_finite=_mean(finite_hd),
+        hd95_finite_classes=len(finite_hd),
+        hd95_infinite_classes=infinite_hd,
+    )
     return result
 
 

@@ -1,5 +1,7 @@
 """Volume IO: NIfTI orientations round trip, arrays, 2D images, slicing, errors."""
 
+import gzip
+import tracemalloc
 from pathlib import Path
 
 import nibabel as nib
@@ -205,6 +207,71 @@ def test_truncated_and_garbage_nifti(tmp_path):
     g.write_bytes(b"not a nifti header" * 3)
     with pytest.raises(VolumeError, match="garbage.nii: cannot read NIfTI"):
         load_volume(g)
+
+
+def _header_only(path, shape, dtype=np.float32, extra=b""):
+    """A NIfTI header declaring ``shape`` followed by ``extra`` data bytes (none by default)."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header["vox_offset"] = 352
+    raw = header.binaryblock + b"\0" * 4 + extra
+    path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
+    return path
+
+
+def test_nifti_header_size_checked_before_allocating(tmp_path):
+    """A tiny file whose header declares a huge volume fails at once, naming the sizes, without
+    allocating (it used to allocate 1.3 GB, or fail with an empty MemoryError for 30000^3)."""
+    tracemalloc.start()
+    try:
+        small = _header_only(tmp_path / "small.nii.gz", (700, 700, 700))
+        assert small.stat().st_size < 120
+        with pytest.raises(VolumeError, match=r"small\.nii\.gz: cannot read NIfTI file: the header declares 700x700x700 "
+                                              r"voxels of float32 \(1\.3 GiB of data after a 352-byte header\), but a "
+                                              r"\d+-byte gzip file cannot hold more than"):
+            load_volume(small)
+        huge = _header_only(tmp_path / "huge.nii", (30000, 30000, 30000))
+        with pytest.raises(VolumeError, match=r"huge\.nii: cannot read NIfTI file: the header declares 30000x30000x30000 "
+                                              r"voxels of float32 \(98\.2 TiB .*\), but the file holds only 352 bytes"):
+            load_volume(huge)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20
+
+
+def test_npy_header_size_checked_before_allocating(tmp_path):
+    p = tmp_path / "lying.npy"
+    with open(p, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (3000, 3000, 300)})
+    tracemalloc.start()
+    try:
+        with pytest.raises(VolumeError, match=r"lying\.npy: cannot read \.npy file: the header declares 3000x3000x300 "
+                                              r"values of float32 \(10\.1 GiB\), but the file holds only 128 bytes"):
+            load_volume(p)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20  # np.load alone allocated the 10 GiB first
+
+
+def test_nifti_gz_shorter_than_its_header_declares(tmp_path):
+    # within deflate's ratio, so the stream is counted (the ISIZE trailer says too little): one slice missing
+    p = _header_only(tmp_path / "short.nii.gz", (20, 20, 5), np.int16,
+                     extra=np.random.default_rng(0).integers(0, 9, 20 * 20 * 4).astype(np.int16).tobytes())
+    with pytest.raises(VolumeError, match=r"short\.nii\.gz: cannot read NIfTI file: the header declares 20x20x5 voxels of "
+                                          r"int16 .*but the file decompresses to only 3552 bytes"):
+        load_volume(p)
+    # two gzip members (ISIZE covers only the last one): the stream count accepts it
+    full = np.arange(20 * 20 * 5, dtype=np.int16).reshape(20, 20, 5)
+    plain = _header_only(tmp_path / "x.nii", full.shape, np.int16, extra=full.tobytes(order="F"))
+    whole = plain.read_bytes()
+    two = tmp_path / "two.nii.gz"
+    two.write_bytes(gzip.compress(whole[:1000]) + gzip.compress(whole[1000:]))
+    vol = load_volume(two)
+    np.testing.assert_array_equal(vol.to_source(vol.array), full)
+    np.testing.assert_array_equal(vol.array, load_volume(plain).array)
 
 
 def test_non_finite_voxels(tmp_path):

@@ -18,8 +18,10 @@ AXIAL = (1, 0, 0, 0, 1, 0)
 CORONAL = (1, 0, 0, 0, 0, -1)
 
 
-def _write_slice(path, pixels, position, orientation, series_uid, slope=1.0, intercept=0.0, spacing=(0.7, 0.9)):
-    """Writes one int16 CT slice; ``pixels`` is (rows, columns)."""
+def _write_slice(path, pixels, position, orientation, series_uid, slope=1.0, intercept=0.0, spacing=(0.7, 0.9),
+                 **tags):
+    """Writes one int16 CT slice; ``pixels`` is (rows, columns). ``series_uid=None`` leaves the UID out
+    (an anonymised export); ``tags`` adds e.g. SeriesNumber, AcquisitionNumber, FrameOfReferenceUID."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -28,7 +30,10 @@ def _write_slice(path, pixels, position, orientation, series_uid, slope=1.0, int
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
     ds.Modality = "CT"
-    ds.SeriesInstanceUID = series_uid
+    if series_uid is not None:
+        ds.SeriesInstanceUID = series_uid
+    for name, value in tags.items():
+        setattr(ds, name, value)
     ds.ImagePositionPatient = [float(v) for v in position]
     ds.ImageOrientationPatient = [float(v) for v in orientation]
     ds.PixelSpacing = list(spacing)
@@ -40,16 +45,19 @@ def _write_slice(path, pixels, position, orientation, series_uid, slope=1.0, int
     ds.save_as(path, enforce_file_format=True)
 
 
-def _series(folder, n=6, orientation=AXIAL, step=2.5, slope=1.0, intercept=0.0, shape=(4, 5), uid=None, seed=0):
-    """Writes an n-slice series under shuffled file names; returns (pixels (n, rows, cols), positions)."""
+def _series(folder, n=6, orientation=AXIAL, step=2.5, slope=1.0, intercept=0.0, shape=(4, 5), uid=None, seed=0,
+            prefix="im", start=0.0, **tags):
+    """Writes an n-slice series under shuffled file names; returns (pixels (n, rows, cols), positions).
+    ``uid=""`` writes no SeriesInstanceUID."""
     folder.mkdir(exist_ok=True)
-    uid = uid or generate_uid()
+    uid = (uid or generate_uid()) if uid != "" else None
     rng = np.random.default_rng(seed)
     pixels = rng.integers(-500, 500, size=(n, *shape))
     normal = np.cross(orientation[:3], orientation[3:])
-    positions = [np.array([-20.0, 30.0, 40.0]) + k * step * normal for k in range(n)]
+    positions = [np.array([-20.0, 30.0, 40.0]) + (start + k * step) * normal for k in range(n)]
     for name, k in zip(rng.permutation(n), range(n)):
-        _write_slice(folder / f"im{name:03d}", pixels[k], positions[k], orientation, uid, slope, intercept)
+        _write_slice(folder / f"{prefix}{name:03d}", pixels[k], positions[k], orientation, uid, slope, intercept,
+                     **{key: value(k) if callable(value) else value for key, value in tags.items()})
     return pixels, positions
 
 
@@ -87,7 +95,9 @@ def test_single_file_loads_its_series_and_labels_round_trip(tmp_path):
 def test_mixed_series_error(tmp_path):
     _series(tmp_path / "s", n=3, uid="1.2.3.4")
     _write_slice(tmp_path / "s" / "other", np.zeros((4, 5)), (0, 0, 0), AXIAL, "1.2.3.5")
-    with pytest.raises(VolumeError, match=r"s: 2 DICOM series in one folder: 1\.2\.3\.4 \(3 files\), 1\.2\.3\.5 \(1 files\)"):
+    with pytest.raises(VolumeError, match=r"s: 2 DICOM series in one folder: \[1\] SeriesInstanceUID 1\.2\.3\.4, axial: "
+                                          r"3 files, e\.g\. im000; \[2\] SeriesInstanceUID 1\.2\.3\.5, axial: 1 file, "
+                                          r"e\.g\. other\. .*pass one of its files"):
         load_volume(tmp_path / "s")
     assert load_volume(tmp_path / "s" / "other").shape == (5, 4, 1)
 
@@ -125,3 +135,61 @@ def test_shared_series_matches_its_label_file():
     assert vol.array.min() == -1024.0  # RescaleIntercept applied
     # labels sit on soft tissue: liver (TotalSegmentator class 5) is ~ +90 HU, far from air
     assert 40 < vol.array[seg.array == 5].mean() < 150
+
+
+# ------------------------------------------------ series without SeriesInstanceUID (issue #11)
+def test_series_without_uid_split_by_series_number(tmp_path):
+    """Two anonymised series (no UID) at the same positions were merged into one volume."""
+    first, _ = _series(tmp_path / "s", n=4, uid="", prefix="a", SeriesNumber=2)
+    second, _ = _series(tmp_path / "s", n=3, uid="", prefix="b", seed=1, SeriesNumber=5)
+    with pytest.raises(VolumeError, match=r"s: 2 DICOM series in one folder: \[1\] no SeriesInstanceUID, SeriesNumber 2, "
+                                          r"axial: 4 files, e\.g\. a000; \[2\] no SeriesInstanceUID, SeriesNumber 5, "
+                                          r"axial: 3 files, e\.g\. b000\. Expected one series per folder; to read one "
+                                          r"of them pass one of its files, e\.g\. .*s/a000"):
+        load_volume(tmp_path / "s")
+    vol = load_volume(tmp_path / "s" / "b001")  # one of its files picks a series
+    assert vol.shape == (5, 4, 3)
+    np.testing.assert_array_equal(get_slices(vol, 2), second)
+    np.testing.assert_array_equal(get_slices(load_volume(tmp_path / "s" / "a002"), 2), first)
+
+
+def test_series_without_uid_split_by_orientation_and_frame(tmp_path):
+    _series(tmp_path / "s", n=3, uid="", prefix="ax")
+    _series(tmp_path / "s", n=2, uid="", prefix="co", orientation=CORONAL)
+    with pytest.raises(VolumeError, match=r"2 DICOM series in one folder: \[1\] no SeriesInstanceUID, axial: 3 files.*"
+                                          r"\[2\] no SeriesInstanceUID, coronal: 2 files"):
+        load_volume(tmp_path / "s")
+    assert load_volume(tmp_path / "s" / "co000").source_shape == (5, 4, 2)
+    _series(tmp_path / "f", n=3, uid="", prefix="a", FrameOfReferenceUID="1.9.1")
+    _series(tmp_path / "f", n=3, uid="", prefix="b", start=10.0, FrameOfReferenceUID="1.9.2")
+    with pytest.raises(VolumeError, match=r"FrameOfReferenceUID 1\.9\.1, axial: 3 files.*FrameOfReferenceUID 1\.9\.2"):
+        load_volume(tmp_path / "f")
+
+
+def test_acquisitions_split_only_when_they_overlap(tmp_path):
+    # two acquisitions of the same slab (same positions): two volumes
+    _series(tmp_path / "s", n=3, uid="", prefix="a", AcquisitionNumber=1)
+    _series(tmp_path / "s", n=3, uid="", prefix="b", seed=1, AcquisitionNumber=2)
+    with pytest.raises(VolumeError, match=r"AcquisitionNumber 1, axial: 3 files.*AcquisitionNumber 2, axial: 3 files"):
+        load_volume(tmp_path / "s")
+    assert load_volume(tmp_path / "s" / "b000").shape == (5, 4, 3)
+    # sequential-mode CT: one acquisition number per slice, distinct positions: ONE volume
+    pixels, _ = _series(tmp_path / "seq", n=5, uid="", AcquisitionNumber=lambda k: k + 1)
+    np.testing.assert_array_equal(get_slices(load_volume(tmp_path / "seq"), 2), pixels)
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not (SHARED / "totalseg_ct").is_dir(), reason=f"shared data folder {SHARED} is absent")
+def test_shared_series_has_no_uid_and_is_not_merged_with_another(tmp_path):
+    """The shared series carries no SeriesInstanceUID; another anonymised series beside it is not stacked in."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for f in sorted((SHARED / "totalseg_ct" / "dicom_series").iterdir()):
+        (folder / f.name).symlink_to(f)  # read in place
+    assert not pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True).get("SeriesInstanceUID")  # empty
+    _series(folder, n=2, uid="", prefix="zz", orientation=CORONAL, shape=(512, 512))
+    with pytest.raises(VolumeError, match=r"mixed: 2 DICOM series in one folder: \[1\] no SeriesInstanceUID, .*axial: "
+                                          r"20 files.*\[2\] no SeriesInstanceUID, .*coronal: 2 files"):
+        load_volume(folder)
+    first = min(folder.glob("CT.*"))
+    assert load_volume(first).shape == (512, 512, 20)

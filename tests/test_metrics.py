@@ -2,13 +2,15 @@
 
 import json
 import math
+import re
 import warnings
 
+import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from fewsam_jax import metrics
+from fewsam_jax import cli, metrics
 
 
 def cube(shape, corner, side):
@@ -158,7 +160,10 @@ def test_evaluate_per_slice_and_mean():
     assert [s["empty"] for s in spleen["per_slice"]] == [False, True, True, True, True]
     mean = result["mean"]
     assert mean["dice"] == pytest.approx(0.25) and mean["iou"] == pytest.approx(1 / 6)
-    assert mean["hd95"] == liver["hd95"] and mean["hd95_finite_classes"] == 1
+    # a missed/hallucinated class makes the mean HD95 infinite, named, never silently dropped (issue #11)
+    assert mean["hd95"] == math.inf and mean["hd95_infinite_classes"] == ["spleen"]
+    assert mean["hd95_finite"] == liver["hd95"] and mean["hd95_finite_classes"] == 1
+    assert (liver["gt_empty"], liver["pred_empty"], spleen["gt_empty"], spleen["pred_empty"]) == (False, False, True, False)
     assert mean["surface_dice"] == pytest.approx(liver["surface_dice"] / 2)
 
 
@@ -229,3 +234,94 @@ def test_close_to_deepmind_surface_distance(seed):
         assert full == pytest.approx(ref, abs=0.03)
         assert abs(full - ref) < abs(face - ref)
     assert metrics.dice(pred, gt) == pytest.approx(sd.compute_dice_coefficient(gt, pred))
+
+
+# ------------------------------------------------- empty maps, non-integer labels (issue #11)
+def test_evaluate_empty_conventions_are_flagged():
+    gt = np.zeros((6, 6, 4), np.uint8)
+    pred = np.zeros_like(gt)
+    pred[1:3, 1:3, 1] = 2
+    result = metrics.evaluate(pred, gt, (1.0,) * 3, {1: "a", 2: "b"}, per_slice_axis=None)
+    a, b = result["a"], result["b"]
+    assert (a["dice"], a["hd95"], a["gt_empty"], a["pred_empty"]) == (1.0, 0.0, True, True)  # both empty
+    assert (b["dice"], b["hd95"], b["gt_empty"], b["pred_empty"]) == (0.0, math.inf, True, False)  # one empty
+    assert result["mean"]["hd95"] == math.inf and result["mean"]["hd95_infinite_classes"] == ["b"]
+    loaded = json.loads(metrics.to_json(result))
+    assert loaded["b"]["hd95"] is None and loaded["b"]["gt_empty"] is True
+    assert loaded["mean"]["hd95_infinite_classes"] == ["b"] and loaded["mean"]["hd95_finite"] == 0.0
+
+
+def test_label_maps_must_hold_integers():
+    labels = np.zeros((4, 4, 2), np.float32)
+    labels[1, 1, 1] = 2.0
+    assert metrics.label_map(labels).dtype == np.int64  # integral floats are fine (float32 label files)
+    assert metrics.evaluate(labels, labels, (1.0,) * 3, {2: "x"})["x"]["dice"] == 1.0
+    soft = labels * 0.37
+    with pytest.raises(ValueError, match=r"pred_labels: a label map must hold integer ids, but 1 of 32 voxels are not "
+                                         r"integers \(e\.g\. 0\.74.*float32\); is it an intensity image or a probability map"):
+        metrics.evaluate(soft, labels, (1.0,) * 3, {2: "x"})
+    labels[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"gt_labels: .* voxels are not integers \(e\.g\. nan"):
+        metrics.evaluate(np.zeros((4, 4, 2), np.int32), labels, (1.0,) * 3, {2: "x"})
+
+
+def _nifti(path, array):
+    nib.save(nib.Nifti1Image(array, np.eye(4)), str(path))
+    return str(path)
+
+
+@pytest.fixture
+def maps(tmp_path):
+    gt = np.zeros((8, 8, 4), np.uint8)
+    gt[2:5, 2:5, 1:3] = 1
+    gt[6, 6, 0] = 2
+    pred = gt.copy()
+    pred[6, 6, 0] = 0  # class 2 missed
+    return tmp_path, gt, pred
+
+
+def test_cli_evaluate_reports_missed_class_and_inf_mean(maps, capsys):
+    tmp_path, gt, pred = maps
+    args = ["evaluate", _nifti(tmp_path / "p.nii.gz", pred), _nifti(tmp_path / "g.nii.gz", gt)]
+    assert cli.main(args) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["1"].split()[1:5] == ["1.000", "1.000", "0.00", "1.000"]
+    assert rows["2"].split()[1:5] == ["0.000", "0.000", "inf", "0.000"] and "missed: not in the prediction" in rows["2"]
+    assert rows["mean"].split()[3] == "inf" and "hd95 inf: 1 class(es) empty in one map (2); over the 1 others 0.00 mm" in rows["mean"]
+    assert cli.main([*args, "--json"]) == 0
+    loaded = json.loads(capsys.readouterr().out)
+    assert loaded["2"]["hd95"] is None and loaded["2"]["pred_empty"] is True
+    assert loaded["mean"]["hd95"] is None and loaded["mean"]["hd95_infinite_classes"] == ["2"]
+
+
+def test_cli_evaluate_empty_ground_truth(maps, capsys):
+    """Empty GT used to print only a NaN mean row."""
+    tmp_path, gt, pred = maps
+    empty = _nifti(tmp_path / "empty.nii.gz", np.zeros_like(gt))
+    assert cli.main(["evaluate", _nifti(tmp_path / "p.nii.gz", pred), empty]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert rows["1"].split()[1:4] == ["0.000", "0.000", "inf"] and "not in the ground truth: predicted only" in rows["1"]
+    # both empty: nothing to score unless classes are named; then the convention is printed with its flag
+    assert cli.main(["evaluate", empty, empty]) == 2
+    assert "both empty (no label other than 0): nothing to score" in capsys.readouterr().err
+    assert cli.main(["evaluate", empty, empty, "--classes", "1=liver"]) == 0
+    row = capsys.readouterr().out.splitlines()[1]
+    assert row.split()[:5] == ["liver", "1.000", "1.000", "0.00", "1.000"] and "absent from both: Dice 1, HD95 0 by convention" in row
+
+
+def test_cli_evaluate_refuses_non_label_predictions(maps, capsys):
+    tmp_path, gt, _ = maps
+    g = _nifti(tmp_path / "g.nii.gz", gt)
+    rng = np.random.default_rng(0)
+    soft = _nifti(tmp_path / "prob.nii.gz", (gt * 0.8).astype(np.float32))  # a probability map
+    assert cli.main(["evaluate", soft, g]) == 2
+    assert "prob.nii.gz: a label map must hold integer ids, but 19 of 256 voxels are not integers" in capsys.readouterr().err
+    ct = _nifti(tmp_path / "ct.nii.gz", rng.integers(-1000, 400, gt.shape).astype(np.int16))  # HU
+    assert cli.main(["evaluate", ct, g]) == 2
+    assert "ct.nii.gz: a label map holds ids >= 0" in capsys.readouterr().err
+    mr = _nifti(tmp_path / "mr.nii.gz", rng.integers(0, 255, gt.shape).astype(np.uint8))  # intensities
+    assert cli.main(["evaluate", mr, g]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"mr\.nii\.gz holds \d+ label ids that .*g\.nii\.gz lacks \(\d+, \d+, .*, \.\.\.\): an intensity image rather than", err)

@@ -1,24 +1,29 @@
 """The few-shot collection: which slices of which volumes the user labelled, as a JSON manifest.
 
 ```json
-{"classes": {"1": "anterior", "2": "posterior"}, "axis": 2,
+{"version": 1, "classes": {"1": "anterior", "2": "posterior"}, "axis": 2,
  "support": [{"image": "a.nii.gz", "labels": "a_seg.nii.gz", "slices": [10, 18, 25]}]}
 ```
-Paths are relative to the manifest. A listed slice with no labelled voxel says "none of the
+Paths are relative to the manifest. ``version`` (default 1) and ``axis`` (default 2) may be left
+out; any other key is an error, and every value must have exactly its type (no coercion). A listed slice with no labelled voxel says "none of the
 classes is on this slice" (a negative example).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
 
 from fewsam_jax.io import Volume, get_slices, load_volume
+from fewsam_jax.metrics import label_map
 
 
 class ManifestError(ValueError):
@@ -47,45 +52,180 @@ class Collection:
         return sum(len(item.slices) for item in self.support)
 
 
+MANIFEST_VERSION = 1
+"""The manifest format this code writes; it reads this version and every older one."""
+
+MAX_LABEL_ID = 2**15 - 1  # label maps are written as uint8 or int16 (io.save_labels)
+
+_TOP_KEYS = ("version", "classes", "axis", "support")
+_ENTRY_KEYS = ("image", "labels", "slices")
+_LABEL_ID = re.compile(r"[1-9][0-9]*")
+
+
+def _json_type(value: Any) -> str:
+    """A parsed JSON value as an error message shows it: 'true', 'the number 2.9', "the string '035'"..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"the integer {value}"
+    if isinstance(value, float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        text = value if len(value) <= 40 else value[:37] + "..."
+        return f"the string {text!r}"
+    if isinstance(value, list):
+        return f"an array of {len(value)} item{'s' * (len(value) != 1)}"
+    return "an object"
+
+
+def _is_int(value: Any) -> bool:
+    """A JSON integer: not a bool (``true`` is not 1) and not a float (``2.0`` is not 2)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        self.key = key
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object hook: ``{"axis": 0, "axis": 2}`` is an error, not the last value silently."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+class _Checker:
+    """Raises ManifestError naming the file, the JSON path of the value and what was expected."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, where: str, message: str) -> ManifestError:
+        return ManifestError(f"{self.path}: {where}: {message}")
+
+    def expect(self, where: str, what: str, value: Any) -> ManifestError:
+        return self.fail(where, f"expected {what}, got {_json_type(value)}")
+
+    def keys(self, obj: dict, where: str, known: tuple[str, ...], required: tuple[str, ...]) -> None:
+        for key in obj:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                inside = f"{where}: " if where else ""
+                raise ManifestError(
+                    f"{self.path}: {inside}unknown key {key!r}{hint} (known keys: {', '.join(known)})"
+                )
+        for key in required:
+            if key not in obj:
+                inside = f" in {where}" if where else ""
+                raise ManifestError(f"{self.path}: missing key {key!r}{inside} (required: {', '.join(required)})")
+
+    def file(self, entry: dict, i: int, name: str) -> Path:
+        where = f"support[{i}].{name}"
+        value = entry[name]
+        if not isinstance(value, str) or not value.strip():
+            raise self.expect(where, "a non-empty string (a path relative to the manifest)", value)
+        try:
+            resolved = (self.path.parent / value).resolve()
+            exists = resolved.exists()
+        except (OSError, ValueError, RuntimeError) as err:  # NUL, name too long, unencodable, symlink loop
+            raise self.fail(where, f"not a usable path ({type(err).__name__}: {err})") from None
+        if not exists:
+            raise ManifestError(f"{self.path}: {where} not found: {resolved}")
+        return resolved
+
+
 def load_collection(path: str | os.PathLike) -> Collection:
-    """Read and check a manifest: every file exists, slices are in range, grids agree."""
+    """Read and check a manifest: every file exists, slices are in range, grids agree.
+
+    The schema is strict: an unknown key (``"axsi"``), a boolean or float where an integer belongs
+    (``"axis": true``, ``"slices": [2.9]``), a string for the slice list (``"slices": "035"``), a
+    negative or repeated slice all raise :class:`ManifestError` naming the file, the JSON path of the
+    value (``support[2].slices[1]``) and what was expected. Nothing is coerced.
+    """
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
     try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        raw = json.loads(path.read_bytes().decode("utf-8"), object_pairs_hook=_reject_duplicates,
+                         parse_constant=_reject_constant)
+    except _DuplicateKey as dup:
+        raise ManifestError(f"{path}: not valid as a manifest: the key {dup.key!r} appears twice in one object") from None
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{path}: not UTF-8 text ({err})") from None
+    except RecursionError:
+        raise ManifestError(f"{path}: JSON nested too deeply to be a manifest") from None
+    except ValueError as err:  # json.JSONDecodeError, and NaN/Infinity
         raise ManifestError(f"{path}: not valid JSON ({err})") from None
-    try:
-        classes = {int(k): str(v) for k, v in raw["classes"].items()}
-        axis = int(raw.get("axis", 2))
-        entries = raw["support"]
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise ManifestError(
-            f"{path}: expected {{'classes': {{id: name}}, 'axis': int, 'support': [...]}} ({err!r})"
-        ) from None
-    if not classes or 0 in classes:
-        raise ManifestError(f"{path}: 'classes' must name at least one label id other than 0 (background)")
-    if axis not in (0, 1, 2):
-        raise ManifestError(f"{path}: 'axis' must be 0, 1 or 2, got {axis}")
+    check = _Checker(path)
+    if not isinstance(raw, dict):
+        raise check.expect("top level", "an object {'version', 'classes', 'axis', 'support'}", raw)
+    check.keys(raw, "", _TOP_KEYS, required=("classes", "support"))
+
+    version = raw.get("version", 1)
+    if not _is_int(version) or version < 1:
+        raise check.expect("version", f"a positive integer (this code reads 1..{MANIFEST_VERSION})", version)
+    if version > MANIFEST_VERSION:
+        raise check.fail("version", f"manifest version {version} is newer than this fewsam_jax reads "
+                                    f"(1..{MANIFEST_VERSION}); upgrade fewsam_jax")
+
+    raw_classes = raw["classes"]
+    if not isinstance(raw_classes, dict):
+        raise check.expect("classes", 'an object {"<label id>": "<class name>"}', raw_classes)
+    if not raw_classes:
+        raise check.fail("classes", "must name at least one label id other than 0 (background)")
+    classes: dict[int, str] = {}
+    for key, name in raw_classes.items():
+        if key == "0":
+            raise check.fail('classes["0"]', "label 0 is the background and cannot be a class")
+        if not _LABEL_ID.fullmatch(key) or int(key) > MAX_LABEL_ID:
+            raise check.fail(f"classes[{json.dumps(key)}]",
+                             f"expected a label id written as a decimal integer 1..{MAX_LABEL_ID} (e.g. \"1\"), got {key!r}")
+        if not isinstance(name, str) or not name.strip():
+            raise check.expect(f"classes[{json.dumps(key)}]", "a non-empty string (the class name)", name)
+        if name in classes.values():
+            raise check.fail(f"classes[{json.dumps(key)}]", f"class name {name!r} is used twice; names must differ")
+        classes[int(key)] = name
+
+    axis = raw.get("axis", 2)
+    if not _is_int(axis) or axis not in (0, 1, 2):
+        raise check.fail("axis", f"'axis' must be 0, 1 or 2 (an integer), got {_json_type(axis)}")
+
+    entries = raw["support"]
+    if not isinstance(entries, list):
+        raise check.expect("support", "an array of {'image', 'labels', 'slices'} objects", entries)
     if not entries:
-        raise ManifestError(f"{path}: the collection is empty; list at least one labelled slice in 'support'")
+        raise check.fail("support", "the collection is empty; list at least one labelled slice in 'support'")
     items = []
     for i, entry in enumerate(entries):
-        try:
-            item = SupportItem(
-                image=(path.parent / entry["image"]).resolve(),
-                labels=(path.parent / entry["labels"]).resolve(),
-                slices=tuple(int(s) for s in entry["slices"]),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise ManifestError(f"{path}: support[{i}] needs 'image', 'labels' and 'slices' ({err!r})") from None
-        for name in ("image", "labels"):
-            if not getattr(item, name).exists():
-                raise ManifestError(f"{path}: support[{i}].{name} not found: {getattr(item, name)}")
-        if not item.slices:
-            raise ManifestError(f"{path}: support[{i}] lists no slices")
-        items.append(item)
+        where = f"support[{i}]"
+        if not isinstance(entry, dict):
+            raise check.expect(where, "an object {'image', 'labels', 'slices'}", entry)
+        check.keys(entry, where, _ENTRY_KEYS, required=_ENTRY_KEYS)
+        image, labels = check.file(entry, i, "image"), check.file(entry, i, "labels")
+        slices = entry["slices"]
+        if not isinstance(slices, list):
+            raise check.expect(f"{where}.slices", "an array of slice indices (integers >= 0)", slices)
+        if not slices:
+            raise check.fail(f"{where}.slices", "lists no slices; label at least one")
+        seen: dict[int, int] = {}
+        for j, s in enumerate(slices):
+            if not _is_int(s) or s < 0:
+                raise check.expect(f"{where}.slices[{j}]", "a slice index (an integer >= 0)", s)
+            if s in seen:
+                raise check.fail(f"{where}.slices[{j}]", f"slice {s} is listed twice (also at slices[{seen[s]}])")
+            seen[s] = j
+        items.append(SupportItem(image=image, labels=labels, slices=tuple(slices)))
     return Collection(classes=classes, axis=axis, support=tuple(items))
 
 
@@ -97,6 +237,7 @@ def save_collection(collection: Collection, path: str | os.PathLike) -> Path:
         return os.path.relpath(p, path.parent)
 
     raw = {
+        "version": MANIFEST_VERSION,
         "classes": {str(k): v for k, v in sorted(collection.classes.items())},
         "axis": collection.axis,
         "support": [
@@ -124,5 +265,12 @@ def load_support_item(item: SupportItem, axis: int) -> tuple[Volume, np.ndarray]
     bad = [s for s in item.slices if not 0 <= s < count]
     if bad:
         raise ManifestError(f"{item.image}: slice indices {bad} out of range 0..{count - 1} along axis {axis}")
-    label_slices = get_slices(np.rint(labels.array).astype(np.int32), axis)[list(item.slices)]
+    try:
+        label_ids = label_map(labels.array, str(item.labels))
+    except ValueError as err:
+        raise ManifestError(str(err)) from None
+    if label_ids.min() < 0:
+        raise ManifestError(f"{item.labels}: a label map holds ids >= 0, but this one holds {int(label_ids.min())}: "
+                            "an intensity image rather than labels?")
+    label_slices = get_slices(label_ids.astype(np.int32), axis)[list(item.slices)]
     return image, label_slices

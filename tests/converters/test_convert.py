@@ -79,6 +79,25 @@ def test_wrong_shape_is_named(tiny_checkpoint, tmp_path):
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
+def test_non_finite_weights_refused_at_conversion(tiny_checkpoint, tmp_path, capsys):
+    """A NaN/Inf tensor used to convert with rc 0; `embed` blamed "float16 overflow" much later."""
+    path, model = tiny_checkpoint
+    state = model.state_dict()
+    state["mask_decoder.iou_token.weight"] = state["mask_decoder.iou_token.weight"].clone()
+    state["mask_decoder.iou_token.weight"][0, :2] = float("nan")
+    state["image_encoder.neck.0.weight"] = state["image_encoder.neck.0.weight"].clone()
+    state["image_encoder.neck.0.weight"].view(-1)[5] = float("-inf")
+    bad = tmp_path / "nan.pth"
+    torch.save(state, bad)
+    with pytest.raises(CheckpointError, match=r"nan\.pth: 2 of \d+ tensors hold non-finite values: "
+                                              r"'image_encoder\.neck\.0\.weight' \(1 -Inf of \d+ values\); "
+                                              r"'mask_decoder\.iou_token\.weight' \(2 NaN of \d+ values\)"):
+        convert_checkpoint("tiny", bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert cli.main(["convert", "--model", "vit_b", "--checkpoint", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "'mask_decoder.iou_token.weight' (2 NaN" in capsys.readouterr().err
+
+
 def test_checkpoint_of_another_model(tiny_checkpoint, tmp_path):
     path, _ = tiny_checkpoint
     with pytest.raises(ConversionError, match=r"sam_tiny\.pth does not fit model 'vit_b'"):

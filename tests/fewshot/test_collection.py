@@ -66,6 +66,21 @@ def test_label_grid_differs(manifest, tmp_path):
         load_support_item(item, 2)
 
 
+@pytest.mark.parametrize("values, message", [
+    (np.float32(0.5), r"b_seg\.nii\.gz: a label map must hold integer ids, but 27 of 432 voxels are not integers"),
+    (np.int16(-3), r"b_seg\.nii\.gz: a label map holds ids >= 0, but this one holds -3"),
+])
+def test_labels_must_be_integer_ids(manifest, tmp_path, values, message):
+    """An intensity image or a probability map given as labels is refused, not rounded."""
+    path, raw = manifest
+    labels = np.zeros((8, 9, 6), values.dtype)
+    labels[2:5, 3:6, 1:4] = values
+    raw["support"][0]["labels"] = write_nifti(tmp_path / "b_seg.nii.gz", labels)
+    item = load_collection(rewrite(path, raw)).support[0]
+    with pytest.raises(ManifestError, match=message):
+        load_support_item(item, 2)
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("support", [], "the collection is empty"),
     ("classes", {}, "at least one label id"),
@@ -82,4 +97,74 @@ def test_not_json(tmp_path):
     path = tmp_path / "m.json"
     path.write_text("{oops")
     with pytest.raises(ManifestError, match="m.json: not valid JSON"):
+        load_collection(path)
+
+
+# ----------------------------------------------------------------- strict schema (issue #11)
+@pytest.mark.parametrize("edit, message", [
+    # an unknown key is an error, with the closest known key suggested ("axsi": 1 used to train on axis 2)
+    (lambda raw: raw.update(axsi=1), r"manifest\.json: unknown key 'axsi'; did you mean 'axis'\?"),
+    (lambda raw: raw["support"][0].update(slice=[1]),
+     r"manifest\.json: support\[0\]: unknown key 'slice'; did you mean 'slices'\?"),
+    # exact types: true is not 1, 2.9 is not 2, "035" is not [0, 3, 5], 2.0 is not 2
+    (lambda raw: raw.update(axis=True), r"manifest\.json: axis: 'axis' must be 0, 1 or 2 \(an integer\), got true"),
+    (lambda raw: raw.update(axis=2.9), r"axis: 'axis' must be 0, 1 or 2 \(an integer\), got the number 2\.9"),
+    (lambda raw: raw["support"][0].update(slices="035"),
+     (r"manifest\.json: support\[0\]\.slices: expected an array of slice indices \(integers >= 0\), "
+      r"got the string '035'")),
+    (lambda raw: raw["support"][0].update(slices=[1, 2.0]),
+     r"support\[0\]\.slices\[1\]: expected a slice index \(an integer >= 0\), got the number 2\.0"),
+    (lambda raw: raw["support"][0].update(slices=[1, True]), r"support\[0\]\.slices\[1\]: expected .*, got true"),
+    (lambda raw: raw["support"][0].update(slices=[-1]), r"support\[0\]\.slices\[0\]: expected .*, got the integer -1"),
+    (lambda raw: raw["support"][0].update(slices=[1, 2, 1]),
+     r"support\[0\]\.slices\[2\]: slice 1 is listed twice \(also at slices\[0\]\)"),
+    (lambda raw: raw["support"][0].update(slices=[]), r"support\[0\]\.slices: lists no slices"),
+    (lambda raw: raw["support"][0].update(image=7), r"support\[0\]\.image: expected a non-empty string .*got the integer 7"),
+    (lambda raw: raw["support"][0].update(labels="bad\u0000name"), r"support\[0\]\.labels: not a usable path"),
+    (lambda raw: raw["support"][0].pop("labels"), r"missing key 'labels' in support\[0\]"),
+    (lambda raw: raw["support"].append("b.nii.gz"), r"support\[1\]: expected an object .*got the string 'b\.nii\.gz'"),
+    (lambda raw: raw.update(classes={"1.0": "organ"}), r'classes\["1\.0"\]: expected a label id written as a decimal integer'),
+    (lambda raw: raw.update(classes={"01": "organ"}), r'classes\["01"\]: expected a label id'),
+    (lambda raw: raw.update(classes={"0": "bg", "1": "organ"}), r'classes\["0"\]: label 0 is the background'),
+    (lambda raw: raw.update(classes={"1": "organ", "2": "organ"}), r'classes\["2"\]: class name \'organ\' is used twice'),
+    (lambda raw: raw.update(classes={"1": None}), r'classes\["1"\]: expected a non-empty string \(the class name\), got null'),
+    (lambda raw: raw.update(version=2), r"version: manifest version 2 is newer than this fewsam_jax reads"),
+    (lambda raw: raw.update(version="1"), r"version: expected a positive integer .*got the string '1'"),
+])
+def test_strict_schema_names_file_key_and_expectation(manifest, edit, message):
+    path, raw = manifest
+    edit(raw)
+    with pytest.raises(ManifestError, match=message):
+        load_collection(rewrite(path, raw))
+
+
+def test_symlink_loop_is_a_manifest_error(manifest, tmp_path):
+    path, raw = manifest
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    raw["support"][0]["image"] = "loop1"
+    with pytest.raises(ManifestError, match=r"support\[0\]\.image: not a usable path \(RuntimeError: Symlink loop"):
+        load_collection(rewrite(path, raw))
+
+
+def test_version_optional_and_written(manifest, tmp_path):
+    path, raw = manifest
+    assert "version" not in raw
+    collection = load_collection(path)  # an older manifest without "version" reads as version 1
+    written = save_collection(collection, tmp_path / "copy.json")
+    assert json.loads(written.read_text())["version"] == 1
+    assert load_collection(written) == collection
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"classes": {"1": "a"}, "classes": {"2": "b"}, "support": []}', r"the key 'classes' appears twice"),
+    ('{"classes": {"1": "a"}, "axis": NaN, "support": []}', r"not valid JSON \(NaN is not a JSON number"),
+    ('[1, 2]', r"top level: expected an object .*got an array of 2 items"),
+    (b'\xff\xfe{}', r"not UTF-8 text"),
+    ("[" * 100_000, r"nested too deeply|not valid JSON"),
+])
+def test_malformed_json(tmp_path, text, message):
+    path = tmp_path / "m.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ManifestError, match=message):
         load_collection(path)
