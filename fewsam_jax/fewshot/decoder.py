@@ -71,6 +71,11 @@ class FewShotConfig:
     # on either side it also sees (2.5D)
     image_features: int = 0
     image_context: int = 0
+    # training targets warped inside the step (:mod:`fewsam_jax.fewshot.warp`): rotation range (degrees), scale
+    # range (1 +- warp_scale); 0 and 0: off. image_jitter: contrast 1 +- j, brightness +- j / 2 of the image branch input
+    warp_rotation_deg: float = 0.0
+    warp_scale: float = 0.0
+    image_jitter: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -85,6 +90,9 @@ class FewShotConfig:
                              f"{self.image_context}")
         if self.image_features and self.class_decoding != "joint":
             raise ValueError("the image branch (image_features > 0) needs class_decoding='joint'")
+        if self.warp_rotation_deg < 0 or not 0 <= self.warp_scale < 1 or self.image_jitter < 0:
+            raise ValueError(f"warp_rotation_deg / warp_scale / image_jitter: expected >= 0 / in [0, 1) / >= 0, got "
+                             f"{self.warp_rotation_deg} / {self.warp_scale} / {self.image_jitter}")
         if self.image_context and not self.image_features:
             raise ValueError("image_context needs the image branch (image_features > 0)")
         if not 0.0 < self.episode_fraction <= 1.0:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from fewsam_jax.fewshot.decoder import FewShotConfig, FewShotDecoder, class_tokens
 from fewsam_jax.fewshot.prompts import IGNORE, region_boxes, region_embeddings, region_fractions, region_positions
+from fewsam_jax.fewshot.warp import warp_targets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,20 +114,26 @@ def crop_size(cfg: FewShotConfig, embedding_size: int) -> int:
 
 
 @nnx.jit
-def train_step(decoder, optimizer, embeddings, labels, images, stats, targets, weights, slice_choice, offset):
+def train_step(decoder, optimizer, embeddings, labels, images, stats, targets, weights, slice_choice, offset, seed):
     """One episode: predict the ``targets`` slices, cropped at ``offset`` (cells, (y, x)), from
     prompts built on the weighted pool of whole support slices (``stats``: :func:`region_stats` of the
     pool, fixed during training since the encoder and the positional encoding are frozen). ``images``:
-    the support's low-resolution-frame slices for the image branch, or None."""
+    the support's low-resolution-frame slices for the image branch, or None. ``seed``: this step's
+    augmentation (:func:`~fewsam_jax.fewshot.warp.warp_targets`, when the config asks for it)."""
     cfg = decoder.config
     b, size, c = len(targets), crop_size(cfg, embeddings.shape[1]), embeddings.shape[-1]
     scale = labels.shape[1] // embeddings.shape[1]
-    target_emb = jax.lax.dynamic_slice(embeddings[targets], (0, offset[0], offset[1], 0), (b, size, size, c))
-    target_labels = jax.lax.dynamic_slice(labels[targets], (0, scale * offset[0], scale * offset[1]),
+    target_emb, target_labels = embeddings[targets], labels[targets]
+    target_images = None if images is None else images[targets]
+    if cfg.warp_rotation_deg or cfg.warp_scale or cfg.image_jitter:
+        target_emb, target_labels, target_images = warp_targets(
+            jax.random.key(seed), target_emb, target_labels, target_images, cfg.warp_rotation_deg, cfg.warp_scale,
+            cfg.image_jitter)
+    target_emb = jax.lax.dynamic_slice(target_emb, (0, offset[0], offset[1], 0), (b, size, size, c))
+    target_labels = jax.lax.dynamic_slice(target_labels, (0, scale * offset[0], scale * offset[1]),
                                           (b, scale * size, scale * size))
-    target_images = None
-    if images is not None:
-        target_images = jax.lax.dynamic_slice(images[targets], (0, scale * offset[0], scale * offset[1], 0),
+    if target_images is not None:
+        target_images = jax.lax.dynamic_slice(target_images, (0, scale * offset[0], scale * offset[1], 0),
                                               (b, scale * size, scale * size, images.shape[-1]))
 
     def loss_fn(model):
@@ -155,6 +162,7 @@ class EpisodeSampler:
         self.foreground = [np.argwhere(l[::scale, ::scale] > 0) for l in support.labels]
         self.present = np.stack([(support.labels == k).any(axis=(1, 2)) for k in range(1, support.num_classes + 1)])
         self.rng = np.random.default_rng(cfg.seed)
+        self.augment_rng = np.random.default_rng([cfg.seed, 1])  # its own stream: episodes stay as without it
 
     def crop_offset(self, targets: np.ndarray) -> np.ndarray:
         """Top-left cell of the training crop: centred (with jitter) on a labelled cell of a target
@@ -168,7 +176,9 @@ class EpisodeSampler:
             return np.clip(centre - self.crop // 2, 0, span).astype(np.int32)
         return self.rng.integers(0, span + 1, 2).astype(np.int32)
 
-    def __call__(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def __call__(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Targets (B,), prompt weights (S,), individual-token choice (K, slice_tokens), crop offset (2,) and
+        the step's augmentation seed."""
         cfg, groups = self.cfg, self.groups
         targets = self.rng.choice(len(groups), size=cfg.batch_slices, replace=len(groups) < cfg.batch_slices)
         others = ~np.isin(groups, groups[targets])
@@ -185,7 +195,8 @@ class EpisodeSampler:
         choice = np.stack([
             self.rng.choice(np.flatnonzero(keep & present), size=cfg.slice_tokens) for present in self.present
         ])
-        return targets.astype(np.int32), keep.astype(np.float32), choice.astype(np.int32), self.crop_offset(targets)
+        seed = np.uint32(self.augment_rng.integers(2**32))
+        return targets.astype(np.int32), keep.astype(np.float32), choice.astype(np.int32), self.crop_offset(targets), seed
 
 
 def inference_choice(support: SupportSet, slice_tokens: int, rows: np.ndarray) -> np.ndarray:

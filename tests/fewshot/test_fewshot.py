@@ -176,7 +176,7 @@ def test_episodes_never_prompt_from_the_held_out_rows(holdout):
     config = FewShotConfig(episode_holdout=holdout, batch_slices=1, slice_tokens=2, train_crop=0)
     sampler = EpisodeSampler(support, config, embedding_size=4)
     for _ in range(50):
-        targets, keep, choice, _ = sampler()
+        targets, keep, choice, _, _ = sampler()
         held_out = volumes == volumes[targets[0]] if holdout == "volume" else np.arange(6) == targets[0]
         assert not keep[held_out].any() and not held_out[choice].any()
 
@@ -334,3 +334,28 @@ def test_decoder_saved_before_the_image_branch_loads_without_one(trained, tmp_pa
     meta_path.write_text(json.dumps(meta))
     config = FewShotSegmenter.load(tmp_path / "decoder").decoder.config
     assert config.image_features == 0 and config.image_context == 0
+
+
+def test_warp_moves_embeddings_labels_and_images_together():
+    import jax
+
+    from fewsam_jax.fewshot.warp import warp_targets
+
+    e, low = 16, 64
+    labels = np.zeros((2, low, low), np.int32)
+    labels[:, 8:40, 20:36] = 1
+    labels[:, :, 56:] = IGNORE
+    cells = labels.reshape(2, e, 4, e, 4).mean(axis=(2, 4)) > 0.5  # the labelled block on the embedding grid
+    embeddings = np.repeat(cells[..., None].astype(np.float32), 3, axis=-1)
+    images = (labels == 1)[..., None].astype(np.float32)
+    key = jax.random.key(3)
+    same = warp_targets(key, jnp.asarray(embeddings), jnp.asarray(labels), jnp.asarray(images), 0.0, 0.0, 0.0)
+    for x, y in zip(same, (embeddings, labels, images)):
+        np.testing.assert_allclose(x, y, atol=1e-5)  # no range: no change
+    emb, lab, img = (np.asarray(a) for a in warp_targets(key, jnp.asarray(embeddings), jnp.asarray(labels),
+                                                         jnp.asarray(images), 30.0, 0.2, 0.1))
+    assert set(np.unique(lab)) <= {IGNORE, 0, 1} and not np.array_equal(lab, labels)
+    warped_cells = np.where(lab == IGNORE, 0, lab).reshape(2, e, 4, e, 4).mean(axis=(2, 4)) > 0.5
+    for i in range(2):
+        assert metrics.dice(emb[i, ..., 0] > 0.5, warped_cells[i]) > 0.8
+        assert metrics.dice(img[i, ..., 0] > img[i, ..., 0].mean(), lab[i] == 1) > 0.8
