@@ -45,7 +45,7 @@ def cases(data: Path) -> list[str]:
 def pick_slices(labels: np.ndarray, count: int) -> list[int]:
     """``count`` labelled axial slices at the centres of equal parts of the labelled extent, plus one
     empty slice."""
-    from fewsam_jax.io import get_slices
+    from fewsam_jax.io import get_slices, stack_slices
 
     present = np.flatnonzero(get_slices(labels, 2).any(axis=(1, 2)))
     chosen = present[((np.arange(count) + 0.5) * present.size / count).astype(int)]  # centres of equal bins
@@ -104,7 +104,8 @@ def summarise(per_volume: list[dict[str, list[float]]], seconds: float, slices: 
     return out
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+def run(args: argparse.Namespace, save) -> list[dict]:
+    """Train and score every (variant, draw, seed, shots); ``save(rows)`` after each row, so a crash keeps them."""
     from fewsam_jax.cache import embed_volume
     from fewsam_jax.fewshot import FewShotConfig, FewShotSegmenter
     from fewsam_jax.fewshot.infer import labels_from_logits, logits_to_native, predict_logits
@@ -168,11 +169,13 @@ def run(args: argparse.Namespace) -> list[dict]:
                                "load_average": [load_before, os.getloadavg()[0]],
                                **summarise(per_volume, time.perf_counter() - started, total_slices)}
                         rows.append(row)
+                        save(rows)
                         print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
                         if curve:
                             print("curve", json.dumps(curve), flush=True)
                         if args.unet and name == args.variant_names[0]:
                             rows.append(unet_row(path, draw, seed, shots, volumes, total_slices, intensity))
+                            save(rows)
                             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -182,7 +185,7 @@ def unet_row(path: Path, draw: str, seed: int, shots: int, volumes: list, total_
     from fewsam_jax.baselines import UNetConfig, predict_unet, train_unet
     from fewsam_jax.fewshot import load_collection
     from fewsam_jax.fewshot.collection import load_support_item
-    from fewsam_jax.io import get_slices
+    from fewsam_jax.io import get_slices, stack_slices
 
     collection = load_collection(path)
     images, labels = [], []
@@ -197,7 +200,7 @@ def unet_row(path: Path, draw: str, seed: int, shots: int, volumes: list, total_
     started, per_volume = time.perf_counter(), []
     for volume, truth in volumes:
         slices = get_slices(intensity.apply(volume.array), 2)
-        pred = np.moveaxis(np.stack(predict_unet(model, list(slices))), 0, 2)
+        pred = stack_slices(np.stack(predict_unet(model, list(slices))), 2)
         per_volume.append(score_volume(pred, truth, volume.spacing))
     return {"method": "U-Net", "variant": "unet", "overrides": {}, "draw": draw, "seed": seed,
             "positive_slices": shots, "labelled_slices": collection.num_slices, "train_seconds": train_seconds,
@@ -277,18 +280,21 @@ def main() -> None:
         raise SystemExit(f"needs the shared hippocampus data (imagesTr/, labelsTr/) at {args.data}")
     import jax
 
-    rows = run(args)
-    for row in rows:
-        row["command"] = "python bench/fewshot.py " + " ".join(sys.argv[1:])
     out = ROOT / "bench" / "results" / f"fewshot_{args.phase}.json"
-    report = {"date": datetime.date.today().isoformat(), "phase": args.phase,
-              "machine": {**machine_info(), "jax_device": jax.devices()[0].device_kind},
-              "volumes": len(cases(args.data)[PHASES[args.phase]])}
-    report = merge(out, rows, report)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
     start, end = f"<!-- fewshot-{args.phase}:start -->", f"<!-- fewshot-{args.phase}:end -->"
-    write_section(args.results_md, f"{start}\n{markdown(report)}\n{end}", start, end)
+
+    def save(rows: list[dict]) -> None:
+        for row in rows:
+            row["command"] = "python bench/fewshot.py " + " ".join(sys.argv[1:])
+        report = {"date": datetime.date.today().isoformat(), "phase": args.phase,
+                  "machine": {**machine_info(), "jax_device": jax.devices()[0].device_kind},
+                  "volumes": len(cases(args.data)[PHASES[args.phase]])}
+        report = merge(out, rows, report)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+        write_section(args.results_md, f"{start}\n{markdown(report)}\n{end}", start, end)
+
+    run(args, save)
 
 
 if __name__ == "__main__":

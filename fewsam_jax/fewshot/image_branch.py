@@ -7,20 +7,26 @@ decoder's upscaling path, in the decoder's low-resolution mask frame (L = 4E, th
 live in):
 
   image (B, L, L, 1 + 2 * context)
-    -> level 0: two 3x3 convolutions at L         -> f0 (B, L,   L,   w)    fused after the 2nd upscaling
-    -> level 1: 2x2 average pool, two convolutions -> f1 (B, L/2, L/2, 2w)   fused after the 1st upscaling
-    -> level 2: 2x2 average pool, two convolutions -> f2 (B, E,   E,   4w)   fused into the transformer output
+    -> level 0: two 3x3 convolutions at L           -> f0 (B, L,   L,   w)   fused after the 2nd upscaling
+    -> level 1: 2x2 average pool, two convolutions   -> f1 (B, L/2, L/2, 2w)  fused after the 1st upscaling
+    -> level 2: pool, two convolutions               -> (B, E, E, 4w)
+    -> levels 3, 4: pool, two convolutions each      -> (B, E/2, E/2, 8w), (B, E/4, E/4, 8w)
+    -> back up to E: x2 upsampling, concatenation with the level's features, two convolutions
+                                                     -> f2 (B, E, E, 4w)      fused into the transformer output
 
-Each fusion is a 1x1 projection into the decoder's channels, initialised to zero, followed (at L/2 and
-L) by a residual 3x3 convolution whose last layer also starts at zero: an untrained branch leaves SAM's
-decoder exactly as converted, and training grows the branch's contribution from there. Every
-normalisation is per pixel (LayerNorm over channels), so a training crop and a whole slice are
-normalised alike.
+The levels below E give the branch the receptive field of a small U-Net (structures that the encoder's
+resize magnifies span many frame pixels); they cost little, at E/2 and E/4. Each fusion is a 1x1
+projection into the decoder's channels, initialised to zero, and at L/2 a residual 3x3 convolution
+(last layer zero too) mixes the fused features: an untrained branch leaves SAM's decoder exactly as
+converted, and training grows the branch's contribution from there. Every normalisation is per pixel
+(LayerNorm over channels), so a training crop and a whole slice are normalised alike. Crops and frames
+must be multiples of 16 pixels (E/4 cells).
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -40,6 +46,11 @@ def _pool(x: jax.Array) -> jax.Array:
     """2x2 average pooling, (B, H, W, C) -> (B, H/2, W/2, C)."""
     b, h, w, c = x.shape
     return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+def _upsample(x: jax.Array) -> jax.Array:
+    """x2 nearest-neighbour upsampling, (B, H, W, C) -> (B, 2H, 2W, C)."""
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
 class ConvBlock(nnx.Module):
@@ -73,19 +84,23 @@ class ImageBranch(nnx.Module):
     """
 
     def __init__(self, in_ch: int, width: int, dim: int, *, rngs: nnx.Rngs):
-        self.levels = nnx.List([ConvBlock(in_ch, width, rngs), ConvBlock(width, 2 * width, rngs),
-                                ConvBlock(2 * width, 4 * width, rngs)])
-        self.fuse = nnx.List([_project(width, dim // 8, rngs), _project(2 * width, dim // 4, rngs),
-                              _project(4 * width, dim, rngs)])
-        self.refine = nnx.List([Refine(dim // 8, rngs), Refine(dim // 4, rngs)])
+        w = width
+        self.levels = nnx.List([ConvBlock(in_ch, w, rngs), ConvBlock(w, 2 * w, rngs), ConvBlock(2 * w, 4 * w, rngs),
+                                ConvBlock(4 * w, 8 * w, rngs), ConvBlock(8 * w, 8 * w, rngs)])
+        self.up = nnx.List([ConvBlock(16 * w, 8 * w, rngs), ConvBlock(12 * w, 4 * w, rngs)])  # to E/2, then E
+        self.fuse = nnx.List([_project(w, dim // 8, rngs), _project(2 * w, dim // 4, rngs),
+                              _project(4 * w, dim, rngs)])
+        self.refine = Refine(dim // 4, rngs)
 
     def features(self, images: jax.Array) -> list[jax.Array]:
         """(B, L, L, in_ch) -> [(B, L, L, w), (B, L/2, L/2, 2w), (B, L/4, L/4, 4w)]."""
-        out, x = [], images
+        skips, x = [], images
         for i, level in enumerate(self.levels):
             x = level(_pool(x) if i else x)
-            out.append(x)
-        return out
+            skips.append(x)
+        for up, skip in zip(self.up, (skips[3], skips[2])):
+            x = up(jnp.concatenate([_upsample(x), skip], axis=-1))
+        return [skips[0], skips[1], x]
 
     def upscale(self, upscaling, src: jax.Array, images: jax.Array) -> jax.Array:
         """SAM's ``output_upscaling`` layers ``[convT, LayerNorm, GELU, convT, GELU]`` applied to the
@@ -94,9 +109,8 @@ class ImageBranch(nnx.Module):
         up1, norm, act, up2, act2 = upscaling
         f0, f1, f2 = self.features(images)
         x = up1(src + self.fuse[2](f2)) + self.fuse[1](f1)
-        x = self.refine[1](act(norm(x)))
-        x = up2(x) + self.fuse[0](f0)
-        return self.refine[0](act2(x))
+        x = self.refine(act(norm(x)))
+        return act2(up2(x) + self.fuse[0](f0))
 
 
 def context_slices(slices: np.ndarray, indices, context: int) -> np.ndarray:
