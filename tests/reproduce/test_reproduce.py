@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from conftest import shared_data
 
-from fewsam_jax.baselines import PromptSpec, UNetConfig
-from fewsam_jax.io import load_volume
-from fewsam_jax.reproduce import Case, Fold, StudyConfig, Task, draw_support, load_task, run_study, score_item
+from fewsam_jax.baselines import PromptSpec, UNetConfig, predict_unet, train_unet
+from fewsam_jax.io import get_slices, load_volume
+from fewsam_jax.preprocess import Intensity
+from fewsam_jax.reproduce import Case, Fold, StudyConfig, Task, draw_support, load_task, run_study, score_item, study
 from fewsam_jax.reproduce.report import file_names, make_report, write_report
 
 
@@ -137,6 +138,24 @@ def test_report_spreads_over_seeds_and_matches_markdown(synthetic_task, tmp_path
     assert "0.600 ± 0.100" in text and "(2/4 empty)" in text and "a note" in text
     assert "SAM 1 point, right: 0.800 vs 0.300 (-0.500)" in text
     assert "| 2 | 1 | f | p: 1, 9 | 1 | 1 | 0.550 |" in text  # the draws, seed 1: mean of 0.7 and 0.4
+
+
+def test_unet_helper_trains_the_pool_unet_as_before(synthetic_task, tiny_sam, tmp_path):
+    """The shared helper on every pool slice with seed 0 is the pool U-Net the study trained inline before."""
+    cfg = UNetConfig.tiny(steps=2, features=(4, 8))
+    ctx = study._Context(synthetic_task, tiny_sam, StudyConfig(unet=cfg), None, tmp_path, lambda message: None)
+    fold, axis = synthetic_task.folds[0], synthetic_task.axis
+    predict, seconds = study.train_unet_on(ctx, fold, [(i, tuple(s)) for i, s in enumerate(fold.pool_slices)], 0)
+    assert seconds > 0
+    intensity = Intensity.parse(synthetic_task.intensity)
+    images, labels = [], []
+    for case, slices in zip(fold.pool, fold.pool_slices):
+        images += list(get_slices(intensity.apply(case.volume.array), axis)[list(slices)])
+        labels += list(case.label_slices(axis)[list(slices)])  # class ids 1, 2: already 1..K
+    model, _ = train_unet(images, labels, 3, cfg, seed=0, progress=False)
+    for index, case in enumerate(fold.test):
+        slices = get_slices(intensity.apply(case.volume.array), axis)[list(fold.test_slices[index])]
+        np.testing.assert_array_equal(predict(index), np.stack(predict_unet(model, list(slices))))
 
 
 def test_draw_support_covers_classes_and_differs_between_seeds(synthetic_task):
