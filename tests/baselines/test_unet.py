@@ -57,10 +57,11 @@ def test_training_is_deterministic_per_seed():
 
 def test_canvas_sets_the_smallest_padding():
     images, labels = shapes(2, [(16, 16)])
-    model, _ = train_unet(images, labels, 3, UNetConfig.tiny(steps=1, batch_size=2), canvas=(40, 20), progress=False)
+    cfg = UNetConfig.tiny(steps=1, batch_size=2, features=(4, 8))  # small: one compile for the canvas
+    model, _ = train_unet(images, labels, 3, cfg, canvas=(40, 20), progress=False)
     assert model.canvas == (48, 32)  # rounded up to pad_multiple 16
     assert [p.shape for p in predict_unet(model, images)] == [(16, 16)] * 2
-    model, _ = train_unet(images, labels, 3, UNetConfig.tiny(steps=1, batch_size=2), canvas=(8, 8), progress=False)
+    model, _ = train_unet(images, labels, 3, cfg, canvas=(8, 8), progress=False)
     assert model.canvas == (16, 16)  # never smaller than the slices
 
 
