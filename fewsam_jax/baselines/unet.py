@@ -223,6 +223,7 @@ def train_unet(
     cfg: UNetConfig | None = None,
     seed: int = 0,
     progress: bool = True,
+    canvas: tuple[int, int] | None = None,
 ) -> tuple[UNet, list[float]]:
     """Train a U-Net from scratch.
 
@@ -230,6 +231,9 @@ def train_unet(
       images: (H, W) float32 slices in [0, 1] (sizes may differ).
       labels: (H, W) int label maps, values in [0, num_classes).
       num_classes: output classes, background (0) included: label ids 1 and 2 need 3.
+      canvas: the smallest (H, W) to pad the slices onto (rounded up to ``pad_multiple``); default:
+        the largest slice. Models trained on the same canvas see the same padding, and share one
+        compiled training step and prediction.
     Returns:
       the trained model and the loss of every step.
     """
@@ -246,7 +250,8 @@ def train_unet(
             raise ValueError(f"labels[{i}]: values {label.min()}..{label.max()} outside [0, {num_classes}); "
                              "num_classes counts the background (labels 1 and 2 need num_classes=3)")
         label_maps.append(label.astype(np.int32))
-    canvas = tuple(_round_up(max(im.shape[d] for im in images), cfg.pad_multiple) for d in (0, 1))
+    smallest = canvas or (0, 0)
+    canvas = tuple(_round_up(max(smallest[d], *(im.shape[d] for im in images)), cfg.pad_multiple) for d in (0, 1))
     stack_images = jnp.asarray(np.stack([_pad(im, canvas) for im in images]))
     stack_labels = jnp.asarray(np.stack([_pad(lab, canvas) for lab in label_maps]))
     stack_valid = jnp.asarray(np.stack([_pad(np.ones(im.shape, np.float32), canvas) for im in images]))

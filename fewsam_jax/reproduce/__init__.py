@@ -1,4 +1,5 @@
-"""The paper's comparison on the shared data: few-shot decoder vs prompted SAM vs full supervision.
+"""The paper's comparison on the shared data: few-shot decoder vs prompted SAM vs full supervision,
+and vs a U-Net from scratch on the same labelled slices at every count.
 
 ``run_study("hippocampus", quick=True)`` (or ``fewsam reproduce --dataset hippocampus --quick``)
 writes ``reproduce_{dataset}[_quick].md``, ``.json``, ``_dice_vs_shots.png`` and ``_overlays.png``

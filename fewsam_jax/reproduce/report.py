@@ -1,7 +1,8 @@
 """Aggregating a study's runs into method rows, and writing them: Markdown, JSON and PNG plots.
 
 Every number in the Markdown is printed from the JSON written beside it (3 decimals for Dice and
-IoU, 2 for HD95), so the two always agree.
+IoU, 2 for HD95), so the two always agree. Reports of studies without the U-Net per count (no
+``runs["unet_fewshot"]``, as in older JSON files) render without its rows, table and curve.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fewsam_jax.reproduce.datasets import Task
 ONE_POINT = "SAM 1 point"
 FULL_DECODER = "decoder, all pool slices"
 UNET = "U-Net, all pool slices"
+FROM_SCRATCH = "from scratch"  # the family of the U-Net rows trained on each few-shot run's slices
 
 
 def _finite_mean(values: list[float]) -> float:
@@ -78,13 +80,49 @@ def _macro(classes: dict[str, dict[str, Any]]) -> dict[str, float]:
             for key in ("dice", "iou", "hd95")}
 
 
+def _seed_macros(runs: list[dict], classes: list[str]) -> dict[int, float]:
+    """Per seed: the mean Dice over classes of that seed's runs (all folds pooled)."""
+    return {s: _macro(_over_items([i for run in runs if run["seed"] == s for i in run["items"]], classes))["dice"]
+            for s in sorted({run["seed"] for run in runs})}
+
+
 def _seed_macro_spread(runs: list[dict], classes: list[str]) -> float | None:
-    seeds = sorted({run["seed"] for run in runs})
-    if len(seeds) < 2:
-        return None
-    values = [_macro(_over_items([i for run in runs if run["seed"] == s for i in run["items"]], classes))["dice"]
-              for s in seeds]
-    return float(np.std(values))
+    values = list(_seed_macros(runs, classes).values())
+    return float(np.std(values)) if len(values) > 1 else None
+
+
+def _count_text(task: Task, shots: int) -> str:
+    return f"{shots} {'image' if task.protocol == 'cross_image' else 'slice'}{'s' if shots > 1 else ''}"
+
+
+def _seed_row(method: str, family: str, shots: int, runs: list[dict], classes: list[str]) -> dict[str, Any]:
+    """The row of the runs of one labelled-slice count (any seeds and folds): spread over seeds."""
+    per_class = _over_seeds(runs, classes)
+    seeds = len({run["seed"] for run in runs})
+    return {
+        "method": method, "family": family, "shots": shots,
+        "labelled_slices": float(np.mean([run["labelled_slices"] for run in runs])),
+        "positive_slices": float(np.mean([run["positive_slices"] for run in runs])),
+        "interaction": "none", "interactions_per_item": 0.0,
+        "spread_over": "seeds" if seeds > 1 else None, "seeds": seeds, "runs": len(runs),
+        "classes": per_class, "mean": {**_macro(per_class), "dice_spread": _seed_macro_spread(runs, classes)},
+        "train_seconds": float(np.mean([run["train_seconds"] for run in runs])),
+    }
+
+
+def _difference(row: dict, runs: list[dict], other_row: dict, other_runs: list[dict],
+                classes: list[str]) -> dict[str, Any]:
+    """``row`` minus ``other_row`` in Dice: the mean over classes (its spread: the standard deviation
+    over seeds of the seed-paired differences, None for one seed) and per class."""
+    mine, theirs = _seed_macros(runs, classes), _seed_macros(other_runs, classes)
+    paired = [mine[s] - theirs[s] for s in mine if s in theirs]
+    return {
+        "method": other_row["method"], "other_dice": other_row["mean"]["dice"],
+        "dice": row["mean"]["dice"] - other_row["mean"]["dice"],
+        "dice_spread": float(np.std(paired)) if len(paired) > 1 else None,
+        "classes": {name: c["dice"] - other_row["classes"][name]["dice"]
+                    for name, c in row["classes"].items() if name in other_row["classes"]},
+    }
 
 
 def _interaction_text(per_slice: int, kind: str) -> str:
@@ -94,26 +132,23 @@ def _interaction_text(per_slice: int, kind: str) -> str:
 
 
 def method_rows(task: Task, raw: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per method: per-class Dice, IoU, HD95 (+ spreads), labelled slices, interaction cost."""
+    """One row per method: per-class Dice, IoU, HD95 (+ spreads), labelled slices, interaction cost.
+
+    Each few-shot row is followed by the U-Net from scratch on the same slices (``raw["unet_fewshot"]``,
+    when there) and carries ``minus_unet_same_count``: few-shot minus that U-Net in Dice."""
     classes = [task.classes[i] for i in sorted(task.classes)]
     rows = []
     for shots in raw["shots"]:
         runs = [run for run in raw["fewshot"] if run["shots"] == shots]
         if not runs:
             continue
-        per_class = _over_seeds(runs, classes)
-        rows.append({
-            "method": f"few-shot, {shots} {'image' if task.protocol == 'cross_image' else 'slice'}"
-                      f"{'s' if shots > 1 else ''}",
-            "family": "few-shot", "shots": shots,
-            "labelled_slices": float(np.mean([run["labelled_slices"] for run in runs])),
-            "positive_slices": float(np.mean([run["positive_slices"] for run in runs])),
-            "interaction": "none", "interactions_per_item": 0.0,
-            "spread_over": "seeds" if len({run["seed"] for run in runs}) > 1 else None,
-            "seeds": len({run["seed"] for run in runs}), "runs": len(runs),
-            "classes": per_class, "mean": {**_macro(per_class), "dice_spread": _seed_macro_spread(runs, classes)},
-            "train_seconds": float(np.mean([run["train_seconds"] for run in runs])),
-        })
+        fewshot = _seed_row(f"few-shot, {_count_text(task, shots)}", "few-shot", shots, runs, classes)
+        rows.append(fewshot)
+        scratch = [run for run in raw.get("unet_fewshot") or () if run["shots"] == shots]
+        if scratch:
+            unet = _seed_row(f"U-Net from scratch, {_count_text(task, shots)}", FROM_SCRATCH, shots, scratch, classes)
+            rows.append({**unet, "steps": scratch[0]["steps"]})
+            fewshot["minus_unet_same_count"] = _difference(fewshot, runs, unet, scratch, classes)
     for run in raw["prompted"]:
         per_class = _over_items(run["items"], classes)
         rows.append({
@@ -150,7 +185,9 @@ def _row(rows: list[dict], name: str) -> dict | None:
 
 def headline(task: Task, rows: list[dict]) -> dict[str, Any]:
     """The paper's claims measured: few-shot IoU / one-point IoU, few-shot Dice vs full supervision,
-    the labels each used, and every method that beats the best few-shot arm (per class, in Dice)."""
+    the labels each used, few-shot minus the U-Net from scratch on the same slices (what SAM's prior
+    adds; ``same_count``: at how many counts it is positive), and every method that beats the best
+    few-shot arm (per class, in Dice)."""
     fewshot = [r for r in rows if r["family"] == "few-shot"]
     if not fewshot:
         return {"fewshot": [], "losses": []}
@@ -175,6 +212,11 @@ def headline(task: Task, rows: list[dict]) -> dict[str, Any]:
             if ref:
                 arm[f"dice_minus_{label}"] = r["mean"]["dice"] - ref["mean"]["dice"]
                 arm[f"label_ratio_{label}"] = ref["labelled_slices"] / r["labelled_slices"]
+        if "minus_unet_same_count" in r:
+            same = r["minus_unet_same_count"]
+            arm.update(unet_same_count=same["method"], unet_same_count_dice=same["other_dice"],
+                       dice_minus_unet_same_count=same["dice"], dice_minus_unet_same_count_spread=same["dice_spread"],
+                       dice_minus_unet_same_count_per_class=same["classes"])
         arms.append(arm)
     best = max(fewshot, key=lambda r: r["mean"]["dice"])
     losses = []
@@ -187,7 +229,12 @@ def headline(task: Task, rows: list[dict]) -> dict[str, Any]:
                 losses.append({"method": r["method"], "class": name, "dice": c["dice"], "fewshot_dice": mine["dice"],
                                "difference": mine["dice"] - c["dice"]})
     losses.sort(key=lambda loss: loss["difference"])
-    return {"best": best["method"], "fewshot": arms, "losses": losses}
+    result = {"best": best["method"], "fewshot": arms, "losses": losses}
+    differences = [arm["dice_minus_unet_same_count"] for arm in arms if "dice_minus_unet_same_count" in arm]
+    if differences:
+        result["same_count"] = {"counts": len(differences),
+                                "fewshot_ahead": sum(d > 0 for d in differences if math.isfinite(d))}
+    return result
 
 
 def machine_info() -> dict[str, Any]:
@@ -230,7 +277,7 @@ def make_report(task: Task, raw: dict[str, Any], config: Any, *, model: dict[str
         "timings": {**raw["timings"], "total_seconds": round(total_seconds, 1)},
         "rows": rows,
         "headline": headline(task, rows),
-        "runs": {key: raw[key] for key in ("fewshot", "prompted", "supervised")},
+        "runs": {key: raw.get(key, []) for key in ("fewshot", "unet_fewshot", "prompted", "supervised")},
     }
 
 
@@ -248,6 +295,23 @@ def _cell(entry: dict | None, key: str, digits: int = 3) -> str:
     if key == "hd95" and entry.get("empty"):
         text += f" ({entry['empty']}/{entry['scored']} empty)"
     return text
+
+
+def _signed(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:+.{digits}f}"
+
+
+def _signed_cell(entry: dict) -> str:
+    """A difference with its spread, when there is one."""
+    text, spread = _signed(entry.get("dice")), entry.get("dice_spread")
+    if spread is not None and math.isfinite(spread) and text != "–":
+        text += f" ± {spread:.3f}"
+    return text
+
+
+def _run_dice(run: dict) -> float:
+    """A run's mean Dice over every (test item, class) it scored."""
+    return _finite_mean([score["dice"] for item in run["items"] for score in item["scores"].values()])
 
 
 def _labelled_text(row: dict) -> str:
@@ -292,6 +356,12 @@ def markdown(report: dict[str, Any], files: dict[str, str]) -> str:
             f"- Full supervision: the same decoder trained on every pool slice ({config['full_steps']} steps, no "
             f"augmented copies) and a 2D U-Net from scratch on the same slices ({config['unet']['steps']} steps, "
             f"features {tuple(config['unet']['features'])}).")
+    if any(r["family"] == FROM_SCRATCH for r in rows):
+        lines.append(
+            f"- U-Net from scratch, N slices: the same 2D U-Net ({config['unet']['steps']} steps, features "
+            f"{tuple(config['unet']['features'])}) trained on exactly the labelled slices of each few-shot draw (its "
+            "empty slices included), with the draw's seed; ± over seeds. Few-shot minus this U-Net is what SAM's "
+            "prior adds over training from scratch on the same labels.")
     if report["model"]["name"] == "litemedsam":
         lines.append("- LiteMedSAM, like MedSAM, was trained with box prompts; clicks are outside its training, so the "
                      "point rows understate SAM with clicks. The paper's point baseline is SAM ViT: "
@@ -315,8 +385,17 @@ def markdown(report: dict[str, Any], files: dict[str, str]) -> str:
                 parts.append(f"Dice minus fully supervised decoder = {arm['dice_minus_full_decoder']:+.3f} with "
                              f"{arm['label_ratio_full_decoder']:.1f}x fewer labelled slices")
             if "dice_minus_unet" in arm:
-                parts.append(f"minus U-Net = {arm['dice_minus_unet']:+.3f}")
+                parts.append(f"minus U-Net on all pool slices = {arm['dice_minus_unet']:+.3f}")
+            if "dice_minus_unet_same_count" in arm:
+                same = {"dice": arm["dice_minus_unet_same_count"],
+                        "dice_spread": arm["dice_minus_unet_same_count_spread"]}
+                parts.append(f"few-shot minus U-Net from scratch on the same slices "
+                             f"(Dice {_fmt(arm['unet_same_count_dice'])}) = {_signed_cell(same)}")
             lines.append("- " + "; ".join(parts) + ".")
+        if "same_count" in result:
+            same = result["same_count"]
+            lines.append(f"- SAM's prior over training from scratch: the few-shot decoder beats the U-Net trained on "
+                         f"the same slices at {same['fewshot_ahead']} of {same['counts']} counts (Dice).")
         if result["losses"]:
             lines.append(f"- Where few-shot loses (best arm, {result['best']}, per class, Dice):")
             lines += [f"  - {loss['method']}, {loss['class']}: {_fmt(loss['dice'])} vs {_fmt(loss['fewshot_dice'])} "
@@ -329,6 +408,18 @@ def markdown(report: dict[str, Any], files: dict[str, str]) -> str:
     for r in rows:
         lines.append(f"| {r['method']} | {_labelled_text(r)} | {_interaction_cell(r)} | {_cell(r['mean'], 'dice')} | "
                      f"{_cell(r['mean'], 'iou')} | {_cell(r['mean'], 'hd95', 2)} |")
+    paired = [r for r in rows if "minus_unet_same_count" in r]
+    if paired:
+        lines += ["", "## Few-shot minus U-Net from scratch at the same count", "",
+                  "Dice, both trained on the same labelled slices (± over seeds, of the seed-paired differences).", "",
+                  "| few-shot | labelled slices | few-shot Dice | U-Net Dice | few-shot minus U-Net | "
+                  + " | ".join(classes) + " |", "|---|---|---|---|---|" + "---|" * len(classes)]
+        for r in paired:
+            same = r["minus_unet_same_count"]
+            unet = _row(rows, same["method"])
+            lines.append(f"| {r['method']} | {_labelled_text(r)} | {_cell(r['mean'], 'dice')} | "
+                         f"{_cell(unet['mean'] if unet else None, 'dice')} | {_signed_cell(same)} | "
+                         + " | ".join(_signed(same["classes"].get(name)) for name in classes) + " |")
     lines += ["", "## Per class", "",
               f"| method | class | Dice | IoU | HD95 ({unit}) | labelled slices | interaction |",
               "|---|---|---|---|---|---|---|"]
@@ -342,15 +433,19 @@ def markdown(report: dict[str, Any], files: dict[str, str]) -> str:
     if any(r["family"] == "external" for r in rows):
         lines += ["", *[f"{r['method']}: {r['source']}." for r in rows if r["family"] == "external"]]
     runs = report["runs"]["fewshot"]
+    scratch = {(run["shots"], run["seed"], run["fold"]): run for run in report["runs"].get("unet_fewshot") or ()}
     if runs:
-        lines += ["", "## Few-shot draws", "",
-                  "| labelled slices | seed | fold | support (case: slices) | train s | segment s | mean Dice |",
-                  "|---|---|---|---|---|---|---|"]
+        header = "| labelled slices | seed | fold | support (case: slices) | train s | segment s | mean Dice |"
+        lines += ["", "## Few-shot draws", "", header + (" U-Net train s | U-Net mean Dice |" if scratch else ""),
+                  "|---|---|---|---|---|---|---|" + "---|---|" * bool(scratch)]
         for run in runs:
             support = "; ".join(f"{s['case']}: {', '.join(map(str, s['slices']))}" for s in run["support"])
-            dice = [score["dice"] for item in run["items"] for score in item["scores"].values()]
-            lines.append(f"| {run['labelled_slices']} | {run['seed']} | {run['fold']} | {support} | "
-                         f"{run['train_seconds']:.0f} | {run['segment_seconds']:.0f} | {_fmt(_finite_mean(dice))} |")
+            line = (f"| {run['labelled_slices']} | {run['seed']} | {run['fold']} | {support} | "
+                    f"{run['train_seconds']:.0f} | {run['segment_seconds']:.0f} | {_fmt(_run_dice(run))} |")
+            if scratch:
+                unet = scratch.get((run["shots"], run["seed"], run["fold"]))
+                line += f" {unet['train_seconds']:.0f} | {_fmt(_run_dice(unet))} |" if unet else " – | – |"
+            lines.append(line)
     lines += ["", f"![Dice vs labelled slices]({files['plot']})", "", f"![Example overlays]({files['overlays']})", ""]
     return "\n".join(lines)
 
@@ -368,7 +463,8 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def plot_dice(report: dict[str, Any], path: Path) -> None:
-    """Dice vs labelled slices per class: few-shot mean ± spread over seeds, the references as lines."""
+    """Dice vs labelled slices per class: few-shot and the U-Net from scratch on the same slices (mean ±
+    spread over seeds), the references as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -382,21 +478,24 @@ def plot_dice(report: dict[str, Any], path: Path) -> None:
     grid_rows = -(-len(panels) // cols)
     height = 3.6 * grid_rows + 1.0  # inches, with room for the legend
     fig, axes = plt.subplots(grid_rows, cols, figsize=(max(4.2 * cols, 8.0), height), squeeze=False)
-    fewshot = [r for r in rows if r["family"] == "few-shot"]
+    curves = (("few-shot", "tab:blue", "o", "few-shot decoder"),
+              (FROM_SCRATCH, "tab:brown", "s", "U-Net from scratch, same slices"))
     styles = {ONE_POINT: ("tab:orange", ":"), "SAM 5 points + neg": ("tab:red", ":"), "SAM box": ("tab:purple", ":"),
               FULL_DECODER: ("tab:green", "--"), UNET: ("tab:brown", "--")}
     for ax, name in zip(axes.flat, panels):
         def pick(r: dict, name: str = name) -> dict | None:
             return r["mean"] if name == "mean" else r["classes"].get(name)
 
-        xs = [r["labelled_slices"] for r in fewshot if pick(r)]
-        ys = [pick(r)["dice"] for r in fewshot if pick(r)]
-        spread = [pick(r).get("dice_spread") or 0.0 for r in fewshot if pick(r)]
-        if xs:
-            ax.errorbar(xs, ys, yerr=spread, marker="o", capsize=3, color="tab:blue", label="few-shot decoder")
+        xs = []
+        for family, color, marker, label in curves:
+            points = [(r["labelled_slices"], pick(r)) for r in rows if r["family"] == family and pick(r)]
+            if points:
+                ax.errorbar([x for x, _ in points], [e["dice"] for _, e in points], marker=marker, capsize=3,
+                            yerr=[e.get("dice_spread") or 0.0 for _, e in points], color=color, label=label)
+                xs += [x for x, _ in points]
         for r in rows:
             entry = pick(r)
-            if r["family"] == "few-shot" or not entry or entry.get("dice") is None:
+            if r["family"] in ("few-shot", FROM_SCRATCH) or not entry or entry.get("dice") is None:
                 continue
             if r["method"] in styles:
                 color, style = styles[r["method"]]

@@ -8,9 +8,14 @@ ground truth contains the class):
 * **prompted SAM**: the same frozen model prompted on every test slice and class present there
   (:data:`fewsam_jax.baselines.PROMPT_SUITE`: 1/3/5 points with and without negatives, a tight and a
   ±10 % box), from the same cached embeddings. Spread: over test items.
+* **U-Net from scratch, same slices** (``unet_per_count``): the 2D U-Net (``StudyConfig.unet``) trained
+  from scratch on exactly the labelled slices of every few-shot run (the empty ones included), with the
+  run's seed: what SAM's prior adds over training from scratch on the same labels. Spread: over seeds.
 * **fully supervised decoder**: the few-shot decoder trained on every slice of the pool (no augmented
-  copies; ``full_steps`` steps), and a **2D U-Net** from scratch on the same slices. Not run for
-  ``cross_image`` tasks, whose pool is two or three images.
+  copies; ``full_steps`` steps), and the **2D U-Net** from scratch on the same slices (seed 0). Not run
+  for ``cross_image`` tasks, whose pool is two or three images.
+
+Every U-Net of a fold pads its slices onto the canvas of the fold's largest pool slice.
 
 A drawn support set: for N slices, min(N, pool cases) cases are drawn, the N slices split evenly
 over them, each case's share taken one per equal part of its slices with structure (a random slice in
@@ -24,8 +29,8 @@ import dataclasses
 import os
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,7 +50,8 @@ METRICS = ("dice", "iou", "hd95")
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
     """Sizes of the study. ``fewshot_steps`` None keeps :class:`FewShotConfig`'s default; ``shots``
-    None runs the task's sweep."""
+    None runs the task's sweep; ``unet`` configures every U-Net (per count and on the whole pool);
+    ``unet_per_count`` False skips the U-Net on the slices of each few-shot run."""
 
     seeds: int = 3
     shots: tuple[int, ...] | None = None
@@ -54,6 +60,7 @@ class StudyConfig:
     unet: UNetConfig = dataclasses.field(default_factory=UNetConfig)
     prompts: tuple[PromptSpec, ...] = PROMPT_SUITE
     prompt_seed: int = 0
+    unet_per_count: bool = True
 
     def __post_init__(self):
         if self.seeds < 1:
@@ -158,6 +165,7 @@ class _Context:
     scratch: Path
     log: Log
     example: dict[str, Any] = dataclasses.field(default_factory=dict)
+    normalised: dict[Case, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def class_ids(self) -> tuple[int, ...]:
@@ -169,6 +177,20 @@ class _Context:
         if not path.exists():
             save_labels(case.labels, case.volume, path)
         return path
+
+    def image_slices(self, case: Case) -> np.ndarray:
+        """(N, H, W) slices of the case along the task's axis, in [0, 1] by the task's intensity
+        (normalised once per study)."""
+        if case not in self.normalised:
+            intensity = Intensity.parse(self.task.intensity)
+            self.normalised[case] = get_slices(intensity.apply(case.volume.array), self.task.axis)
+        return self.normalised[case]
+
+    def support_counts(self, fold: Fold, support: list[tuple[int, tuple[int, ...]]]) -> tuple[int, int]:
+        """(labelled slices, slices showing a class) of ``[(pool case index, slices)]``."""
+        positives = sum(int(_present(fold.pool[i].label_slices(self.task.axis)[list(s)], self.class_ids).sum())
+                        for i, s in support)
+        return sum(len(s) for _, s in support), positives
 
     def test_truth(self, fold: Fold, index: int) -> np.ndarray:
         return fold.test[index].label_slices(self.task.axis)[list(fold.test_slices[index])]
@@ -230,12 +252,11 @@ def run_fewshot(ctx: _Context, shots_list: tuple[int, ...]) -> tuple[list[dict],
                 trained = time.perf_counter()
                 method = f"few-shot {shots}"
                 items = ctx.score_fold(method if seed == 0 else None, fold_index, _segment_tests(ctx, segmenter, fold))
-                positives = sum(int(_present(fold.pool[i].label_slices(ctx.task.axis)[list(s)], ctx.class_ids).sum())
-                                for i, s in support)
+                labelled, positives = ctx.support_counts(fold, support)
                 runs.append({
                     "method": method, "shots": shots, "seed": seed, "fold": fold.name,
                     "support": [{"case": fold.pool[i].name, "slices": list(s)} for i, s in support],
-                    "labelled_slices": sum(len(s) for _, s in support), "positive_slices": positives,
+                    "labelled_slices": labelled, "positive_slices": positives,
                     "steps": config.steps, "train_seconds": round(trained - started, 1),
                     "segment_seconds": round(time.perf_counter() - trained, 1), "items": items,
                 })
@@ -273,21 +294,72 @@ def run_prompted(ctx: _Context) -> list[dict]:
     return list(runs.values())
 
 
-def run_supervised(ctx: _Context) -> list[dict]:
-    """The decoder on every pool slice, and the U-Net from scratch on the same slices."""
-    axis, class_ids = ctx.task.axis, ctx.class_ids
-    intensity = Intensity.parse(ctx.task.intensity)
+def train_unet_on(ctx: _Context, fold: Fold, support: list[tuple[int, tuple[int, ...]]],
+                  seed: int) -> tuple[Callable[[int], np.ndarray], float]:
+    """The U-Net (``StudyConfig.unet``) trained from scratch with ``seed`` on ``support``, ``[(pool case
+    index, slices)]`` of ``fold``, padded onto the canvas of the fold's largest pool slice.
+
+    Returns ``predict(test item index) -> (n, H, W)`` labels (task class ids) on the item's test
+    slices, and the training time in seconds.
+    """
+    class_ids = ctx.class_ids
     lut = np.zeros(max(class_ids) + 1, np.int32)
     lut[list(class_ids)] = np.arange(1, len(class_ids) + 1)
+    inverse = np.asarray((0, *class_ids), np.int32)
+    images, labels = [], []
+    for i, slices in support:
+        images += list(ctx.image_slices(fold.pool[i])[list(slices)])
+        labels += list(lut[fold.pool[i].label_slices(ctx.task.axis)[list(slices)]])
+    shapes = [ctx.image_slices(case).shape[1:] for case in fold.pool]
+    canvas = (max(h for h, _ in shapes), max(w for _, w in shapes))
+    started = time.perf_counter()
+    model, _ = train_unet(images, labels, len(class_ids) + 1, ctx.config.unet, seed=seed, progress=False,
+                          canvas=canvas)
+    seconds = time.perf_counter() - started
+
+    def predict(index: int) -> np.ndarray:
+        slices = ctx.image_slices(fold.test[index])[list(fold.test_slices[index])]
+        return inverse[np.stack(predict_unet(model, list(slices)))]
+    return predict, seconds
+
+
+def run_unet_per_count(ctx: _Context, fewshot_runs: list[dict]) -> list[dict]:
+    """The U-Net from scratch on exactly the support slices of every few-shot run (empty slices
+    included), with the run's seed; one run record per few-shot run, with the same fields."""
+    folds = {fold.name: (index, fold) for index, fold in enumerate(ctx.task.folds)}
+    if len(folds) != len(ctx.task.folds):
+        raise ValueError(f"task {ctx.task.name}: fold names must be unique")
+    runs = []
+    for fewshot in fewshot_runs:
+        fold_index, fold = folds[fewshot["fold"]]
+        pool = {case.name: i for i, case in enumerate(fold.pool)}
+        support = [(pool[entry["case"]], tuple(entry["slices"])) for entry in fewshot["support"]]
+        shots, seed = fewshot["shots"], fewshot["seed"]
+        predict, seconds = train_unet_on(ctx, fold, support, seed)
+        started = time.perf_counter()
+        method = f"U-Net {shots}"
+        items = ctx.score_fold(method if seed == 0 else None, fold_index, predict)
+        labelled, positives = ctx.support_counts(fold, support)
+        runs.append({
+            "method": method, "shots": shots, "seed": seed, "fold": fold.name, "support": fewshot["support"],
+            "labelled_slices": labelled, "positive_slices": positives, "steps": ctx.config.unet.steps,
+            "train_seconds": round(seconds, 1), "segment_seconds": round(time.perf_counter() - started, 1),
+            "items": items,
+        })
+        ctx.log(f"U-Net from scratch, {shots} slices, seed {seed}, fold {fold.name}: {labelled} slices, "
+                f"trained in {seconds:.0f} s")
+    return runs
+
+
+def run_supervised(ctx: _Context) -> list[dict]:
+    """The decoder on every pool slice, and the U-Net from scratch on the same slices (seed 0)."""
     decoder_run = {"method": "decoder, all pool slices", "items": [], "labelled_slices": 0, "positive_slices": 0,
                    "train_seconds": 0.0}
     unet_run = {"method": "U-Net, all pool slices", "items": [], "labelled_slices": 0, "positive_slices": 0,
                 "train_seconds": 0.0}
     for fold_index, fold in enumerate(ctx.task.folds):
         support = [(i, tuple(s)) for i, s in enumerate(fold.pool_slices)]
-        labelled = sum(len(s) for _, s in support)
-        positives = sum(int(_present(c.label_slices(axis)[list(s)], class_ids).sum())
-                        for c, s in zip(fold.pool, fold.pool_slices))
+        labelled, positives = ctx.support_counts(fold, support)
         config = dataclasses.replace(FewShotConfig(), steps=ctx.config.full_steps)
         started = time.perf_counter()
         segmenter = FewShotSegmenter.train(_support_collection(ctx, fold, support), sam=ctx.sam, config=config,
@@ -298,21 +370,11 @@ def run_supervised(ctx: _Context) -> list[dict]:
         ctx.log(f"fully supervised decoder, fold {fold.name}: {labelled} slices, {config.steps} steps, "
                 f"{time.perf_counter() - started:.0f} s")
 
-        images, labels = [], []
-        for case, slices in zip(fold.pool, fold.pool_slices):
-            images += list(get_slices(intensity.apply(case.volume.array), axis)[list(slices)])
-            labels += list(lut[case.label_slices(axis)[list(slices)]])
         started = time.perf_counter()
-        model, _ = train_unet(images, labels, len(class_ids) + 1, ctx.config.unet, seed=0, progress=False)
-        unet_run["train_seconds"] += time.perf_counter() - started
-        inverse = np.asarray((0, *class_ids), np.int32)
-
-        def predict(index: int, fold: Fold = fold, model=model, inverse: np.ndarray = inverse) -> np.ndarray:
-            volume_slices = get_slices(intensity.apply(fold.test[index].volume.array), axis)
-            return inverse[np.stack(predict_unet(model, list(volume_slices[list(fold.test_slices[index])])))]
-
+        predict, seconds = train_unet_on(ctx, fold, support, seed=0)
+        unet_run["train_seconds"] += seconds
         unet_run["items"] += ctx.score_fold(unet_run["method"], fold_index, predict)
-        ctx.log(f"U-Net, fold {fold.name}: {len(images)} slices, {ctx.config.unet.steps} steps, "
+        ctx.log(f"U-Net, fold {fold.name}: {labelled} slices, {ctx.config.unet.steps} steps, "
                 f"{time.perf_counter() - started:.0f} s")
         for run in (decoder_run, unet_run):
             run["labelled_slices"] += labelled
@@ -352,7 +414,8 @@ def _example(task: Task) -> dict[str, Any]:
 
 
 def run_methods(task: Task, sam: Sam, config: StudyConfig, cache: Any = None, log: Log = print) -> dict[str, Any]:
-    """Run every method of the study on ``task``; raw runs (per-item scores), timings and the overlay
+    """Run every method of the study on ``task``; raw runs (per-item scores; ``unet_fewshot``: the U-Net
+    on each few-shot run's slices, empty when ``config.unet_per_count`` is off), timings and the overlay
     example. Aggregation and files: :mod:`fewsam_jax.reproduce.report`."""
     shots = tuple(config.shots or task.shots)
     timings: dict[str, float] = {}
@@ -369,6 +432,11 @@ def run_methods(task: Task, sam: Sam, config: StudyConfig, cache: Any = None, lo
         started = time.perf_counter()
         fewshot, notes = run_fewshot(ctx, shots)
         timings["fewshot_seconds"] = round(time.perf_counter() - started, 1)
+        unet_fewshot = []
+        if config.unet_per_count:
+            started = time.perf_counter()
+            unet_fewshot = run_unet_per_count(ctx, fewshot)
+            timings["unet_fewshot_seconds"] = round(time.perf_counter() - started, 1)
         supervised = []
         if task.protocol != "cross_image":
             started = time.perf_counter()
@@ -376,7 +444,7 @@ def run_methods(task: Task, sam: Sam, config: StudyConfig, cache: Any = None, lo
             timings["supervised_seconds"] = round(time.perf_counter() - started, 1)
         else:
             notes.append("No fully supervised reference: the pool of each fold is two or three images.")
-    return {"fewshot": fewshot, "prompted": prompted, "supervised": supervised, "notes": notes,
-            "timings": timings, "slices_encoded": computed, "shots": list(shots), "example": ctx.example,
-            "load_average": os.getloadavg()[0]}
+    return {"fewshot": fewshot, "unet_fewshot": unet_fewshot, "prompted": prompted, "supervised": supervised,
+            "notes": notes, "timings": timings, "slices_encoded": computed, "shots": list(shots),
+            "example": ctx.example, "load_average": os.getloadavg()[0]}
 

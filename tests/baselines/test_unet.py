@@ -55,6 +55,16 @@ def test_training_is_deterministic_per_seed():
     assert all(np.array_equal(a, b) for a, b in zip(predict_unet(first[0], images), predict_unet(again[0], images)))
 
 
+def test_canvas_sets_the_smallest_padding():
+    images, labels = shapes(2, [(16, 16)])
+    cfg = UNetConfig.tiny(steps=1, batch_size=2, features=(4, 8))  # small: one compile for the canvas
+    model, _ = train_unet(images, labels, 3, cfg, canvas=(40, 20), progress=False)
+    assert model.canvas == (48, 32)  # rounded up to pad_multiple 16
+    assert [p.shape for p in predict_unet(model, images)] == [(16, 16)] * 2
+    model, _ = train_unet(images, labels, 3, cfg, canvas=(8, 8), progress=False)
+    assert model.canvas == (16, 16)  # never smaller than the slices
+
+
 def test_bad_inputs_are_explained():
     images, labels = shapes(2, [(16, 16)])
     with pytest.raises(ValueError, match=r"labels\[0\]: values 0..2 outside \[0, 2\)"):

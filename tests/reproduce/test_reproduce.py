@@ -6,15 +6,19 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import shared_data
 
-from fewsam_jax.baselines import PromptSpec, UNetConfig
-from fewsam_jax.io import load_volume
-from fewsam_jax.reproduce import Case, Fold, StudyConfig, Task, draw_support, load_task, run_study, score_item
-from fewsam_jax.reproduce.report import file_names, make_report, write_report
+from fewsam_jax.baselines import PromptSpec, UNetConfig, predict_unet, train_unet
+from fewsam_jax.io import get_slices, load_volume
+from fewsam_jax.preprocess import Intensity
+from fewsam_jax.reproduce import Case, Fold, StudyConfig, Task, draw_support, load_task, run_study, score_item, study
+from fewsam_jax.reproduce.report import file_names, make_report, markdown, plot_dice, write_report
+
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
 
 def _case(folder, name: str, rng: np.random.Generator, shape=(28, 24, 8)) -> Case:
@@ -67,10 +71,18 @@ def _markdown_matches(text: str, stored: dict) -> set[tuple[str, str]]:
     return seen
 
 
-def test_study_writes_consistent_report(synthetic_task, tiny_sam, tmp_path):
+def test_study_writes_consistent_report(synthetic_task, tiny_sam, tmp_path, monkeypatch):
     # every training and prompt kind compiles afresh, so: one few-shot count, one seed, one prompt kind
     config = StudyConfig(seeds=1, fewshot_steps=2, full_steps=2, unet=UNetConfig.tiny(steps=2, features=(4, 8)),
                          prompts=(PromptSpec("points", 1),))
+    unet_calls = []
+
+    def spy(ctx, fold, support, seed):
+        unet_calls.append((fold.name, support, seed))
+        return train_unet_on(ctx, fold, support, seed)
+
+    train_unet_on = study.train_unet_on
+    monkeypatch.setattr(study, "train_unet_on", spy)
     report = run_study(synthetic_task, out=tmp_path / "results", model=tiny_sam, config=config,
                        cache=tmp_path / "cache", log=lambda message: None)
 
@@ -84,13 +96,34 @@ def test_study_writes_consistent_report(synthetic_task, tiny_sam, tmp_path):
     text = (tmp_path / "results" / names["markdown"]).read_text()
 
     methods = [row["method"] for row in stored["rows"]]
-    assert methods == ["few-shot, 1 slice", "SAM 1 point", "decoder, all pool slices", "U-Net, all pool slices",
-                       "published"]
+    assert methods == ["few-shot, 1 slice", "U-Net from scratch, 1 slice", "SAM 1 point", "decoder, all pool slices",
+                       "U-Net, all pool slices", "published"]
+    rows = {row["method"]: row for row in stored["rows"]}
     (run,) = stored["runs"]["fewshot"]
     assert (run["shots"], run["seed"], len(run["items"])) == (1, 0, 2)
     assert run["positive_slices"] == 1 and run["labelled_slices"] == 2  # + one empty slice
-    assert stored["rows"][2]["labelled_slices"] == 16  # every slice of both pool volumes
-    assert stored["rows"][1]["interactions_per_item"] == 8  # 1 click x (4 + 4 slices with a class) per volume
+    assert rows["decoder, all pool slices"]["labelled_slices"] == 16  # every slice of both pool volumes
+    assert rows["SAM 1 point"]["interactions_per_item"] == 8  # 1 click x (4 + 4 slices with a class) per volume
+
+    # the U-Net from scratch on exactly the few-shot draw's slices (its empty slice included), with its seed,
+    # and on the whole pool, both through the one helper
+    (unet,) = stored["runs"]["unet_fewshot"]
+    for key in ("shots", "seed", "fold", "support", "labelled_slices", "positive_slices"):
+        assert unet[key] == run[key], key
+    assert len(unet["items"]) == 2 and unet["steps"] == 2 and unet["train_seconds"] >= 0
+    fold = synthetic_task.folds[0]
+    drawn = [(fold.name, [(i, tuple(s["slices"])) for s in run["support"]
+                          for i, case in enumerate(fold.pool) if case.name == s["case"]], 0),
+             (fold.name, [(i, tuple(range(8))) for i in range(2)], 0)]
+    assert unet_calls == drawn
+    scratch = rows["U-Net from scratch, 1 slice"]
+    assert scratch["family"] == "from scratch" and (scratch["labelled_slices"], scratch["positive_slices"]) == (2, 1)
+    arm = stored["headline"]["fewshot"][0]
+    assert math.isclose(arm["dice_minus_unet_same_count"],
+                        rows["few-shot, 1 slice"]["mean"]["dice"] - scratch["mean"]["dice"])
+    assert stored["headline"]["same_count"]["counts"] == 1
+    assert "## Few-shot minus U-Net from scratch at the same count" in text
+    assert f"= {arm['dice_minus_unet_same_count']:+.3f}." in text
 
     assert _markdown_matches(text, stored) == {(m, c) for m in methods for c in ("left", "right")}
     # the summary's few-shot vs one-point ratio is computed from the rows
@@ -137,6 +170,79 @@ def test_report_spreads_over_seeds_and_matches_markdown(synthetic_task, tmp_path
     assert "0.600 ± 0.100" in text and "(2/4 empty)" in text and "a note" in text
     assert "SAM 1 point, right: 0.800 vs 0.300 (-0.500)" in text
     assert "| 2 | 1 | f | p: 1, 9 | 1 | 1 | 0.550 |" in text  # the draws, seed 1: mean of 0.7 and 0.4
+
+
+def test_report_pairs_fewshot_with_unet_on_the_same_slices(synthetic_task, tmp_path):
+    fewshot = [_run(0, 1, (0.5, 0.2)), _run(1, 1, (0.7, 0.4))]
+    unet = [{**_run(0, 1, (0.3, 0.2)), "method": "U-Net 1", "steps": 5},
+            {**_run(1, 1, (0.3, 0.0)), "method": "U-Net 1", "steps": 5}]
+    raw = {"shots": [1], "notes": [], "timings": {"embed_seconds": 1.0}, "slices_encoded": 3, "load_average": 1.0,
+           "fewshot": fewshot, "unet_fewshot": unet, "prompted": [], "supervised": []}
+    report = make_report(synthetic_task, raw, StudyConfig(), model={"name": "tiny", "weights_id": "x" * 12},
+                         quick=False, command="test", load_start=1.0, total_seconds=10.0)
+    assert [r["method"] for r in report["rows"]] == ["few-shot, 1 slice", "U-Net from scratch, 1 slice", "published"]
+    scratch = report["rows"][1]
+    assert scratch["family"] == "from scratch" and scratch["steps"] == 5 and scratch["spread_over"] == "seeds"
+    assert scratch["classes"]["right"]["dice"] == pytest.approx(0.1)
+    assert scratch["classes"]["right"]["dice_spread"] == pytest.approx(0.1)
+    # seed 0: 0.35 - 0.25, seed 1: 0.55 - 0.15; the mean over classes 0.45 - 0.2, spread over the pairs
+    (arm,) = report["headline"]["fewshot"]
+    assert arm["dice_minus_unet_same_count"] == pytest.approx(0.25)
+    assert arm["dice_minus_unet_same_count_spread"] == pytest.approx(0.15)
+    assert arm["dice_minus_unet_same_count_per_class"] == pytest.approx({"left": 0.3, "right": 0.2})
+    assert report["headline"]["same_count"] == {"counts": 1, "fewshot_ahead": 1}
+    assert report["runs"]["unet_fewshot"] == unet
+    example = {"case": "a", "slice": 0, "volume_slice": 3, "image": np.zeros((8, 8)), "truth": np.eye(8, dtype=int),
+               "predictions": {"U-Net 1": np.eye(8, dtype=int)}}
+    files = write_report(report, example, tmp_path)
+    text, stored = files["markdown"].read_text(), json.loads(files["json"].read_text())
+    assert _markdown_matches(text, stored) == {(m, c) for m in [r["method"] for r in stored["rows"]]
+                                               for c in ("left", "right")}
+    assert ("| few-shot, 1 slice | 2 (1 + 1 empty) | 0.450 ± 0.100 | 0.200 ± 0.050 | +0.250 ± 0.150 | +0.300 | +0.200 |"
+            in text)  # the few-shot minus U-Net table: both rows' Dice, the difference, then per class
+    assert "few-shot minus U-Net from scratch on the same slices (Dice 0.200) = +0.250 ± 0.150" in text
+    assert "at 1 of 1 counts" in text
+    assert "| 2 | 1 | f | p: 1, 9 | 1 | 1 | 0.550 | 1 | 0.150 |" in text  # the draws, with the U-Net beside
+
+
+def test_reports_without_unet_per_count_still_render(synthetic_task, tmp_path):
+    # raw runs of before the U-Net per count (no "unet_fewshot"), and the JSON files written then
+    raw = {"shots": [1], "notes": [], "timings": {"embed_seconds": 1.0}, "slices_encoded": 3, "load_average": 1.0,
+           "fewshot": [_run(0, 1, (0.5, 0.2))], "prompted": [], "supervised": []}
+    report = make_report(synthetic_task, raw, StudyConfig(unet_per_count=False),
+                         model={"name": "tiny", "weights_id": "x" * 12}, quick=False, command="test", load_start=1.0,
+                         total_seconds=10.0)
+    assert [r["method"] for r in report["rows"]] == ["few-shot, 1 slice", "published"]
+    assert report["runs"]["unet_fewshot"] == [] and "same_count" not in report["headline"]
+    old = sorted(RESULTS.glob("reproduce_*.json"))
+    assert old, f"no reports in {RESULTS}"
+    for path in old:
+        stored = json.loads(path.read_text())
+        assert "unet_fewshot" not in stored["runs"]
+        names = file_names(stored["dataset"], stored["quick"])
+        text = markdown(stored, names)
+        assert "## Mean over classes" in text and "U-Net from scratch at the same count" not in text
+        assert _markdown_matches(text, stored)
+        plot_dice(stored, tmp_path / names["plot"])
+        assert (tmp_path / names["plot"]).stat().st_size > 0
+
+
+def test_unet_helper_trains_the_pool_unet_as_before(synthetic_task, tiny_sam, tmp_path):
+    """The shared helper on every pool slice with seed 0 is the pool U-Net the study trained inline before."""
+    cfg = UNetConfig.tiny(steps=2, features=(4, 8))
+    ctx = study._Context(synthetic_task, tiny_sam, StudyConfig(unet=cfg), None, tmp_path, lambda message: None)
+    fold, axis = synthetic_task.folds[0], synthetic_task.axis
+    predict, seconds = study.train_unet_on(ctx, fold, [(i, tuple(s)) for i, s in enumerate(fold.pool_slices)], 0)
+    assert seconds > 0
+    intensity = Intensity.parse(synthetic_task.intensity)
+    images, labels = [], []
+    for case, slices in zip(fold.pool, fold.pool_slices):
+        images += list(get_slices(intensity.apply(case.volume.array), axis)[list(slices)])
+        labels += list(case.label_slices(axis)[list(slices)])  # class ids 1, 2: already 1..K
+    model, _ = train_unet(images, labels, 3, cfg, seed=0, progress=False)
+    for index, case in enumerate(fold.test):
+        slices = get_slices(intensity.apply(case.volume.array), axis)[list(fold.test_slices[index])]
+        np.testing.assert_array_equal(predict(index), np.stack(predict_unet(model, list(slices))))
 
 
 def test_draw_support_covers_classes_and_differs_between_seeds(synthetic_task):
