@@ -20,6 +20,7 @@ count replaces its row); the "Few-shot hippocampus" sections of ``bench/RESULTS.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -45,7 +46,7 @@ def cases(data: Path) -> list[str]:
 def pick_slices(labels: np.ndarray, count: int) -> list[int]:
     """``count`` labelled axial slices at the centres of equal parts of the labelled extent, plus one
     empty slice."""
-    from fewsam_jax.io import get_slices, stack_slices
+    from fewsam_jax.io import get_slices
 
     present = np.flatnonzero(get_slices(labels, 2).any(axis=(1, 2)))
     chosen = present[((np.arange(count) + 0.5) * present.size / count).astype(int)]  # centres of equal bins
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace, save) -> list[dict]:
 
     data = args.data.resolve()  # manifests hold absolute paths
     names = cases(data)
-    scored = names[PHASES[args.phase]]
+    scored = names[PHASES[args.phase]][: args.volumes]
     intensity = Intensity.parse("percentile")
 
     def load(name):
@@ -126,7 +127,8 @@ def run(args: argparse.Namespace, save) -> list[dict]:
     volumes = [load(n) for n in scored]
     total_slices = sum(v.shape[2] for v, _ in volumes)
     sam = load_model("litemedsam")
-    entries = [embed_volume(v, sam, axis=2, intensity=intensity, cache=args.cache, progress=False) for v, _ in volumes]
+    entries = [] if args.unet_only else [embed_volume(v, sam, axis=2, intensity=intensity, cache=args.cache,
+                                                      progress=False) for v, _ in volumes]
     curve_volumes = volumes[: args.curve_volumes]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -136,6 +138,11 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                     config = FewShotConfig(**{"seed": seed, **overrides})
                     for shots in args.shots:
                         path = manifest(data, names[DRAWS[draw]], shots, Path(scratch))
+                        if args.unet_only:
+                            rows.append(unet_row(path, draw, seed, shots, volumes, total_slices, intensity))
+                            save(rows)
+                            print(json.dumps(rows[-1]), flush=True)
+                            continue
                         curve, curve_seconds = [], [0.0]
 
                         def learning_curve(step, decoder, support, config=config):
@@ -161,12 +168,13 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                             pred = segmenter.segment(volume, cache=args.cache, progress=False,
                                                      postprocess=args.postprocess)
                             per_volume.append(score_volume(pred, truth, volume.spacing))
-                        row = {"method": "few-shot", "variant": name, "overrides": overrides, "draw": draw,
+                        row = {"method": "few-shot", "variant": name, "overrides": overrides,
+                               "config": dataclasses.asdict(config), "draw": draw,
                                "seed": seed, "positive_slices": shots,
                                "labelled_slices": segmenter.info["labelled_slices"],
                                "train_seconds": segmenter.info["train_seconds"] - curve_seconds[0],
                                "thresholds": segmenter.info["thresholds"], "curve": curve,
-                               "load_average": [load_before, os.getloadavg()[0]],
+                               "load_average": [load_before, os.getloadavg()[0]], "volumes": len(volumes),
                                **summarise(per_volume, time.perf_counter() - started, total_slices)}
                         rows.append(row)
                         save(rows)
@@ -204,7 +212,7 @@ def unet_row(path: Path, draw: str, seed: int, shots: int, volumes: list, total_
         per_volume.append(score_volume(pred, truth, volume.spacing))
     return {"method": "U-Net", "variant": "unet", "overrides": {}, "draw": draw, "seed": seed,
             "positive_slices": shots, "labelled_slices": collection.num_slices, "train_seconds": train_seconds,
-            "load_average": [load_before, os.getloadavg()[0]],
+            "load_average": [load_before, os.getloadavg()[0]], "volumes": len(volumes),
             **summarise(per_volume, time.perf_counter() - started, total_slices)}
 
 
@@ -223,15 +231,16 @@ def markdown(report: dict) -> str:
         f"## Few-shot hippocampus: {phase} split",
         "",
         f"Last run {report['date']}, {machine.get('cpu', '?')} ({machine.get('cores', '?')} cores), LiteMedSAM. "
-        f"Support draws A/B/C = volumes 0-4 / 45-49 / 50-54 (sorted names); scored in 3D on the {report['volumes']} "
-        f"{phase} volumes ({'the last 8' if phase == 'validation' else 'volumes 5-44'}). Mean over draws x seeds of "
+        f"Support draws A/B/C = volumes 0-4 / 45-49 / 50-54 (sorted names); scored in 3D on "
+        f"{'the 8 validation volumes (the last 8)' if phase == 'validation' else 'test volumes from 5-44 (count per row)'}. "
+        f"Mean over draws x seeds of "
         f"the per-volume mean; ± is the spread (std) of that mean over draws x seeds. Volume ratio = predicted / true "
         f"voxels. `python bench/fewshot.py --phase {phase} ...` (rows accumulate; each row's command options are in "
         f"`results/fewshot_{phase}.json`). Load average (1 min) before/after each training is in the JSON.",
         "",
-        "| method / variant | positive slices | runs (draws x seeds) | Dice anterior | Dice posterior | mean Dice | "
+        "| method / variant | positive slices | volumes | runs (draws x seeds) | Dice anterior | Dice posterior | mean Dice | "
         "HD95 mm (mean) | volume ratio ant / post | train s | segment s / 100 slices |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple, list[dict]] = {}
     for row in report["rows"]:
@@ -243,7 +252,7 @@ def markdown(report: dict) -> str:
         ratio = np.asarray([r["volume_ratio"] for r in rows]).mean(axis=0)
         runs = f"{len({r['draw'] for r in rows})} x {len({r['seed'] for r in rows})}"
         lines.append(
-            f"| {variant} | {shots} | {runs} | {dice[:, 0].mean():.3f} | {dice[:, 1].mean():.3f} | "
+            f"| {variant} | {shots} | {rows[0].get('volumes', report.get('volumes'))} | {runs} | {dice[:, 0].mean():.3f} | {dice[:, 1].mean():.3f} | "
             f"**{mean.mean():.3f}** ± {mean.std():.3f} | {hd.mean():.2f} | {ratio[0]:.2f} / {ratio[1]:.2f} | "
             f"{np.mean([r['train_seconds'] for r in rows]):.0f} | "
             f"{np.mean([r['segment_seconds_per_100_slices'] for r in rows]):.2f} |")
@@ -264,7 +273,9 @@ def main() -> None:
     parser.add_argument("--variant", action="append",
                         help="NAME or NAME:key=value,... (FewShotConfig fields); repeatable (default: the defaults)")
     parser.add_argument("--unet", action="store_true", help="also train the U-Net on the same slices")
+    parser.add_argument("--unet-only", action="store_true", help="only the U-Net (no few-shot training)")
     parser.add_argument("--postprocess", action="store_true", help="3D largest component + hole filling")
+    parser.add_argument("--volumes", type=int, help="score only the first N volumes of the phase's split")
     parser.add_argument("--curve", type=int, default=0, help="learning curve: score every N steps (0: off)")
     parser.add_argument("--curve-volumes", type=int, default=4, help="phase volumes the learning curve scores")
     parser.add_argument("--cache", help="embedding cache folder (default $FEWSAM_HOME/embeddings)")
@@ -288,7 +299,7 @@ def main() -> None:
             row["command"] = "python bench/fewshot.py " + " ".join(sys.argv[1:])
         report = {"date": datetime.date.today().isoformat(), "phase": args.phase,
                   "machine": {**machine_info(), "jax_device": jax.devices()[0].device_kind},
-                  "volumes": len(cases(args.data)[PHASES[args.phase]])}
+                  "volumes": len(cases(args.data)[PHASES[args.phase]][: args.volumes])}
         report = merge(out, rows, report)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2))

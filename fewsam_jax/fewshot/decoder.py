@@ -68,14 +68,14 @@ class FewShotConfig:
     # each slice predicted from prompts of the other volumes when the support spans several (as at inference)
     # the image itself (:mod:`fewsam_jax.fewshot.image_branch`): channels of a small convolutional branch on the
     # normalised slice, fused into the mask upscaling (0: off, SAM's decoder alone), and the neighbouring slices
-    # on either side it also sees (2.5D)
-    image_features: int = 0
+    # on either side it also sees (2.5D; worse on hippocampus validation). Measured: bench/RESULTS.md, README.
+    image_features: int = 16
     image_context: int = 0
     # training targets warped inside the step (:mod:`fewsam_jax.fewshot.warp`): rotation range (degrees), scale
     # range (1 +- warp_scale); 0 and 0: off. image_jitter: contrast 1 +- j, brightness +- j / 2 of the image branch input
-    warp_rotation_deg: float = 0.0
-    warp_scale: float = 0.0
-    image_jitter: float = 0.0
+    warp_rotation_deg: float = 10.0
+    warp_scale: float = 0.1
+    image_jitter: float = 0.1
     seed: int = 0
 
     def __post_init__(self):

@@ -261,7 +261,7 @@ class FewShotSegmenter:
         # decoders saved before ``class_decoding`` existed were trained one pass per class
         # ... and before the image branch existed, without one
         config = FewShotConfig(**{"class_decoding": "separate", "image_features": 0, "image_context": 0,
-                                  **meta["fewshot"]})
+                                  "warp_rotation_deg": 0.0, "warp_scale": 0.0, "image_jitter": 0.0, **meta["fewshot"]})
         sam_config = get_config(meta["model"])
 
         def build():

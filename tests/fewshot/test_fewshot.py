@@ -199,10 +199,10 @@ def test_joint_decoding_of_one_class_equals_a_separate_pass(tiny_sam):
     embeddings = jnp.asarray(rng.normal(size=(3, e, e, c)), jnp.float32)
     tokens = jnp.asarray(rng.normal(size=(2, 5, c)), jnp.float32)
     prototypes = jnp.asarray(rng.normal(size=(2, c)), jnp.float32)
-    joint = FewShotDecoder(tiny_sam, FewShotConfig(class_decoding="joint"), rngs=nnx.Rngs(0))
+    joint = FewShotDecoder(tiny_sam, FewShotConfig(class_decoding="joint", image_features=0), rngs=nnx.Rngs(0))
     joint.similarity_embed[...] = jnp.asarray(rng.normal(size=c), jnp.float32)  # a prior that matters
     separate = nnx.clone(joint)
-    separate.config = FewShotConfig(class_decoding="separate")
+    separate.config = FewShotConfig(class_decoding="separate", image_features=0)
     outputs = {name: [decoder(embeddings, tokens[:1], prototypes[:1]), decoder(embeddings, tokens, prototypes)]
                for name, decoder in (("joint", joint), ("separate", separate))}
     for joint, separate in zip(outputs["joint"][0], outputs["separate"][0]):
@@ -216,7 +216,8 @@ def test_decoder_saved_before_joint_decoding_loads_as_separate(trained, tmp_path
     trained["segmenter"].save(tmp_path / "decoder")
     meta_path = tmp_path / "decoder" / "fewshot.json"
     meta = json.loads(meta_path.read_text())
-    del meta["fewshot"]["class_decoding"]
+    for key in ("class_decoding", "image_features", "image_context", "warp_rotation_deg", "warp_scale", "image_jitter"):
+        del meta["fewshot"][key]  # none of these existed then
     meta_path.write_text(json.dumps(meta))
     assert FewShotSegmenter.load(tmp_path / "decoder").decoder.config.class_decoding == "separate"
 
@@ -233,7 +234,7 @@ def test_image_branch_starts_as_sams_decoder(tiny_sam):
     tokens = jnp.asarray(rng.normal(size=(2, 5, c)), jnp.float32)
     prototypes = jnp.asarray(rng.normal(size=(2, c)), jnp.float32)
     images = jnp.asarray(rng.random(size=(2, 4 * e, 4 * e, 3)), jnp.float32)
-    plain = FewShotDecoder(tiny_sam, FewShotConfig(), rngs=nnx.Rngs(0))
+    plain = FewShotDecoder(tiny_sam, FewShotConfig(image_features=0), rngs=nnx.Rngs(0))
     branch = FewShotDecoder(tiny_sam, FewShotConfig(image_features=4, image_context=1), rngs=nnx.Rngs(0))
     expected = plain(embeddings, tokens, prototypes)
     got = branch(embeddings, tokens, prototypes, images=images)
@@ -248,7 +249,7 @@ def test_image_branch_config_is_checked():
     with pytest.raises(ValueError, match="needs class_decoding='joint'"):
         FewShotConfig(image_features=8, class_decoding="separate")
     with pytest.raises(ValueError, match="image_context needs the image branch"):
-        FewShotConfig(image_context=1)
+        FewShotConfig(image_features=0, image_context=1)
     with pytest.raises(ValueError, match="expected >= 0"):
         FewShotConfig(image_features=-1)
 
@@ -329,11 +330,11 @@ def test_decoder_saved_before_the_image_branch_loads_without_one(trained, tmp_pa
     trained["segmenter"].save(tmp_path / "decoder")
     meta_path = tmp_path / "decoder" / "fewshot.json"
     meta = json.loads(meta_path.read_text())
-    for key in ("image_features", "image_context"):
+    for key in ("image_features", "image_context", "warp_rotation_deg", "warp_scale", "image_jitter"):
         del meta["fewshot"][key]
     meta_path.write_text(json.dumps(meta))
     config = FewShotSegmenter.load(tmp_path / "decoder").decoder.config
-    assert config.image_features == 0 and config.image_context == 0
+    assert config.image_features == 0 and config.image_context == 0 and config.warp_scale == 0
 
 
 def test_warp_moves_embeddings_labels_and_images_together():

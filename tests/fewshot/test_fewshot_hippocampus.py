@@ -14,7 +14,7 @@ from fewsam_jax.io import get_slices, load_volume
 
 from conftest import shared_data
 
-CONFIG = FewShotConfig()
+CONFIG = FewShotConfig(steps=200)  # the default architecture; fewer steps than the default, for time
 
 
 @pytest.mark.slow
