@@ -212,8 +212,17 @@ def test_joint_decoding_of_one_class_equals_a_separate_pass(tiny_sam):
     assert not np.allclose(logits[:, 0], logits[:, 1])
 
 
-def test_decoder_saved_before_joint_decoding_loads_as_separate(trained, tmp_path):
-    trained["segmenter"].save(tmp_path / "decoder")
+@pytest.fixture(scope="module")
+def plain_segmenter(trained):
+    """An untrained decoder without the image branch, as every decoder saved before 2026-11-30 was."""
+    config = dataclasses.replace(CONFIG, steps=0, image_features=0, warp_rotation_deg=0.0, warp_scale=0.0,
+                                 image_jitter=0.0)
+    return FewShotSegmenter.train(trained["folder"] / "manifest.json", sam=trained["sam"], config=config,
+                                  cache=trained["cache"], progress=False)
+
+
+def test_decoder_saved_before_joint_decoding_loads_as_separate(plain_segmenter, tmp_path):
+    plain_segmenter.save(tmp_path / "decoder")
     meta_path = tmp_path / "decoder" / "fewshot.json"
     meta = json.loads(meta_path.read_text())
     for key in ("class_decoding", "image_features", "image_context", "warp_rotation_deg", "warp_scale", "image_jitter"):
@@ -326,8 +335,8 @@ def jax_leaves(tree):
     return jax.tree_util.tree_leaves(tree)
 
 
-def test_decoder_saved_before_the_image_branch_loads_without_one(trained, tmp_path):
-    trained["segmenter"].save(tmp_path / "decoder")
+def test_decoder_saved_before_the_image_branch_loads_without_one(plain_segmenter, tmp_path):
+    plain_segmenter.save(tmp_path / "decoder")
     meta_path = tmp_path / "decoder" / "fewshot.json"
     meta = json.loads(meta_path.read_text())
     for key in ("image_features", "image_context", "warp_rotation_deg", "warp_scale", "image_jitter"):
