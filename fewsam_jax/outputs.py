@@ -32,12 +32,16 @@ from typing import Iterable, Iterator
 MARKER = ".fewsam"  # JSON {"kind", "library", "created", "pid", "host"} in every folder the library writes
 STAGING = ".fewsam-staging"  # name part of staging folders: .<name>.fewsam-staging.<hex>
 RETIRED = ".fewsam-retired"  # a replaced folder between the two renames: .<name>.fewsam-retired.<hex>
+TMP = ".fewsam-tmp."  # temporary files: .<name>.fewsam-tmp.<hex><suffix>
 STALE_SECONDS = 24 * 3600  # staging folders of another host are stale after this long
 
-# files a library folder of each kind holds besides MARKER (the legacy layout, before markers)
+# files a library folder of each kind holds besides MARKER, and the one a folder written before markers
+# existed must hold to be recognised
 LAYOUTS = {
-    "model": {"config.json", "report.json", "state"},
-    "decoder": {"fewshot.json", "state"},
+    "model": ({"config.json", "report.json", "state"}, "state"),
+    "decoder": ({"fewshot.json", "state"}, "state"),
+    "demo": ({"mni152.nii.gz", "mni152_labels.nii.gz", "manifest.json", "decoder", "prediction.nii.gz",
+              "overlay.png", "scores.json"}, "manifest.json"),
 }
 
 
@@ -119,12 +123,13 @@ def write_marker(folder: str | os.PathLike, kind: str) -> None:
 def library_folder_problem(folder: str | os.PathLike, kind: str) -> str | None:
     """Why ``folder`` is not a ``kind`` folder the library may replace (None: it may)."""
     folder = Path(folder)
-    names = {p.name for p in folder.iterdir()}
+    names = {p.name for p in folder.iterdir()
+             if not (p.name.startswith(".") and any(tag in p.name for tag in (STAGING, RETIRED, TMP)))}
     if not names:
         return None  # an empty folder holds nothing to lose
     marker = read_marker(folder)
-    layout = LAYOUTS.get(kind, set())
-    if marker is None and not (names <= layout and "state" in names):
+    layout, required = LAYOUTS.get(kind, (set(), None))
+    if marker is None and not (names <= layout and required in names):
         return f"it is not a fewsam_jax {kind} folder (no {MARKER} marker)"
     if marker is not None and marker.get("kind") != kind:
         return f"it is a fewsam_jax {marker.get('kind')} folder, not a {kind} folder"
@@ -259,7 +264,7 @@ def write_file(out: str | os.PathLike, *, overwrite: bool = True, mode: int | No
     """
     out = Path(out)
     suffix = "".join(out.suffixes[-2:]) if out.name.lower().endswith(".nii.gz") else out.suffix
-    tmp = out.with_name(f".{out.name}.fewsam-tmp.{secrets.token_hex(4)}{suffix}")
+    tmp = out.with_name(f".{out.name}{TMP}{secrets.token_hex(4)}{suffix}")
     try:
         yield tmp
         if mode is not None and tmp.exists():
