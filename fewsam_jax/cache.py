@@ -280,10 +280,15 @@ class CachedEmbeddings:
         values = np.asarray(embeddings).astype(np.float16)
         if not np.isfinite(values).all():
             raise ValueError(f"{self.path}: embeddings overflow float16 (|value| > 65504)")
-        self._embeddings.oindex[indices] = values
+        indices = [int(i) for i in np.atleast_1d(indices)]
+        # one whole chunk per assignment: zarr then never reads the old chunk, which may be damaged
+        for i, v in zip(indices, values):
+            self._embeddings[i] = v
         if self._checksums is not None:
-            self._checksums.oindex[indices] = np.array([slice_checksum(v) for v in values], np.uint32)
-        self._done.oindex[indices] = True  # only after the data (and checksum) chunks are in place
+            for i, v in zip(indices, values):
+                self._checksums[i] = np.uint32(slice_checksum(v))
+        for i in indices:
+            self._done[i] = True  # only after the data (and checksum) chunks are in place
 
 
 class EmbeddingCache:
@@ -528,7 +533,8 @@ def embed_volume(
             warnings.warn(f"embedding cache entry {path}: {len(problems)} stored slice(s) failed verification "
                           f"({shown}); re-encoding them", CacheWarning, stacklevel=2)
             bad = np.array(sorted(problems), np.int64)
-            entry._done.oindex[bad] = False  # recomputed below like any missing slice
+            for i in bad.tolist():
+                entry._done[i] = False  # recomputed below like any missing slice
             entry.repaired = bad
         missing = wanted[~entry.done()[wanted]]
         if missing.size:

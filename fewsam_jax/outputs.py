@@ -129,14 +129,18 @@ def library_folder_problem(folder: str | os.PathLike, kind: str) -> str | None:
         return None  # an empty folder holds nothing to lose
     marker = read_marker(folder)
     layout, required = LAYOUTS.get(kind, (set(), None))
+
+    def shown(items) -> str:
+        items = sorted(items)
+        return ", ".join(items[:5]) + (", ..." if len(items) > 5 else "")
+
     if marker is None and not (names <= layout and required in names):
-        return f"it is not a fewsam_jax {kind} folder (no {MARKER} marker)"
+        return f"it is not a fewsam_jax {kind} folder (no {MARKER} marker; it holds {shown(names)})"
     if marker is not None and marker.get("kind") != kind:
         return f"it is a fewsam_jax {marker.get('kind')} folder, not a {kind} folder"
-    foreign = sorted(names - layout - {MARKER})
+    foreign = names - layout - {MARKER}
     if foreign:
-        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        return f"it holds files fewsam_jax did not write ({shown})"
+        return f"it holds files fewsam_jax did not write ({shown(foreign)})"
     return None
 
 
@@ -168,11 +172,11 @@ def check_output_file(out: str | os.PathLike, *, overwrite: bool = False,
                       inputs: Iterable[str | os.PathLike | None] = (), suffixes: tuple[str, ...] = ()) -> Path:
     """Check that file ``out`` may be written; raise OutputError if not. The folder must exist."""
     out = Path(out).expanduser()
-    if suffixes and not out.name.lower().endswith(suffixes):
-        raise OutputError(f"{out}: unsupported output type; expected {', '.join(suffixes)}")
     _check_not_input(out, inputs, folder_output=False)
     if out.is_dir():
         raise OutputExistsError(f"{out} is a folder; give a file path")
+    if suffixes and not out.name.lower().endswith(suffixes):
+        raise OutputError(f"{out}: unsupported output type; expected {', '.join(suffixes)}")
     if out.exists() or out.is_symlink():
         if not overwrite:
             raise OutputExistsError(f"{out} exists; pass --overwrite (overwrite=True) to replace it, "
