@@ -548,8 +548,9 @@ class SliceAnnotator:
             raise ValueError(f"save_manifest: folder {path.parent} does not exist")
         if path.is_dir():
             raise OutputExistsError(f"save_manifest: {path} is a folder; give a .json file path")
-        others = self._other_entries(path)
         image = self._source_image()
+        check_output_file(path, overwrite=True, inputs=[image])  # before reading it as a manifest
+        others = self._other_entries(path)
         protected = [p for item in others for p in (item.image, item.labels)]
         if image is not None:
             protected.append(image)
