@@ -497,6 +497,9 @@ def embed_volume(
     fd = _acquire(path.with_name(key + ".lock"))
     try:
         images = get_slices(intensity.apply(vol.array), axis)
+        if path.exists() and not _is_entry(path):
+            raise OutputError(f"{path} holds files that are not a cache entry's; it is left alone. Move it away "
+                              "or use another --cache")
         entry = None
         if (path / "meta.json").is_file():
             try:

@@ -188,6 +188,8 @@ def check_output_file(out: str | os.PathLike, *, overwrite: bool = False,
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a pid we wrote: keep the folder
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -196,3 +196,13 @@ def test_clear_and_info_touch_only_cache_entries(tmp_path, encoder, volume, caps
     assert "removed 0 entries" in run("cache", "clear", "--model", "vit_b", "--cache", root)
     assert (root / "vit_b" / "scan" / "scan.nii.gz").read_bytes() == b"\x1f\x8b"
     assert "empty" in run("cache", "info", "--cache", root)
+
+
+def test_a_foreign_folder_at_an_entry_path_is_left_alone(tmp_path, encoder, volume):
+    entry = embed_volume(volume, encoder, cache=tmp_path, progress=False)
+    shutil.rmtree(entry.path)
+    entry.path.mkdir()
+    (entry.path / "thesis.tex").write_text("\\documentclass")
+    with pytest.raises(OutputError, match="not a cache entry's; it is left alone"):
+        embed_volume(volume, encoder, cache=tmp_path, progress=False)
+    assert [p.name for p in entry.path.iterdir()] == ["thesis.tex"]
