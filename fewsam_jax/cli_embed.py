@@ -10,12 +10,13 @@ DEFAULT_MODEL = "litemedsam"  # as fewsam_jax.weights.DEFAULT_MODEL; not importe
 
 
 def _embed(args: argparse.Namespace) -> None:
-    from fewsam_jax.cache import embed_volume
+    from fewsam_jax.cache import EmbeddingCache, embed_volume
     from fewsam_jax.io import load_volume
     from fewsam_jax.weights import load_model
 
-    volume = load_volume(args.image)  # bad inputs fail before the model loads
+    volume = load_volume(args.image)  # bad inputs and outputs fail before the model loads
     intensity = Intensity.parse(args.window or args.intensity)
+    EmbeddingCache(args.cache).check_writable()
     entry = embed_volume(
         volume,
         load_model(args.model),
@@ -27,9 +28,10 @@ def _embed(args: argparse.Namespace) -> None:
         progress=not args.quiet,
     )
     computed = len(entry.computed)
+    repaired = f" ({len(entry.repaired)} of them re-encoded: corrupt in the cache)" if len(entry.repaired) else ""
     print(
         f"{entry.num_slices} slices of {entry.slice_shape[0]}x{entry.slice_shape[1]} along axis {entry.axis}: "
-        f"{computed} encoded, {entry.num_slices - computed} from the cache; embeddings "
+        f"{computed} encoded{repaired}, {entry.num_slices - computed} from the cache (verified); embeddings "
         f"{entry.embedding_shape} float16 in {entry.path}"
     )
 
@@ -91,7 +93,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     actions = cache.add_subparsers(dest="action", required=True)
     for name, run, text in (
         ("info", _cache_info, "entries and size per model"),
-        ("clear", _cache_clear, "delete cached embeddings (entries being written are skipped)"),
+        ("clear", _cache_clear, "delete cached embeddings (entries being written are skipped; "
+                                "only cache entries are ever deleted)"),
     ):
         action = actions.add_parser(name, help=text)
         action.add_argument("--model", help="only this model (default: all)")

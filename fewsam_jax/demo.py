@@ -19,6 +19,7 @@ from fewsam_jax import metrics
 from fewsam_jax.fewshot import AugmentConfig, FewShotConfig, FewShotSegmenter, load_collection
 from fewsam_jax.fewshot.collection import MANIFEST_VERSION
 from fewsam_jax.io import get_slices, load_volume, save_labels
+from fewsam_jax.outputs import check_output_dir, read_marker, write_marker
 
 CLASSES = {1: "white_matter", 2: "grey_matter", 3: "other_brain"}
 LABELLED_SLICES = 4
@@ -75,6 +76,10 @@ def overlay_figure(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, slice
 def run_demo(out: str | Path = "fewsam_demo", steps: int | None = None, retrain: bool = False, axis: int = 2) -> dict:
     """Label a few slices, train, segment the whole volume, score, write NIfTI + PNG. Returns the scores."""
     out = Path(out)
+    check_output_dir(out, "demo", overwrite=True)  # a folder the demo did not write is never written into
+    out.mkdir(parents=True, exist_ok=True)
+    if read_marker(out) is None:
+        write_marker(out, "demo")
     started = time.perf_counter()
     image_path, label_path = mni_with_labels(out)
     truth = np.rint(load_volume(label_path).array).astype(np.int32)
@@ -90,7 +95,7 @@ def run_demo(out: str | Path = "fewsam_demo", steps: int | None = None, retrain:
     config = FewShotConfig() if steps is None else FewShotConfig(steps=steps)
     if retrain or not (decoder_dir / "fewshot.json").exists():
         segmenter = FewShotSegmenter.train(load_collection(manifest), config=config, augment=AugmentConfig(copies=1))
-        segmenter.save(decoder_dir)
+        segmenter.save(decoder_dir, overwrite=True)
     else:
         print(f"reusing the decoder trained in {decoder_dir} (--retrain to train again)")
         segmenter = FewShotSegmenter.load(decoder_dir)

@@ -1,8 +1,10 @@
 """Converted models on disk: Orbax checkpoints of ``nnx.state(model)`` plus the config and a report.
 
-A model directory holds ``config.json`` (preset name + weights identity), ``report.json`` (what the
-converter loaded, the source file's SHA-256) and ``state/`` (Orbax). Directories are written under a
-temporary name and renamed into place, so a killed conversion never leaves one that reads as valid.
+A model directory holds ``config.json`` (preset name + weights identity + the SHA-256 of every file
+under ``state/``), ``report.json`` (what the converter loaded, the source file's SHA-256), ``state/``
+(Orbax) and the library's marker. Directories are written under a temporary name and renamed into
+place (:mod:`fewsam_jax.outputs`), so a killed conversion never leaves one that reads as valid, and
+a folder the library did not write is never replaced.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,6 +22,7 @@ from flax import nnx
 
 from fewsam_jax.config import get_config
 from fewsam_jax.modeling.sam import Sam
+from fewsam_jax.outputs import ChecksumError, tree_checksums, verify_checksums, write_dir
 
 DEFAULT_MODEL = "litemedsam"
 
@@ -36,18 +37,12 @@ def models_dir() -> Path:
 
 
 @contextlib.contextmanager
-def atomic_directory(directory: str | os.PathLike) -> Iterator[Path]:
-    """Yield a staging folder that replaces ``directory`` only once the block completes."""
-    directory = Path(directory).absolute()
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+def atomic_directory(directory: str | os.PathLike, kind: str = "model", overwrite: bool = False) -> Iterator[Path]:
+    """Yield a staging folder that becomes ``directory`` once the block completes
+    (:func:`fewsam_jax.outputs.write_dir`: an existing folder is replaced only with ``overwrite``
+    and only when the library wrote it)."""
+    with write_dir(directory, kind, overwrite=overwrite) as staging:
         yield staging
-        if directory.exists():
-            shutil.rmtree(directory)
-        staging.rename(directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def save_pytree(path: Path, tree: Any) -> None:
@@ -64,13 +59,15 @@ def restore_pytree(path: Path, abstract_tree: Any) -> Any:
         return checkpointer.restore(path.absolute(), target)
 
 
-def save_model(model: Sam, directory: str | os.PathLike, report: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` to ``directory`` atomically (replacing what was there)."""
-    with atomic_directory(directory) as staging:
+def save_model(model: Sam, directory: str | os.PathLike, report: dict[str, Any] | None = None,
+               overwrite: bool = False) -> Path:
+    """Write ``model`` to ``directory`` atomically; an existing model folder is replaced only with
+    ``overwrite=True`` (see :mod:`fewsam_jax.outputs`)."""
+    with atomic_directory(directory, "model", overwrite=overwrite) as staging:
         save_pytree(staging / "state", nnx.state(model))
-        (staging / "config.json").write_text(
-            json.dumps({"model": model.config.name, "weights_id": model.weights_id}, indent=2)
-        )
+        (staging / "config.json").write_text(json.dumps(
+            {"model": model.config.name, "weights_id": model.weights_id, "checksums": tree_checksums(staging)},
+            indent=2))
         (staging / "report.json").write_text(json.dumps(report or {}, indent=2))
     return Path(directory)
 
@@ -88,11 +85,29 @@ def load_model_dir(directory: str | os.PathLike) -> Sam:
             f"{directory} is not a fewsam_jax model directory (expected config.json and state/ in it); "
             "create one with `fewsam convert`"
         )
-    meta = json.loads((directory / "config.json").read_text())
+    meta = _read_model_config(directory)
     cfg = get_config(meta["model"])
     abstract = nnx.eval_shape(lambda: Sam(cfg, rngs=nnx.Rngs(0), weights_id=meta["weights_id"]))
     graphdef, abstract_state = nnx.split(abstract)
     return nnx.merge(graphdef, restore_pytree(directory / "state", abstract_state))
+
+
+def _read_model_config(directory: Path) -> dict[str, Any]:
+    """config.json, checked, with the state files verified against its checksums (when it has them:
+    folders converted before checksums existed load unverified)."""
+    path = directory / "config.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ChecksumError(f"{path} is not valid JSON ({err}); convert the model again") from None
+    if not isinstance(meta, dict):
+        raise ChecksumError(f"{path}: expected a JSON object; convert the model again")
+    for key in ("model", "weights_id"):
+        if not isinstance(meta.get(key), str):
+            raise ChecksumError(f"{path}: key {key!r} missing or not a string; convert the model again")
+    if "checksums" in meta:
+        verify_checksums(directory, meta["checksums"], "config.json")
+    return meta
 
 
 def load_model(name: str = DEFAULT_MODEL, checkpoint: str | os.PathLike | None = None) -> Sam:
@@ -124,7 +139,7 @@ def cached_model_dir(name: str, checkpoint: str | os.PathLike | None = None) -> 
     if not is_model_dir(directory):
         from converters.convert import convert_checkpoint  # lazy: torch lives there
 
-        convert_checkpoint(name, checkpoint, directory)
+        convert_checkpoint(name, checkpoint, directory, overwrite=True)  # the library's own cache folder
     return directory
 
 

@@ -38,8 +38,18 @@ from fewsam_jax.fewshot.prompts import images_to_low_res, labels_to_low_res
 from fewsam_jax.fewshot.train import SupportSet, support_images, support_tokens, train_decoder
 from fewsam_jax.io import Volume, from_array, get_slices, load_volume, save_labels, stack_slices
 from fewsam_jax.modeling.sam import Sam
+from fewsam_jax.outputs import (
+    ChecksumError,
+    FewSamError,
+    check_output_file,
+    tree_checksums,
+    verify_checksums,
+    write_dir,
+)
 from fewsam_jax.preprocess import Intensity
-from fewsam_jax.weights import atomic_directory, load_model, restore_pytree, save_pytree
+from fewsam_jax.weights import load_model, restore_pytree, save_pytree
+
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".png")  # what io.save_labels writes
 
 # Augmented copies are already normalised to [0, 1]; this window passes them through unchanged.
 IDENTITY_INTENSITY = Intensity.parse("window:0.5,1")
@@ -227,14 +237,27 @@ class FewShotSegmenter:
         volume = volume if isinstance(volume, Volume) else load_volume(volume)
         return self.labels_from(*self.predict_volume(volume, cache, progress), postprocess=postprocess)
 
-    def segment_file(self, image: str | os.PathLike, out: str | os.PathLike, **kwargs) -> Path:
-        """Segment ``image`` and write the label map as NIfTI on its source grid and orientation."""
-        volume = load_volume(image)
-        return save_labels(self.segment(volume, **kwargs), volume, out)
+    def segment_file(self, image: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
+                     **kwargs) -> Path:
+        """Segment ``image`` and write the label map as NIfTI on its source grid and orientation.
 
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write decoder, prompts and settings to ``directory`` (Orbax + JSON), atomically."""
-        with atomic_directory(directory) as staging:
+        ``out`` is checked before anything is computed: it must not be ``image`` (or inside an input
+        folder), and an existing file is replaced only with ``overwrite=True``.
+        """
+        check_output_file(out, overwrite=overwrite, inputs=[image], suffixes=LABEL_SUFFIXES)
+        volume = load_volume(image)
+        labels = self.segment(volume, **kwargs)
+        check_output_file(out, overwrite=overwrite, inputs=[image], suffixes=LABEL_SUFFIXES)  # nothing appeared
+        return save_labels(labels, volume, out)
+
+    def save(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write decoder, prompts and settings to ``directory`` (Orbax + JSON), atomically.
+
+        An existing decoder folder is replaced only with ``overwrite=True``; a folder the library did not
+        write is never replaced (:mod:`fewsam_jax.outputs`). ``fewshot.json`` records the SHA-256 of
+        every state file, checked by :meth:`load`.
+        """
+        with write_dir(directory, "decoder", overwrite=overwrite) as staging:
             save_pytree(staging / "state", {"decoder": nnx.state(self.decoder), "tokens": self.tokens,
                                             "prototypes": self.prototypes})
             meta = {
@@ -247,21 +270,20 @@ class FewShotSegmenter:
                 "tokens_shape": list(self.tokens.shape),
                 "thresholds": [float(t) for t in self.thresholds],
                 "info": self.info,
+                "checksums": tree_checksums(staging),
             }
             (staging / "fewshot.json").write_text(json.dumps(meta, indent=2))
         return Path(directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> FewShotSegmenter:
+        """Read a decoder folder written by :meth:`save`. ``fewshot.json`` is validated (keys, types,
+        thresholds and token shape consistent with the classes) and the state files checked against their
+        recorded SHA-256 (folders saved before checksums existed load unverified): a DecoderFileError
+        (a ValueError) names the file and key otherwise."""
         directory = Path(directory)
-        if not (directory / "fewshot.json").is_file():
-            raise FileNotFoundError(f"{directory} is not a trained decoder directory (no fewshot.json); "
-                                    "create one with `fewsam train`")
-        meta = json.loads((directory / "fewshot.json").read_text())
-        # decoders saved before ``class_decoding`` existed were trained one pass per class
-        # ... and before the image branch existed, without one
-        config = FewShotConfig(**{"class_decoding": "separate", "image_features": 0, "image_context": 0,
-                                  "warp_rotation_deg": 0.0, "warp_scale": 0.0, "image_jitter": 0.0, **meta["fewshot"]})
+        meta = read_decoder_meta(directory)
+        config = meta["fewshot"]  # a FewShotConfig, with LEGACY_CONFIG for fields older decoders lack
         sam_config = get_config(meta["model"])
 
         def build():
@@ -274,10 +296,133 @@ class FewShotSegmenter:
             "tokens": jax.ShapeDtypeStruct((k, t, c), jnp.float32),
             "prototypes": jax.ShapeDtypeStruct((k, c), jnp.float32),
         }
-        restored = restore_pytree(directory / "state", abstract)
+        try:
+            restored = restore_pytree(directory / "state", abstract)
+        except Exception as err:  # Orbax raises anything from ValueError to XlaRuntimeError on a bad folder
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise DecoderFileError(f"{directory / 'state'}: cannot restore the decoder ({first}); "
+                                   "does fewshot.json match the state it was saved with?") from None
         return cls(
             nnx.merge(graphdef, restored["decoder"]), restored["tokens"], restored["prototypes"],
             np.asarray(meta["thresholds"], np.float32),
             {int(k): v for k, v in meta["classes"].items()}, meta["model"], meta["weights_id"],
             Intensity.parse(meta["intensity"]), meta["axis"], meta["info"],
         )
+
+
+class DecoderFileError(FewSamError, ValueError):
+    """A decoder folder's fewshot.json or state does not read back as what was saved."""
+
+
+_META_TYPES = {
+    "classes": dict, "model": str, "weights_id": str, "intensity": str, "axis": int, "fewshot": dict,
+    "tokens_shape": list, "thresholds": list, "info": dict, "checksums": dict,
+}
+_META_OPTIONAL = {"info", "checksums"}
+# FewShotConfig fields a decoder saved before they existed was trained with: one decoder pass per class
+# (before ``class_decoding``), no image branch (before ``image_features`` / ``image_context``)
+# what decoders saved before a field existed were trained with: one pass per class before ``class_decoding``,
+# no image branch and no target augmentation before 2026-11-30
+LEGACY_CONFIG = {"class_decoding": "separate", "image_features": 0, "image_context": 0, "warp_rotation_deg": 0.0,
+                 "warp_scale": 0.0, "image_jitter": 0.0}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _config_value(path: Path, field: dataclasses.Field, value: Any) -> Any:
+    """``value`` from JSON as FewShotConfig field ``field``, type-checked against the field's default."""
+    default = field.default if field.default is not dataclasses.MISSING else None
+    annotation = str(field.type)
+    where = f"{path}: key 'fewshot.{field.name}'"
+    if value is None:
+        if default is None or "None" in annotation:
+            return None
+        raise DecoderFileError(f"{where} is null; expected {type(default).__name__}")
+    if isinstance(default, bool) or annotation == "bool":
+        ok = isinstance(value, bool)
+    elif isinstance(default, float) or annotation.startswith("float"):
+        ok = _is_number(value)
+        value = float(value) if ok else value
+    elif isinstance(default, int) or annotation.startswith("int"):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, str) or annotation.startswith("str"):
+        ok = isinstance(value, str)
+    elif isinstance(default, tuple) or annotation.startswith("tuple"):
+        ok = isinstance(value, (list, tuple))
+        value = tuple(tuple(v) if isinstance(v, list) else v for v in value) if ok else value
+    else:
+        ok = True  # a type this check does not know: FewShotConfig validates it
+    if not ok:
+        expected = type(default).__name__ if default is not None else annotation
+        raise DecoderFileError(f"{where} is {value!r} ({type(value).__name__}); expected {expected}")
+    return value
+
+
+def read_decoder_meta(directory: str | os.PathLike) -> dict[str, Any]:
+    """``fewshot.json`` of a decoder folder, validated, with ``fewshot`` as a FewShotConfig; the state files
+    are checked against the recorded checksums."""
+    directory = Path(directory)
+    path = directory / "fewshot.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a trained decoder directory (no fewshot.json); "
+                                "create one with `fewsam train`")
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DecoderFileError(f"{path} is not valid JSON ({err}); train the decoder again") from None
+    if not isinstance(meta, dict):
+        raise DecoderFileError(f"{path}: expected a JSON object")
+    unknown = sorted(set(meta) - set(_META_TYPES))
+    if unknown:
+        raise DecoderFileError(f"{path}: unknown key {unknown[0]!r}; expected {', '.join(_META_TYPES)}")
+    for key, kind in _META_TYPES.items():
+        if key not in meta:
+            if key in _META_OPTIONAL:
+                continue
+            raise DecoderFileError(f"{path}: key {key!r} is missing")
+        value = meta[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise DecoderFileError(f"{path}: key {key!r} is {type(value).__name__}; expected {kind.__name__}")
+    meta.setdefault("info", {})
+    if "checksums" in meta:
+        try:
+            verify_checksums(directory, meta["checksums"], "fewshot.json")
+        except ChecksumError as err:
+            raise DecoderFileError(str(err)) from None
+    classes = meta["classes"]
+    if not classes or not all(k.lstrip("-").isdigit() and int(k) > 0 and isinstance(v, str) for k, v in classes.items()):
+        raise DecoderFileError(f"{path}: key 'classes' must map label ids > 0 to names, got {classes}")
+    num_classes = len(classes)
+    if meta["axis"] not in (0, 1, 2):
+        raise DecoderFileError(f"{path}: key 'axis' is {meta['axis']}; expected 0, 1 or 2")
+    shape = meta["tokens_shape"]
+    if len(shape) != 3 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+        raise DecoderFileError(f"{path}: key 'tokens_shape' is {shape}; expected [classes, tokens, channels]")
+    if shape[0] != num_classes:
+        raise DecoderFileError(f"{path}: key 'tokens_shape' has {shape[0]} classes but 'classes' lists {num_classes}")
+    thresholds = meta["thresholds"]
+    if len(thresholds) != num_classes or not all(_is_number(t) and not np.isnan(t) for t in thresholds):
+        raise DecoderFileError(f"{path}: key 'thresholds' must hold {num_classes} numbers (one per class), "
+                               f"got {thresholds}")
+    try:
+        sam_config = get_config(meta["model"])
+        Intensity.parse(meta["intensity"])
+    except ValueError as err:
+        raise DecoderFileError(f"{path}: {err}") from None
+    if shape[2] != sam_config.prompt_embed_dim:
+        raise DecoderFileError(f"{path}: key 'tokens_shape' has {shape[2]} channels; model {meta['model']!r} "
+                               f"has {sam_config.prompt_embed_dim}")
+    fields = {f.name: f for f in dataclasses.fields(FewShotConfig)}
+    raw = {**{k: v for k, v in LEGACY_CONFIG.items() if k in fields}, **meta["fewshot"]}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise DecoderFileError(f"{path}: unknown key 'fewshot.{unknown[0]}' (not a FewShotConfig field)")
+    try:
+        meta["fewshot"] = FewShotConfig(**{name: _config_value(path, fields[name], v) for name, v in raw.items()})
+    except (TypeError, ValueError) as err:
+        if isinstance(err, DecoderFileError):
+            raise
+        raise DecoderFileError(f"{path}: key 'fewshot': {err}") from None
+    return meta

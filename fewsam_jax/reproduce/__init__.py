@@ -16,7 +16,7 @@ from typing import Any
 
 from fewsam_jax.modeling.sam import Sam
 from fewsam_jax.reproduce.datasets import DATASETS, Case, Fold, Task, load_task
-from fewsam_jax.reproduce.report import make_report, write_report
+from fewsam_jax.reproduce.report import check_report_files, make_report, write_report
 from fewsam_jax.reproduce.study import StudyConfig, draw_support, run_methods, score_item
 from fewsam_jax.weights import load_model
 
@@ -38,6 +38,7 @@ def run_study(
     data_root: str | os.PathLike | None = None,
     command: str | None = None,
     log=_log,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run the comparison on ``dataset`` and write its report into ``out``.
 
@@ -48,11 +49,14 @@ def run_study(
       config: overrides the sizes chosen by ``quick``.
       cache: embedding cache (default ``$FEWSAM_HOME/embeddings``).
       command: the command line recorded in the report.
+      overwrite: replace this study's report files in ``out`` if they exist (checked before the study runs;
+        without it an existing report is an OutputExistsError). Other files in ``out`` are never touched.
     Returns:
       the report as written to JSON, plus ``files``: {"markdown", "json", "plot", "overlays"} paths.
     """
     started = time.perf_counter()
     load_start = os.getloadavg()[0]
+    check_report_files(out, dataset.name if isinstance(dataset, Task) else dataset, quick, overwrite)
     task = dataset if isinstance(dataset, Task) else load_task(dataset, quick, data_root)
     config = config or (StudyConfig.quick() if quick else StudyConfig())
     sam = model if isinstance(model, Sam) else load_model(model, checkpoint)
@@ -61,6 +65,6 @@ def run_study(
     report = make_report(task, raw, config, model={"name": sam.config.name, "weights_id": sam.weights_id},
                          quick=quick, command=command or f"run_study({task.name!r}, quick={quick})",
                          load_start=load_start, total_seconds=time.perf_counter() - started)
-    files = write_report(report, raw["example"], out)
+    files = write_report(report, raw["example"], out, overwrite=overwrite)
     log(f"wrote {', '.join(str(p) for p in files.values())} ({report['timings']['total_seconds'] / 60:.1f} min)")
     return {**report, "files": files}

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from fewsam_jax.fewshot import AugmentConfig, FewShotConfig
 from fewsam_jax.metrics import to_json
+from fewsam_jax.outputs import OutputExistsError, check_output_file, write_file
 from fewsam_jax.reproduce.datasets import Task
 
 ONE_POINT = "SAM 1 point"
@@ -451,15 +451,8 @@ def markdown(report: dict[str, Any], files: dict[str, str]) -> str:
 
 
 def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with write_file(path) as tmp:  # readable by everyone: results are for sharing
+        write(str(tmp))
 
 
 def plot_dice(report: dict[str, Any], path: Path) -> None:
@@ -570,13 +563,30 @@ def file_names(dataset: str, quick: bool) -> dict[str, str]:
             "overlays": f"{stem}_overlays.png"}
 
 
-def write_report(report: dict[str, Any], example: dict[str, Any], out: str | os.PathLike) -> dict[str, Path]:
-    """Write the JSON, the Markdown and both plots into ``out``; returns their paths. The Markdown is
-    rendered from the JSON as written (non-finite numbers are null there)."""
+def check_report_files(out: str | os.PathLike, dataset: str, quick: bool, overwrite: bool = False) -> dict[str, Path]:
+    """The report's paths in folder ``out``, checked before the study runs: ``out`` must be a folder (or
+    not exist yet) and existing report files are replaced only with ``overwrite`` (OutputError)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputExistsError(f"{out}: {existing} is a file; --out must be a folder")
+    paths = {key: out / name for key, name in file_names(dataset, quick).items()}
+    if out.is_dir():
+        for path in paths.values():
+            check_output_file(path, overwrite=overwrite)
+    return paths
+
+
+def write_report(report: dict[str, Any], example: dict[str, Any], out: str | os.PathLike,
+                 overwrite: bool = False) -> dict[str, Path]:
+    """Write the JSON, the Markdown and both plots into ``out``; returns their paths. The Markdown is
+    rendered from the JSON as written (non-finite numbers are null there). Existing report files are
+    replaced only with ``overwrite=True``; other files in ``out`` are never touched."""
+    paths = check_report_files(out, report["dataset"], report["quick"], overwrite)
+    Path(out).mkdir(parents=True, exist_ok=True)
     names = file_names(report["dataset"], report["quick"])
-    paths = {key: out / name for key, name in names.items()}
     text = to_json(report)
     stored = json.loads(text)
     _atomic_write(paths["json"], lambda tmp: Path(tmp).write_text(text + "\n"))

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-import secrets
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from fewsam_jax.fewshot.collection import (
 )
 from fewsam_jax.io import Volume, check_axis, load_volume, save_labels
 from fewsam_jax.modeling.sam import Sam
+from fewsam_jax.outputs import OutputExistsError, check_output_file, write_file
 from fewsam_jax.predictor import SamPredictor
 from fewsam_jax.preprocess import Intensity
 from fewsam_jax.widgets.canvas import SliceCanvas, parse_pointer_event
@@ -160,13 +160,8 @@ def _save_image(volume: Volume, path: Path) -> Path:
     img = nib.Nifti1Image(volume.to_source(volume.array), volume.source_affine)
     img.set_sform(volume.source_affine, code=1)
     img.set_qform(volume.source_affine, code=1)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp.nii.gz")
-    try:
+    with write_file(path, overwrite=False) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -531,31 +526,65 @@ class SliceAnnotator:
         return self.proposal
 
     # -------------------------------------------------------------- manifest
-    def save_manifest(self, path: str | os.PathLike, labels_path: str | os.PathLike | None = None) -> Path:
+    def save_manifest(self, path: str | os.PathLike, labels_path: str | os.PathLike | None = None,
+                      overwrite: bool = False) -> Path:
         """Writes the labels (NIfTI on the source grid) and the collection manifest JSON at ``path``.
 
         The manifest lists this volume with ``labelled_slices``; an existing manifest at ``path`` with
         the same classes and axis keeps its other volumes' entries. The image is referenced where it
         was read from; a volume made from an array is written next to the manifest
-        (``<manifest stem>_image.nii.gz``). ``labels_path`` defaults to ``<image stem>_labels.nii.gz``
-        beside the manifest. Returns the manifest path (``fewsam_jax.load_collection`` reads it).
+        (``<manifest stem>_image.nii.gz``, numbered if that name is taken). ``labels_path`` defaults to
+        ``<image stem>_labels.nii.gz`` beside the manifest. Returns the manifest path
+        (``fewsam_jax.load_collection`` reads it).
+
+        Nothing is written unless all of it may be: the labels file may replace an existing file only
+        when the manifest already lists it as this volume's labels (a previous save) or with
+        ``overwrite=True``; it is never the image or another volume's labels or image.
         """
         path = Path(path).absolute()
         if not self._labelled:
             raise ValueError("save_manifest: no slice is labelled yet; paint, accept a proposal or mark a slice empty")
         if not path.parent.is_dir():
             raise ValueError(f"save_manifest: folder {path.parent} does not exist")
-        others = self._other_entries(path)
+        if path.is_dir():
+            raise OutputExistsError(f"save_manifest: {path} is a folder; give a .json file path")
         image = self._source_image()
+        check_output_file(path, overwrite=True, inputs=[image])  # before reading it as a manifest
+        others = self._other_entries(path)
+        protected = [p for item in others for p in (item.image, item.labels)]
+        if image is not None:
+            protected.append(image)
+        previous = self._previous_labels(path, image)
+        new_image = None
         if image is None:
-            image = _save_image(self.volume, path.with_name(f"{path.stem}_image.nii.gz"))
+            new_image = path.with_name(f"{path.stem}_image.nii.gz")
+            number = 2
+            while new_image.exists() or new_image.is_symlink():
+                new_image = path.with_name(f"{path.stem}_image_{number}.nii.gz")
+                number += 1
+        labels_path = (Path(labels_path).absolute() if labels_path
+                       else path.with_name(f"{_stem(image or new_image)}_labels.nii.gz"))
+        mine = previous is not None and labels_path.resolve() == previous.resolve()
+        check_output_file(labels_path, overwrite=overwrite or mine, inputs=protected + [new_image],
+                          suffixes=(".nii.gz", ".nii"))
+        check_output_file(path, overwrite=True, inputs=protected + [new_image, labels_path])
+        if new_image is not None:
+            image = _save_image(self.volume, new_image)
             self._image_path = image
-        labels_path = Path(labels_path).absolute() if labels_path else path.with_name(f"{_stem(image)}_labels.nii.gz")
         save_labels(self.labels, self.volume, labels_path)
         mine = SupportItem(image=image, labels=labels_path, slices=tuple(self.labelled_slices))
         save_collection(Collection(classes=self.classes, axis=self._axis, support=(*others, mine)), path)
         load_collection(path)  # the manifest must read back
         return path
+
+    def _previous_labels(self, path: Path, image: Path | None) -> Path | None:
+        """The labels file the manifest at ``path`` lists for this volume (a previous save), if any."""
+        if image is None or not path.exists():
+            return None
+        for item in load_collection(path).support:
+            if item.image.resolve() == image.resolve():
+                return item.labels
+        return None
 
     def _source_image(self) -> Path | None:
         if self._image_path is not None and self._image_path.exists():

@@ -311,3 +311,21 @@ def test_cli_reproduce_arguments():
     assert args.run.__name__ == "_reproduce"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["reproduce", "--dataset", "mnist"])
+
+
+def test_existing_report_files_are_checked_before_the_study(synthetic_task, tiny_sam, tmp_path, monkeypatch):
+    import fewsam_jax.reproduce as reproduce
+    from fewsam_jax.outputs import OutputExistsError
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "other.md").write_text("someone else's notes")
+    (results / file_names("synthetic", quick=False)["json"]).write_text("last week's report")
+    monkeypatch.setattr(reproduce, "run_methods", lambda *a, **k: pytest.fail("the study ran first"))
+    with pytest.raises(OutputExistsError, match=r"reproduce_synthetic.json exists; pass --overwrite"):
+        run_study(synthetic_task, out=results, model=tiny_sam, log=lambda message: None)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputExistsError, match="is a file; --out must be a folder"):
+        run_study(synthetic_task, out=tmp_path / "file" / "results", model=tiny_sam, log=lambda message: None)
+    assert (results / "reproduce_synthetic.json").read_text() == "last week's report"
+    assert (results / "other.md").read_text() == "someone else's notes"

@@ -339,3 +339,38 @@ def test_axis_choice_before_labelling():
     annotator.stroke([(2, 10)])
     assert annotator.labelled_slices == [20]
     np.testing.assert_array_equal(fs.get_slices(annotator.labels, 0)[20], annotator.slice_labels())
+
+
+def test_save_manifest_never_replaces_files_it_did_not_write(tmp_path):
+    """A labels file beside the manifest that the manifest does not list as this volume's is the user's."""
+    from fewsam_jax.outputs import OutputExistsError, OutputIsInputError
+
+    data = np.random.default_rng(3).random(SHAPE, dtype=np.float32)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "scan.nii.gz")
+    (tmp_path / "scan_labels.nii.gz").write_bytes(b"the user's own ground truth")
+    image_bytes = (tmp_path / "scan.nii.gz").read_bytes()
+    annotator = SliceAnnotator(tmp_path / "scan.nii.gz", CLASSES)
+    annotator.stroke([(4, 4)])
+    with pytest.raises(OutputExistsError, match=r"scan_labels.nii.gz exists; pass --overwrite \(overwrite=True\)"):
+        annotator.save_manifest(tmp_path / "manifest.json")
+    with pytest.raises(OutputIsInputError, match="scan.nii.gz is also an input"):
+        annotator.save_manifest(tmp_path / "manifest.json", labels_path=tmp_path / "scan.nii.gz", overwrite=True)
+    with pytest.raises(OutputIsInputError, match="scan.nii.gz is also an input"):
+        annotator.save_manifest(tmp_path / "scan.nii.gz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz", "scan_labels.nii.gz"]  # nothing written
+    assert (tmp_path / "scan_labels.nii.gz").read_bytes() == b"the user's own ground truth"
+    assert (tmp_path / "scan.nii.gz").read_bytes() == image_bytes
+
+    manifest = annotator.save_manifest(tmp_path / "manifest.json", labels_path=tmp_path / "mine.nii.gz")
+    annotator.stroke([(8, 8)])
+    annotator.save_manifest(manifest, labels_path=tmp_path / "mine.nii.gz")  # its own labels: replaced
+    np.testing.assert_array_equal(fs.load_volume(tmp_path / "mine.nii.gz").array, annotator.labels)
+
+    first, second = SliceAnnotator(make_volume(1), CLASSES), SliceAnnotator(make_volume(2), CLASSES)
+    for other in (first, second):  # two in-memory volumes: each gets its own image file
+        other.mark_empty()
+        other.save_manifest(manifest)
+    images = [item.image.name for item in fs.load_collection(manifest).support]
+    assert images == ["scan.nii.gz", "manifest_image.nii.gz", "manifest_image_2.nii.gz"]
+    np.testing.assert_array_equal(fs.load_volume(tmp_path / "manifest_image.nii.gz").array, make_volume(1).array)
+    assert (tmp_path / "scan_labels.nii.gz").read_bytes() == b"the user's own ground truth"

@@ -1,0 +1,320 @@
+"""Where fewsam_jax writes, and what it refuses to do there: one policy for every command and API.
+
+Rules (see README, "Safety"):
+  * A destination is checked before any compute: ``check_output_dir`` / ``check_output_file`` run at
+    argument time in the CLI and first thing in every Python API that writes.
+  * An output that is (or resolves to) one of the inputs, lies inside an input folder, or (a folder
+    output) holds an input, is refused, with or without ``overwrite``.
+  * An existing output is replaced only with ``overwrite=True`` (``--overwrite``). Even then a folder
+    is replaced only when the library made it: it holds the marker file :data:`MARKER` of the same
+    kind (or, for folders written before markers existed, exactly the files the library writes) and
+    nothing else. Any other folder is never deleted.
+  * Folders are written into a staging folder beside the destination and renamed into place; files
+    into a temporary file and ``os.replace``-d. Failures remove the staging folder or temporary file;
+    staging folders left by killed runs (name prefix + marker, writer process gone) are removed by the
+    next write into the same parent folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Iterator
+
+MARKER = ".fewsam"  # JSON {"kind", "library", "created", "pid", "host"} in every folder the library writes
+STAGING = ".fewsam-staging"  # name part of staging folders: .<name>.fewsam-staging.<hex>
+RETIRED = ".fewsam-retired"  # a replaced folder between the two renames: .<name>.fewsam-retired.<hex>
+TMP = ".fewsam-tmp."  # temporary files: .<name>.fewsam-tmp.<hex><suffix>
+STALE_SECONDS = 24 * 3600  # staging folders of another host are stale after this long
+
+# files a library folder of each kind holds besides MARKER, and the one a folder written before markers
+# existed must hold to be recognised
+LAYOUTS = {
+    "model": ({"config.json", "report.json", "state"}, "state"),
+    "decoder": ({"fewshot.json", "state"}, "state"),
+    "demo": ({"mni152.nii.gz", "mni152_labels.nii.gz", "manifest.json", "decoder", "prediction.nii.gz",
+              "overlay.png", "scores.json"}, "manifest.json"),
+}
+
+
+class FewSamError(Exception):
+    """Base of the errors fewsam_jax raises about the user's files."""
+
+
+class OutputError(FewSamError, ValueError):
+    """An output destination cannot be written as asked."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """The output exists (pass ``overwrite=True`` / ``--overwrite``), or is not the library's to replace."""
+
+
+class OutputIsInputError(OutputError):
+    """The output is one of the command's inputs (or inside / around one)."""
+
+
+class ChecksumError(FewSamError, ValueError):
+    """A stored file's bytes differ from the checksum recorded when it was written."""
+
+
+def _resolve(path: str | os.PathLike) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _check_not_input(out: Path, inputs: Iterable[str | os.PathLike | None], folder_output: bool) -> None:
+    target = _resolve(out)
+    for item in inputs:
+        if item is None:
+            continue
+        source = _resolve(item)
+        if target == source:
+            raise OutputIsInputError(f"{out} is also an input of this command; it would be overwritten. "
+                                     "Choose another output path")
+        if source.is_dir() and _within(target, source):
+            raise OutputIsInputError(f"{out} lies inside the input folder {item}; choose an output outside it")
+        if folder_output and _within(source, target):
+            raise OutputIsInputError(f"{out} holds the input {item}; writing the output folder would replace it. "
+                                     "Choose a new folder")
+
+
+def _check_parent(out: Path, create: bool) -> None:
+    parent = out.absolute().parent
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{out}: {existing} is a file, not a folder")
+    if not create and existing != parent:
+        raise OutputError(f"{out}: folder {parent} does not exist")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{out}: folder {existing} is not writable")
+
+
+def read_marker(folder: str | os.PathLike) -> dict | None:
+    """The marker of a folder the library wrote, or None."""
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads((Path(folder) / MARKER).read_text())
+        if isinstance(data, dict) and data.get("library") == "fewsam_jax":
+            return data
+    return None
+
+
+def _marker(kind: str) -> dict:
+    return {"kind": kind, "library": "fewsam_jax", "pid": os.getpid(), "host": socket.gethostname(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def write_marker(folder: str | os.PathLike, kind: str) -> None:
+    (Path(folder) / MARKER).write_text(json.dumps(_marker(kind), indent=2))
+
+
+def library_folder_problem(folder: str | os.PathLike, kind: str) -> str | None:
+    """Why ``folder`` is not a ``kind`` folder the library may replace (None: it may)."""
+    folder = Path(folder)
+    names = {p.name for p in folder.iterdir()
+             if not (p.name.startswith(".") and any(tag in p.name for tag in (STAGING, RETIRED, TMP)))}
+    if not names:
+        return None  # an empty folder holds nothing to lose
+    marker = read_marker(folder)
+    layout, required = LAYOUTS.get(kind, (set(), None))
+
+    def shown(items) -> str:
+        items = sorted(items)
+        return ", ".join(items[:5]) + (", ..." if len(items) > 5 else "")
+
+    if marker is None and not (names <= layout and required in names):
+        return f"it is not a fewsam_jax {kind} folder (no {MARKER} marker; it holds {shown(names)})"
+    if marker is not None and marker.get("kind") != kind:
+        return f"it is a fewsam_jax {marker.get('kind')} folder, not a {kind} folder"
+    foreign = names - layout - {MARKER}
+    if foreign:
+        return f"it holds files fewsam_jax did not write ({shown(foreign)})"
+    return None
+
+
+def check_output_dir(out: str | os.PathLike, kind: str, *, overwrite: bool = False,
+                     inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """Check that folder ``out`` may be (re)written with a ``kind`` folder; raise OutputError if not.
+
+    Missing parent folders are created when writing. Returns ``out`` as given.
+    """
+    out = Path(out).expanduser()
+    _check_not_input(out, inputs, folder_output=True)
+    if out.is_symlink():
+        raise OutputError(f"{out} is a symbolic link; give the folder's real path")
+    if out.exists():
+        if not out.is_dir():
+            raise OutputExistsError(f"{out} exists and is a file, not a {kind} folder; choose a new folder path")
+        problem = library_folder_problem(out, kind)
+        if problem is not None:
+            raise OutputExistsError(f"{out} exists and {problem}; fewsam_jax never deletes a folder it did not "
+                                    f"write, even with --overwrite. Choose a new folder path")
+        if any(out.iterdir()) and not overwrite:
+            raise OutputExistsError(f"{out} exists (a {kind} folder); pass --overwrite (overwrite=True) "
+                                    "to replace it, or choose a new folder path")
+    _check_parent(out, create=True)
+    return out
+
+
+def check_output_file(out: str | os.PathLike, *, overwrite: bool = False,
+                      inputs: Iterable[str | os.PathLike | None] = (), suffixes: tuple[str, ...] = ()) -> Path:
+    """Check that file ``out`` may be written; raise OutputError if not. The folder must exist."""
+    out = Path(out).expanduser()
+    _check_not_input(out, inputs, folder_output=False)
+    if out.is_dir():
+        raise OutputExistsError(f"{out} is a folder; give a file path")
+    if suffixes and not out.name.lower().endswith(suffixes):
+        raise OutputError(f"{out}: unsupported output type; expected {', '.join(suffixes)}")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise OutputExistsError(f"{out} exists; pass --overwrite (overwrite=True) to replace it, "
+                                    "or choose another path")
+        if not out.is_file():
+            raise OutputError(f"{out} exists and is not a regular file; choose another path")
+    _check_parent(out, create=False)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a pid we wrote: keep the folder
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(parent: str | os.PathLike) -> list[Path]:
+    """Delete staging / retired folders in ``parent`` left by killed writers; returns what was removed.
+
+    Only folders named ``.<name>.fewsam-staging.<hex>`` (or ``-retired``) holding the library's marker
+    whose writer process is gone (same host) or that are older than a day (another host).
+    """
+    removed = []
+    parent = Path(parent)
+    if not parent.is_dir():
+        return removed
+    for path in parent.iterdir():
+        if not path.name.startswith(".") or (STAGING not in path.name and RETIRED not in path.name):
+            continue
+        if not path.is_dir() or path.is_symlink():
+            continue
+        marker = read_marker(path)
+        if marker is None:
+            continue
+        if marker.get("host") == socket.gethostname():
+            stale = not _alive(int(marker.get("pid", -1)))
+        else:
+            stale = time.time() - path.stat().st_mtime > STALE_SECONDS
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def write_dir(out: str | os.PathLike, kind: str, *, overwrite: bool = False,
+              inputs: Iterable[str | os.PathLike | None] = ()) -> Iterator[Path]:
+    """Yield a staging folder (holding the marker) that becomes ``out`` once the block completes.
+
+    ``out`` is checked (:func:`check_output_dir`) before and again at the end; an existing ``out``
+    is moved aside, the staging folder renamed into place, then the old one deleted.
+    """
+    inputs = list(inputs)
+    out = check_output_dir(out, kind, overwrite=overwrite, inputs=inputs)
+    target = out.absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(target.parent)
+    staging = target.parent / f".{target.name}{STAGING}.{secrets.token_hex(4)}"
+    staging.mkdir()
+    retired = None
+    try:
+        write_marker(staging, kind)
+        yield staging
+        check_output_dir(out, kind, overwrite=overwrite, inputs=inputs)  # nothing appeared meanwhile
+        write_marker(staging, kind)  # refreshed: the folder's creation time
+        if target.exists():
+            retired = target.parent / f".{target.name}{RETIRED}.{secrets.token_hex(4)}"
+            target.rename(retired)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if retired is not None:
+            if target.exists():
+                shutil.rmtree(retired, ignore_errors=True)
+            else:  # the final rename failed: put the old folder back
+                with contextlib.suppress(OSError):
+                    retired.rename(target)
+
+
+@contextlib.contextmanager
+def write_file(out: str | os.PathLike, *, overwrite: bool = True, mode: int | None = 0o644) -> Iterator[Path]:
+    """Yield a temporary path beside ``out`` (same suffix) that replaces ``out`` once the block completes.
+
+    With ``overwrite=False`` an ``out`` that appeared meanwhile is not replaced (OutputExistsError).
+    """
+    out = Path(out)
+    suffix = "".join(out.suffixes[-2:]) if out.name.lower().endswith(".nii.gz") else out.suffix
+    tmp = out.with_name(f".{out.name}{TMP}{secrets.token_hex(4)}{suffix}")
+    try:
+        yield tmp
+        if mode is not None and tmp.exists():
+            os.chmod(tmp, mode)
+        if not overwrite and (out.exists() or out.is_symlink()):
+            raise OutputExistsError(f"{out} appeared while it was being computed; nothing written. "
+                                    "Pass --overwrite (overwrite=True) to replace it")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(out: str | os.PathLike, text: str, *, overwrite: bool = True) -> Path:
+    """Write ``text`` to ``out`` atomically."""
+    with write_file(out, overwrite=overwrite) as tmp:
+        tmp.write_text(text)
+    return Path(out)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tree_checksums(folder: str | os.PathLike, under: str = "state") -> dict[str, str]:
+    """{relative path: SHA-256} of every file under ``folder/under``."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): sha256_file(p)
+            for p in sorted((folder / under).rglob("*")) if p.is_file()}
+
+
+def verify_checksums(folder: str | os.PathLike, checksums: dict[str, str], described_in: str) -> None:
+    """Raise ChecksumError naming the first file of ``folder`` whose SHA-256 differs from ``checksums``."""
+    folder = Path(folder)
+    if not isinstance(checksums, dict) or not all(isinstance(v, str) for v in checksums.values()):
+        raise ChecksumError(f"{folder / described_in}: 'checksums' must map file names to SHA-256 strings")
+    for name, expected in sorted(checksums.items()):
+        path = folder / name
+        if ".." in Path(name).parts or not path.is_file():
+            raise ChecksumError(f"{path} is missing (listed in {described_in}); the folder is incomplete, "
+                                "write it again")
+        if sha256_file(path) != expected:
+            raise ChecksumError(f"{path} is corrupted: its SHA-256 differs from the one recorded in "
+                                f"{described_in} when it was written; write the folder again")

@@ -1,0 +1,325 @@
+"""The output policy (fewsam_jax.outputs): no command or API destroys a user's files, outputs are checked
+before any compute, and decoder / model folders refuse to load when their files changed on disk.
+
+Each test of a reported case asserts that the user's files are byte-for-byte unchanged and that the
+message names the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import nibabel as nib
+import numpy as np
+import pytest
+from flax import nnx
+
+from fewsam_jax import cli
+from fewsam_jax.fewshot import FewShotConfig, FewShotSegmenter
+from fewsam_jax.fewshot.decoder import FewShotDecoder
+from fewsam_jax.fewshot.segmenter import DecoderFileError
+from fewsam_jax.outputs import (
+    MARKER,
+    ChecksumError,
+    OutputExistsError,
+    OutputIsInputError,
+    check_output_dir,
+    check_output_file,
+    write_dir,
+    write_marker,
+)
+from fewsam_jax.preprocess import Intensity
+from fewsam_jax.weights import load_model_dir, save_model
+
+CLASSES = {1: "ellipse", 2: "bar"}
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> bytes)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def user_folder(folder: Path) -> dict[str, bytes]:
+    """A folder a user works in: manifest, images, labels, notes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    image = rng.normal(0.1, 0.03, (24, 20, 6)).astype(np.float32)
+    labels = np.zeros(image.shape, np.uint8)
+    labels[6:14, 5:12] = 1
+    labels[16:20, 5:12, 1:4] = 2
+    nib.save(nib.Nifti1Image(image + 0.8 * (labels == 1), np.eye(4)), folder / "img.nii.gz")
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), folder / "img_seg.nii.gz")
+    (folder / "ok.json").write_text(json.dumps({
+        "classes": {str(k): v for k, v in CLASSES.items()}, "axis": 2,
+        "support": [{"image": "img.nii.gz", "labels": "img_seg.nii.gz", "slices": [1, 2, 3]}],
+    }))
+    (folder / "notes.txt").write_text("three weeks of annotation notes")
+    return snapshot(folder)
+
+
+@pytest.fixture(scope="module")
+def segmenter(tiny_sam):
+    """An untrained segmenter (random tokens): enough for saving, loading and segmenting."""
+    rng = np.random.default_rng(0)
+    c = tiny_sam.config.prompt_embed_dim
+    decoder = FewShotDecoder(tiny_sam, FewShotConfig(steps=1), rngs=nnx.Rngs(0))
+    return FewShotSegmenter(decoder, jnp.asarray(rng.normal(size=(2, 5, c)), jnp.float32),
+                            jnp.asarray(rng.normal(size=(2, c)), jnp.float32), np.array([0.5, -0.5], np.float32),
+                            dict(CLASSES), "tiny", tiny_sam.weights_id, Intensity.parse("percentile"), 2, {}, tiny_sam)
+
+
+def fewsam(capsys, *argv) -> tuple[int, str]:
+    """Runs the `fewsam` CLI in this process: (return code, stderr)."""
+    rc = cli.main([str(a) for a in argv])
+    return rc, capsys.readouterr().err
+
+
+def must_not_run(*args, **kwargs):
+    raise AssertionError("computed before the output was checked")
+
+
+# ---------------------------------------------------------------- row 1: --out DIR never deletes a folder
+
+
+def test_train_out_dot_leaves_the_users_folder_untouched(tmp_path, capsys, monkeypatch):
+    before = user_folder(tmp_path / "work")
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setattr(FewShotSegmenter, "train", must_not_run)
+    rc, err = fewsam(capsys, "train", "ok.json", "--out", ".", "--steps", "1")
+    assert rc == 2 and "holds the input" in err and "ok.json" in err
+    rc, err = fewsam(capsys, "train", "ok.json", "--out", ".", "--steps", "1", "--overwrite")
+    assert rc == 2 and "holds the input" in err
+    assert snapshot(tmp_path / "work") == before
+
+
+def test_train_into_a_non_library_folder_is_refused_even_with_overwrite(tmp_path, capsys, monkeypatch):
+    user_folder(tmp_path / "work")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "precious.txt").write_text("precious")
+    before = snapshot(tmp_path / "other")
+    monkeypatch.setattr(FewShotSegmenter, "train", must_not_run)
+    rc, err = fewsam(capsys, "train", tmp_path / "work" / "ok.json", "--out", tmp_path / "other", "--overwrite")
+    assert rc == 2 and "not a fewsam_jax decoder folder" in err and "never deletes" in err
+    assert snapshot(tmp_path / "other") == before
+
+
+def test_convert_never_deletes_files_in_out(tmp_path, capsys, monkeypatch):
+    import converters.convert
+
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "precious.txt").write_text("precious")
+    monkeypatch.setattr(converters.convert, "read_state_dict", must_not_run)
+    for extra in ((), ("--overwrite",)):
+        rc, err = fewsam(capsys, "convert", "--model", "litemedsam", "--out", tmp_path / "o", *extra)
+        assert rc == 2 and str(tmp_path / "o") in err and "precious.txt" in err and "never deletes" in err
+    assert (tmp_path / "o" / "precious.txt").read_text() == "precious"
+    assert sorted(os.listdir(tmp_path)) == ["o"]  # no staging folder left behind
+
+
+def test_save_replaces_only_library_folders_and_only_with_overwrite(segmenter, tmp_path):
+    decoder = tmp_path / "decoder"
+    segmenter.save(decoder)
+    assert json.loads((decoder / MARKER).read_text())["kind"] == "decoder"
+    first = snapshot(decoder)
+    with pytest.raises(OutputExistsError, match=r"decoder exists .*--overwrite"):
+        segmenter.save(decoder)
+    assert snapshot(decoder) == first
+    segmenter.save(decoder, overwrite=True)  # the library's own folder: replaced
+    (decoder / "my_notes.txt").write_text("notes")  # ... until the user keeps a file in it
+    kept = snapshot(decoder)
+    with pytest.raises(OutputExistsError, match=r"did not write \(my_notes.txt\).*never deletes"):
+        segmenter.save(decoder, overwrite=True)
+    assert snapshot(decoder) == kept
+    (tmp_path / "model").mkdir()
+    write_marker(tmp_path / "model", "model")
+    with pytest.raises(OutputExistsError, match="is a fewsam_jax model folder, not a decoder folder"):
+        segmenter.save(tmp_path / "model", overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["decoder", "model"]  # no staging folders left
+
+
+def test_folders_saved_before_markers_are_recognised(segmenter, tmp_path):
+    segmenter.save(tmp_path / "decoder")
+    (tmp_path / "decoder" / MARKER).unlink()  # as saved by earlier versions: fewshot.json + state/
+    segmenter.save(tmp_path / "decoder", overwrite=True)
+    assert (tmp_path / "decoder" / MARKER).is_file()
+
+
+def test_failed_save_leaves_no_staging_and_the_old_folder_intact(segmenter, tmp_path, monkeypatch):
+    import fewsam_jax.fewshot.segmenter as module
+
+    segmenter.save(tmp_path / "decoder")
+    before = snapshot(tmp_path / "decoder")
+    monkeypatch.setattr(module, "save_pytree", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        segmenter.save(tmp_path / "decoder", overwrite=True)
+    assert snapshot(tmp_path / "decoder") == before and sorted(os.listdir(tmp_path)) == ["decoder"]
+
+
+def test_staging_folders_of_killed_runs_are_removed_by_the_next_write(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / ".decoder.fewsam-staging.0000dead"
+    live = tmp_path / ".decoder.fewsam-staging.1111live"
+    foreign = tmp_path / ".decoder.fewsam-staging.2222user"  # the name but no marker: not ours
+    for folder in (stale, live, foreign):
+        (folder / "state").mkdir(parents=True)
+    write_marker(stale, "decoder")
+    marker = json.loads((stale / MARKER).read_text())
+    (stale / MARKER).write_text(json.dumps({**marker, "pid": dead_pid}))
+    write_marker(live, "decoder")  # this process: still writing
+    with write_dir(tmp_path / "decoder", "decoder") as staging:
+        (staging / "fewshot.json").write_text("{}")
+        (staging / "state").mkdir()
+    assert not stale.exists() and live.exists() and foreign.exists()
+
+
+# ---------------------------------------------------------------- rows 3-5: segment outputs
+
+
+def test_segment_refuses_to_write_over_its_input_image(segmenter, tmp_path, capsys, monkeypatch):
+    before = user_folder(tmp_path)
+    segmenter.save(tmp_path / "d")
+    monkeypatch.setattr(FewShotSegmenter, "load", must_not_run)
+    for extra in ((), ("--overwrite",)):
+        rc, err = fewsam(capsys, "segment", tmp_path / "img.nii.gz", "--decoder", tmp_path / "d",
+                         "--out", tmp_path / "img.nii.gz", *extra)
+        assert rc == 2 and "img.nii.gz is also an input" in err
+    rc, err = fewsam(capsys, "segment", tmp_path / "img.nii.gz", "--decoder", tmp_path / "d",
+                     "--out", tmp_path / "d" / "labels.nii.gz")
+    assert rc == 2 and "inside the input folder" in err
+    with pytest.raises(OutputIsInputError, match="also an input"):
+        segmenter.segment_file(tmp_path / "img.nii.gz", tmp_path / "." / "img.nii.gz", overwrite=True)
+    assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("d/")} == before
+
+
+def test_segment_needs_overwrite_to_replace_an_output(segmenter, tiny_sam, tmp_path, capsys, monkeypatch):
+    import fewsam_jax.fewshot.segmenter as module
+
+    user_folder(tmp_path)
+    segmenter.save(tmp_path / "d")
+    (tmp_path / "pred.nii.gz").write_bytes(b"yesterday's labels")
+    monkeypatch.setattr(module, "load_model", lambda name: tiny_sam)
+    args = ("segment", tmp_path / "img.nii.gz", "--decoder", tmp_path / "d", "--out", tmp_path / "pred.nii.gz",
+            "--cache", tmp_path / "cache")
+    rc, err = fewsam(capsys, *args)
+    assert rc == 2 and "pred.nii.gz exists; pass --overwrite" in err
+    assert (tmp_path / "pred.nii.gz").read_bytes() == b"yesterday's labels"
+    with pytest.raises(OutputExistsError, match="pred.nii.gz exists"):
+        segmenter.segment_file(tmp_path / "img.nii.gz", tmp_path / "pred.nii.gz")
+    assert fewsam(capsys, *args, "--overwrite")[0] == 0
+    written = nib.load(tmp_path / "pred.nii.gz")
+    assert written.shape == (24, 20, 6)
+    assert not [p for p in os.listdir(tmp_path) if "fewsam-tmp" in p]
+
+
+def test_outputs_are_checked_before_any_compute(tmp_path, capsys, monkeypatch):
+    user_folder(tmp_path)
+    (tmp_path / "labels_dir").mkdir()
+    (tmp_path / "decoder_file").write_text("not a folder")
+    monkeypatch.setattr(FewShotSegmenter, "load", must_not_run)
+    monkeypatch.setattr(FewShotSegmenter, "train", must_not_run)
+    rc, err = fewsam(capsys, "segment", tmp_path / "img.nii.gz", "--decoder", tmp_path / "d",
+                     "--out", tmp_path / "labels_dir")
+    assert rc == 2 and "labels_dir is a folder" in err and "Traceback" not in err
+    rc, err = fewsam(capsys, "segment", tmp_path / "img.nii.gz", "--decoder", tmp_path / "d",
+                     "--out", tmp_path / "labels.txt")
+    assert rc == 2 and "unsupported output type" in err
+    rc, err = fewsam(capsys, "segment", tmp_path / "img.nii.gz", "--decoder", tmp_path / "d",
+                     "--out", tmp_path / "missing" / "labels.nii.gz")
+    assert rc == 2 and "does not exist" in err
+    rc, err = fewsam(capsys, "train", tmp_path / "ok.json", "--out", tmp_path / "decoder_file")
+    assert rc == 2 and "decoder_file exists and is a file" in err and "Traceback" not in err
+    rc, err = fewsam(capsys, "train", tmp_path / "ok.json", "--out", tmp_path / "d", "--cache", tmp_path / "notes.txt")
+    assert rc == 2 and "notes.txt is a file" in err
+    assert (tmp_path / "decoder_file").read_text() == "not a folder"
+
+
+def test_output_checks(tmp_path):
+    (tmp_path / "a.nii.gz").write_bytes(b"a")
+    (tmp_path / "link.nii.gz").symlink_to(tmp_path / "a.nii.gz")
+    with pytest.raises(OutputIsInputError):
+        check_output_file(tmp_path / "link.nii.gz", overwrite=True, inputs=[tmp_path / "a.nii.gz"])
+    check_output_file(tmp_path / "b.nii.gz", inputs=[tmp_path / "a.nii.gz"])
+    check_output_dir(tmp_path / "new" / "deep", "decoder")  # parents are created when writing
+    (tmp_path / "empty").mkdir()
+    check_output_dir(tmp_path / "empty", "decoder")  # an empty folder has nothing to lose
+    with pytest.raises(OutputExistsError, match="is a file"):
+        check_output_dir(tmp_path / "a.nii.gz", "model", overwrite=True)
+
+
+# ---------------------------------------------------------------- decoder and model files on load
+
+
+def test_bit_flipped_decoder_state_is_an_error_naming_the_file(segmenter, tmp_path, capsys):
+    segmenter.save(tmp_path / "d")
+    state = max((p for p in (tmp_path / "d" / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(state.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    state.write_bytes(bytes(data))
+    name = state.relative_to(tmp_path / "d").as_posix()
+    with pytest.raises(DecoderFileError, match=rf"{name} is corrupted"):
+        FewShotSegmenter.load(tmp_path / "d")
+    user_folder(tmp_path / "w")
+    rc, err = fewsam(capsys, "segment", tmp_path / "w" / "img.nii.gz", "--decoder", tmp_path / "d",
+                     "--out", tmp_path / "w" / "pred.nii.gz")
+    assert rc == 2 and f"{name} is corrupted" in err and not (tmp_path / "w" / "pred.nii.gz").exists()
+
+
+def _edit_meta(folder: Path, edit) -> None:
+    path = folder / "fewshot.json"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m.update(thresholds=m["thresholds"][:1]), "key 'thresholds' must hold 2 numbers"),
+        (lambda m: m.update(thresholds=[0.5, "x"]), "key 'thresholds' must hold 2 numbers"),
+        (lambda m: m.update(tokens_shape=[3, 5, 32]), "key 'tokens_shape' has 3 classes but 'classes' lists 2"),
+        (lambda m: m.update(tokens_shape=[2, 5, 64]), "'tokens_shape' has 64 channels"),
+        (lambda m: m.update(axis="2"), "key 'axis' is str; expected int"),
+        (lambda m: m.update(colour="red"), "unknown key 'colour'"),
+        (lambda m: m.pop("classes"), "key 'classes' is missing"),
+        (lambda m: m["fewshot"].update(steps="many"), r"key 'fewshot.steps' is 'many' \(str\); expected int"),
+        (lambda m: m["fewshot"].update(region_box=1), "key 'fewshot.region_box' is 1 .*expected bool"),
+        (lambda m: m["fewshot"].update(no_such_option=True), "unknown key 'fewshot.no_such_option'"),
+        (lambda m: m["fewshot"].update(class_decoding="sideways"), "key 'fewshot': class_decoding"),
+        (lambda m: m["checksums"].update({"state/extra": "0" * 64}), "state/extra is missing"),
+    ],
+)
+def test_fewshot_json_is_validated_on_load(segmenter, tmp_path, edit, message):
+    segmenter.save(tmp_path / "d")
+    _edit_meta(tmp_path / "d", edit)
+    with pytest.raises(DecoderFileError, match=message) as err:
+        FewShotSegmenter.load(tmp_path / "d")
+    assert "fewshot.json" in str(err.value) or "state/extra" in str(err.value)
+
+
+def test_decoders_saved_before_checksums_still_load(segmenter, tmp_path):
+    segmenter.save(tmp_path / "d")
+    _edit_meta(tmp_path / "d", lambda m: (m.pop("checksums"), m["fewshot"].pop("class_decoding")))
+    loaded = FewShotSegmenter.load(tmp_path / "d")
+    assert loaded.decoder.config.class_decoding == "separate" and loaded.classes == CLASSES
+    np.testing.assert_array_equal(loaded.thresholds, segmenter.thresholds)
+
+
+def test_model_folder_checksums(tiny_sam, tmp_path):
+    save_model(tiny_sam, tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert meta["checksums"] and all(name.startswith("state/") for name in meta["checksums"])
+    assert load_model_dir(tmp_path / "m").weights_id == tiny_sam.weights_id
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        save_model(tiny_sam, tmp_path / "m")
+    name = max(meta["checksums"], key=lambda n: (tmp_path / "m" / n).stat().st_size)
+    data = bytearray((tmp_path / "m" / name).read_bytes())
+    data[-100] ^= 0x01
+    (tmp_path / "m" / name).write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match=rf"{name} is corrupted"):
+        load_model_dir(tmp_path / "m")
