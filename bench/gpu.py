@@ -124,7 +124,8 @@ def synthetic_support(num_slices: int = 35, size: int = 256):
             r = rng.integers(15, 30)
             labels[i][(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = k
     embeddings = rng.standard_normal((num_slices, 64, 64, 256)).astype(np.float32) * 0.1
-    return SupportSet(embeddings, labels, np.arange(num_slices), (1, 2))
+    images = (labels[..., None] / 2 + 0.1 * rng.random((num_slices, size, size, 1))).astype(np.float32)
+    return SupportSet(embeddings, labels, np.arange(num_slices), (1, 2), images=images)
 
 
 def bench_decoder() -> dict:
@@ -146,9 +147,12 @@ def bench_decoder() -> dict:
         _, tokens, prototypes = train_decoder(decoder, support, progress=False)
         result[key] = time.perf_counter() - t0
     volume = np.random.default_rng(2).standard_normal((100, 64, 64, 256)).astype(np.float32) * 0.1
+    images = None  # the image branch's input (the default decoder has one), in the 256 px mask frame
+    if config.image_features:
+        images = np.random.default_rng(3).random((100, 256, 256, 1 + 2 * config.image_context)).astype(np.float32)
     for key, batch in (("segment_100_first_s", 8), ("segment_100_s", 8), ("segment_100_b32_s", 32)):
         t0 = time.perf_counter()
-        predict_logits(decoder, tokens, prototypes, volume, batch_size=batch)
+        predict_logits(decoder, tokens, prototypes, volume, batch_size=batch, images=images)
         result[key] = time.perf_counter() - t0
     print(json.dumps(result), flush=True)
     return result
