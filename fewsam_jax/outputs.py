@@ -290,6 +290,18 @@ def write_text(out: str | os.PathLike, text: str, *, overwrite: bool = True) -> 
     return Path(out)
 
 
+def read_json_object(path: Path, error: type[Exception], remedy: str) -> dict:
+    """The JSON object stored at ``path`` (a metadata file the library wrote); ``error`` naming the file and
+    ``remedy`` when it is not valid JSON or not an object."""
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise error(f"{path} is not valid JSON ({err}); {remedy}") from None
+    if not isinstance(meta, dict):
+        raise error(f"{path}: expected a JSON object; {remedy}")
+    return meta
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

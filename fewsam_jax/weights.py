@@ -22,7 +22,7 @@ from flax import nnx
 
 from fewsam_jax.config import get_config
 from fewsam_jax.modeling.sam import Sam
-from fewsam_jax.outputs import ChecksumError, tree_checksums, verify_checksums, write_dir
+from fewsam_jax.outputs import ChecksumError, read_json_object, tree_checksums, verify_checksums, write_dir
 
 DEFAULT_MODEL = "litemedsam"
 
@@ -96,12 +96,7 @@ def _read_model_config(directory: Path) -> dict[str, Any]:
     """config.json, checked, with the state files verified against its checksums (when it has them:
     folders converted before checksums existed load unverified)."""
     path = directory / "config.json"
-    try:
-        meta = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ChecksumError(f"{path} is not valid JSON ({err}); convert the model again") from None
-    if not isinstance(meta, dict):
-        raise ChecksumError(f"{path}: expected a JSON object; convert the model again")
+    meta = read_json_object(path, ChecksumError, "convert the model again")
     for key in ("model", "weights_id"):
         if not isinstance(meta.get(key), str):
             raise ChecksumError(f"{path}: key {key!r} missing or not a string; convert the model again")

@@ -42,6 +42,7 @@ from fewsam_jax.outputs import (
     ChecksumError,
     FewSamError,
     check_output_file,
+    read_json_object,
     tree_checksums,
     verify_checksums,
     write_dir,
@@ -319,8 +320,6 @@ _META_TYPES = {
     "tokens_shape": list, "thresholds": list, "info": dict, "checksums": dict,
 }
 _META_OPTIONAL = {"info", "checksums"}
-# FewShotConfig fields a decoder saved before they existed was trained with: one decoder pass per class
-# (before ``class_decoding``), no image branch (before ``image_features`` / ``image_context``)
 # what decoders saved before a field existed were trained with: one pass per class before ``class_decoding``,
 # no image branch and no target augmentation before 2026-11-30
 LEGACY_CONFIG = {"class_decoding": "separate", "image_features": 0, "image_context": 0, "warp_rotation_deg": 0.0,
@@ -368,12 +367,7 @@ def read_decoder_meta(directory: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a trained decoder directory (no fewshot.json); "
                                 "create one with `fewsam train`")
-    try:
-        meta = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise DecoderFileError(f"{path} is not valid JSON ({err}); train the decoder again") from None
-    if not isinstance(meta, dict):
-        raise DecoderFileError(f"{path}: expected a JSON object")
+    meta = read_json_object(path, DecoderFileError, "train the decoder again")
     unknown = sorted(set(meta) - set(_META_TYPES))
     if unknown:
         raise DecoderFileError(f"{path}: unknown key {unknown[0]!r}; expected {', '.join(_META_TYPES)}")
