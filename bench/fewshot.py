@@ -74,12 +74,16 @@ def manifest(data: Path, train: list[str], shots: int, folder: Path) -> Path:
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
-    """``NAME`` or ``NAME:key=value,key=value`` -> (name, FewShotConfig overrides)."""
+    """``NAME`` or ``NAME:key=value,key=value`` -> (name, FewShotConfig overrides); values are JSON
+    (numbers, true/false), ``None``/empty, or else taken as strings (``image_frame=embedding``)."""
     name, _, body = spec.partition(":")
     overrides = {}
     for item in filter(None, body.split(",")):
         key, _, value = item.partition("=")
-        overrides[key] = json.loads(value) if value not in ("", "None") else None
+        try:
+            overrides[key] = json.loads(value) if value not in ("", "None") else None
+        except json.JSONDecodeError:
+            overrides[key] = value
     return name, overrides
 
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fewsam_jax.fewshot.image_branch import ImageBranch
+from fewsam_jax.fewshot.image_branch import CellBranch, ImageBranch
 from fewsam_jax.modeling.sam import Sam
 
 
@@ -71,6 +71,10 @@ class FewShotConfig:
     # on either side it also sees (2.5D; worse on hippocampus validation). Measured: bench/RESULTS.md, README.
     image_features: int = 16
     image_context: int = 0
+    # where the branch runs: "mask" (the L x L label frame, ImageBranch) or "embedding" (the E x E grid, each cell
+    # holding its 4 x 4 pixels, CellBranch: 1/16 of the cost, a 4x wider receptive field)
+    image_frame: str = "mask"
+    image_learning_rate: float | None = None  # the image branch's peak learning rate (None: learning_rate)
     # training targets warped inside the step (:mod:`fewsam_jax.fewshot.warp`): rotation range (degrees), scale
     # range (1 +- warp_scale); 0 and 0: off. image_jitter: contrast 1 +- j, brightness +- j / 2 of the image branch input
     warp_rotation_deg: float = 10.0
@@ -83,6 +87,8 @@ class FewShotConfig:
             raise ValueError(f"class_decoding: expected 'joint' or 'separate', got {self.class_decoding!r}")
         if self.trainable not in ("decoder", "heads"):
             raise ValueError(f"trainable: expected 'decoder' or 'heads', got {self.trainable!r}")
+        if self.image_frame not in ("mask", "embedding"):
+            raise ValueError(f"image_frame: expected 'mask' or 'embedding', got {self.image_frame!r}")
         if self.episode_holdout not in ("slice", "volume"):
             raise ValueError(f"episode_holdout: expected 'slice' or 'volume', got {self.episode_holdout!r}")
         if self.image_features < 0 or self.image_context < 0:
@@ -117,7 +123,8 @@ class FewShotDecoder(nnx.Module):
         )  # (2, C): box top-left, bottom-right corner
         dim = sam.config.prompt_embed_dim
         self.similarity_embed = nnx.Param(jnp.zeros((dim,), jnp.float32))
-        self.image_branch = (ImageBranch(image_channels(cfg), cfg.image_features, dim, rngs=rngs)
+        branch = CellBranch if cfg.image_frame == "embedding" else ImageBranch
+        self.image_branch = (branch(image_channels(cfg), cfg.image_features, dim, rngs=rngs)
                              if cfg.image_features else None)
 
     def dense_pe(self) -> jax.Array:

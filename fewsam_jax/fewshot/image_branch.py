@@ -113,6 +113,62 @@ class ImageBranch(nnx.Module):
         return act2(up2(x) + self.fuse[0](f0))
 
 
+def _space_to_depth(x: jax.Array, f: int) -> jax.Array:
+    """(B, H, W, C) -> (B, H/f, W/f, f * f * C): each f x f block of pixels becomes one cell's channels."""
+    b, h, w, c = x.shape
+    return x.reshape(b, h // f, f, w // f, f, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h // f, w // f, f * f * c)
+
+
+def _depth_to_space(x: jax.Array, f: int) -> jax.Array:
+    """(B, H, W, f * f * C) -> (B, f * H, f * W, C), the inverse of :func:`_space_to_depth`."""
+    b, h, w, c = x.shape
+    c //= f * f
+    return x.reshape(b, h, w, f, f, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, f * h, f * w, c)
+
+
+class CellBranch(nnx.Module):
+    """The image branch run on the embedding grid instead of the mask frame (``image_frame="embedding"``).
+
+    Each 4 x 4 block of mask-frame pixels becomes one cell's channels (a lossless space-to-depth stem),
+    so a U-Net on the E x E grid sees every pixel at 1/16 of the mask frame's cost and with a
+    receptive field four times wider in pixels:
+
+      image (B, L, L, c) -> (B, E, E, 16c)
+        -> levels at E, E/2, E/4, E/8 (two 3x3 convolutions each; 2w, 4w, 8w, 8w channels)
+        -> back up to E (x2 upsampling, concatenation, two convolutions) -> g (B, E, E, 4w)
+      fusions (1x1, zero-initialised): g -> C at E (into the transformer output), g -> 4 x C/4
+      unfolded to L/2, g -> 16 x C/8 unfolded to L (depth-to-space).
+
+    Same contract as :class:`ImageBranch`; frames must be multiples of 32 pixels (E/8 cells).
+    """
+
+    def __init__(self, in_ch: int, width: int, dim: int, *, rngs: nnx.Rngs):
+        w, self.factor = width, 4
+        self.levels = nnx.List([ConvBlock(16 * in_ch, 2 * w, rngs), ConvBlock(2 * w, 4 * w, rngs),
+                                ConvBlock(4 * w, 8 * w, rngs), ConvBlock(8 * w, 8 * w, rngs)])
+        self.up = nnx.List([ConvBlock(16 * w, 8 * w, rngs), ConvBlock(12 * w, 4 * w, rngs),
+                            ConvBlock(6 * w, 4 * w, rngs)])  # to E/4, E/2, E
+        self.fuse = nnx.List([_project(4 * w, 16 * (dim // 8), rngs), _project(4 * w, 4 * (dim // 4), rngs),
+                              _project(4 * w, dim, rngs)])
+
+    def features(self, images: jax.Array) -> jax.Array:
+        """(B, L, L, in_ch) -> (B, E, E, 4w)."""
+        skips, x = [], _space_to_depth(images, self.factor)
+        for i, level in enumerate(self.levels):
+            x = level(_pool(x) if i else x)
+            skips.append(x)
+        for up, skip in zip(self.up, (skips[2], skips[1], skips[0])):
+            x = up(jnp.concatenate([_upsample(x), skip], axis=-1))
+        return x
+
+    def upscale(self, upscaling, src: jax.Array, images: jax.Array) -> jax.Array:
+        """As :meth:`ImageBranch.upscale`: (B, E, E, C) -> (B, 4E, 4E, C / 8)."""
+        up1, norm, act, up2, act2 = upscaling
+        g = self.features(images)
+        x = up1(src + self.fuse[2](g)) + _depth_to_space(self.fuse[1](g), 2)
+        return act2(up2(act(norm(x))) + _depth_to_space(self.fuse[0](g), 4))
+
+
 def context_slices(slices: np.ndarray, indices, context: int) -> np.ndarray:
     """Each requested slice with ``context`` neighbours on either side as channels.
 

@@ -323,7 +323,7 @@ _META_OPTIONAL = {"info", "checksums"}
 # what decoders saved before a field existed were trained with: one pass per class before ``class_decoding``,
 # no image branch and no target augmentation before 2026-11-30
 LEGACY_CONFIG = {"class_decoding": "separate", "image_features": 0, "image_context": 0, "warp_rotation_deg": 0.0,
-                 "warp_scale": 0.0, "image_jitter": 0.0}
+                 "warp_scale": 0.0, "image_jitter": 0.0, "image_frame": "mask"}
 
 
 def _is_number(value: Any) -> bool:

@@ -99,13 +99,24 @@ def trainable_filter(cfg: FewShotConfig):
 
 
 def make_optimizer(decoder: FewShotDecoder, cfg: FewShotConfig) -> nnx.Optimizer:
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.learning_rate, min(cfg.warmup_steps, max(cfg.steps - 1, 1)), max(cfg.steps, 2)
-    )
-    tx = optax.chain(
-        optax.clip_by_global_norm(cfg.grad_clip),
-        optax.adamw(schedule, weight_decay=cfg.weight_decay),
-    )
+    """AdamW with warm-up and cosine decay after global-norm clipping; the image branch (trained from
+    scratch, unlike SAM's decoder) may have a peak learning rate of its own (``image_learning_rate``)."""
+
+    def adamw(peak: float) -> optax.GradientTransformation:
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, peak, min(cfg.warmup_steps, max(cfg.steps - 1, 1)), max(cfg.steps, 2))
+        return optax.adamw(schedule, weight_decay=cfg.weight_decay)
+
+    if cfg.image_learning_rate is None or decoder.image_branch is None:
+        update = adamw(cfg.learning_rate)
+    else:
+        def part(params):
+            in_branch = lambda path, _: "branch" if "image_branch" in jax.tree_util.keystr(path) else "sam"
+            return jax.tree_util.tree_map_with_path(in_branch, params)
+
+        update = optax.multi_transform({"sam": adamw(cfg.learning_rate), "branch": adamw(cfg.image_learning_rate)},
+                                       part)
+    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), update)
     return nnx.Optimizer(decoder, tx, wrt=trainable_filter(decoder.config))
 
 

@@ -231,8 +231,9 @@ def test_decoder_saved_before_joint_decoding_loads_as_separate(plain_segmenter, 
     assert FewShotSegmenter.load(tmp_path / "decoder").decoder.config.class_decoding == "separate"
 
 
-def test_image_branch_starts_as_sams_decoder(tiny_sam):
-    """Zero-initialised fusion: before training, the image branch changes nothing."""
+@pytest.mark.parametrize("frame", ["mask", "embedding"])
+def test_image_branch_starts_as_sams_decoder(tiny_sam, frame):
+    """Zero-initialised fusion: before training, the image branch (in either frame) changes nothing."""
     from flax import nnx
 
     from fewsam_jax.fewshot.decoder import FewShotDecoder
@@ -244,7 +245,8 @@ def test_image_branch_starts_as_sams_decoder(tiny_sam):
     prototypes = jnp.asarray(rng.normal(size=(2, c)), jnp.float32)
     images = jnp.asarray(rng.random(size=(2, 4 * e, 4 * e, 3)), jnp.float32)
     plain = FewShotDecoder(tiny_sam, FewShotConfig(image_features=0), rngs=nnx.Rngs(0))
-    branch = FewShotDecoder(tiny_sam, FewShotConfig(image_features=4, image_context=1), rngs=nnx.Rngs(0))
+    branch = FewShotDecoder(tiny_sam, FewShotConfig(image_features=4, image_context=1, image_frame=frame),
+                            rngs=nnx.Rngs(0))
     expected = plain(embeddings, tokens, prototypes)
     got = branch(embeddings, tokens, prototypes, images=images)
     assert got[0].shape == (2, 2, 4 * e, 4 * e) and got[1].shape == (2, 2)
@@ -261,6 +263,41 @@ def test_image_branch_config_is_checked():
         FewShotConfig(image_features=0, image_context=1)
     with pytest.raises(ValueError, match="expected >= 0"):
         FewShotConfig(image_features=-1)
+    with pytest.raises(ValueError, match="image_frame: expected 'mask' or 'embedding'"):
+        FewShotConfig(image_frame="pixels")
+
+
+def test_image_learning_rate_drives_the_branch_alone(tiny_sam):
+    """image_learning_rate=0 freezes the branch while SAM's decoder still trains at learning_rate."""
+    from flax import nnx
+
+    from fewsam_jax.fewshot.decoder import FewShotDecoder
+    from fewsam_jax.fewshot.train import SupportSet, train_decoder
+
+    e, c = tiny_sam.config.embedding_size, tiny_sam.config.prompt_embed_dim
+    rng = np.random.default_rng(0)
+    labels = np.zeros((3, 4 * e, 4 * e), np.int32)
+    labels[:, 8:40, 12:30] = 1
+    support = SupportSet(rng.normal(size=(3, e, e, c)).astype(np.float32), labels, np.arange(3), (1,),
+                         images=rng.random((3, 4 * e, 4 * e, 1)).astype(np.float32))
+    config = dataclasses.replace(CONFIG, steps=3, warmup_steps=1, image_features=4, image_learning_rate=0.0)
+    decoder = FewShotDecoder(tiny_sam, config, rngs=nnx.Rngs(0))
+    before = nnx_state_leaves(decoder)
+    train_decoder(decoder, support, progress=False)
+    after = nnx_state_leaves(decoder)
+    for a, b in zip(before["image_branch"], after["image_branch"]):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(before["mask_decoder"], after["mask_decoder"]))
+
+
+def test_space_to_depth_is_lossless():
+    from fewsam_jax.fewshot.image_branch import _depth_to_space, _space_to_depth
+
+    x = jnp.arange(2 * 8 * 12 * 3, dtype=jnp.float32).reshape(2, 8, 12, 3)
+    cells = _space_to_depth(x, 4)
+    assert cells.shape == (2, 2, 3, 48)
+    np.testing.assert_array_equal(cells[1, 1, 2].reshape(4, 4, 3), x[1, 4:8, 8:12])  # one cell holds its block
+    np.testing.assert_array_equal(_depth_to_space(cells, 4), x)
 
 
 def test_context_slices_repeat_the_edges():
@@ -287,8 +324,8 @@ def test_images_and_labels_share_the_low_res_frame(tiny_sam):
     assert metrics.dice(inside, low_labels[0] == 1) > 0.9
 
 
-@pytest.fixture(scope="module")
-def image_branch_case(tiny_sam, tmp_path_factory):
+@pytest.fixture(scope="module", params=["mask", "embedding"])
+def image_branch_case(tiny_sam, tmp_path_factory, request):
     folder = tmp_path_factory.mktemp("image_branch")
     write_case(folder, "a", seed=0, shape=(48, 40, 8))
     test_image, _ = write_case(folder, "b", seed=1, shape=(48, 40, 6))
@@ -297,7 +334,7 @@ def image_branch_case(tiny_sam, tmp_path_factory):
         "classes": {"1": "ellipse", "2": "bar"}, "axis": 2,
         "support": [{"image": "a.nii.gz", "labels": "a_seg.nii.gz", "slices": [0, 2, 4, 7]}],
     }))
-    config = dataclasses.replace(CONFIG, steps=12, image_features=4, image_context=1)
+    config = dataclasses.replace(CONFIG, steps=12, image_features=4, image_context=1, image_frame=request.param)
     train = [FewShotSegmenter.train(manifest, sam=tiny_sam, config=config, cache=folder / "cache", progress=False)
              for _ in range(2)]
     return dict(folder=folder, segmenters=train, test_image=test_image, sam=tiny_sam)
@@ -315,11 +352,25 @@ def test_image_branch_training_is_deterministic_and_reloads(image_branch_case, t
     reloaded = FewShotSegmenter.load(tmp_path / "decoder")
     reloaded._sam = image_branch_case["sam"]
     assert reloaded.decoder.config.image_features == 4 and reloaded.decoder.config.image_context == 1
+    assert reloaded.decoder.config.image_frame == first.decoder.config.image_frame
     c = reloaded.predict_volume(volume, cache=cache, progress=False)
     for x, y in zip(a, c):
         np.testing.assert_array_equal(x, y)
     branch = nnx_state_leaves(first.decoder.image_branch)
     assert any(np.abs(leaf).max() > 0 for leaf in branch["fuse"])  # training moved the zero-initialised fusion
+
+
+def test_branch_decoder_saved_before_image_frame_loads_in_the_mask_frame(image_branch_case, tmp_path):
+    first = image_branch_case["segmenters"][0]
+    if first.decoder.config.image_frame != "mask":
+        pytest.skip("only mask-frame decoders were saved before image_frame existed")
+    first.save(tmp_path / "decoder")
+    meta_path = tmp_path / "decoder" / "fewshot.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["fewshot"]["image_frame"]
+    meta_path.write_text(json.dumps(meta))
+    reloaded = FewShotSegmenter.load(tmp_path / "decoder")
+    assert reloaded.decoder.config.image_frame == "mask" and reloaded.decoder.config.image_features == 4
 
 
 def nnx_state_leaves(module) -> dict[str, list[np.ndarray]]:
