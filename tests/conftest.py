@@ -1,4 +1,7 @@
-"""Shared fixtures: an isolated FEWSAM_HOME, the tiny random SAM and the real LiteMedSAM."""
+"""Shared fixtures: an isolated FEWSAM_HOME, the tiny random SAM and the real LiteMedSAM.
+
+Plain helpers live in helpers.py; test modules import those, never this file.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +17,6 @@ import pytest
 os.environ["FEWSAM_HOME"] = os.environ.get(
     "FEWSAM_TEST_HOME", str(Path(tempfile.gettempdir()) / f"fewsam-test-home-{os.getuid()}")
 )
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def shared_data(*parts: str) -> Path:
-    """A path under ../shared/data, skipping the test with the reason when it is absent."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"needs the shared data set: {path} is absent")
-    return path
-
 
 @pytest.fixture(scope="session")
 def tiny_sam():

@@ -17,7 +17,7 @@ from fewsam_jax.encode import SliceEncoder
 from fewsam_jax.io import from_array, get_slices, load_volume
 from fewsam_jax.preprocess import Intensity
 
-from embed_worker import results, start, tiny_model  # tests/ is on sys.path (pytest's default prepend import mode)
+from embed_worker import results, start, tiny_model  # tests/ is on sys.path (pyproject: pythonpath)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HIPPOCAMPUS = DATA / "hippocampus" / "imagesTr" / "hippocampus_003_0000.nii.gz"

@@ -23,7 +23,7 @@ from fewsam_jax.cli_embed import register
 from fewsam_jax.encode import SliceEncoder
 from fewsam_jax.outputs import OutputError
 
-from embed_worker import tiny_model  # tests/ is on sys.path (pytest's default prepend import mode)
+from embed_worker import tiny_model  # tests/ is on sys.path (pyproject: pythonpath)
 
 BAD = 3  # the damaged slice
 

@@ -10,7 +10,7 @@ import pytest
 from fewsam_jax.encode import SliceEncoder, process_share, shard_of
 from fewsam_jax.predictor import SamPredictor
 
-from embed_worker import results, start, tiny_model  # tests/ is on sys.path (pytest's default prepend import mode)
+from embed_worker import results, start, tiny_model  # tests/ is on sys.path (pyproject: pythonpath)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from fewsam_jax.io import get_slices, load_volume
 from fewsam_jax.predictor import SamPredictor
 from fewsam_jax.preprocess import percentile_normalise
 
-from conftest import shared_data
+from helpers import shared_data
 
 
 @pytest.fixture(scope="module")

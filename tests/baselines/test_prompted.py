@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import shared_data
+from helpers import shared_data
 
 from fewsam_jax import metrics
 from fewsam_jax.baselines.prompted import make_prompt, prompted_items, segment_prompted

@@ -12,7 +12,7 @@ from fewsam_jax import metrics
 from fewsam_jax.fewshot import AugmentConfig, FewShotConfig, FewShotSegmenter
 from fewsam_jax.io import get_slices, load_volume
 
-from conftest import shared_data
+from helpers import shared_data
 
 CONFIG = FewShotConfig(steps=200)  # the default architecture; fewer steps than the default, for time
 

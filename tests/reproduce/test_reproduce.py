@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_data
+from helpers import shared_data
 
 from fewsam_jax.baselines import PromptSpec, UNetConfig, predict_unet, train_unet
 from fewsam_jax.io import get_slices, load_volume
