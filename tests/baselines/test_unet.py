@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from bench.baselines.unet import UNet, UNetConfig, Upsample, predict_unet, train_unet
 from fewsam_jax import metrics
-from fewsam_jax.baselines.unet import UNet, UNetConfig, Upsample, predict_unet, train_unet
 
 
 def shapes(count: int, sizes, seed: int = 0):

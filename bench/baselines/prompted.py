@@ -2,7 +2,7 @@
 
 The comparison the few-shot decoder has to win: a user prompting SAM (any converted model,
 LiteMedSAM by default) on each slice, for each class the ground truth contains there. Prompts come
-from the ground truth (:mod:`fewsam_jax.baselines.prompts`); a class absent from a slice is never
+from the ground truth (:mod:`bench.baselines.prompts`); a class absent from a slice is never
 prompted, so never predicted there (the prompted baselines get presence for free).
 
 Per (slice, class): the prompt goes through SAM's prompt encoder and mask decoder on the slice's
@@ -30,8 +30,8 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from bench.baselines.prompts import PromptSpec, box_from_mask, sample_points
 from fewsam_jax import transforms
-from fewsam_jax.baselines.prompts import PromptSpec, box_from_mask, sample_points
 from fewsam_jax.modeling.sam import Sam, decode_masks
 
 __all__ = ["make_prompt", "prompted_items", "segment_prompted"]
