@@ -78,9 +78,10 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     from fewsam_jax import metrics
     from fewsam_jax.io import load_volume
+    from fewsam_jax.label_maps import same_grid
 
     pred, gt = load_volume(args.pred), load_volume(args.gt)
-    if pred.shape != gt.shape or not np.allclose(pred.affine, gt.affine, atol=1e-3):
+    if not same_grid(pred, gt):
         raise ValueError(f"{args.pred} (shape {pred.shape}) and {args.gt} (shape {gt.shape}) are not on one grid")
     pred_labels, gt_labels = metrics.label_map(pred.array, str(args.pred)), metrics.label_map(gt.array, str(args.gt))
     for path, labels in ((args.pred, pred_labels), (args.gt, gt_labels)):

@@ -19,6 +19,7 @@ from fewsam_jax import metrics
 from fewsam_jax.fewshot import AugmentConfig, FewShotConfig, FewShotSegmenter, load_collection
 from fewsam_jax.fewshot.collection import MANIFEST_VERSION
 from fewsam_jax.io import get_slices, load_volume, save_labels
+from fewsam_jax.label_maps import read_labels
 from fewsam_jax.outputs import check_output_dir, read_marker, write_marker
 
 CLASSES = {1: "white_matter", 2: "grey_matter", 3: "other_brain"}
@@ -82,7 +83,7 @@ def run_demo(out: str | Path = "fewsam_demo", steps: int | None = None, retrain:
         write_marker(out, "demo")
     started = time.perf_counter()
     image_path, label_path = mni_with_labels(out)
-    truth = np.rint(load_volume(label_path).array).astype(np.int32)
+    truth = read_labels(label_path)
     labelled = pick_slices(truth, axis, LABELLED_SLICES)
     manifest = out / "manifest.json"
     manifest.write_text(json.dumps({
