@@ -1,7 +1,7 @@
 """Intensity preprocessing: CT windows, MR percentile normalisation, min-max, and RGB slices.
 
-All functions map intensities to float32 in [0, 1]. Model-specific resizing/normalisation
-belongs to the predictor.
+All functions map intensities to float32 in [0, 1]. Model-specific resizing and normalisation
+happen later, in :func:`fewsam_jax.transforms.prepare_images` (run by every encoding path).
 """
 
 from __future__ import annotations

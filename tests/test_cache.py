@@ -91,7 +91,7 @@ def test_embed_volume_compiles_once_per_slice_size(tmp_path, model):
     for seed in (5, 6, 7):
         entry = embed_volume(_volume(seed), model, cache=tmp_path, batch_size=3, progress=False)
         assert entry.computed.size == 8
-    assert _encoder_for(model, 3, "float32").traces == [(3, 30, 40, 1)]
+    assert _encoder_for(model, 3, "float32")._traces == [(3, 30, 40, 1)]
 
 
 def test_subset_of_slices(tmp_path, encoder):

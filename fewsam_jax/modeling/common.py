@@ -1,7 +1,7 @@
 """Layers shared by the SAM components.
 
 Attribute names follow the PyTorch ``state_dict`` keys of ``segment_anything`` so that weight
-conversion is a handful of generic rules (see ``converters/rules.py``). Arrays are NHWC.
+conversion is a handful of generic rules (``_RULES`` in ``converters/torch_to_flax.py``). Arrays are NHWC.
 """
 
 from __future__ import annotations
