@@ -469,8 +469,7 @@ def embed_volume(
         vol = from_array(volume)
     else:
         vol = load_volume(volume)
-    if not isinstance(intensity, Intensity):
-        intensity = Intensity.parse(intensity)
+    intensity = Intensity.coerce(intensity)
     axis = check_axis(axis)
     num_slices = vol.shape[axis]
     wanted = np.arange(num_slices)

@@ -105,6 +105,11 @@ class Intensity:
         return "minmax"
 
     @classmethod
+    def coerce(cls, value: Intensity | str) -> Intensity:
+        """``value`` itself if it is an Intensity, else :meth:`parse` of it (every API taking either calls this)."""
+        return value if isinstance(value, Intensity) else cls.parse(value)
+
+    @classmethod
     def parse(cls, spec: str) -> Intensity:
         """Parses a preset name from WINDOWS ("soft_tissue"), "window:LEVEL,WIDTH",
         "percentile" / "percentile:LOW,HIGH" or "minmax"."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -17,6 +18,10 @@ import pytest
 os.environ["FEWSAM_HOME"] = os.environ.get(
     "FEWSAM_TEST_HOME", str(Path(tempfile.gettempdir()) / f"fewsam-test-home-{os.getuid()}")
 )
+# A persistent XLA compilation cache beside it: programs compiled by one xdist worker (or an earlier run on
+# this machine) load instead of compiling again. Only compilations over JAX's default minimum time are kept.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(os.environ["FEWSAM_HOME"]) / "jax-compilation-cache"))
+
 
 @pytest.fixture(scope="session")
 def tiny_sam():
@@ -40,6 +45,13 @@ def litemedsam():
         fcntl.flock(lock, fcntl.LOCK_EX)
         directory = cached_model_dir("litemedsam")
     return load_model_dir(directory)
+
+
+def pytest_configure(config):
+    if "jax" in sys.modules:  # imported before this file (by a plugin): the environment came too late
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 
 @pytest.hookimpl(wrapper=True)

@@ -60,6 +60,17 @@ def conv(in_ch: int, out_ch: int, kernel: int, rngs: nnx.Rngs, stride: int = 1, 
                     feature_group_count=groups, use_bias=bias, rngs=rngs)
 
 
+def neck(in_ch: int, out_ch: int, rngs: nnx.Rngs) -> nnx.List:
+    """SAM's convolutional neck, shared by both encoders: 1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d
+    (no conv biases); applied layer by layer, (B, H, W, in_ch) -> (B, H, W, out_ch). Keys ``neck.0..3``."""
+    return nnx.List([
+        conv(in_ch, out_ch, 1, rngs, bias=False),
+        layer_norm(out_ch, rngs),
+        conv(out_ch, out_ch, 3, rngs, padding=1, bias=False),
+        layer_norm(out_ch, rngs),
+    ])
+
+
 class StridedConvTranspose(nnx.ConvTranspose):
     """``nn.ConvTranspose2d`` with stride == kernel size (no overlap) as one matmul + pixel shuffle.
 

@@ -103,7 +103,7 @@ class SliceAnnotator:
     ):
         self.volume = as_volume(volume, "volume")
         classes = check_classes(classes)
-        self.intensity = intensity if isinstance(intensity, Intensity) else Intensity.parse(intensity)
+        self.intensity = Intensity.coerce(intensity)
         initial = None if labels is None else labels_on_grid(labels, self.volume, "labels")
         self.editor = LabelEditor(self.volume.shape, classes, axis=axis, labels=initial,
                                   labelled_slices=labelled_slices, history=history)

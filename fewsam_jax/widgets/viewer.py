@@ -92,7 +92,7 @@ class ResultViewer:
                 raise ValueError(f"presence: expected shape {(n, len(self.classes))}, got {presence.shape}")
         self.logits, self.presence = logits, presence
         self.uncertainty = slice_uncertainty(logits, presence) if logits is not None or presence is not None else None
-        intensity = intensity if isinstance(intensity, Intensity) else Intensity.parse(intensity)
+        intensity = Intensity.coerce(intensity)
         if intensity.mode == "window":
             self.level, self.width = float(intensity.level), float(intensity.width)
         else:
