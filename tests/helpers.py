@@ -5,7 +5,9 @@ Fixtures stay in conftest.py, which pytest loads by itself; nothing imports conf
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -18,3 +20,19 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"needs the shared data set: {path} is absent")
     return path
+
+
+def embed_cli(capsys) -> Callable[..., str]:
+    """``run(*argv)``: parses ``fewsam embed|cache ...`` (any str()-able arguments), runs it and returns
+    what it printed."""
+    from fewsam_jax.cli_embed import register
+
+    parser = argparse.ArgumentParser(prog="fewsam")
+    register(parser.add_subparsers(dest="command", required=True))
+
+    def run(*argv) -> str:
+        args = parser.parse_args([str(a) for a in argv])
+        args.run(args)
+        return capsys.readouterr().out
+
+    return run

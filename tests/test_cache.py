@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from embed_worker import results, start, tiny_model  # tests/ is on sys.path (pyproject: pythonpath)
+from helpers import SHARED_DATA, embed_cli
 
 from fewsam_jax.cache import CachedEmbeddings, EmbeddingCache, _acquire, _encoder_for, embed_volume, entry_key
-from fewsam_jax.cli_embed import register
 from fewsam_jax.encode import SliceEncoder
 from fewsam_jax.io import from_array, get_slices, load_volume
 from fewsam_jax.preprocess import Intensity
 
-from embed_worker import results, start, tiny_model  # tests/ is on sys.path (pyproject: pythonpath)
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 HIPPOCAMPUS = DATA / "hippocampus" / "imagesTr" / "hippocampus_003_0000.nii.gz"
 
 
@@ -206,14 +203,7 @@ def test_cli(tmp_path, model, capsys, monkeypatch):
     import fewsam_jax.weights
 
     monkeypatch.setattr(fewsam_jax.weights, "load_model", lambda name: {"tiny-test": model}[name])
-    parser = argparse.ArgumentParser(prog="fewsam")
-    register(parser.add_subparsers(dest="command", required=True))
-
-    def run(*argv):
-        args = parser.parse_args([str(a) for a in argv])
-        args.run(args)
-        return capsys.readouterr().out
-
+    run = embed_cli(capsys)
     np.save(tmp_path / "vol.npy", _volume())
     embed = ("embed", tmp_path / "vol.npy", "--model", "tiny-test", "--cache", tmp_path / "cache", "--quiet")
     assert "8 encoded, 0 from the cache" in run(*embed, "--window", "soft_tissue", "--batch-size", "3")
