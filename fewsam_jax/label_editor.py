@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from fewsam_jax.io import AXIS_NAMES, check_axis, slice_view
+from fewsam_jax.label_maps import label_ids
 
 
 def check_classes(classes: Mapping[int, str]) -> dict[int, str]:
@@ -180,7 +181,7 @@ class LabelEditor:
             array = np.asarray(labels)
             if array.shape != self.shape:
                 raise ValueError(f"labels: expected shape {self.shape} (the volume's canonical grid), got {array.shape}")
-            array = np.rint(array).astype(np.int32)
+            array = label_ids(array)
             unknown = sorted(set(np.unique(array).tolist()) - {0, *self.classes})
             if unknown:
                 raise ValueError(f"labels: values {unknown[:10]} are not among the classes {sorted(self.classes)}")

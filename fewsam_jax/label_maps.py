@@ -31,9 +31,15 @@ def as_volume(value: Volume | str | os.PathLike, name: str = "volume") -> Volume
     raise TypeError(f"{name}: expected a fewsam_jax.Volume or a path, got {type(value).__name__}")
 
 
+def label_ids(array: np.ndarray) -> np.ndarray:
+    """``array`` (any numeric label map) as int32 ids, each value rounded to the nearest integer (label
+    files often store ids as floats)."""
+    return np.rint(np.asarray(array)).astype(np.int32)
+
+
 def read_labels(source: Volume | str | os.PathLike) -> np.ndarray:
-    """The label map at ``source`` (a Volume or a path) as (X, Y, Z) int32, values rounded to the nearest id."""
-    return np.rint(as_volume(source, "labels").array).astype(np.int32)
+    """The label map at ``source`` (a Volume or a path) as (X, Y, Z) int32 ids (:func:`label_ids`)."""
+    return label_ids(as_volume(source, "labels").array)
 
 
 def labels_on_grid(value, volume: Volume, name: str = "labels") -> np.ndarray:
@@ -49,4 +55,4 @@ def labels_on_grid(value, volume: Volume, name: str = "labels") -> np.ndarray:
     array = np.asarray(value)
     if array.shape != volume.shape:
         raise ValueError(f"{name}: expected shape {volume.shape} (the volume's canonical grid), got {array.shape}")
-    return np.rint(array).astype(np.int32)
+    return label_ids(array)
