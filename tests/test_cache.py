@@ -124,6 +124,7 @@ def test_torn_writes_never_read_as_valid(tmp_path, encoder):
     np.testing.assert_array_equal(rerun.load(), clean)
 
 
+@pytest.mark.slow  # a worker subprocess (its own JAX start-up and compile), killed and resumed
 def test_resume_after_kill(tmp_path, encoder, jax_cache):
     """SIGKILL a writer mid-volume; the rerun computes exactly the missing slices."""
     array = _volume(2, (40, 30, 24))
@@ -151,6 +152,7 @@ def test_resume_after_kill(tmp_path, encoder, jax_cache):
     np.testing.assert_array_equal(rerun.load(), clean.load())
 
 
+@pytest.mark.slow  # two worker subprocesses at once
 def test_concurrent_writers(tmp_path, encoder, jax_cache):
     """Two processes write one cache: disjoint volumes a and b at once, then both the same volume c."""
     arrays = {name: _volume(seed) for seed, name in enumerate("abc", start=3)}

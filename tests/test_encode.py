@@ -94,6 +94,7 @@ def test_bad_settings(model):
         SliceEncoder(model, batch_size=0)
 
 
+@pytest.mark.slow  # a worker subprocess on 4 emulated devices
 def test_four_devices_match_one(tmp_path, encoder):
     """Data-parallel over 4 fake CPU devices (batch 3 rounds up to 4) == one device."""
     slices = _slices(9)

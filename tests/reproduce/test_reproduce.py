@@ -71,6 +71,7 @@ def _markdown_matches(text: str, stored: dict) -> set[tuple[str, str]]:
     return seen
 
 
+@pytest.mark.slow  # the whole study end to end: every method trains or compiles once
 def test_study_writes_consistent_report(synthetic_task, tiny_sam, tmp_path, monkeypatch):
     # every training and prompt kind compiles afresh, so: one few-shot count, one seed, one prompt kind
     config = StudyConfig(seeds=1, fewshot_steps=2, full_steps=2, unet=UNetConfig.tiny(steps=2, features=(4, 8)),
