@@ -34,6 +34,7 @@ def mean_dice(predictions, labels) -> float:
     return float(np.mean([metrics.dice(p == k, t == k) for p, t in zip(predictions, labels) for k in (1, 2)]))
 
 
+@pytest.mark.slow  # 150 training steps end to end
 def test_overfits_a_tiny_synthetic_set_of_mixed_sizes():
     images, labels = shapes(8, [(32, 32), (27, 40)])
     model, losses = train_unet(images, labels, 3, UNetConfig.tiny(), seed=0, progress=False)
