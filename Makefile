@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fewsam-installed
 
-.PHONY: test demo install clean test-browser screenshots
+.PHONY: test test-fast demo install clean test-browser screenshots
 
 install: $(STAMP)
 
@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -ra
+
+# The edit loop: everything but the tests marked `slow` (full-size models, notebooks, end-to-end training
+# runs) and `browser`. `make test` (CI) still runs them all.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow and not browser" -ra
 
 # The widgets in Voila + headless Chromium alone (also part of `make test`).
 test-browser: $(STAMP)

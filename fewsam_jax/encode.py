@@ -14,11 +14,8 @@ entries are disjoint per volume. With ``jax.distributed.initialize()`` called fi
 ``$FEWSAM_PROCESS_COUNT`` (e.g. from a job array) choose it. Each process encodes on its own local
 devices; no collective communication is needed.
 
-Precision: ``dtype="bfloat16"`` is for accelerators' throughput and costs accuracy. On LiteMedSAM
-(measured on the CPU, hippocampus_003 axial slices 13-16) it differs from float32 by up to 0.13
-(mean abs 8.8e-3 against a mean |value| of 7.2e-2; cosine similarity 0.991), and box-prompted
-masks decoded from it match the float32 ones with Dice 0.91-0.98: far more than the cache's float16
-storage costs (2.4e-4, see ``fewsam_jax.cache``).
+Precision: ``dtype="bfloat16"`` is for accelerators' throughput and costs accuracy, far more than
+the cache's float16 storage does (measured on LiteMedSAM: bench/RESULTS.md, "Precision and prompt notes").
 """
 
 from __future__ import annotations
@@ -94,7 +91,7 @@ class SliceEncoder:
         self.dtype = dtype
         self.mesh = Mesh(np.array(devices), ("data",))
         self.batch_size = -(-int(batch_size) // len(devices)) * len(devices)
-        self.traces: list[tuple[int, ...]] = []  # one entry per (re)trace of the compiled function
+        self._traces: list[tuple[int, ...]] = []  # batch shape of every (re)trace of the compiled function
         graphdef, state = nnx.split(model.image_encoder)
         compute = DTYPES[dtype]
         replicated = NamedSharding(self.mesh, P())
@@ -104,7 +101,7 @@ class SliceEncoder:
 
         def encode_batch(state, images):
             """(B, H, W, 1|3) float32 on the 0-255 scale -> (B, E, E, C) float32."""
-            self.traces.append(images.shape)
+            self._traces.append(images.shape)
             images = jnp.broadcast_to(images, (*images.shape[:3], 3))
             encoder = nnx.merge(graphdef, state)
             return encoder(prepare_images(images, cfg).astype(compute)).astype(jnp.float32)
@@ -184,16 +181,11 @@ def process_share() -> tuple[int, int]:
     return index, count
 
 
-def shard_of(items: Sequence[T], process_index: int | None = None, process_count: int | None = None) -> list[T]:
-    """This process's share of ``items``: every ``process_count``-th item from ``process_index``.
+def shard_of(items: Sequence[T]) -> list[T]:
+    """This process's share of ``items``: every ``count``-th item from ``index``, with (index, count)
+    from :func:`process_share`.
 
-    Every process must pass the same items in the same order; the shares are disjoint and cover
-    all items. Defaults come from :func:`process_share`.
+    Every process must pass the same items in the same order; the shares are disjoint and cover all items.
     """
-    if process_index is None or process_count is None:
-        default_index, default_count = process_share()
-        process_index = default_index if process_index is None else process_index
-        process_count = default_count if process_count is None else process_count
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process index {process_index} is out of range for {process_count} processes")
-    return list(items)[process_index::process_count]
+    index, count = process_share()
+    return list(items)[index::count]

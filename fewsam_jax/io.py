@@ -28,7 +28,6 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import secrets
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,8 @@ from nibabel import orientations as ornt_lib
 from PIL import Image
 from pydicom.errors import InvalidDicomError
 from pydicom.misc import is_dicom
+
+from fewsam_jax.outputs import write_file
 
 __all__ = [
     "Volume",
@@ -509,7 +510,7 @@ def save_labels(labels: np.ndarray, like: Volume, path: str | os.PathLike) -> Pa
     ``.nii``/``.nii.gz``: NIfTI with exactly ``like.source_affine`` (overlays the source in
     any viewer); ``.png``: one-slice volumes only, written as ``get_slices(labels, 2)[0]``
     (the source image's pixel layout). Values must be integers; stored as uint8 when in
-    [0, 255], else int16. Written atomically (temporary file + ``os.replace``).
+    [0, 255], else int16. Written atomically (:func:`fewsam_jax.outputs.write_file`).
 
     Args:
       labels: (X, Y, Z) integer (or bool / integer-valued float) labels, shape ``like.shape``.
@@ -536,11 +537,7 @@ def save_labels(labels: np.ndarray, like: Volume, path: str | os.PathLike) -> Pa
     if not p.parent.is_dir():
         raise VolumeError(f"{p}: folder {p.parent} does not exist")
     if name.endswith((".nii", ".nii.gz")):
-        suffix = ".nii.gz" if name.endswith(".gz") else ".nii"
-        img = nib.Nifti1Image(like.to_source(labels), like.source_affine)
-        img.set_sform(like.source_affine, code=1)
-        img.set_qform(like.source_affine, code=1)
-        img.header.set_xyzt_units("mm")
+        img = source_nifti(labels, like)
 
         def write(tmp):
             nib.save(img, tmp)
@@ -550,21 +547,36 @@ def save_labels(labels: np.ndarray, like: Volume, path: str | os.PathLike) -> Pa
             raise VolumeError(f"{p}: PNG output needs a one-slice volume, got shape {like.shape}; use .nii.gz")
         if dtype != np.uint8:
             raise VolumeError(f"{p}: label values {lo}..{hi} do not fit an 8-bit PNG; use .nii.gz")
-        suffix = ".png"
 
         def write(tmp):
             Image.fromarray(get_slices(labels, 2)[0]).save(tmp)
 
     else:
         raise VolumeError(f"{p}: unsupported output type; expected .nii, .nii.gz or .png")
-    tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp{suffix}")
-    try:
+    with write_file(p, mode=None) as tmp:
         write(tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return p
+
+
+def source_nifti(array: np.ndarray, like: Volume) -> nib.Nifti1Image:
+    """(X, Y, Z) ``array`` on ``like``'s canonical grid as a NIfTI image on ``like``'s SOURCE grid, with
+    exactly ``like.source_affine`` (sform and qform) and mm units: it overlays the source in any viewer."""
+    img = nib.Nifti1Image(like.to_source(array), like.source_affine)
+    img.set_sform(like.source_affine, code=1)
+    img.set_qform(like.source_affine, code=1)
+    img.header.set_xyzt_units("mm")
+    return img
+
+
+def save_image(volume: Volume, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Writes ``volume``'s intensities to ``path`` (.nii/.nii.gz) as NIfTI on its source grid, atomically;
+    an existing file is replaced only with ``overwrite``."""
+    with write_file(path, overwrite=overwrite) as tmp:
+        nib.save(source_nifti(volume.array, volume), tmp)
+    return Path(path)
+
+
+AXIS_NAMES = {0: "sagittal", 1: "coronal", 2: "axial"}  # the planes of slices along each canonical axis
 
 
 def check_axis(axis: int, ndim: int = 3) -> int:
@@ -588,6 +600,16 @@ def get_slices(volume_array: np.ndarray | Volume, axis: int = 2) -> np.ndarray:
         raise ValueError(f"volume_array of shape {a.shape}: expected a 3D (X, Y, Z) array")
     axis = check_axis(axis)
     return np.ascontiguousarray(np.moveaxis(a, axis, 0).transpose(0, 2, 1)[:, ::-1, ::-1])
+
+
+def slice_view(array: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """Slice ``index`` of a canonical (X, Y, Z) array along ``axis`` as a (H, W) VIEW in display
+    orientation: equal to ``get_slices(array, axis)[index]``, and writing into it writes into ``array``."""
+    axis = check_axis(axis)
+    count = array.shape[axis]
+    if not -count <= index < count:
+        raise IndexError(f"slice index {index} out of range 0..{count - 1} along axis {axis}")
+    return np.moveaxis(array, axis, 0)[index].T[::-1, ::-1]
 
 
 def stack_slices(slices: np.ndarray, axis: int = 2) -> np.ndarray:

@@ -163,13 +163,20 @@ def surface_dice(
     return _nsd(*surface_distances(pred, gt, spacing, connectivity), tolerance_mm)
 
 
-def _per_slice(pred: np.ndarray, gt: np.ndarray, axis: int) -> list[dict[str, Any]]:
-    """2D Dice/IoU of every slice along ``axis`` of two masks ``(*S)``; ``S[axis]`` entries."""
+def per_slice_overlap(pred: np.ndarray, gt: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """2D Dice and IoU of every slice along ``axis`` of two masks ``(*S)``: three ``(S[axis],)`` arrays,
+    Dice and IoU (1.0 where both slices are empty, as :func:`dice`) and "both empty" (bool)."""
+    pred, gt = _masks(pred, gt)
     p = np.moveaxis(pred, axis, 0).reshape(pred.shape[axis], -1)
     g = np.moveaxis(gt, axis, 0).reshape(gt.shape[axis], -1)
     ps, gs = p.sum(1), g.sum(1)
     d, j = _overlap((p & g).sum(1), ps, gs)
-    empty = (ps + gs) == 0
+    return d, j, (ps + gs) == 0
+
+
+def _per_slice(pred: np.ndarray, gt: np.ndarray, axis: int) -> list[dict[str, Any]]:
+    """:func:`per_slice_overlap` as ``S[axis]`` records {"slice", "dice", "iou", "empty"}."""
+    d, j, empty = per_slice_overlap(pred, gt, axis)
     return [
         {"slice": k, "dice": float(d[k]), "iou": float(j[k]), "empty": bool(empty[k])}
         for k in range(len(d))

@@ -1,7 +1,7 @@
 """Intensity preprocessing: CT windows, MR percentile normalisation, min-max, and RGB slices.
 
-All functions map intensities to float32 in [0, 1]. Model-specific resizing/normalisation
-belongs to the predictor.
+All functions map intensities to float32 in [0, 1]. Model-specific resizing and normalisation
+happen later, in :func:`fewsam_jax.transforms.prepare_images` (run by every encoding path).
 """
 
 from __future__ import annotations
@@ -103,6 +103,11 @@ class Intensity:
         if self.mode == "percentile":
             return f"percentile:{self.low!r},{self.high!r}"
         return "minmax"
+
+    @classmethod
+    def coerce(cls, value: Intensity | str) -> Intensity:
+        """``value`` itself if it is an Intensity, else :meth:`parse` of it (every API taking either calls this)."""
+        return value if isinstance(value, Intensity) else cls.parse(value)
 
     @classmethod
     def parse(cls, spec: str) -> Intensity:

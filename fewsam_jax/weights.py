@@ -1,28 +1,25 @@
-"""Converted models on disk: Orbax checkpoints of ``nnx.state(model)`` plus the config and a report.
+"""The cache of converted presets under ``$FEWSAM_HOME/models`` and :func:`load_model`.
 
-A model directory holds ``config.json`` (preset name + weights identity + the SHA-256 of every file
-under ``state/``), ``report.json`` (what the converter loaded, the source file's SHA-256), ``state/``
-(Orbax) and the library's marker. Directories are written under a temporary name and renamed into
-place (:mod:`fewsam_jax.outputs`), so a killed conversion never leaves one that reads as valid, and
-a folder the library did not write is never replaced.
+The folders themselves (layout, checksums, atomic writes) are :mod:`fewsam_jax.model_dir`; its
+public names are re-exported here. Conversion on first use imports :mod:`converters` lazily (torch
+lives there); ``converters`` imports only :mod:`fewsam_jax.model_dir`, never this module.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
-
-import jax
-import orbax.checkpoint as ocp
-from flax import nnx
 
 from fewsam_jax.config import get_config
+from fewsam_jax.model_dir import (  # noqa: F401  (re-exported: the public names of model folders)
+    checkpoint_sha256,
+    is_model_dir,
+    load_model_dir,
+    restore_pytree,
+    save_model,
+    save_pytree,
+)
 from fewsam_jax.modeling.sam import Sam
-from fewsam_jax.outputs import ChecksumError, read_json_object, tree_checksums, verify_checksums, write_dir
 
 DEFAULT_MODEL = "litemedsam"
 
@@ -33,76 +30,8 @@ def fewsam_home() -> Path:
 
 
 def models_dir() -> Path:
+    """Where converted presets are cached: ``fewsam_home() / "models"``."""
     return fewsam_home() / "models"
-
-
-@contextlib.contextmanager
-def atomic_directory(directory: str | os.PathLike, kind: str = "model", overwrite: bool = False) -> Iterator[Path]:
-    """Yield a staging folder that becomes ``directory`` once the block completes
-    (:func:`fewsam_jax.outputs.write_dir`: an existing folder is replaced only with ``overwrite``
-    and only when the library wrote it)."""
-    with write_dir(directory, kind, overwrite=overwrite) as staging:
-        yield staging
-
-
-def save_pytree(path: Path, tree: Any) -> None:
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(path.absolute(), tree)
-
-
-def restore_pytree(path: Path, abstract_tree: Any) -> Any:
-    """Restore onto this process's default device, whatever device the checkpoint was saved from
-    (a model converted on a CPU machine loads on a GPU one)."""
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), abstract_tree)
-    with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(path.absolute(), target)
-
-
-def save_model(model: Sam, directory: str | os.PathLike, report: dict[str, Any] | None = None,
-               overwrite: bool = False) -> Path:
-    """Write ``model`` to ``directory`` atomically; an existing model folder is replaced only with
-    ``overwrite=True`` (see :mod:`fewsam_jax.outputs`)."""
-    with atomic_directory(directory, "model", overwrite=overwrite) as staging:
-        save_pytree(staging / "state", nnx.state(model))
-        (staging / "config.json").write_text(json.dumps(
-            {"model": model.config.name, "weights_id": model.weights_id, "checksums": tree_checksums(staging)},
-            indent=2))
-        (staging / "report.json").write_text(json.dumps(report or {}, indent=2))
-    return Path(directory)
-
-
-def is_model_dir(path: str | os.PathLike) -> bool:
-    path = Path(path)
-    return (path / "config.json").is_file() and (path / "state").is_dir()
-
-
-def load_model_dir(directory: str | os.PathLike) -> Sam:
-    """Restore a model saved by :func:`save_model` into an abstract (shape-only) model."""
-    directory = Path(directory)
-    if not is_model_dir(directory):
-        raise FileNotFoundError(
-            f"{directory} is not a fewsam_jax model directory (expected config.json and state/ in it); "
-            "create one with `fewsam convert`"
-        )
-    meta = _read_model_config(directory)
-    cfg = get_config(meta["model"])
-    abstract = nnx.eval_shape(lambda: Sam(cfg, rngs=nnx.Rngs(0), weights_id=meta["weights_id"]))
-    graphdef, abstract_state = nnx.split(abstract)
-    return nnx.merge(graphdef, restore_pytree(directory / "state", abstract_state))
-
-
-def _read_model_config(directory: Path) -> dict[str, Any]:
-    """config.json, checked, with the state files verified against its checksums (when it has them:
-    folders converted before checksums existed load unverified)."""
-    path = directory / "config.json"
-    meta = read_json_object(path, ChecksumError, "convert the model again")
-    for key in ("model", "weights_id"):
-        if not isinstance(meta.get(key), str):
-            raise ChecksumError(f"{path}: key {key!r} missing or not a string; convert the model again")
-    if "checksums" in meta:
-        verify_checksums(directory, meta["checksums"], "config.json")
-    return meta
 
 
 def load_model(name: str = DEFAULT_MODEL, checkpoint: str | os.PathLike | None = None) -> Sam:
@@ -130,20 +59,9 @@ def cached_model_dir(name: str, checkpoint: str | os.PathLike | None = None) -> 
             )
         directory = models_dir() / name
     else:
-        directory = models_dir() / f"{name}-{sha256_file(checkpoint)[:12]}"
+        directory = models_dir() / f"{name}-{checkpoint_sha256(checkpoint)[:12]}"
     if not is_model_dir(directory):
         from converters.convert import convert_checkpoint  # lazy: torch lives there
 
         convert_checkpoint(name, checkpoint, directory, overwrite=True)  # the library's own cache folder
     return directory
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()

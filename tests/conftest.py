@@ -1,9 +1,13 @@
-"""Shared fixtures: an isolated FEWSAM_HOME, the tiny random SAM and the real LiteMedSAM."""
+"""Shared fixtures: an isolated FEWSAM_HOME, the tiny random SAM and the real LiteMedSAM.
+
+Plain helpers live in helpers.py; test modules import those, never this file.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -14,16 +18,9 @@ import pytest
 os.environ["FEWSAM_HOME"] = os.environ.get(
     "FEWSAM_TEST_HOME", str(Path(tempfile.gettempdir()) / f"fewsam-test-home-{os.getuid()}")
 )
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def shared_data(*parts: str) -> Path:
-    """A path under ../shared/data, skipping the test with the reason when it is absent."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"needs the shared data set: {path} is absent")
-    return path
+# A persistent XLA compilation cache beside it: programs compiled by one xdist worker (or an earlier run on
+# this machine) load instead of compiling again. Only compilations over JAX's default minimum time are kept.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(os.environ["FEWSAM_HOME"]) / "jax-compilation-cache"))
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +45,13 @@ def litemedsam():
         fcntl.flock(lock, fcntl.LOCK_EX)
         directory = cached_model_dir("litemedsam")
     return load_model_dir(directory)
+
+
+def pytest_configure(config):
+    if "jax" in sys.modules:  # imported before this file (by a plugin): the environment came too late
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 
 @pytest.hookimpl(wrapper=True)

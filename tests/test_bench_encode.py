@@ -1,4 +1,4 @@
-"""Smoke test of ``bench/encode.py --quick``: LiteMedSAM, batch 1, one rep, both frameworks."""
+"""Smoke test of ``python -m bench.encode --quick``: LiteMedSAM, batch 1, one rep, both frameworks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "encode.py"
+ROOT = Path(__file__).resolve().parents[1]
 HEADER = ("| model | batch | framework | s/image | images/s | speed-up | peak RSS MB | GFLOP/s "
           "| % of sgemm peak | compile s | first call s |")
 
@@ -20,8 +20,8 @@ def test_quick_benchmark_writes_its_section(tmp_path):
     # Another benchmark's section and a stale encode section: only the latter may change.
     results.write_text("# Benchmarks\n\n<!-- other:start -->\nkeep me\n<!-- other:end -->\n\n"
                        "<!-- encode:start -->\nstale\n<!-- encode:end -->\n\ntail\n")
-    subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(results)], check=True, timeout=600,
-                   cwd=SCRIPT.parents[1])
+    subprocess.run([sys.executable, "-m", "bench.encode", "--quick", "--out", str(results)], check=True,
+                   timeout=600, cwd=ROOT)
 
     text = results.read_text()
     assert "keep me" in text and text.rstrip().endswith("tail") and "stale" not in text

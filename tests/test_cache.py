@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from embed_worker import results, start, tiny_model  # tests/ is on sys.path (pyproject: pythonpath)
+from helpers import SHARED_DATA, embed_cli
 
 from fewsam_jax.cache import CachedEmbeddings, EmbeddingCache, _acquire, _encoder_for, embed_volume, entry_key
-from fewsam_jax.cli_embed import register
 from fewsam_jax.encode import SliceEncoder
 from fewsam_jax.io import from_array, get_slices, load_volume
 from fewsam_jax.preprocess import Intensity
 
-from embed_worker import results, start, tiny_model  # tests/ is on sys.path (pytest's default prepend import mode)
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 HIPPOCAMPUS = DATA / "hippocampus" / "imagesTr" / "hippocampus_003_0000.nii.gz"
 
 
@@ -91,7 +88,7 @@ def test_embed_volume_compiles_once_per_slice_size(tmp_path, model):
     for seed in (5, 6, 7):
         entry = embed_volume(_volume(seed), model, cache=tmp_path, batch_size=3, progress=False)
         assert entry.computed.size == 8
-    assert _encoder_for(model, 3, "float32").traces == [(3, 30, 40, 1)]
+    assert _encoder_for(model, 3, "float32")._traces == [(3, 30, 40, 1)]
 
 
 def test_subset_of_slices(tmp_path, encoder):
@@ -127,6 +124,7 @@ def test_torn_writes_never_read_as_valid(tmp_path, encoder):
     np.testing.assert_array_equal(rerun.load(), clean)
 
 
+@pytest.mark.slow  # a worker subprocess (its own JAX start-up and compile), killed and resumed
 def test_resume_after_kill(tmp_path, encoder, jax_cache):
     """SIGKILL a writer mid-volume; the rerun computes exactly the missing slices."""
     array = _volume(2, (40, 30, 24))
@@ -154,6 +152,7 @@ def test_resume_after_kill(tmp_path, encoder, jax_cache):
     np.testing.assert_array_equal(rerun.load(), clean.load())
 
 
+@pytest.mark.slow  # two worker subprocesses at once
 def test_concurrent_writers(tmp_path, encoder, jax_cache):
     """Two processes write one cache: disjoint volumes a and b at once, then both the same volume c."""
     arrays = {name: _volume(seed) for seed, name in enumerate("abc", start=3)}
@@ -206,14 +205,7 @@ def test_cli(tmp_path, model, capsys, monkeypatch):
     import fewsam_jax.weights
 
     monkeypatch.setattr(fewsam_jax.weights, "load_model", lambda name: {"tiny-test": model}[name])
-    parser = argparse.ArgumentParser(prog="fewsam")
-    register(parser.add_subparsers(dest="command", required=True))
-
-    def run(*argv):
-        args = parser.parse_args([str(a) for a in argv])
-        args.run(args)
-        return capsys.readouterr().out
-
+    run = embed_cli(capsys)
     np.save(tmp_path / "vol.npy", _volume())
     embed = ("embed", tmp_path / "vol.npy", "--model", "tiny-test", "--cache", tmp_path / "cache", "--quiet")
     assert "8 encoded, 0 from the cache" in run(*embed, "--window", "soft_tissue", "--batch-size", "3")

@@ -3,13 +3,13 @@ embed_volume; ``cache clear`` / ``cache info`` touch only the cache's own entrie
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from embed_worker import tiny_model  # tests/ is on sys.path (pyproject: pythonpath)
+from helpers import embed_cli
 
 from fewsam_jax.cache import (
     ROOT_MARKER,
@@ -19,11 +19,8 @@ from fewsam_jax.cache import (
     EmbeddingCache,
     embed_volume,
 )
-from fewsam_jax.cli_embed import register
 from fewsam_jax.encode import SliceEncoder
 from fewsam_jax.outputs import OutputError
-
-from embed_worker import tiny_model  # tests/ is on sys.path (pytest's default prepend import mode)
 
 BAD = 3  # the damaged slice
 
@@ -132,24 +129,12 @@ def test_damaged_metadata_rebuilds_the_entry(tmp_path, encoder, volume, clean):
     np.testing.assert_array_equal(rerun.load(), clean)
 
 
-def _cli(capsys):
-    parser = argparse.ArgumentParser(prog="fewsam")
-    register(parser.add_subparsers(dest="command", required=True))
-
-    def run(*argv):
-        args = parser.parse_args([str(a) for a in argv])
-        args.run(args)
-        return capsys.readouterr().out
-
-    return run
-
-
 def test_cli_embed_reports_repairs_not_cache_hits(tmp_path, model, volume, capsys, monkeypatch):
     import fewsam_jax.weights
 
     monkeypatch.setattr(fewsam_jax.weights, "load_model", lambda name: {"tiny-test": model}[name])
     np.save(tmp_path / "vol.npy", volume)
-    run = _cli(capsys)
+    run = embed_cli(capsys)
     embed = ("embed", tmp_path / "vol.npy", "--model", "tiny-test", "--cache", tmp_path / "cache", "--quiet")
     assert "8 encoded, 0 from the cache" in run(*embed)
     (path,) = EmbeddingCache(tmp_path / "cache").entries("tiny")
@@ -185,7 +170,7 @@ def test_clear_and_info_touch_only_cache_entries(tmp_path, encoder, volume, caps
     cache = EmbeddingCache(root)
     assert cache.models() == ["tiny"] and list(cache.entries()) == [entry.path]
     assert set(cache.info()) == {"tiny"} and cache.info()["tiny"]["entries"] == 1
-    run = _cli(capsys)
+    run = embed_cli(capsys)
     info = run("cache", "info", "--cache", root)
     assert "notes" not in info and "vit_b" not in info and info.splitlines()[-1].split()[:2] == ["tiny", "1"]
     assert "removed 1 entries" in run("cache", "clear", "--cache", root)

@@ -10,7 +10,7 @@ import pytest
 from fewsam_jax.encode import SliceEncoder, process_share, shard_of
 from fewsam_jax.predictor import SamPredictor
 
-from embed_worker import results, start, tiny_model  # tests/ is on sys.path (pytest's default prepend import mode)
+from embed_worker import results, start, tiny_model  # tests/ is on sys.path (pyproject: pythonpath)
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +53,9 @@ def test_no_recompilation(model):
     encoder.encode(_slices(4, seed=1))
     starts = [start for start, _ in encoder.iter_batches(_slices(7, seed=2), progress=False)]
     assert starts == [0, 4]
-    assert encoder.traces == [(4, 30, 40, 1)]
+    assert encoder._traces == [(4, 30, 40, 1)]
     encoder.encode(_slices(2, h=20, w=20))  # a new slice size compiles once more
-    assert len(encoder.traces) == 2
+    assert len(encoder._traces) == 2
     _close(encoder.encode(_slices(10)[7:]), first[7:])  # padding does not leak into real slices
 
 
@@ -94,6 +94,7 @@ def test_bad_settings(model):
         SliceEncoder(model, batch_size=0)
 
 
+@pytest.mark.slow  # a worker subprocess on 4 emulated devices
 def test_four_devices_match_one(tmp_path, encoder):
     """Data-parallel over 4 fake CPU devices (batch 3 rounds up to 4) == one device."""
     slices = _slices(9)
@@ -106,7 +107,11 @@ def test_four_devices_match_one(tmp_path, encoder):
 
 def test_shard_of(monkeypatch):
     items = [f"case{i}" for i in range(10)]
-    shares = [shard_of(items, i, 3) for i in range(3)]
+    shares = []
+    for index in range(3):
+        monkeypatch.setenv("FEWSAM_PROCESS_INDEX", str(index))
+        monkeypatch.setenv("FEWSAM_PROCESS_COUNT", "3")
+        shares.append(shard_of(items))
     assert sorted(sum(shares, [])) == sorted(items) and shares[1] == ["case1", "case4", "case7"]
     monkeypatch.delenv("FEWSAM_PROCESS_INDEX", raising=False)
     monkeypatch.delenv("FEWSAM_PROCESS_COUNT", raising=False)
@@ -115,5 +120,7 @@ def test_shard_of(monkeypatch):
     monkeypatch.setenv("FEWSAM_PROCESS_INDEX", "2")
     monkeypatch.setenv("FEWSAM_PROCESS_COUNT", "4")
     assert shard_of(items) == ["case2", "case6"]
+    monkeypatch.setenv("FEWSAM_PROCESS_INDEX", "3")
+    monkeypatch.setenv("FEWSAM_PROCESS_COUNT", "3")
     with pytest.raises(ValueError, match="out of range"):
-        shard_of(items, 3, 3)
+        shard_of(items)

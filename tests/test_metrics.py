@@ -325,3 +325,19 @@ def test_cli_evaluate_refuses_non_label_predictions(maps, capsys):
     assert cli.main(["evaluate", mr, g]) == 2
     err = capsys.readouterr().err
     assert re.search(r"mr\.nii\.gz holds \d+ label ids that .*g\.nii\.gz lacks \(\d+, \d+, .*, \.\.\.\): an intensity image rather than", err)
+
+
+def test_per_slice_overlap_is_dice_and_iou_of_each_slice():
+    pred = np.zeros((4, 3, 3), bool)
+    gt = np.zeros((4, 3, 3), bool)
+    pred[0, :2] = gt[0, :1] = True  # 6 vs 3 pixels, 3 shared
+    gt[1, 0, 0] = True  # missed
+    pred[2] = gt[2] = True  # equal
+    dice, iou, empty = metrics.per_slice_overlap(pred, gt, axis=0)
+    np.testing.assert_allclose(dice, [2 * 3 / 9, 0.0, 1.0, 1.0])
+    np.testing.assert_allclose(iou, [3 / 6, 0.0, 1.0, 1.0])
+    np.testing.assert_array_equal(empty, [False, False, False, True])
+    for k in range(4):
+        assert dice[k] == metrics.dice(pred[k], gt[k]) and iou[k] == metrics.iou(pred[k], gt[k])
+    with pytest.raises(ValueError, match="shapes differ"):
+        metrics.per_slice_overlap(pred, gt[:3], axis=0)

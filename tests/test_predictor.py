@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import shared_data
 
 from fewsam_jax import metrics
 from fewsam_jax.io import get_slices, load_volume
+from fewsam_jax.label_maps import read_labels
 from fewsam_jax.predictor import SamPredictor
 from fewsam_jax.preprocess import percentile_normalise
-
-from conftest import shared_data
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_litemedsam_box_prompt_segments_a_real_hippocampus(litemedsam):
     image = load_volume(shared_data("hippocampus", "imagesTr", "hippocampus_003_0000.nii.gz"))
     labels = load_volume(shared_data("hippocampus", "labelsTr", "hippocampus_003.nii.gz"))
     slices = get_slices(percentile_normalise(image.array), 2)
-    truth = get_slices(np.rint(labels.array).astype(int), 2)
+    truth = get_slices(read_labels(labels), 2)
     index = int(np.argmax((truth == 1).sum(axis=(1, 2))))
     mask = truth[index] == 1
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))

@@ -123,3 +123,11 @@ def test_to_rgb():
         to_rgb(rgb)
     with pytest.raises(ValueError, match="got dtype int64"):
         to_rgb(np.zeros((2, 2), np.int64))
+
+
+def test_coerce_takes_an_intensity_or_a_spec():
+    window = Intensity.parse("soft_tissue")
+    assert Intensity.coerce(window) is window
+    assert Intensity.coerce("window:40,400") == window
+    with pytest.raises(ValueError, match="unknown intensity spec"):
+        Intensity.coerce("nonsense")

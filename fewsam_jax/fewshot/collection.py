@@ -16,14 +16,15 @@ import difflib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
 
 from fewsam_jax.io import Volume, get_slices, load_volume
+from fewsam_jax.label_maps import same_grid
 from fewsam_jax.metrics import label_map
+from fewsam_jax.outputs import write_text
 
 
 class ManifestError(ValueError):
@@ -246,17 +247,61 @@ def save_collection(collection: Collection, path: str | os.PathLike) -> Path:
         ],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        json.dump(raw, tmp, indent=2)
-    os.replace(tmp.name, path)
-    return path
+    return write_text(path, json.dumps(raw, indent=2))
+
+
+def _same_file(a: Path | None, b: Path | None) -> bool:
+    return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
+
+
+def other_entries(path: str | os.PathLike, classes: dict[int, str], axis: int,
+                  image: Path | None) -> tuple[SupportItem, ...]:
+    """The entries of the manifest at ``path`` other than ``image``'s, to keep when ``image``'s entry is
+    written again (none when there is no manifest yet).
+
+    Raises ManifestError when the manifest cannot be read or lists other ``classes`` or another ``axis``
+    (one collection has one set of classes and one slicing axis).
+    """
+    path = Path(path)
+    if not path.exists():
+        return ()
+    try:
+        existing = load_collection(path)
+    except ManifestError as err:
+        raise ManifestError(f"{path} exists and cannot be extended ({err}); choose another path") from None
+    if existing.classes != classes or existing.axis != axis:
+        raise ManifestError(
+            f"{path} exists with classes {existing.classes} along axis {existing.axis}, not {classes} "
+            f"along axis {axis}; choose another path"
+        )
+    return tuple(item for item in existing.support if not _same_file(item.image, image))
+
+
+def listed_labels(path: str | os.PathLike, image: Path | None) -> Path | None:
+    """The labels file the manifest at ``path`` lists for ``image`` (a previous save), or None."""
+    path = Path(path)
+    if image is None or not path.exists():
+        return None
+    return next((item.labels for item in load_collection(path).support if _same_file(item.image, image)), None)
+
+
+def entry_for(collection: Collection, image: Path | None, path: str | os.PathLike) -> SupportItem:
+    """The entry of ``collection`` (read from ``path``) whose image is ``image``; with none, the only entry
+    of a one-entry collection (an in-memory volume saved before); ManifestError otherwise."""
+    matches = [item for item in collection.support if _same_file(item.image, image)]
+    if not matches and len(collection.support) == 1:
+        matches = list(collection.support)
+    if not matches:
+        images = ", ".join(str(item.image) for item in collection.support)
+        raise ManifestError(f"{path}: no entry for this volume ({image or 'an in-memory array'}); it lists {images}")
+    return matches[0]
 
 
 def load_support_item(item: SupportItem, axis: int) -> tuple[Volume, np.ndarray]:
     """The image volume and its label slices (len(item.slices), H, W), checked against each other."""
     image = load_volume(item.image)
     labels = load_volume(item.labels)
-    if image.shape != labels.shape or not np.allclose(image.affine, labels.affine, atol=1e-3):
+    if not same_grid(image, labels):
         raise ManifestError(
             f"label grid of {item.labels} (shape {labels.shape}) differs from image {item.image} "
             f"(shape {image.shape}); labels must be on the image's grid"

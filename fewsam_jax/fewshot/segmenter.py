@@ -179,7 +179,7 @@ class FewShotSegmenter:
         if not isinstance(collection, Collection):
             collection = load_collection(collection)
         sam = load_model(sam) if isinstance(sam, str) else sam
-        intensity = Intensity.parse(intensity) if isinstance(intensity, str) else intensity
+        intensity = Intensity.coerce(intensity)
         started = time.perf_counter()
         support = support_set(collection, sam, intensity, augment, cache, progress, config)
         embedded = time.perf_counter()

@@ -1,7 +1,7 @@
 """Layers shared by the SAM components.
 
 Attribute names follow the PyTorch ``state_dict`` keys of ``segment_anything`` so that weight
-conversion is a handful of generic rules (see ``converters/rules.py``). Arrays are NHWC.
+conversion is a handful of generic rules (``_RULES`` in ``converters/torch_to_flax.py``). Arrays are NHWC.
 """
 
 from __future__ import annotations
@@ -58,6 +58,17 @@ def conv(in_ch: int, out_ch: int, kernel: int, rngs: nnx.Rngs, stride: int = 1, 
     """A PyTorch-style ``nn.Conv2d`` (explicit symmetric padding) on NHWC arrays."""
     return nnx.Conv(in_ch, out_ch, (kernel, kernel), strides=stride, padding=[(padding, padding)] * 2,
                     feature_group_count=groups, use_bias=bias, rngs=rngs)
+
+
+def neck(in_ch: int, out_ch: int, rngs: nnx.Rngs) -> nnx.List:
+    """SAM's convolutional neck, shared by both encoders: 1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d
+    (no conv biases); applied layer by layer, (B, H, W, in_ch) -> (B, H, W, out_ch). Keys ``neck.0..3``."""
+    return nnx.List([
+        conv(in_ch, out_ch, 1, rngs, bias=False),
+        layer_norm(out_ch, rngs),
+        conv(out_ch, out_ch, 3, rngs, padding=1, bias=False),
+        layer_norm(out_ch, rngs),
+    ])
 
 
 class StridedConvTranspose(nnx.ConvTranspose):

@@ -13,7 +13,7 @@ import numpy as np
 from flax import nnx
 
 from fewsam_jax.config import ViTConfig
-from fewsam_jax.modeling.common import MLPBlock, conv, layer_norm
+from fewsam_jax.modeling.common import MLPBlock, conv, layer_norm, neck
 
 
 def window_partition(x: jax.Array, window: int) -> jax.Array:
@@ -184,12 +184,7 @@ class ImageEncoderViT(nnx.Module):
                   window_size=0 if i in cfg.global_attn_indexes else cfg.window_size, rngs=rngs)
             for i in range(cfg.depth)
         ])
-        self.neck = nnx.List([
-            conv(cfg.embed_dim, cfg.out_chans, 1, rngs, bias=False),
-            layer_norm(cfg.out_chans, rngs),
-            conv(cfg.out_chans, cfg.out_chans, 3, rngs, padding=1, bias=False),
-            layer_norm(cfg.out_chans, rngs),
-        ])
+        self.neck = neck(cfg.embed_dim, cfg.out_chans, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """(B, img_size, img_size, in_chans) -> (B, E, E, out_chans)."""

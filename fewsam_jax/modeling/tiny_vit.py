@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from fewsam_jax.config import TinyViTConfig
-from fewsam_jax.modeling.common import conv, gelu, layer_norm, softmax_attention
+from fewsam_jax.modeling.common import conv, gelu, layer_norm, neck, softmax_attention
 from fewsam_jax.modeling.image_encoder import window_partition, window_unpartition
 
 
@@ -234,12 +234,7 @@ class TinyViT(nnx.Module):
                 rngs=rngs,
             ))
         self.layers = nnx.List(layers)
-        self.neck = nnx.List([
-            conv(dims[-1], cfg.out_chans, 1, rngs, bias=False),
-            layer_norm(cfg.out_chans, rngs),
-            conv(cfg.out_chans, cfg.out_chans, 3, rngs, padding=1, bias=False),
-            layer_norm(cfg.out_chans, rngs),
-        ])
+        self.neck = neck(dims[-1], cfg.out_chans, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """(B, img_size, img_size, in_chans) float images -> (B, R, R, out_chans) embeddings."""

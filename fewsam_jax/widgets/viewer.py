@@ -1,6 +1,9 @@
 """``ResultViewer``: a segmentation over its volume, with ground truth, per-slice Dice and the slices
 the decoder is least sure of (the ones worth labelling next).
 
+A thin view: the scores are :func:`fewsam_jax.metrics.per_slice_overlap` and
+:mod:`fewsam_jax.uncertainty`; this class holds the cursor and display state and renders them.
+
 Display: prediction filled in each class's colour at ``opacity``, ground truth as 1-pixel outlines in
 the same colour; three orthogonal planes through a cursor (the large one is ``axis``); a per-slice
 plot (Dice per class when there is ground truth, else each class's predicted area relative to its
@@ -16,11 +19,12 @@ import ipywidgets as W
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from scipy.special import entr, expit
 
-from fewsam_jax.io import Volume, check_axis
+from fewsam_jax.io import AXIS_NAMES, Volume, check_axis
+from fewsam_jax.label_maps import as_volume, labels_on_grid
+from fewsam_jax.metrics import per_slice_overlap
 from fewsam_jax.preprocess import Intensity
-from fewsam_jax.widgets.annotator import AXIS_NAMES, _as_volume, _labels
+from fewsam_jax.uncertainty import least_certain, slice_uncertainty
 from fewsam_jax.widgets.canvas import SliceCanvas, parse_pointer_event
 from fewsam_jax.widgets.render import (
     ColorSpec,
@@ -33,107 +37,6 @@ from fewsam_jax.widgets.render import (
     plane_spacing,
     slice_view,
 )
-
-TYPICAL_LOGIT = float(np.log(9.0))  # the volume's median decision margin is rescaled to this (p = 0.9)
-
-
-def _entropy_bits(logit: np.ndarray) -> np.ndarray:
-    """Entropy in bits of Bernoulli(sigmoid(logit)) for finite ``logit`` >= 0, elementwise."""
-    logit = np.asarray(logit, np.float64)
-    return (np.logaddexp(0, -logit) + logit * expit(-logit)) / np.log(2)
-
-
-def _decide(slice_logits: np.ndarray, active: np.ndarray, flips: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One slice decided as ``labels_from_logits`` does (background at logit 0 against the ``active``
-    classes' logits). slice_logits: (K, H, W); active: (K,) bool. Returns (H, W) margin between the
-    winning label's logit and the runner-up's (inf where no class is active), (H, W) bool "a class
-    wins", and (K,) pixels that would change label if class k alone were switched in or out (when
-    ``flips``; else zeros)."""
-    masked = np.where(active[:, None, None], slice_logits.astype(np.float32), -np.inf)
-    if len(masked) > 1:
-        ordered = np.partition(masked, len(masked) - 2, axis=0)
-        first, second = ordered[-1], ordered[-2]
-    else:
-        first, second = masked[0], np.full(masked.shape[1:], -np.inf, np.float32)
-    predicted = first > 0
-    margin = np.where(predicted, first - np.maximum(second, 0), -first)
-    changed = np.zeros(len(masked), np.int64)
-    if flips:
-        best = masked.argmax(axis=0)
-        for k, logits_k in enumerate(slice_logits):
-            rival = np.where(best == k, second, first) if active[k] else first  # best other label's logit
-            changed[k] = np.count_nonzero(logits_k > np.maximum(rival, 0))
-    return margin, predicted, changed
-
-
-def slice_uncertainty(logits: np.ndarray | None, presence: np.ndarray | None = None,
-                      presence_threshold: float = 0.5) -> np.ndarray:
-    """How unsure the decoder is about each slice, relative to the rest of the volume: (N,) in [0, 1].
-
-    Args:
-      logits: (N, K, H, W) per-class logits with 0 at the decision threshold (as
-        ``FewShotSegmenter.predict_volume`` returns them), or None.
-      presence: (N, K) presence probabilities, or None (every class then counts as present).
-      presence_threshold: classes with presence below it do not compete for pixels (the decoder's
-        ``presence_threshold``).
-
-    Each pixel is decided as ``labels_from_logits`` does: the best of background (logit 0) and the
-    present classes. Its *margin* is the winner's logit minus the runner-up's. Few-shot decoders are
-    often under-confident (typical margins far below 1 on unseen slices), so margins are divided by
-    the volume's median margin over predicted pixels and mapped so that median becomes a logit of
-    ln 9 (probability 0.9): the score is unchanged when all logits are multiplied by any c > 0, and a
-    slice stands out by being less decided than the volume's typical one. Per slice n:
-
-      region: predicted pixels plus the background pixels whose margin is below that median;
-      pixel part = mean over the region of the binary entropy (bits) of sigmoid(rescaled margin),
-        times min(1, region size / the median non-empty region size of the volume), so that the few
-        pixels at a structure's tip do not outrank a slice through its middle;
-      presence part = max over classes of the entropy of presence[n, k] times min(1, pixels whose
-        label depends on that presence decision / the same median size) (a class with nothing to
-        add or remove on the slice cannot make it uncertain);
-      score = the larger part.
-
-    Reading it: 0 = nothing on the slice is close to a decision; ~0.47 = decided like the volume's
-    typical predicted pixel; 1 = the whole region sits on the decision boundary. With ``presence``
-    alone the score is the largest presence entropy of the slice.
-    """
-    if logits is None and presence is None:
-        raise ValueError("slice_uncertainty: needs logits and/or presence (from FewShotSegmenter.predict_volume)")
-    if not 0 < presence_threshold < 1:
-        raise ValueError(f"presence_threshold: expected a probability in (0, 1), got {presence_threshold}")
-    if presence is not None:
-        presence = np.asarray(presence, np.float64)
-        if presence.ndim != 2:
-            raise ValueError(f"presence: expected (N, K) probabilities, got shape {presence.shape}")
-        if not ((presence >= 0) & (presence <= 1)).all():
-            raise ValueError("presence: expected probabilities in [0, 1]")
-        presence_bits = (entr(presence) + entr(1 - presence)) / np.log(2)
-    if logits is None:
-        return presence_bits.max(axis=1).astype(np.float32)
-    logits = np.asarray(logits)
-    if logits.ndim != 4:
-        raise ValueError(f"logits: expected (N, K, H, W), got shape {logits.shape}")
-    if presence is not None and presence.shape != logits.shape[:2]:
-        raise ValueError(f"presence: expected shape {logits.shape[:2]} to match logits, got {presence.shape}")
-    active = np.ones(logits.shape[:2], bool) if presence is None else presence >= presence_threshold
-    margins = np.empty((len(logits), *logits.shape[2:]), np.float32)
-    predicted = np.empty(margins.shape, bool)
-    changed = np.empty(logits.shape[:2], np.int64)
-    for n, slice_logits in enumerate(logits):  # one slice at a time: no (N, K, H, W) temporaries
-        margins[n], predicted[n], changed[n] = _decide(slice_logits, active[n], presence is not None)
-    reference = margins[predicted] if predicted.any() else margins[np.isfinite(margins)]
-    typical = float(np.median(reference)) if reference.size else 0.0
-    factor = TYPICAL_LOGIT / (typical if typical > 0 else 1.0)
-    region = predicted | (margins * factor < TYPICAL_LOGIT)
-    sizes = region.reshape(len(region), -1).sum(axis=1)
-    median_size = float(np.median(sizes[sizes > 0])) if sizes.any() else 1.0
-    pixel = np.zeros(len(logits))
-    for n in np.flatnonzero(sizes):
-        pixel[n] = _entropy_bits(margins[n][region[n]] * factor).mean() * min(1.0, sizes[n] / median_size)
-    if presence is None:
-        return pixel.astype(np.float32)
-    presence_part = (presence_bits * np.minimum(1.0, changed / median_size)).max(axis=1)
-    return np.maximum(pixel, presence_part).astype(np.float32)
 
 
 class ResultViewer:
@@ -164,9 +67,9 @@ class ResultViewer:
         colors: Mapping[int, ColorSpec] | None = None,
         zoom: float | None = None,
     ):
-        self.volume = _as_volume(volume, "volume")
-        self.prediction = _labels(prediction, self.volume, "prediction")
-        self.ground_truth = None if ground_truth is None else _labels(ground_truth, self.volume, "ground_truth")
+        self.volume = as_volume(volume, "volume")
+        self.prediction = labels_on_grid(prediction, self.volume, "prediction")
+        self.ground_truth = None if ground_truth is None else labels_on_grid(ground_truth, self.volume, "ground_truth")
         self.axis = check_axis(axis)
         if classes is None:
             present = set(np.unique(self.prediction).tolist())
@@ -189,7 +92,7 @@ class ResultViewer:
                 raise ValueError(f"presence: expected shape {(n, len(self.classes))}, got {presence.shape}")
         self.logits, self.presence = logits, presence
         self.uncertainty = slice_uncertainty(logits, presence) if logits is not None or presence is not None else None
-        intensity = intensity if isinstance(intensity, Intensity) else Intensity.parse(intensity)
+        intensity = Intensity.coerce(intensity)
         if intensity.mode == "window":
             self.level, self.width = float(intensity.level), float(intensity.width)
         else:
@@ -216,30 +119,17 @@ class ResultViewer:
         """{class name: (N,) Dice per slice along ``axis``}, NaN where both masks are empty."""
         if self.ground_truth is None:
             raise ValueError("per_slice_dice: needs ground_truth")
-        pred = np.moveaxis(self.prediction, self.axis, 0).reshape(self.num_slices, -1)
-        truth = np.moveaxis(self.ground_truth, self.axis, 0).reshape(self.num_slices, -1)
         out = {}
         for class_id, name in self.classes.items():
-            p, t = pred == class_id, truth == class_id
-            inter, total = (p & t).sum(axis=1), p.sum(axis=1) + t.sum(axis=1)
-            out[name] = np.where(total == 0, np.nan, 2 * inter / np.maximum(total, 1))
+            dice, _, empty = per_slice_overlap(self.prediction == class_id, self.ground_truth == class_id, self.axis)
+            out[name] = np.where(empty, np.nan, dice)
         return out
 
     def least_certain(self, count: int = 5, min_gap: int = 2) -> list[int]:
-        """Up to ``count`` slices to label next: the highest :func:`slice_uncertainty` first, each at
-        least ``min_gap`` slices from those already chosen (2: never two neighbours, which show nearly
-        the same anatomy); ties go to the lower index, slices scoring 0 are left out."""
+        """Up to ``count`` slices to label next (:func:`fewsam_jax.uncertainty.least_certain` of ``uncertainty``)."""
         if self.uncertainty is None:
             raise ValueError("least_certain: needs logits and/or presence (from FewShotSegmenter.predict_volume)")
-        if isinstance(min_gap, bool) or not isinstance(min_gap, (int, np.integer)) or min_gap < 1:
-            raise ValueError(f"min_gap: expected an integer >= 1, got {min_gap!r}")
-        chosen: list[int] = []
-        for index in np.argsort(-self.uncertainty, kind="stable"):
-            if len(chosen) == count or self.uncertainty[index] <= 0:
-                break
-            if all(abs(int(index) - other) >= min_gap for other in chosen):
-                chosen.append(int(index))
-        return chosen
+        return least_certain(self.uncertainty, count, min_gap)
 
     # ---------------------------------------------------------- navigation
     def go_to(self, index: int) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import shared_data
+from helpers import shared_data
 
+from bench.baselines.prompted import make_prompt, prompted_items, segment_prompted
+from bench.baselines.prompts import PromptSpec
 from fewsam_jax import metrics
-from fewsam_jax.baselines.prompted import make_prompt, prompted_items, segment_prompted
-from fewsam_jax.baselines.prompts import PromptSpec
 from fewsam_jax.cache import embed_volume
-from fewsam_jax.io import get_slices, load_volume
+from fewsam_jax.io import get_slices
+from fewsam_jax.label_maps import read_labels
 from fewsam_jax.predictor import SamPredictor
 
 SHAPE = (36, 28)
@@ -123,7 +124,7 @@ def test_bad_inputs_are_explained(tiny_sam, volume):
 @pytest.mark.slow
 @pytest.mark.shared_data
 def test_litemedsam_tight_boxes_segment_real_hippocampus_slices(litemedsam):
-    labels = np.rint(load_volume(shared_data("hippocampus", "labelsTr", "hippocampus_003.nii.gz")).array).astype(int)
+    labels = read_labels(shared_data("hippocampus", "labelsTr", "hippocampus_003.nii.gz"))
     truth = get_slices(labels, 2)
     chosen = np.flatnonzero(truth.any(axis=(1, 2)))[2:-2:3]  # 7 slices, leaving out the thin ends
     entry = embed_volume(shared_data("hippocampus", "imagesTr", "hippocampus_003_0000.nii.gz"), litemedsam,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from fewsam_jax.baselines.prompts import PROMPT_SUITE, PromptSpec, box_from_mask, sample_points
+from bench.baselines.prompts import PROMPT_SUITE, PromptSpec, box_from_mask, sample_points
 
 
 def ellipse(shape=(40, 60), centre=(18, 25), radii=(8, 14)) -> np.ndarray:

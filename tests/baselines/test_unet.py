@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from bench.baselines.unet import UNet, UNetConfig, predict_unet, train_unet
 from fewsam_jax import metrics
-from fewsam_jax.baselines.unet import UNet, UNetConfig, Upsample, predict_unet, train_unet
+from fewsam_jax.modeling.common import StridedConvTranspose
 
 
 def shapes(count: int, sizes, seed: int = 0):
@@ -33,6 +34,7 @@ def mean_dice(predictions, labels) -> float:
     return float(np.mean([metrics.dice(p == k, t == k) for p, t in zip(predictions, labels) for k in (1, 2)]))
 
 
+@pytest.mark.slow  # 150 training steps end to end
 def test_overfits_a_tiny_synthetic_set_of_mixed_sizes():
     images, labels = shapes(8, [(32, 32), (27, 40)])
     model, losses = train_unet(images, labels, 3, UNetConfig.tiny(), seed=0, progress=False)
@@ -82,10 +84,13 @@ def test_bad_inputs_are_explained():
 
 
 def test_upsampling_is_a_transposed_convolution():
-    up = Upsample(3, 5, rngs=nnx.Rngs(0))
-    up.linear.bias[...] = jax.numpy.tile(jax.random.normal(jax.random.key(1), (5,)), 4)
-    reference = nnx.ConvTranspose(3, 5, (2, 2), strides=(2, 2), rngs=nnx.Rngs(1))
-    reference.kernel[...] = up.linear.kernel[...].reshape(3, 2, 2, 5).transpose(1, 2, 0, 3)[::-1, ::-1]
-    reference.bias[...] = up.linear.bias[:5]
-    x = jax.random.normal(jax.random.key(0), (2, 4, 6, 3))
+    """The U-Net upsamples with the library's stride-2 transposed convolution (one matmul + pixel shuffle)."""
+    model = UNet(UNetConfig.tiny(features=(4, 8)), 3, rngs=nnx.Rngs(0))
+    (up,) = model.upsample
+    assert isinstance(up, StridedConvTranspose) and up.kernel.shape == (2, 2, 8, 4)
+    reference = nnx.ConvTranspose(8, 4, (2, 2), strides=(2, 2), padding="VALID", rngs=nnx.Rngs(1))
+    reference.kernel[...] = up.kernel[...]
+    up.bias[...] = jax.random.normal(jax.random.key(1), (4,))
+    reference.bias[...] = up.bias[...]
+    x = jax.random.normal(jax.random.key(0), (2, 4, 6, 8))
     np.testing.assert_allclose(up(x), reference(x), atol=1e-5)

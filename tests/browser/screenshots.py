@@ -29,10 +29,11 @@ def prepare(work: Path) -> tuple[Path, Path]:
     from fewsam_jax.demo import CLASSES, LABELLED_SLICES, pick_slices, run_demo
     from fewsam_jax.fewshot import FewShotSegmenter
     from fewsam_jax.io import load_volume, save_labels
+    from fewsam_jax.label_maps import read_labels
 
     run_demo(work)
     volume = load_volume(work / "mni152.nii.gz")
-    truth = np.rint(load_volume(work / "mni152_labels.nii.gz").array).astype(np.int32)
+    truth = read_labels(work / "mni152_labels.nii.gz")
     axis = 2
     labelled = pick_slices(truth, axis, LABELLED_SLICES)
     classes = {str(k): v.replace("_", " ") for k, v in CLASSES.items()}

@@ -16,7 +16,7 @@ from fewsam_jax.config import get_config
 from fewsam_jax.modeling.sam import encode_images
 from fewsam_jax.weights import load_model, load_model_dir
 
-from torch_reference import torch_sam  # noqa: E402  (tests/ is on sys.path)
+from torch_reference import torch_sam  # noqa: E402  (tests/ is on sys.path: pyproject pythonpath)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from fewsam_jax.fewshot.collection import ManifestError, load_collection, load_support_item, save_collection
+from fewsam_jax.fewshot.collection import (
+    Collection,
+    ManifestError,
+    SupportItem,
+    entry_for,
+    listed_labels,
+    load_collection,
+    load_support_item,
+    other_entries,
+    save_collection,
+)
 
 
 def write_nifti(path, array, affine=np.eye(4)):
@@ -168,3 +178,34 @@ def test_malformed_json(tmp_path, text, message):
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(ManifestError, match=message):
         load_collection(path)
+
+
+def test_merging_into_an_existing_manifest(manifest, tmp_path):
+    """What an annotator keeps when it writes its volume's entry into a manifest that lists others."""
+    path, _ = manifest
+    a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
+    assert other_entries(tmp_path / "none.json", {1: "organ"}, 2, a) == ()  # no manifest yet
+    assert other_entries(path, {1: "organ"}, 2, a) == ()  # a's own entry is replaced, not kept
+    (kept,) = other_entries(path, {1: "organ"}, 2, b)
+    assert kept.image == a.resolve()
+    assert listed_labels(path, a) == (tmp_path / "a_seg.nii.gz").resolve()
+    assert listed_labels(path, b) is None and listed_labels(path, None) is None
+    with pytest.raises(ManifestError, match="choose another path"):
+        other_entries(path, {1: "organ", 2: "other"}, 2, b)
+    with pytest.raises(ManifestError, match="choose another path"):
+        other_entries(path, {1: "organ"}, 0, b)
+    (tmp_path / "bad.json").write_text("[]")
+    with pytest.raises(ManifestError, match="cannot be extended"):
+        other_entries(tmp_path / "bad.json", {1: "organ"}, 2, a)
+
+
+def test_entry_for_an_image(manifest, tmp_path):
+    path, _ = manifest
+    collection = load_collection(path)
+    assert entry_for(collection, tmp_path / "a.nii.gz", path) == collection.support[0]
+    assert entry_for(collection, None, path) == collection.support[0]  # the only entry
+    two = Collection(collection.classes, 2, (*collection.support,
+                                             SupportItem(tmp_path / "b.nii.gz", tmp_path / "b_seg.nii.gz", (0,))))
+    assert entry_for(two, tmp_path / "b.nii.gz", path).slices == (0,)
+    with pytest.raises(ManifestError, match="no entry for this volume"):
+        entry_for(two, tmp_path / "c.nii.gz", path)

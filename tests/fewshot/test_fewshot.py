@@ -70,11 +70,13 @@ def dice_per_class(pred, truth):
     return [metrics.dice(pred == c, truth == c) for c in (1, 2)]
 
 
+@pytest.mark.slow  # the module's `trained` decoder: an end-to-end training run
 def test_training_lowers_the_loss(trained):
     info = trained["segmenter"].info
     assert info["loss_last"] < 0.7 * info["loss_first"], info
 
 
+@pytest.mark.slow  # the module's `trained` decoder: an end-to-end training run
 def test_trained_beats_untrained(trained):
     truth = np.rint(load_volume(trained["test_labels"]).array)
     scores = {}
@@ -85,6 +87,7 @@ def test_trained_beats_untrained(trained):
     assert scores["segmenter"][0] > 0.6, scores
 
 
+@pytest.mark.slow  # the module's `trained` decoder: an end-to-end training run
 def test_absent_class_suppressed_on_empty_slices(trained):
     segmenter = trained["segmenter"]
     volume = load_volume(trained["test_image"])
@@ -99,6 +102,7 @@ def test_absent_class_suppressed_on_empty_slices(trained):
     assert (pred[~has_bar] == 2).sum(axis=(1, 2))[suppressed].max() == 0  # suppressed slices carry no bar
 
 
+@pytest.mark.slow  # the module's `trained` decoder: an end-to-end training run
 def test_saved_decoder_reloads_to_identical_predictions(trained, tmp_path):
     segmenter = trained["segmenter"]
     segmenter.save(tmp_path / "decoder")
@@ -112,6 +116,7 @@ def test_saved_decoder_reloads_to_identical_predictions(trained, tmp_path):
     assert reloaded.classes == {1: "ellipse", 2: "bar"} and reloaded.intensity == segmenter.intensity
 
 
+@pytest.mark.slow  # the module's `trained` decoder: an end-to-end training run
 def test_written_labels_overlay_the_source(trained, tmp_path):
     out = trained["segmenter"].segment_file(trained["test_image"], tmp_path / "pred.nii.gz", cache=trained["cache"],
                                             progress=False)
@@ -231,6 +236,7 @@ def test_decoder_saved_before_joint_decoding_loads_as_separate(plain_segmenter, 
     assert FewShotSegmenter.load(tmp_path / "decoder").decoder.config.class_decoding == "separate"
 
 
+@pytest.mark.slow  # compiles the decoder with and without the image branch
 @pytest.mark.parametrize("frame", ["mask", "embedding"])
 def test_image_branch_starts_as_sams_decoder(tiny_sam, frame):
     """Zero-initialised fusion: before training, the image branch (in either frame) changes nothing."""
@@ -340,6 +346,7 @@ def image_branch_case(tiny_sam, tmp_path_factory, request):
     return dict(folder=folder, segmenters=train, test_image=test_image, sam=tiny_sam)
 
 
+@pytest.mark.slow  # trains the image branch twice
 def test_image_branch_training_is_deterministic_and_reloads(image_branch_case, tmp_path):
     first, second = image_branch_case["segmenters"]
     volume = load_volume(image_branch_case["test_image"])

@@ -200,6 +200,7 @@ def litemedsam_runner():
     return _Runner(net.prompt_encoder, net.mask_decoder, pe, dec, image, cfg.image_size, seed=4)
 
 
+@pytest.mark.slow  # the full-size LiteMedSAM decoder on its real weights, in both frameworks
 @pytest.mark.xdist_group("decoder_parity_litemedsam")
 @pytest.mark.parametrize("multimask", [True, False], ids=["multimask", "single"])
 @pytest.mark.parametrize("kind", ["points", "box", "points+box", "mask"])

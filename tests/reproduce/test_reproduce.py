@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_data
+from helpers import shared_data
 
-from fewsam_jax.baselines import PromptSpec, UNetConfig, predict_unet, train_unet
+from bench.baselines import PromptSpec, UNetConfig, predict_unet, train_unet
+from bench.reproduce import Case, Fold, StudyConfig, Task, draw_support, load_task, run_study, score_item, study
+from bench.reproduce.report import file_names, make_report, markdown, plot_dice, write_report
 from fewsam_jax.io import get_slices, load_volume
 from fewsam_jax.preprocess import Intensity
-from fewsam_jax.reproduce import Case, Fold, StudyConfig, Task, draw_support, load_task, run_study, score_item, study
-from fewsam_jax.reproduce.report import file_names, make_report, markdown, plot_dice, write_report
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
@@ -71,6 +71,7 @@ def _markdown_matches(text: str, stored: dict) -> set[tuple[str, str]]:
     return seen
 
 
+@pytest.mark.slow  # the whole study end to end: every method trains or compiles once
 def test_study_writes_consistent_report(synthetic_task, tiny_sam, tmp_path, monkeypatch):
     # every training and prompt kind compiles afresh, so: one few-shot count, one seed, one prompt kind
     config = StudyConfig(seeds=1, fewshot_steps=2, full_steps=2, unet=UNetConfig.tiny(steps=2, features=(4, 8)),
@@ -303,18 +304,38 @@ def test_fold_rejects_unevenly_spaced_test_slices(synthetic_task):
         load_task("nonexistent")
 
 
-def test_cli_reproduce_arguments():
-    from fewsam_jax.cli import build_parser
+def test_cli_reproduce_arguments(monkeypatch):
+    from bench.reproduce.__main__ import build_parser as study_parser
+    from fewsam_jax.cli import build_parser, main
 
-    args = build_parser().parse_args(["reproduce", "--dataset", "cxr_lungs", "--quick", "--out", "x"])
+    args = study_parser().parse_args(["--dataset", "cxr_lungs", "--quick", "--out", "x"])
     assert (args.dataset, args.quick, args.out, args.model) == ("cxr_lungs", True, "x", "litemedsam")
+    with pytest.raises(SystemExit):
+        study_parser().parse_args(["--dataset", "mnist"])
+    # `fewsam reproduce` hands every argument to the study's own parser, unparsed
+    args = build_parser().parse_args(["reproduce", "--dataset", "cxr_lungs", "--quick", "--out", "x"])
+    assert args.study_args == ["--dataset", "cxr_lungs", "--quick", "--out", "x"]
     assert args.run.__name__ == "_reproduce"
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["reproduce", "--dataset", "mnist"])
+        main(["reproduce", "--dataset", "mnist"])
+    seen = []
+    monkeypatch.setattr("bench.reproduce.__main__.run", seen.append)
+    assert main(["reproduce", "--dataset", "cxr_lungs", "--quick"]) == 0
+    assert (seen[0].dataset, seen[0].quick) == ("cxr_lungs", True)
+
+
+def test_cli_reproduce_without_the_research_tree_says_where_it_is(monkeypatch, capsys):
+    import sys
+
+    from fewsam_jax.cli import main
+
+    monkeypatch.setitem(sys.modules, "bench.reproduce.__main__", None)  # as in an installed wheel: not importable
+    assert main(["reproduce", "--quick"]) == 2
+    assert "python -m bench.reproduce" in capsys.readouterr().err
 
 
 def test_existing_report_files_are_checked_before_the_study(synthetic_task, tiny_sam, tmp_path, monkeypatch):
-    import fewsam_jax.reproduce as reproduce
+    import bench.reproduce as reproduce
     from fewsam_jax.outputs import OutputExistsError
 
     results = tmp_path / "results"

@@ -2,9 +2,8 @@
 
 Architecture (nnU-Net's 2D building blocks, shrunk): per level two 3x3 convolutions, each followed
 by instance normalisation and LeakyReLU(0.01); 2x2 max pooling down, 2x2 stride-2 transposed
-convolution up (computed as a per-pixel linear map to the 2x2 outputs and a depth-to-space
-reshape, with a bias per output position: XLA's transposed-convolution gradient is slow on CPU),
-skip connections by concatenation, a 1x1 convolution to ``num_classes`` logits. Input
+convolution up (:class:`fewsam_jax.modeling.common.StridedConvTranspose`: one matmul and a
+depth-to-space reshape, since XLA's transposed-convolution gradient is slow on CPU), skip connections by concatenation, a 1x1 convolution to ``num_classes`` logits. Input
 (B, H, W, 1) intensities in [0, 1], NHWC.
 
 Training: softmax cross-entropy + soft Dice (batch Dice over the foreground classes, as nnU-Net),
@@ -29,6 +28,8 @@ import numpy as np
 import optax
 from flax import nnx
 from tqdm.auto import tqdm
+
+from fewsam_jax.modeling.common import StridedConvTranspose
 
 __all__ = ["UNet", "UNetConfig", "predict_unet", "train_unet"]
 
@@ -92,21 +93,6 @@ class ConvBlock(nnx.Module):
         return jax.nn.leaky_relu(self.norm2(self.conv2(x)), 0.01)
 
 
-class Upsample(nnx.Module):
-    """2x2 stride-2 transposed convolution, as a linear map per pixel. (B, H, W, in) -> (B, 2H, 2W, out).
-    ``nnx.ConvTranspose`` with kernel ``k`` equals this with ``linear.kernel`` = ``k[::-1, ::-1]``
-    as (in, 2, 2, out) and its bias repeated per position."""
-
-    def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs):
-        self.out_features = out_features
-        self.linear = nnx.Linear(in_features, 4 * out_features, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        b, h, w, _ = x.shape
-        x = self.linear(x).reshape(b, h, w, 2, 2, self.out_features)
-        return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, self.out_features)
-
-
 class UNet(nnx.Module):
     """2D U-Net: (B, H, W, 1) in [0, 1] -> (B, H, W, num_classes) logits; H, W multiples of
     2 ** (levels - 1). ``canvas`` is the padded (H, W) it was trained on (set by ``train_unet``);
@@ -120,7 +106,7 @@ class UNet(nnx.Module):
         self.canvas: tuple[int, int] | None = None
         f = cfg.features
         self.down = nnx.List([ConvBlock(i, o, rngs=rngs) for i, o in zip((1, *f[:-1]), f)])
-        self.upsample = nnx.List([Upsample(f[i + 1], f[i], rngs=rngs) for i in range(len(f) - 1)])
+        self.upsample = nnx.List([StridedConvTranspose(f[i + 1], f[i], 2, rngs) for i in range(len(f) - 1)])
         self.up = nnx.List([ConvBlock(2 * f[i], f[i], rngs=rngs) for i in range(len(f) - 1)])
         self.head = nnx.Conv(f[0], num_classes, (1, 1), rngs=rngs)
 

@@ -1,10 +1,10 @@
 """The paper's comparison on the shared data: few-shot decoder vs prompted SAM vs full supervision,
 and vs a U-Net from scratch on the same labelled slices at every count.
 
-``run_study("hippocampus", quick=True)`` (or ``fewsam reproduce --dataset hippocampus --quick``)
+``run_study("hippocampus", quick=True)`` (or ``python -m bench.reproduce --dataset hippocampus --quick``)
 writes ``reproduce_{dataset}[_quick].md``, ``.json``, ``_dice_vs_shots.png`` and ``_overlays.png``
-into ``out`` (default ``bench/results``). Data sets: :mod:`fewsam_jax.reproduce.datasets`; methods
-and scoring: :mod:`fewsam_jax.reproduce.study`; aggregation and files: :mod:`fewsam_jax.reproduce.report`.
+into ``out`` (default: this checkout's ``bench/results``). Data sets: :mod:`bench.reproduce.datasets`; methods
+and scoring: :mod:`bench.reproduce.study`; aggregation and files: :mod:`bench.reproduce.report`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import sys
 import time
 from typing import Any
 
+from bench.reproduce.datasets import DATASETS, Case, Fold, Task, load_task
+from bench.reproduce.report import check_report_files, make_report, write_report
+from bench.reproduce.study import StudyConfig, draw_support, run_methods, score_item
+from bench.sections import RESULTS_DIR
 from fewsam_jax.modeling.sam import Sam
-from fewsam_jax.reproduce.datasets import DATASETS, Case, Fold, Task, load_task
-from fewsam_jax.reproduce.report import check_report_files, make_report, write_report
-from fewsam_jax.reproduce.study import StudyConfig, draw_support, run_methods, score_item
 from fewsam_jax.weights import load_model
 
 __all__ = ["DATASETS", "Case", "Fold", "StudyConfig", "Task", "draw_support", "load_task", "run_study", "score_item"]
@@ -30,7 +31,7 @@ def _log(message: str) -> None:
 def run_study(
     dataset: str | Task,
     quick: bool = False,
-    out: str | os.PathLike = "bench/results",
+    out: str | os.PathLike = RESULTS_DIR,
     model: str | Sam = "litemedsam",
     checkpoint: str | os.PathLike | None = None,
     config: StudyConfig | None = None,

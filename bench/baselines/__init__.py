@@ -1,8 +1,8 @@
 """Comparison methods for the few-shot decoder: prompted SAM (clicks, boxes) and a U-Net from scratch."""
 
-from fewsam_jax.baselines.prompted import make_prompt, prompted_items, segment_prompted
-from fewsam_jax.baselines.prompts import PROMPT_SUITE, PromptSpec, box_from_mask, sample_points
-from fewsam_jax.baselines.unet import UNet, UNetConfig, predict_unet, train_unet
+from bench.baselines.prompted import make_prompt, prompted_items, segment_prompted
+from bench.baselines.prompts import PROMPT_SUITE, PromptSpec, box_from_mask, sample_points
+from bench.baselines.unet import UNet, UNetConfig, predict_unet, train_unet
 
 __all__ = [
     "PROMPT_SUITE", "PromptSpec", "UNet", "UNetConfig", "box_from_mask", "make_prompt", "predict_unet",

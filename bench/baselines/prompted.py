@@ -2,7 +2,7 @@
 
 The comparison the few-shot decoder has to win: a user prompting SAM (any converted model,
 LiteMedSAM by default) on each slice, for each class the ground truth contains there. Prompts come
-from the ground truth (:mod:`fewsam_jax.baselines.prompts`); a class absent from a slice is never
+from the ground truth (:mod:`bench.baselines.prompts`); a class absent from a slice is never
 prompted, so never predicted there (the prompted baselines get presence for free).
 
 Per (slice, class): the prompt goes through SAM's prompt encoder and mask decoder on the slice's
@@ -12,15 +12,9 @@ structure's footprint in the model's input (see :func:`make_prompt`). Classes pr
 can overlap: each pixel goes to the class whose kept mask has the highest predicted IoU (ties to the
 class listed first). The masks equal ``SamPredictor.predict`` with the same prompt on
 ``set_embedding(embedding, slice_shape)`` (tested exactly); the decoder runs batched over
-(slice, class) items at a fixed batch size, so it compiles once per prompt shape. On the 2-core CPU
-batching gains little (LiteMedSAM box prompts: ~150 ms per item at batch 8-16, ~180 ms one at a time);
-on an accelerator, where a call's overhead dominates, raise ``batch_size``.
-
-Measured (LiteMedSAM, 54 labelled axial slices of hippocampus_003/004, per-slice Dice
-anterior / posterior, seed 0): 1 point 0.01 / 0.03, 1 point + neg 0.14 / 0.14, 3 points 0.18 / 0.19,
-3 + neg 0.37 / 0.40, 5 points 0.35 / 0.32, 5 + neg 0.36 / 0.38, tight box 0.71 / 0.68, box ±10%
-0.64 / 0.65. LiteMedSAM was trained with box prompts only: its point prompts give near-empty masks
-(parity with the PyTorch model on point prompts is tested, so this is the model, not the port).
+(slice, class) items at a fixed batch size, so it compiles once per prompt shape. On a CPU batching
+gains little; on an accelerator, where a call's overhead dominates, raise ``batch_size``. What each
+prompt scores on hippocampus: bench/RESULTS.md, "Precision and prompt notes".
 """
 
 from __future__ import annotations
@@ -30,8 +24,8 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from bench.baselines.prompts import PromptSpec, box_from_mask, sample_points
 from fewsam_jax import transforms
-from fewsam_jax.baselines.prompts import PromptSpec, box_from_mask, sample_points
 from fewsam_jax.modeling.sam import Sam, decode_masks
 
 __all__ = ["make_prompt", "prompted_items", "segment_prompted"]
@@ -48,9 +42,8 @@ def make_prompt(mask: np.ndarray, spec: PromptSpec, seed: Sequence[int] | int, *
     reads an integer coordinate as the first of them; the prompt is moved onto the footprint of the
     structure in the input: box far edges by ``1 - 1 / upscale`` (the inclusive extent of the
     enlarged mask, how SAM and MedSAM derive training boxes on resized masks) and points by half
-    that (block centres). On 50x40 hippocampus slices in LiteMedSAM (x4.9), the unmoved box covers
-    one pixel less per axis and scored 0.09 / 0.05 lower per-slice Dice (anterior / posterior; 54
-    slices of 2 volumes: 0.62 / 0.63 instead of 0.71 / 0.68).
+    that (block centres). Unmoved, the box covers one pixel less per axis and scores lower (measured:
+    bench/RESULTS.md, "Precision and prompt notes").
     """
     rng = np.random.default_rng(seed)
     footprint = max(0.0, 1.0 - 1.0 / upscale)

@@ -1,4 +1,4 @@
-"""The comparison of the paper, run on a :class:`~fewsam_jax.reproduce.datasets.Task`.
+"""The comparison of the paper, run on a :class:`~bench.reproduce.datasets.Task`.
 
 Methods, all scored on the same test slices of every fold (per class, only on test items whose
 ground truth contains the class):
@@ -6,7 +6,7 @@ ground truth contains the class):
 * **few-shot**: :class:`FewShotSegmenter` with its default settings, trained on N labelled slices
   (the sweep) drawn from the fold's pool, ``seeds`` draws each. Spread: standard deviation over seeds.
 * **prompted SAM**: the same frozen model prompted on every test slice and class present there
-  (:data:`fewsam_jax.baselines.PROMPT_SUITE`: 1/3/5 points with and without negatives, a tight and a
+  (:data:`bench.baselines.PROMPT_SUITE`: 1/3/5 points with and without negatives, a tight and a
   ±10 % box), from the same cached embeddings. Spread: over test items.
 * **U-Net from scratch, same slices** (``unet_per_count``): the 2D U-Net (``StudyConfig.unet``) trained
   from scratch on exactly the labelled slices of every few-shot run (the empty ones included), with the
@@ -35,14 +35,14 @@ from typing import Any
 
 import numpy as np
 
+from bench.baselines import PROMPT_SUITE, PromptSpec, UNetConfig, predict_unet, segment_prompted, train_unet
+from bench.reproduce.datasets import Case, Fold, Task
 from fewsam_jax import metrics
-from fewsam_jax.baselines import PROMPT_SUITE, PromptSpec, UNetConfig, predict_unet, segment_prompted, train_unet
 from fewsam_jax.cache import embed_volume
 from fewsam_jax.fewshot import AugmentConfig, Collection, FewShotConfig, FewShotSegmenter, SupportItem
 from fewsam_jax.io import get_slices, save_labels
 from fewsam_jax.modeling.sam import Sam
 from fewsam_jax.preprocess import Intensity
-from fewsam_jax.reproduce.datasets import Case, Fold, Task
 
 METRICS = ("dice", "iou", "hd95")
 
@@ -416,7 +416,7 @@ def _example(task: Task) -> dict[str, Any]:
 def run_methods(task: Task, sam: Sam, config: StudyConfig, cache: Any = None, log: Log = print) -> dict[str, Any]:
     """Run every method of the study on ``task``; raw runs (per-item scores; ``unet_fewshot``: the U-Net
     on each few-shot run's slices, empty when ``config.unet_per_count`` is off), timings and the overlay
-    example. Aggregation and files: :mod:`fewsam_jax.reproduce.report`."""
+    example. Aggregation and files: :mod:`bench.reproduce.report`."""
     shots = tuple(config.shots or task.shots)
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="fewsam-reproduce-") as scratch:

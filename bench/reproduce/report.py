@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from bench.reproduce.datasets import Task
 from fewsam_jax.fewshot import AugmentConfig, FewShotConfig
 from fewsam_jax.metrics import to_json
 from fewsam_jax.outputs import OutputExistsError, check_output_file, write_file
-from fewsam_jax.reproduce.datasets import Task
 
 ONE_POINT = "SAM 1 point"
 FULL_DECODER = "decoder, all pool slices"
@@ -250,7 +250,7 @@ def make_report(task: Task, raw: dict[str, Any], config: Any, *, model: dict[str
                 load_start: float, total_seconds: float) -> dict[str, Any]:
     """The report of a study: settings, data, method rows, the measured claims and the raw runs.
 
-    raw: the output of :func:`fewsam_jax.reproduce.study.run_methods`; config: its StudyConfig;
+    raw: the output of :func:`bench.reproduce.study.run_methods`; config: its StudyConfig;
     model: {"name", "weights_id"}.
     """
     rows = method_rows(task, raw)

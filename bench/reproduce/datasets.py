@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from fewsam_jax.io import Volume, get_slices, load_volume
+from fewsam_jax.label_maps import read_labels
 
 DATASETS = ("hippocampus", "totalseg_ct", "ct_slices_2d", "cxr_lungs")
 
@@ -120,7 +121,7 @@ def _require(path: Path) -> Path:
 
 
 def _int_labels(path: Path) -> np.ndarray:
-    return np.rint(load_volume(path).array).astype(np.int32)
+    return read_labels(path)
 
 
 def _all_slices(case: Case, axis: int) -> tuple[int, ...]:

@@ -1,0 +1,100 @@
+"""Converted models on disk: Orbax checkpoints of ``nnx.state(model)`` plus the config and a report.
+
+A model directory holds ``config.json`` (preset name + weights identity + the SHA-256 of every file
+under ``state/``), ``report.json`` (what the converter loaded, the source file's SHA-256), ``state/``
+(Orbax) and the library's marker. Directories are written under a temporary name and renamed into
+place (:func:`fewsam_jax.outputs.write_dir`), so a killed conversion never leaves one that reads as
+valid, and a folder the library did not write is never replaced.
+
+This module sits below both :mod:`fewsam_jax.weights` (the cache of converted presets) and
+:mod:`converters` (which writes these folders), so neither imports the other's internals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from fewsam_jax.config import get_config
+from fewsam_jax.modeling.sam import Sam
+from fewsam_jax.outputs import ChecksumError, read_json_object, sha256_file, tree_checksums, verify_checksums, write_dir
+
+
+def save_pytree(path: Path, tree: Any) -> None:
+    """Write ``tree`` (arrays or ``nnx.State``) as an Orbax checkpoint at ``path`` (must not exist)."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path.absolute(), tree)
+
+
+def restore_pytree(path: Path, abstract_tree: Any) -> Any:
+    """``abstract_tree``'s structure filled from the checkpoint at ``path``, on this process's default
+    device whatever device it was saved from (a model converted on a CPU machine loads on a GPU one)."""
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), abstract_tree)
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(path.absolute(), target)
+
+
+def checkpoint_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a weights file; FileNotFoundError naming it when it is not a file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    return sha256_file(path)
+
+
+def save_model(model: Sam, directory: str | os.PathLike, report: dict[str, Any] | None = None,
+               overwrite: bool = False) -> Path:
+    """Write ``model`` to ``directory`` atomically; an existing model folder is replaced only with
+    ``overwrite=True`` (see :mod:`fewsam_jax.outputs`)."""
+    with write_dir(directory, "model", overwrite=overwrite) as staging:
+        save_pytree(staging / "state", nnx.state(model))
+        (staging / "config.json").write_text(json.dumps(
+            {"model": model.config.name, "weights_id": model.weights_id, "checksums": tree_checksums(staging)},
+            indent=2))
+        (staging / "report.json").write_text(json.dumps(report or {}, indent=2))
+    return Path(directory)
+
+
+def is_model_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` looks like a folder written by :func:`save_model` (config.json and state/)."""
+    path = Path(path)
+    return (path / "config.json").is_file() and (path / "state").is_dir()
+
+
+def load_model_dir(directory: str | os.PathLike) -> Sam:
+    """Restore a model saved by :func:`save_model` into an abstract (shape-only) model.
+
+    Raises FileNotFoundError when ``directory`` is not a model folder, ChecksumError when its
+    config.json is malformed or a state file differs from its recorded SHA-256.
+    """
+    directory = Path(directory)
+    if not is_model_dir(directory):
+        raise FileNotFoundError(
+            f"{directory} is not a fewsam_jax model directory (expected config.json and state/ in it); "
+            "create one with `fewsam convert`"
+        )
+    meta = _read_model_config(directory)
+    cfg = get_config(meta["model"])
+    abstract = nnx.eval_shape(lambda: Sam(cfg, rngs=nnx.Rngs(0), weights_id=meta["weights_id"]))
+    graphdef, abstract_state = nnx.split(abstract)
+    return nnx.merge(graphdef, restore_pytree(directory / "state", abstract_state))
+
+
+def _read_model_config(directory: Path) -> dict[str, Any]:
+    """config.json, checked, with the state files verified against its checksums (when it has them:
+    folders converted before checksums existed load unverified)."""
+    path = directory / "config.json"
+    meta = read_json_object(path, ChecksumError, "convert the model again")
+    for key in ("model", "weights_id"):
+        if not isinstance(meta.get(key), str):
+            raise ChecksumError(f"{path}: key {key!r} missing or not a string; convert the model again")
+    if "checksums" in meta:
+        verify_checksums(directory, meta["checksums"], "config.json")
+    return meta
