@@ -93,12 +93,12 @@ def _segment(args: argparse.Namespace) -> None:
     segmenter = _load_segmenter(args)
     if single:
         out = segmenter.segment_file(inputs[0], args.out, cache=args.cache, postprocess=args.postprocess,
-                                     overwrite=args.overwrite, progress=_progress(args))
+                                     overwrite=args.overwrite, progress=_progress(args), seg_nrrd=args.seg_nrrd)
         log.info("labels written to %s", out)
         return
     result = cohort.segment_cases(segmenter, cases, args.out, cache=args.cache, postprocess=args.postprocess,
                                   overwrite=args.overwrite, resume=args.resume, progress=_progress(args),
-                                  inputs=[args.decoder])
+                                  inputs=[args.decoder], seg_nrrd=args.seg_nrrd)
     log.info("%d label map(s) written to %s, %d skipped", len(result["written"]), Path(args.out).resolve(),
              len(result["skipped"]))
 
@@ -251,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--model", help="base model folder written by `fewsam convert` (default: the one in "
                          "$FEWSAM_HOME/models holding the weights the decoder was trained on)")
     segment.add_argument("--postprocess", action="store_true", help="largest component + hole filling per class")
+    segment.add_argument("--seg-nrrd", action="store_true",
+                         help="also write CASE.seg.nrrd for 3D Slicer (named, coloured segments; needs pynrrd)")
     segment.add_argument("--cache", help="embedding cache folder (default $FEWSAM_HOME/embeddings)")
     segment.set_defaults(run=_segment)
 

@@ -303,10 +303,12 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
 
 def segment_cases(segmenter, cases: Sequence[Case], out_dir: str | os.PathLike, *, cache: Any = None,
                   postprocess: bool = False, overwrite: bool = False, resume: bool = False, progress: bool = True,
-                  inputs: Iterable[str | os.PathLike] = ()) -> dict[str, list[Path]]:
+                  inputs: Iterable[str | os.PathLike] = (), seg_nrrd: bool = False) -> dict[str, list[Path]]:
     """Segment ``cases`` with a :class:`~fewsam_jax.fewshot.FewShotSegmenter` into ``out_dir/CASE.nii.gz``.
 
-    Every output is checked first (:func:`plan_outputs`); with ``resume`` finished cases are skipped.
+    Every output is checked first (:func:`plan_outputs`); with ``resume`` finished cases are skipped. Beside
+    each label map: its class names and colours (``CASE.labels.txt``, ``CASE.labels.json``) and, with
+    ``seg_nrrd``, ``CASE.seg.nrrd`` for 3D Slicer.
     Returns ``{"written": [...], "skipped": [...]}``.
     """
     todo, done = plan_outputs(cases, out_dir, overwrite=overwrite, resume=resume, inputs=inputs)
@@ -316,7 +318,7 @@ def segment_cases(segmenter, cases: Sequence[Case], out_dir: str | os.PathLike, 
     written = []
     for i, (case, out) in enumerate(todo, 1):
         log.info("[%d/%d] %s: segmenting %s", i, len(todo), case.name, case.image)
-        written.append(segmenter.segment_file(case.image, out, overwrite=overwrite, cache=cache,
+        written.append(segmenter.segment_file(case.image, out, overwrite=overwrite, cache=cache, seg_nrrd=seg_nrrd,
                                               postprocess=postprocess, progress=progress))
         log.info("[%d/%d] %s: labels written to %s", i, len(todo), case.name, out)
     return {"written": written, "skipped": [out for _, out in done]}

@@ -16,7 +16,6 @@ import difflib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from fewsam_jax.io import Volume, get_slices, load_volume
 from fewsam_jax.metrics import label_map
+from fewsam_jax.outputs import write_text
 
 
 class ManifestError(ValueError):
@@ -256,9 +256,7 @@ def save_collection(collection: Collection, path: str | os.PathLike) -> Path:
         ],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        json.dump(raw, tmp, indent=2)
-    os.replace(tmp.name, path)
+    write_text(path, json.dumps(raw, indent=2))  # atomic, with the umask's mode (a temporary file would be 0600)
     return path
 
 

@@ -36,6 +36,7 @@ from fewsam_jax.fewshot.infer import (
 )
 from fewsam_jax.fewshot.prompts import images_to_low_res, labels_to_low_res
 from fewsam_jax.fewshot.train import SupportSet, support_images, support_tokens, train_decoder
+from fewsam_jax.export import itksnap_text, labels_json, require_pynrrd, sidecar_paths, write_seg_nrrd
 from fewsam_jax.io import Volume, from_array, get_slices, load_volume, save_labels, stack_slices
 from fewsam_jax.modeling.sam import Sam
 from fewsam_jax.outputs import (
@@ -46,6 +47,7 @@ from fewsam_jax.outputs import (
     tree_checksums,
     verify_checksums,
     write_dir,
+    write_text,
 )
 from fewsam_jax.preprocess import Intensity
 from fewsam_jax.weights import (
@@ -297,16 +299,36 @@ class FewShotSegmenter:
         return self.labels_from(*self.predict_volume(volume, cache, progress), postprocess=postprocess)
 
     def segment_file(self, image: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
-                     **kwargs) -> Path:
-        """Segment ``image`` and write the label map as NIfTI on its source grid and orientation.
+                     seg_nrrd: bool = False, **kwargs) -> Path:
+        """Segment ``image`` and write the label map as NIfTI on its source grid and orientation, with its
+        class names and colours beside it (``CASE.labels.txt`` for ITK-SNAP, ``CASE.labels.json``) and,
+        with ``seg_nrrd=True``, ``CASE.seg.nrrd`` for 3D Slicer (:mod:`fewsam_jax.export`).
 
-        ``out`` is checked before anything is computed: it must not be ``image`` (or inside an input
-        folder), and an existing file is replaced only with ``overwrite=True``.
+        Every output is checked before anything is computed: none may be ``image`` (or inside an input
+        folder), and an existing file is replaced only with ``overwrite=True`` (description files already
+        holding the same text excepted). The label map is written last: once it exists, all is written.
         """
-        check_output_file(out, overwrite=overwrite, inputs=[image], suffixes=LABEL_SUFFIXES)
+        sidecars = sidecar_paths(out)
+        descriptions = {"itksnap": itksnap_text(self.classes), "json": labels_json(self.classes)}
+
+        def check() -> None:
+            check_output_file(out, overwrite=overwrite, inputs=[image], suffixes=LABEL_SUFFIXES)
+            for kind, text in descriptions.items():
+                same = sidecars[kind].is_file() and sidecars[kind].read_text(errors="replace") == text
+                check_output_file(sidecars[kind], overwrite=overwrite or same, inputs=[image])
+            if seg_nrrd:
+                check_output_file(sidecars["nrrd"], overwrite=overwrite, inputs=[image])
+
+        if seg_nrrd:
+            require_pynrrd()
+        check()
         volume = load_volume(image)
         labels = self.segment(volume, **kwargs)
-        check_output_file(out, overwrite=overwrite, inputs=[image], suffixes=LABEL_SUFFIXES)  # nothing appeared
+        check()  # nothing appeared meanwhile
+        for kind, text in descriptions.items():
+            write_text(sidecars[kind], text)
+        if seg_nrrd:
+            write_seg_nrrd(labels, volume, sidecars["nrrd"], self.classes)
         return save_labels(labels, volume, out)
 
     def save(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
