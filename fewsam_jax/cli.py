@@ -54,7 +54,7 @@ def _train(args: argparse.Namespace) -> None:
     check_output_dir(args.out, "decoder", overwrite=args.overwrite, inputs=inputs)
     _check_cache(args)
     config = FewShotConfig(seed=args.seed, **({"steps": args.steps} if args.steps else {}))
-    segmenter = FewShotSegmenter.train(collection, sam=args.model, config=config,
+    segmenter = FewShotSegmenter.train(collection, model=args.model, config=config,
                                        augment=AugmentConfig(copies=args.augment, seed=args.seed),
                                        intensity=args.intensity, cache=args.cache, progress=_progress(args))
     segmenter.save(args.out, overwrite=args.overwrite)

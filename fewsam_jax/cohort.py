@@ -318,8 +318,9 @@ def segment_cases(segmenter, cases: Sequence[Case], out_dir: str | os.PathLike, 
     written = []
     for i, (case, out) in enumerate(todo, 1):
         log.info("[%d/%d] %s: segmenting %s", i, len(todo), case.name, case.image)
-        written.append(segmenter.segment_file(case.image, out, overwrite=overwrite, cache=cache, seg_nrrd=seg_nrrd,
-                                              postprocess=postprocess, progress=progress))
+        # resuming, a case still to do has no label map: files beside it are from the run that was interrupted
+        written.append(segmenter.segment_file(case.image, out, overwrite=overwrite or resume, cache=cache,
+                                              seg_nrrd=seg_nrrd, postprocess=postprocess, progress=progress))
         log.info("[%d/%d] %s: labels written to %s", i, len(todo), case.name, out)
     return {"written": written, "skipped": [out for _, out in done]}
 

@@ -19,6 +19,7 @@ import pytest
 
 from fewsam_jax import cli
 from fewsam_jax.cohort import CohortError, find_cases, pick_slices, select_part
+from fewsam_jax.export import read_itksnap_labels, read_seg_nrrd
 from fewsam_jax.fewshot import Collection, FewShotSegmenter, ManifestError
 from fewsam_jax.weights import BaseModelNotFoundError, save_model
 
@@ -99,7 +100,7 @@ def decoder(dataset, home, tmp_path_factory):
         return untrained_segmenter(load_model(model), collection.classes)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(FewShotSegmenter, "train", staticmethod(lambda collection, sam, **kw: train(collection, sam, **kw)))
+        patch.setattr(FewShotSegmenter, "train", staticmethod(lambda collection, model, **kw: train(collection, model, **kw)))
         rc = cli.main(["train", "--nnunet", str(dataset), "--slices-per-case", "2", "--cases", "2",
                        "--model", str(home / "models" / "tiny-test"), "--out", str(out), "-q"])
     assert rc == 0
@@ -109,8 +110,10 @@ def decoder(dataset, home, tmp_path_factory):
     return out
 
 
-def run_fewsam(home: Path, *argv) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FEWSAM_HOME": str(home), "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+def run_fewsam(home: Path, *argv) -> subprocess.Popen:
+    env = {**os.environ, "FEWSAM_HOME": str(home), "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+           # the processes share compiled code: the later ones skip most of the compilation
+           "JAX_COMPILATION_CACHE_DIR": str(home / "jax-cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     return subprocess.Popen([sys.executable, "-m", "fewsam_jax.cli", *map(str, argv)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -192,12 +195,20 @@ def test_segment_a_folder_resumes_and_evaluates(dataset, decoder, home, tmp_path
     monkeypatch.setenv("FEWSAM_HOME", str(home))  # the decoder finds the tiny model there by its weights id
     out = tmp_path / "pred"
     args = ["segment", "-i", dataset / "imagesTs", "-o", out, "--decoder", decoder, "--cache", home / "embeddings",
-            "-q"]
+            "--seg-nrrd", "-q"]
     assert cli.main([str(a) for a in args]) == 0
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["case_003.nii.gz", "case_004.nii.gz", "case_005.nii.gz"]
     written = nib.load(out / "case_003.nii.gz")
     np.testing.assert_allclose(written.affine, AFFINE, atol=1e-6)
     assert written.shape == SHAPE
+    # the label map opens with its names: ITK-SNAP, JSON and 3D Slicer
+    names = read_itksnap_labels(out / "case_003.labels.txt")
+    assert {k: name for k, (name, _) in names.items()} == {1: "ellipse", 2: "bar"}
+    assert [row["name"] for row in json.loads((out / "case_003.labels.json").read_text())["labels"]] == ["ellipse", "bar"]
+    data, affine, segments = read_seg_nrrd(out / "case_003.seg.nrrd")
+    np.testing.assert_array_equal(data, np.asarray(written.dataobj))
+    np.testing.assert_allclose(affine, AFFINE, atol=1e-5)
+    assert segments == names
     capsys.readouterr()
     assert cli.main([str(a) for a in args]) == 2
     assert "case_003.nii.gz exists (3 of the 3 outputs exist); pass --continue" in capsys.readouterr().err
