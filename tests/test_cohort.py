@@ -142,6 +142,14 @@ def test_cases_follow_nnunet_naming(tmp_path):
         find_cases([tmp_path / "ts", tmp_path / "ts" / "a_0000.nii.gz"])
     with pytest.raises(CohortError, match="missing.nii.gz: no such file"):
         find_cases([tmp_path / "missing.nii.gz"])
+    (tmp_path / "series_42").mkdir()  # a DICOM series: files without a volume suffix
+    for i in range(3):
+        (tmp_path / "series_42" / f"IM{i:04d}").write_bytes(b"")
+    (case,) = find_cases([tmp_path / "series_42"])
+    assert case.name == "series_42" and case.image == tmp_path / "series_42"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CohortError, match="empty: no images in this folder"):
+        find_cases([tmp_path / "empty"])
 
 
 def test_parts_cover_the_cohort_once():
