@@ -84,7 +84,7 @@ def _segment(args: argparse.Namespace) -> None:
     else:
         cases = cohort.select_part(cohort.find_cases(inputs, channel=args.channel), args.num_parts, args.part_id)
         todo, done = cohort.plan_outputs(cases, args.out, overwrite=args.overwrite, resume=args.resume,
-                                         inputs=[args.decoder])
+                                         inputs=[args.decoder, *inputs])
         log.info("%d case(s) in part %d of %d: %d to segment, %d finished", len(cases), args.part_id,
                  args.num_parts, len(todo), len(done))
         if not todo:
@@ -98,7 +98,7 @@ def _segment(args: argparse.Namespace) -> None:
         return
     result = cohort.segment_cases(segmenter, cases, args.out, cache=args.cache, postprocess=args.postprocess,
                                   overwrite=args.overwrite, resume=args.resume, progress=_progress(args),
-                                  inputs=[args.decoder], seg_nrrd=args.seg_nrrd)
+                                  inputs=[args.decoder, *inputs], seg_nrrd=args.seg_nrrd)
     log.info("%d label map(s) written to %s, %d skipped", len(result["written"]), Path(args.out).resolve(),
              len(result["skipped"]))
 

@@ -152,6 +152,18 @@ def test_cases_follow_nnunet_naming(tmp_path):
         find_cases([tmp_path / "empty"])
 
 
+def test_outputs_never_go_into_an_input_folder(dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(FewShotSegmenter, "load", lambda *a, **k: pytest.fail("loaded before the outputs were checked"))
+    images = dataset / "imagesTs"
+    for out in (images, images / "pred"):
+        assert cli.main(["segment", "-i", str(images), "-o", str(out), "--decoder", str(tmp_path / "d")]) == 2
+        assert "inside the input folder" in capsys.readouterr().err
+    assert cli.main(["segment", "-i", str(images), "-o", str(tmp_path / "p"), "--decoder", str(tmp_path / "d"),
+                     "--num-parts", "2", "--part-id", "2"]) == 2
+    assert "--part-id 2: expected an integer from 0 to 1" in capsys.readouterr().err
+    assert sorted(p.name for p in images.iterdir()) == [f"case_{i:03d}_0000.nii.gz" for i in range(3, 6)]
+
+
 def test_parts_cover_the_cohort_once():
     from fewsam_jax.cohort import Case
 
