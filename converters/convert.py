@@ -12,7 +12,7 @@ from flax import nnx
 
 from converters.torch_to_flax import ConversionError, load_state_dict
 from fewsam_jax.config import get_config
-from fewsam_jax.model_dir import checkpoint_sha256, save_model
+from fewsam_jax.model_dir import checkpoint_sha256, save_model, tensors_id
 from fewsam_jax.modeling.sam import Sam
 from fewsam_jax.outputs import check_output_dir
 
@@ -119,10 +119,13 @@ def convert_checkpoint(name: str, checkpoint: str | os.PathLike | None, out_dir:
         model, load_report = convert_state_dict(name, state_dict, weights_id=digest, source=str(path))
     except ConversionError as err:
         raise ConversionError(f"{path} does not fit model {name!r}: {err}") from None
+    # the weights are known by their converted tensors, so the same weights from another file match
+    model.weights_id = tensors_id(model)
     report = {
         "model": name,
         "source": str(path.resolve()),
         "sha256": digest,
+        "tensors_id": model.weights_id,
         "num_tensors": len(state_dict),
         "num_parameters": int(sum(v.size for v in state_dict.values())),
         **load_report,

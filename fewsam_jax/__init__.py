@@ -3,9 +3,10 @@
 The public API is what this module exports. ``import fewsam_jax`` never imports torch.
 """
 
-from fewsam_jax import metrics
+from fewsam_jax import cohort, export, metrics
 from fewsam_jax.cache import CachedEmbeddings, EmbeddingCache, embed_volume
-from fewsam_jax.config import PRESETS, SamConfig, TinyViTConfig, ViTConfig, get_config, litemedsam, vit_b, vit_h, vit_l
+from fewsam_jax.config import (PRESETS, SamConfig, TinyViTConfig, ViTConfig, get_config, litemedsam, medsam, vit_b,
+                               vit_h, vit_l)
 from fewsam_jax.encode import SliceEncoder
 from fewsam_jax.fewshot import (
     AugmentConfig,
@@ -27,7 +28,8 @@ __all__ = [
     "AugmentConfig", "CachedEmbeddings", "Collection", "EmbeddingCache", "FewShotConfig", "FewShotSegmenter",
     "Intensity", "ManifestError", "PRESETS", "Sam", "SamConfig", "SamPredictor", "SliceEncoder", "SupportItem",
     "TinyViTConfig", "ViTConfig", "Volume", "VolumeError", "WINDOWS", "decode_masks", "embed_volume",
-    "encode_images", "from_array", "get_config", "get_slices", "litemedsam", "load_collection", "load_model",
-    "load_volume", "metrics", "save_collection", "save_labels", "save_model", "stack_slices", "vit_b",
+    "cohort", "encode_images", "export", "from_array", "get_config", "get_slices", "litemedsam", "load_collection",
+    "load_model", "load_volume", "medsam", "metrics", "save_collection", "save_labels", "save_model", "stack_slices",
+    "vit_b",
     "vit_h", "vit_l",
 ]

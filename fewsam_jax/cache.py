@@ -10,7 +10,7 @@ Layout (root: ``$FEWSAM_HOME/embeddings`` by default)::
         checksums                  (N,) uint32 CRC-32 of each slice's stored float16 bytes
         done                       (N,) bool, one chunk per slice, set AFTER the slice's chunk and checksum
         meta.json                  slice shape, axis, source, intensity, model, created (written last)
-    root/<model>/<key>.lock        fcntl lock held while the entry is written
+    root/<model>/<key>.lock        lock file (filelock) held while the entry is written
     root/.fewsam-cache             marks the folder as an embedding cache
 
 ``key`` is the SHA-256 of the canonical voxel data (bytes, shape, dtype), the model name and
@@ -31,7 +31,8 @@ Guarantees:
     64-hex-digit key holding only zarr's files), never other folders under the root.
   * Concurrency: writers of different volumes touch disjoint directories; two writers of the SAME
     entry serialise on its lock file (the second waits, then finds the slices done). Readers need
-    no lock. The lock is an ``fcntl.flock``, reliable on a local disk; on a network filesystem
+    no lock. The lock is a :mod:`filelock` lock (``flock`` on Unix, ``msvcrt.locking`` on Windows),
+    reliable on a local disk; on a network filesystem
     shared by several hosts, give each host disjoint volumes (``encode.shard_of``).
 
 Storage precision: embeddings are stored as float16, uncompressed, and read back as float32 (the
@@ -41,7 +42,6 @@ error this costs, measured on LiteMedSAM: bench/RESULTS.md, "Precision and promp
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -56,6 +56,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import zarr
+from filelock import FileLock, Timeout
 
 from fewsam_jax.encode import SliceEncoder
 from fewsam_jax.io import Volume, check_axis, from_array, get_slices, load_volume
@@ -122,28 +123,33 @@ def entry_key(
     return digest.hexdigest()
 
 
-def _acquire(path: Path, blocking: bool = True) -> int | None:
-    """An exclusive ``flock`` on ``path`` (created if absent): its fd, or None if busy and not ``blocking``.
+def _acquire(path: Path, blocking: bool = True) -> FileLock | None:
+    """An exclusive lock on file ``path`` (created if absent, :mod:`filelock`: ``flock`` on Unix, ``msvcrt`` on
+    Windows): the held lock (``.release()`` it), or None if busy and not ``blocking``.
 
     Retries when the file was deleted or replaced while waiting, so deleting a lock file while
     holding it (as :meth:`EmbeddingCache.clear` does) is safe.
     """
     while True:
         path.parent.mkdir(parents=True, exist_ok=True)
+        held: dict[str, int] = {}
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            lock = FileLock(path, timeout=-1 if blocking else 0, on_acquired=lambda fd: held.update(fd=fd))
+        except TypeError:  # filelock without on_acquired: no check that the file is still the one locked
+            lock = FileLock(path, timeout=-1 if blocking else 0)
+        try:
+            lock.acquire()
+        except Timeout:
+            return None
         except FileNotFoundError:
             continue
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            if os.path.samestat(os.fstat(fd), os.stat(path)):
-                return fd
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        except FileNotFoundError:
-            pass
-        os.close(fd)
+            same = "fd" not in held or os.path.samestat(os.fstat(held["fd"]), os.stat(path))
+        except OSError:
+            same = False
+        if same:
+            return lock
+        lock.release()
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -377,8 +383,8 @@ class EmbeddingCache:
         models = [_check_name(model)] if model else self.models()
         for path in [p for name in models for p in self.entries(name)]:
             lock = path.with_name(path.name + ".lock")
-            fd = _acquire(lock, blocking=False)
-            if fd is None:
+            held = _acquire(lock, blocking=False)
+            if held is None:
                 in_use.append(str(path))
                 continue
             try:
@@ -388,14 +394,14 @@ class EmbeddingCache:
                     removed += 1
                 lock.unlink(missing_ok=True)
             finally:
-                os.close(fd)
+                held.release()
         for name in models:
             for stale in self._locks(name):
                 if not stale.with_suffix("").exists():
-                    fd = _acquire(stale, blocking=False)
-                    if fd is not None:
+                    held = _acquire(stale, blocking=False)
+                    if held is not None:
                         stale.unlink(missing_ok=True)
-                        os.close(fd)
+                        held.release()
             with contextlib.suppress(OSError):
                 (self.root / name).rmdir()  # only if empty
         return {"removed": removed, "bytes": freed, "in_use": in_use}
@@ -488,7 +494,7 @@ def embed_volume(
         if entry.done()[wanted].all() and not entry.verify(wanted):
             return entry
     cache._mark()
-    fd = _acquire(path.with_name(key + ".lock"))
+    held = _acquire(path.with_name(key + ".lock"))
     try:
         images = get_slices(intensity.apply(vol.array), axis)
         if path.exists() and not _is_entry(path):
@@ -541,5 +547,5 @@ def embed_volume(
                 entry._write(missing[start : start + len(embeddings)], embeddings)
         entry.computed = missing
     finally:
-        os.close(fd)
+        held.release()
     return entry

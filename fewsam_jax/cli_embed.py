@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from fewsam_jax.preprocess import WINDOWS, Intensity
 
+log = logging.getLogger("fewsam_jax.cli")
 DEFAULT_MODEL = "litemedsam"  # as fewsam_jax.weights.DEFAULT_MODEL; not imported to keep `fewsam --help` fast
 
 
@@ -61,7 +63,7 @@ def _cache_clear(args: argparse.Namespace) -> None:
     what = f"model {args.model!r}" if args.model else "all models"
     print(f"removed {result['removed']} entries ({result['bytes'] / 2**20:.1f} MiB) of {what} from {cache.root}")
     for path in result["in_use"]:
-        print(f"skipped (being written): {path}")
+        log.warning("skipped (being written): %s", path)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -84,9 +86,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="'window:LEVEL,WIDTH', 'percentile[:LOW,HIGH]' (default, 0.5-99.5) or 'minmax'",
     )
     embed.add_argument("--cache", help=cache_help)
+    embed.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only; no progress bar")
     embed.add_argument("--batch-size", type=int, default=4, help="slices per compiled batch (default 4)")
-    embed.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="encoder compute dtype")
-    embed.add_argument("--quiet", action="store_true", help="no progress bar")
+    embed.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="encoder compute dtype (default float32)")
     embed.set_defaults(run=_embed)
 
     cache = commands.add_parser("cache", help="inspect or evict the embedding cache")

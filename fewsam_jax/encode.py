@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from tqdm.auto import tqdm
+from fewsam_jax.logs import tqdm
 
 from fewsam_jax.modeling.sam import Sam
 from fewsam_jax.transforms import prepare_images

@@ -12,12 +12,15 @@ This module sits below both :mod:`fewsam_jax.weights` (the cache of converted pr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -49,15 +52,39 @@ def checkpoint_sha256(path: str | os.PathLike) -> str:
     return sha256_file(path)
 
 
+_TENSOR_IDS: "weakref.WeakKeyDictionary[Sam, str]" = weakref.WeakKeyDictionary()
+
+
+def tensors_id(model: Sam) -> str:
+    """SHA-256 of the model's parameters as converted: every array of ``nnx.state(model)`` by path, with its
+    dtype and shape, bytes little-endian. The same weights give the same id whatever file they were
+    converted from (a re-saved .pth, another container), unlike the source file's SHA-256."""
+    if model in _TENSOR_IDS:
+        return _TENSOR_IDS[model]
+    digest = hashlib.sha256(b"fewsam-tensors-v1")
+    for path, leaf in sorted(((jax.tree_util.keystr(p), v) for p, v in
+                              jax.tree_util.tree_leaves_with_path(nnx.state(model))), key=lambda item: item[0]):
+        value = np.asarray(leaf)
+        value = value.astype(value.dtype.newbyteorder("<"), copy=False)
+        digest.update(json.dumps([path, value.dtype.str, list(value.shape)]).encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    _TENSOR_IDS[model] = digest.hexdigest()
+    return _TENSOR_IDS[model]
+
+
 def save_model(model: Sam, directory: str | os.PathLike, report: dict[str, Any] | None = None,
                overwrite: bool = False) -> Path:
     """Write ``model`` to ``directory`` atomically; an existing model folder is replaced only with
-    ``overwrite=True`` (see :mod:`fewsam_jax.outputs`)."""
+    ``overwrite=True`` (see :mod:`fewsam_jax.outputs`). ``config.json`` records the preset, the weights id,
+    the id of the tensors (:func:`tensors_id`) and, from the conversion report, the source file's SHA-256."""
+    ids = {"tensors_id": tensors_id(model)}
+    if report and isinstance(report.get("sha256"), str):
+        ids["source_sha256"] = report["sha256"]
     with write_dir(directory, "model", overwrite=overwrite) as staging:
         save_pytree(staging / "state", nnx.state(model))
         (staging / "config.json").write_text(json.dumps(
-            {"model": model.config.name, "weights_id": model.weights_id, "checksums": tree_checksums(staging)},
-            indent=2))
+            {"model": model.config.name, "weights_id": model.weights_id, **ids,
+             "checksums": tree_checksums(staging)}, indent=2))
         (staging / "report.json").write_text(json.dumps(report or {}, indent=2))
     return Path(directory)
 

@@ -188,8 +188,8 @@ def check_output_file(out: str | os.PathLike, *, overwrite: bool = False,
 
 
 def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return True  # not a pid we wrote: keep the folder
+    if pid <= 0 or os.name == "nt":
+        return True  # not a pid we wrote, or Windows (where os.kill terminates): keep the folder
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -262,12 +262,22 @@ def write_dir(out: str | os.PathLike, kind: str, *, overwrite: bool = False,
                     retired.rename(target)
 
 
+def default_file_mode() -> int:
+    """The mode ``open()`` gives a new file under the process umask (0o666 less the umask): outputs are as
+    readable to colleagues as the user's other files (0o644 under the usual umask 022)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
-def write_file(out: str | os.PathLike, *, overwrite: bool = True, mode: int | None = 0o644) -> Iterator[Path]:
+def write_file(out: str | os.PathLike, *, overwrite: bool = True, mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``out`` (same suffix) that replaces ``out`` once the block completes.
 
     With ``overwrite=False`` an ``out`` that appeared meanwhile is not replaced (OutputExistsError).
+    The file gets ``mode``, by default the umask's (:func:`default_file_mode`).
     """
+    mode = default_file_mode() if mode is None else mode
     out = Path(out)
     suffix = "".join(out.suffixes[-2:]) if out.name.lower().endswith(".nii.gz") else out.suffix
     tmp = out.with_name(f".{out.name}{TMP}{secrets.token_hex(4)}{suffix}")

@@ -35,6 +35,42 @@ def as_rgb_255(image: np.ndarray, name: str = "image") -> np.ndarray:
     return np.broadcast_to(image, (*image.shape[:2], 3))
 
 
+class PromptWarning(UserWarning):
+    """A prompt that lies partly outside the image: SAM answers, but rarely with what was meant."""
+
+
+def _image_size_text(size: tuple[int, int]) -> str:
+    height, width = size
+    return f"the {width} x {height} image (x = column 0..{width - 1}, y = row 0..{height - 1})"
+
+
+def check_points(coords: np.ndarray, size: tuple[int, int]) -> None:
+    """ValueError naming the first point (x, y) outside the image of ``size`` (H, W), or not finite."""
+    height, width = size
+    for i, (x, y) in enumerate(np.asarray(coords, np.float64)):
+        if not (np.isfinite(x) and np.isfinite(y) and -0.5 <= x <= width - 0.5 and -0.5 <= y <= height - 0.5):
+            raise ValueError(f"point_coords[{i}] = ({x:g}, {y:g}) lies outside {_image_size_text(size)}")
+
+
+def check_box(box: np.ndarray, size: tuple[int, int]) -> None:
+    """ValueError for a box (x0, y0, x1, y1) that is empty, not finite or entirely outside the image; a
+    PromptWarning when part of it lies outside (the part inside is what SAM can segment)."""
+    import warnings
+
+    height, width = size
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not np.isfinite([x0, y0, x1, y1]).all() or x1 <= x0 or y1 <= y0:
+        raise ValueError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}): expected x0 < x1 and y0 < y1 (pixels, x = column)")
+    inside_w = max(0.0, min(x1, width) - max(x0, 0.0))
+    inside_h = max(0.0, min(y1, height) - max(y0, 0.0))
+    if inside_w * inside_h == 0:
+        raise ValueError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies outside {_image_size_text(size)}")
+    outside = 1 - inside_w * inside_h / ((x1 - x0) * (y1 - y0))
+    if outside > 0.01:
+        warnings.warn(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}): {outside:.0%} of it lies outside "
+                      f"{_image_size_text(size)}", PromptWarning, stacklevel=3)
+
+
 class SamPredictor:
     """Embed an image once, then answer point / box / mask prompts on it.
 
@@ -95,12 +131,14 @@ class SamPredictor:
             labels = np.asarray(point_labels, np.int32)
             if labels.shape != coords.shape[:1]:
                 raise ValueError(f"point_labels: expected shape {coords.shape[:1]}, got {labels.shape}")
+            check_points(coords, size)
             coords = transforms.scale_coords(coords, size, self.config)[None]
             labels = labels[None]
         if box is not None:
             box = np.asarray(box, np.float32).reshape(-1)
             if box.shape != (4,):
                 raise ValueError(f"box: expected 4 numbers x0, y0, x1, y1, got shape {box.shape}")
+            check_box(box, size)
             boxes = transforms.scale_boxes(box, size, self.config)[None]
         if mask_input is not None:
             low = self.config.low_res_size

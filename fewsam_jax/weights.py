@@ -7,6 +7,8 @@ lives there); ``converters`` imports only :mod:`fewsam_jax.model_dir`, never thi
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from pathlib import Path
 
@@ -18,10 +20,16 @@ from fewsam_jax.model_dir import (  # noqa: F401  (re-exported: the public names
     restore_pytree,
     save_model,
     save_pytree,
+    tensors_id,
 )
 from fewsam_jax.modeling.sam import Sam
+from fewsam_jax.outputs import ChecksumError, FewSamError, read_json_object
 
 DEFAULT_MODEL = "litemedsam"
+
+
+class BaseModelNotFoundError(FewSamError, FileNotFoundError):
+    """No converted model holds the weights a decoder was trained on."""
 
 
 def fewsam_home() -> Path:
@@ -65,3 +73,57 @@ def cached_model_dir(name: str, checkpoint: str | os.PathLike | None = None) -> 
 
         convert_checkpoint(name, checkpoint, directory, overwrite=True)  # the library's own cache folder
     return directory
+
+
+def model_ids(directory: str | os.PathLike) -> set[str]:
+    """Every id the weights of a model folder go by: its weights id, tensors id and source file SHA-256
+    (folders converted before tensors ids existed: the first and the last)."""
+    directory = Path(directory)
+    meta = read_json_object(directory / "config.json", ChecksumError, "convert the model again")
+    ids = {meta.get(key) for key in ("weights_id", "tensors_id", "source_sha256")}
+    with contextlib.suppress(OSError, ValueError):
+        report = json.loads((directory / "report.json").read_text())
+        ids.add(report.get("sha256") if isinstance(report, dict) else None)
+    return {i for i in ids if isinstance(i, str) and i}
+
+
+def model_matches(model: Sam, ids: set[str]) -> bool:
+    """Whether ``model`` holds the weights known by any of ``ids``."""
+    return model.weights_id in ids or tensors_id(model) in ids
+
+
+def find_model(preset: str, ids: set[str] | str, folders: list[str | os.PathLike] | None = None) -> Path:
+    """The converted model folder of ``preset`` whose weights go by one of ``ids`` (:func:`model_ids`),
+    searched in ``folders`` (default ``$FEWSAM_HOME/models``) and one level below them. LiteMedSAM, which
+    ships with its weights, is converted when absent. BaseModelNotFoundError says which model to convert."""
+    ids = {ids} if isinstance(ids, str) else set(ids)
+    folders = [Path(f).expanduser() for f in (folders or [models_dir()])]
+    candidates = []
+    for folder in folders:
+        if is_model_dir(folder):
+            candidates.append(folder)
+        elif folder.is_dir():
+            candidates += sorted(p for p in folder.iterdir() if not p.name.startswith(".") and is_model_dir(p))
+    same_preset = []
+    for candidate in candidates:
+        with contextlib.suppress(OSError, ValueError):
+            meta = json.loads((candidate / "config.json").read_text())
+            if isinstance(meta, dict) and meta.get("model") == preset:
+                same_preset.append((candidate, meta))
+                if model_ids(candidate) & ids:
+                    return candidate
+    for candidate, meta in same_preset:  # converted before tensors ids were recorded: compute them
+        if "tensors_id" not in meta and tensors_id(load_model_dir(candidate)) in ids:
+            return candidate
+    if preset == DEFAULT_MODEL and not (models_dir() / DEFAULT_MODEL).exists():
+        directory = cached_model_dir(DEFAULT_MODEL)
+        if model_ids(directory) & ids or tensors_id(load_model_dir(directory)) in ids:
+            return directory
+    shown = min(ids)[:12] if ids else "?"
+    where = " or ".join(str(f) for f in folders)
+    found = (f"; the {preset} model(s) there hold other weights: {', '.join(str(c) for c, _ in same_preset)}"
+             if same_preset else "")
+    raise BaseModelNotFoundError(
+        f"the base model {preset!r} with weights {shown} is not among the converted models in {where}{found}. "
+        f"Convert the checkpoint the decoder was trained with: `fewsam convert --model {preset} --checkpoint "
+        f"FILE.pth --out {models_dir() / preset}`, or pass the model folder (--model DIR; Python: model=DIR)")

@@ -174,11 +174,11 @@ def test_concurrent_writers(tmp_path, encoder, jax_cache):
 def test_clear_skips_entries_being_written(tmp_path, encoder):
     cache = EmbeddingCache(tmp_path)
     entry = embed_volume(_volume(), encoder, cache=cache, progress=False)
-    fd = _acquire(entry.path.with_name(entry.key + ".lock"))
+    lock = _acquire(entry.path.with_name(entry.key + ".lock"))
     try:
         assert cache.clear() == {"removed": 0, "bytes": 0, "in_use": [str(entry.path)]}
     finally:
-        os.close(fd)
+        lock.release()
     assert cache.clear()["removed"] == 1 and cache.info() == {}
 
 

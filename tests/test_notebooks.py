@@ -47,7 +47,8 @@ def test_notebook_is_stored_clean_and_only_calls_the_package(name):
         # library logic belongs in the package: no function or class definitions in a tutorial
         assert not re.search(r"^\s*(def|class)\s", cell.source, re.MULTILINE), f"{name}: defines code:\n{cell.source}"
     setup = cells[0].source
-    assert "REPO_URL" in setup and "%pip install" in setup and 'find_spec("fewsam_jax") is None' in setup
+    assert '"fewsam-jax"' in setup and "WHEEL" in setup and "%pip install" in setup and "OWNER" not in setup
+    assert 'find_spec("fewsam_jax") is None' in setup
     assert any('os.environ.get("FEWSAM_FAST") == "1"' in cell.source for cell in cells)
 
 

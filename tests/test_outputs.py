@@ -198,14 +198,13 @@ def test_segment_refuses_to_write_over_its_input_image(segmenter, tmp_path, caps
 
 
 def test_segment_needs_overwrite_to_replace_an_output(segmenter, tiny_sam, tmp_path, capsys, monkeypatch):
-    import fewsam_jax.fewshot.segmenter as module
 
     user_folder(tmp_path)
     segmenter.save(tmp_path / "d")
     (tmp_path / "pred.nii.gz").write_bytes(b"yesterday's labels")
-    monkeypatch.setattr(module, "load_model", lambda name: tiny_sam)
+    save_model(tiny_sam, tmp_path / "tiny_model")
     args = ("segment", tmp_path / "img.nii.gz", "--decoder", tmp_path / "d", "--out", tmp_path / "pred.nii.gz",
-            "--cache", tmp_path / "cache")
+            "--cache", tmp_path / "cache", "--model", tmp_path / "tiny_model")
     rc, err = fewsam(capsys, *args)
     assert rc == 2 and "pred.nii.gz exists; pass --overwrite" in err
     assert (tmp_path / "pred.nii.gz").read_bytes() == b"yesterday's labels"
@@ -223,9 +222,10 @@ def test_outputs_are_checked_before_any_compute(tmp_path, capsys, monkeypatch):
     (tmp_path / "decoder_file").write_text("not a folder")
     monkeypatch.setattr(FewShotSegmenter, "load", must_not_run)
     monkeypatch.setattr(FewShotSegmenter, "train", must_not_run)
+    (tmp_path / "labels_dir" / "img.nii.gz").write_bytes(b"earlier labels")  # -o DIR writes DIR/CASE.nii.gz
     rc, err = fewsam(capsys, "segment", tmp_path / "img.nii.gz", "--decoder", tmp_path / "d",
                      "--out", tmp_path / "labels_dir")
-    assert rc == 2 and "labels_dir is a folder" in err and "Traceback" not in err
+    assert rc == 2 and "img.nii.gz exists" in err and "--continue" in err and "Traceback" not in err
     rc, err = fewsam(capsys, "segment", tmp_path / "img.nii.gz", "--decoder", tmp_path / "d",
                      "--out", tmp_path / "labels.txt")
     assert rc == 2 and "unsupported output type" in err
@@ -237,6 +237,7 @@ def test_outputs_are_checked_before_any_compute(tmp_path, capsys, monkeypatch):
     rc, err = fewsam(capsys, "train", tmp_path / "ok.json", "--out", tmp_path / "d", "--cache", tmp_path / "notes.txt")
     assert rc == 2 and "notes.txt is a file" in err
     assert (tmp_path / "decoder_file").read_text() == "not a folder"
+    assert (tmp_path / "labels_dir" / "img.nii.gz").read_bytes() == b"earlier labels"
 
 
 def test_output_checks(tmp_path):

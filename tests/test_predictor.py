@@ -59,3 +59,18 @@ def test_litemedsam_box_prompt_segments_a_real_hippocampus(litemedsam):
     predictor.set_image(slices[index])
     masks, iou, _ = predictor.predict(box=np.array([cols[0], rows[0], cols[-1], rows[-1]]), multimask_output=False)
     assert metrics.dice(masks[0], mask) > 0.6
+
+
+def test_prompts_outside_the_image_are_an_error_or_a_warning(predictor):
+    """The 60 x 90 image: x is the column (0..89), y the row (0..59)."""
+    from fewsam_jax.predictor import PromptWarning
+
+    with pytest.raises(ValueError, match=r"point_coords\[1\] = \(95, 20\) lies outside the 90 x 60 image"):
+        predictor.predict(point_coords=np.array([[30, 20], [95, 20]]), point_labels=np.array([1, 1]))
+    with pytest.raises(ValueError, match=r"box \(120, 80, 200, 160\) lies outside the 90 x 60 image"):
+        predictor.predict(box=np.array([120, 80, 200, 160]))
+    with pytest.raises(ValueError, match="expected x0 < x1"):
+        predictor.predict(box=np.array([50, 10, 40, 30]))
+    with pytest.warns(PromptWarning, match=r"box \(60, 30, 120, 90\): 75% of it lies outside"):
+        masks, _, _ = predictor.predict(box=np.array([60, 30, 120, 90]), multimask_output=False)
+    assert masks.shape == (1, 60, 90)

@@ -17,7 +17,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Sequence
 
 import numpy as np
 
@@ -51,6 +51,16 @@ class Collection:
     @property
     def num_slices(self) -> int:
         return sum(len(item.slices) for item in self.support)
+
+    @classmethod
+    def from_nnunet(cls, folder: str | os.PathLike, slices_per_case: int, cases: int | Sequence[str] | None = None,
+                    axis: int = 2, channel: int = 0) -> Collection:
+        """The labelled slices of an nnU-Net raw dataset (``dataset.json``, ``imagesTr``, ``labelsTr``):
+        ``slices_per_case`` slices of each case spread over its labelled extent; ``cases``: how many cases
+        (the first by name) or their names. See :func:`fewsam_jax.cohort.nnunet_collection`."""
+        from fewsam_jax.cohort import nnunet_collection
+
+        return nnunet_collection(folder, slices_per_case, cases=cases, axis=axis, channel=channel)
 
 
 MANIFEST_VERSION = 1

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from scipy import ndimage
-from tqdm.auto import tqdm
+from fewsam_jax.logs import tqdm
 
 from fewsam_jax.fewshot.decoder import FewShotDecoder
 from fewsam_jax.fewshot.prompts import IGNORE

@@ -36,6 +36,7 @@ from fewsam_jax.fewshot.infer import (
 )
 from fewsam_jax.fewshot.prompts import images_to_low_res, labels_to_low_res
 from fewsam_jax.fewshot.train import SupportSet, support_images, support_tokens, train_decoder
+from fewsam_jax.export import itksnap_text, labels_json, require_pynrrd, sidecar_paths, write_seg_nrrd
 from fewsam_jax.io import Volume, from_array, get_slices, load_volume, save_labels, stack_slices
 from fewsam_jax.modeling.sam import Sam
 from fewsam_jax.outputs import (
@@ -46,9 +47,20 @@ from fewsam_jax.outputs import (
     tree_checksums,
     verify_checksums,
     write_dir,
+    write_text,
 )
 from fewsam_jax.preprocess import Intensity
-from fewsam_jax.weights import load_model, restore_pytree, save_pytree
+from fewsam_jax.weights import (
+    find_model,
+    is_model_dir,
+    load_model,
+    load_model_dir,
+    model_ids,
+    model_matches,
+    restore_pytree,
+    save_pytree,
+    tensors_id,
+)
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".png")  # what io.save_labels writes
 
@@ -156,6 +168,13 @@ class FewShotSegmenter:
     axis: int
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
     _sam: Sam | None = dataclasses.field(default=None, repr=False)
+    tensors_id: str | None = dataclasses.field(default=None, repr=False)  # weights.tensors_id of the base model
+    _model_source: Any = dataclasses.field(default=None, repr=False)  # model folder or preset to load from
+
+    @property
+    def weights_ids(self) -> set[str]:
+        """The ids the base model's weights go by (the weights id recorded at training, and the tensors id)."""
+        return {i for i in (self.weights_id, self.tensors_id) if i}
 
     @property
     def class_ids(self) -> tuple[int, ...]:
@@ -165,7 +184,7 @@ class FewShotSegmenter:
     def train(
         cls,
         collection: Collection | str | os.PathLike,
-        sam: Sam | str = "litemedsam",
+        model: Sam | str = "litemedsam",
         config: FewShotConfig = FewShotConfig(),
         augment: AugmentConfig = AugmentConfig(),
         intensity: Intensity | str = "percentile",
@@ -173,12 +192,19 @@ class FewShotSegmenter:
         progress: bool = True,
         callback: Callable[[int, FewShotDecoder, SupportSet], None] | None = None,
         callback_every: int = 0,
+        *,
+        sam: Sam | str | None = None,
     ) -> FewShotSegmenter:
         """Embed the collection's slices (cached), then train the decoder on the cached arrays.
-        ``callback``/``callback_every``: see :func:`~fewsam_jax.fewshot.train.train_decoder`."""
+
+        ``model``: the base model, a preset name, a converted model folder or a loaded ``Sam`` (``sam=`` is
+        the older name of the same argument). ``callback``/``callback_every``: see
+        :func:`~fewsam_jax.fewshot.train.train_decoder`."""
+        if sam is not None:
+            model = sam
         if not isinstance(collection, Collection):
             collection = load_collection(collection)
-        sam = load_model(sam) if isinstance(sam, str) else sam
+        sam = load_model(str(model)) if isinstance(model, (str, os.PathLike)) else model
         intensity = Intensity.coerce(intensity)
         started = time.perf_counter()
         support = support_set(collection, sam, intensity, augment, cache, progress, config)
@@ -200,17 +226,51 @@ class FewShotSegmenter:
             "thresholds": thresholds.tolist(),
         }
         return cls(decoder, tokens, prototypes, thresholds, dict(collection.classes), sam.config.name, sam.weights_id,
-                   intensity, collection.axis, info, sam)
+                   intensity, collection.axis, info, sam, tensors_id(sam))
+
+    def use_model(self, model: Sam | str | os.PathLike) -> None:
+        """Take ``model`` (a loaded ``Sam``, a converted model folder or a preset name) as the base model,
+        after checking it holds the weights the decoder was trained on (a ValueError names both otherwise)."""
+        if isinstance(model, Sam):
+            self._check_model(model, "the given model")
+            self._sam = model
+            return
+        path = Path(model).expanduser()
+        if is_model_dir(path):
+            preset = read_json_object(path / "config.json", DecoderFileError, "convert the model again").get("model")
+            if preset != self.model_name:
+                raise ValueError(f"{path} is a {preset!r} model, but the decoder was trained on {self.model_name!r}")
+            if not model_ids(path) & self.weights_ids:
+                sam = load_model_dir(path)
+                self._check_model(sam, str(path))
+                self._sam = sam
+                return
+            self._model_source, self._sam = path, None
+            return
+        if str(model) != self.model_name:
+            raise ValueError(f"--model {model}: not a converted model folder, nor the decoder's base model "
+                             f"{self.model_name!r}; pass the folder written by `fewsam convert`")
+        self._model_source, self._sam = None, None
+
+    def _check_model(self, sam: Sam, where: str) -> None:
+        if sam.config.name != self.model_name:
+            raise ValueError(f"{where} is a {sam.config.name!r} model, but the decoder was trained on "
+                             f"{self.model_name!r}")
+        if not model_matches(sam, self.weights_ids):
+            raise ValueError(f"{where} holds {self.model_name} weights {sam.weights_id[:12]}, but the decoder was "
+                             f"trained on weights {self.weights_id[:12]}; use the checkpoint it was trained with")
+
+    def model_dir(self) -> Path:
+        """The converted model folder the base model loads from: the one given to :meth:`use_model`, else the
+        folder in ``$FEWSAM_HOME/models`` whose weights match (BaseModelNotFoundError says what to convert)."""
+        if self._model_source is None:
+            self._model_source = find_model(self.model_name, self.weights_ids)
+        return self._model_source
 
     def sam(self) -> Sam:
         """The base model (for encoding slices not cached yet), loaded on first use."""
         if self._sam is None:
-            self._sam = load_model(self.model_name)
-            if self._sam.weights_id != self.weights_id:
-                raise ValueError(
-                    f"the decoder was trained on {self.model_name} weights {self.weights_id[:12]}, but the "
-                    f"cached model has {self._sam.weights_id[:12]}; convert the same checkpoint"
-                )
+            self._sam = load_model_dir(self.model_dir())
         return self._sam
 
     def predict_volume(self, volume: Volume, cache: Any = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -239,16 +299,36 @@ class FewShotSegmenter:
         return self.labels_from(*self.predict_volume(volume, cache, progress), postprocess=postprocess)
 
     def segment_file(self, image: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
-                     **kwargs) -> Path:
-        """Segment ``image`` and write the label map as NIfTI on its source grid and orientation.
+                     seg_nrrd: bool = False, **kwargs) -> Path:
+        """Segment ``image`` and write the label map as NIfTI on its source grid and orientation, with its
+        class names and colours beside it (``CASE.labels.txt`` for ITK-SNAP, ``CASE.labels.json``) and,
+        with ``seg_nrrd=True``, ``CASE.seg.nrrd`` for 3D Slicer (:mod:`fewsam_jax.export`).
 
-        ``out`` is checked before anything is computed: it must not be ``image`` (or inside an input
-        folder), and an existing file is replaced only with ``overwrite=True``.
+        Every output is checked before anything is computed: none may be ``image`` (or inside an input
+        folder), and an existing file is replaced only with ``overwrite=True`` (description files already
+        holding the same text excepted). The label map is written last: once it exists, all is written.
         """
-        check_output_file(out, overwrite=overwrite, inputs=[image], suffixes=LABEL_SUFFIXES)
+        sidecars = sidecar_paths(out)
+        descriptions = {"itksnap": itksnap_text(self.classes), "json": labels_json(self.classes)}
+
+        def check() -> None:
+            check_output_file(out, overwrite=overwrite, inputs=[image], suffixes=LABEL_SUFFIXES)
+            for kind, text in descriptions.items():
+                same = sidecars[kind].is_file() and sidecars[kind].read_text(errors="replace") == text
+                check_output_file(sidecars[kind], overwrite=overwrite or same, inputs=[image])
+            if seg_nrrd:
+                check_output_file(sidecars["nrrd"], overwrite=overwrite, inputs=[image])
+
+        if seg_nrrd:
+            require_pynrrd()
+        check()
         volume = load_volume(image)
         labels = self.segment(volume, **kwargs)
-        check_output_file(out, overwrite=overwrite, inputs=[image], suffixes=LABEL_SUFFIXES)  # nothing appeared
+        check()  # nothing appeared meanwhile
+        for kind, text in descriptions.items():
+            write_text(sidecars[kind], text)
+        if seg_nrrd:
+            write_seg_nrrd(labels, volume, sidecars["nrrd"], self.classes)
         return save_labels(labels, volume, out)
 
     def save(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -265,6 +345,7 @@ class FewShotSegmenter:
                 "classes": {str(k): v for k, v in self.classes.items()},
                 "model": self.model_name,
                 "weights_id": self.weights_id,
+                **({"tensors_id": self.tensors_id or tensors_id(self._sam)} if self.tensors_id or self._sam else {}),
                 "intensity": self.intensity.key(),
                 "axis": self.axis,
                 "fewshot": dataclasses.asdict(self.decoder.config),
@@ -277,11 +358,18 @@ class FewShotSegmenter:
         return Path(directory)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> FewShotSegmenter:
+    def load(cls, directory: str | os.PathLike, model: Sam | str | os.PathLike | None = None, *,
+             sam: Sam | str | os.PathLike | None = None) -> FewShotSegmenter:
         """Read a decoder folder written by :meth:`save`. ``fewshot.json`` is validated (keys, types,
         thresholds and token shape consistent with the classes) and the state files checked against their
         recorded SHA-256 (folders saved before checksums existed load unverified): a DecoderFileError
-        (a ValueError) names the file and key otherwise."""
+        (a ValueError) names the file and key otherwise.
+
+        ``model`` (``sam=`` is the older name): the base model, a loaded ``Sam`` or a converted model
+        folder, checked against the weights the decoder was trained on. By default the base model is found,
+        when first needed, among the converted models in ``$FEWSAM_HOME/models`` by the preset and weights
+        id recorded in the decoder (:meth:`model_dir`)."""
+        model = sam if sam is not None else model
         directory = Path(directory)
         meta = read_decoder_meta(directory)
         config = meta["fewshot"]  # a FewShotConfig, with LEGACY_CONFIG for fields older decoders lack
@@ -303,12 +391,15 @@ class FewShotSegmenter:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise DecoderFileError(f"{directory / 'state'}: cannot restore the decoder ({first}); "
                                    "does fewshot.json match the state it was saved with?") from None
-        return cls(
+        segmenter = cls(
             nnx.merge(graphdef, restored["decoder"]), restored["tokens"], restored["prototypes"],
             np.asarray(meta["thresholds"], np.float32),
             {int(k): v for k, v in meta["classes"].items()}, meta["model"], meta["weights_id"],
-            Intensity.parse(meta["intensity"]), meta["axis"], meta["info"],
+            Intensity.parse(meta["intensity"]), meta["axis"], meta["info"], tensors_id=meta.get("tensors_id"),
         )
+        if model is not None:
+            segmenter.use_model(model)
+        return segmenter
 
 
 class DecoderFileError(FewSamError, ValueError):
@@ -317,9 +408,9 @@ class DecoderFileError(FewSamError, ValueError):
 
 _META_TYPES = {
     "classes": dict, "model": str, "weights_id": str, "intensity": str, "axis": int, "fewshot": dict,
-    "tokens_shape": list, "thresholds": list, "info": dict, "checksums": dict,
+    "tokens_shape": list, "thresholds": list, "info": dict, "checksums": dict, "tensors_id": str,
 }
-_META_OPTIONAL = {"info", "checksums"}
+_META_OPTIONAL = {"info", "checksums", "tensors_id"}
 # what decoders saved before a field existed were trained with: one pass per class before ``class_decoding``,
 # no image branch and no target augmentation before 2026-11-30
 LEGACY_CONFIG = {"class_decoding": "separate", "image_features": 0, "image_context": 0, "warp_rotation_deg": 0.0,

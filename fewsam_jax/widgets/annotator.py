@@ -356,8 +356,10 @@ class SliceAnnotator:
         path = Path(path).absolute()
         if not self.labelled_slices:
             raise ValueError("save_manifest: no slice is labelled yet; paint, accept a proposal or mark a slice empty")
-        if not path.parent.is_dir():
-            raise ValueError(f"save_manifest: folder {path.parent} does not exist")
+        if not path.parent.is_dir():  # a new folder for the manifest (README: save_manifest("liver/manifest.json"))
+            if path.parent.exists():
+                raise ValueError(f"save_manifest: {path.parent} is a file, not a folder")
+            path.parent.mkdir(parents=True)
         if path.is_dir():
             raise OutputExistsError(f"save_manifest: {path} is a folder; give a .json file path")
         image = self._source_image()

@@ -37,13 +37,29 @@ def test_round_trip_state_dict_to_orbax_to_model(tiny_checkpoint, tmp_path):
     saved = json.loads((tmp_path / "tiny" / "report.json").read_text())
     assert saved["sha256"] == report["sha256"] and len(saved["sha256"]) == 64
     model = load_model_dir(tmp_path / "tiny")
-    assert model.weights_id == report["sha256"]
+    assert model.weights_id == report["tensors_id"] != report["sha256"]
     image = np.random.default_rng(0).normal(size=(1, 128, 128, 3)).astype(np.float32)
     with torch.no_grad():
         expected = torch_model.image_encoder(torch.from_numpy(image.transpose(0, 3, 1, 2))).numpy()
     with jax.default_matmul_precision("highest"):
         got = np.asarray(encode_images(model.image_encoder, image)).transpose(0, 3, 1, 2)
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_same_weights_from_another_file_have_the_same_id(tiny_checkpoint, tmp_path):
+    """The weights id comes from the converted tensors: the same weights saved in another container
+    (wrapped under "model", as training scripts save them) convert to the same id, and a decoder's base
+    model is found by it."""
+    from fewsam_jax.weights import find_model
+
+    path, torch_model = tiny_checkpoint
+    other = tmp_path / "other.pth"
+    torch.save({"model": torch_model.state_dict(), "epoch": torch.tensor(3)}, other)
+    first = convert_checkpoint("tiny", path, tmp_path / "models" / "a")
+    second = convert_checkpoint("tiny", other, tmp_path / "models" / "b")
+    assert first["sha256"] != second["sha256"] and first["tensors_id"] == second["tensors_id"]
+    assert find_model("tiny", {first["tensors_id"]}, [tmp_path / "models"]) == tmp_path / "models" / "a"
+    assert find_model("tiny", {second["sha256"]}, [tmp_path / "models"]) == tmp_path / "models" / "b"
 
 
 def test_truncated_checkpoint(tiny_checkpoint, tmp_path):

@@ -313,6 +313,19 @@ def test_manifest_with_a_reoriented_nifti_and_a_second_volume(tmp_path):
         other_classes.save_manifest(manifest)
 
 
+def test_save_manifest_creates_its_folder(tmp_path):
+    """As the README writes it: save_manifest("liver/manifest.json") into a folder that does not exist yet."""
+    annotator = SliceAnnotator(make_volume(), CLASSES, brush_radius=2)
+    annotator.go_to(1)
+    annotator.stroke([(5, 5), (5, 20)])
+    manifest = annotator.save_manifest(tmp_path / "liver" / "manifest.json")
+    assert manifest == tmp_path / "liver" / "manifest.json"
+    assert fs.load_collection(manifest).support[0].slices == (1,)
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(ValueError, match="a-file is a file, not a folder"):
+        annotator.save_manifest(tmp_path / "a-file" / "manifest.json")
+
+
 def test_errors_name_the_problem(tmp_path):
     annotator = SliceAnnotator(make_volume(), CLASSES)
     with pytest.raises(ValueError, match="no slice is labelled"):

@@ -1,0 +1,409 @@
+"""Folders and cohorts: which files are cases, where their label maps go, and scoring a folder of predictions.
+
+Naming follows nnU-Net where it has a convention:
+
+* an image ``CASE_0000.nii.gz`` (channel suffix ``_XXXX``) is case ``CASE``; its label map is
+  ``CASE.nii.gz``. In a folder where every NIfTI name carries a 4-digit channel suffix (an nnU-Net
+  ``imagesTr`` / ``imagesTs`` folder), only the chosen channel (default 0) is read.
+* any other file ``NAME.nii.gz`` (``.nii``, ``.npy``, ``.png``, ``.jpg``) is case ``NAME``;
+  a folder without such files is one DICOM series, named after the folder.
+* predictions and references are matched by file name (``fewsam evaluate -ref labelsTr -pred OUT``).
+
+A cohort is split between processes with ``num_parts``/``part_id`` (every ``num_parts``-th case of the
+sorted list, starting at ``part_id``): processes sharing one embedding cache never encode the same
+volume twice at once (:mod:`fewsam_jax.cache` locks each entry), and a label map is written atomically,
+so a finished output is complete and ``resume=True`` (``--continue``) skips it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from fewsam_jax.outputs import (
+    FewSamError,
+    OutputError,
+    OutputExistsError,
+    _check_not_input,
+    _check_parent,
+    check_output_file,
+    write_text,
+)
+
+log = logging.getLogger(__name__)
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".npy", ".png", ".jpg", ".jpeg")
+LABEL_SUFFIXES = (".nii.gz", ".nii")  # label maps a folder evaluation reads
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+class CohortError(FewSamError, ValueError):
+    """Inputs that do not form a cohort as asked (no cases, two cases of one name, a bad part...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One volume of a cohort: its name (the output's file name without suffix) and its image."""
+
+    name: str
+    image: Path
+
+
+def split_suffix(name: str) -> tuple[str, str]:
+    """(stem, suffix) of a file name with one of :data:`VOLUME_SUFFIXES` (suffix '' when none)."""
+    lower = name.lower()
+    for suffix in VOLUME_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)], name[-len(suffix):]
+    return name, ""
+
+
+def _is_volume_file(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and split_suffix(path.name)[1] != ""
+
+
+def _folder_cases(folder: Path, channel: int) -> list[Case]:
+    files = sorted(p for p in folder.iterdir() if _is_volume_file(p))
+    if not files:
+        if any(p.is_file() for p in folder.iterdir()):
+            return [Case(folder.name, folder)]  # a DICOM series: load_volume reads (and checks) the folder
+        raise CohortError(f"{folder}: no images in this folder; expected NIfTI (.nii.gz, .nii), .npy, PNG/JPEG "
+                          "files or the files of one DICOM series")
+    stems = [split_suffix(p.name)[0] for p in files]
+    if all(_CHANNEL.match(stem) for stem in stems):  # nnU-Net: CASE_XXXX
+        wanted = f"{channel:04d}"
+        cases = [Case(_CHANNEL.match(stem)["case"], p) for stem, p in zip(stems, files)
+                 if _CHANNEL.match(stem)["channel"] == wanted]
+        others = sorted({_CHANNEL.match(stem)["channel"] for stem in stems} - {wanted})
+        if not cases:
+            raise CohortError(f"{folder}: nnU-Net channel files (_XXXX) but none of channel {wanted}; "
+                              f"channels present: {', '.join(others)}. Choose one with --channel")
+        if others:
+            log.warning("%s: using channel %s of each case; channels %s are not read", folder, wanted,
+                        ", ".join(others))
+        return cases
+    return [Case(stem, p) for stem, p in zip(stems, files)]
+
+
+def find_cases(inputs: Sequence[str | os.PathLike], channel: int = 0) -> list[Case]:
+    """The cases of ``inputs`` (files and folders, see the module doc), sorted by name.
+
+    Raises CohortError naming the path when an input is missing or two inputs give one case name.
+    """
+    if not inputs:
+        raise CohortError("no input given; pass image files or folders (-i IN)")
+    cases: list[Case] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            cases += _folder_cases(path, channel)
+        elif path.is_file():
+            stem, suffix = split_suffix(path.name)
+            match = _CHANNEL.match(stem)
+            if match and match["channel"] == f"{channel:04d}":
+                stem = match["case"]
+            cases.append(Case(stem or path.name, path))
+        else:
+            raise CohortError(f"{path}: no such file or folder")
+    seen: dict[str, Path] = {}
+    for case in cases:
+        if case.name in seen:
+            raise CohortError(f"two inputs give the case name {case.name!r} ({seen[case.name]} and {case.image}); "
+                              "their label maps would have one file name. Segment them into separate folders")
+        seen[case.name] = case.image
+    return sorted(cases, key=lambda c: c.name)
+
+
+def select_part(cases: Sequence[Case], num_parts: int = 1, part_id: int = 0) -> list[Case]:
+    """Part ``part_id`` of ``num_parts`` (every ``num_parts``-th case of the sorted list from ``part_id``)."""
+    if isinstance(num_parts, bool) or not isinstance(num_parts, int) or num_parts < 1:
+        raise CohortError(f"--num-parts {num_parts!r}: expected an integer >= 1")
+    if isinstance(part_id, bool) or not isinstance(part_id, int) or not 0 <= part_id < num_parts:
+        raise CohortError(f"--part-id {part_id!r}: expected an integer from 0 to {num_parts - 1} (--num-parts {num_parts})")
+    return list(sorted(cases, key=lambda c: c.name))[part_id::num_parts]
+
+
+def output_path(out_dir: str | os.PathLike, case: Case, suffix: str = ".nii.gz") -> Path:
+    return Path(out_dir) / f"{case.name}{suffix}"
+
+
+def plan_outputs(cases: Sequence[Case], out_dir: str | os.PathLike, *, overwrite: bool = False,
+                 resume: bool = False, inputs: Iterable[str | os.PathLike] = (),
+                 suffix: str = ".nii.gz") -> tuple[list[tuple[Case, Path]], list[tuple[Case, Path]]]:
+    """(to compute, already finished) as (case, output) pairs; checked before any compute.
+
+    An existing output is skipped with ``resume``, replaced with ``overwrite`` and an error otherwise
+    (naming the first one and how many). No output may be an input or lie inside an input folder; the
+    output folder is created when missing (never emptied: only the cases' own files are written).
+    """
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{out_dir} is a file; the output of a folder or of several images is a folder")
+    _check_parent(out_dir / "probe", create=True)
+    inputs = list(inputs) + [case.image for case in cases]
+    todo, done, existing = [], [], []
+    for case in cases:
+        out = output_path(out_dir, case, suffix)
+        _check_not_input(out, inputs, folder_output=False)
+        if out.exists() or out.is_symlink():
+            if out.is_dir() or not (out.is_file() or out.is_symlink()):
+                raise OutputError(f"{out} exists and is not a file; move it away or choose another output folder")
+            if resume:
+                done.append((case, out))
+                continue
+            if not overwrite:
+                existing.append(out)
+        todo.append((case, out))
+    if existing:
+        raise OutputExistsError(f"{existing[0]} exists ({len(existing)} of the {len(cases)} outputs exist); pass "
+                                "--continue to skip finished cases, --overwrite to replace them, or choose another "
+                                "output folder")
+    return todo, done
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+def load_label_pair(pred_path: str | os.PathLike, ref_path: str | os.PathLike):
+    """(prediction, reference) label maps as int64 arrays, and the reference Volume; a ValueError names the
+    file when the grids differ or a map is not a label map (fractional or negative values)."""
+    from fewsam_jax import metrics
+    from fewsam_jax.io import load_volume
+    from fewsam_jax.label_maps import same_grid
+
+    pred, ref = load_volume(pred_path), load_volume(ref_path)
+    if not same_grid(pred, ref):
+        raise ValueError(f"{pred_path} (shape {pred.shape}) and {ref_path} (shape {ref.shape}) are not on one grid")
+    pred_labels, ref_labels = metrics.label_map(pred.array, str(pred_path)), metrics.label_map(ref.array, str(ref_path))
+    for path, labels in ((pred_path, pred_labels), (ref_path, ref_labels)):
+        if labels.min() < 0:
+            raise ValueError(f"{path}: a label map holds ids >= 0, but this one holds {int(labels.min())}: "
+                             "an intensity image (CT in HU?) rather than a label map")
+    return pred_labels, ref_labels, ref
+
+
+def dataset_classes(folder: str | os.PathLike) -> dict[int, str] | None:
+    """Label id -> name from the ``dataset.json`` in ``folder`` or its parent (nnU-Net v1/v2), or None."""
+    for candidate in (Path(folder) / "dataset.json", Path(folder).parent / "dataset.json"):
+        if candidate.is_file():
+            return read_dataset_labels(candidate)
+    return None
+
+
+def read_dataset_labels(path: str | os.PathLike) -> dict[int, str]:
+    """The classes of an nnU-Net ``dataset.json``: v2 ``{"name": id}`` or v1/MSD ``{"id": "name"}``;
+    background (0) left out. A CohortError names the file and key otherwise."""
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CohortError(f"{path}: not a readable JSON file ({err})") from None
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    if not isinstance(labels, dict) or not labels:
+        raise CohortError(f"{path}: key 'labels' missing or empty; expected {{\"background\": 0, \"NAME\": ID, ...}}")
+    classes: dict[int, str] = {}
+    for key, value in labels.items():
+        if isinstance(value, int) and not isinstance(value, bool):  # v2: name -> id
+            label, name = value, key
+        elif isinstance(value, str) and key.isdigit():  # v1 / MSD: "id" -> name
+            label, name = int(key), value
+        else:
+            raise CohortError(f"{path}: labels[{key!r}] is {value!r}; expected a label id (nnU-Net v2 "
+                              "{\"name\": id}) or a name (v1 {\"id\": \"name\"}); region-based labels are not supported")
+        if label < 0:
+            raise CohortError(f"{path}: labels[{key!r}]: label ids are >= 0, got {label}")
+        if label != 0:
+            classes[label] = name
+    if not classes:
+        raise CohortError(f"{path}: 'labels' names no class other than the background (0)")
+    return dict(sorted(classes.items()))
+
+
+def _case_mean(rows: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    values = [row[key] for row in rows]
+    return float(np.mean(values)) if values else math.nan
+
+
+def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
+                     classes: Mapping[int, str] | None = None, out: str | os.PathLike | None = None,
+                     overwrite: bool = False, tolerance_mm: float = 1.0) -> dict[str, Any]:
+    """Score every prediction of ``pred_dir`` against the reference of the same file name in ``ref_dir``.
+
+    Classes: ``classes``, else the ``dataset.json`` beside or above ``ref_dir``, else every id found in
+    either folder. Returns (and writes to ``out``, default ``pred_dir/summary.json``) ``{"classes",
+    "reference", "prediction", "num_cases", "metric_per_case": [{"case", "reference_file", "prediction_file",
+    "metrics": {class: {dice, iou, hd95, surface_dice, ...}}}], "mean": {class: {dice, iou, hd95,
+    hd95_finite, surface_dice}}, "foreground_mean": {...}}``. A reference without a prediction is an
+    error (listing them) checked before anything is scored; predictions without a reference are ignored.
+    """
+    from fewsam_jax import metrics
+
+    ref_dir, pred_dir = Path(ref_dir).expanduser(), Path(pred_dir).expanduser()
+    for label, folder in (("-ref", ref_dir), ("-pred", pred_dir)):
+        if not folder.is_dir():
+            raise CohortError(f"{label} {folder}: not a folder; expected a folder of label maps (.nii.gz)")
+    refs = {p.name: p for p in sorted(ref_dir.iterdir()) if p.is_file() and not p.name.startswith(".")
+            and p.name.lower().endswith(LABEL_SUFFIXES)}
+    if not refs:
+        raise CohortError(f"-ref {ref_dir}: no label maps (.nii.gz, .nii) in it")
+    missing = [name for name in refs if not (pred_dir / name).is_file()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise CohortError(f"-pred {pred_dir}: {len(missing)} of the {len(refs)} references have no prediction of "
+                          f"the same name ({shown})")
+    out = Path(out).expanduser() if out is not None else pred_dir / "summary.json"
+    check_output_file(out, overwrite=overwrite, inputs=[*refs.values(), *(pred_dir / n for n in refs)],
+                      suffixes=(".json",))
+    pairs = [(name, pred_dir / name, path) for name, path in refs.items()]
+    loaded = None
+    if classes is None:
+        classes = dataset_classes(ref_dir)
+    if classes is None:  # every id of either folder: needs a first pass over the maps
+        loaded, ids = [], set()
+        for name, pred_path, ref_path in pairs:
+            pred_labels, ref_labels, ref = load_label_pair(pred_path, ref_path)
+            loaded.append((pred_labels, ref_labels, ref))
+            ids |= {int(c) for c in np.unique(ref_labels)} | {int(c) for c in np.unique(pred_labels)}
+        classes = {c: str(c) for c in sorted(ids - {0})}
+        if not classes:
+            raise CohortError(f"{ref_dir} and {pred_dir} hold no label other than 0; pass --classes ID=NAME")
+    per_case = []
+    for i, (name, pred_path, ref_path) in enumerate(pairs):
+        pred_labels, ref_labels, ref = loaded[i] if loaded else load_label_pair(pred_path, ref_path)
+        result = metrics.evaluate(pred_labels, ref_labels, ref.spacing, classes, per_slice_axis=None,
+                                  tolerance_mm=tolerance_mm)
+        result.pop("mean")
+        per_case.append({"case": split_suffix(name)[0], "reference_file": str(ref_path),
+                         "prediction_file": str(pred_path), "metrics": result})
+        log.info("%s: mean Dice %.3f", name, np.mean([row["dice"] for row in result.values()]))
+    mean = {}
+    for class_name in classes.values():
+        rows = [case["metrics"][class_name] for case in per_case]
+        finite = [row for row in rows if math.isfinite(row["hd95"])]
+        mean[class_name] = {"dice": _case_mean(rows, "dice"), "iou": _case_mean(rows, "iou"),
+                            "hd95": _case_mean(rows, "hd95"), "hd95_finite": _case_mean(finite, "hd95"),
+                            "surface_dice": _case_mean(rows, "surface_dice"),
+                            "cases_missed": sum(row["pred_empty"] and not row["gt_empty"] for row in rows)}
+    foreground = {key: float(np.mean([m[key] for m in mean.values()])) for key in ("dice", "iou", "surface_dice")}
+    foreground["hd95"] = float(np.mean([m["hd95"] for m in mean.values()]))
+    summary = {"classes": {str(k): v for k, v in classes.items()}, "reference": str(ref_dir),
+               "prediction": str(pred_dir), "num_cases": len(per_case), "metric_per_case": per_case,
+               "mean": mean, "foreground_mean": foreground}
+    write_text(out, metrics.to_json(summary) + "\n", overwrite=overwrite)
+    summary["file"] = str(out)
+    return summary
+
+
+def segment_cases(segmenter, cases: Sequence[Case], out_dir: str | os.PathLike, *, cache: Any = None,
+                  postprocess: bool = False, overwrite: bool = False, resume: bool = False, progress: bool = True,
+                  inputs: Iterable[str | os.PathLike] = (), seg_nrrd: bool = False) -> dict[str, list[Path]]:
+    """Segment ``cases`` with a :class:`~fewsam_jax.fewshot.FewShotSegmenter` into ``out_dir/CASE.nii.gz``.
+
+    Every output is checked first (:func:`plan_outputs`); with ``resume`` finished cases are skipped. Beside
+    each label map: its class names and colours (``CASE.labels.txt``, ``CASE.labels.json``) and, with
+    ``seg_nrrd``, ``CASE.seg.nrrd`` for 3D Slicer.
+    Returns ``{"written": [...], "skipped": [...]}``.
+    """
+    todo, done = plan_outputs(cases, out_dir, overwrite=overwrite, resume=resume, inputs=inputs)
+    for case, out in done:
+        log.info("%s: %s exists, skipped (--continue)", case.name, out)
+    Path(out_dir).expanduser().mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, (case, out) in enumerate(todo, 1):
+        log.info("[%d/%d] %s: segmenting %s", i, len(todo), case.name, case.image)
+        # resuming, a case still to do has no label map: files beside it are from the run that was interrupted
+        written.append(segmenter.segment_file(case.image, out, overwrite=overwrite or resume, cache=cache,
+                                              seg_nrrd=seg_nrrd, postprocess=postprocess, progress=progress))
+        log.info("[%d/%d] %s: labels written to %s", i, len(todo), case.name, out)
+    return {"written": written, "skipped": [out for _, out in done]}
+
+
+# ---------------------------------------------------------------------------------------------- nnU-Net datasets
+
+
+def pick_slices(labels: np.ndarray, count: int, axis: int = 2) -> list[int]:
+    """``count`` slice indices along ``axis`` spread evenly over the slices holding a label (all of them
+    when fewer); [] when no slice holds one."""
+    axes = tuple(a for a in range(labels.ndim) if a != axis)
+    labelled = np.flatnonzero((labels > 0).any(axis=axes))
+    if len(labelled) <= count:
+        return labelled.tolist()
+    n = len(labelled)
+    positions = np.linspace(0, n - 1, count + 2)[1:-1] if n >= count + 2 else np.linspace(0, n - 1, count)
+    return sorted({int(labelled[int(round(i))]) for i in positions})
+
+
+def nnunet_collection(folder: str | os.PathLike, slices_per_case: int, cases: int | Sequence[str] | None = None,
+                      axis: int = 2, channel: int = 0):
+    """A :class:`~fewsam_jax.fewshot.Collection` from an nnU-Net raw dataset (``dataset.json``,
+    ``imagesTr/CASE_0000.nii.gz``, ``labelsTr/CASE.nii.gz``; v1, v2 and the Decathlon's layout).
+
+    Args:
+      slices_per_case: labelled slices taken from each case, spread evenly over the slices where the
+        labels are (the outermost labelled slices are left out, they hold slivers).
+      cases: how many cases (the first ones by name), or their names; default all.
+      axis: slicing axis (2 axial). channel: which image channel (``_0000`` default).
+    """
+    from fewsam_jax.fewshot.collection import Collection, ManifestError, SupportItem
+    from fewsam_jax.io import check_axis, load_volume
+    from fewsam_jax.metrics import label_map
+
+    folder = Path(folder).expanduser()
+    axis = check_axis(axis)
+    if isinstance(slices_per_case, bool) or not isinstance(slices_per_case, int) or slices_per_case < 1:
+        raise ManifestError(f"slices_per_case={slices_per_case!r}: expected an integer >= 1")
+    dataset = folder / "dataset.json"
+    if not dataset.is_file():
+        raise ManifestError(f"{folder}: no dataset.json; expected an nnU-Net raw dataset folder (dataset.json, "
+                            "imagesTr/, labelsTr/)")
+    classes = read_dataset_labels(dataset)
+    meta = json.loads(dataset.read_text())
+    ending = meta.get("file_ending", ".nii.gz") if isinstance(meta.get("file_ending", ".nii.gz"), str) else ".nii.gz"
+    labels_dir, images_dir = folder / "labelsTr", folder / "imagesTr"
+    for sub in (labels_dir, images_dir):
+        if not sub.is_dir():
+            raise ManifestError(f"{folder}: no {sub.name}/ folder; expected nnU-Net's imagesTr/ and labelsTr/")
+    names = sorted(p.name[: -len(ending)] for p in labels_dir.iterdir()
+                   if p.name.endswith(ending) and not p.name.startswith("."))
+    if not names:
+        raise ManifestError(f"{labels_dir}: no label maps ending in {ending!r} (dataset.json 'file_ending')")
+    if cases is not None:
+        if isinstance(cases, int) and not isinstance(cases, bool):
+            if cases < 1:
+                raise ManifestError(f"cases={cases}: expected at least 1")
+            names = names[:cases]
+        else:
+            unknown = [c for c in cases if c not in names]
+            if unknown:
+                raise ManifestError(f"{labels_dir}: no label map for case(s) {', '.join(map(str, unknown[:5]))}")
+            names = list(cases)
+    items = []
+    for name in names:
+        image = images_dir / f"{name}_{channel:04d}{ending}"
+        if not image.is_file() and channel == 0 and (images_dir / f"{name}{ending}").is_file():
+            image = images_dir / f"{name}{ending}"  # the Decathlon's own layout: no channel suffix
+        if not image.is_file():
+            raise ManifestError(f"{folder}: case {name!r} has labels but no image {image.relative_to(folder)}")
+        label_path = labels_dir / f"{name}{ending}"
+        labels = label_map(load_volume(label_path).array, str(label_path))
+        unknown_ids = sorted(set(np.unique(labels).tolist()) - set(classes) - {0})
+        if unknown_ids:
+            raise ManifestError(f"{label_path}: label ids {unknown_ids} are not in {dataset} 'labels'")
+        slices = pick_slices(labels, slices_per_case, axis)
+        if not slices:
+            log.warning("%s: no labelled voxel; case %s left out", label_path, name)
+            continue
+        items.append(SupportItem(image=image.resolve(), labels=label_path.resolve(), slices=tuple(slices)))
+    if not items:
+        raise ManifestError(f"{folder}: none of the {len(names)} case(s) holds a labelled voxel")
+    log.info("%s: %d case(s), %d labelled slices along axis %d", folder, len(items),
+             sum(len(i.slices) for i in items), axis)
+    return Collection(classes=classes, axis=axis, support=tuple(items))

@@ -1,0 +1,296 @@
+"""Folders and cohorts: nnU-Net naming, `fewsam segment` on a folder (resumable, split into parts),
+`fewsam evaluate` on folders, `Collection.from_nnunet` / `fewsam train --nnunet`, and a decoder finding its
+base model (the tiny test model, not the default) by the weights id recorded at training.
+
+Everything runs on a synthetic nnU-Net dataset of tiny volumes with the `tiny` model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from fewsam_jax import cli
+from fewsam_jax.cohort import CohortError, find_cases, pick_slices, select_part
+from fewsam_jax.export import read_itksnap_labels, read_seg_nrrd
+from fewsam_jax.fewshot import Collection, FewShotSegmenter, ManifestError
+from fewsam_jax.weights import BaseModelNotFoundError, save_model
+
+from conftest import shared_data
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = (32, 28, 5)
+AFFINE = np.diag([1.2, 1.0, 2.0, 1.0])
+
+
+def case_volume(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x, y = np.mgrid[: SHAPE[0], : SHAPE[1]]
+    image = rng.normal(0.1, 0.03, SHAPE).astype(np.float32)
+    labels = np.zeros(SHAPE, np.uint8)
+    for z in range(1, SHAPE[2]):  # slice 0 unlabelled
+        labels[..., z][((x - 14 - z) / 8) ** 2 + ((y - 13) / 6) ** 2 < 1] = 1
+        labels[..., z][(np.abs(x - 4) < 3) & (np.abs(y - 13) < 8)] = 2
+    return image + 0.8 * (labels == 1) + 0.45 * (labels == 2), labels
+
+
+def write_nnunet(folder: Path) -> Path:
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (folder / sub).mkdir(parents=True)
+    (folder / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MRI"}, "labels": {"background": 0, "ellipse": 1, "bar": 2},
+        "numTraining": 3, "file_ending": ".nii.gz"}))
+    for i in range(6):
+        image, labels = case_volume(i)
+        split = "Tr" if i < 3 else "Ts"
+        nib.save(nib.Nifti1Image(image, AFFINE), folder / f"images{split}" / f"case_{i:03d}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(labels, AFFINE), folder / f"labels{split}" / f"case_{i:03d}.nii.gz")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, tiny_sam):
+    """A FEWSAM_HOME whose models folder holds the tiny model (as `fewsam convert` would leave it)."""
+    home = tmp_path_factory.mktemp("home")
+    save_model(tiny_sam, home / "models" / "tiny-test")
+    return home
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_nnunet(tmp_path_factory.mktemp("nnunet") / "Dataset001_Synthetic")
+
+
+def untrained_segmenter(sam, classes) -> FewShotSegmenter:
+    """Random prompt tokens: enough to segment (the cohort plumbing is under test, not the training)."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from fewsam_jax.fewshot import FewShotConfig
+    from fewsam_jax.fewshot.decoder import FewShotDecoder
+    from fewsam_jax.preprocess import Intensity
+    from fewsam_jax.weights import tensors_id
+
+    rng = np.random.default_rng(0)
+    c, k = sam.config.prompt_embed_dim, len(classes)
+    decoder = FewShotDecoder(sam, FewShotConfig(steps=1), rngs=nnx.Rngs(0))
+    return FewShotSegmenter(decoder, jnp.asarray(rng.normal(size=(k, 5, c)), jnp.float32),
+                            jnp.asarray(rng.normal(size=(k, c)), jnp.float32), np.zeros(k, np.float32), dict(classes),
+                            sam.config.name, sam.weights_id, Intensity.parse("percentile"), 2, {}, sam, tensors_id(sam))
+
+
+@pytest.fixture(scope="module")
+def decoder(dataset, home, tmp_path_factory):
+    """`fewsam train --nnunet` on the synthetic dataset with the tiny model from its folder (the training
+    itself replaced by an untrained decoder: compiling the training step takes minutes on a loaded CPU)."""
+    out = tmp_path_factory.mktemp("trained") / "decoder"
+    seen = {}
+
+    def train(collection, model, **kwargs):
+        seen.update(collection=collection, model=model, **kwargs)
+        from fewsam_jax.weights import load_model
+
+        return untrained_segmenter(load_model(model), collection.classes)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FewShotSegmenter, "train", staticmethod(lambda collection, model, **kw: train(collection, model, **kw)))
+        rc = cli.main(["train", "--nnunet", str(dataset), "--slices-per-case", "2", "--cases", "2",
+                       "--model", str(home / "models" / "tiny-test"), "--out", str(out), "-q"])
+    assert rc == 0
+    collection = seen["collection"]
+    assert collection.classes == {1: "ellipse", 2: "bar"} and len(collection.support) == 2
+    assert collection.num_slices == 4 and seen["model"] == str(home / "models" / "tiny-test")
+    return out
+
+
+def run_fewsam(home: Path, *argv) -> subprocess.Popen:
+    env = {**os.environ, "FEWSAM_HOME": str(home), "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+           # the processes share compiled code: the later ones skip most of the compilation
+           "JAX_COMPILATION_CACHE_DIR": str(home / "jax-cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    return subprocess.Popen([sys.executable, "-m", "fewsam_jax.cli", *map(str, argv)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def read_labels(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {p.name: (np.asarray(nib.load(p).dataobj), nib.load(p).affine)
+            for p in sorted(folder.glob("*.nii.gz"))}
+
+
+# ------------------------------------------------------------------------------------------ naming
+
+
+def test_cases_follow_nnunet_naming(tmp_path):
+    (tmp_path / "ts").mkdir()
+    for name in ("b_0000.nii.gz", "b_0001.nii.gz", "a_0000.nii.gz", "a_0001.nii.gz"):
+        (tmp_path / "ts" / name).write_bytes(b"")
+    cases = find_cases([tmp_path / "ts"])
+    assert [(c.name, c.image.name) for c in cases] == [("a", "a_0000.nii.gz"), ("b", "b_0000.nii.gz")]
+    assert [c.image.name for c in find_cases([tmp_path / "ts"], channel=1)] == ["a_0001.nii.gz", "b_0001.nii.gz"]
+    (tmp_path / "plain").mkdir()
+    for name in ("scan_2023.nii.gz", "ct.nii", "notes.txt"):
+        (tmp_path / "plain" / name).write_bytes(b"")
+    assert [c.name for c in find_cases([tmp_path / "plain"])] == ["ct", "scan_2023"]  # not all _XXXX: no channels
+    assert [c.name for c in find_cases([tmp_path / "ts" / "a_0000.nii.gz"])] == ["a"]
+    with pytest.raises(CohortError, match="case name 'a'"):
+        find_cases([tmp_path / "ts", tmp_path / "ts" / "a_0000.nii.gz"])
+    with pytest.raises(CohortError, match="missing.nii.gz: no such file"):
+        find_cases([tmp_path / "missing.nii.gz"])
+    (tmp_path / "series_42").mkdir()  # a DICOM series: files without a volume suffix
+    for i in range(3):
+        (tmp_path / "series_42" / f"IM{i:04d}").write_bytes(b"")
+    (case,) = find_cases([tmp_path / "series_42"])
+    assert case.name == "series_42" and case.image == tmp_path / "series_42"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CohortError, match="empty: no images in this folder"):
+        find_cases([tmp_path / "empty"])
+
+
+def test_outputs_never_go_into_an_input_folder(dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(FewShotSegmenter, "load", lambda *a, **k: pytest.fail("loaded before the outputs were checked"))
+    images = dataset / "imagesTs"
+    for out in (images, images / "pred"):
+        assert cli.main(["segment", "-i", str(images), "-o", str(out), "--decoder", str(tmp_path / "d")]) == 2
+        assert "inside the input folder" in capsys.readouterr().err
+    assert cli.main(["segment", "-i", str(images), "-o", str(tmp_path / "p"), "--decoder", str(tmp_path / "d"),
+                     "--num-parts", "2", "--part-id", "2"]) == 2
+    assert "--part-id 2: expected an integer from 0 to 1" in capsys.readouterr().err
+    assert sorted(p.name for p in images.iterdir()) == [f"case_{i:03d}_0000.nii.gz" for i in range(3, 6)]
+
+
+def test_parts_cover_the_cohort_once():
+    from fewsam_jax.cohort import Case
+
+    cases = [Case(f"c{i}", Path(f"c{i}.nii.gz")) for i in range(7)]
+    parts = [select_part(cases, 3, k) for k in range(3)]
+    assert sorted(c.name for part in parts for c in part) == sorted(c.name for c in cases)
+    with pytest.raises(CohortError, match="--part-id 3: expected an integer from 0 to 2"):
+        select_part(cases, 3, 3)
+
+
+def test_pick_slices_spreads_over_the_labelled_extent():
+    labels = np.zeros((4, 4, 20), np.uint8)
+    labels[..., 5:15] = 1
+    assert pick_slices(labels, 3) == [7, 9, 12]
+    assert pick_slices(labels, 30) == list(range(5, 15))
+    assert pick_slices(np.zeros((2, 2, 3)), 2) == []
+
+
+# ------------------------------------------------------------------------------------------ nnU-Net datasets
+
+
+def test_collection_from_nnunet(dataset):
+    collection = Collection.from_nnunet(dataset, slices_per_case=2)
+    assert collection.classes == {1: "ellipse", 2: "bar"} and collection.axis == 2
+    assert [item.image.name for item in collection.support] == [f"case_{i:03d}_0000.nii.gz" for i in range(3)]
+    assert all(item.labels.parent.name == "labelsTr" and len(item.slices) == 2 and 0 not in item.slices
+               for item in collection.support)
+    assert len(Collection.from_nnunet(dataset, slices_per_case=1, cases=2).support) == 2
+    with pytest.raises(ManifestError, match="no dataset.json"):
+        Collection.from_nnunet(dataset / "imagesTr", slices_per_case=1)
+
+
+@pytest.mark.shared_data
+def test_collection_from_the_shared_hippocampus():
+    folder = shared_data("hippocampus")
+    collection = Collection.from_nnunet(folder, slices_per_case=3, cases=4)
+    assert collection.classes == {1: "anterior", 2: "posterior"}
+    assert len(collection.support) == 4 and collection.num_slices == 12
+    for item in collection.support:
+        assert item.image.name == item.labels.name.replace(".nii.gz", "_0000.nii.gz")
+        labels = np.asarray(nib.load(item.labels).dataobj)
+        assert all(labels[..., s].any() for s in item.slices)
+
+
+# ------------------------------------------------------------------------------------------ segment and evaluate
+
+
+def test_segment_a_folder_resumes_and_evaluates(dataset, decoder, home, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FEWSAM_HOME", str(home))  # the decoder finds the tiny model there by its weights id
+    out = tmp_path / "pred"
+    args = ["segment", "-i", dataset / "imagesTs", "-o", out, "--decoder", decoder, "--cache", home / "embeddings",
+            "--seg-nrrd", "-q"]
+    assert cli.main([str(a) for a in args]) == 0
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["case_003.nii.gz", "case_004.nii.gz", "case_005.nii.gz"]
+    written = nib.load(out / "case_003.nii.gz")
+    np.testing.assert_allclose(written.affine, AFFINE, atol=1e-6)
+    assert written.shape == SHAPE
+    # the label map opens with its names: ITK-SNAP, JSON and 3D Slicer
+    names = read_itksnap_labels(out / "case_003.labels.txt")
+    assert {k: name for k, (name, _) in names.items()} == {1: "ellipse", 2: "bar"}
+    assert [row["name"] for row in json.loads((out / "case_003.labels.json").read_text())["labels"]] == ["ellipse", "bar"]
+    data, affine, segments = read_seg_nrrd(out / "case_003.seg.nrrd")
+    np.testing.assert_array_equal(data, np.asarray(written.dataobj))
+    np.testing.assert_allclose(affine, AFFINE, atol=1e-5)
+    assert segments == names
+    capsys.readouterr()
+    assert cli.main([str(a) for a in args]) == 2
+    assert "case_003.nii.gz exists (3 of the 3 outputs exist); pass --continue" in capsys.readouterr().err
+    (out / "case_004.nii.gz").unlink()
+    before = (out / "case_003.nii.gz").stat().st_mtime_ns
+    assert cli.main([str(a) for a in [*args[:-1], "--continue"]]) == 0
+    assert "1 to segment, 2 finished" in capsys.readouterr().err
+    assert (out / "case_004.nii.gz").is_file() and (out / "case_003.nii.gz").stat().st_mtime_ns == before
+
+    assert cli.main(["evaluate", "-ref", str(dataset / "labelsTs"), "-pred", str(out), "-q"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["classes"] == {"1": "ellipse", "2": "bar"}  # from the dataset.json above labelsTs
+    assert [case["case"] for case in summary["metric_per_case"]] == ["case_003", "case_004", "case_005"]
+    assert set(summary["mean"]) == {"ellipse", "bar"} and 0 <= summary["foreground_mean"]["dice"] <= 1
+    assert cli.main(["evaluate", "-ref", str(dataset / "labelsTs"), "-pred", str(out)]) == 2
+    assert "summary.json exists" in capsys.readouterr().err
+    (out / "case_005.nii.gz").unlink()
+    assert cli.main(["evaluate", "-ref", str(dataset / "labelsTs"), "-pred", str(out), "--overwrite"]) == 2
+    assert "1 of the 3 references have no prediction" in capsys.readouterr().err
+
+
+def test_two_parts_in_parallel_match_one_run(dataset, decoder, home, tmp_path):
+    """Two processes (`--num-parts 2 --part-id 0/1`) on one fresh cache write what one process writes."""
+    single, parted = tmp_path / "single", tmp_path / "parted"
+    common = ["segment", "-i", dataset / "imagesTs", "--decoder", decoder, "-q"]
+    runs = [run_fewsam(home, *common, "-o", parted, "--cache", tmp_path / "shared_cache", "--num-parts", 2,
+                       "--part-id", k) for k in (0, 1)]
+    results = [run.communicate(timeout=600) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], results
+    run = run_fewsam(home, *common, "-o", single, "--cache", tmp_path / "own_cache")
+    assert run.wait(timeout=600) == 0, run.communicate()
+    a, b = read_labels(single), read_labels(parted)
+    assert sorted(a) == sorted(b) == ["case_003.nii.gz", "case_004.nii.gz", "case_005.nii.gz"]
+    for name in a:
+        np.testing.assert_array_equal(a[name][0], b[name][0])
+        np.testing.assert_array_equal(a[name][1], b[name][1])
+    entries = sorted((tmp_path / "shared_cache" / "tiny").iterdir())
+    assert len([p for p in entries if p.is_dir()]) == 3  # each volume encoded once, by one of the parts
+
+
+# ------------------------------------------------------------------------------------------ base model
+
+
+def test_decoder_reloads_with_a_non_default_base_model(decoder, home, tmp_path, monkeypatch, tiny_sam):
+    meta = json.loads((decoder / "fewshot.json").read_text())
+    assert meta["model"] == "tiny" and meta["tensors_id"]
+    monkeypatch.setenv("FEWSAM_HOME", str(home))
+    segmenter = FewShotSegmenter.load(decoder)
+    assert segmenter.model_dir() == home / "models" / "tiny-test"
+    assert FewShotSegmenter.load(decoder, model=tiny_sam).sam() is tiny_sam
+    monkeypatch.setenv("FEWSAM_HOME", str(tmp_path / "empty_home"))
+    with pytest.raises(BaseModelNotFoundError, match=r"base model 'tiny'.*fewsam convert --model tiny"):
+        FewShotSegmenter.load(decoder).sam()
+    other = tiny_sam.__class__(tiny_sam.config, rngs=__import__("flax").nnx.Rngs(1), weights_id="tiny-seed1")
+    with pytest.raises(ValueError, match="trained on weights"):
+        FewShotSegmenter.load(decoder, model=other)
+
+
+def test_medsam_preset_is_vit_b_with_medsams_preprocessing():
+    from fewsam_jax.config import get_config
+
+    medsam, vit_b = get_config("medsam"), get_config("vit_b")
+    assert medsam.encoder == vit_b.encoder and medsam.preprocessing == "minmax" != vit_b.preprocessing
+    assert "medsam" in cli.build_parser()._subparsers._group_actions[0].choices["convert"]._option_string_actions[
+        "--model"].choices

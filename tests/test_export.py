@@ -1,0 +1,66 @@
+"""Label maps that open with names: ITK-SNAP and JSON label descriptions and 3D Slicer's .seg.nrrd, read back."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from fewsam_jax.export import (
+    ExportError,
+    class_colours,
+    read_itksnap_labels,
+    read_seg_nrrd,
+    sidecar_paths,
+    write_label_descriptions,
+    write_seg_nrrd,
+)
+from fewsam_jax.io import load_volume
+
+CLASSES = {1: "liver", 2: "spleen", 7: 'left "kidney"'}
+
+
+def test_label_descriptions_read_back_with_names_and_colours(tmp_path):
+    paths = write_label_descriptions(tmp_path / "case_001.nii.gz", CLASSES)
+    assert paths == {"itksnap": tmp_path / "case_001.labels.txt", "json": tmp_path / "case_001.labels.json"}
+    table = read_itksnap_labels(paths["itksnap"])
+    colours = class_colours(CLASSES)
+    assert table == {1: ("liver", colours[1]), 2: ("spleen", colours[2]), 7: ("left 'kidney'", colours[7])}
+    assert len(set(colours.values())) == 3
+    data = json.loads(paths["json"].read_text())
+    assert data["background"] == 0
+    assert [(row["id"], row["name"], tuple(row["color"])) for row in data["labels"]] == [
+        (k, v, colours[k]) for k, v in CLASSES.items()]
+    with pytest.raises(ExportError, match="class id 0"):
+        write_label_descriptions(tmp_path / "x.nii.gz", {0: "background"})
+
+
+def test_many_classes_get_distinct_colours():
+    colours = class_colours(range(1, 40))
+    assert len(set(colours.values())) == 39 and all(0 <= c <= 255 for rgb in colours.values() for c in rgb)
+
+
+def test_sidecar_names():
+    assert sidecar_paths("out/a.nii")["nrrd"].name == "a.seg.nrrd"
+    assert sidecar_paths("out/a.b.png")["json"].name == "a.b.labels.json"
+
+
+def test_seg_nrrd_round_trip_keeps_grid_names_and_colours(tmp_path):
+    pytest.importorskip("nrrd")
+    affine = np.array([[-0.8, 0, 0, 40.0], [0, 0, 1.5, -12.0], [0, 1.2, 0, 7.5], [0, 0, 0, 1]])  # LIA-ish
+    image = np.zeros((6, 5, 4), np.float32)
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "img.nii.gz")
+    volume = load_volume(tmp_path / "img.nii.gz")
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[1:3, 1:4, 0:2] = 1
+    labels[4, 0, 3] = 7
+    out = write_seg_nrrd(labels, volume, tmp_path / "img.seg.nrrd", CLASSES)
+    data, nrrd_affine, segments = read_seg_nrrd(out)
+    np.testing.assert_allclose(nrrd_affine, affine, atol=1e-6)
+    np.testing.assert_array_equal(data, volume.to_source(labels))  # the source grid, as the NIfTI labels
+    colours = class_colours(CLASSES)
+    assert segments == {k: (v, colours[k]) for k, v in CLASSES.items()}
+    with pytest.raises(ExportError, match="not on the grid"):
+        write_seg_nrrd(labels[:-1], volume, tmp_path / "bad.seg.nrrd", CLASSES)
