@@ -302,6 +302,8 @@ def _add_verbosity(parser: argparse.ArgumentParser) -> None:
         for sub in subparsers[0].choices.values():
             _add_verbosity(sub)
         return
+    if "-" not in parser.prefix_chars:  # reproduce hands every argument to the study's own parser
+        return
     if "--quiet" not in parser._option_string_actions:
         parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only; no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
@@ -313,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     _add_verbosity(parser)
     args = parser.parse_args(argv)
-    configure(-1 if args.quiet else 1 if args.verbose else 0)
+    configure(-1 if getattr(args, "quiet", False) else 1 if getattr(args, "verbose", False) else 0)
     try:
         args.run(args)
     except (FewSamError, ValueError, OSError, RuntimeError) as err:

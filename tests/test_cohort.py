@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 
 from fewsam_jax import cli
-from fewsam_jax.cohort import CohortError, find_cases, pick_slices, select_part
+from fewsam_jax.cohort import CohortError, find_cases, select_part
+from fewsam_jax.fewshot.collection import pick_slices
 from fewsam_jax.export import read_itksnap_labels, read_seg_nrrd
 from fewsam_jax.fewshot import Collection, FewShotSegmenter, ManifestError
 from fewsam_jax.weights import BaseModelNotFoundError, save_model
 
-from conftest import shared_data
+from helpers import shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (32, 28, 5)

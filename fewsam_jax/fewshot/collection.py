@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -25,6 +26,8 @@ from fewsam_jax.io import Volume, get_slices, load_volume
 from fewsam_jax.label_maps import same_grid
 from fewsam_jax.metrics import label_map
 from fewsam_jax.outputs import write_text
+
+log = logging.getLogger(__name__)
 
 
 class ManifestError(ValueError):
@@ -57,8 +60,7 @@ class Collection:
                     axis: int = 2, channel: int = 0) -> Collection:
         """The labelled slices of an nnU-Net raw dataset (``dataset.json``, ``imagesTr``, ``labelsTr``):
         ``slices_per_case`` slices of each case spread over its labelled extent; ``cases``: how many cases
-        (the first by name) or their names. See :func:`fewsam_jax.cohort.nnunet_collection`."""
-        from fewsam_jax.cohort import nnunet_collection
+        (the first by name) or their names. See :func:`nnunet_collection`."""
 
         return nnunet_collection(folder, slices_per_case, cases=cases, axis=axis, channel=channel)
 
@@ -329,3 +331,85 @@ def load_support_item(item: SupportItem, axis: int) -> tuple[Volume, np.ndarray]
                             "an intensity image rather than labels?")
     label_slices = get_slices(label_ids.astype(np.int32), axis)[list(item.slices)]
     return image, label_slices
+
+
+# ---------------------------------------------------------------------------------------------- nnU-Net datasets
+
+
+def pick_slices(labels: np.ndarray, count: int, axis: int = 2) -> list[int]:
+    """``count`` slice indices along ``axis`` spread evenly over the slices holding a label (all of them
+    when fewer); [] when no slice holds one."""
+    axes = tuple(a for a in range(labels.ndim) if a != axis)
+    labelled = np.flatnonzero((labels > 0).any(axis=axes))
+    if len(labelled) <= count:
+        return labelled.tolist()
+    n = len(labelled)
+    positions = np.linspace(0, n - 1, count + 2)[1:-1] if n >= count + 2 else np.linspace(0, n - 1, count)
+    return sorted({int(labelled[int(round(i))]) for i in positions})
+
+
+def nnunet_collection(folder: str | os.PathLike, slices_per_case: int, cases: int | Sequence[str] | None = None,
+                      axis: int = 2, channel: int = 0):
+    """A :class:`Collection` from an nnU-Net raw dataset (``dataset.json``,
+    ``imagesTr/CASE_0000.nii.gz``, ``labelsTr/CASE.nii.gz``; v1, v2 and the Decathlon's layout).
+
+    Args:
+      slices_per_case: labelled slices taken from each case, spread evenly over the slices where the
+        labels are (the outermost labelled slices are left out, they hold slivers).
+      cases: how many cases (the first ones by name), or their names; default all.
+      axis: slicing axis (2 axial). channel: which image channel (``_0000`` default).
+    """
+    from fewsam_jax.cohort import read_dataset_labels
+    from fewsam_jax.io import check_axis
+
+    folder = Path(folder).expanduser()
+    axis = check_axis(axis)
+    if isinstance(slices_per_case, bool) or not isinstance(slices_per_case, int) or slices_per_case < 1:
+        raise ManifestError(f"slices_per_case={slices_per_case!r}: expected an integer >= 1")
+    dataset = folder / "dataset.json"
+    if not dataset.is_file():
+        raise ManifestError(f"{folder}: no dataset.json; expected an nnU-Net raw dataset folder (dataset.json, "
+                            "imagesTr/, labelsTr/)")
+    classes = read_dataset_labels(dataset)
+    meta = json.loads(dataset.read_text())
+    ending = meta.get("file_ending", ".nii.gz") if isinstance(meta.get("file_ending", ".nii.gz"), str) else ".nii.gz"
+    labels_dir, images_dir = folder / "labelsTr", folder / "imagesTr"
+    for sub in (labels_dir, images_dir):
+        if not sub.is_dir():
+            raise ManifestError(f"{folder}: no {sub.name}/ folder; expected nnU-Net's imagesTr/ and labelsTr/")
+    names = sorted(p.name[: -len(ending)] for p in labels_dir.iterdir()
+                   if p.name.endswith(ending) and not p.name.startswith("."))
+    if not names:
+        raise ManifestError(f"{labels_dir}: no label maps ending in {ending!r} (dataset.json 'file_ending')")
+    if cases is not None:
+        if isinstance(cases, int) and not isinstance(cases, bool):
+            if cases < 1:
+                raise ManifestError(f"cases={cases}: expected at least 1")
+            names = names[:cases]
+        else:
+            unknown = [c for c in cases if c not in names]
+            if unknown:
+                raise ManifestError(f"{labels_dir}: no label map for case(s) {', '.join(map(str, unknown[:5]))}")
+            names = list(cases)
+    items = []
+    for name in names:
+        image = images_dir / f"{name}_{channel:04d}{ending}"
+        if not image.is_file() and channel == 0 and (images_dir / f"{name}{ending}").is_file():
+            image = images_dir / f"{name}{ending}"  # the Decathlon's own layout: no channel suffix
+        if not image.is_file():
+            raise ManifestError(f"{folder}: case {name!r} has labels but no image {image.relative_to(folder)}")
+        label_path = labels_dir / f"{name}{ending}"
+        labels = label_map(load_volume(label_path).array, str(label_path))
+        unknown_ids = sorted(set(np.unique(labels).tolist()) - set(classes) - {0})
+        if unknown_ids:
+            raise ManifestError(f"{label_path}: label ids {unknown_ids} are not in {dataset} 'labels'")
+        slices = pick_slices(labels, slices_per_case, axis)
+        if not slices:
+            log.warning("%s: no labelled voxel; case %s left out", label_path, name)
+            continue
+        items.append(SupportItem(image=image.resolve(), labels=label_path.resolve(), slices=tuple(slices)))
+    if not items:
+        raise ManifestError(f"{folder}: none of the {len(names)} case(s) holds a labelled voxel")
+    log.info("%s: %d case(s), %d labelled slices along axis %d", folder, len(items),
+             sum(len(i.slices) for i in items), axis)
+    return Collection(classes=classes, axis=axis, support=tuple(items))

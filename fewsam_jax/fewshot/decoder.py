@@ -49,7 +49,7 @@ class FewShotConfig:
     train_crop: int = 32  # train on crops of this many embedding cells a side (0: whole slices); ~4x cheaper at 32/64
     trainable: str = "decoder"  # "decoder": whole mask decoder; "heads": upscaling + hypernetworks + IoU head
     steps: int = 600  # hippocampus, 4 unseen volumes: mean Dice 0.22 at 150 steps, 0.44 at 600, 0.45 at 1500
-    batch_slices: int = 4  # target slices (crops) per step
+    batch_slices: int = 2  # target slices (crops) per step
     learning_rate: float = 5e-4
     warmup_steps: int = 10
     weight_decay: float = 1e-2
@@ -71,9 +71,9 @@ class FewShotConfig:
     # on either side it also sees (2.5D; worse on hippocampus validation). Measured: bench/RESULTS.md, README.
     image_features: int = 16
     image_context: int = 0
-    # where the branch runs: "embedding" (the E x E grid, each cell holding its 4 x 4 pixels, CellBranch: 1/16 of
-    # the cost, a 4x wider receptive field) or "mask" (the L x L label frame, ImageBranch)
-    image_frame: str = "embedding"
+    # where the branch runs: "mask" (the L x L label frame, ImageBranch) or "embedding" (the E x E grid, each cell
+    # holding its 4 x 4 pixels, CellBranch: about half the training time; bench/RESULTS.md has both measured)
+    image_frame: str = "mask"
     image_learning_rate: float | None = None  # the image branch's peak learning rate (None: learning_rate)
     # training targets warped inside the step (:mod:`fewsam_jax.fewshot.warp`): rotation range (degrees), scale
     # range (1 +- warp_scale); 0 and 0: off. image_jitter: contrast 1 +- j, brightness +- j / 2 of the image branch input
