@@ -310,18 +310,13 @@ def _add_verbosity(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fewsam_jax.logs import configure
+    from fewsam_jax.logs import configure, run_command
 
     parser = build_parser()
     _add_verbosity(parser)
     args = parser.parse_args(argv)
     configure(-1 if getattr(args, "quiet", False) else 1 if getattr(args, "verbose", False) else 0)
-    try:
-        args.run(args)
-    except (FewSamError, ValueError, OSError, RuntimeError) as err:
-        print(f"fewsam {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(args.run, args, f"fewsam {args.command}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 LOGGER = logging.getLogger("fewsam_jax")
 _HANDLER_NAME = "fewsam-cli"
@@ -118,3 +118,16 @@ def tqdm(iterable: Iterable | None = None, *args: Any, disable: bool = False, fi
     if disable or _interactive(stream):
         return bar(iterable, *args, disable=disable, file=file, **kwargs)
     return _LineProgress(iterable, *args, **kwargs)
+
+
+def run_command(run: Callable[[Any], None], args: Any, prog: str) -> int:
+    """A command-line entry's exit code: 0 after ``run(args)``, or 2 with ``prog: error: message`` on stderr
+    when an input or output is refused (a library error, a bad value, a file problem), not a traceback."""
+    from fewsam_jax.outputs import FewSamError
+
+    try:
+        run(args)
+    except (FewSamError, ValueError, OSError, RuntimeError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    return 0

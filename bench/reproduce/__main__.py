@@ -13,7 +13,7 @@ import sys
 
 from bench.reproduce.datasets import DATASETS
 from bench.sections import RESULTS_DIR
-from fewsam_jax.outputs import FewSamError
+from fewsam_jax.logs import run_command
 
 
 def build_parser(prog: str = "python -m bench.reproduce") -> argparse.ArgumentParser:
@@ -45,13 +45,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None, prog: str = "python -m bench.reproduce") -> int:
     """Parse ``argv``, run the study; 2 with the message on stderr when an input or output is refused."""
-    args = build_parser(prog).parse_args(argv)
-    try:
-        run(args)
-    except (FewSamError, ValueError, OSError, RuntimeError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(run, build_parser(prog).parse_args(argv), prog)
 
 
 if __name__ == "__main__":

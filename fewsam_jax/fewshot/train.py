@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm.auto import tqdm
+from fewsam_jax.logs import tqdm
 
 from fewsam_jax.fewshot.decoder import FewShotConfig, FewShotDecoder, class_tokens
 from fewsam_jax.fewshot.prompts import IGNORE, region_boxes, region_embeddings, region_fractions, region_positions
