@@ -240,7 +240,7 @@ def markdown(report: dict) -> str:
         f"{'the 8 validation volumes (the last 8)' if phase == 'validation' else 'test volumes from 5-44 (count per row)'}. "
         f"Mean over draws x seeds of "
         f"the per-volume mean; ± is the spread (std) of that mean over draws x seeds. Volume ratio = predicted / true "
-        f"voxels. `python bench/fewshot.py --phase {phase} ...` (rows accumulate; each row's command options are in "
+        f"voxels. `python -m bench.fewshot --phase {phase} ...` (rows accumulate; each row's command options are in "
         f"`results/fewshot_{phase}.json`). Load average (1 min) before/after each training is in the JSON.",
         "",
         "| method / variant | positive slices | volumes | runs (draws x seeds) | Dice anterior | Dice posterior | mean Dice | "
@@ -301,7 +301,7 @@ def main() -> None:
 
     def save(rows: list[dict]) -> None:
         for row in rows:
-            row["command"] = "python bench/fewshot.py " + " ".join(sys.argv[1:])
+            row["command"] = "python -m bench.fewshot " + " ".join(sys.argv[1:])
         report = {"date": datetime.date.today().isoformat(), "phase": args.phase,
                   "machine": {**machine_info(), "jax_device": jax.devices()[0].device_kind},
                   "volumes": len(cases(args.data)[PHASES[args.phase]][: args.volumes])}
