@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from fewsam_jax.config import get_config
 from fewsam_jax.model_dir import (  # noqa: F401  (re-exported: the public names of model folders)
@@ -79,7 +80,11 @@ def model_ids(directory: str | os.PathLike) -> set[str]:
     """Every id the weights of a model folder go by: its weights id, tensors id and source file SHA-256
     (folders converted before tensors ids existed: the first and the last)."""
     directory = Path(directory)
-    meta = read_json_object(directory / "config.json", ChecksumError, "convert the model again")
+    return _ids_of(directory, read_json_object(directory / "config.json", ChecksumError, "convert the model again"))
+
+
+def _ids_of(directory: Path, meta: dict[str, Any]) -> set[str]:
+    """:func:`model_ids` from the folder's already-read config.json ``meta``."""
     ids = {meta.get(key) for key in ("weights_id", "tensors_id", "source_sha256")}
     with contextlib.suppress(OSError, ValueError):
         report = json.loads((directory / "report.json").read_text())
@@ -110,7 +115,7 @@ def find_model(preset: str, ids: set[str] | str, folders: list[str | os.PathLike
             meta = json.loads((candidate / "config.json").read_text())
             if isinstance(meta, dict) and meta.get("model") == preset:
                 same_preset.append((candidate, meta))
-                if model_ids(candidate) & ids:
+                if _ids_of(candidate, meta) & ids:
                     return candidate
     for candidate, meta in same_preset:  # converted before tensors ids were recorded: compute them
         if "tensors_id" not in meta and tensors_id(load_model_dir(candidate)) in ids:
