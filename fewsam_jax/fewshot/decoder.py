@@ -101,6 +101,9 @@ class FewShotConfig:
                              f"{self.warp_rotation_deg} / {self.warp_scale} / {self.image_jitter}")
         if self.image_context and not self.image_features:
             raise ValueError("image_context needs the image branch (image_features > 0)")
+        if self.image_learning_rate is not None and (not self.image_features or self.image_learning_rate < 0):
+            raise ValueError(f"image_learning_rate: expected None, or >= 0 with the image branch (image_features > 0), "
+                             f"got {self.image_learning_rate} with image_features={self.image_features}")
         if not 0.0 < self.episode_fraction <= 1.0:
             raise ValueError(f"episode_fraction: expected a value in (0, 1], got {self.episode_fraction}")
 

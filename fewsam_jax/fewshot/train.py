@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from fewsam_jax.logs import tqdm
 
 from fewsam_jax.fewshot.decoder import FewShotConfig, FewShotDecoder, class_tokens
 from fewsam_jax.fewshot.prompts import IGNORE, region_boxes, region_embeddings, region_fractions, region_positions
 from fewsam_jax.fewshot.warp import warp_targets
+from fewsam_jax.logs import tqdm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +107,7 @@ def make_optimizer(decoder: FewShotDecoder, cfg: FewShotConfig) -> nnx.Optimizer
             0.0, peak, min(cfg.warmup_steps, max(cfg.steps - 1, 1)), max(cfg.steps, 2))
         return optax.adamw(schedule, weight_decay=cfg.weight_decay)
 
-    if cfg.image_learning_rate is None or decoder.image_branch is None:
+    if cfg.image_learning_rate is None:
         update = adamw(cfg.learning_rate)
     else:
         def part(params):

@@ -271,6 +271,10 @@ def test_image_branch_config_is_checked():
         FewShotConfig(image_features=-1)
     with pytest.raises(ValueError, match="image_frame: expected 'mask' or 'embedding'"):
         FewShotConfig(image_frame="pixels")
+    with pytest.raises(ValueError, match="image_learning_rate: expected None"):
+        FewShotConfig(image_features=0, image_learning_rate=1e-3)
+    with pytest.raises(ValueError, match="image_learning_rate: expected None"):
+        FewShotConfig(image_learning_rate=-1.0)
 
 
 def test_image_learning_rate_drives_the_branch_alone(tiny_sam):
