@@ -58,6 +58,10 @@ class UNetConfig:
     translation: float = 0.05
     intensity_jitter: float = 0.1
     predict_batch: int = 32
+    # extra per-pixel input features (e.g. SAM's embedding resampled to the slice grid, bench/sam_features.py):
+    # their channel count (0: none) and the encoder levels they are concatenated at (0: input resolution)
+    feature_channels: int = 0
+    feature_levels: tuple[int, ...] = (0,)
 
     def __post_init__(self):
         if not self.features or min(self.features) < 1:
@@ -67,6 +71,9 @@ class UNetConfig:
                              f"2 ** {len(self.features) - 1} (one halving per level)")
         if self.steps < 1 or self.batch_size < 1 or self.predict_batch < 1:
             raise ValueError("UNetConfig: steps, batch_size and predict_batch must be positive")
+        if self.feature_channels < 0 or not set(self.feature_levels) <= set(range(len(self.features))):
+            raise ValueError(f"UNetConfig.feature_channels / feature_levels: expected >= 0 / levels in "
+                             f"0..{len(self.features) - 1}, got {self.feature_channels} / {self.feature_levels}")
 
     @classmethod
     def small(cls, **overrides) -> UNetConfig:
@@ -96,7 +103,9 @@ class ConvBlock(nnx.Module):
 class UNet(nnx.Module):
     """2D U-Net: (B, H, W, 1) in [0, 1] -> (B, H, W, num_classes) logits; H, W multiples of
     2 ** (levels - 1). ``canvas`` is the padded (H, W) it was trained on (set by ``train_unet``);
-    prediction pads smaller slices to it so they see the padding they were trained with."""
+    prediction pads smaller slices to it so they see the padding they were trained with. With
+    ``feature_channels``, extra features (B, H, W, F) are average-pooled to each of ``feature_levels``
+    and concatenated to that level's input."""
 
     def __init__(self, cfg: UNetConfig, num_classes: int, *, rngs: nnx.Rngs):
         if num_classes < 2:
@@ -105,16 +114,23 @@ class UNet(nnx.Module):
         self.num_classes = num_classes
         self.canvas: tuple[int, int] | None = None
         f = cfg.features
-        self.down = nnx.List([ConvBlock(i, o, rngs=rngs) for i, o in zip((1, *f[:-1]), f)])
+        extra = [cfg.feature_channels if level in cfg.feature_levels else 0 for level in range(len(f))]
+        self.down = nnx.List([ConvBlock(i + e, o, rngs=rngs) for i, e, o in zip((1, *f[:-1]), extra, f)])
         self.upsample = nnx.List([StridedConvTranspose(f[i + 1], f[i], 2, rngs) for i in range(len(f) - 1)])
         self.up = nnx.List([ConvBlock(2 * f[i], f[i], rngs=rngs) for i in range(len(f) - 1)])
         self.head = nnx.Conv(f[0], num_classes, (1, 1), rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, features: jax.Array | None = None) -> jax.Array:
+        if (features is None) != (self.config.feature_channels == 0):
+            raise ValueError(f"features: expected them exactly when feature_channels > 0 "
+                             f"(feature_channels={self.config.feature_channels})")
         skips = []
         for level, block in enumerate(self.down):
             if level:
                 x = nnx.max_pool(x, (2, 2), (2, 2))
+                features = None if features is None else nnx.avg_pool(features, (2, 2), (2, 2))
+            if features is not None and level in self.config.feature_levels:
+                x = jnp.concatenate([x, features], axis=-1)
             x = block(x)
             skips.append(x)
         for level in reversed(range(len(self.up))):
@@ -142,7 +158,31 @@ def _check_images(images: Sequence[np.ndarray], name: str = "images") -> list[np
 
 
 def _pad(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    return np.pad(array, ((0, shape[0] - array.shape[0]), (0, shape[1] - array.shape[1])))
+    """Zero-pad the first two axes of ``array`` at the bottom/right to ``shape``."""
+    pad = ((0, shape[0] - array.shape[0]), (0, shape[1] - array.shape[1])) + ((0, 0),) * (array.ndim - 2)
+    return np.pad(array, pad)
+
+
+def _check_features(features, images: list[np.ndarray], cfg: UNetConfig) -> None:
+    """Extra features must come exactly when the config asks for them, one (H, W, F) array per slice."""
+    if (features is None) != (cfg.feature_channels == 0):
+        raise ValueError(f"features: expected one (H, W, {cfg.feature_channels}) array per slice exactly when "
+                         f"UNetConfig.feature_channels > 0")
+    if features is None:
+        return
+    if len(features) != len(images):
+        raise ValueError(f"features: {len(features)} arrays for {len(images)} images")
+    for i, (feature, image) in enumerate(zip(features, images)):
+        if np.shape(feature) != (*image.shape, cfg.feature_channels):
+            raise ValueError(f"features[{i}]: expected shape {(*image.shape, cfg.feature_channels)}, got {np.shape(feature)}")
+
+
+def _stack_features(features, images: list[np.ndarray], cfg: UNetConfig, canvas) -> jax.Array | None:
+    """The slices' extra features padded onto ``canvas`` (N, H, W, F), checked; None without."""
+    _check_features(features, images, cfg)
+    if features is None:
+        return None
+    return jnp.asarray(np.stack([_pad(np.asarray(f, np.float32), canvas) for f in features]))
 
 
 def segmentation_loss(logits: jax.Array, labels: jax.Array, valid: jax.Array, dice_weight: float) -> jax.Array:
@@ -157,9 +197,11 @@ def segmentation_loss(logits: jax.Array, labels: jax.Array, valid: jax.Array, di
     return ce + dice_weight * (1.0 - dice.mean())
 
 
-def augment(key: jax.Array, image: jax.Array, labels: jax.Array, valid: jax.Array, cfg: UNetConfig):
+def augment(key: jax.Array, image: jax.Array, labels: jax.Array, valid: jax.Array, cfg: UNetConfig,
+            features: jax.Array | None = None):
     """One random affine + intensity jitter of a (H, W) slice, its labels and its valid mask
-    (labels and mask resampled nearest-neighbour; what comes from outside the canvas is invalid)."""
+    (labels and mask resampled nearest-neighbour; what comes from outside the canvas is invalid), and
+    the same affine (linear) of its extra ``features`` (H, W, F), if any. Returns all four."""
     keys = jax.random.split(key, 7)
     height, width = image.shape
     angle = jnp.deg2rad(cfg.rotation_degrees) * jax.random.uniform(keys[0], minval=-1, maxval=1)
@@ -175,7 +217,9 @@ def augment(key: jax.Array, image: jax.Array, labels: jax.Array, valid: jax.Arra
     contrast = 1.0 + cfg.intensity_jitter * jax.random.uniform(keys[4], minval=-1, maxval=1)
     brightness = 0.5 * cfg.intensity_jitter * jax.random.uniform(keys[5], minval=-1, maxval=1)
     image = jnp.clip(resample(image, 1) * contrast + brightness, 0.0, 1.0)
-    return image, resample(labels, 0), resample(valid, 0)
+    if features is not None:
+        features = jax.vmap(lambda channel: resample(channel, 1), in_axes=-1, out_axes=-1)(features)
+    return image, resample(labels, 0), resample(valid, 0), features
 
 
 @functools.cache
@@ -188,14 +232,16 @@ def make_optimizer(cfg: UNetConfig) -> optax.GradientTransformation:
 
 
 @nnx.jit
-def train_step(model: UNet, optimizer: nnx.Optimizer, images, labels, valid, key):
-    """One AdamW step on an augmented batch. images (B, H, W) float, labels (B, H, W) int, valid (B, H, W)."""
+def train_step(model: UNet, optimizer: nnx.Optimizer, images, labels, valid, features, key):
+    """One AdamW step on an augmented batch. images (B, H, W) float, labels (B, H, W) int, valid (B, H, W),
+    features (B, H, W, F) or None."""
     cfg = model.config
     keys = jax.random.split(key, images.shape[0])
-    images, labels, valid = jax.vmap(lambda k, i, l, v: augment(k, i, l, v, cfg))(keys, images, labels, valid)
+    images, labels, valid, features = jax.vmap(lambda k, i, l, v, f: augment(k, i, l, v, cfg, f))(
+        keys, images, labels, valid, features)
 
     def loss_fn(net):
-        return segmentation_loss(net(images[..., None]), labels, valid, cfg.dice_weight)
+        return segmentation_loss(net(images[..., None], features), labels, valid, cfg.dice_weight)
 
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     optimizer.update(model, grads)
@@ -210,6 +256,7 @@ def train_unet(
     seed: int = 0,
     progress: bool = True,
     canvas: tuple[int, int] | None = None,
+    features: Sequence[np.ndarray] | None = None,
 ) -> tuple[UNet, list[float]]:
     """Train a U-Net from scratch.
 
@@ -220,6 +267,7 @@ def train_unet(
       canvas: the smallest (H, W) to pad the slices onto (rounded up to ``pad_multiple``); default:
         the largest slice. Models trained on the same canvas see the same padding, and share one
         compiled training step and prediction.
+      features: (H, W, cfg.feature_channels) float32 per slice, when the config asks for extra features.
     Returns:
       the trained model and the loss of every step.
     """
@@ -241,6 +289,7 @@ def train_unet(
     stack_images = jnp.asarray(np.stack([_pad(im, canvas) for im in images]))
     stack_labels = jnp.asarray(np.stack([_pad(lab, canvas) for lab in label_maps]))
     stack_valid = jnp.asarray(np.stack([_pad(np.ones(im.shape, np.float32), canvas) for im in images]))
+    stack_features = _stack_features(features, images, cfg, canvas)
 
     model = UNet(cfg, num_classes, rngs=nnx.Rngs(seed))
     model.canvas = canvas
@@ -255,6 +304,7 @@ def train_unet(
             order = np.concatenate([order, rng.permutation(len(images))])
         batch, order = jnp.asarray(order[: cfg.batch_size]), order[cfg.batch_size:]
         losses.append(train_step(model, optimizer, stack_images[batch], stack_labels[batch], stack_valid[batch],
+                                 None if stack_features is None else stack_features[batch],
                                  jax.random.fold_in(key, step)))
         if progress and step % 50 == 0:
             bar.set_postfix(loss=f"{float(losses[-1]):.3f}")
@@ -262,15 +312,18 @@ def train_unet(
 
 
 @nnx.jit
-def _logits(model: UNet, images: jax.Array) -> jax.Array:
-    return model(images[..., None])
+def _logits(model: UNet, images: jax.Array, features: jax.Array | None = None) -> jax.Array:
+    return model(images[..., None], features)
 
 
-def predict_unet(model: UNet, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+def predict_unet(model: UNet, images: Sequence[np.ndarray], features: Sequence[np.ndarray] | None = None
+                 ) -> list[np.ndarray]:
     """Label maps (H, W) int32 for (H, W) slices in [0, 1] of any size: each is padded to the
-    training canvas (or the next multiple of ``pad_multiple`` when larger), batched by padded shape."""
+    training canvas (or the next multiple of ``pad_multiple`` when larger), batched by padded shape.
+    ``features``: the slices' extra features, as for :func:`train_unet`."""
     images = _check_images(images)
     cfg = model.config
+    _check_features(features, images, cfg)
     canvas = model.canvas or (0, 0)
     shapes = [tuple(max(_round_up(s, cfg.pad_multiple), c) for s, c in zip(im.shape, canvas)) for im in images]
     results: list[np.ndarray | None] = [None] * len(images)
@@ -279,9 +332,13 @@ def predict_unet(model: UNet, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         for start in range(0, len(members), cfg.predict_batch):
             chunk = members[start: start + cfg.predict_batch]
             batch = np.zeros((cfg.predict_batch, *shape), np.float32)  # fixed batch: one compile per shape
+            extra = None if features is None else np.zeros((cfg.predict_batch, *shape, cfg.feature_channels), np.float32)
             for row, i in enumerate(chunk):
                 batch[row] = _pad(images[i], shape)
-            predicted = np.asarray(jnp.argmax(_logits(model, jnp.asarray(batch)), axis=-1))
+                if extra is not None:
+                    extra[row] = _pad(np.asarray(features[i], np.float32), shape)
+            logits = _logits(model, jnp.asarray(batch), None if extra is None else jnp.asarray(extra))
+            predicted = np.asarray(jnp.argmax(logits, axis=-1))
             for row, i in enumerate(chunk):
                 results[i] = predicted[row, : images[i].shape[0], : images[i].shape[1]].astype(np.int32)
     return results

@@ -94,3 +94,28 @@ def test_upsampling_is_a_transposed_convolution():
     reference.bias[...] = up.bias[...]
     x = jax.random.normal(jax.random.key(0), (2, 4, 6, 8))
     np.testing.assert_allclose(up(x), reference(x), atol=1e-5)
+
+
+def test_extra_features_feed_the_chosen_levels():
+    """Per-pixel features (bench/sam_features.py) are warped with the slice, pooled to each chosen level and
+    concatenated there; they must come exactly when the config asks for them, one (H, W, F) array per slice."""
+    images, labels = shapes(2, [(16, 16)])
+    cfg = UNetConfig.tiny(steps=2, batch_size=2, features=(4, 8), feature_channels=3, feature_levels=(0, 1))
+    model = UNet(cfg, 3, rngs=nnx.Rngs(0))
+    assert [block.conv1.in_features for block in model.down] == [1 + 3, 4 + 3]
+    features = [np.random.default_rng(i).normal(size=(16, 16, 3)).astype(np.float32) for i in range(2)]
+    trained, losses = train_unet(images, labels, 3, cfg, progress=False, features=features)
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    assert [p.shape for p in predict_unet(trained, images, features)] == [(16, 16)] * 2
+    # the features change the prediction's logits: they are used, not ignored
+    x = jax.numpy.asarray(np.stack(images))[..., None]
+    f = jax.numpy.asarray(np.stack(features))
+    assert not np.allclose(trained(x, f), trained(x, f * 0 + 5.0))
+    with pytest.raises(ValueError, match=r"features\[1\]: expected shape \(16, 16, 3\)"):
+        train_unet(images, labels, 3, cfg, progress=False, features=[features[0], features[1][..., :2]])
+    with pytest.raises(ValueError, match="features: expected one"):
+        train_unet(images, labels, 3, cfg, progress=False)
+    with pytest.raises(ValueError, match="features: expected one"):
+        predict_unet(trained, images)
+    with pytest.raises(ValueError, match="feature_levels"):
+        UNetConfig.tiny(feature_channels=3, feature_levels=(5,))
