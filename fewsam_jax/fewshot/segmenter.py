@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from fewsam_jax.fewshot.prompts import images_to_low_res, labels_to_low_res
 from fewsam_jax.fewshot.train import SupportSet, support_images, support_tokens, train_decoder
 from fewsam_jax.export import itksnap_text, labels_json, require_pynrrd, sidecar_paths, write_seg_nrrd
 from fewsam_jax.io import Volume, from_array, get_slices, load_volume, save_labels, stack_slices
+from fewsam_jax.logs import tqdm
 from fewsam_jax.modeling.sam import Sam
 from fewsam_jax.outputs import (
     ChecksumError,
@@ -75,7 +76,11 @@ def volume_images(volume: Volume, intensity: Intensity, axis: int, config: FewSh
     (n, L, L, 1 + 2 * context); None when ``config`` has no image branch."""
     if not config.image_features:
         return None
-    slices = get_slices(intensity.apply(volume.array), axis)
+    return branch_images(get_slices(intensity.apply(volume.array), axis), config, sam_config, indices)
+
+
+def branch_images(slices: np.ndarray, config: FewShotConfig, sam_config: SamConfig, indices=None) -> np.ndarray:
+    """:func:`volume_images` from the already normalised slices (N, H, W) of a volume."""
     indices = np.arange(len(slices)) if indices is None else indices
     return images_to_low_res(context_slices(slices, indices, config.image_context), sam_config)
 
@@ -273,30 +278,52 @@ class FewShotSegmenter:
             self._sam = load_model_dir(self.model_dir())
         return self._sam
 
-    def predict_volume(self, volume: Volume, cache: Any = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Per-class logits on the slice grid, shifted so 0 is each class's calibrated threshold,
-        and presence probabilities: (N, K, H, W) and (N, K), N slices along ``axis``."""
+    def iter_predictions(self, volume: Volume, cache: Any = None, progress: bool = True,
+                         chunk: int = 32) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """:meth:`predict_volume` in chunks of ``chunk`` consecutive slices, so memory stays bounded by a
+        chunk whatever the volume's size: yields ``(start, logits (n, K, H, W), presence (n, K))`` for slices
+        ``start .. start + n - 1`` along ``axis``. Embeds the slices missing from the cache first."""
+        if chunk < 1:
+            raise ValueError(f"chunk: expected a positive number of slices, got {chunk}")
         entry = embed_volume(volume, self.sam(), axis=self.axis, intensity=self.intensity, cache=cache,
                              progress=progress)
-        images = volume_images(volume, self.intensity, self.axis, self.decoder.config, self.sam().config)
-        logits, presence = predict_logits(self.decoder, self.tokens, self.prototypes, entry.load(), progress=progress,
-                                          images=images)
-        logits = logits - self.thresholds[None, :, None, None]
-        return logits_to_native(logits, entry.slice_shape), presence
+        config = self.decoder.config
+        slices = get_slices(self.intensity.apply(volume.array), self.axis) if config.image_features else None
+        starts = range(0, len(entry), chunk)
+        for start in tqdm(starts, desc="segment", disable=not progress, unit="chunk"):
+            indices = np.arange(start, min(start + chunk, len(entry)))
+            images = None if slices is None else branch_images(slices, config, self.sam().config, indices)
+            logits, presence = predict_logits(self.decoder, self.tokens, self.prototypes, entry.load(indices),
+                                              images=images)
+            logits = logits - self.thresholds[None, :, None, None]
+            yield start, logits_to_native(logits, entry.slice_shape), presence
+
+    def predict_volume(self, volume: Volume, cache: Any = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Per-class logits on the slice grid, shifted so 0 is each class's calibrated threshold,
+        and presence probabilities: (N, K, H, W) and (N, K), N slices along ``axis``. Holds every class's
+        float32 logits of the whole volume at once; :meth:`segment` streams instead."""
+        parts = list(self.iter_predictions(volume, cache, progress))
+        return np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+
+    def _slice_labels(self, logits: np.ndarray, presence: np.ndarray) -> np.ndarray:
+        """(n, K, H, W) logits and (n, K) presence -> (n, H, W) label slices."""
+        return labels_from_logits(logits, presence, self.class_ids, self.decoder.config.presence_threshold)
 
     def labels_from(self, logits: np.ndarray, presence: np.ndarray, postprocess: bool = False) -> np.ndarray:
         """Label map (X, Y, Z) on the volume's canonical grid from :meth:`predict_volume`'s outputs
         (so a notebook can keep the logits for review without decoding twice)."""
-        labels = stack_slices(
-            labels_from_logits(logits, presence, self.class_ids, self.decoder.config.presence_threshold), self.axis
-        )
+        labels = stack_slices(self._slice_labels(logits, presence), self.axis)
         return postprocess_3d(labels, self.class_ids) if postprocess else labels
 
     def segment(self, volume: Volume | str | os.PathLike, cache: Any = None, postprocess: bool = False,
-                progress: bool = True) -> np.ndarray:
-        """Label map (X, Y, Z) on the volume's canonical grid."""
+                progress: bool = True, chunk: int = 32) -> np.ndarray:
+        """Label map (X, Y, Z) on the volume's canonical grid, decoded ``chunk`` slices at a time (peak
+        memory: one chunk's logits and embeddings, besides the volume and its label map)."""
         volume = volume if isinstance(volume, Volume) else load_volume(volume)
-        return self.labels_from(*self.predict_volume(volume, cache, progress), postprocess=postprocess)
+        parts = [self._slice_labels(logits, presence)
+                 for _, logits, presence in self.iter_predictions(volume, cache, progress, chunk)]
+        labels = stack_slices(np.concatenate(parts), self.axis)
+        return postprocess_3d(labels, self.class_ids) if postprocess else labels
 
     def segment_file(self, image: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
                      seg_nrrd: bool = False, **kwargs) -> Path:

@@ -103,6 +103,25 @@ def test_absent_class_suppressed_on_empty_slices(trained):
 
 
 @pytest.mark.slow  # the module's `trained` decoder: an end-to-end training run
+def test_segment_streams_chunks_to_the_same_labels(trained):
+    """segment decodes a few slices at a time (bounded memory) to the labels of the whole-volume path (logits
+    equal up to float32 rounding: the decoder's padded batches hold other slices)."""
+    segmenter = trained["segmenter"]
+    volume = load_volume(trained["test_image"])
+    logits, presence = segmenter.predict_volume(volume, cache=trained["cache"], progress=False)
+    chunks = list(segmenter.iter_predictions(volume, cache=trained["cache"], progress=False, chunk=3))
+    assert [start for start, _, _ in chunks] == list(range(0, len(logits), 3))
+    assert max(len(part) for _, part, _ in chunks) == 3
+    np.testing.assert_allclose(np.concatenate([part for _, part, _ in chunks]), logits, atol=1e-4)
+    np.testing.assert_allclose(np.concatenate([p for _, _, p in chunks]), presence, atol=1e-5)
+    whole = segmenter.labels_from(logits, presence)
+    streamed = segmenter.segment(volume, cache=trained["cache"], progress=False, chunk=3)
+    assert streamed.shape == whole.shape and (streamed != whole).mean() < 1e-3
+    with pytest.raises(ValueError, match="chunk: expected a positive number"):
+        next(segmenter.iter_predictions(volume, cache=trained["cache"], progress=False, chunk=0))
+
+
+@pytest.mark.slow  # the module's `trained` decoder: an end-to-end training run
 def test_saved_decoder_reloads_to_identical_predictions(trained, tmp_path):
     segmenter = trained["segmenter"]
     segmenter.save(tmp_path / "decoder")
