@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.sections import machine_info, write_section
+from fewsam_jax.outputs import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hippocampus"  # default of --data
@@ -307,7 +308,7 @@ def main() -> None:
                   "volumes": len(cases(args.data)[PHASES[args.phase]][: args.volumes])}
         report = merge(out, rows, report)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2))
+        write_text(out, json.dumps(report, indent=2))  # atomic: an interrupted run keeps the old rows
         write_section(args.results_md, f"{start}\n{markdown(report)}\n{end}", start, end)
 
     run(args, save)

@@ -29,6 +29,7 @@ import numpy as np
 
 from bench.fewshot import DATA, DRAWS, PHASES, cases, manifest, read_labels, score_volume
 from bench.sections import RESULTS_DIR, RESULTS_MD, machine_info, write_section
+from fewsam_jax.outputs import write_text
 
 START, END = "<!-- sam-features:start -->", "<!-- sam-features:end -->"
 
@@ -164,7 +165,7 @@ def main() -> None:
                     report.update(date=datetime.date.today().isoformat(),
                                   machine={**machine_info(), "jax_device": jax.devices()[0].device_kind})
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    out.write_text(json.dumps(report, indent=2))
+                    write_text(out, json.dumps(report, indent=2))  # atomic: an interrupted run keeps the old rows
                     write_section(RESULTS_MD, f"{START}\n{markdown(report)}\n{END}", START, END)
 
 

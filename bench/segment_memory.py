@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.sections import RESULTS_DIR, RESULTS_MD, machine_info, write_section
+from fewsam_jax.outputs import write_text
 
 DICOM = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg_ct" / "dicom_series"
 START, END = "<!-- segment-memory:start -->", "<!-- segment-memory:end -->"
@@ -123,7 +124,7 @@ def main() -> None:
 
     report = {"date": datetime.date.today().isoformat(), "machine": {**machine_info(),
               "jax_device": jax.devices()[0].device_kind}, "slices": args.slices, "rows": rows}
-    (RESULTS_DIR / "segment_memory.json").write_text(json.dumps(report, indent=2))
+    write_text(RESULTS_DIR / "segment_memory.json", json.dumps(report, indent=2))
     lines = [f"## Segmenting a large CT from the cache: peak memory (`python -m bench.segment_memory`, {report['date']})",
              "", f"{report['machine']['cpu']} ({report['machine']['cores']} cores), LiteMedSAM, default decoder "
              f"design, 2 classes, a 512 x 512 x {args.slices} CT already in the cache; each path in a fresh process.",
