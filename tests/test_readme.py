@@ -27,7 +27,7 @@ import pytest
 from helpers import shared_data
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.DOTALL | re.MULTILINE)
 MARK = re.compile(r"<!-- readme-test: ([\w-]+) -->\s*$")
 RUNNABLE = ["predictor", "fewshot", "annotate", "review"]  # in README order
 STEPS = 20
@@ -133,12 +133,12 @@ def test_python_examples_run_on_the_shared_data(tmp_path, monkeypatch, litemedsa
         lambda collection, *args, **kwargs: train(collection, *args, **{"config": FewShotConfig(steps=STEPS), **kwargs})))
     ns: dict = {}
 
-    exec(compile(code["predictor"], "README:predictor", "exec"), ns)
+    exec(compile(code["predictor"], "README:predictor", "exec"), ns)  # noqa: S102 - the README examples, as written
     masks, image = ns["masks"], ns["image"]
     assert masks.shape == (1, *image.shape) and masks.dtype == bool
     assert 0 < masks.sum() < masks.size, "the predictor example must segment something inside its box"
 
-    exec(compile(code["fewshot"], "README:fewshot", "exec"), ns)
+    exec(compile(code["fewshot"], "README:fewshot", "exec"), ns)  # noqa: S102 - the README examples, as written
     assert (tmp_path / "decoder" / "fewshot.json").is_file()
     written = nib.load(tmp_path / "new_volume_seg.nii.gz")
     source = nib.load(tmp_path / "new_volume.nii.gz")
@@ -147,9 +147,9 @@ def test_python_examples_run_on_the_shared_data(tmp_path, monkeypatch, litemedsa
     described = json.loads((tmp_path / "new_volume_seg.labels.json").read_text())
     assert [row["name"] for row in described["labels"]] == ["anterior", "posterior"]
 
-    exec(compile(code["annotate"], "README:annotate", "exec"), ns)
+    exec(compile(code["annotate"], "README:annotate", "exec"), ns)  # noqa: S102 - the README examples, as written
     paint_like_a_user(ns["annotator"], reference)
-    exec(compile(code["review"], "README:review", "exec"), ns)
+    exec(compile(code["review"], "README:review", "exec"), ns)  # noqa: S102 - the README examples, as written
     manifest = json.loads((tmp_path / "liver" / "manifest.json").read_text())
     assert manifest["classes"] == {"1": "liver", "2": "spleen"} and len(manifest["support"][0]["slices"]) == 3
     segmenter, viewer = ns["segmenter"], ns["viewer"]
