@@ -69,35 +69,44 @@ def _segment(args: argparse.Namespace) -> None:
     if not inputs:
         raise cohort.CohortError("no input: pass image files or folders (-i IN [IN ...])")
     out = Path(args.out)
-    # one image and a file name (any extension) -> that file; otherwise -o is a folder of CASE.nii.gz
-    single = len(inputs) == 1 and not Path(inputs[0]).is_dir() and not out.is_dir() and (
-        out.name.lower().endswith(LABEL_SUFFIXES) or out.suffix != "")
+    # one image and a file name (any extension) -> that file; one DICOM series folder and a .nii(.gz) name -> that
+    # file; otherwise -o is a folder of CASE.nii.gz
+    single = len(inputs) == 1 and not out.is_dir() and (
+        (not Path(inputs[0]).is_dir() and (out.name.lower().endswith(LABEL_SUFFIXES) or out.suffix != ""))
+        or (out.name.lower().endswith(LABEL_SUFFIXES) and cohort.is_series_folder(inputs[0])))
     if single:  # one image -> one label file, as before cohorts
         if args.num_parts != 1:
             raise cohort.CohortError("--num-parts splits a folder or several images; -o is then a folder")
         if args.resume and Path(args.out).exists():
             log.info("%s exists, skipped (--continue)", args.out)
+            if args.dicom_seg:  # a run stopped between the label map and its DICOM-SEG
+                cohort.finish_dicom_seg(_load_segmenter(args), inputs[0], args.out, inputs=[args.decoder])
             return
         check_output_file(args.out, overwrite=args.overwrite, inputs=[inputs[0], args.decoder],
                           suffixes=LABEL_SUFFIXES)
+        if args.dicom_seg:
+            from fewsam_jax.dicom_seg import check_dicom_seg_output
+
+            check_dicom_seg_output(inputs[0], args.out, overwrite=args.overwrite, inputs=[args.decoder])
     else:
         cases = cohort.select_part(cohort.find_cases(inputs, channel=args.channel), args.num_parts, args.part_id)
         todo, done = cohort.plan_outputs(cases, args.out, overwrite=args.overwrite, resume=args.resume,
                                          inputs=[args.decoder, *inputs])
         log.info("%d case(s) in part %d of %d: %d to segment, %d finished", len(cases), args.part_id,
                  args.num_parts, len(todo), len(done))
-        if not todo:
+        if not todo and not args.dicom_seg:  # with --dicom-seg, finished cases may still lack theirs
             return
     _check_cache(args)
     segmenter = _load_segmenter(args)
     if single:
-        out = segmenter.segment_file(inputs[0], args.out, cache=args.cache, postprocess=args.postprocess,
-                                     overwrite=args.overwrite, progress=_progress(args), seg_nrrd=args.seg_nrrd)
+        out = cohort.segment_to_files(segmenter, inputs[0], args.out, cache=args.cache, postprocess=args.postprocess,
+                                      overwrite=args.overwrite, progress=_progress(args), seg_nrrd=args.seg_nrrd,
+                                      dicom_seg=args.dicom_seg, inputs=[args.decoder])
         log.info("labels written to %s", out)
         return
     result = cohort.segment_cases(segmenter, cases, args.out, cache=args.cache, postprocess=args.postprocess,
                                   overwrite=args.overwrite, resume=args.resume, progress=_progress(args),
-                                  inputs=[args.decoder, *inputs], seg_nrrd=args.seg_nrrd)
+                                  inputs=[args.decoder, *inputs], seg_nrrd=args.seg_nrrd, dicom_seg=args.dicom_seg)
     log.info("%d label map(s) written to %s, %d skipped", len(result["written"]), Path(args.out).resolve(),
              len(result["skipped"]))
 
@@ -258,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--postprocess", action="store_true", help="largest component + hole filling per class")
     segment.add_argument("--seg-nrrd", action="store_true",
                          help="also write CASE.seg.nrrd for 3D Slicer (named, coloured segments; needs pynrrd)")
+    segment.add_argument("--dicom-seg", action="store_true",
+                         help="also write CASE.seg.dcm, a DICOM-SEG referencing the input series (named, coloured "
+                              "segments; DICOM series inputs only; needs highdicom)")
     segment.add_argument("--cache", help="embedding cache folder (default $FEWSAM_HOME/embeddings)")
     segment.set_defaults(run=_segment)
 

@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from fewsam_jax.export import sidecar_paths
 from fewsam_jax.outputs import (
     FewSamError,
     OutputError,
@@ -73,7 +74,7 @@ def _is_volume_file(path: Path) -> bool:
 def _folder_cases(folder: Path, channel: int) -> list[Case]:
     files = sorted(p for p in folder.iterdir() if _is_volume_file(p))
     if not files:
-        if any(p.is_file() for p in folder.iterdir()):
+        if is_series_folder(folder):
             return [Case(folder.name, folder)]  # a DICOM series: load_volume reads (and checks) the folder
         raise CohortError(f"{folder}: no images in this folder; expected NIfTI (.nii.gz, .nii), .npy, PNG/JPEG "
                           "files or the files of one DICOM series")
@@ -91,6 +92,13 @@ def _folder_cases(folder: Path, channel: int) -> list[Case]:
                         ", ".join(others))
         return cases
     return [Case(stem, p) for stem, p in zip(stems, files)]
+
+
+def is_series_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder read as one DICOM series (files, none with a volume suffix)."""
+    path = Path(path).expanduser()
+    return path.is_dir() and any(p.is_file() for p in path.iterdir()) and not any(
+        _is_volume_file(p) for p in path.iterdir())
 
 
 def find_cases(inputs: Sequence[str | os.PathLike], channel: int = 0) -> list[Case]:
@@ -302,25 +310,67 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
     return summary
 
 
+def segment_to_files(segmenter, image: str | os.PathLike, out: str | os.PathLike, *, dicom_seg: bool = False,
+                     overwrite: bool = False, inputs: Iterable[str | os.PathLike] = (), **kwargs) -> Path:
+    """``segmenter.segment_file(image, out, ...)`` (the label map, its descriptions and, with ``seg_nrrd``,
+    ``CASE.seg.nrrd``) and, with ``dicom_seg``, ``CASE.seg.dcm``: a DICOM-SEG referencing the DICOM series
+    ``image`` (:mod:`fewsam_jax.dicom_seg`), checked before anything is computed. Returns the label map's path."""
+    if not dicom_seg:
+        return segmenter.segment_file(image, out, overwrite=overwrite, **kwargs)
+    from fewsam_jax.dicom_seg import check_dicom_seg_output, dicom_seg_from_label_file
+
+    seg_path = check_dicom_seg_output(image, out, overwrite=overwrite, inputs=inputs)
+    path = segmenter.segment_file(image, out, overwrite=overwrite, **kwargs)
+    dicom_seg_from_label_file(path, image, segmenter.classes, seg_path, overwrite=overwrite)
+    return path
+
+
+def finish_dicom_seg(segmenter, image: str | os.PathLike, out: str | os.PathLike, *,
+                     inputs: Iterable[str | os.PathLike] = ()) -> Path | None:
+    """Resuming: write the DICOM-SEG of the finished label map ``out`` of the DICOM series ``image`` from that
+    label map when a run stopped before writing it; its path, or None when it exists already."""
+    from fewsam_jax.dicom_seg import check_dicom_seg_output, dicom_seg_from_label_file
+
+    if sidecar_paths(out)["dicom"].exists():
+        return None
+    seg_path = check_dicom_seg_output(image, out, inputs=inputs)
+    dicom_seg_from_label_file(out, image, segmenter.classes, seg_path)
+    log.info("%s: DICOM-SEG written to %s from the label map", out, seg_path)
+    return seg_path
+
+
 def segment_cases(segmenter, cases: Sequence[Case], out_dir: str | os.PathLike, *, cache: Any = None,
                   postprocess: bool = False, overwrite: bool = False, resume: bool = False, progress: bool = True,
-                  inputs: Iterable[str | os.PathLike] = (), seg_nrrd: bool = False) -> dict[str, list[Path]]:
+                  inputs: Iterable[str | os.PathLike] = (), seg_nrrd: bool = False,
+                  dicom_seg: bool = False) -> dict[str, list[Path]]:
     """Segment ``cases`` with a :class:`~fewsam_jax.fewshot.FewShotSegmenter` into ``out_dir/CASE.nii.gz``.
 
     Every output is checked first (:func:`plan_outputs`); with ``resume`` finished cases are skipped. Beside
-    each label map: its class names and colours (``CASE.labels.txt``, ``CASE.labels.json``) and, with
-    ``seg_nrrd``, ``CASE.seg.nrrd`` for 3D Slicer.
+    each label map: its class names and colours (``CASE.labels.txt``, ``CASE.labels.json``), with
+    ``seg_nrrd``, ``CASE.seg.nrrd`` for 3D Slicer and, with ``dicom_seg`` (every case a DICOM series),
+    ``CASE.seg.dcm``, a DICOM-SEG; resuming, a finished case without its DICOM-SEG gets it from its label map.
     Returns ``{"written": [...], "skipped": [...]}``.
     """
     todo, done = plan_outputs(cases, out_dir, overwrite=overwrite, resume=resume, inputs=inputs)
+    Path(out_dir).expanduser().mkdir(parents=True, exist_ok=True)
+    if dicom_seg:
+        from fewsam_jax.dicom_seg import check_dicom_seg_output
+
+        for case, out in todo:
+            check_dicom_seg_output(case.image, out, overwrite=overwrite or resume, inputs=inputs)
+        for case, out in done:
+            if not sidecar_paths(out)["dicom"].exists():
+                check_dicom_seg_output(case.image, out, inputs=inputs)
     for case, out in done:
         log.info("%s: %s exists, skipped (--continue)", case.name, out)
-    Path(out_dir).expanduser().mkdir(parents=True, exist_ok=True)
+        if dicom_seg:
+            finish_dicom_seg(segmenter, case.image, out, inputs=inputs)
     written = []
     for i, (case, out) in enumerate(todo, 1):
         log.info("[%d/%d] %s: segmenting %s", i, len(todo), case.name, case.image)
         # resuming, a case still to do has no label map: files beside it are from the run that was interrupted
-        written.append(segmenter.segment_file(case.image, out, overwrite=overwrite or resume, cache=cache,
-                                              seg_nrrd=seg_nrrd, postprocess=postprocess, progress=progress))
+        written.append(segment_to_files(segmenter, case.image, out, overwrite=overwrite or resume, cache=cache,
+                                        seg_nrrd=seg_nrrd, dicom_seg=dicom_seg, inputs=inputs,
+                                        postprocess=postprocess, progress=progress))
         log.info("[%d/%d] %s: labels written to %s", i, len(todo), case.name, out)
     return {"written": written, "skipped": [out for _, out in done]}

@@ -9,7 +9,8 @@ Beside ``CASE.nii.gz`` the library writes
   and other viewers.
 
 and, on request, ``CASE.seg.nrrd``: a 3D Slicer segmentation (one layer; each class a named, coloured
-segment; the grid and orientation of the source image, in LPS), which needs ``pynrrd``.
+segment; the grid and orientation of the source image, in LPS), which needs ``pynrrd``, and, for a DICOM
+series, ``CASE.seg.dcm``: a DICOM-SEG (:mod:`fewsam_jax.dicom_seg`, needs ``highdicom``).
 """
 
 from __future__ import annotations
@@ -47,15 +48,16 @@ def class_colours(class_ids) -> dict[int, tuple[int, int, int]]:
 
 
 def sidecar_paths(label_path: str | os.PathLike) -> dict[str, Path]:
-    """``{"itksnap": CASE.labels.txt, "json": CASE.labels.json, "nrrd": CASE.seg.nrrd}`` beside a label map."""
+    """``{"itksnap": CASE.labels.txt, "json": CASE.labels.json, "nrrd": CASE.seg.nrrd, "dicom": CASE.seg.dcm}``
+    beside a label map."""
     path = Path(label_path)
     name = path.name
-    for suffix in (".nii.gz", ".nii", ".png", ".seg.nrrd", ".nrrd"):
+    for suffix in (".nii.gz", ".nii", ".png", ".seg.nrrd", ".nrrd", ".seg.dcm"):
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
     return {"itksnap": path.with_name(f"{name}.labels.txt"), "json": path.with_name(f"{name}.labels.json"),
-            "nrrd": path.with_name(f"{name}.seg.nrrd")}
+            "nrrd": path.with_name(f"{name}.seg.nrrd"), "dicom": path.with_name(f"{name}.seg.dcm")}
 
 
 def _check_classes(classes: Mapping[int, str]) -> dict[int, str]:

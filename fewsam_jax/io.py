@@ -45,6 +45,7 @@ from fewsam_jax.outputs import write_file
 __all__ = [
     "Volume",
     "VolumeError",
+    "dicom_series_files",
     "from_array",
     "get_slices",
     "load_volume",
@@ -409,11 +410,10 @@ def _split_series(headers: list) -> list[_Series]:
     return out
 
 
-def _load_dicom_series(folder: Path, pick: Path | None = None) -> Volume:
-    """Reads the single series in ``folder`` (or the series of the file ``pick``) as a Volume.
-
-    Source grid: (columns, rows, slices sorted along the slice normal).
-    """
+def _series_items(folder: Path, pick: Path | None = None) -> tuple[list, np.ndarray, np.ndarray]:
+    """The (file, header) pairs of the single series in ``folder`` (or of the series of the file ``pick``),
+    sorted along the slice normal, with the 4x4 voxel -> LPS affine of the grid (columns, rows, slices)
+    and the slice positions (LPS, mm). Checks one orientation and uniform spacing."""
     headers = []
     for f in sorted(folder.iterdir()):
         if not f.is_file():
@@ -485,7 +485,36 @@ def _load_dicom_series(folder: Path, pick: Path | None = None) -> Volume:
     dr, dc = (float(v) for v in items[0][1].PixelSpacing)  # row spacing, column spacing
     lps = np.eye(4)
     lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row_dir * dc, col_dir * dr, slice_vec, pos[0]
+    return items, lps, pos
 
+
+def dicom_series_files(path: str | os.PathLike) -> list[Path]:
+    """The files of the DICOM series at ``path`` (its folder, or one of its files, as for
+    :func:`load_volume`) in the order of the source grid's slice axis: ``load_volume(path)``'s source
+    grid slice ``k`` is the pixel data of file ``k``, transposed (columns, rows).
+
+    Raises:
+      VolumeError: ``path`` is missing or is not a DICOM series (folder or file), or the series is not one
+        regular grid (see :func:`load_volume`).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise VolumeError(f"{p}: no such file or folder")
+    if p.is_dir():
+        items, _, _ = _series_items(p)
+    elif p.name.lower().endswith(".dcm") or is_dicom(p):
+        items, _, _ = _series_items(p.parent, pick=p)
+    else:
+        raise VolumeError(f"{p}: not a DICOM series; expected a DICOM series folder or one of its files")
+    return [f for f, _ in items]
+
+
+def _load_dicom_series(folder: Path, pick: Path | None = None) -> Volume:
+    """Reads the single series in ``folder`` (or the series of the file ``pick``) as a Volume.
+
+    Source grid: (columns, rows, slices sorted along the slice normal).
+    """
+    items, lps, _ = _series_items(folder, pick)
     slices = []
     for f, _ in items:
         try:

@@ -24,7 +24,7 @@ from fewsam_jax.export import read_itksnap_labels, read_seg_nrrd
 from fewsam_jax.fewshot import Collection, FewShotSegmenter, ManifestError
 from fewsam_jax.weights import BaseModelNotFoundError, save_model
 
-from helpers import shared_data
+from helpers import shared_data, untrained_segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (32, 28, 5)
@@ -67,24 +67,6 @@ def home(tmp_path_factory, tiny_sam):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     return write_nnunet(tmp_path_factory.mktemp("nnunet") / "Dataset001_Synthetic")
-
-
-def untrained_segmenter(sam, classes) -> FewShotSegmenter:
-    """Random prompt tokens: enough to segment (the cohort plumbing is under test, not the training)."""
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from fewsam_jax.fewshot import FewShotConfig
-    from fewsam_jax.fewshot.decoder import FewShotDecoder
-    from fewsam_jax.preprocess import Intensity
-    from fewsam_jax.weights import tensors_id
-
-    rng = np.random.default_rng(0)
-    c, k = sam.config.prompt_embed_dim, len(classes)
-    decoder = FewShotDecoder(sam, FewShotConfig(steps=1), rngs=nnx.Rngs(0))
-    return FewShotSegmenter(decoder, jnp.asarray(rng.normal(size=(k, 5, c)), jnp.float32),
-                            jnp.asarray(rng.normal(size=(k, c)), jnp.float32), np.zeros(k, np.float32), dict(classes),
-                            sam.config.name, sam.weights_id, Intensity.parse("percentile"), 2, {}, sam, tensors_id(sam))
 
 
 @pytest.fixture(scope="module")

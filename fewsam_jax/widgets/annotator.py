@@ -4,7 +4,8 @@ A thin view: the labels, labelled slices and undo history are a :class:`~fewsam_
 (``.editor``; its module doc states the editing rules), the SAM prompts and proposal a
 :class:`~fewsam_jax.sam_assist.SamAssist` (``.assist``), and merging into an existing manifest is
 :mod:`fewsam_jax.fewshot.collection`'s. This class holds what the user is doing (slice, class, tool,
-brush radius, display window), binds the canvas and controls to those calls and renders the slice.
+brush radius, display window), binds the canvas and controls to those calls and renders the slice. Keyboard
+shortcuts and wheel scrolling are :mod:`fewsam_jax.shortcuts`'s.
 
 Coordinates are (row, col) pixels of the displayed slice ``get_slices(volume, axis)[i]`` (pixel
 centres are integers, floats allowed). Labels live in ``.labels``, (X, Y, Z) int32 on the volume's
@@ -37,7 +38,8 @@ from fewsam_jax.modeling.sam import Sam
 from fewsam_jax.outputs import OutputExistsError, check_output_file
 from fewsam_jax.preprocess import Intensity
 from fewsam_jax.sam_assist import SamAssist
-from fewsam_jax.widgets.canvas import SliceCanvas, parse_pointer_event
+from fewsam_jax.shortcuts import KEYS, key_action, scrolled_index
+from fewsam_jax.widgets.canvas import SliceCanvas, parse_key_event, parse_pointer_event, parse_wheel_event
 from fewsam_jax.widgets.render import (
     ColorSpec,
     blend_labels,
@@ -236,6 +238,11 @@ class SliceAnnotator:
             self._message("")
         self._sync_controls()
         self._refresh()
+
+    def scroll(self, steps: int) -> int:
+        """Moves ``steps`` slices on (negative: back), stopping at the first and last; returns the new index."""
+        self.go_to(scrolled_index(self._slice_index, steps, self.num_slices))
+        return self._slice_index
 
     def set_axis(self, axis: int) -> None:
         """Slices along ``axis`` from now on; only before anything is labelled (the collection has one axis)."""
@@ -480,6 +487,29 @@ class SliceAnnotator:
                 else:
                     self.stroke(points, erase=self._tool == "eraser")
 
+    def handle_key_event(self, event: dict) -> bool:
+        """Applies one canvas key message (:func:`fewsam_jax.shortcuts.key_action`: b brush, e eraser, z undo,
+        y redo, arrows previous/next slice); False when the key is not a shortcut."""
+        event = parse_key_event(event)
+        action = None if event is None else key_action(event["key"])
+        if action is None:
+            return False
+        if action.kind == "tool":
+            self.tool = action.value
+        elif action.kind == "undo":
+            self.undo()
+        elif action.kind == "redo":
+            self.redo()
+        else:
+            self.scroll(action.value)
+        return True
+
+    def handle_wheel_event(self, event: dict) -> None:
+        """Applies one canvas wheel message: ``steps`` slices on (wheel down: next)."""
+        event = parse_wheel_event(event)
+        if event is not None:
+            self.scroll(event["steps"])
+
     @property
     def widget(self) -> W.Widget:
         """The ipywidgets layout (displayed when the annotator is the value of a notebook cell)."""
@@ -507,6 +537,10 @@ class SliceAnnotator:
         self._zoom_request = zoom
         self.canvas = SliceCanvas()
         self.canvas.on_pointer(self._guard(self.handle_canvas_event))
+        self.canvas.on_key(self._guard(self.handle_key_event))
+        self.canvas.on_wheel(self._guard(self.handle_wheel_event))
+        self.canvas.shortcut_keys = list(KEYS)
+        self.canvas.wheel_slices = True
         self._axis_box = W.Dropdown(options=[(AXIS_NAMES[a], a) for a in range(3)], value=self.axis,
                                     description="axis", layout=W.Layout(width="170px"))
         self._slider = W.IntSlider(description="slice", continuous_update=True, layout=W.Layout(width="420px"))
@@ -563,7 +597,9 @@ class SliceAnnotator:
         self._msg.add_class("fewsam-message")
         self._listing = W.Label()
         self._listing.add_class("fewsam-labelled")
-        hint = W.HTML("<small>SAM click: left = include, right / shift = exclude. SAM box: drag.</small>")
+        hint = W.HTML("<small>SAM click: left = include, right / shift = exclude. SAM box: drag.<br>"
+                      "Keys (click the image first): b brush, e eraser, z undo, y redo, arrows or mouse wheel: "
+                      "slice.</small>")
         controls = W.VBox([W.HBox(list(self._class_buttons.values())), self._tools, self._brush, actions, hint, edits,
                            self._level, self._width, files])
         self._widget = W.VBox([

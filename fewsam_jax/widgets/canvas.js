@@ -1,6 +1,9 @@
 // fewsam_jax SliceCanvas: shows a PNG (the slice with overlays) at a zoom, draws a live brush / box
 // preview and sends pointer events to Python in image pixel coordinates (row, col; pixel centres
-// are integers). DOM: <div class="fewsam-canvas-wrap"><canvas class="fewsam-canvas" data-*></div>.
+// are integers). With shortcut_keys / wheel_slices set it also sends those keys (the canvas takes the
+// focus when clicked) and wheel steps over it. DOM: <div class="fewsam-canvas-wrap"><canvas class="fewsam-canvas" data-*></div>.
+
+const WHEEL_STEP_PX = 100; // one mouse-wheel notch in Chromium and Firefox (pixel mode)
 
 function clamp(v, lo, hi) {
   return Math.min(Math.max(v, lo), hi);
@@ -16,6 +19,9 @@ function render({ model, el }) {
   canvas.style.touchAction = "none";
   canvas.style.userSelect = "none";
   canvas.dataset.renderCount = "0";
+  // keys pressed while the canvas has the focus are the annotator's, not JupyterLab's command shortcuts
+  canvas.dataset.lmSuppressShortcuts = "true";
+  canvas.dataset.pSuppressShortcuts = "true";
   wrap.appendChild(canvas);
   el.appendChild(wrap);
 
@@ -40,6 +46,8 @@ function render({ model, el }) {
     canvas.dataset.imageWidth = String(width());
     canvas.dataset.imageHeight = String(height());
     canvas.dataset.tool = model.get("tool");
+    if (model.get("shortcut_keys").length) canvas.tabIndex = 0;
+    else canvas.removeAttribute("tabindex");
     canvas.style.cursor = model.get("tool") === "none" ? "default" : "crosshair";
     draw();
   }
@@ -151,6 +159,7 @@ function render({ model, el }) {
   canvas.addEventListener("pointerdown", (e) => {
     if (model.get("tool") === "none" || gesture) return;
     e.preventDefault();
+    if (model.get("shortcut_keys").length) canvas.focus({ preventScroll: true });
     canvas.setPointerCapture(e.pointerId);
     const p = toImage(e);
     gesture = { points: [p], pointerId: e.pointerId, button: e.button };
@@ -190,7 +199,29 @@ function render({ model, el }) {
     draw();
   });
 
+  canvas.addEventListener("keydown", (e) => {
+    if (e.ctrlKey || e.altKey || e.metaKey) return; // the browser's and Jupyter's own shortcuts
+    const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
+    if (!model.get("shortcut_keys").includes(key)) return;
+    e.preventDefault(); // arrows would scroll the page
+    e.stopPropagation();
+    model.send({ kind: "key", key, shift: !!e.shiftKey });
+  });
+  let wheelRest = 0; // pixels scrolled towards the next step (trackpads send small deltas)
+  canvas.addEventListener("wheel", (e) => {
+    if (!model.get("wheel_slices")) return;
+    e.preventDefault();
+    const scale = e.deltaMode === 1 ? WHEEL_STEP_PX / 3 : e.deltaMode === 2 ? 10 * WHEEL_STEP_PX : 1;
+    wheelRest += e.deltaY * scale;
+    const steps = Math.trunc(wheelRest / WHEEL_STEP_PX);
+    if (steps !== 0) {
+      wheelRest -= steps * WHEEL_STEP_PX;
+      model.send({ kind: "wheel", steps });
+    }
+  }, { passive: false });
+
   model.on("change:png", loadImage);
+  model.on("change:shortcut_keys", resize);
   for (const name of ["image_width", "image_height", "zoom", "aspect", "tool"]) {
     model.on(`change:${name}`, resize);
   }

@@ -8,6 +8,16 @@ message per pointer event while a button is held::
      "row": float, "col": float,            # image pixel coordinates, pixel centres are integers
      "button": 0 | 2, "shift": bool, "alt": bool, "ctrl": bool}
 
+With ``shortcut_keys`` set (the keys Python handles), the canvas takes the keyboard focus when clicked (or
+tabbed to) and sends, for one of those keys pressed without Ctrl, Alt or Meta (letters lower-cased)::
+
+    {"kind": "key", "key": str, "shift": bool}
+
+and with ``wheel_slices``, over the canvas, one message per 100 pixels of wheel (a mouse wheel's notch;
+line and page modes converted) instead of scrolling the page::
+
+    {"kind": "wheel", "steps": int}        # positive: wheel down / towards the user
+
 DOM: ``<div class="fewsam-canvas-wrap"><canvas class="fewsam-canvas" data-image-width data-image-height
 data-tool data-render-count>``; ``data-render-count`` counts the images drawn so far.
 """
@@ -48,6 +58,26 @@ def parse_pointer_event(message: dict) -> dict | None:
     }
 
 
+def parse_key_event(message: dict) -> dict | None:
+    """A key message checked and normalised, or None if it is not one."""
+    if not isinstance(message, dict) or message.get("kind") != "key":
+        return None
+    key = message.get("key")
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"key event: expected a non-empty 'key' string, got {message!r}")
+    return {"kind": "key", "key": key, "shift": bool(message.get("shift"))}
+
+
+def parse_wheel_event(message: dict) -> dict | None:
+    """A wheel message checked and normalised (``steps`` an int), or None if it is not one."""
+    if not isinstance(message, dict) or message.get("kind") != "wheel":
+        return None
+    steps = message.get("steps")
+    if isinstance(steps, bool) or not isinstance(steps, (int, float)) or not math.isfinite(steps) or steps != int(steps):
+        raise ValueError(f"wheel event: expected an integer 'steps', got {message!r}")
+    return {"kind": "wheel", "steps": int(steps)}
+
+
 class SliceCanvas(anywidget.AnyWidget):
     """Shows an (H, W, 3) uint8 image (``set_image``) and calls ``on_pointer`` callbacks with events."""
 
@@ -60,10 +90,12 @@ class SliceCanvas(anywidget.AnyWidget):
     tool = traitlets.Unicode("none").tag(sync=True)
     brush_radius = traitlets.Float(3.0).tag(sync=True)
     preview_color = traitlets.Unicode("#1f77b4").tag(sync=True)
+    shortcut_keys = traitlets.List(traitlets.Unicode(), []).tag(sync=True)  # keys sent to Python (none: no focus)
+    wheel_slices = traitlets.Bool(False).tag(sync=True)  # the wheel over the canvas is sent, not scrolling the page
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self._pointer_callbacks: list[Callable[[dict], None]] = []
+        self._callbacks: dict[str, list[Callable[[dict], None]]] = {"pointer": [], "key": [], "wheel": []}
         self.on_msg(self._on_message)
 
     @traitlets.validate("tool")
@@ -84,9 +116,17 @@ class SliceCanvas(anywidget.AnyWidget):
     def on_pointer(self, callback: Callable[[dict], None]) -> None:
         """Calls ``callback(message)`` for every pointer message from the browser (see the module doc;
         the callback checks it with :func:`parse_pointer_event`, so a malformed one reaches it as an error)."""
-        self._pointer_callbacks.append(callback)
+        self._callbacks["pointer"].append(callback)
+
+    def on_key(self, callback: Callable[[dict], None]) -> None:
+        """Calls ``callback(message)`` for every key message (checked with :func:`parse_key_event`)."""
+        self._callbacks["key"].append(callback)
+
+    def on_wheel(self, callback: Callable[[dict], None]) -> None:
+        """Calls ``callback(message)`` for every wheel message (checked with :func:`parse_wheel_event`)."""
+        self._callbacks["wheel"].append(callback)
 
     def _on_message(self, _widget, content, _buffers) -> None:
-        if isinstance(content, dict) and content.get("kind") == "pointer":
-            for callback in self._pointer_callbacks:
-                callback(content)
+        kind = content.get("kind") if isinstance(content, dict) else None
+        for callback in self._callbacks.get(kind, ()) if isinstance(kind, str) else ():
+            callback(content)

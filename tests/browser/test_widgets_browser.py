@@ -1,6 +1,6 @@
 """The widgets in a real browser: Voila serves the app notebooks on localhost, headless Debian Chromium
-(Playwright) renders them, a brush drag on the annotator's canvas changes the labels, the viewer's slice
-slider and class toggle change its image. Screenshots go to ``$FEWSAM_ARTIFACTS`` (default
+(Playwright) renders them, a brush drag on the annotator's canvas changes the labels, its keyboard shortcuts and
+the mouse wheel change the tool, the slice and undo, the viewer's slice slider and class toggle change its image. Screenshots go to ``$FEWSAM_ARTIFACTS`` (default
 ``test-artifacts/browser``, git-ignored). Without /usr/bin/chromium, voila or playwright these tests FAIL."""
 
 from __future__ import annotations
@@ -112,6 +112,29 @@ def test_annotator_brush_click_and_drag_label_pixels(voila, browser_page, artifa
     page.click(".fewsam-annotator .fewsam-undo")
     wait_for_new_image(page, canvas, count)
     assert labelled_pixels(page) == clicked
+
+    # keyboard shortcuts (the image has the focus) and the mouse wheel over it
+    page.locator(canvas).focus()
+    page.keyboard.press("e")
+    page.wait_for_selector(f"{canvas}[data-tool='eraser']", timeout=UPDATE_TIMEOUT_MS)
+    page.keyboard.press("b")
+    page.wait_for_selector(f"{canvas}[data-tool='brush']", timeout=UPDATE_TIMEOUT_MS)
+    page.keyboard.press("ArrowRight")
+    wait_for_status(page, "0 labelled pixels on slice 7 (not labelled)")
+    page.mouse.move(box["x"] + 0.5 * box["width"], y)
+    scrolled = page.evaluate("() => window.scrollY")
+    page.mouse.wheel(0, 100)  # one notch down: the next slice
+    wait_for_status(page, "0 labelled pixels on slice 8 (not labelled)")
+    page.mouse.wheel(0, -200)
+    wait_for_status(page, f"{clicked} labelled pixels on slice 6 (labelled)")
+    page.keyboard.press("z")  # undoes the brush click
+    wait_for_status(page, "0 labelled pixels on slice 6 (not labelled)")
+    assert page.evaluate("() => window.scrollY") == scrolled, "the wheel over the image scrolled the page"
+
+
+def wait_for_status(page, text: str) -> None:
+    page.wait_for_function("(t) => document.querySelector('.fewsam-annotator .fewsam-status').textContent === t",
+                           arg=text, timeout=UPDATE_TIMEOUT_MS)
 
 
 def test_viewer_slider_and_class_toggle_change_the_image(voila, browser_page, artifacts):

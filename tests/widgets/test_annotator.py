@@ -165,6 +165,50 @@ def test_canvas_messages_do_what_the_methods_do():
     np.testing.assert_array_equal(by_events.labels, by_calls.labels)
 
 
+def key(name, **modifiers):
+    """A key message exactly as canvas.js sends it (it sends only the annotator's keys, never with Ctrl)."""
+    return {"kind": "key", "key": name, "shift": modifiers.get("shift", False)}
+
+
+def test_keys_and_wheel_change_tool_slice_and_undo():
+    annotator = SliceAnnotator(make_volume(), CLASSES, brush_radius=2)
+    assert annotator.canvas.shortcut_keys == ["b", "e", "z", "y", "ArrowRight", "ArrowUp", "ArrowLeft", "ArrowDown"]
+    assert annotator.canvas.wheel_slices
+    start = annotator.slice_index
+    send(annotator, pointer("down", 10, 10), pointer("up", 10, 20))
+    painted = annotator.labels.copy()
+    assert painted.any()
+
+    send(annotator, key("e"))
+    assert annotator.tool == "eraser" and annotator.canvas.tool == "eraser" and annotator._tools.value == "eraser"
+    send(annotator, pointer("down", 10, 10), pointer("up", 10, 14))
+    assert annotator.labels.sum() < painted.sum()
+    send(annotator, key("z"))  # undo the erasing
+    np.testing.assert_array_equal(annotator.labels, painted)
+    send(annotator, key("y"), key("Z"))  # redo, undo again (letters in either case)
+    np.testing.assert_array_equal(annotator.labels, painted)
+    send(annotator, key("B", shift=True))
+    assert annotator.tool == "brush"
+
+    send(annotator, key("ArrowRight"), key("ArrowUp"))
+    assert annotator.slice_index == start + 2 and annotator._slider.value == start + 2
+    send(annotator, key("ArrowDown"), key("ArrowLeft"), key("ArrowLeft"))
+    assert annotator.slice_index == start - 1
+    send(annotator, {"kind": "wheel", "steps": 1})
+    assert annotator.slice_index == start
+    send(annotator, {"kind": "wheel", "steps": -100})  # stops at the first slice
+    assert annotator.slice_index == 0 and annotator.status().endswith("on slice 0 (not labelled)")
+    send(annotator, {"kind": "wheel", "steps": 100})
+    assert annotator.slice_index == SHAPE[2] - 1
+    send(annotator, key("q"), key("Enter"))  # not shortcuts: nothing changes
+    assert annotator.tool == "brush" and annotator.slice_index == SHAPE[2] - 1
+    np.testing.assert_array_equal(annotator.labels, painted)
+    assert annotator.handle_key_event(key("q")) is False and annotator.handle_key_event(key("b")) is True
+    # a malformed message is reported in the message line, not lost
+    send(annotator, {"kind": "wheel", "steps": 0.5})
+    assert "wheel event: expected an integer 'steps'" in annotator._msg.value
+
+
 def test_widget_controls_drive_the_same_state():
     annotator = SliceAnnotator(make_volume(), CLASSES)
     annotator._slider.value = 2
