@@ -21,6 +21,7 @@ _EXPORTS = {
     **dict.fromkeys(("PRESETS", "SamConfig", "TinyViTConfig", "ViTConfig", "get_config", "litemedsam", "medsam",
                      "vit_b", "vit_h", "vit_l"), "fewsam_jax.config"),
     "SliceEncoder": "fewsam_jax.encode",
+    "enable_compilation_cache": "fewsam_jax.home",
     **dict.fromkeys(("AugmentConfig", "Collection", "FewShotConfig", "FewShotSegmenter", "ManifestError",
                      "SupportItem", "load_collection", "save_collection"), "fewsam_jax.fewshot"),
     **dict.fromkeys(("Volume", "VolumeError", "from_array", "get_slices", "load_volume", "save_labels",
@@ -41,6 +42,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from fewsam_jax.encode import SliceEncoder
     from fewsam_jax.fewshot import (AugmentConfig, Collection, FewShotConfig, FewShotSegmenter, ManifestError,
                                     SupportItem, load_collection, save_collection)
+    from fewsam_jax.home import enable_compilation_cache
     from fewsam_jax.io import Volume, VolumeError, from_array, get_slices, load_volume, save_labels, stack_slices
     from fewsam_jax.modeling.sam import Sam, decode_masks, encode_images
     from fewsam_jax.predictor import SamPredictor
