@@ -64,19 +64,20 @@ def section(report: dict) -> str:
     loads = [x for r in report["help"] for x in r["load"]] + [
         x for runs in report["segment"].values() for r in runs for x in r["load"]]
     lines = [START, "## Start-up and compilation cache", "",
-             f"Written by `python -m bench.startup` on {report['date']} ({m['cpu']}, {m['cores']} cores; "
-             f"jax {m['versions']['jax']}); 1-minute load {min(loads):.2f}-{max(loads):.2f} during the runs.",
-             f"Image `{report['image']}`, decoder `{report['decoder']}`; embeddings already cached. Every row is a "
-             "fresh process, timed end to end.", "",
+             (f"Written by `python -m bench.startup` on {report['date']} ({m['cpu']}, {m['cores']} cores; "
+              f"jax {m['versions']['jax']}); 1-minute load {min(loads):.2f}-{max(loads):.2f} during the runs."),
+             (f"Image `{report['image']}`, decoder `{report['decoder']}`; embeddings already cached. Every row is a "
+              "fresh process, timed end to end."), "",
              "| run | wall s | load before / after |", "|---|---|---|",
-             f"| `fewsam --help` (best of 5) | {help_best:.2f} | "
-             f"{report['help'][0]['load'][0]:.2f} / {report['help'][-1]['load'][1]:.2f} |"]
+             (f"| `fewsam --help` (best of 5) | {help_best:.2f} | "
+              f"{report['help'][0]['load'][0]:.2f} / {report['help'][-1]['load'][1]:.2f} |")]
     names = {"off": "`fewsam segment`, compilation cache off", "cold": "`fewsam segment`, cache cold (1st process)",
              "warm": "`fewsam segment`, cache warm"}
     for kind, runs in report["segment"].items():
         for i, run in enumerate(runs):
             suffix = f" (process {i + 2})" if kind == "warm" else ""
-            lines.append(f"| {names[kind]}{suffix} | {run['wall_s']:.2f} | {run['load'][0]:.2f} / {run['load'][1]:.2f} |")
+            load = f"{run['load'][0]:.2f} / {run['load'][1]:.2f}"
+            lines.append(f"| {names[kind]}{suffix} | {run['wall_s']:.2f} | {load} |")
     stats = report["jax_cache_after_cold"]
     lines += ["", f"After the cold run the compilation cache held {stats['files']} files, {stats['mb']} MB.", END]
     return "\n".join(lines) + "\n"

@@ -32,16 +32,76 @@ _EXPORTS = {
     **dict.fromkeys(("load_model", "save_model"), "fewsam_jax.weights"),
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [  # the keys of _EXPORTS (tested), spelled out for linters and readers
+    "PRESETS",
+    "WINDOWS",
+    "AugmentConfig",
+    "CachedEmbeddings",
+    "Collection",
+    "EmbeddingCache",
+    "FewShotConfig",
+    "FewShotSegmenter",
+    "Intensity",
+    "ManifestError",
+    "Sam",
+    "SamConfig",
+    "SamPredictor",
+    "SliceEncoder",
+    "SupportItem",
+    "TinyViTConfig",
+    "ViTConfig",
+    "Volume",
+    "VolumeError",
+    "cohort",
+    "decode_masks",
+    "embed_volume",
+    "enable_compilation_cache",
+    "encode_images",
+    "export",
+    "from_array",
+    "get_config",
+    "get_slices",
+    "litemedsam",
+    "load_collection",
+    "load_model",
+    "load_volume",
+    "medsam",
+    "metrics",
+    "save_collection",
+    "save_labels",
+    "save_model",
+    "stack_slices",
+    "vit_b",
+    "vit_h",
+    "vit_l",
+]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports on demand
     from fewsam_jax import cohort, export, metrics
     from fewsam_jax.cache import CachedEmbeddings, EmbeddingCache, embed_volume
-    from fewsam_jax.config import (PRESETS, SamConfig, TinyViTConfig, ViTConfig, get_config, litemedsam, medsam,
-                                   vit_b, vit_h, vit_l)
+    from fewsam_jax.config import (
+        PRESETS,
+        SamConfig,
+        TinyViTConfig,
+        ViTConfig,
+        get_config,
+        litemedsam,
+        medsam,
+        vit_b,
+        vit_h,
+        vit_l,
+    )
     from fewsam_jax.encode import SliceEncoder
-    from fewsam_jax.fewshot import (AugmentConfig, Collection, FewShotConfig, FewShotSegmenter, ManifestError,
-                                    SupportItem, load_collection, save_collection)
+    from fewsam_jax.fewshot import (
+        AugmentConfig,
+        Collection,
+        FewShotConfig,
+        FewShotSegmenter,
+        ManifestError,
+        SupportItem,
+        load_collection,
+        save_collection,
+    )
     from fewsam_jax.home import enable_compilation_cache
     from fewsam_jax.io import Volume, VolumeError, from_array, get_slices, load_volume, save_labels, stack_slices
     from fewsam_jax.modeling.sam import Sam, decode_masks, encode_images

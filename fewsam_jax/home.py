@@ -59,7 +59,7 @@ def enable_compilation_cache() -> Path | None:
     for option, value in settings.items():
         os.environ.setdefault(option.upper(), value)
     if "jax" in sys.modules:
-        import jax  # noqa: PLC0415
+        import jax
 
         for option, cast in ((_DIR, str), (_MIN_SECS, float), (_MAX_SIZE, int)):
             jax.config.update(option, cast(os.environ[option.upper()]))

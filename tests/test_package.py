@@ -35,6 +35,7 @@ def test_public_api_is_exported():
 
     missing = [name for name in fewsam_jax.__all__ if not hasattr(fewsam_jax, name)]
     assert not missing
+    assert sorted(fewsam_jax.__all__) == sorted(fewsam_jax._EXPORTS)
     assert set(fewsam_jax.__all__) <= set(dir(fewsam_jax))
 
 
