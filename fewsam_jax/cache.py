@@ -6,10 +6,12 @@ reads the cache.
 Layout (root: ``$FEWSAM_HOME/embeddings`` by default)::
 
     root/<model>/<key>/            a zarr group, one entry per (volume, model, preprocessing)
-        embeddings                 (N, E, E, C) float16, one chunk per slice
-        checksums                  (N,) uint32 CRC-32 of each slice's stored float16 bytes
+        embeddings                 (N, E, E, C), one chunk per slice: float16, or uint8 codes (q8/q6/q4)
+        low, scale                 (N, C) float32, one chunk per slice: the codes' per-channel offsets and
+                                   steps (quantized storages only)
+        checksums                  (N,) uint32 CRC-32 of each slice's stored bytes (codes, low, scale)
         done                       (N,) bool, one chunk per slice, set AFTER the slice's chunk and checksum
-        meta.json                  slice shape, axis, source, intensity, model, created (written last)
+        meta.json                  storage, slice shape, axis, source, intensity, model, created (written last)
     root/<model>/<key>.lock        lock file (filelock) held while the entry is written
     root/.fewsam-cache             marks the folder as an embedding cache
 
@@ -35,8 +37,19 @@ Guarantees:
     reliable on a local disk; on a network filesystem
     shared by several hosts, give each host disjoint volumes (``encode.shard_of``).
 
-Storage precision: embeddings are stored as float16, uncompressed, and read back as float32 (the
-error this costs, measured on LiteMedSAM: bench/RESULTS.md, "Precision and prompt notes").
+Storage (``meta.json``'s ``storage``; entries without it are ``float16``), chosen when an entry is created
+(``EmbeddingCache(storage=...)``, ``embed_volume(storage=...)``, ``$FEWSAM_CACHE_STORAGE``) and kept by every
+later write to it; every storage reads back as float32:
+
+* ``float16``: uncompressed, 2 bytes a value, within half a float16 ulp (bench/RESULTS.md, "Precision and
+  prompt notes");
+* ``q8`` / ``q6`` / ``q4``: per slice and channel, the values are quantized to 2**bits - 1 equal steps
+  between the channel's minimum and maximum over the slice (:func:`quantize`), one uint8 code per value,
+  zstd-compressed; the error is at most half a step, ``scale / 2`` of that slice and channel. Size, speed
+  and the masks they give: bench/RESULTS.md, "Compact embedding cache".
+
+Which storage an entry has never changes its key: a volume cached in one storage is a cache hit for a
+caller asking for another.
 """
 
 from __future__ import annotations
@@ -57,6 +70,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import zarr
 from filelock import FileLock, Timeout
+from zarr.codecs import ZstdCodec
 
 from fewsam_jax.encode import SliceEncoder
 from fewsam_jax.io import Volume, check_axis, from_array, get_slices, load_volume
@@ -65,11 +79,16 @@ from fewsam_jax.outputs import FewSamError, OutputError, write_text
 from fewsam_jax.preprocess import Intensity
 from fewsam_jax.weights import fewsam_home
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # part of every key: changing it orphans every existing entry
+QUANTIZED = {"q8": 8, "q6": 6, "q4": 4}  # storage -> bits per value
+STORAGES = ("float16", *QUANTIZED)
+DEFAULT_STORAGE = "float16"
+STORAGE_ENV = "FEWSAM_CACHE_STORAGE"
+CHECKSUMS_NOTE = "crc32 of each slice's stored bytes (array 'checksums')"  # meta.json's note
 _ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Sam -> {(batch, dtype): SliceEncoder}
 ROOT_MARKER = ".fewsam-cache"
 _KEY = re.compile(r"^[0-9a-f]{64}$")
-_ENTRY_FILES = {"zarr.json", "meta.json", "embeddings", "done", "checksums"}
+_ENTRY_FILES = {"zarr.json", "meta.json", "embeddings", "done", "checksums", "low", "scale"}
 
 
 class CacheCorruptionError(FewSamError, ValueError):
@@ -89,9 +108,42 @@ def _is_entry(path: Path) -> bool:
     return False
 
 
-def slice_checksum(values: np.ndarray) -> int:
-    """CRC-32 of one slice's float16 bytes as stored (little-endian)."""
-    return zlib.crc32(np.ascontiguousarray(values, dtype="<f2"))
+def slice_checksum(values: np.ndarray, low: np.ndarray | None = None, scale: np.ndarray | None = None) -> int:
+    """CRC-32 of one slice as stored: its float16 values (little-endian), or its uint8 codes followed by
+    the float32 ``low`` and ``scale`` of a quantized storage."""
+    if low is None:
+        return zlib.crc32(np.ascontiguousarray(values, dtype="<f2"))
+    crc = zlib.crc32(np.ascontiguousarray(values, dtype=np.uint8))
+    crc = zlib.crc32(np.ascontiguousarray(low, dtype="<f4"), crc)
+    return zlib.crc32(np.ascontiguousarray(scale, dtype="<f4"), crc)
+
+
+def check_storage(storage: str) -> str:
+    if storage not in STORAGES:
+        raise ValueError(f"unknown cache storage {storage!r}; expected one of {', '.join(STORAGES)}")
+    return storage
+
+
+def quantize(values: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One slice's embeddings (E, E, C) -> (codes (E, E, C) uint8, low (C,) float32, scale (C,) float32).
+
+    Per channel, ``2**bits - 1`` equal steps of ``scale`` from the channel's minimum ``low`` to its maximum
+    over the slice; ``dequantize`` returns ``low + codes * scale``, within ``scale / 2`` of every value (a
+    constant channel has scale 0 and comes back exactly). Raises ValueError on NaN or Inf.
+    """
+    values = np.asarray(values, np.float32)
+    if not np.isfinite(values).all():
+        raise ValueError("embeddings hold NaN or Inf: nothing to quantize")
+    low = values.min(axis=(0, 1))
+    scale = (values.max(axis=(0, 1)) - low) / np.float32(2**bits - 1)
+    steps = np.divide(values - low, scale, out=np.zeros_like(values), where=scale > 0)
+    codes = np.clip(np.rint(steps), 0, 2**bits - 1).astype(np.uint8)
+    return codes, low, scale.astype(np.float32)
+
+
+def dequantize(codes: np.ndarray, low: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``low + codes * scale`` as float32, shape of ``codes`` (the inverse of :func:`quantize`)."""
+    return low + codes.astype(np.float32) * scale
 
 
 def default_root() -> Path:
@@ -161,6 +213,7 @@ class CachedEmbeddings:
 
     Attributes:
       key: the entry's content key; ``path``: its directory; ``meta``: the contents of meta.json.
+      storage: how the slices are stored (:data:`STORAGES`; ``float16`` for entries older than the option).
       num_slices: N; ``slice_shape``: (H, W) of the encoded slices; ``axis``: the slicing axis.
       computed: indices of the slices encoded by the :func:`embed_volume` call that returned it.
     """
@@ -175,6 +228,8 @@ class CachedEmbeddings:
             group = zarr.open_group(self.path, mode="r+" if _writable else "r")
             self._embeddings, self._done = group["embeddings"], group["done"]
             self._checksums = group["checksums"] if "checksums" in group else None  # None: written before checksums
+            self.storage = check_storage(self.meta.get("storage", "float16"))
+            self._low, self._scale = (group["low"], group["scale"]) if self.storage in QUANTIZED else (None, None)
             self.key = self.meta["key"]
             self.num_slices = int(self.meta["num_slices"])
             self.slice_shape = tuple(self.meta["slice_shape"])
@@ -182,7 +237,7 @@ class CachedEmbeddings:
         except Exception as err:  # json, zarr or a missing key: the entry's own files are damaged
             raise CacheCorruptionError(f"{self.path}: damaged cache entry ({type(err).__name__}: {err}); "
                                        "embed_volume (or `fewsam embed`) rebuilds it") from None
-        arrays = [self._embeddings, self._done] + ([self._checksums] if self._checksums is not None else [])
+        arrays = [a for a in (self._embeddings, self._done, self._checksums, self._low, self._scale) if a is not None]
         if any(a.shape[0] != self.num_slices for a in arrays):
             raise CacheCorruptionError(f"{self.path}: arrays do not hold {self.num_slices} slices as meta.json says; "
                                        "embed_volume (or `fewsam embed`) rebuilds it")
@@ -194,7 +249,8 @@ class CachedEmbeddings:
 
     def __repr__(self) -> str:
         done = int(self.done().sum())
-        return f"CachedEmbeddings({self.meta['model']}, {done}/{self.num_slices} slices, key={self.key[:12]})"
+        return (f"CachedEmbeddings({self.meta['model']}, {done}/{self.num_slices} slices, {self.storage}, "
+                f"key={self.key[:12]})")
 
     @property
     def embedding_shape(self) -> tuple[int, int, int]:
@@ -213,9 +269,11 @@ class CachedEmbeddings:
             return flags
 
     def _read_slice(self, index: int) -> tuple[np.ndarray | None, str | None]:
-        """One stored slice (E, E, C) float16 and None, or None and what is wrong with it."""
+        """One stored slice (E, E, C) (float16, or float32 from a quantized storage) and None, or None and
+        what is wrong with it."""
         try:
             values = np.asarray(self._embeddings[index])
+            offsets = (np.asarray(self._low[index]), np.asarray(self._scale[index])) if self._low is not None else ()
         except Exception as err:  # a truncated chunk fails to decode
             return None, f"unreadable chunk ({type(err).__name__})"
         if self._checksums is not None:
@@ -223,13 +281,13 @@ class CachedEmbeddings:
                 expected = int(self._checksums[index])
             except Exception as err:
                 return None, f"unreadable checksum ({type(err).__name__})"
-            if slice_checksum(values) != expected:
+            if slice_checksum(values, *offsets) != expected:
                 return None, "checksum mismatch (corrupt or missing chunk)"
         elif not np.isfinite(values).all():
             return None, "non-finite values"
         elif not values.any():
             return None, "all zeros (missing chunk)"
-        return values, None
+        return (dequantize(values, *offsets) if offsets else values), None
 
     def verify(self, indices=None) -> dict[int, str]:
         """{slice: problem} for the stored slices among ``indices`` (default: all) that fail verification."""
@@ -278,28 +336,37 @@ class CachedEmbeddings:
         return self.load(index)
 
     def _write(self, indices: np.ndarray, embeddings: np.ndarray) -> None:
-        values = np.asarray(embeddings).astype(np.float16)
-        if not np.isfinite(values).all():
-            raise ValueError(f"{self.path}: embeddings overflow float16 (|value| > 65504)")
+        """Store ``embeddings`` (n, E, E, C) as slices ``indices`` in this entry's storage."""
         indices = [int(i) for i in np.atleast_1d(indices)]
+        if self.storage in QUANTIZED:
+            stored = [quantize(v, QUANTIZED[self.storage]) for v in np.asarray(embeddings)]
+        else:
+            values = np.asarray(embeddings).astype(np.float16)
+            if not np.isfinite(values).all():
+                raise ValueError(f"{self.path}: embeddings overflow float16 (|value| > 65504)")
+            stored = [(v,) for v in values]
         # one whole chunk per assignment: zarr then never reads the old chunk, which may be damaged
-        for i, v in zip(indices, values):
-            self._embeddings[i] = v
+        for i, arrays in zip(indices, stored):
+            self._embeddings[i] = arrays[0]
+            if self._low is not None:
+                self._low[i], self._scale[i] = arrays[1], arrays[2]
         if self._checksums is not None:
-            for i, v in zip(indices, values):
-                self._checksums[i] = np.uint32(slice_checksum(v))
+            for i, arrays in zip(indices, stored):
+                self._checksums[i] = np.uint32(slice_checksum(*arrays))
         for i in indices:
             self._done[i] = True  # only after the data (and checksum) chunks are in place
 
 
 class EmbeddingCache:
-    """The cache directory ``root`` (default ``$FEWSAM_HOME/embeddings``)."""
+    """The cache directory ``root`` (default ``$FEWSAM_HOME/embeddings``); ``storage`` (default
+    ``$FEWSAM_CACHE_STORAGE``, else :data:`DEFAULT_STORAGE`) is how the entries it creates store slices."""
 
-    def __init__(self, root: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, storage: str | None = None):
         self.root = Path(root).expanduser() if root is not None else default_root()
+        self.storage = check_storage(storage or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE)
 
     def __repr__(self) -> str:
-        return f"EmbeddingCache({str(self.root)!r})"
+        return f"EmbeddingCache({str(self.root)!r}, storage={self.storage!r})"
 
     def entry_path(self, model: str, key: str) -> Path:
         return self.root / _check_name(model) / key
@@ -425,12 +492,19 @@ def _encoder_for(model: Sam, batch_size: int, dtype: str) -> SliceEncoder:
 
 
 def _create_entry(path: Path, shape: tuple[int, ...], meta: dict) -> None:
-    """(Re)initialises the zarr group at ``path`` for embeddings of ``shape`` (N, E, E, C);
-    meta.json, written last, marks it usable."""
+    """(Re)initialises the zarr group at ``path`` for embeddings of ``shape`` (N, E, E, C) in
+    ``meta["storage"]``; meta.json, written last, marks it usable."""
     group = zarr.open_group(path, mode="w")
-    group.create_array(
-        "embeddings", shape=shape, chunks=(1, *shape[1:]), dtype="float16", fill_value=0.0, compressors=None
-    )
+    if meta["storage"] in QUANTIZED:
+        group.create_array("embeddings", shape=shape, chunks=(1, *shape[1:]), dtype="uint8", fill_value=0,
+                           compressors=ZstdCodec(level=3))
+        for name in ("low", "scale"):
+            group.create_array(name, shape=(shape[0], shape[-1]), chunks=(1, shape[-1]), dtype="float32",
+                               fill_value=0.0, compressors=None)
+    else:
+        group.create_array(
+            "embeddings", shape=shape, chunks=(1, *shape[1:]), dtype="float16", fill_value=0.0, compressors=None
+        )
     group.create_array("checksums", shape=shape[:1], chunks=(1,), dtype="uint32", fill_value=0, compressors=None)
     group.create_array("done", shape=shape[:1], chunks=(1,), dtype="bool", fill_value=False, compressors=None)
     _write_json(path / "meta.json", meta)
@@ -446,6 +520,7 @@ def embed_volume(
     slices: Sequence[int] | None = None,
     batch_size: int = 4,
     dtype: str = "float32",
+    storage: str | None = None,
     progress: bool = True,
 ) -> CachedEmbeddings:
     """Embeds the slices of ``volume`` along ``axis`` into the cache; only missing slices are computed.
@@ -460,6 +535,8 @@ def embed_volume(
       cache: an EmbeddingCache or its root directory (default ``$FEWSAM_HOME/embeddings``).
       slices: indices of the slices to embed (default: all); the entry still describes the whole
         volume, and later calls add the other slices to it.
+      storage: how a new entry stores slices (:data:`STORAGES`; default the cache's ``storage``). An
+        existing entry keeps its own: its missing slices are added in it, and a complete one is a hit.
       progress: tqdm progress bar with ETA.
     Returns:
       the entry, with at least the requested slices stored: ``entry.load(indices)`` -> (n, E, E, C)
@@ -486,6 +563,7 @@ def embed_volume(
             raise ValueError(f"slices {list(slices)} out of range for {num_slices} slices along axis {axis}") from None
     encoder = model if isinstance(model, SliceEncoder) else _encoder_for(model, batch_size, dtype)
     cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(cache)
+    storage = check_storage(storage or cache.storage)
     cache.check_writable(encoder.model_name)
     key = entry_key(vol.array, encoder.model_name, encoder.weights_id, intensity.key(), axis, encoder.dtype)
     path = cache.entry_path(encoder.model_name, key)
@@ -514,6 +592,7 @@ def embed_volume(
         if entry is None:
             meta = {
                 "format": FORMAT_VERSION,
+                "storage": storage,
                 "key": key,
                 "model": encoder.model_name,
                 "weights_id": encoder.weights_id,
@@ -525,7 +604,7 @@ def embed_volume(
                 "volume_shape": list(vol.shape),
                 "spacing": list(vol.spacing),
                 "source": vol.source,
-                "checksums": "crc32 of each slice's float16 bytes (array 'checksums')",
+                "checksums": CHECKSUMS_NOTE,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
             _create_entry(path, (num_slices, *encoder.embedding_shape), meta)
@@ -549,3 +628,37 @@ def embed_volume(
     finally:
         held.release()
     return entry
+
+
+def copy_entry(entry: CachedEmbeddings, cache: EmbeddingCache | str | os.PathLike,
+               storage: str | None = None) -> CachedEmbeddings:
+    """Store the slices of ``entry`` again in ``cache`` (another root), same key and metadata, in ``storage``
+    (default the cache's), e.g. to turn a float16 cache into a compact one. Resumable: an entry already at the
+    destination keeps its storage and gets only its missing slices; ``entry``'s slices are verified as read
+    (CacheCorruptionError). Returns the destination entry, with ``computed`` = the slices copied.
+    """
+    cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(cache)
+    storage = check_storage(storage or cache.storage)
+    stored = np.flatnonzero(entry.done())
+    path = cache.entry_path(entry.meta["model"], entry.key)
+    if path.resolve() == entry.path.resolve():
+        raise ValueError(f"{entry.path}: copy_entry needs another cache root than the entry's own")
+    cache.check_writable(entry.meta["model"])
+    cache._mark()
+    held = _acquire(path.with_name(entry.key + ".lock"))
+    try:
+        if path.exists() and not _is_entry(path):
+            raise OutputError(f"{path} holds files that are not a cache entry's; it is left alone")
+        if not (path / "meta.json").is_file():
+            meta = {**entry.meta, "storage": storage, "checksums": CHECKSUMS_NOTE,
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            _create_entry(path, (entry.num_slices, *entry.embedding_shape), meta)
+        copy = CachedEmbeddings(path, _writable=True)
+        missing = stored[~copy.done()[stored]]
+        for start in range(0, missing.size, 8):
+            batch = missing[start : start + 8]
+            copy._write(batch, entry.load(batch))
+        copy.computed = missing
+    finally:
+        held.release()
+    return copy

@@ -322,11 +322,13 @@ def _add_verbosity(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fewsam_jax.home import enable_compilation_cache
     from fewsam_jax.logs import configure, run_command
 
     parser = build_parser()
     _add_verbosity(parser)
     args = parser.parse_args(argv)
+    enable_compilation_cache()  # a second fewsam process loads what the first compiled
     configure(-1 if getattr(args, "quiet", False) else 1 if getattr(args, "verbose", False) else 0)
     return run_command(args.run, args, f"fewsam {args.command}")
 

@@ -9,6 +9,7 @@ from fewsam_jax.preprocess import WINDOWS, Intensity
 
 log = logging.getLogger("fewsam_jax.cli")
 DEFAULT_MODEL = "litemedsam"  # as fewsam_jax.weights.DEFAULT_MODEL; not imported to keep `fewsam --help` fast
+STORAGES = ("float16", "q8", "q6", "q4")  # as fewsam_jax.cache.STORAGES (tested), for the same reason
 
 
 def _embed(args: argparse.Namespace) -> None:
@@ -18,13 +19,14 @@ def _embed(args: argparse.Namespace) -> None:
 
     volume = load_volume(args.image)  # bad inputs and outputs fail before the model loads
     intensity = Intensity.parse(args.window or args.intensity)
-    EmbeddingCache(args.cache).check_writable()
+    cache = EmbeddingCache(args.cache, storage=args.storage)
+    cache.check_writable()
     entry = embed_volume(
         volume,
         load_model(args.model),
         axis=args.axis,
         intensity=intensity,
-        cache=args.cache,
+        cache=cache,
         batch_size=args.batch_size,
         dtype=args.dtype,
         progress=not args.quiet,
@@ -34,7 +36,7 @@ def _embed(args: argparse.Namespace) -> None:
     print(
         f"{entry.num_slices} slices of {entry.slice_shape[0]}x{entry.slice_shape[1]} along axis {entry.axis}: "
         f"{computed} encoded{repaired}, {entry.num_slices - computed} from the cache (verified); embeddings "
-        f"{entry.embedding_shape} float16 in {entry.path}"
+        f"{entry.embedding_shape} {entry.storage} in {entry.path}"
     )
 
 
@@ -73,8 +75,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "embed",
         help="encode every slice of a volume into the embedding cache (resumable)",
         description="Encode every 2D slice of IMAGE along --axis with the model's frozen image encoder "
-        "and store the embeddings (float16) in the content-addressed cache; rerunning computes only "
-        "missing slices.",
+        "and store the embeddings (float16, or quantized with --storage) in the content-addressed cache; "
+        "rerunning computes only missing slices.",
     )
     embed.add_argument("image", help="NIfTI, DICOM folder/file, .npy, PNG or JPEG")
     embed.add_argument("--model", default=DEFAULT_MODEL, help=f"preset name or converted model directory (default {DEFAULT_MODEL})")
@@ -88,6 +90,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     embed.add_argument("--cache", help=cache_help)
     embed.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only; no progress bar")
     embed.add_argument("--batch-size", type=int, default=4, help="slices per compiled batch (default 4)")
+    embed.add_argument("--storage", choices=STORAGES, default=None,
+                       help="how a new cache entry stores slices: float16 (2 MB a LiteMedSAM slice), or q8/q6/q4, "
+                       "8/6/4-bit codes per channel, zstd-compressed (default $FEWSAM_CACHE_STORAGE, else float16); "
+                       "an existing entry keeps its own")
     embed.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="encoder compute dtype (default float32)")
     embed.set_defaults(run=_embed)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fewsam_jax.config import get_config
+from fewsam_jax.home import fewsam_home  # noqa: F401  (re-exported: weights.fewsam_home, as before)
 from fewsam_jax.model_dir import (  # noqa: F401  (re-exported: the public names of model folders)
     checkpoint_sha256,
     is_model_dir,
@@ -31,11 +32,6 @@ DEFAULT_MODEL = "litemedsam"
 
 class BaseModelNotFoundError(FewSamError, FileNotFoundError):
     """No converted model holds the weights a decoder was trained on."""
-
-
-def fewsam_home() -> Path:
-    """Cache root: ``$FEWSAM_HOME``, default ``~/.cache/fewsam_jax``."""
-    return Path(os.environ.get("FEWSAM_HOME", Path.home() / ".cache" / "fewsam_jax")).expanduser()
 
 
 def models_dir() -> Path:

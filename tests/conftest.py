@@ -18,6 +18,8 @@ import pytest
 os.environ["FEWSAM_HOME"] = os.environ.get(
     "FEWSAM_TEST_HOME", str(Path(tempfile.gettempdir()) / f"fewsam-test-home-{os.getuid()}")
 )
+# The cache's storage is the library default unless a test asks for another (not the developer's choice).
+os.environ.pop("FEWSAM_CACHE_STORAGE", None)
 # A persistent XLA compilation cache beside it: programs compiled by one xdist worker (or an earlier run on
 # this machine) load instead of compiling again. Only compilations over JAX's default minimum time are kept.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(os.environ["FEWSAM_HOME"]) / "jax-compilation-cache"))

@@ -11,7 +11,20 @@ import pytest
 from embed_worker import results, start, tiny_model  # tests/ is on sys.path (pyproject: pythonpath)
 from helpers import SHARED_DATA, embed_cli
 
-from fewsam_jax.cache import CachedEmbeddings, EmbeddingCache, _acquire, _encoder_for, embed_volume, entry_key
+from fewsam_jax.cache import (
+    QUANTIZED,
+    STORAGES,
+    CachedEmbeddings,
+    EmbeddingCache,
+    _acquire,
+    _encoder_for,
+    copy_entry,
+    dequantize,
+    embed_volume,
+    entry_key,
+    quantize,
+    slice_checksum,
+)
 from fewsam_jax.encode import SliceEncoder
 from fewsam_jax.io import from_array, get_slices, load_volume
 from fewsam_jax.preprocess import Intensity
@@ -239,3 +252,119 @@ def test_float16_error_real_litemedsam(tmp_path, monkeypatch):
     err = np.abs(stored - exact)
     assert np.all(err <= 2.0**-11 * np.abs(exact) + 2.0**-25)  # round-to-nearest float16
     print(f"float16 cache error: max abs {err.max():.2e}, relative to max |x| {err.max() / np.abs(exact).max():.2e}")
+
+
+# ------------------------------------------------------------------------------------ storages
+
+
+def _within_quantization_error(stored: np.ndarray, exact: np.ndarray, bits: int) -> bool:
+    """Every value within half a step of its slice and channel (the stated bound), plus float32 rounding."""
+    span = exact.max(axis=(1, 2)) - exact.min(axis=(1, 2))  # (n, C)
+    bound = span / (2**bits - 1) / 2
+    return bool(np.all(np.abs(stored - exact) <= bound[:, None, None, :] * (1 + 1e-5) + 1e-6 * np.abs(exact).max()))
+
+
+@pytest.mark.parametrize("bits", [8, 6, 4])
+def test_quantize_is_within_half_a_step(bits):
+    values = np.random.default_rng(bits).standard_t(3, (8, 8, 32)).astype(np.float32)
+    values[..., 5] = 2.5  # a constant channel comes back exactly
+    codes, low, scale = quantize(values, bits)
+    assert codes.dtype == np.uint8 and codes.max() == 2**bits - 1 and low.shape == scale.shape == (32,)
+    restored = dequantize(codes, low, scale)
+    assert restored.dtype == np.float32 and restored.shape == values.shape
+    assert np.all(np.abs(restored - values) <= scale / 2 * (1 + 1e-5) + 1e-6)
+    assert np.all(restored[..., 5] == 2.5) and scale[5] == 0
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        quantize(np.full((2, 2, 3), np.inf, np.float32), bits)
+
+
+@pytest.mark.parametrize("storage", sorted(QUANTIZED))
+def test_compact_storage_round_trips_within_its_bound(tmp_path, encoder, storage):
+    array = _volume(11)
+    entry = embed_volume(array, encoder, cache=tmp_path / storage, storage=storage, progress=False)
+    assert entry.storage == entry.meta["storage"] == storage and "storage" in (entry.path / "meta.json").read_text()
+    exact = encoder.encode(_percentile_slices(array))
+    stored = entry.load()
+    assert stored.dtype == np.float32 and stored.shape == exact.shape
+    assert _within_quantization_error(stored, exact, QUANTIZED[storage])
+    assert not entry.verify()
+    float16 = embed_volume(array, encoder, cache=tmp_path / "float16", progress=False)
+    assert float16.storage == "float16"
+    sizes = {name: EmbeddingCache(tmp_path / name).info()["tiny"]["bytes"] for name in (storage, "float16")}
+    assert sizes[storage] < sizes["float16"]
+    again = embed_volume(array, encoder, cache=tmp_path / storage, storage=storage, progress=False)
+    assert again.computed.size == 0  # a hit, verified against the stored codes' checksums
+
+
+def test_entries_older_than_the_storage_option_stay_readable(tmp_path, encoder):
+    """An entry as written before storages existed (float16, no ``storage`` in meta.json) reads as float16,
+    and is a cache hit for a caller asking for a compact storage."""
+    import json
+
+    import zarr
+
+    array = _volume(12)
+    key = entry_key(array, "tiny", encoder.weights_id, "percentile:0.5,99.5", 2)
+    path = tmp_path / "tiny" / key
+    values = encoder.encode(_percentile_slices(array)).astype(np.float16)
+    group = zarr.open_group(path, mode="w")  # the layout the cache wrote until then
+    group.create_array("embeddings", shape=values.shape, chunks=(1, *values.shape[1:]), dtype="float16",
+                       fill_value=0.0, compressors=None)[:] = values
+    group.create_array("checksums", shape=(8,), chunks=(1,), dtype="uint32", fill_value=0,
+                       compressors=None)[:] = [slice_checksum(v) for v in values]
+    group.create_array("done", shape=(8,), chunks=(1,), dtype="bool", fill_value=False, compressors=None)[:] = True
+    (path / "meta.json").write_text(json.dumps({"format": 1, "key": key, "model": "tiny", "num_slices": 8,
+                                                "slice_shape": [30, 40], "axis": 2}))
+    old = CachedEmbeddings(path)
+    assert old.storage == "float16" and old.complete
+    np.testing.assert_array_equal(old.load(), values.astype(np.float32))
+    hit = embed_volume(array, encoder, cache=EmbeddingCache(tmp_path, storage="q4"), progress=False)
+    assert hit.path == path and hit.computed.size == 0 and hit.storage == "float16"
+
+
+def test_a_resumed_entry_keeps_its_storage(tmp_path, encoder):
+    array = _volume(13)
+    part = embed_volume(array, encoder, slices=[1, 5], cache=tmp_path, storage="q4", progress=False)
+    rest = embed_volume(array, encoder, cache=EmbeddingCache(tmp_path, storage="float16"), progress=False)
+    assert rest.path == part.path and rest.computed.tolist() == [0, 2, 3, 4, 6, 7]
+    assert rest.storage == rest.meta["storage"] == "q4"
+    assert _within_quantization_error(rest.load(), encoder.encode(_percentile_slices(array)), 4)
+
+
+def test_storage_is_chosen_by_argument_cache_or_environment(tmp_path, monkeypatch):
+    from fewsam_jax import cli_embed
+
+    assert cli_embed.STORAGES == STORAGES  # the command line's copy (kept to leave jax unimported)
+    assert EmbeddingCache(tmp_path).storage == "float16"
+    monkeypatch.setenv("FEWSAM_CACHE_STORAGE", "q6")
+    assert EmbeddingCache(tmp_path).storage == "q6" and EmbeddingCache(tmp_path, storage="q8").storage == "q8"
+    monkeypatch.setenv("FEWSAM_CACHE_STORAGE", "int3")
+    with pytest.raises(ValueError, match="unknown cache storage 'int3'"):
+        EmbeddingCache(tmp_path)
+
+
+def test_copy_entry_into_a_compact_cache(tmp_path, encoder):
+    array = _volume(14)
+    source = embed_volume(array, encoder, slices=[0, 2, 4], cache=tmp_path / "f16", progress=False)
+    copy = copy_entry(source, tmp_path / "q8", storage="q8")
+    assert copy.key == source.key and copy.storage == "q8" and copy.computed.tolist() == [0, 2, 4]
+    assert copy.done().tolist() == source.done().tolist()
+    assert _within_quantization_error(copy.load([0, 2, 4]), source.load([0, 2, 4]), 8)
+    assert {k: v for k, v in copy.meta.items() if k not in ("storage", "created")} == {
+        k: v for k, v in source.meta.items() if k not in ("storage", "created")}
+    full = embed_volume(array, encoder, cache=tmp_path / "f16", progress=False)
+    assert copy_entry(full, tmp_path / "q8").computed.tolist() == [1, 3, 5, 6, 7]  # resumed, still q8
+    assert CachedEmbeddings(copy.path).storage == "q8"
+    with pytest.raises(ValueError, match="another cache root"):
+        copy_entry(full, tmp_path / "f16")
+
+
+def test_cli_embed_storage(tmp_path, model, capsys, monkeypatch):
+    import fewsam_jax.weights
+
+    monkeypatch.setattr(fewsam_jax.weights, "load_model", lambda name: {"tiny-test": model}[name])
+    run = embed_cli(capsys)
+    np.save(tmp_path / "vol.npy", _volume())
+    out = run("embed", tmp_path / "vol.npy", "--model", "tiny-test", "--cache", tmp_path / "cache", "--quiet",
+              "--storage", "q6")
+    assert "8 encoded" in out and "q6 in" in out

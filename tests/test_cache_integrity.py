@@ -90,6 +90,23 @@ def test_damaged_chunk_is_detected_and_reencoded(tmp_path, encoder, volume, clea
     assert again.computed.size == 0 and again.repaired.size == 0
 
 
+@pytest.mark.parametrize("array, damage", [("embeddings", random_bytes), ("embeddings", truncated),
+                                            ("embeddings", deleted), ("embeddings", bit_flip),
+                                            ("low", random_bytes), ("scale", deleted)])
+def test_damaged_quantized_slice_is_detected_and_reencoded(tmp_path, encoder, volume, array, damage):
+    """A compact (q8, zstd) entry: damage to a slice's codes or to its per-channel offsets or steps."""
+    entry = embed_volume(volume, encoder, cache=tmp_path, storage="q8", progress=False)
+    clean = entry.load()
+    stored = entry.path / array / "c" / str(BAD) / ("0/0/0" if array == "embeddings" else "0")
+    damage(stored)
+    with pytest.raises(CacheCorruptionError, match=rf"slice {BAD}: "):
+        entry.load()
+    with pytest.warns(CacheWarning, match=rf"slice {BAD}: .*re-encoding"):
+        rerun = embed_volume(volume, encoder, cache=tmp_path, progress=False)
+    assert rerun.computed.tolist() == [BAD] and rerun.storage == "q8"
+    np.testing.assert_allclose(rerun.load(), clean, atol=np.abs(clean).max() / 100)
+
+
 def test_damage_outside_the_requested_slices_is_repaired_when_they_are_requested(tmp_path, encoder, volume, clean):
     entry = embed_volume(volume, encoder, cache=tmp_path, progress=False)
     bit_flip(chunk(entry, BAD))
