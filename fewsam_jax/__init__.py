@@ -11,10 +11,12 @@ from fewsam_jax.encode import SliceEncoder
 from fewsam_jax.fewshot import (
     AugmentConfig,
     Collection,
-    FewShotConfig,
+    DecoderConfig,
     FewShotSegmenter,
+    InferenceConfig,
     ManifestError,
     SupportItem,
+    TrainConfig,
     load_collection,
     save_collection,
 )
@@ -25,7 +27,8 @@ from fewsam_jax.preprocess import WINDOWS, Intensity
 from fewsam_jax.weights import load_model, save_model
 
 __all__ = [
-    "AugmentConfig", "CachedEmbeddings", "Collection", "EmbeddingCache", "FewShotConfig", "FewShotSegmenter",
+    "AugmentConfig", "CachedEmbeddings", "Collection", "DecoderConfig", "EmbeddingCache", "FewShotSegmenter",
+    "InferenceConfig", "TrainConfig",
     "Intensity", "ManifestError", "PRESETS", "Sam", "SamConfig", "SamPredictor", "SliceEncoder", "SupportItem",
     "TinyViTConfig", "ViTConfig", "Volume", "VolumeError", "WINDOWS", "decode_masks", "embed_volume",
     "cohort", "encode_images", "export", "from_array", "get_config", "get_slices", "litemedsam", "load_collection",
