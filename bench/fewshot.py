@@ -8,7 +8,8 @@ Fixed splits of the 200 shared volumes (sorted by name), never changed between r
 
 A collection takes N labelled axial slices (``--shots``, default 5, 10, 20) at the centres of equal parts of
 the labelled extent of the draw's 5 volumes, plus one label-free slice per volume. The decoder is trained on
-it (``--variant``: FewShotConfig overrides) and, with ``--unet``, the project's 2D U-Net from scratch on
+it (``--variant``: options of the three configs, routed by
+:func:`fewsam_jax.fewshot.config.configs_from_overrides`) and, with ``--unet``, the project's 2D U-Net from scratch on
 exactly the same slices; both are scored in 3D on every volume of the phase's split: Dice, HD95 (mm) and
 predicted / true volume per class. ``--curve N`` adds a learning curve: validation Dice (threshold 0)
 every N steps. Embeddings go through the package's cache, so a rerun only trains and segments.
@@ -48,10 +49,11 @@ def cases(data: Path) -> list[str]:
 def pick_slices(labels: np.ndarray, count: int) -> list[int]:
     """``count`` labelled axial slices at the centres of equal parts of the labelled extent, plus one
     empty slice."""
+    from fewsam_jax.fewshot.collection import centres_of_parts
     from fewsam_jax.io import get_slices
 
     present = np.flatnonzero(get_slices(labels, 2).any(axis=(1, 2)))
-    chosen = present[((np.arange(count) + 0.5) * present.size / count).astype(int)]  # centres of equal bins
+    chosen = centres_of_parts(present, count)
     empty = max(int(present[0]) - 2, 0)
     return sorted({int(s) for s in chosen} | {empty})
 
@@ -76,8 +78,9 @@ def manifest(data: Path, train: list[str], shots: int, folder: Path) -> Path:
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
-    """``NAME`` or ``NAME:key=value,key=value`` -> (name, FewShotConfig overrides); values are JSON
-    (numbers, true/false), ``None``/empty, or else taken as strings (``image_frame=embedding``)."""
+    """``NAME`` or ``NAME:key=value,key=value`` -> (name, overrides of the few-shot configs, routed by
+    :func:`~fewsam_jax.fewshot.config.configs_from_overrides`); values are JSON (numbers, true/false),
+    ``None``/empty, or else taken as strings (``image_frame=embedding``)."""
     name, _, body = spec.partition(":")
     overrides = {}
     for item in filter(None, body.split(",")):
@@ -114,7 +117,8 @@ def summarise(per_volume: list[dict[str, list[float]]], seconds: float, slices: 
 def run(args: argparse.Namespace, save) -> list[dict]:
     """Train and score every (variant, draw, seed, shots); ``save(rows)`` after each row, so a crash keeps them."""
     from fewsam_jax.cache import embed_volume
-    from fewsam_jax.fewshot import FewShotConfig, FewShotSegmenter
+    from fewsam_jax.fewshot import FewShotSegmenter, TrainConfig
+    from fewsam_jax.fewshot.config import configs_from_overrides
     from fewsam_jax.fewshot.infer import labels_from_logits, logits_to_native, predict_logits
     from fewsam_jax.fewshot.segmenter import volume_images
     from fewsam_jax.fewshot.train import support_tokens
@@ -141,7 +145,7 @@ def run(args: argparse.Namespace, save) -> list[dict]:
         for name, overrides in map(parse_variant, args.variant):
             for draw in args.draws:
                 for seed in args.seeds:
-                    config = FewShotConfig(**{"seed": seed, **overrides})
+                    config, training, inference = configs_from_overrides(overrides, training=TrainConfig(seed=seed))
                     for shots in args.shots:
                         path = manifest(data, names[DRAWS[draw]], shots, Path(scratch))
                         if args.unet_only:
@@ -153,11 +157,11 @@ def run(args: argparse.Namespace, save) -> list[dict]:
 
                         def learning_curve(step, decoder, support, config=config):
                             started = time.perf_counter()
-                            tokens, prototypes = support_tokens(decoder, support)
+                            tokens = support_tokens(decoder, support)
                             dice = []
                             for (volume, truth), entry in zip(curve_volumes, entries):
                                 logits, presence = predict_logits(
-                                    decoder, tokens, prototypes, entry.load(),
+                                    decoder, tokens, entry.load(),
                                     images=volume_images(volume, intensity, 2, config, sam.config))
                                 pred = stack_slices(labels_from_logits(logits_to_native(logits, entry.slice_shape),
                                                                        presence, (1, 2)), 2)
@@ -166,8 +170,9 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                             curve_seconds[0] += time.perf_counter() - started
 
                         load_before = os.getloadavg()[0]
-                        segmenter = FewShotSegmenter.train(path, sam=sam, config=config, cache=args.cache,
-                                                           progress=False, callback=learning_curve if args.curve else None,
+                        segmenter = FewShotSegmenter.train(path, sam=sam, config=config, training=training,
+                                                           inference=inference, cache=args.cache, progress=False,
+                                                           callback=learning_curve if args.curve else None,
                                                            callback_every=args.curve)
                         started, per_volume = time.perf_counter(), []
                         for volume, truth in volumes:
@@ -175,7 +180,9 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                                                      postprocess=args.postprocess)
                             per_volume.append(score_volume(pred, truth, volume.spacing))
                         row = {"method": "few-shot", "variant": name, "overrides": overrides,
-                               "config": dataclasses.asdict(config), "draw": draw,
+                               "config": {"decoder": dataclasses.asdict(config),
+                                          "training": dataclasses.asdict(training),
+                                          "inference": dataclasses.asdict(inference)}, "draw": draw,
                                "seed": seed, "positive_slices": shots,
                                "labelled_slices": segmenter.info["labelled_slices"],
                                "train_seconds": segmenter.info["train_seconds"] - curve_seconds[0],
@@ -263,7 +270,7 @@ def markdown(report: dict) -> str:
             f"{np.mean([r['train_seconds'] for r in rows]):.0f} | "
             f"{np.mean([r['segment_seconds_per_100_slices'] for r in rows]):.2f} |")
     variants = {r["variant"]: r.get("overrides", {}) for r in report["rows"] if r["method"] != "U-Net"}
-    lines += ["", "Variants (FewShotConfig changes from the defaults of their day; `unet`: `baselines.unet`, default "
+    lines += ["", "Variants (config changes from the defaults of their day; `unet`: `baselines.unet`, default "
               "config, same slices): " + "; ".join(f"**{n}** `{json.dumps(o)}`" for n, o in sorted(variants.items()))]
     lines += ["", "Reference: nnU-Net, fully supervised on all training cases: ~0.90 / 0.89 (Decathlon test set)."]
     return "\n".join(lines)
@@ -277,7 +284,8 @@ def main() -> None:
     parser.add_argument("--draws", type=lambda s: s.split(","), default=["A"], help="support draws, of A,B,C")
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0])
     parser.add_argument("--variant", action="append",
-                        help="NAME or NAME:key=value,... (FewShotConfig fields); repeatable (default: the defaults)")
+                        help="NAME or NAME:key=value,... (DecoderConfig, TrainConfig or InferenceConfig fields, "
+                        "augment.FIELD for AugmentConfig's); repeatable (default: the defaults)")
     parser.add_argument("--unet", action="store_true", help="also train the U-Net on the same slices")
     parser.add_argument("--unet-only", action="store_true", help="only the U-Net (no few-shot training)")
     parser.add_argument("--postprocess", action="store_true", help="3D largest component + hole filling")
@@ -291,6 +299,13 @@ def main() -> None:
     args = parser.parse_args()
     args.variant = args.variant or ["default"]
     args.variant_names = [parse_variant(v)[0] for v in args.variant]
+    from fewsam_jax.fewshot.config import configs_from_overrides
+
+    for spec in args.variant:
+        try:
+            configs_from_overrides(parse_variant(spec)[1])
+        except (TypeError, ValueError) as err:
+            raise SystemExit(f"--variant {spec}: {err}") from None
     if not set(args.draws) <= set(DRAWS):
         raise SystemExit(f"--draws: expected names from {sorted(DRAWS)}, got {args.draws}")
     if not (args.data / "imagesTr").is_dir():

@@ -132,27 +132,28 @@ def bench_decoder() -> dict:
     from flax import nnx
 
     from fewsam_jax.config import litemedsam
-    from fewsam_jax.fewshot.decoder import FewShotConfig, FewShotDecoder
+    from fewsam_jax.fewshot.config import DecoderConfig, TrainConfig
+    from fewsam_jax.fewshot.decoder import FewShotDecoder
     from fewsam_jax.fewshot.infer import predict_logits
     from fewsam_jax.fewshot.train import train_decoder
     from fewsam_jax.modeling.sam import Sam
 
     sam = Sam(litemedsam(), rngs=nnx.Rngs(0))
     support = synthetic_support()
-    config = FewShotConfig()
-    result = {"steps": config.steps, "batch_slices": config.batch_slices, "support_slices": 35, "classes": 2}
+    config, training = DecoderConfig(), TrainConfig()
+    result = {"steps": training.steps, "batch_slices": training.batch_slices, "support_slices": 35, "classes": 2}
     for key in ("train_first_s", "train_s"):
         decoder = FewShotDecoder(sam, config, rngs=nnx.Rngs(0))
         t0 = time.perf_counter()
-        _, tokens, prototypes = train_decoder(decoder, support, progress=False)
+        _, tokens = train_decoder(decoder, support, training, progress=False)
         result[key] = time.perf_counter() - t0
     volume = np.random.default_rng(2).standard_normal((100, 64, 64, 256)).astype(np.float32) * 0.1
     images = None  # the image branch's input (the default decoder has one), in the 256 px mask frame
     if config.image_features:
-        images = np.random.default_rng(3).random((100, 256, 256, 1 + 2 * config.image_context)).astype(np.float32)
+        images = np.random.default_rng(3).random((100, 256, 256, config.image_channels)).astype(np.float32)
     for key, batch in (("segment_100_first_s", 8), ("segment_100_s", 8), ("segment_100_b32_s", 32)):
         t0 = time.perf_counter()
-        predict_logits(decoder, tokens, prototypes, volume, batch_size=batch, images=images)
+        predict_logits(decoder, tokens, volume, batch_size=batch, images=images)
         result[key] = time.perf_counter() - t0
     print(json.dumps(result), flush=True)
     return result

@@ -42,7 +42,7 @@ CLASSES = {5: "liver", 1: "spleen"}
 
 def prepare(work: Path, slices: int) -> None:
     """The big CT, its labels, a 3-slice collection, the cache filled and a decoder trained, under ``work``."""
-    from fewsam_jax.fewshot import FewShotConfig, FewShotSegmenter
+    from fewsam_jax.fewshot import FewShotSegmenter, TrainConfig
     from fewsam_jax.io import from_array, load_volume, save_image, save_labels
 
     ct = load_volume(DICOM)
@@ -58,7 +58,7 @@ def prepare(work: Path, slices: int) -> None:
     manifest = {"classes": {str(k): v for k, v in CLASSES.items()}, "axis": 2,
                 "support": [{"image": str(work / "ct.nii.gz"), "labels": str(work / "ct_seg.nii.gz"), "slices": chosen}]}
     (work / "collection.json").write_text(json.dumps(manifest))
-    segmenter = FewShotSegmenter.train(work / "collection.json", config=FewShotConfig(steps=5), intensity="soft_tissue",
+    segmenter = FewShotSegmenter.train(work / "collection.json", training=TrainConfig(steps=5), intensity="soft_tissue",
                                        cache=work / "cache", progress=False)
     segmenter.segment(load_volume(work / "ct.nii.gz"), cache=work / "cache", progress=False)  # embeds every slice
     segmenter.save(work / "decoder")
@@ -92,7 +92,7 @@ def measure(work: Path, mode: str) -> dict:
                              cache=work / "cache", progress=False)
         images = volume_images(volume, segmenter.intensity, segmenter.axis, segmenter.decoder.config,
                                segmenter.sam().config)
-        logits, presence = predict_logits(segmenter.decoder, segmenter.tokens, segmenter.prototypes, entry.load(),
+        logits, presence = predict_logits(segmenter.decoder, segmenter.tokens, entry.load(),
                                           images=images)
         logits = logits_to_native(logits - segmenter.thresholds[None, :, None, None], entry.slice_shape)
         labels = segmenter.labels_from(logits, presence)

@@ -36,7 +36,7 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from fewsam_jax.fewshot import AugmentConfig, Collection, FewShotConfig, FewShotSegmenter, load_collection
+    from fewsam_jax.fewshot import AugmentConfig, Collection, FewShotSegmenter, TrainConfig, load_collection
 
     if (args.manifest is None) == (args.nnunet is None):
         raise ValueError("give either a MANIFEST or --nnunet DIR (an nnU-Net raw dataset), not both or neither")
@@ -52,9 +52,9 @@ def _train(args: argparse.Namespace) -> None:
     inputs += [path for item in collection.support for path in (item.image, item.labels)]
     check_output_dir(args.out, "decoder", overwrite=args.overwrite, inputs=inputs)
     _check_cache(args)
-    config = FewShotConfig(seed=args.seed, **({"steps": args.steps} if args.steps else {}))
-    segmenter = FewShotSegmenter.train(collection, model=args.model, config=config,
-                                       augment=AugmentConfig(copies=args.augment, seed=args.seed),
+    training = TrainConfig(seed=args.seed, augment=AugmentConfig(copies=args.augment),
+                           **({"steps": args.steps} if args.steps else {}))
+    segmenter = FewShotSegmenter.train(collection, model=args.model, training=training,
                                        intensity=args.intensity, cache=args.cache, progress=_progress(args))
     segmenter.save(args.out, overwrite=args.overwrite)
     print(json.dumps(segmenter.info, indent=2))
@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="base model: preset name or converted model directory (default litemedsam)")
     train.add_argument("--out", required=True, help="output decoder directory")
     train.add_argument("--overwrite", action="store_true", help="replace an existing decoder directory written by fewsam")
-    train.add_argument("--steps", type=int, help="training steps (default: FewShotConfig.steps)")
+    train.add_argument("--steps", type=int, help="training steps (default: TrainConfig.steps)")
     train.add_argument("--seed", type=int, default=0, help="random seed of training and augmentation (default 0)")
     train.add_argument("--augment", type=int, default=0, help="augmented copies per labelled slice (default 0)")
     train.add_argument("--intensity", default="percentile",
@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the whole job on the MNI152 template with LiteMedSAM (offline)")
     demo.add_argument("--out", default="fewsam_demo", help="output folder (default fewsam_demo)")
-    demo.add_argument("--steps", type=int, default=None, help="training steps (default: FewShotConfig.steps)")
+    demo.add_argument("--steps", type=int, default=None, help="training steps (default: TrainConfig.steps)")
     demo.add_argument("--retrain", action="store_true", help="train again even if --out holds the demo's decoder")
     demo.set_defaults(run=_demo)
 

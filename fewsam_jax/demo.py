@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 
 from fewsam_jax import metrics
-from fewsam_jax.fewshot import AugmentConfig, FewShotConfig, FewShotSegmenter, load_collection
+from fewsam_jax.fewshot import AugmentConfig, FewShotSegmenter, TrainConfig, load_collection
 from fewsam_jax.fewshot.collection import Collection, SupportItem, save_collection
 from fewsam_jax.io import get_slices, load_volume, save_labels
 from fewsam_jax.label_maps import read_labels
@@ -93,9 +93,9 @@ def run_demo(out: str | Path = "fewsam_demo", steps: int | None = None, retrain:
     log.info(f"labelled slices (the 'user's' labels): {labelled} of {truth.shape[axis]} along axis {axis}")
 
     decoder_dir = out / "decoder"
-    config = FewShotConfig() if steps is None else FewShotConfig(steps=steps)
+    training = TrainConfig(augment=AugmentConfig(copies=1), **({} if steps is None else {"steps": steps}))
     if retrain or not (decoder_dir / "fewshot.json").exists():
-        segmenter = FewShotSegmenter.train(load_collection(manifest), config=config, augment=AugmentConfig(copies=1))
+        segmenter = FewShotSegmenter.train(load_collection(manifest), training=training)
         segmenter.save(decoder_dir, overwrite=True)
     else:
         log.info(f"reusing the decoder trained in {decoder_dir} (--retrain to train again)")

@@ -91,14 +91,14 @@ def untrained_segmenter(sam, classes):
     import numpy as np
     from flax import nnx
 
-    from fewsam_jax.fewshot import FewShotConfig, FewShotSegmenter
+    from fewsam_jax.fewshot import DecoderConfig, FewShotSegmenter
     from fewsam_jax.fewshot.decoder import FewShotDecoder
     from fewsam_jax.preprocess import Intensity
     from fewsam_jax.weights import tensors_id
 
     rng = np.random.default_rng(0)
     c, k = sam.config.prompt_embed_dim, len(classes)
-    decoder = FewShotDecoder(sam, FewShotConfig(steps=1), rngs=nnx.Rngs(0))
-    return FewShotSegmenter(decoder, jnp.asarray(rng.normal(size=(k, 5, c)), jnp.float32),
-                            jnp.asarray(rng.normal(size=(k, c)), jnp.float32), np.zeros(k, np.float32), dict(classes),
-                            sam.config.name, sam.weights_id, Intensity.parse("percentile"), 2, {}, sam, tensors_id(sam))
+    decoder = FewShotDecoder(sam, DecoderConfig(), rngs=nnx.Rngs(0))
+    return FewShotSegmenter(decoder, jnp.asarray(rng.normal(size=(k, 5, c)), jnp.float32), np.zeros(k, np.float32),
+                            dict(classes), sam.config.name, sam.weights_id, Intensity.parse("percentile"), 2, {}, sam,
+                            tensors_id(sam))

@@ -19,7 +19,7 @@ import pytest
 
 from fewsam_jax import cli
 from fewsam_jax.cohort import CohortError, find_cases, select_part
-from fewsam_jax.fewshot.collection import pick_slices
+from fewsam_jax.fewshot.collection import centres_of_parts, pick_slices
 from fewsam_jax.export import read_itksnap_labels, read_seg_nrrd
 from fewsam_jax.fewshot import Collection, FewShotSegmenter, ManifestError
 from fewsam_jax.weights import BaseModelNotFoundError, save_model
@@ -90,6 +90,7 @@ def decoder(dataset, home, tmp_path_factory):
     collection = seen["collection"]
     assert collection.classes == {1: "ellipse", 2: "bar"} and len(collection.support) == 2
     assert collection.num_slices == 4 and seen["model"] == str(home / "models" / "tiny-test")
+    assert seen["training"].seed == 0 and seen["training"].augment.copies == 0  # --seed, --augment defaults
     return out
 
 
@@ -163,6 +164,13 @@ def test_pick_slices_spreads_over_the_labelled_extent():
     assert pick_slices(labels, 3) == [7, 9, 12]
     assert pick_slices(labels, 30) == list(range(5, 15))
     assert pick_slices(np.zeros((2, 2, 3)), 2) == []
+
+
+def test_centres_of_parts_take_the_middle_of_equal_parts():
+    """The benchmark's pick (bench/fewshot.py): its numbers depend on this staying as it is."""
+    assert centres_of_parts(np.arange(10, 20), 2).tolist() == [12, 17]
+    assert centres_of_parts([3, 5, 8], 3).tolist() == [3, 5, 8]
+    assert centres_of_parts([4], 2).tolist() == [4, 4]
 
 
 # ------------------------------------------------------------------------------------------ nnU-Net datasets

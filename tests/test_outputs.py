@@ -20,7 +20,7 @@ import pytest
 from flax import nnx
 
 from fewsam_jax import cli
-from fewsam_jax.fewshot import FewShotConfig, FewShotSegmenter
+from fewsam_jax.fewshot import DecoderConfig, FewShotSegmenter
 from fewsam_jax.fewshot.decoder import FewShotDecoder
 from fewsam_jax.fewshot.segmenter import DecoderFileError
 from fewsam_jax.outputs import (
@@ -67,10 +67,10 @@ def segmenter(tiny_sam):
     """An untrained segmenter (random tokens): enough for saving, loading and segmenting."""
     rng = np.random.default_rng(0)
     c = tiny_sam.config.prompt_embed_dim
-    decoder = FewShotDecoder(tiny_sam, FewShotConfig(steps=1), rngs=nnx.Rngs(0))
+    decoder = FewShotDecoder(tiny_sam, DecoderConfig(), rngs=nnx.Rngs(0))
     return FewShotSegmenter(decoder, jnp.asarray(rng.normal(size=(2, 5, c)), jnp.float32),
-                            jnp.asarray(rng.normal(size=(2, c)), jnp.float32), np.array([0.5, -0.5], np.float32),
-                            dict(CLASSES), "tiny", tiny_sam.weights_id, Intensity.parse("percentile"), 2, {}, tiny_sam)
+                            np.array([0.5, -0.5], np.float32), dict(CLASSES), "tiny", tiny_sam.weights_id,
+                            Intensity.parse("percentile"), 2, {}, tiny_sam)
 
 
 def fewsam(capsys, *argv) -> tuple[int, str]:
@@ -288,10 +288,16 @@ def _edit_meta(folder: Path, edit) -> None:
         (lambda m: m.update(axis="2"), "key 'axis' is str; expected int"),
         (lambda m: m.update(colour="red"), "unknown key 'colour'"),
         (lambda m: m.pop("classes"), "key 'classes' is missing"),
-        (lambda m: m["fewshot"].update(steps="many"), r"key 'fewshot.steps' is 'many' \(str\); expected int"),
-        (lambda m: m["fewshot"].update(region_box=1), "key 'fewshot.region_box' is 1 .*expected bool"),
-        (lambda m: m["fewshot"].update(no_such_option=True), "unknown key 'fewshot.no_such_option'"),
-        (lambda m: m["fewshot"].update(class_decoding="sideways"), "key 'fewshot': class_decoding"),
+        (lambda m: m["decoder"].update(slice_tokens="many"),
+         r"key 'decoder.slice_tokens' is 'many' \(str\); expected int"),
+        (lambda m: m["decoder"].update(region_box=1), "key 'decoder.region_box' is 1 .*expected bool"),
+        (lambda m: m["decoder"].update(no_such_option=True), "unknown key 'decoder.no_such_option'"),
+        (lambda m: m["decoder"].update(class_decoding="sideways"), "key 'decoder': class_decoding"),
+        (lambda m: m["inference"].update(presence_threshold=2), "key 'inference': presence_threshold"),
+        (lambda m: m.update(training={"steps": -1}), "key 'training': steps / batch_slices"),
+        (lambda m: m.update(training={"augment": {"copies": "two"}}), "key 'training.augment.copies' is 'two'"),
+        (lambda m: m.pop("inference"), "key 'inference' is missing"),
+        (lambda m: m.update(fewshot={}), "key 'fewshot' .*next to 'decoder'"),
         (lambda m: m["checksums"].update({"state/extra": "0" * 64}), "state/extra is missing"),
     ],
 )

@@ -29,7 +29,7 @@ from helpers import shared_data
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.DOTALL | re.MULTILINE)
 MARK = re.compile(r"<!-- readme-test: ([\w-]+) -->\s*$")
-RUNNABLE = ["predictor", "fewshot", "annotate", "review"]  # in README order
+RUNNABLE = ["predictor", "fewshot", "annotate", "review", "configs"]  # in README order
 STEPS = 20
 
 
@@ -53,6 +53,15 @@ def test_every_python_block_is_marked_and_run():
     unmarked = [first for name, first in found if name is None]
     assert not unmarked, f"README Python blocks without <!-- readme-test: NAME --> (add them to this test): {unmarked}"
     assert [name for name, _ in found] == RUNNABLE
+
+
+def test_configs_example_builds_the_default_configs():
+    from fewsam_jax.fewshot import DecoderConfig, InferenceConfig, TrainConfig
+
+    scope: dict = {}
+    exec(compile(named()["configs"], "README.md:configs", "exec"), scope)
+    assert scope["decoder"] == DecoderConfig() and scope["inference"] == InferenceConfig()
+    assert scope["training"] == TrainConfig()  # the example spells out the defaults
 
 
 def test_manifest_example_is_a_valid_manifest(tmp_path):
@@ -126,11 +135,11 @@ def test_python_examples_run_on_the_shared_data(tmp_path, monkeypatch, litemedsa
     (tmp_path / "manifest.json").write_text(code["manifest"])
     monkeypatch.chdir(tmp_path)
 
-    from fewsam_jax.fewshot import FewShotConfig, FewShotSegmenter
+    from fewsam_jax.fewshot import FewShotSegmenter, TrainConfig
 
     train = FewShotSegmenter.train
     monkeypatch.setattr(FewShotSegmenter, "train", staticmethod(
-        lambda collection, *args, **kwargs: train(collection, *args, **{"config": FewShotConfig(steps=STEPS), **kwargs})))
+        lambda collection, *args, **kwargs: train(collection, *args, **{"training": TrainConfig(steps=STEPS), **kwargs})))
     ns: dict = {}
 
     exec(compile(code["predictor"], "README:predictor", "exec"), ns)  # noqa: S102 - the README examples, as written

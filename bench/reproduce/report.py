@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from bench.reproduce.datasets import Task
-from fewsam_jax.fewshot import AugmentConfig, FewShotConfig
+from fewsam_jax.fewshot import DecoderConfig, InferenceConfig, TrainConfig
 from fewsam_jax.metrics import to_json
 from fewsam_jax.outputs import OutputExistsError, check_output_file, write_file
 
@@ -270,8 +270,10 @@ def make_report(task: Task, raw: dict[str, Any], config: Any, *, model: dict[str
                        "test": [c.name for c in f.test], "test_slices": sum(map(len, f.test_slices))}
                       for f in task.folds],
         },
-        "config": {**dataclasses.asdict(config), "fewshot_steps": config.fewshot_steps or FewShotConfig().steps,
-                   "fewshot": dataclasses.asdict(FewShotConfig()), "augment": dataclasses.asdict(AugmentConfig())},
+        "config": {**dataclasses.asdict(config), "fewshot_steps": config.fewshot_steps or TrainConfig().steps,
+                   "fewshot": {"decoder": dataclasses.asdict(DecoderConfig()),
+                               "training": dataclasses.asdict(TrainConfig()),
+                               "inference": dataclasses.asdict(InferenceConfig())}},
         "notes": raw["notes"],
         "slices_encoded": raw["slices_encoded"],
         "timings": {**raw["timings"], "total_seconds": round(total_seconds, 1)},
@@ -346,7 +348,7 @@ def markdown(report: dict[str, Any], files: dict[str, str]) -> str:
     lines += ["", *[f"- {note}" for note in task["notes"] + report["notes"]]]
     config = report["config"]
     lines.append(
-        f"- Few-shot: `FewShotConfig` defaults ({config['fewshot_steps']} steps), `AugmentConfig` defaults; "
+        f"- Few-shot: `DecoderConfig`, `TrainConfig` and `InferenceConfig` defaults ({config['fewshot_steps']} steps); "
         f"{config['seeds']} seed(s) per count (which cases and slices; ± is the standard deviation over seeds). "
         "Each draw adds one slice without any class per drawn volume where there is one (counted in the labels). "
         "Prompted SAM: points and boxes simulated from the ground truth on every test slice and class present "

@@ -39,7 +39,7 @@ from bench.baselines import PROMPT_SUITE, PromptSpec, UNetConfig, predict_unet, 
 from bench.reproduce.datasets import Case, Fold, Task
 from fewsam_jax import metrics
 from fewsam_jax.cache import embed_volume
-from fewsam_jax.fewshot import AugmentConfig, Collection, FewShotConfig, FewShotSegmenter, SupportItem
+from fewsam_jax.fewshot import Collection, FewShotSegmenter, SupportItem, TrainConfig
 from fewsam_jax.io import get_slices, save_labels
 from fewsam_jax.modeling.sam import Sam
 from fewsam_jax.preprocess import Intensity
@@ -49,7 +49,7 @@ METRICS = ("dice", "iou", "hd95")
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
-    """Sizes of the study. ``fewshot_steps`` None keeps :class:`FewShotConfig`'s default; ``shots``
+    """Sizes of the study. ``fewshot_steps`` None keeps :class:`TrainConfig`'s default; ``shots``
     None runs the task's sweep; ``unet`` configures every U-Net (per count and on the whole pool);
     ``unet_per_count`` False skips the U-Net on the slices of each few-shot run."""
 
@@ -234,7 +234,7 @@ def _segment_tests(ctx: _Context, segmenter: FewShotSegmenter, fold: Fold) -> Ca
 def run_fewshot(ctx: _Context, shots_list: tuple[int, ...]) -> tuple[list[dict], list[str]]:
     """Every (shots, seed, fold) run; notes on shot counts a fold cannot supply."""
     runs, notes = [], []
-    base = FewShotConfig()
+    base = TrainConfig()
     for shots in shots_list:
         for seed in range(ctx.config.seeds):
             for fold_index, fold in enumerate(ctx.task.folds):
@@ -243,12 +243,12 @@ def run_fewshot(ctx: _Context, shots_list: tuple[int, ...]) -> tuple[list[dict],
                     notes.append(f"{shots} labelled slices: fold {fold.name} cannot supply a draw covering every "
                                  "class; skipped")
                     continue
-                config = dataclasses.replace(base, seed=seed, **(
+                training = base.replace(seed=seed, **(
                     {"steps": ctx.config.fewshot_steps} if ctx.config.fewshot_steps else {}))
                 started = time.perf_counter()
                 segmenter = FewShotSegmenter.train(_support_collection(ctx, fold, support), sam=ctx.sam,
-                                                   config=config, augment=AugmentConfig(seed=seed),
-                                                   intensity=ctx.task.intensity, cache=ctx.cache, progress=False)
+                                                   training=training, intensity=ctx.task.intensity, cache=ctx.cache,
+                                                   progress=False)
                 trained = time.perf_counter()
                 method = f"few-shot {shots}"
                 items = ctx.score_fold(method if seed == 0 else None, fold_index, _segment_tests(ctx, segmenter, fold))
@@ -257,7 +257,7 @@ def run_fewshot(ctx: _Context, shots_list: tuple[int, ...]) -> tuple[list[dict],
                     "method": method, "shots": shots, "seed": seed, "fold": fold.name,
                     "support": [{"case": fold.pool[i].name, "slices": list(s)} for i, s in support],
                     "labelled_slices": labelled, "positive_slices": positives,
-                    "steps": config.steps, "train_seconds": round(trained - started, 1),
+                    "steps": training.steps, "train_seconds": round(trained - started, 1),
                     "segment_seconds": round(time.perf_counter() - trained, 1), "items": items,
                 })
                 ctx.log(f"few-shot {shots} slices, seed {seed}, fold {fold.name}: trained in "
@@ -360,14 +360,14 @@ def run_supervised(ctx: _Context) -> list[dict]:
     for fold_index, fold in enumerate(ctx.task.folds):
         support = [(i, tuple(s)) for i, s in enumerate(fold.pool_slices)]
         labelled, positives = ctx.support_counts(fold, support)
-        config = dataclasses.replace(FewShotConfig(), steps=ctx.config.full_steps)
+        training = TrainConfig(steps=ctx.config.full_steps)  # no support copies (the default)
         started = time.perf_counter()
-        segmenter = FewShotSegmenter.train(_support_collection(ctx, fold, support), sam=ctx.sam, config=config,
-                                           augment=AugmentConfig(copies=0), intensity=ctx.task.intensity,
+        segmenter = FewShotSegmenter.train(_support_collection(ctx, fold, support), sam=ctx.sam, training=training,
+                                           intensity=ctx.task.intensity,
                                            cache=ctx.cache, progress=False)
         decoder_run["train_seconds"] += time.perf_counter() - started
         decoder_run["items"] += ctx.score_fold(decoder_run["method"], fold_index, _segment_tests(ctx, segmenter, fold))
-        ctx.log(f"fully supervised decoder, fold {fold.name}: {labelled} slices, {config.steps} steps, "
+        ctx.log(f"fully supervised decoder, fold {fold.name}: {labelled} slices, {training.steps} steps, "
                 f"{time.perf_counter() - started:.0f} s")
 
         started = time.perf_counter()

@@ -336,6 +336,13 @@ def load_support_item(item: SupportItem, axis: int) -> tuple[Volume, np.ndarray]
 # ---------------------------------------------------------------------------------------------- nnU-Net datasets
 
 
+def centres_of_parts(slices: Sequence[int] | np.ndarray, count: int) -> np.ndarray:
+    """``count`` of the sorted ``slices``, evenly spread: cut the list into ``count`` equal parts and take
+    the element at the centre of each (``slices[int((i + 0.5) * n / count)]``; repeats when ``count`` > n)."""
+    slices = np.asarray(slices)
+    return slices[((np.arange(count) + 0.5) * len(slices) / count).astype(int)]
+
+
 def pick_slices(labels: np.ndarray, count: int, axis: int = 2) -> list[int]:
     """``count`` slice indices along ``axis`` spread evenly over the slices holding a label (all of them
     when fewer); [] when no slice holds one."""

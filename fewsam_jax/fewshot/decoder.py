@@ -2,9 +2,9 @@
 
 Each class becomes one query: its few-shot embeddings (masked-average prototypes of the labelled
 regions, :mod:`fewsam_jax.fewshot.prompts`) plus learned prompt-type embeddings take the place of
-the prompt encoder's point/box tokens, and the dense prompt is the learned no-mask embedding
-(optionally plus a similarity prior). The decoder's single-mask output is the class's logits; its
-IoU head output, trained as a presence logit, suppresses the class on slices where it is absent.
+the prompt encoder's point/box tokens, and the dense prompt is the learned no-mask embedding. The
+decoder's single-mask output is the class's logits; its IoU head output, trained as a presence logit,
+suppresses the class on slices where it is absent.
 By default all classes share one decoder pass per slice (``class_decoding="joint"``): the image side,
 nearly all of the decoder's cost, runs once instead of once per class.
 
@@ -19,99 +19,20 @@ Tokens per class:
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from fewsam_jax.fewshot.config import DecoderConfig
 from fewsam_jax.fewshot.image_branch import CellBranch, ImageBranch
 from fewsam_jax.modeling.sam import Sam
 
 
-def image_channels(cfg: FewShotConfig) -> int:
-    """Channels of the image branch's input: the slice and ``image_context`` neighbours on either side."""
-    return 1 + 2 * cfg.image_context
-
-
-@dataclasses.dataclass(frozen=True)
-class FewShotConfig:
-    """Every choice of the method that the paper leaves open; defaults are documented in README."""
-
-    # "joint": every class's tokens in one decoder pass per slice (the image side, ~all of the cost, is shared;
-    # token self-attention stays within a class); "separate": one pass per (slice, class), as SAM runs prompts
-    class_decoding: str = "joint"
-    slice_tokens: int = 4  # individual support-slice prototypes per class, besides the two means
-    region_position: bool = True  # add the region centroid's positional encoding to each prototype
-    # dense prompt += learned vector x cosine(embedding, class prototype); off: 0.44 vs 0.37 mean Dice on hippocampus
-    similarity_prior: bool = False
-    region_box: bool = True  # two box-corner tokens at the class's mean bounding box in the support slices
-    train_crop: int = 32  # train on crops of this many embedding cells a side (0: whole slices); ~4x cheaper at 32/64
-    trainable: str = "decoder"  # "decoder": whole mask decoder; "heads": upscaling + hypernetworks + IoU head
-    steps: int = 600  # hippocampus, 4 unseen volumes: mean Dice 0.22 at 150 steps, 0.44 at 600, 0.45 at 1500
-    batch_slices: int = 2  # target slices (crops) per step
-    learning_rate: float = 5e-4
-    warmup_steps: int = 10
-    weight_decay: float = 1e-2
-    grad_clip: float = 1.0
-    focal_weight: float = 20.0  # SAM's 20:1 focal:dice
-    dice_weight: float = 1.0
-    presence_weight: float = 1.0
-    focal_gamma: float = 2.0
-    focal_alpha: float | None = 0.25  # None: no class weighting
-    episode_fraction: float = 0.5  # share of the other support slices a training episode prompts with
-    # prompts never come from the target's "slice", or (several support volumes) its whole "volume"; "volume"
-    # measured worse on hippocampus (mean Dice 0.19 vs 0.27 on 3 unseen volumes, 30 support slices, 1 seed)
-    episode_holdout: str = "slice"
-    presence_threshold: float = 0.5
-    calibrate_threshold: bool = True  # per-class logit threshold maximising Dice on the labelled slices (else 0),
-    # each slice predicted from prompts of the other volumes when the support spans several (as at inference)
-    # the image itself (:mod:`fewsam_jax.fewshot.image_branch`): channels of a small convolutional branch on the
-    # normalised slice, fused into the mask upscaling (0: off, SAM's decoder alone), and the neighbouring slices
-    # on either side it also sees (2.5D; worse on hippocampus validation). Measured: bench/RESULTS.md, README.
-    image_features: int = 16
-    image_context: int = 0
-    # where the branch runs: "mask" (the L x L label frame, ImageBranch) or "embedding" (the E x E grid, each cell
-    # holding its 4 x 4 pixels, CellBranch: about half the training time; bench/RESULTS.md has both measured)
-    image_frame: str = "mask"
-    image_learning_rate: float | None = None  # the image branch's peak learning rate (None: learning_rate)
-    # training targets warped inside the step (:mod:`fewsam_jax.fewshot.warp`): rotation range (degrees), scale
-    # range (1 +- warp_scale); 0 and 0: off. image_jitter: contrast 1 +- j, brightness +- j / 2 of the image branch input
-    warp_rotation_deg: float = 10.0
-    warp_scale: float = 0.1
-    image_jitter: float = 0.1
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.class_decoding not in ("joint", "separate"):
-            raise ValueError(f"class_decoding: expected 'joint' or 'separate', got {self.class_decoding!r}")
-        if self.trainable not in ("decoder", "heads"):
-            raise ValueError(f"trainable: expected 'decoder' or 'heads', got {self.trainable!r}")
-        if self.image_frame not in ("mask", "embedding"):
-            raise ValueError(f"image_frame: expected 'mask' or 'embedding', got {self.image_frame!r}")
-        if self.episode_holdout not in ("slice", "volume"):
-            raise ValueError(f"episode_holdout: expected 'slice' or 'volume', got {self.episode_holdout!r}")
-        if self.image_features < 0 or self.image_context < 0:
-            raise ValueError(f"image_features / image_context: expected >= 0, got {self.image_features} / "
-                             f"{self.image_context}")
-        if self.image_features and self.class_decoding != "joint":
-            raise ValueError("the image branch (image_features > 0) needs class_decoding='joint'")
-        if self.warp_rotation_deg < 0 or not 0 <= self.warp_scale < 1 or self.image_jitter < 0:
-            raise ValueError(f"warp_rotation_deg / warp_scale / image_jitter: expected >= 0 / in [0, 1) / >= 0, got "
-                             f"{self.warp_rotation_deg} / {self.warp_scale} / {self.image_jitter}")
-        if self.image_context and not self.image_features:
-            raise ValueError("image_context needs the image branch (image_features > 0)")
-        if self.image_learning_rate is not None and (not self.image_features or self.image_learning_rate < 0):
-            raise ValueError(f"image_learning_rate: expected None, or >= 0 with the image branch (image_features > 0), "
-                             f"got {self.image_learning_rate} with image_features={self.image_features}")
-        if not 0.0 < self.episode_fraction <= 1.0:
-            raise ValueError(f"episode_fraction: expected a value in (0, 1], got {self.episode_fraction}")
-
-
 class FewShotDecoder(nnx.Module):
-    """Mask decoder + prompt-encoder pieces it needs, initialised from a converted SAM."""
+    """Mask decoder + prompt-encoder pieces it needs, initialised from a converted SAM; ``cfg`` fixes its
+    parameters (the image branch) and its tokens (:func:`class_tokens`)."""
 
-    def __init__(self, sam: Sam, cfg: FewShotConfig, *, rngs: nnx.Rngs):
+    def __init__(self, sam: Sam, cfg: DecoderConfig, *, rngs: nnx.Rngs):
         self.config = cfg
         self.embedding_size = sam.config.embedding_size
         self.mask_decoder = nnx.clone(sam.mask_decoder)
@@ -125,22 +46,20 @@ class FewShotDecoder(nnx.Module):
             jnp.concatenate([points[2].embedding[...], points[3].embedding[...]], axis=0)
         )  # (2, C): box top-left, bottom-right corner
         dim = sam.config.prompt_embed_dim
-        self.similarity_embed = nnx.Param(jnp.zeros((dim,), jnp.float32))
         branch = CellBranch if cfg.image_frame == "embedding" else ImageBranch
-        self.image_branch = (branch(image_channels(cfg), cfg.image_features, dim, rngs=rngs)
+        self.image_branch = (branch(cfg.image_channels, cfg.image_features, dim, rngs=rngs)
                              if cfg.image_features else None)
 
     def dense_pe(self) -> jax.Array:
         return self.pe_layer.grid(self.embedding_size)
 
-    def __call__(self, embeddings: jax.Array, tokens: jax.Array, prototypes: jax.Array,
-                 image_pe: jax.Array | None = None, images: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, embeddings: jax.Array, tokens: jax.Array, image_pe: jax.Array | None = None,
+                 images: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """Logits for every (slice, class).
 
         Args:
           embeddings: (B, h, w, C) image embeddings (the whole E x E grid, or a crop of it).
           tokens: (K, T, C) class prompt tokens (:func:`class_tokens`).
-          prototypes: (K, C) mean foreground prototype per class (for the similarity prior).
           image_pe: (h, w, C) positional encoding of the grid; the whole grid's by default.
           images: (B, 4h, 4w, 1 + 2 * image_context) the slices in the low-resolution frame
             (:func:`~fewsam_jax.fewshot.prompts.images_to_low_res`); required with the image branch.
@@ -151,29 +70,22 @@ class FewShotDecoder(nnx.Module):
         if (self.image_branch is None) != (images is None):
             raise ValueError("images must be given exactly when the decoder has an image branch "
                              f"(image_features={self.config.image_features})")
-        cosine = None
-        if self.config.similarity_prior:
-            unit = embeddings / (jnp.linalg.norm(embeddings, axis=-1, keepdims=True) + 1e-6)
-            proto = prototypes / (jnp.linalg.norm(prototypes, axis=-1, keepdims=True) + 1e-6)
-            cosine = jnp.einsum("bhwc,kc->bkhw", unit, proto)[..., None]  # (B, K, h, w, 1)
         if self.config.class_decoding == "joint":
-            return self._decode_joint(embeddings, tokens, cosine, image_pe, images)
+            return self._decode_joint(embeddings, tokens, image_pe, images)
         if images is not None:
             raise ValueError("the image branch needs class_decoding='joint'")
         b, k = embeddings.shape[0], tokens.shape[0]
         image = jnp.repeat(embeddings, k, axis=0)  # (B*K, h, w, C), slice-major
         dense = jnp.broadcast_to(self.no_mask_embed.embedding[...][0], image.shape)
-        if cosine is not None:
-            dense = dense + cosine.reshape(b * k, *cosine.shape[2:]) * self.similarity_embed[...]
         masks, iou, _, _ = self.mask_decoder.predict_masks(image, image_pe, jnp.tile(tokens, (b, 1, 1)), dense)
         return masks[:, 0].reshape(b, k, *masks.shape[-2:]), iou[:, 0].reshape(b, k)
 
-    def _decode_joint(self, embeddings: jax.Array, tokens: jax.Array, cosine: jax.Array | None,
-                      image_pe: jax.Array, images: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    def _decode_joint(self, embeddings: jax.Array, tokens: jax.Array, image_pe: jax.Array,
+                      images: jax.Array | None) -> tuple[jax.Array, jax.Array]:
         """One decoder pass per slice. Each class is the token group SAM's decoder sees for one prompt,
         ``[IoU token, mask tokens, the class's prompts]``; groups attend only within themselves, the image
         tokens attend to (and are read by) all of them, so one class alone decodes exactly as in
-        ``"separate"``. The similarity prior takes each cell's best cosine over the classes."""
+        ``"separate"``."""
         decoder = self.mask_decoder
         b, h, w, c = embeddings.shape
         k, t, _ = tokens.shape
@@ -184,8 +96,6 @@ class FewShotDecoder(nnx.Module):
         group_of = jnp.repeat(jnp.arange(k), width)
         token_bias = jnp.where(group_of[:, None] == group_of[None, :], 0.0, -jnp.inf)
         dense = self.no_mask_embed.embedding[...][0]
-        if cosine is not None:
-            dense = dense + cosine.max(axis=1) * self.similarity_embed[...]
         hs, src = decoder.transformer(embeddings + dense, image_pe[None], sequence, token_bias)
         starts = jnp.arange(k) * width
         hyper = decoder.output_hypernetworks_mlps[0](hs[:, starts + 1])  # (B, K, C / 8): single-mask output
@@ -204,7 +114,7 @@ def class_tokens(
     boxes: jax.Array,
     weights: jax.Array,
     slice_choice: jax.Array,
-) -> tuple[jax.Array, jax.Array]:
+) -> jax.Array:
     """Prompt tokens of every class from a pool of support slices.
 
     Args:
@@ -215,7 +125,7 @@ def class_tokens(
       slice_choice: (K, slice_tokens) pool indices of the slices whose prototypes become the
         individual tokens of each class (absent ones fall back to the class mean).
     Returns:
-      tokens (K, T, C), T = 2 + 2 * region_box + slice_tokens, and mean foreground prototypes (K, C).
+      tokens (K, T, C), T = ``decoder.config.num_tokens`` (2 + 2 * region_box + slice_tokens).
     """
     cfg = decoder.config
     pos_type, neg_type = decoder.prompt_type[...][0], decoder.prompt_type[...][1]
@@ -244,4 +154,4 @@ def class_tokens(
         corners = decoder.pe_layer.encode(mean_box.reshape(-1, 2, 2))  # (K, 2, C)
         parts.append(corners + decoder.box_type[...])
     parts.append(chosen + chosen_pos + pos_type)
-    return jnp.concatenate(parts, axis=1), fg_proto
+    return jnp.concatenate(parts, axis=1)

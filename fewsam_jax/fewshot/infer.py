@@ -17,8 +17,8 @@ from fewsam_jax.transforms import resized_shape
 
 
 @nnx.jit
-def _decode_batch(decoder: FewShotDecoder, embeddings, tokens, prototypes, images):
-    logits, presence = decoder(embeddings, tokens, prototypes, images=images)
+def _decode_batch(decoder: FewShotDecoder, embeddings, tokens, images):
+    logits, presence = decoder(embeddings, tokens, images=images)
     return logits, jax.nn.sigmoid(presence)
 
 
@@ -33,7 +33,6 @@ def _pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
 def predict_logits(
     decoder: FewShotDecoder,
     tokens: jax.Array,
-    prototypes: jax.Array,
     embeddings: Iterable[np.ndarray] | np.ndarray,
     batch_size: int = 8,
     progress: bool = False,
@@ -55,7 +54,7 @@ def predict_logits(
         real = len(batch)
         image_batch = None if images is None else jnp.asarray(_pad_batch(images[start:start + batch_size], batch_size))
         out_logits, out_presence = _decode_batch(decoder, jnp.asarray(_pad_batch(batch, batch_size)), tokens,
-                                                 prototypes, image_batch)
+                                                 image_batch)
         logits.append(np.asarray(out_logits[:real]))
         presence.append(np.asarray(out_presence[:real]))
     return np.concatenate(logits), np.concatenate(presence)

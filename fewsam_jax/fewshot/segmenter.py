@@ -2,8 +2,9 @@
 
 ``FewShotSegmenter.train`` embeds the labelled slices (and augmented copies) through the cache,
 trains the decoder on those arrays, and keeps everything needed to segment new volumes: decoder
-parameters, class prompt tokens, the class map, the base model's identity and the intensity and
-axis settings. ``save``/``load`` round-trip it with Orbax, without the collection's images.
+parameters, class prompt tokens, the class map, the base model's identity, the intensity and axis
+settings and the three configs (:mod:`fewsam_jax.fewshot.config`). ``save``/``load`` round-trip it with
+Orbax, without the collection's images.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from flax import nnx
 
 from fewsam_jax.cache import embed_volume
 from fewsam_jax.config import SamConfig, get_config
-from fewsam_jax.fewshot.augment import AugmentConfig, augment_slices
+from fewsam_jax.fewshot.augment import augment_slices
 from fewsam_jax.fewshot.collection import Collection, load_collection, load_support_item
-from fewsam_jax.fewshot.decoder import FewShotConfig, FewShotDecoder, image_channels
+from fewsam_jax.fewshot.config import DecoderConfig, InferenceConfig, TrainConfig
+from fewsam_jax.fewshot.decoder import FewShotDecoder
 from fewsam_jax.fewshot.image_branch import context_slices
 from fewsam_jax.fewshot.infer import (
     calibrate_thresholds,
@@ -69,7 +71,7 @@ LABEL_SUFFIXES = (".nii.gz", ".nii", ".png")  # what io.save_labels writes
 IDENTITY_INTENSITY = Intensity.parse("window:0.5,1")
 
 
-def volume_images(volume: Volume, intensity: Intensity, axis: int, config: FewShotConfig, sam_config: SamConfig,
+def volume_images(volume: Volume, intensity: Intensity, axis: int, config: DecoderConfig, sam_config: SamConfig,
                   indices=None) -> np.ndarray | None:
     """The slices ``indices`` (default all) along ``axis`` as the decoder's image branch sees them:
     intensity-normalised, with ``config.image_context`` neighbours either side, in the low-resolution frame,
@@ -79,7 +81,7 @@ def volume_images(volume: Volume, intensity: Intensity, axis: int, config: FewSh
     return branch_images(get_slices(intensity.apply(volume.array), axis), config, sam_config, indices)
 
 
-def branch_images(slices: np.ndarray, config: FewShotConfig, sam_config: SamConfig, indices=None) -> np.ndarray:
+def branch_images(slices: np.ndarray, config: DecoderConfig, sam_config: SamConfig, indices=None) -> np.ndarray:
     """:func:`volume_images` from the already normalised slices (N, H, W) of a volume."""
     indices = np.arange(len(slices)) if indices is None else indices
     return images_to_low_res(context_slices(slices, indices, config.image_context), sam_config)
@@ -89,15 +91,16 @@ def support_set(
     collection: Collection,
     sam: Sam,
     intensity: Intensity,
-    augment: AugmentConfig,
+    config: DecoderConfig = DecoderConfig(),
+    training: TrainConfig = TrainConfig(),
     cache: Any = None,
     progress: bool = True,
-    config: FewShotConfig = FewShotConfig(),
 ) -> SupportSet:
-    """Embed the collection's labelled slices (and their augmented copies) through the cache; with an image
-    branch in ``config``, keep the slices themselves too (:func:`volume_images`)."""
+    """Embed the collection's labelled slices (and ``training.augment``'s copies, drawn from ``training.seed``)
+    through the cache; with an image branch in ``config``, keep the slices themselves too (:func:`volume_images`)."""
+    augment = training.augment
     embeddings, labels, groups, volumes, images = [], [], [], [], []
-    channels = image_channels(config)
+    channels = config.image_channels
     next_group = 0
     for volume_id, item in enumerate(collection.support):
         image, label_slices = load_support_item(item, collection.axis)
@@ -110,7 +113,7 @@ def support_set(
         volumes.append(np.full(len(item.slices), volume_id))
         if augment.copies:
             normalised = get_slices(intensity.apply(image.array), collection.axis)[list(item.slices)]
-            aug_images, aug_labels, sources = augment_slices(normalised, label_slices, augment)
+            aug_images, aug_labels, sources = augment_slices(normalised, label_slices, augment, training.seed)
             aug_entry = embed_volume(from_array(stack_slices(aug_images, 2)), sam, axis=2,
                                      intensity=IDENTITY_INTENSITY, cache=cache, progress=progress)
             embeddings.append(aug_entry.load())
@@ -131,17 +134,18 @@ def support_set(
     )
 
 
-def calibration_logits(decoder: FewShotDecoder, support: SupportSet) -> tuple[np.ndarray, np.ndarray]:
+def calibration_logits(decoder: FewShotDecoder, support: SupportSet,
+                       episode_holdout: str = "slice") -> tuple[np.ndarray, np.ndarray]:
     """Logits and labels of the original labelled slices for threshold calibration.
 
-    With ``episode_holdout="volume"`` and several support volumes, each volume's slices are predicted
-    from the prompts of the other volumes only (as a new volume will be), skipping a volume whose
-    absence would leave a class without examples; otherwise from the whole support set.
+    With ``episode_holdout="volume"`` (:class:`TrainConfig`) and several support volumes, each volume's
+    slices are predicted from the prompts of the other volumes only (as a new volume will be), skipping a
+    volume whose absence would leave a class without examples; otherwise from the whole support set.
     """
     originals = np.zeros(len(support.groups), bool)
     originals[np.unique(support.groups, return_index=True)[1]] = True
     held_out = []
-    if decoder.config.episode_holdout == "volume":
+    if episode_holdout == "volume":
         for volume in np.unique(support.volumes):
             others = support.volumes != volume
             if all((support.labels[others] == k).any() for k in range(1, support.num_classes + 1)):
@@ -150,9 +154,9 @@ def calibration_logits(decoder: FewShotDecoder, support: SupportSet) -> tuple[np
         held_out = [(originals, None)]
     logits, labels = [], []
     for targets, prompts in held_out:
-        tokens, prototypes = support_tokens(decoder, support, prompts)
+        tokens = support_tokens(decoder, support, prompts)
         images = support_images(decoder, support)
-        logits.append(predict_logits(decoder, tokens, prototypes, support.embeddings[targets],
+        logits.append(predict_logits(decoder, tokens, support.embeddings[targets],
                                      images=None if images is None else images[targets])[0])
         labels.append(support.labels[targets])
     return np.concatenate(logits), np.concatenate(labels)
@@ -160,11 +164,12 @@ def calibration_logits(decoder: FewShotDecoder, support: SupportSet) -> tuple[np
 
 @dataclasses.dataclass
 class FewShotSegmenter:
-    """A trained few-shot decoder and all it needs to segment a new volume."""
+    """A trained few-shot decoder and all it needs to segment a new volume: ``decoder.config`` is its
+    :class:`DecoderConfig`, ``inference`` how its outputs become labels, ``training`` the record of how it
+    was trained (None for decoders saved before the record existed)."""
 
     decoder: FewShotDecoder
     tokens: jax.Array  # (K, T, C)
-    prototypes: jax.Array  # (K, C)
     thresholds: np.ndarray  # (K,) logit threshold per class
     classes: dict[int, str]
     model_name: str
@@ -175,6 +180,8 @@ class FewShotSegmenter:
     _sam: Sam | None = dataclasses.field(default=None, repr=False)
     tensors_id: str | None = dataclasses.field(default=None, repr=False)  # weights.tensors_id of the base model
     _model_source: Any = dataclasses.field(default=None, repr=False)  # model folder or preset to load from
+    inference: InferenceConfig = dataclasses.field(default=InferenceConfig(), kw_only=True)
+    training: TrainConfig | None = dataclasses.field(default=None, kw_only=True)
 
     @property
     def weights_ids(self) -> set[str]:
@@ -190,8 +197,9 @@ class FewShotSegmenter:
         cls,
         collection: Collection | str | os.PathLike,
         model: Sam | str = "litemedsam",
-        config: FewShotConfig = FewShotConfig(),
-        augment: AugmentConfig = AugmentConfig(),
+        config: DecoderConfig = DecoderConfig(),
+        training: TrainConfig = TrainConfig(),
+        inference: InferenceConfig = InferenceConfig(),
         intensity: Intensity | str = "percentile",
         cache: Any = None,
         progress: bool = True,
@@ -200,11 +208,18 @@ class FewShotSegmenter:
         *,
         sam: Sam | str | None = None,
     ) -> FewShotSegmenter:
-        """Embed the collection's slices (cached), then train the decoder on the cached arrays.
+        """Embed the collection's slices (cached), then train a decoder built as ``config`` says on the cached
+        arrays as ``training`` says; ``inference``: how it will turn logits into labels (whether its thresholds
+        are calibrated now, the presence threshold later).
 
         ``model``: the base model, a preset name, a converted model folder or a loaded ``Sam`` (``sam=`` is
         the older name of the same argument). ``callback``/``callback_every``: see
         :func:`~fewsam_jax.fewshot.train.train_decoder`."""
+        for name, value, kind in (("config", config, DecoderConfig), ("training", training, TrainConfig),
+                                  ("inference", inference, InferenceConfig)):
+            if not isinstance(value, kind):
+                raise TypeError(f"{name}: expected a {kind.__name__}, got {type(value).__name__}")
+        training.check(config)
         if sam is not None:
             model = sam
         if not isinstance(collection, Collection):
@@ -212,26 +227,25 @@ class FewShotSegmenter:
         sam = load_model(str(model)) if isinstance(model, (str, os.PathLike)) else model
         intensity = Intensity.coerce(intensity)
         started = time.perf_counter()
-        support = support_set(collection, sam, intensity, augment, cache, progress, config)
+        support = support_set(collection, sam, intensity, config, training, cache, progress)
         embedded = time.perf_counter()
-        decoder = FewShotDecoder(sam, config, rngs=nnx.Rngs(config.seed))
-        losses, tokens, prototypes = train_decoder(decoder, support, progress=progress, callback=callback,
-                                                   callback_every=callback_every)
+        decoder = FewShotDecoder(sam, config, rngs=nnx.Rngs(training.seed))
+        losses, tokens = train_decoder(decoder, support, training, progress=progress, callback=callback,
+                                       callback_every=callback_every)
         thresholds = np.zeros(support.num_classes, np.float32)
-        if config.calibrate_threshold:
-            thresholds = calibrate_thresholds(*calibration_logits(decoder, support))
+        if inference.calibrate_threshold:
+            thresholds = calibrate_thresholds(*calibration_logits(decoder, support, training.episode_holdout))
         info = {
             "labelled_slices": collection.num_slices,
             "support_rows": len(support.groups),
-            "augment": dataclasses.asdict(augment),
             "embed_seconds": round(embedded - started, 2),
             "train_seconds": round(time.perf_counter() - embedded, 2),
             "loss_first": losses[0] if losses else None,
             "loss_last": float(np.mean(losses[-10:])) if losses else None,
             "thresholds": thresholds.tolist(),
         }
-        return cls(decoder, tokens, prototypes, thresholds, dict(collection.classes), sam.config.name, sam.weights_id,
-                   intensity, collection.axis, info, sam, tensors_id(sam))
+        return cls(decoder, tokens, thresholds, dict(collection.classes), sam.config.name, sam.weights_id,
+                   intensity, collection.axis, info, sam, tensors_id(sam), inference=inference, training=training)
 
     def use_model(self, model: Sam | str | os.PathLike) -> None:
         """Take ``model`` (a loaded ``Sam``, a converted model folder or a preset name) as the base model,
@@ -293,8 +307,7 @@ class FewShotSegmenter:
         for start in tqdm(starts, desc="segment", disable=not progress, unit="chunk"):
             indices = np.arange(start, min(start + chunk, len(entry)))
             images = None if slices is None else branch_images(slices, config, self.sam().config, indices)
-            logits, presence = predict_logits(self.decoder, self.tokens, self.prototypes, entry.load(indices),
-                                              images=images)
+            logits, presence = predict_logits(self.decoder, self.tokens, entry.load(indices), images=images)
             logits = logits - self.thresholds[None, :, None, None]
             yield start, logits_to_native(logits, entry.slice_shape), presence
 
@@ -307,7 +320,7 @@ class FewShotSegmenter:
 
     def _slice_labels(self, logits: np.ndarray, presence: np.ndarray) -> np.ndarray:
         """(n, K, H, W) logits and (n, K) presence -> (n, H, W) label slices."""
-        return labels_from_logits(logits, presence, self.class_ids, self.decoder.config.presence_threshold)
+        return labels_from_logits(logits, presence, self.class_ids, self.inference.presence_threshold)
 
     def labels_from(self, logits: np.ndarray, presence: np.ndarray, postprocess: bool = False) -> np.ndarray:
         """Label map (X, Y, Z) on the volume's canonical grid from :meth:`predict_volume`'s outputs
@@ -366,8 +379,7 @@ class FewShotSegmenter:
         every state file, checked by :meth:`load`.
         """
         with write_dir(directory, "decoder", overwrite=overwrite) as staging:
-            save_pytree(staging / "state", {"decoder": nnx.state(self.decoder), "tokens": self.tokens,
-                                            "prototypes": self.prototypes})
+            save_pytree(staging / "state", {"decoder": nnx.state(self.decoder), "tokens": self.tokens})
             meta = {
                 "classes": {str(k): v for k, v in self.classes.items()},
                 "model": self.model_name,
@@ -375,7 +387,9 @@ class FewShotSegmenter:
                 **({"tensors_id": self.tensors_id or tensors_id(self._sam)} if self.tensors_id or self._sam else {}),
                 "intensity": self.intensity.key(),
                 "axis": self.axis,
-                "fewshot": dataclasses.asdict(self.decoder.config),
+                "decoder": dataclasses.asdict(self.decoder.config),
+                **({"training": dataclasses.asdict(self.training)} if self.training is not None else {}),
+                "inference": dataclasses.asdict(self.inference),
                 "tokens_shape": list(self.tokens.shape),
                 "thresholds": [float(t) for t in self.thresholds],
                 "info": self.info,
@@ -399,30 +413,34 @@ class FewShotSegmenter:
         model = sam if sam is not None else model
         directory = Path(directory)
         meta = read_decoder_meta(directory)
-        config = meta["fewshot"]  # a FewShotConfig, with LEGACY_CONFIG for fields older decoders lack
+        config, legacy = meta["decoder"], "fewshot" in meta
         sam_config = get_config(meta["model"])
 
         def build():
-            return FewShotDecoder(Sam(sam_config, rngs=nnx.Rngs(0)), config, rngs=nnx.Rngs(0))
+            decoder = FewShotDecoder(Sam(sam_config, rngs=nnx.Rngs(0)), config, rngs=nnx.Rngs(0))
+            if legacy:  # decoders saved with a flat "fewshot" config hold the removed similarity prior's vector
+                decoder.similarity_embed = nnx.Param(jnp.zeros((sam_config.prompt_embed_dim,), jnp.float32))
+            return decoder
 
         graphdef, abstract_state = nnx.split(nnx.eval_shape(build))
         k, t, c = meta["tokens_shape"]
-        abstract = {
-            "decoder": abstract_state,
-            "tokens": jax.ShapeDtypeStruct((k, t, c), jnp.float32),
-            "prototypes": jax.ShapeDtypeStruct((k, c), jnp.float32),
-        }
+        abstract = {"decoder": abstract_state, "tokens": jax.ShapeDtypeStruct((k, t, c), jnp.float32)}
+        if legacy:  # and the mean class prototypes it read
+            abstract["prototypes"] = jax.ShapeDtypeStruct((k, c), jnp.float32)
         try:
             restored = restore_pytree(directory / "state", abstract)
         except Exception as err:  # Orbax raises anything from ValueError to XlaRuntimeError on a bad folder
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise DecoderFileError(f"{directory / 'state'}: cannot restore the decoder ({first}); "
                                    "does fewshot.json match the state it was saved with?") from None
+        decoder = nnx.merge(graphdef, restored["decoder"])
+        if legacy:
+            del decoder.similarity_embed
         segmenter = cls(
-            nnx.merge(graphdef, restored["decoder"]), restored["tokens"], restored["prototypes"],
-            np.asarray(meta["thresholds"], np.float32),
+            decoder, restored["tokens"], np.asarray(meta["thresholds"], np.float32),
             {int(k): v for k, v in meta["classes"].items()}, meta["model"], meta["weights_id"],
             Intensity.parse(meta["intensity"]), meta["axis"], meta["info"], tensors_id=meta.get("tensors_id"),
+            inference=meta["inference"], training=meta["training"],
         )
         if model is not None:
             segmenter.use_model(model)
@@ -434,29 +452,39 @@ class DecoderFileError(FewSamError, ValueError):
 
 
 _META_TYPES = {
-    "classes": dict, "model": str, "weights_id": str, "intensity": str, "axis": int, "fewshot": dict,
-    "tokens_shape": list, "thresholds": list, "info": dict, "checksums": dict, "tensors_id": str,
+    "classes": dict, "model": str, "weights_id": str, "intensity": str, "axis": int, "decoder": dict,
+    "training": dict, "inference": dict, "fewshot": dict, "tokens_shape": list, "thresholds": list, "info": dict,
+    "checksums": dict, "tensors_id": str,
 }
-_META_OPTIONAL = {"info", "checksums", "tensors_id"}
-# what decoders saved before a field existed were trained with: one pass per class before ``class_decoding``,
-# no image branch and no target augmentation before 2026-11-30
+_META_OPTIONAL = {"info", "checksums", "tensors_id", "training"}
+_META_CONFIGS = {"decoder": DecoderConfig, "training": TrainConfig, "inference": InferenceConfig}
+# Decoders saved before the configs were split hold one flat "fewshot" object (FewShotConfig) instead of
+# "decoder", "training" and "inference". What those were trained with where a field did not exist yet: one
+# pass per class before ``class_decoding``, no image branch and no target augmentation before the image branch.
 LEGACY_CONFIG = {"class_decoding": "separate", "image_features": 0, "image_context": 0, "warp_rotation_deg": 0.0,
                  "warp_scale": 0.0, "image_jitter": 0.0, "image_frame": "mask"}
+# FewShotConfig fields since removed: the value every loadable decoder had (``trainable`` only chose what
+# training updated, so any value loads)
+_LEGACY_REMOVED = {"similarity_prior": False, "trainable": None}
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _config_value(path: Path, field: dataclasses.Field, value: Any) -> Any:
-    """``value`` from JSON as FewShotConfig field ``field``, type-checked against the field's default."""
+def _config_value(path: Path, key: str, field: dataclasses.Field, value: Any) -> Any:
+    """``value`` from JSON as config field ``field``, type-checked against the field's default."""
     default = field.default if field.default is not dataclasses.MISSING else None
     annotation = str(field.type)
-    where = f"{path}: key 'fewshot.{field.name}'"
+    where = f"{path}: key '{key}.{field.name}'"
     if value is None:
         if default is None or "None" in annotation:
             return None
         raise DecoderFileError(f"{where} is null; expected {type(default).__name__}")
+    if dataclasses.is_dataclass(default):
+        if not isinstance(value, dict):
+            raise DecoderFileError(f"{where} is {type(value).__name__}; expected an object")
+        return _config_from_json(path, f"{key}.{field.name}", type(default), value)
     if isinstance(default, bool) or annotation == "bool":
         ok = isinstance(value, bool)
     elif isinstance(default, float) or annotation.startswith("float"):
@@ -470,16 +498,53 @@ def _config_value(path: Path, field: dataclasses.Field, value: Any) -> Any:
         ok = isinstance(value, (list, tuple))
         value = tuple(tuple(v) if isinstance(v, list) else v for v in value) if ok else value
     else:
-        ok = True  # a type this check does not know: FewShotConfig validates it
+        ok = True  # a type this check does not know: the config validates it
     if not ok:
         expected = type(default).__name__ if default is not None else annotation
         raise DecoderFileError(f"{where} is {value!r} ({type(value).__name__}); expected {expected}")
     return value
 
 
+def _config_from_json(path: Path, key: str, cls: type, raw: dict[str, Any]) -> Any:
+    """``cls`` (one of the configs) from the JSON object at ``key``: fields type-checked, then validated by
+    ``cls`` itself; a DecoderFileError names the key otherwise. Missing fields take their defaults."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise DecoderFileError(f"{path}: unknown key '{key}.{unknown[0]}' (not a {cls.__name__} field)")
+    values = {name: _config_value(path, key, fields[name], v) for name, v in raw.items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        raise DecoderFileError(f"{path}: key '{key}': {err}") from None
+
+
+def _split_legacy(path: Path, meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A flat ``fewshot`` object (with LEGACY_CONFIG for fields it lacks) as the three configs' objects; the
+    support copies' options come from ``info.augment``, where such decoders recorded them (their own seed was
+    always the training seed)."""
+    raw = {**LEGACY_CONFIG, **meta["fewshot"]}
+    for name, loadable in _LEGACY_REMOVED.items():
+        value = raw.pop(name, loadable)
+        if loadable is not None and value != loadable:
+            raise DecoderFileError(f"{path}: key 'fewshot.{name}' is {value!r}: this option was removed and the "
+                                   "decoder cannot run without it; train it again")
+    owner = {f.name: key for key, cls in _META_CONFIGS.items() for f in dataclasses.fields(cls)}
+    split: dict[str, dict[str, Any]] = {key: {} for key in _META_CONFIGS}
+    for name, value in raw.items():
+        if name not in owner or name == "augment":
+            raise DecoderFileError(f"{path}: unknown key 'fewshot.{name}' (not a FewShotConfig field)")
+        split[owner[name]][name] = value
+    augment = meta.get("info", {}).get("augment")
+    if isinstance(augment, dict):
+        split["training"]["augment"] = {k: v for k, v in augment.items() if k != "seed"}
+    return split
+
+
 def read_decoder_meta(directory: str | os.PathLike) -> dict[str, Any]:
-    """``fewshot.json`` of a decoder folder, validated, with ``fewshot`` as a FewShotConfig; the state files
-    are checked against the recorded checksums."""
+    """``fewshot.json`` of a decoder folder, validated, with ``decoder``, ``training`` and ``inference`` as the
+    configs (``training`` None when not recorded); older decoders' flat ``fewshot`` object is split into them.
+    The state files are checked against the recorded checksums."""
     directory = Path(directory)
     path = directory / "fewshot.json"
     if not path.is_file():
@@ -489,9 +554,14 @@ def read_decoder_meta(directory: str | os.PathLike) -> dict[str, Any]:
     unknown = sorted(set(meta) - set(_META_TYPES))
     if unknown:
         raise DecoderFileError(f"{path}: unknown key {unknown[0]!r}; expected {', '.join(_META_TYPES)}")
+    legacy = "fewshot" in meta
+    if legacy and any(key in meta for key in _META_CONFIGS):
+        raise DecoderFileError(f"{path}: key 'fewshot' (older decoders) next to 'decoder', 'training' or "
+                               "'inference'; expected one or the other")
+    required = {"fewshot"} if legacy else {"decoder", "inference"}
     for key, kind in _META_TYPES.items():
         if key not in meta:
-            if key in _META_OPTIONAL:
+            if key in _META_OPTIONAL or (key in _META_CONFIGS or key == "fewshot") and key not in required:
                 continue
             raise DecoderFileError(f"{path}: key {key!r} is missing")
         value = meta[key]
@@ -526,15 +596,8 @@ def read_decoder_meta(directory: str | os.PathLike) -> dict[str, Any]:
     if shape[2] != sam_config.prompt_embed_dim:
         raise DecoderFileError(f"{path}: key 'tokens_shape' has {shape[2]} channels; model {meta['model']!r} "
                                f"has {sam_config.prompt_embed_dim}")
-    fields = {f.name: f for f in dataclasses.fields(FewShotConfig)}
-    raw = {**{k: v for k, v in LEGACY_CONFIG.items() if k in fields}, **meta["fewshot"]}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise DecoderFileError(f"{path}: unknown key 'fewshot.{unknown[0]}' (not a FewShotConfig field)")
-    try:
-        meta["fewshot"] = FewShotConfig(**{name: _config_value(path, fields[name], v) for name, v in raw.items()})
-    except (TypeError, ValueError) as err:
-        if isinstance(err, DecoderFileError):
-            raise
-        raise DecoderFileError(f"{path}: key 'fewshot': {err}") from None
+    raw = _split_legacy(path, meta) if legacy else {key: meta[key] for key in _META_CONFIGS if key in meta}
+    prefix = {key: "fewshot" if legacy else key for key in _META_CONFIGS}
+    for key, cls in _META_CONFIGS.items():
+        meta[key] = _config_from_json(path, prefix[key], cls, raw[key]) if key in raw else None
     return meta

@@ -17,7 +17,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from fewsam_jax.fewshot.decoder import FewShotConfig, FewShotDecoder, class_tokens
+from fewsam_jax.fewshot.config import TrainConfig
+from fewsam_jax.fewshot.decoder import FewShotDecoder, class_tokens
 from fewsam_jax.fewshot.prompts import IGNORE, region_boxes, region_embeddings, region_fractions, region_positions
 from fewsam_jax.fewshot.warp import warp_targets
 from fewsam_jax.logs import tqdm
@@ -75,7 +76,7 @@ def region_stats(decoder: FewShotDecoder, embeddings: jax.Array, labels: jax.Arr
     return prototypes, areas, region_positions(fractions, decoder.dense_pe()), boxes
 
 
-def segmentation_loss(logits: jax.Array, presence: jax.Array, labels: jax.Array, cfg: FewShotConfig) -> jax.Array:
+def segmentation_loss(logits: jax.Array, presence: jax.Array, labels: jax.Array, cfg: TrainConfig) -> jax.Array:
     """Focal + Dice + presence BCE. logits (B, K, L, L), presence (B, K), labels (B, L, L)."""
     num_classes = logits.shape[1]
     target = (labels[:, None] == jnp.arange(1, num_classes + 1)[None, :, None, None]).astype(jnp.float32)
@@ -90,15 +91,11 @@ def segmentation_loss(logits: jax.Array, presence: jax.Array, labels: jax.Array,
     return per_item.mean()
 
 
-def trainable_filter(cfg: FewShotConfig):
-    """The parameters training updates; the positional encoding always stays as converted."""
-    heads = ("output_upscaling", "output_hypernetworks_mlps", "iou_prediction_head")
-    if cfg.trainable == "heads":
-        return nnx.All(nnx.Param, nnx.Any(*(nnx.PathContains(h) for h in heads)))
-    return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("pe_layer")))
+# the parameters training updates: all but the positional encoding, which stays as converted
+TRAINABLE = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("pe_layer")))
 
 
-def make_optimizer(decoder: FewShotDecoder, cfg: FewShotConfig) -> nnx.Optimizer:
+def make_optimizer(decoder: FewShotDecoder, cfg: TrainConfig) -> nnx.Optimizer:
     """AdamW with warm-up and cosine decay after global-norm clipping; the image branch (trained from
     scratch, unlike SAM's decoder) may have a peak learning rate of its own (``image_learning_rate``)."""
 
@@ -117,26 +114,26 @@ def make_optimizer(decoder: FewShotDecoder, cfg: FewShotConfig) -> nnx.Optimizer
         update = optax.multi_transform({"sam": adamw(cfg.learning_rate), "branch": adamw(cfg.image_learning_rate)},
                                        part)
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), update)
-    return nnx.Optimizer(decoder, tx, wrt=trainable_filter(decoder.config))
+    return nnx.Optimizer(decoder, tx, wrt=TRAINABLE)
 
 
-def crop_size(cfg: FewShotConfig, embedding_size: int) -> int:
+def crop_size(cfg: TrainConfig, embedding_size: int) -> int:
     return embedding_size if cfg.train_crop <= 0 else min(cfg.train_crop, embedding_size)
 
 
-@nnx.jit
-def train_step(decoder, optimizer, embeddings, labels, images, stats, targets, weights, slice_choice, offset, seed):
+@nnx.jit(static_argnames="cfg")
+def train_step(decoder, optimizer, embeddings, labels, images, stats, targets, weights, slice_choice, offset, seed, *,
+               cfg: TrainConfig):
     """One episode: predict the ``targets`` slices, cropped at ``offset`` (cells, (y, x)), from
     prompts built on the weighted pool of whole support slices (``stats``: :func:`region_stats` of the
     pool, fixed during training since the encoder and the positional encoding are frozen). ``images``:
     the support's low-resolution-frame slices for the image branch, or None. ``seed``: this step's
-    augmentation (:func:`~fewsam_jax.fewshot.warp.warp_targets`, when the config asks for it)."""
-    cfg = decoder.config
+    augmentation (:func:`~fewsam_jax.fewshot.warp.warp_targets`, when ``cfg`` asks for it)."""
     b, size, c = len(targets), crop_size(cfg, embeddings.shape[1]), embeddings.shape[-1]
     scale = labels.shape[1] // embeddings.shape[1]
     target_emb, target_labels = embeddings[targets], labels[targets]
     target_images = None if images is None else images[targets]
-    if cfg.warp_rotation_deg or cfg.warp_scale or cfg.image_jitter:
+    if cfg.warps_targets:
         target_emb, target_labels, target_images = warp_targets(
             jax.random.key(seed), target_emb, target_labels, target_images, cfg.warp_rotation_deg, cfg.warp_scale,
             cfg.image_jitter)
@@ -148,12 +145,12 @@ def train_step(decoder, optimizer, embeddings, labels, images, stats, targets, w
                                               (b, scale * size, scale * size, images.shape[-1]))
 
     def loss_fn(model):
-        tokens, fg = class_tokens(model, *stats, weights, slice_choice)
+        tokens = class_tokens(model, *stats, weights, slice_choice)
         pe = jax.lax.dynamic_slice(model.dense_pe(), (offset[0], offset[1], 0), (size, size, c))
-        logits, presence = model(target_emb, tokens, fg, pe, target_images)
+        logits, presence = model(target_emb, tokens, pe, target_images)
         return segmentation_loss(logits, presence, target_labels, cfg)
 
-    loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, trainable_filter(cfg)))(decoder)
+    loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, TRAINABLE))(decoder)
     optimizer.update(decoder, grads)
     return loss
 
@@ -161,8 +158,9 @@ def train_step(decoder, optimizer, embeddings, labels, images, stats, targets, w
 class EpisodeSampler:
     """Targets and prompt pools for each step, from a NumPy generator (deterministic per seed)."""
 
-    def __init__(self, support: SupportSet, cfg: FewShotConfig, embedding_size: int):
+    def __init__(self, support: SupportSet, cfg: TrainConfig, slice_tokens: int, embedding_size: int):
         self.cfg = cfg
+        self.slice_tokens = slice_tokens
         # rows a target's prompts must not come from: its own slice, or with "volume" its whole volume
         # (when the support spans several volumes), as at inference on a new volume
         spans = cfg.episode_holdout == "volume" and len(np.unique(support.volumes)) > 1
@@ -204,7 +202,7 @@ class EpisodeSampler:
                     candidates = np.flatnonzero(present)
                 keep[self.rng.choice(candidates)] = True
         choice = np.stack([
-            self.rng.choice(np.flatnonzero(keep & present), size=cfg.slice_tokens) for present in self.present
+            self.rng.choice(np.flatnonzero(keep & present), size=self.slice_tokens) for present in self.present
         ])
         seed = np.uint32(self.augment_rng.integers(2**32))
         return targets.astype(np.int32), keep.astype(np.float32), choice.astype(np.int32), self.crop_offset(targets), seed
@@ -241,9 +239,9 @@ def _tokens(decoder, stats, weights, slice_choice):
     return class_tokens(decoder, *stats, weights, slice_choice)
 
 
-def support_tokens(decoder: FewShotDecoder, support: SupportSet, rows: np.ndarray | None = None) -> tuple[jax.Array, jax.Array]:
-    """Inference prompt tokens (K, T, C) and mean prototypes (K, C) from the support rows selected by
-    the boolean mask ``rows`` (default all); every class must be present in them."""
+def support_tokens(decoder: FewShotDecoder, support: SupportSet, rows: np.ndarray | None = None) -> jax.Array:
+    """Inference prompt tokens (K, T, C) from the support rows selected by the boolean mask ``rows``
+    (default all); every class must be present in them."""
     rows = np.ones(len(support.groups), bool) if rows is None else np.asarray(rows, bool)
     for k, class_id in enumerate(support.class_ids, start=1):
         if not (support.labels[rows] == k).any():
@@ -254,26 +252,25 @@ def support_tokens(decoder: FewShotDecoder, support: SupportSet, rows: np.ndarra
     return _tokens(decoder, stats, jnp.asarray(rows, jnp.float32), jnp.asarray(choice))
 
 
-def train_decoder(decoder: FewShotDecoder, support: SupportSet, progress: bool = True,
-                  callback: Callable[[int, FewShotDecoder, SupportSet], None] | None = None,
-                  callback_every: int = 0) -> tuple[list[float], jax.Array, jax.Array]:
-    """Train ``decoder`` in place; returns the loss per step and the inference tokens (K, T, C),
-    prototypes (K, C) built from the whole support set. ``callback(step, decoder, support)`` runs after
-    every ``callback_every``-th step (e.g. a learning curve on validation volumes); it must not train."""
-    cfg = decoder.config
+def train_decoder(decoder: FewShotDecoder, support: SupportSet, cfg: TrainConfig = TrainConfig(),
+                  progress: bool = True, callback: Callable[[int, FewShotDecoder, SupportSet], None] | None = None,
+                  callback_every: int = 0) -> tuple[list[float], jax.Array]:
+    """Train ``decoder`` in place as ``cfg`` says; returns the loss per step and the inference tokens
+    (K, T, C) built from the whole support set. ``callback(step, decoder, support)`` runs after every
+    ``callback_every``-th step (e.g. a learning curve on validation volumes); it must not train."""
+    cfg.check(decoder.config)
     embeddings = jnp.asarray(support.embeddings, jnp.float32)
     labels = jnp.asarray(support.labels, jnp.int32)
     images = None if decoder.image_branch is None else jnp.asarray(support_images(decoder, support))
     optimizer = make_optimizer(decoder, cfg)
-    sampler = EpisodeSampler(support, cfg, embeddings.shape[1])
+    sampler = EpisodeSampler(support, cfg, decoder.config.slice_tokens, embeddings.shape[1])
     stats = _region_stats(decoder, embeddings, labels, support.num_classes)
     losses = []
     with tqdm(range(cfg.steps), desc="train decoder", disable=not progress, unit="step") as bar:
         for step in bar:
-            loss = float(train_step(decoder, optimizer, embeddings, labels, images, stats, *sampler()))
+            loss = float(train_step(decoder, optimizer, embeddings, labels, images, stats, *sampler(), cfg=cfg))
             losses.append(loss)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             if callback is not None and callback_every and (step + 1) % callback_every == 0:
                 callback(step + 1, decoder, support)
-    tokens, prototypes = support_tokens(decoder, support)
-    return losses, tokens, prototypes
+    return losses, support_tokens(decoder, support)

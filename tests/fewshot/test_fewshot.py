@@ -6,7 +6,6 @@ some slices) on a dark, noisy background, both moving from slice to slice.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import nibabel as nib
@@ -15,12 +14,13 @@ import numpy as np
 import pytest
 
 from fewsam_jax import metrics
-from fewsam_jax.fewshot import AugmentConfig, FewShotConfig, FewShotSegmenter, SupportSet
+from fewsam_jax.fewshot import AugmentConfig, DecoderConfig, FewShotSegmenter, SupportSet, TrainConfig
 from fewsam_jax.fewshot.infer import calibrate_thresholds, labels_from_logits, postprocess_3d
 from fewsam_jax.fewshot.prompts import IGNORE
 from fewsam_jax.io import get_slices, load_volume
 
-CONFIG = FewShotConfig(steps=150, batch_slices=2, learning_rate=1e-3, warmup_steps=5, slice_tokens=2)
+DECODER = DecoderConfig(slice_tokens=2)
+TRAINING = TrainConfig(steps=150, batch_slices=2, learning_rate=1e-3, warmup_steps=5)
 
 
 def synthetic_volume(seed: int, shape=(48, 40, 12)) -> tuple[np.ndarray, np.ndarray]:
@@ -58,10 +58,11 @@ def trained(tiny_sam, tmp_path_factory):
         "support": [{"image": "a.nii.gz", "labels": "a_seg.nii.gz", "slices": [0, 2, 4, 6, 9]},
                     {"image": "c.nii.gz", "labels": "c_seg.nii.gz", "slices": [1, 3]}],
     }))
-    segmenter = FewShotSegmenter.train(manifest, sam=tiny_sam, config=CONFIG, augment=AugmentConfig(copies=1),
+    training = TRAINING.replace(augment=AugmentConfig(copies=1))
+    segmenter = FewShotSegmenter.train(manifest, sam=tiny_sam, config=DECODER, training=training,
                                        cache=folder / "cache", progress=False)
-    untrained = FewShotSegmenter.train(manifest, sam=tiny_sam, config=dataclasses.replace(CONFIG, steps=0),
-                                       augment=AugmentConfig(copies=1), cache=folder / "cache", progress=False)
+    untrained = FewShotSegmenter.train(manifest, sam=tiny_sam, config=DECODER, training=training.replace(steps=0),
+                                       cache=folder / "cache", progress=False)
     return dict(folder=folder, segmenter=segmenter, untrained=untrained, test_image=test_image,
                 test_labels=test_labels, cache=folder / "cache", sam=tiny_sam)
 
@@ -94,10 +95,11 @@ def test_absent_class_suppressed_on_empty_slices(trained):
     truth = get_slices(np.rint(load_volume(trained["test_labels"]).array).astype(int), 2)
     _, presence = segmenter.predict_volume(volume, cache=trained["cache"], progress=False)
     has_bar = (truth == 2).any(axis=(1, 2))
-    suppressed = presence[~has_bar, 1] < CONFIG.presence_threshold
+    threshold = segmenter.inference.presence_threshold
+    suppressed = presence[~has_bar, 1] < threshold
     assert suppressed.mean() >= 0.5, (presence[:, 1], has_bar)
     assert presence[has_bar, 1].mean() > presence[~has_bar, 1].mean() + 0.2, (presence[:, 1], has_bar)
-    assert (presence[:, 0] > CONFIG.presence_threshold).all()  # the ellipse is on every slice
+    assert (presence[:, 0] > threshold).all()  # the ellipse is on every slice
     pred = get_slices(segmenter.segment(volume, cache=trained["cache"], progress=False), 2)
     assert (pred[~has_bar] == 2).sum(axis=(1, 2))[suppressed].max() == 0  # suppressed slices carry no bar
 
@@ -197,8 +199,8 @@ def test_episodes_never_prompt_from_the_held_out_rows(holdout):
     labels[:, 4:9, 4:9] = 1
     volumes = np.array([0, 0, 1, 1, 2, 2])
     support = SupportSet(np.zeros((6, 4, 4, 8), np.float32), labels, np.arange(6), (1,), volumes)
-    config = FewShotConfig(episode_holdout=holdout, batch_slices=1, slice_tokens=2, train_crop=0)
-    sampler = EpisodeSampler(support, config, embedding_size=4)
+    config = TrainConfig(episode_holdout=holdout, batch_slices=1, train_crop=0)
+    sampler = EpisodeSampler(support, config, slice_tokens=2, embedding_size=4)
     for _ in range(50):
         targets, keep, choice, _, _ = sampler()
         held_out = volumes == volumes[targets[0]] if holdout == "volume" else np.arange(6) == targets[0]
@@ -222,12 +224,10 @@ def test_joint_decoding_of_one_class_equals_a_separate_pass(tiny_sam):
     e, c = tiny_sam.config.embedding_size, tiny_sam.config.prompt_embed_dim
     embeddings = jnp.asarray(rng.normal(size=(3, e, e, c)), jnp.float32)
     tokens = jnp.asarray(rng.normal(size=(2, 5, c)), jnp.float32)
-    prototypes = jnp.asarray(rng.normal(size=(2, c)), jnp.float32)
-    joint = FewShotDecoder(tiny_sam, FewShotConfig(class_decoding="joint", image_features=0), rngs=nnx.Rngs(0))
-    joint.similarity_embed[...] = jnp.asarray(rng.normal(size=c), jnp.float32)  # a prior that matters
+    joint = FewShotDecoder(tiny_sam, DecoderConfig(class_decoding="joint", image_features=0), rngs=nnx.Rngs(0))
     separate = nnx.clone(joint)
-    separate.config = FewShotConfig(class_decoding="separate", image_features=0)
-    outputs = {name: [decoder(embeddings, tokens[:1], prototypes[:1]), decoder(embeddings, tokens, prototypes)]
+    separate.config = DecoderConfig(class_decoding="separate", image_features=0)
+    outputs = {name: [decoder(embeddings, tokens[:1]), decoder(embeddings, tokens)]
                for name, decoder in (("joint", joint), ("separate", separate))}
     for joint, separate in zip(outputs["joint"][0], outputs["separate"][0]):
         np.testing.assert_allclose(joint, separate, rtol=1e-5, atol=1e-5)
@@ -237,21 +237,88 @@ def test_joint_decoding_of_one_class_equals_a_separate_pass(tiny_sam):
 
 
 @pytest.fixture(scope="module")
-def plain_segmenter(trained):
-    """An untrained decoder without the image branch, as every decoder saved before 2026-11-30 was."""
-    config = dataclasses.replace(CONFIG, steps=0, image_features=0, warp_rotation_deg=0.0, warp_scale=0.0,
-                                 image_jitter=0.0)
-    return FewShotSegmenter.train(trained["folder"] / "manifest.json", sam=trained["sam"], config=config,
-                                  cache=trained["cache"], progress=False)
+def plain_case(tiny_sam, tmp_path_factory):
+    """An untrained decoder without the image branch or target warps (what decoders saved before the image
+    branch were), on a small collection of its own, and a volume to segment."""
+    folder = tmp_path_factory.mktemp("plain")
+    write_case(folder, "a", seed=0, shape=(48, 40, 6))
+    test_image, _ = write_case(folder, "b", seed=1, shape=(48, 40, 4))
+    manifest = folder / "manifest.json"
+    manifest.write_text(json.dumps({
+        "classes": {"1": "ellipse", "2": "bar"}, "axis": 2,
+        "support": [{"image": "a.nii.gz", "labels": "a_seg.nii.gz", "slices": [0, 2, 4]}],
+    }))
+    training = TRAINING.replace(steps=0, warp_rotation_deg=0.0, warp_scale=0.0, image_jitter=0.0)
+    segmenter = FewShotSegmenter.train(manifest, sam=tiny_sam, config=DECODER.replace(image_features=0),
+                                       training=training, cache=folder / "cache", progress=False)
+    return dict(segmenter=segmenter, test_image=test_image, cache=folder / "cache", sam=tiny_sam)
 
 
-def test_decoder_saved_before_joint_decoding_loads_as_separate(plain_segmenter, tmp_path):
-    plain_segmenter.save(tmp_path / "decoder")
-    meta_path = tmp_path / "decoder" / "fewshot.json"
-    meta = json.loads(meta_path.read_text())
-    for key in ("class_decoding", "image_features", "image_context", "warp_rotation_deg", "warp_scale", "image_jitter"):
-        del meta["fewshot"][key]  # none of these existed then
-    meta_path.write_text(json.dumps(meta))
+def save_legacy(segmenter: FewShotSegmenter, folder, drop=(), **changes) -> None:
+    """``segmenter`` saved as decoders were before the configs were split: one flat ``fewshot`` object
+    (``FewShotConfig``, without the keys in ``drop``, which did not exist yet, and with ``changes``), the
+    support copies' options (with their own seed) in ``info``, and a state holding the similarity prior's
+    vector (trained, but unused with the prior off) and the mean prototypes."""
+    import shutil
+
+    from flax import nnx
+
+    from fewsam_jax.outputs import tree_checksums
+    from fewsam_jax.weights import save_pytree
+
+    segmenter.save(folder)
+    meta = json.loads((folder / "fewshot.json").read_text())
+    training = meta.pop("training")
+    augment = training.pop("augment")
+    flat = {**meta.pop("decoder"), **training, **meta.pop("inference"), "similarity_prior": False,
+            "trainable": "decoder", **changes}
+    meta["fewshot"] = {k: v for k, v in flat.items() if k not in drop}
+    meta["info"]["augment"] = {**augment, "seed": training["seed"]}
+    legacy = nnx.clone(segmenter.decoder)
+    k, _, c = segmenter.tokens.shape
+    legacy.similarity_embed = nnx.Param(jnp.full((c,), 0.5, jnp.float32))
+    shutil.rmtree(folder / "state")
+    save_pytree(folder / "state", {"decoder": nnx.state(legacy), "tokens": segmenter.tokens,
+                                   "prototypes": jnp.ones((k, c), jnp.float32)})
+    meta["checksums"] = tree_checksums(folder)
+    (folder / "fewshot.json").write_text(json.dumps(meta))
+
+
+def test_legacy_decoder_loads_to_identical_predictions(plain_case, tmp_path):
+    """A decoder saved with the flat FewShotConfig, the similarity prior's vector and the prototypes in its
+    state: both are dropped on restore, the configs split, and it predicts exactly as before."""
+    segmenter = plain_case["segmenter"]
+    save_legacy(segmenter, tmp_path / "decoder")
+    loaded = FewShotSegmenter.load(tmp_path / "decoder")
+    loaded._sam = plain_case["sam"]
+    assert not hasattr(loaded.decoder, "similarity_embed")
+    assert loaded.decoder.config == segmenter.decoder.config
+    assert loaded.training == segmenter.training and loaded.inference == segmenter.inference
+    volume = load_volume(plain_case["test_image"])
+    expected = segmenter.predict_volume(volume, cache=plain_case["cache"], progress=False)
+    got = loaded.predict_volume(volume, cache=plain_case["cache"], progress=False)
+    for x, y in zip(expected, got):
+        np.testing.assert_array_equal(x, y)
+    loaded.save(tmp_path / "resaved")  # written in the current format
+    meta = json.loads((tmp_path / "resaved" / "fewshot.json").read_text())
+    assert "fewshot" not in meta and meta["decoder"]["image_features"] == 0 and meta["training"]["seed"] == 0
+    assert FewShotSegmenter.load(tmp_path / "resaved").decoder.config == segmenter.decoder.config
+
+
+def test_legacy_decoder_with_the_similarity_prior_is_refused(plain_case, tmp_path):
+    from fewsam_jax.fewshot.segmenter import DecoderFileError
+
+    save_legacy(plain_case["segmenter"], tmp_path / "decoder", similarity_prior=True)
+    with pytest.raises(DecoderFileError, match="'fewshot.similarity_prior' is True: this option was removed"):
+        FewShotSegmenter.load(tmp_path / "decoder")
+    save_legacy(plain_case["segmenter"], tmp_path / "heads", trainable="heads")  # a training choice only
+    assert FewShotSegmenter.load(tmp_path / "heads").training.augment == AugmentConfig()
+
+
+def test_decoder_saved_before_joint_decoding_loads_as_separate(plain_case, tmp_path):
+    save_legacy(plain_case["segmenter"], tmp_path / "decoder",  # none of these existed then
+                drop=("class_decoding", "image_features", "image_context", "image_frame", "warp_rotation_deg",
+                      "warp_scale", "image_jitter"))
     assert FewShotSegmenter.load(tmp_path / "decoder").decoder.config.class_decoding == "separate"
 
 
@@ -267,33 +334,33 @@ def test_image_branch_starts_as_sams_decoder(tiny_sam, frame):
     e, c = tiny_sam.config.embedding_size, tiny_sam.config.prompt_embed_dim
     embeddings = jnp.asarray(rng.normal(size=(2, e, e, c)), jnp.float32)
     tokens = jnp.asarray(rng.normal(size=(2, 5, c)), jnp.float32)
-    prototypes = jnp.asarray(rng.normal(size=(2, c)), jnp.float32)
     images = jnp.asarray(rng.random(size=(2, 4 * e, 4 * e, 3)), jnp.float32)
-    plain = FewShotDecoder(tiny_sam, FewShotConfig(image_features=0), rngs=nnx.Rngs(0))
-    branch = FewShotDecoder(tiny_sam, FewShotConfig(image_features=4, image_context=1, image_frame=frame),
+    plain = FewShotDecoder(tiny_sam, DecoderConfig.sam_only(), rngs=nnx.Rngs(0))
+    branch = FewShotDecoder(tiny_sam, DecoderConfig(image_features=4, image_context=1, image_frame=frame),
                             rngs=nnx.Rngs(0))
-    expected = plain(embeddings, tokens, prototypes)
-    got = branch(embeddings, tokens, prototypes, images=images)
+    expected = plain(embeddings, tokens)
+    got = branch(embeddings, tokens, images=images)
     assert got[0].shape == (2, 2, 4 * e, 4 * e) and got[1].shape == (2, 2)
     for x, y in zip(expected, got):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="images must be given exactly when"):
-        branch(embeddings, tokens, prototypes)
+        branch(embeddings, tokens)
 
 
 def test_image_branch_config_is_checked():
     with pytest.raises(ValueError, match="needs class_decoding='joint'"):
-        FewShotConfig(image_features=8, class_decoding="separate")
+        DecoderConfig(image_features=8, class_decoding="separate")
     with pytest.raises(ValueError, match="image_context needs the image branch"):
-        FewShotConfig(image_features=0, image_context=1)
+        DecoderConfig(image_features=0, image_context=1)
     with pytest.raises(ValueError, match="expected >= 0"):
-        FewShotConfig(image_features=-1)
+        DecoderConfig(image_features=-1)
     with pytest.raises(ValueError, match="image_frame: expected 'mask' or 'embedding'"):
-        FewShotConfig(image_frame="pixels")
-    with pytest.raises(ValueError, match="image_learning_rate: expected None"):
-        FewShotConfig(image_features=0, image_learning_rate=1e-3)
-    with pytest.raises(ValueError, match="image_learning_rate: expected None"):
-        FewShotConfig(image_learning_rate=-1.0)
+        DecoderConfig(image_frame="pixels")
+    with pytest.raises(ValueError, match="image_learning_rate: expected None without the image branch"):
+        TrainConfig(image_learning_rate=1e-3).check(DecoderConfig.sam_only())
+    TrainConfig(image_learning_rate=1e-3).check(DecoderConfig())
+    with pytest.raises(ValueError, match="image_learning_rate: expected None or >= 0"):
+        TrainConfig(image_learning_rate=-1.0)
 
 
 def test_image_learning_rate_drives_the_branch_alone(tiny_sam):
@@ -309,10 +376,10 @@ def test_image_learning_rate_drives_the_branch_alone(tiny_sam):
     labels[:, 8:40, 12:30] = 1
     support = SupportSet(rng.normal(size=(3, e, e, c)).astype(np.float32), labels, np.arange(3), (1,),
                          images=rng.random((3, 4 * e, 4 * e, 1)).astype(np.float32))
-    config = dataclasses.replace(CONFIG, steps=3, warmup_steps=1, image_features=4, image_learning_rate=0.0)
-    decoder = FewShotDecoder(tiny_sam, config, rngs=nnx.Rngs(0))
+    training = TRAINING.replace(steps=3, warmup_steps=1, image_learning_rate=0.0)
+    decoder = FewShotDecoder(tiny_sam, DECODER.replace(image_features=4), rngs=nnx.Rngs(0))
     before = nnx_state_leaves(decoder)
-    train_decoder(decoder, support, progress=False)
+    train_decoder(decoder, support, training, progress=False)
     after = nnx_state_leaves(decoder)
     for a, b in zip(before["image_branch"], after["image_branch"]):
         np.testing.assert_array_equal(a, b)
@@ -363,8 +430,9 @@ def image_branch_case(tiny_sam, tmp_path_factory, request):
         "classes": {"1": "ellipse", "2": "bar"}, "axis": 2,
         "support": [{"image": "a.nii.gz", "labels": "a_seg.nii.gz", "slices": [0, 2, 4, 7]}],
     }))
-    config = dataclasses.replace(CONFIG, steps=12, image_features=4, image_context=1, image_frame=request.param)
-    train = [FewShotSegmenter.train(manifest, sam=tiny_sam, config=config, cache=folder / "cache", progress=False)
+    config = DECODER.replace(image_features=4, image_context=1, image_frame=request.param)
+    train = [FewShotSegmenter.train(manifest, sam=tiny_sam, config=config, training=TRAINING.replace(steps=12),
+                                    cache=folder / "cache", progress=False)
              for _ in range(2)]
     return dict(folder=folder, segmenters=train, test_image=test_image, sam=tiny_sam)
 
@@ -394,11 +462,7 @@ def test_branch_decoder_saved_before_image_frame_loads_in_the_mask_frame(image_b
     first = image_branch_case["segmenters"][0]
     if first.decoder.config.image_frame != "mask":
         pytest.skip("only mask-frame decoders were saved before image_frame existed")
-    first.save(tmp_path / "decoder")
-    meta_path = tmp_path / "decoder" / "fewshot.json"
-    meta = json.loads(meta_path.read_text())
-    del meta["fewshot"]["image_frame"]
-    meta_path.write_text(json.dumps(meta))
+    save_legacy(first, tmp_path / "decoder", drop=("image_frame",))
     reloaded = FewShotSegmenter.load(tmp_path / "decoder")
     assert reloaded.decoder.config.image_frame == "mask" and reloaded.decoder.config.image_features == 4
 
@@ -416,15 +480,72 @@ def jax_leaves(tree):
     return jax.tree_util.tree_leaves(tree)
 
 
-def test_decoder_saved_before_the_image_branch_loads_without_one(plain_segmenter, tmp_path):
-    plain_segmenter.save(tmp_path / "decoder")
-    meta_path = tmp_path / "decoder" / "fewshot.json"
-    meta = json.loads(meta_path.read_text())
-    for key in ("image_features", "image_context", "warp_rotation_deg", "warp_scale", "image_jitter"):
-        del meta["fewshot"][key]
-    meta_path.write_text(json.dumps(meta))
-    config = FewShotSegmenter.load(tmp_path / "decoder").decoder.config
-    assert config.image_features == 0 and config.image_context == 0 and config.warp_scale == 0
+def test_decoder_saved_before_the_image_branch_loads_without_one(plain_case, tmp_path):
+    save_legacy(plain_case["segmenter"], tmp_path / "decoder",
+                drop=("image_features", "image_context", "image_frame", "warp_rotation_deg", "warp_scale",
+                      "image_jitter"))
+    loaded = FewShotSegmenter.load(tmp_path / "decoder")
+    assert loaded.decoder.config.image_features == 0 and loaded.decoder.config.image_context == 0
+    assert loaded.training.warp_scale == 0 and loaded.training.warp_rotation_deg == 0
+
+
+def token_inputs(sam):
+    """Region statistics of a pool of 3 support slices with 2 classes, every region present, for
+    :func:`~fewsam_jax.fewshot.decoder.class_tokens`; the last two pick the individual slices."""
+    rng, c = np.random.default_rng(0), sam.config.prompt_embed_dim
+    boxes = np.sort(rng.random((3, 3, 2, 2)), axis=2).reshape(3, 3, 4)
+    return (jnp.asarray(rng.normal(size=(3, 3, c)), jnp.float32), jnp.asarray(rng.random((3, 3)) + 0.1, jnp.float32),
+            jnp.asarray(rng.normal(size=(3, 3, c)), jnp.float32), jnp.asarray(boxes, jnp.float32),
+            jnp.ones(3, jnp.float32), jnp.asarray([[0, 1], [1, 2]], jnp.int32))
+
+
+def test_region_box_adds_the_two_corner_tokens(tiny_sam):
+    from flax import nnx
+
+    from fewsam_jax.fewshot.decoder import FewShotDecoder, class_tokens
+
+    inputs = token_inputs(tiny_sam)
+    config = DecoderConfig.sam_only().replace(slice_tokens=2)
+    with_box = FewShotDecoder(tiny_sam, config, rngs=nnx.Rngs(0))
+    without = FewShotDecoder(tiny_sam, config.replace(region_box=False), rngs=nnx.Rngs(0))
+    a, b = np.asarray(class_tokens(with_box, *inputs)), np.asarray(class_tokens(without, *inputs))
+    assert a.shape[1] == with_box.config.num_tokens == 6 and b.shape[1] == without.config.num_tokens == 4
+    np.testing.assert_array_equal(np.delete(a, [2, 3], axis=1), b)  # the same tokens but the box corners
+
+
+def test_region_position_adds_the_centroid_encoding(tiny_sam):
+    from flax import nnx
+
+    from fewsam_jax.fewshot.decoder import FewShotDecoder, class_tokens
+
+    prototypes, areas, positions, boxes, weights, choice = token_inputs(tiny_sam)
+    config = DecoderConfig.sam_only().replace(slice_tokens=2)
+    on = FewShotDecoder(tiny_sam, config, rngs=nnx.Rngs(0))
+    off = FewShotDecoder(tiny_sam, config.replace(region_position=False), rngs=nnx.Rngs(0))
+
+    def tokens(decoder, pos):
+        return np.asarray(class_tokens(decoder, prototypes, areas, pos, boxes, weights, choice))
+
+    moved = positions + 1.0
+    shift = tokens(on, moved) - tokens(on, positions)  # every prototype token moves with its region's position
+    np.testing.assert_allclose(shift[:, [0, 1, 4, 5]], 1.0, atol=1e-5)
+    np.testing.assert_array_equal(shift[:, 2:4], 0.0)  # the box corners do not
+    np.testing.assert_array_equal(tokens(off, positions), tokens(off, moved))  # positions are not read
+    np.testing.assert_array_equal(tokens(off, positions), tokens(on, jnp.zeros_like(positions)))
+
+
+def test_support_copies_follow_the_training_seed():
+    from fewsam_jax.fewshot.augment import augment_slices
+
+    rng = np.random.default_rng(0)
+    images = rng.random((2, 16, 16)).astype(np.float32)
+    labels = (images > 0.5).astype(np.int32)
+    config = AugmentConfig(copies=2)
+    first, again, other = (augment_slices(images, labels, config, seed) for seed in (0, 0, 1))
+    assert first[0].shape == (4, 16, 16) and list(first[2]) == [0, 1, 0, 1]
+    for x, y in zip(first, again):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(first[0], other[0])
 
 
 def test_warp_moves_embeddings_labels_and_images_together():

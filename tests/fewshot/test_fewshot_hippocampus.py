@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -10,11 +9,13 @@ import pytest
 from helpers import shared_data
 
 from fewsam_jax import metrics
-from fewsam_jax.fewshot import AugmentConfig, FewShotConfig, FewShotSegmenter
+from fewsam_jax.fewshot import AugmentConfig, FewShotSegmenter, TrainConfig
+from fewsam_jax.fewshot.collection import centres_of_parts
 from fewsam_jax.io import get_slices
 from fewsam_jax.label_maps import read_labels
 
-CONFIG = FewShotConfig(steps=200)  # the default architecture; fewer steps than the default, for time
+# the default architecture; fewer steps than the default, for time
+TRAINING = TrainConfig(steps=200, augment=AugmentConfig(copies=1))
 
 
 @pytest.mark.slow
@@ -24,7 +25,7 @@ def test_trained_decoder_beats_untrained_on_another_volume(litemedsam, tmp_path)
     for name in ("hippocampus_003", "hippocampus_004"):
         truth = read_labels(labels / f"{name}.nii.gz")
         present = np.flatnonzero(get_slices(truth, 2).any(axis=(1, 2)))
-        slices = present[((np.arange(5) + 0.5) * present.size / 5).astype(int)].tolist() + [int(present[0]) - 2]
+        slices = centres_of_parts(present, 5).tolist() + [int(present[0]) - 2]
         support.append({"image": str(images / f"{name}_0000.nii.gz"), "labels": str(labels / f"{name}.nii.gz"),
                         "slices": slices})
     manifest = tmp_path / "manifest.json"
@@ -34,9 +35,8 @@ def test_trained_decoder_beats_untrained_on_another_volume(litemedsam, tmp_path)
     truth = read_labels(labels / "hippocampus_007.nii.gz")
 
     scores = {}
-    for name, config in (("trained", CONFIG), ("untrained", dataclasses.replace(CONFIG, steps=0))):
-        segmenter = FewShotSegmenter.train(manifest, sam=litemedsam, config=config, augment=AugmentConfig(copies=1),
-                                           cache=cache, progress=False)
+    for name, training in (("trained", TRAINING), ("untrained", TRAINING.replace(steps=0))):
+        segmenter = FewShotSegmenter.train(manifest, sam=litemedsam, training=training, cache=cache, progress=False)
         pred = segmenter.segment(test_image, cache=cache, progress=False)
         scores[name] = [metrics.dice(pred == k, truth == k) for k in (1, 2)]
     assert np.mean(scores["trained"]) > np.mean(scores["untrained"]) + 0.1, scores
