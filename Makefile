@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile -ra
+	$(BIN)/python -m pytest -n 2 --dist loadfile -ra --durations=15
 
 # The edit loop: everything but the tests marked `slow` (full-size models, notebooks, end-to-end training
 # runs) and `browser`. `make test` (CI) still runs them all.
