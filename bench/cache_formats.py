@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.fewshot import CLASSES, DATA, PHASES, cases, read_labels
-from bench.sections import BENCH, machine_info, write_section
+from bench.sections import BENCH, machine_info, save_report
 
 START, END = "<!-- cache_formats:start -->", "<!-- cache_formats:end -->"
 CT = DATA.parent / "totalseg_ct" / "ct_small_3mm"  # + .nii.gz, _seg.nii.gz
@@ -261,9 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         report = measure(args, Path(work))
     report.update(date=datetime.date.today().isoformat(), machine=machine_info(), load=[load, os.getloadavg()[0]],
                   command="python -m bench.cache_formats " + " ".join(argv if argv is not None else sys.argv[1:]))
-    (args.out / "results").mkdir(parents=True, exist_ok=True)
-    (args.out / "results" / "cache_formats.json").write_text(json.dumps(report, indent=2))
-    write_section(args.out / "RESULTS.md", section(report), START, END)
+    save_report("cache_formats", report, section(report), START, END, args.out)
     print(section(report))
     return 0
 

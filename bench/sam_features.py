@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.fewshot import DATA, DRAWS, PHASES, cases, manifest, read_labels, score_volume
-from bench.sections import RESULTS_DIR, RESULTS_MD, machine_info, write_section
-from fewsam_jax.outputs import write_text
+from bench.sections import RESULTS_DIR, machine_info, save_report
 
 START, END = "<!-- sam-features:start -->", "<!-- sam-features:end -->"
 
@@ -164,9 +163,7 @@ def main() -> None:
                     report["rows"] = [r for r in report["rows"] if key(r) != key(row)] + [row]
                     report.update(date=datetime.date.today().isoformat(),
                                   machine={**machine_info(), "jax_device": jax.devices()[0].device_kind})
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    write_text(out, json.dumps(report, indent=2))  # atomic: an interrupted run keeps the old rows
-                    write_section(RESULTS_MD, f"{START}\n{markdown(report)}\n{END}", START, END)
+                    save_report("sam_features", report, f"{START}\n{markdown(report)}\n{END}", START, END)
 
 
 if __name__ == "__main__":

@@ -36,3 +36,12 @@ def write_section(path: Path, section: str, start: str, end: str) -> None:
         text = text.rstrip("\n") + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, text)
+
+
+def save_report(name: str, report: dict, section: str, start: str, end: str, root: Path = BENCH) -> None:
+    """A harness's results: ``root/results/NAME.json`` (atomically) and its marked section of ``root/RESULTS.md``."""
+    import json
+
+    (root / "results").mkdir(parents=True, exist_ok=True)
+    write_text(root / "results" / f"{name}.json", json.dumps(report, indent=2))
+    write_section(root / "RESULTS.md", section, start, end)

@@ -32,8 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.sections import RESULTS_DIR, RESULTS_MD, machine_info, write_section
-from fewsam_jax.outputs import write_text
+from bench.sections import machine_info, save_report
 
 DICOM = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg_ct" / "dicom_series"
 START, END = "<!-- segment-memory:start -->", "<!-- segment-memory:end -->"
@@ -137,7 +136,6 @@ def main() -> None:
 
     report = {"date": datetime.date.today().isoformat(), "machine": {**machine_info(),
               "jax_device": jax.devices()[0].device_kind}, "slices": args.slices, "rows": rows}
-    write_text(RESULTS_DIR / "segment_memory.json", json.dumps(report, indent=2))
     lines = [f"## Segmenting a large CT from the cache: peak memory (`python -m bench.segment_memory`, {report['date']})",
              "", f"{report['machine']['cpu']} ({report['machine']['cores']} cores), LiteMedSAM, default decoder "
              f"design, 2 classes, a 512 x 512 x {args.slices} CT already in the cache; each path in a fresh process.",
@@ -149,7 +147,7 @@ def main() -> None:
         lines.append(f"| {r['mode']} | {r['rss_before_mib']:.0f} | {r['peak_rss_mib']:.0f} | "
                      f"{r['peak_rss_mib'] - r['rss_before_mib']:.0f} | {r['seconds']:.1f} | "
                      f"{r['load_average'][0]:.1f}-{r['load_average'][1]:.1f} |")
-    write_section(RESULTS_MD, f"{START}\n" + "\n".join(lines) + f"\n{END}", START, END)
+    save_report("segment_memory", report, f"{START}\n" + "\n".join(lines) + f"\n{END}", START, END)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.sections import BENCH, machine_info, write_section
+from bench.sections import BENCH, machine_info, save_report
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- startup:start -->", "<!-- startup:end -->"
@@ -96,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         report = measure(args.image, args.decoder, args.model, args.cache, args.warm_runs, Path(work))
     report.update(date=datetime.date.today().isoformat(), machine=machine_info(), image=args.image,
                   decoder=args.decoder, command="python -m bench.startup " + " ".join(argv or sys.argv[1:]))
-    (args.out / "results").mkdir(parents=True, exist_ok=True)
-    (args.out / "results" / "startup.json").write_text(json.dumps(report, indent=2))
-    write_section(args.out / "RESULTS.md", section(report), START, END)
+    save_report("startup", report, section(report), START, END, args.out)
     print(section(report))
     return 0
 
