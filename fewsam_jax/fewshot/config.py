@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Self, get_args
 
 ClassDecoding = Literal["joint", "separate"]
 ImageFrame = Literal["mask", "embedding"]
@@ -32,8 +32,15 @@ def _check_choice(name: str, value: Any, choices: Any) -> None:
         raise ValueError(f"{name}: expected {expected}, got {value!r}")
 
 
+class _Replace:
+    """``config.replace(field=value, ...)``: a copy with those fields changed (validated again)."""
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)
+
+
 @dataclasses.dataclass(frozen=True)
-class DecoderConfig:
+class DecoderConfig(_Replace):
     """The few-shot decoder's architecture (:class:`~fewsam_jax.fewshot.decoder.FewShotDecoder`)."""
 
     # "joint": every class's tokens in one decoder pass per slice (the image side, nearly all of the cost,
@@ -88,12 +95,9 @@ class DecoderConfig:
         """Channels of the image branch's input: the slice and ``image_context`` neighbours on either side."""
         return 1 + 2 * self.image_context
 
-    def replace(self, **changes: Any) -> DecoderConfig:
-        return dataclasses.replace(self, **changes)
-
 
 @dataclasses.dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(_Replace):
     """Augmented copies of the support slices (:mod:`fewsam_jax.fewshot.augment`), made before encoding;
     drawn from :class:`TrainConfig`'s seed."""
 
@@ -113,12 +117,9 @@ class AugmentConfig:
             raise ValueError(f"copies / rotation_deg / scale / gamma: expected >= 0 / >= 0 / in [0, 1) / >= 0, got "
                              f"{self.copies} / {self.rotation_deg} / {self.scale} / {self.gamma}")
 
-    def replace(self, **changes: Any) -> AugmentConfig:
-        return dataclasses.replace(self, **changes)
-
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Replace):
     """One training run of the decoder (:func:`~fewsam_jax.fewshot.train.train_decoder`): Optax AdamW with
     warm-up and cosine decay, focal + Dice + presence loss, episodes drawn from the support set."""
 
@@ -182,12 +183,9 @@ class TrainConfig:
             raise ValueError(f"image_learning_rate: expected None without the image branch (image_features > 0), "
                              f"got {self.image_learning_rate} with image_features={decoder.image_features}")
 
-    def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
-
 
 @dataclasses.dataclass(frozen=True)
-class InferenceConfig:
+class InferenceConfig(_Replace):
     """How a trained decoder's outputs become a label map."""
 
     # a class is kept on a slice only where its presence probability reaches this
@@ -199,9 +197,6 @@ class InferenceConfig:
     def __post_init__(self):
         if not 0.0 <= self.presence_threshold <= 1.0:
             raise ValueError(f"presence_threshold: expected a value in [0, 1], got {self.presence_threshold}")
-
-    def replace(self, **changes: Any) -> InferenceConfig:
-        return dataclasses.replace(self, **changes)
 
 
 CONFIGS = {"decoder": DecoderConfig, "training": TrainConfig, "inference": InferenceConfig}
