@@ -38,6 +38,38 @@ def embed_cli(capsys) -> Callable[..., str]:
     return run
 
 
+def write_dicom_slice(path: Path, pixels, position, orientation, series_uid: str | None = None, slope: float = 1.0,
+                      intercept: float = 0.0, spacing=(0.7, 0.9), **tags) -> str:
+    """Writes one int16 CT slice (``pixels``: (rows, columns)) and returns its SOP Instance UID (the file
+    meta's). ``series_uid=None`` leaves the UID out (an anonymised export); ``tags`` adds or overrides any
+    other attribute (e.g. SeriesNumber, FrameOfReferenceUID, an empty SOPInstanceUID)."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CT"
+    if series_uid is not None:
+        ds.SeriesInstanceUID = series_uid
+    ds.ImagePositionPatient = [float(v) for v in position]
+    ds.ImageOrientationPatient = [float(v) for v in orientation]
+    ds.PixelSpacing = [float(v) for v in spacing]
+    ds.Rows, ds.Columns = np.shape(pixels)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    ds.PixelData = np.asarray(pixels).astype(np.int16).tobytes()
+    for name, value in tags.items():
+        setattr(ds, name, value)
+    ds.save_as(path, enforce_file_format=True)
+    return meta.MediaStorageSOPInstanceUID
+
+
 def write_dicom_series(folder: Path, pixels, *, orientation=(1, 0, 0, 0, 1, 0), spacing=(0.7, 0.9), step=2.5,
                        origin=(-20.0, 30.0, 40.0), uids: dict | None = None, seed: int = 0) -> dict:
     """Writes ``pixels`` (n, rows, columns) as an int16 CT series under shuffled file names, with the
@@ -45,8 +77,7 @@ def write_dicom_series(folder: Path, pixels, *, orientation=(1, 0, 0, 0, 1, 0), 
     FrameOfReferenceUID ("" writes an empty value, as some anonymisers do; SOPInstanceUID "" empties it in the
     dataset but keeps it in the file meta). Returns the UIDs and the SOP Instance UIDs in slice order."""
     import numpy as np
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     folder.mkdir(parents=True, exist_ok=True)
     pixels = np.asarray(pixels)
@@ -56,31 +87,15 @@ def write_dicom_series(folder: Path, pixels, *, orientation=(1, 0, 0, 0, 1, 0), 
     names = np.random.default_rng(seed).permutation(len(pixels))
     instances = []
     for k, image in enumerate(pixels):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = uids.get("SOPInstanceUID", meta.MediaStorageSOPInstanceUID)
-        instances.append(meta.MediaStorageSOPInstanceUID)
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Synthetic", "SYN001", "", "O"
-        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = (
-            "20260101", "120000", "1", "", "")
-        ds.Modality, ds.SeriesNumber, ds.InstanceNumber, ds.Manufacturer = "CT", 3, k + 1, "synthetic"
-        for tag in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
-            setattr(ds, tag, uids[tag])
-        ds.PositionReferenceIndicator = ""
-        ds.ImagePositionPatient = [float(v) for v in np.asarray(origin) + k * step * normal]
-        ds.ImageOrientationPatient = [float(v) for v in orientation]
-        ds.PixelSpacing = [float(v) for v in spacing]
-        ds.SliceThickness = float(step)
-        ds.Rows, ds.Columns = image.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleSlope, ds.RescaleIntercept = 1.0, 0.0
-        ds.PixelData = image.astype(np.int16).tobytes()
-        ds.save_as(folder / f"IM{names[k]:04d}", enforce_file_format=True)
+        tags = {tag: uids[tag] for tag in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")}
+        if "SOPInstanceUID" in uids:
+            tags["SOPInstanceUID"] = uids["SOPInstanceUID"]
+        instances.append(write_dicom_slice(
+            folder / f"IM{names[k]:04d}", image, np.asarray(origin) + k * step * normal, orientation, spacing=spacing,
+            PatientName="Test^Synthetic", PatientID="SYN001", PatientBirthDate="", PatientSex="O",
+            StudyDate="20260101", StudyTime="120000", StudyID="1", AccessionNumber="", ReferringPhysicianName="",
+            SeriesNumber=3, InstanceNumber=k + 1, Manufacturer="synthetic", PositionReferenceIndicator="",
+            SliceThickness=float(step), **tags))
     return {**uids, "instances": instances}
 
 

@@ -6,43 +6,15 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from fewsam_jax.io import VolumeError, get_slices, load_volume, save_labels
+from helpers import write_dicom_slice
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 AXIAL = (1, 0, 0, 0, 1, 0)
 CORONAL = (1, 0, 0, 0, 0, -1)
-
-
-def _write_slice(path, pixels, position, orientation, series_uid, slope=1.0, intercept=0.0, spacing=(0.7, 0.9),
-                 **tags):
-    """Writes one int16 CT slice; ``pixels`` is (rows, columns). ``series_uid=None`` leaves the UID out
-    (an anonymised export); ``tags`` adds e.g. SeriesNumber, AcquisitionNumber, FrameOfReferenceUID."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    if series_uid is not None:
-        ds.SeriesInstanceUID = series_uid
-    for name, value in tags.items():
-        setattr(ds, name, value)
-    ds.ImagePositionPatient = [float(v) for v in position]
-    ds.ImageOrientationPatient = [float(v) for v in orientation]
-    ds.PixelSpacing = list(spacing)
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    ds.PixelData = pixels.astype(np.int16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
 
 
 def _series(folder, n=6, orientation=AXIAL, step=2.5, slope=1.0, intercept=0.0, shape=(4, 5), uid=None, seed=0,
@@ -56,7 +28,7 @@ def _series(folder, n=6, orientation=AXIAL, step=2.5, slope=1.0, intercept=0.0, 
     normal = np.cross(orientation[:3], orientation[3:])
     positions = [np.array([-20.0, 30.0, 40.0]) + (start + k * step) * normal for k in range(n)]
     for name, k in zip(rng.permutation(n), range(n)):
-        _write_slice(folder / f"{prefix}{name:03d}", pixels[k], positions[k], orientation, uid, slope, intercept,
+        write_dicom_slice(folder / f"{prefix}{name:03d}", pixels[k], positions[k], orientation, uid, slope, intercept,
                      **{key: value(k) if callable(value) else value for key, value in tags.items()})
     return pixels, positions
 
@@ -94,7 +66,7 @@ def test_single_file_loads_its_series_and_labels_round_trip(tmp_path):
 
 def test_mixed_series_error(tmp_path):
     _series(tmp_path / "s", n=3, uid="1.2.3.4")
-    _write_slice(tmp_path / "s" / "other", np.zeros((4, 5)), (0, 0, 0), AXIAL, "1.2.3.5")
+    write_dicom_slice(tmp_path / "s" / "other", np.zeros((4, 5)), (0, 0, 0), AXIAL, "1.2.3.5")
     with pytest.raises(VolumeError, match=r"s: 2 DICOM series in one folder: \[1\] SeriesInstanceUID 1\.2\.3\.4, axial: "
                                           r"3 files, e\.g\. im000; \[2\] SeriesInstanceUID 1\.2\.3\.5, axial: 1 file, "
                                           r"e\.g\. other\. .*pass one of its files"):
@@ -112,7 +84,7 @@ def test_missing_slice_error(tmp_path):
 
 def test_duplicate_position_error(tmp_path):
     _series(tmp_path / "s", n=3, uid="1.2.3")
-    _write_slice(tmp_path / "s" / "dup", np.zeros((4, 5)), (-20, 30, 40), AXIAL, "1.2.3")
+    write_dicom_slice(tmp_path / "s" / "dup", np.zeros((4, 5)), (-20, 30, 40), AXIAL, "1.2.3")
     with pytest.raises(VolumeError, match="two slices at the same position"):
         load_volume(tmp_path / "s")
 
