@@ -72,8 +72,9 @@ import zarr
 from filelock import FileLock, Timeout
 from zarr.codecs import ZstdCodec
 
-from fewsam_jax.encode import SliceEncoder
+from fewsam_jax.encode import SliceEncoder, check_dtype, embedding_shape
 from fewsam_jax.io import Volume, check_axis, from_array, get_slices, load_volume
+from fewsam_jax.model_dir import LazyModel
 from fewsam_jax.modeling.sam import Sam
 from fewsam_jax.outputs import FewSamError, OutputError, write_text
 from fewsam_jax.preprocess import Intensity
@@ -512,7 +513,7 @@ def _create_entry(path: Path, shape: tuple[int, ...], meta: dict) -> None:
 
 def embed_volume(
     volume: Volume | np.ndarray | str | os.PathLike,
-    model: Sam | SliceEncoder,
+    model: Sam | SliceEncoder | LazyModel,
     *,
     axis: int = 2,
     intensity: Intensity | str = "percentile",
@@ -527,8 +528,10 @@ def embed_volume(
 
     Args:
       volume: a Volume, an (X, Y, Z) array (see ``io.from_array``) or a path for ``io.load_volume``.
-      model: a ``Sam`` (its encoder is compiled once per model, batch size and dtype) or a SliceEncoder
-        (then ``batch_size`` and ``dtype`` are the encoder's).
+      model: a ``Sam`` (its encoder is compiled once per model, batch size and dtype), a SliceEncoder
+        (then ``batch_size`` and ``dtype`` are the encoder's) or a :class:`~fewsam_jax.model_dir.LazyModel`,
+        loaded only when a slice has to be encoded (a cache hit never reads its weights). With a ``Sam``
+        or LazyModel the encoder is built only when a slice is missing.
       axis: 0 sagittal, 1 coronal, 2 axial; slices as ``io.get_slices``.
       intensity: an Intensity or a spec for ``Intensity.parse`` ("soft_tissue", "window:40,400",
         "percentile", "minmax"), applied to the whole volume.
@@ -561,12 +564,19 @@ def embed_volume(
             wanted = np.unique(wanted[np.asarray(slices, dtype=np.int64).reshape(-1)])
         except IndexError:
             raise ValueError(f"slices {list(slices)} out of range for {num_slices} slices along axis {axis}") from None
-    encoder = model if isinstance(model, SliceEncoder) else _encoder_for(model, batch_size, dtype)
+    if isinstance(model, SliceEncoder):
+        model_name, weights_id, dtype = model.model_name, model.weights_id, model.dtype
+        shape = tuple(model.embedding_shape)
+    else:
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        model_name, weights_id, dtype = model.config.name, model.weights_id, check_dtype(dtype)
+        shape = embedding_shape(model.config)
     cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(cache)
     storage = check_storage(storage or cache.storage)
-    cache.check_writable(encoder.model_name)
-    key = entry_key(vol.array, encoder.model_name, encoder.weights_id, intensity.key(), axis, encoder.dtype)
-    path = cache.entry_path(encoder.model_name, key)
+    cache.check_writable(model_name)
+    key = entry_key(vol.array, model_name, weights_id, intensity.key(), axis, dtype)
+    path = cache.entry_path(model_name, key)
     with contextlib.suppress(FileNotFoundError, CacheCorruptionError):  # damage is repaired below, under the lock
         entry = CachedEmbeddings(path)
         if entry.done()[wanted].all() and not entry.verify(wanted):
@@ -582,7 +592,7 @@ def embed_volume(
         if (path / "meta.json").is_file():
             try:
                 entry = CachedEmbeddings(path, _writable=True)
-                if entry.num_slices != num_slices or entry.embedding_shape != tuple(encoder.embedding_shape):
+                if entry.num_slices != num_slices or entry.embedding_shape != shape:
                     raise CacheCorruptionError(f"{path}: meta.json describes {entry.num_slices} slices of "
                                                f"{entry.embedding_shape}, not this volume's")
             except CacheCorruptionError as err:
@@ -594,9 +604,9 @@ def embed_volume(
                 "format": FORMAT_VERSION,
                 "storage": storage,
                 "key": key,
-                "model": encoder.model_name,
-                "weights_id": encoder.weights_id,
-                "compute_dtype": encoder.dtype,
+                "model": model_name,
+                "weights_id": weights_id,
+                "compute_dtype": dtype,
                 "intensity": intensity.key(),
                 "axis": axis,
                 "num_slices": num_slices,
@@ -607,7 +617,7 @@ def embed_volume(
                 "checksums": CHECKSUMS_NOTE,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
-            _create_entry(path, (num_slices, *encoder.embedding_shape), meta)
+            _create_entry(path, (num_slices, *shape), meta)
             entry = CachedEmbeddings(path, _writable=True)
         problems = entry.verify(wanted)
         if problems:
@@ -620,6 +630,8 @@ def embed_volume(
             entry.repaired = bad
         missing = wanted[~entry.done()[wanted]]
         if missing.size:
+            encoder = model if isinstance(model, SliceEncoder) else _encoder_for(
+                model.load() if isinstance(model, LazyModel) else model, batch_size, dtype)
             name = Path(vol.source).name if vol.source else "array"
             batches = encoder.iter_batches(images[missing], progress, desc=f"embed {name}")
             for start, embeddings in batches:
