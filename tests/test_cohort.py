@@ -407,3 +407,19 @@ def test_read_ahead_keeps_order_bounds_memory_and_stops(tmp_path):
     assert threading.active_count() == before  # closing the loop ends the reader thread
     with pytest.raises(ValueError, match="depth: expected a positive number"):
         next(read_ahead(range(3), read, depth=0))
+
+
+def test_every_chunk_resizes_at_one_shape(decoder, tiny_sam, dataset, monkeypatch):
+    """The last, shorter chunk is padded before the resize to the slice grid: one compiled resize per slice
+    shape, whatever the number of slices; the labels are those of one whole-volume chunk."""
+    import fewsam_jax.fewshot.segmenter as segmenter_module
+
+    segmenter = FewShotSegmenter.load(decoder, model=tiny_sam)
+    image = dataset / "imagesTs" / "case_004_0000.nii.gz"
+    whole = segmenter.segment(image, progress=False, chunk=SHAPE[2])
+    rows = []
+    resize = segmenter_module.logits_to_native
+    monkeypatch.setattr(segmenter_module, "logits_to_native", lambda x, shape: rows.append(len(x)) or resize(x, shape))
+    chunked = segmenter.segment(image, progress=False, chunk=2)
+    assert rows == [2, 2, 2]  # 5 slices: 2 + 2 + 1 padded to 2
+    np.testing.assert_array_equal(chunked, whole)

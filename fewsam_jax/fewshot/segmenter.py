@@ -325,7 +325,7 @@ class FewShotSegmenter:
             images = None if slices is None else branch_images(slices, config, self.sam_config, indices)
             logits, presence = predict_logits(self.decoder, self.tokens, entry.load(indices), images=images)
             logits = logits - self.thresholds[None, :, None, None]
-            yield start, logits_to_native(logits, entry.slice_shape), presence
+            yield start, _native_chunk(logits, entry.slice_shape, chunk), presence
 
     def predict_volume(self, volume: Volume, cache: Any = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Per-class logits on the slice grid, shifted so 0 is each class's calibrated threshold,
@@ -463,6 +463,16 @@ class FewShotSegmenter:
         if model is not None:
             segmenter.use_model(model)
         return segmenter
+
+
+def _native_chunk(logits: np.ndarray, slice_shape: tuple[int, int], chunk: int) -> np.ndarray:
+    """:func:`logits_to_native` of a chunk's (n <= chunk, K, L, L) logits, padded to ``chunk`` rows first, so
+    every chunk of every volume with this slice shape runs one compiled resize (a shorter last chunk would
+    trace and compile another)."""
+    n = len(logits)
+    if n < chunk:
+        logits = np.concatenate([logits, np.zeros((chunk - n, *logits.shape[1:]), logits.dtype)])
+    return logits_to_native(logits, slice_shape)[:n]
 
 
 @dataclasses.dataclass
