@@ -1,12 +1,22 @@
 """Start-up of the command line: ``fewsam --help``, and ``fewsam segment`` of one cached volume without, then
-with JAX's persistent compilation cache (:mod:`fewsam_jax.home`), cold (first process) and warm (later ones).
+with JAX's persistent compilation cache (:mod:`fewsam_jax.home`), cold (first process) and warm (later ones);
+then where a warm process spends its time.
 
 Every run is a fresh ``python -m fewsam_jax.cli`` subprocess timed end to end (wall clock, start-up, imports,
-model and decoder load, compiles, inference, writing the label map). The compilation cache is a new temporary
-folder, so "cold" really compiles; the embedding cache is only read (``--cache``, default ``$FEWSAM_HOME``'s).
+model and decoder load, compiles, inference, writing the label map). Each tree gets a new temporary compilation
+cache, so "cold" really compiles; the embedding cache is only read (``--cache``, default ``$FEWSAM_HOME``'s).
 The load average is read before and after every run.
 
+With ``--baseline TREE`` (another checkout of the project, e.g. ``git worktree add /tmp/old COMMIT``) every run
+is made for that tree and for this one in turn, so the two are compared under the same load.
+
+The phase breakdown runs in one process per tree (warm compilation cache): imports, decoder load, the first
+``segment`` of the volume (tracing, compiled programs loaded, inference), a second one (inference alone), and
+the decoder by itself on the volume's cached embeddings (``fewshot.infer.predict_logits``): what no start-up
+work can remove.
+
     python -m bench.startup --image IMG.nii.gz --decoder DECODER_DIR [--model MODEL_DIR] [--cache EMB_CACHE]
+                            [--baseline TREE]
 
 Results go to the "Start-up and compilation cache" section of ``bench/RESULTS.md`` (between its markers) and
 to ``bench/results/startup.json``; ``--out DIR`` writes DIR/RESULTS.md and DIR/results/startup.json instead.
@@ -16,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import subprocess
 import sys
@@ -23,19 +34,31 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.sections import BENCH, machine_info, save_report
-
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- startup:start -->", "<!-- startup:end -->"
+KINDS = {"off": "`fewsam segment`, compilation cache off", "cold": "`fewsam segment`, cache cold (1st process)",
+         "warm": "`fewsam segment`, cache warm"}
+PHASES = {"imports": "imports", "load": "decoder load", "segment_first": "1st `segment` (trace, load programs, run)",
+          "segment_second": "2nd `segment` (inference only)", "decode": "decoder alone on the cached embeddings"}
 
 
-def timed_run(args: list[str], env: dict[str, str]) -> dict:
-    """Wall seconds of ``python -m fewsam_jax.cli ARGS`` in a fresh process, with the 1-minute load before/after."""
-    load_before = os.getloadavg()[0]
+def load1() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def tree_env(env: dict[str, str], tree: Path) -> dict[str, str]:
+    """``env`` with ``tree`` first on PYTHONPATH, so a process started in ``tree`` runs that tree's code."""
+    return {**env, "PYTHONPATH": os.pathsep.join([str(tree), *filter(None, [env.get("PYTHONPATH")])])}
+
+
+def timed_run(args: list[str], env: dict[str, str], tree: Path = ROOT) -> dict:
+    """Wall seconds of ``python -m fewsam_jax.cli ARGS`` in a fresh process started in ``tree``, with the
+    1-minute load before/after."""
+    load_before = load1()
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "fewsam_jax.cli", *args], cwd=ROOT, env=env, check=True,
+    subprocess.run([sys.executable, "-m", "fewsam_jax.cli", *args], cwd=tree, env=tree_env(env, tree), check=True,
                    stdout=subprocess.DEVNULL)
-    return {"wall_s": round(time.perf_counter() - start, 3), "load": [load_before, os.getloadavg()[0]]}
+    return {"wall_s": round(time.perf_counter() - start, 3), "load": [load_before, load1()]}
 
 
 def folder_stats(folder: Path) -> dict:
@@ -43,59 +66,157 @@ def folder_stats(folder: Path) -> dict:
     return {"files": len(files), "mb": round(sum(p.stat().st_size for p in files) / 2**20, 2)}
 
 
-def measure(image: str, decoder: str, model: str | None, cache: str | None, warm_runs: int, work: Path) -> dict:
-    """Best-of-5 ``--help``; then ``segment`` with the compilation cache off, cold and ``warm_runs`` times warm."""
+def phases_worker(image: str, decoder: str, model: str | None, cache: str | None) -> dict:
+    """Seconds of each phase (:data:`PHASES`) in this process; uses only API that older trees have too."""
+    times, started = {}, time.perf_counter()
+    import fewsam_jax.cli  # noqa: F401  (what the command imports)
+    from fewsam_jax.fewshot import FewShotSegmenter
+    from fewsam_jax.home import enable_compilation_cache
+    from fewsam_jax.io import load_volume
+
+    enable_compilation_cache()
+    times["imports"] = time.perf_counter() - started
+    mark = time.perf_counter()
+    segmenter = FewShotSegmenter.load(decoder, model=model)
+    times["load"] = time.perf_counter() - mark
+    volume = load_volume(image)
+    for name in ("segment_first", "segment_second"):
+        mark = time.perf_counter()
+        segmenter.segment(volume, cache=cache, progress=False)
+        times[name] = time.perf_counter() - mark
+    from fewsam_jax.cache import embed_volume
+    from fewsam_jax.config import get_config
+    from fewsam_jax.fewshot.infer import predict_logits
+    from fewsam_jax.fewshot.segmenter import volume_images
+
+    base = segmenter._sam  # loaded by now in trees that always load it; read lazily (a cache hit) otherwise
+    if base is None:
+        from fewsam_jax.weights import LazyModel
+
+        base = LazyModel(segmenter.model_dir())
+    entry = embed_volume(volume, base, axis=segmenter.axis, intensity=segmenter.intensity, cache=cache,
+                         progress=False)
+    embeddings = entry.load()
+    images = volume_images(volume, segmenter.intensity, segmenter.axis, segmenter.decoder.config,
+                           get_config(segmenter.model_name))
+    mark = time.perf_counter()
+    predict_logits(segmenter.decoder, segmenter.tokens, embeddings, images=images)
+    times["decode"] = time.perf_counter() - mark
+    return {"seconds": {k: round(v, 3) for k, v in times.items()}, "slices": len(embeddings)}
+
+
+def run_phases(tree: Path, args: list[str], env: dict[str, str]) -> dict:
+    """:func:`phases_worker` in a fresh process running ``tree``'s library (this file's worker)."""
+    load_before = load1()
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--phases-worker", *args], cwd=tree,
+                         env=tree_env(env, tree), check=True, capture_output=True, text=True).stdout
+    report = json.loads(out.strip().splitlines()[-1])
+    report["load"] = [load_before, load1()]
+    return report
+
+
+def measure(image: str, decoder: str, model: str | None, cache: str | None, warm_runs: int, work: Path,
+            baseline: Path | None = None) -> dict:
+    """Best-of-5 ``--help``; ``segment`` with the compilation cache off, cold and ``warm_runs`` times warm; the
+    phases; each for ``baseline`` (when given) and this tree in turn."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") and k != "FEWSAM_JAX_CACHE"}
-    help_runs = [timed_run(["--help"], env) for _ in range(5)]
+    env.pop("PYTHONPATH", None)
+    trees = {"baseline": baseline, "current": ROOT} if baseline else {"current": ROOT}
+    help_runs = {name: [] for name in trees}
+    for _ in range(5):
+        for name, tree in trees.items():
+            help_runs[name].append(timed_run(["--help"], env, tree))
     segment = ["segment", image, "-o", str(work / "pred.nii.gz"), "--decoder", decoder, "--overwrite", "-q",
                *(["--model", model] if model else []), *(["--cache", cache] if cache else [])]
-    jax_cache = work / "jax_cache"
-    runs = {"off": [timed_run(segment, {**env, "FEWSAM_JAX_CACHE": "off"})]}
-    runs["cold"] = [timed_run(segment, {**env, "FEWSAM_JAX_CACHE": str(jax_cache)})]
-    cold_cache = folder_stats(jax_cache)
-    runs["warm"] = [timed_run(segment, {**env, "FEWSAM_JAX_CACHE": str(jax_cache)}) for _ in range(warm_runs)]
-    return {"help": help_runs, "segment": runs, "jax_cache_after_cold": cold_cache}
+    runs = {name: {"off": [], "cold": [], "warm": []} for name in trees}
+    caches = {name: work / f"jax_cache_{name}" for name in trees}
+    for kind in ["off", "cold"] + ["warm"] * warm_runs:
+        for name, tree in trees.items():
+            setting = "off" if kind == "off" else str(caches[name])
+            runs[name][kind].append(timed_run(segment, {**env, "FEWSAM_JAX_CACHE": setting}, tree))
+    worker_args = [image, decoder, model or "", cache or ""]
+    phases = {name: run_phases(tree, worker_args, {**env, "FEWSAM_JAX_CACHE": str(caches[name])})
+              for name, tree in trees.items()}
+    return {"help": help_runs, "segment": runs, "phases": phases,
+            "jax_cache_after_cold": {name: folder_stats(caches[name]) for name in trees},
+            "trees": {name: str(tree) for name, tree in trees.items()}}
+
+
+def _row(label: str, runs: list[dict | None]) -> str:
+    cells = [f"{r['wall_s']:.2f}" if r else "-" for r in runs]
+    loads = " ; ".join(f"{r['load'][0]:.2f} / {r['load'][1]:.2f}" for r in runs if r)
+    ratio = (f" | {runs[0]['wall_s'] / runs[1]['wall_s']:.2f}x" if len(runs) == 2 and all(runs) else
+             (" | " if len(runs) == 2 else ""))
+    return f"| {label} | {' | '.join(cells)}{ratio} | {loads} |"
 
 
 def section(report: dict) -> str:
     m = report["machine"]
-    help_best = min(r["wall_s"] for r in report["help"])
-    loads = [x for r in report["help"] for x in r["load"]] + [
-        x for runs in report["segment"].values() for r in runs for x in r["load"]]
+    names = list(report["segment"])
+    loads = [x for runs in report["help"].values() for r in runs for x in r["load"]] + [
+        x for tree in report["segment"].values() for runs in tree.values() for r in runs for x in r["load"]]
+    compared = len(names) == 2
+    header = ("| run | before (baseline) s | after (this tree) s | speed-up | load before / after |" if compared
+              else "| run | wall s | load before / after |")
     lines = [START, "## Start-up and compilation cache", "",
              (f"Written by `python -m bench.startup` on {report['date']} ({m['cpu']}, {m['cores']} cores; "
               f"jax {m['versions']['jax']}); 1-minute load {min(loads):.2f}-{max(loads):.2f} during the runs."),
              (f"Image `{report['image']}`, decoder `{report['decoder']}`; embeddings already cached. Every row is a "
-              "fresh process, timed end to end."), "",
-             "| run | wall s | load before / after |", "|---|---|---|",
-             (f"| `fewsam --help` (best of 5) | {help_best:.2f} | "
-              f"{report['help'][0]['load'][0]:.2f} / {report['help'][-1]['load'][1]:.2f} |")]
-    names = {"off": "`fewsam segment`, compilation cache off", "cold": "`fewsam segment`, cache cold (1st process)",
-             "warm": "`fewsam segment`, cache warm"}
-    for kind, runs in report["segment"].items():
-        for i, run in enumerate(runs):
+              "fresh process, timed end to end" + (
+                  f"; \"before\" is `{report['trees']['baseline']}`"
+                  f"{' (' + report['baseline_label'] + ')' if report.get('baseline_label') else ''}, run in turn "
+                  "with this tree under the same load." if compared else ".")), "",
+             header, "|---|" + "---|" * (4 if compared else 2)]
+    best = {name: min(report["help"][name], key=lambda r: r["wall_s"]) for name in names}
+    lines.append(_row("`fewsam --help` (best of 5)", [best[n] for n in names]))
+    for kind, label in KINDS.items():
+        for i in range(len(report["segment"][names[-1]][kind])):
             suffix = f" (process {i + 2})" if kind == "warm" else ""
-            load = f"{run['load'][0]:.2f} / {run['load'][1]:.2f}"
-            lines.append(f"| {names[kind]}{suffix} | {run['wall_s']:.2f} | {load} |")
+            lines.append(_row(label + suffix, [report["segment"][n][kind][i] for n in names]))
     stats = report["jax_cache_after_cold"]
-    lines += ["", f"After the cold run the compilation cache held {stats['files']} files, {stats['mb']} MB.", END]
+    lines += ["", "After the cold run the compilation cache held " + ", ".join(
+        f"{stats[n]['files']} files, {stats[n]['mb']} MB ({n})" for n in names) + "."]
+    if report.get("phases"):
+        phases = report["phases"]
+        lines += ["", "Where a warm process spends its time (one process per tree, seconds):", "",
+                  "| phase | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for key, label in PHASES.items():
+            lines.append(f"| {label} | " + " | ".join(f"{phases[n]['seconds'][key]:.2f}" for n in names) + " |")
+        lines.append("| 1-minute load before / after | " + " | ".join(
+            f"{phases[n]['load'][0]:.2f} / {phases[n]['load'][1]:.2f}" for n in names) + " |")
+        cur = phases[names[-1]]
+        lines += ["", (f"The decoder alone ({cur['slices']} slices, batches of 8, the last padded) took "
+                       f"{cur['seconds']['decode']:.2f} s in this tree's process: the part of `fewsam segment` that no "
+                       "start-up work removes.")]
+    lines.append(END)
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--phases-worker"]:
+        image, decoder, model, cache = argv[1:5]
+        print(json.dumps(phases_worker(image, decoder, model or None, cache or None)))
+        return 0
     parser = argparse.ArgumentParser(prog="python -m bench.startup", description=__doc__.split("\n\n")[0])
     parser.add_argument("--image", required=True, help="a volume whose embeddings are cached")
     parser.add_argument("--decoder", required=True, help="a trained decoder folder")
     parser.add_argument("--model", help="base model folder (default: found by the decoder's weights id)")
     parser.add_argument("--cache", help="embedding cache folder (read only here; default $FEWSAM_HOME/embeddings)")
     parser.add_argument("--warm-runs", type=int, default=2, help="warm-cache processes (default 2)")
-    parser.add_argument("--out", type=Path, default=BENCH, help="folder of RESULTS.md and results/ (default bench/)")
+    parser.add_argument("--baseline", type=Path, help="another checkout of the project, measured in turn with this one")
+    parser.add_argument("--baseline-label", default="", help="what the baseline is (e.g. a commit), for the report")
+    parser.add_argument("--out", type=Path, default=None, help="folder of RESULTS.md and results/ (default bench/)")
     args = parser.parse_args(argv)
+    from bench.sections import BENCH, machine_info, save_report
+
     with tempfile.TemporaryDirectory(prefix="fewsam_startup_") as work:
-        report = measure(args.image, args.decoder, args.model, args.cache, args.warm_runs, Path(work))
+        report = measure(args.image, args.decoder, args.model, args.cache, args.warm_runs, Path(work),
+                         args.baseline.resolve() if args.baseline else None)
     report.update(date=datetime.date.today().isoformat(), machine=machine_info(), image=args.image,
-                  decoder=args.decoder, command="python -m bench.startup " + " ".join(argv or sys.argv[1:]))
-    save_report("startup", report, section(report), START, END, args.out)
+                  decoder=args.decoder, baseline_label=args.baseline_label,
+                  command="python -m bench.startup " + " ".join(argv))
+    save_report("startup", report, section(report), START, END, args.out or BENCH)
     print(section(report))
     return 0
 

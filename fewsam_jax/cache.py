@@ -55,6 +55,7 @@ caller asking for another.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -72,8 +73,9 @@ import zarr
 from filelock import FileLock, Timeout
 from zarr.codecs import ZstdCodec
 
-from fewsam_jax.encode import SliceEncoder
+from fewsam_jax.encode import SliceEncoder, check_dtype, embedding_shape
 from fewsam_jax.io import Volume, check_axis, from_array, get_slices, load_volume
+from fewsam_jax.model_dir import LazyModel
 from fewsam_jax.modeling.sam import Sam
 from fewsam_jax.outputs import FewSamError, OutputError, write_text
 from fewsam_jax.preprocess import Intensity
@@ -510,9 +512,57 @@ def _create_entry(path: Path, shape: tuple[int, ...], meta: dict) -> None:
     _write_json(path / "meta.json", meta)
 
 
+def _as_volume(volume: Volume | np.ndarray | str | os.PathLike) -> Volume:
+    if isinstance(volume, Volume):
+        return volume
+    if isinstance(volume, np.ndarray):
+        return from_array(volume)
+    return load_volume(volume)
+
+
+def _model_identity(model: Sam | SliceEncoder | LazyModel, batch_size: int,
+                    dtype: str) -> tuple[str, str, str, tuple[int, int, int]]:
+    """(model name, weights id, compute dtype, embedding shape) that an entry of ``model`` is keyed and shaped by,
+    without building an encoder (a SliceEncoder's own dtype wins over ``dtype``)."""
+    if isinstance(model, SliceEncoder):
+        return model.model_name, model.weights_id, model.dtype, tuple(model.embedding_shape)
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return model.config.name, model.weights_id, check_dtype(dtype), embedding_shape(model.config)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedVolume:
+    """A volume read, normalised and keyed for one model by :func:`prepare_volume`: the host-side work of
+    :func:`embed_volume`, which takes it in place of the volume (so a reader thread can prepare the next
+    volume while the encoder runs).
+
+    ``slices``: (N, H, W) float32 in [0, 1], the volume's slices along ``settings``' axis after its intensity
+    mapping; ``key``: the cache entry's key; ``settings``: (model name, weights id, compute dtype, intensity
+    key, axis) it was prepared for, checked by :func:`embed_volume`."""
+
+    volume: Volume
+    slices: np.ndarray
+    key: str
+    settings: tuple[str, str, str, str, int]
+
+
+def prepare_volume(volume: Volume | np.ndarray | str | os.PathLike, model: Sam | SliceEncoder | LazyModel, *,
+                   axis: int = 2, intensity: Intensity | str = "percentile", dtype: str = "float32") -> PreparedVolume:
+    """Read ``volume`` (as :func:`embed_volume` does), apply ``intensity``, slice it along ``axis`` and compute
+    its cache key for ``model`` (never loads a LazyModel's weights); arguments as :func:`embed_volume`'s."""
+    vol = _as_volume(volume)
+    intensity = Intensity.coerce(intensity)
+    axis = check_axis(axis)
+    model_name, weights_id, dtype, _ = _model_identity(model, 1, dtype)
+    key = entry_key(vol.array, model_name, weights_id, intensity.key(), axis, dtype)
+    return PreparedVolume(vol, get_slices(intensity.apply(vol.array), axis), key,
+                          (model_name, weights_id, dtype, intensity.key(), axis))
+
+
 def embed_volume(
-    volume: Volume | np.ndarray | str | os.PathLike,
-    model: Sam | SliceEncoder,
+    volume: Volume | np.ndarray | str | os.PathLike | PreparedVolume,
+    model: Sam | SliceEncoder | LazyModel,
     *,
     axis: int = 2,
     intensity: Intensity | str = "percentile",
@@ -526,9 +576,13 @@ def embed_volume(
     """Embeds the slices of ``volume`` along ``axis`` into the cache; only missing slices are computed.
 
     Args:
-      volume: a Volume, an (X, Y, Z) array (see ``io.from_array``) or a path for ``io.load_volume``.
-      model: a ``Sam`` (its encoder is compiled once per model, batch size and dtype) or a SliceEncoder
-        (then ``batch_size`` and ``dtype`` are the encoder's).
+      volume: a Volume, an (X, Y, Z) array (see ``io.from_array``), a path for ``io.load_volume``, or a
+        :class:`PreparedVolume` (already read and normalised; prepared with this call's model, dtype,
+        intensity and axis, else ValueError).
+      model: a ``Sam`` (its encoder is compiled once per model, batch size and dtype), a SliceEncoder
+        (then ``batch_size`` and ``dtype`` are the encoder's) or a :class:`~fewsam_jax.model_dir.LazyModel`,
+        loaded only when a slice has to be encoded (a cache hit never reads its weights). With a ``Sam``
+        or LazyModel the encoder is built only when a slice is missing.
       axis: 0 sagittal, 1 coronal, 2 axial; slices as ``io.get_slices``.
       intensity: an Intensity or a spec for ``Intensity.parse`` ("soft_tissue", "window:40,400",
         "percentile", "minmax"), applied to the whole volume.
@@ -546,12 +600,8 @@ def embed_volume(
     >>> entry[40].shape                                  # axial slice 40
     (64, 64, 256)
     """
-    if isinstance(volume, Volume):
-        vol = volume
-    elif isinstance(volume, np.ndarray):
-        vol = from_array(volume)
-    else:
-        vol = load_volume(volume)
+    prepared = volume if isinstance(volume, PreparedVolume) else None
+    vol = prepared.volume if prepared is not None else _as_volume(volume)
     intensity = Intensity.coerce(intensity)
     axis = check_axis(axis)
     num_slices = vol.shape[axis]
@@ -561,12 +611,19 @@ def embed_volume(
             wanted = np.unique(wanted[np.asarray(slices, dtype=np.int64).reshape(-1)])
         except IndexError:
             raise ValueError(f"slices {list(slices)} out of range for {num_slices} slices along axis {axis}") from None
-    encoder = model if isinstance(model, SliceEncoder) else _encoder_for(model, batch_size, dtype)
+    model_name, weights_id, dtype, shape = _model_identity(model, batch_size, dtype)
     cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(cache)
     storage = check_storage(storage or cache.storage)
-    cache.check_writable(encoder.model_name)
-    key = entry_key(vol.array, encoder.model_name, encoder.weights_id, intensity.key(), axis, encoder.dtype)
-    path = cache.entry_path(encoder.model_name, key)
+    cache.check_writable(model_name)
+    if prepared is not None:
+        asked = (model_name, weights_id, dtype, intensity.key(), axis)
+        if prepared.settings != asked:
+            raise ValueError(f"volume: prepared for (model, weights, dtype, intensity, axis) {prepared.settings}, "
+                             f"but this call asks for {asked}; prepare it with the same settings")
+        key = prepared.key
+    else:
+        key = entry_key(vol.array, model_name, weights_id, intensity.key(), axis, dtype)
+    path = cache.entry_path(model_name, key)
     with contextlib.suppress(FileNotFoundError, CacheCorruptionError):  # damage is repaired below, under the lock
         entry = CachedEmbeddings(path)
         if entry.done()[wanted].all() and not entry.verify(wanted):
@@ -574,7 +631,7 @@ def embed_volume(
     cache._mark()
     held = _acquire(path.with_name(key + ".lock"))
     try:
-        images = get_slices(intensity.apply(vol.array), axis)
+        images = prepared.slices if prepared is not None else get_slices(intensity.apply(vol.array), axis)
         if path.exists() and not _is_entry(path):
             raise OutputError(f"{path} holds files that are not a cache entry's; it is left alone. Move it away "
                               "or use another --cache")
@@ -582,7 +639,7 @@ def embed_volume(
         if (path / "meta.json").is_file():
             try:
                 entry = CachedEmbeddings(path, _writable=True)
-                if entry.num_slices != num_slices or entry.embedding_shape != tuple(encoder.embedding_shape):
+                if entry.num_slices != num_slices or entry.embedding_shape != shape:
                     raise CacheCorruptionError(f"{path}: meta.json describes {entry.num_slices} slices of "
                                                f"{entry.embedding_shape}, not this volume's")
             except CacheCorruptionError as err:
@@ -594,9 +651,9 @@ def embed_volume(
                 "format": FORMAT_VERSION,
                 "storage": storage,
                 "key": key,
-                "model": encoder.model_name,
-                "weights_id": encoder.weights_id,
-                "compute_dtype": encoder.dtype,
+                "model": model_name,
+                "weights_id": weights_id,
+                "compute_dtype": dtype,
                 "intensity": intensity.key(),
                 "axis": axis,
                 "num_slices": num_slices,
@@ -607,7 +664,7 @@ def embed_volume(
                 "checksums": CHECKSUMS_NOTE,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
-            _create_entry(path, (num_slices, *encoder.embedding_shape), meta)
+            _create_entry(path, (num_slices, *shape), meta)
             entry = CachedEmbeddings(path, _writable=True)
         problems = entry.verify(wanted)
         if problems:
@@ -620,6 +677,8 @@ def embed_volume(
             entry.repaired = bad
         missing = wanted[~entry.done()[wanted]]
         if missing.size:
+            encoder = model if isinstance(model, SliceEncoder) else _encoder_for(
+                model.load() if isinstance(model, LazyModel) else model, batch_size, dtype)
             name = Path(vol.source).name if vol.source else "array"
             batches = encoder.iter_batches(images[missing], progress, desc=f"embed {name}")
             for start, embeddings in batches:

@@ -12,32 +12,47 @@ DEFAULT_MODEL = "litemedsam"  # as fewsam_jax.weights.DEFAULT_MODEL; not importe
 STORAGES = ("float16", "q8", "q6", "q4")  # as fewsam_jax.cache.STORAGES (tested), for the same reason
 
 
-def _embed(args: argparse.Namespace) -> None:
-    from fewsam_jax.cache import EmbeddingCache, embed_volume
-    from fewsam_jax.io import load_volume
-    from fewsam_jax.weights import load_model
+def _base_model(name: str):
+    """The model of ``--model``: a converted folder (or the default preset's, converted if absent) as a
+    LazyModel, read only when a slice is missing from the cache; another preset through ``load_model``."""
+    from fewsam_jax import weights
 
-    volume = load_volume(args.image)  # bad inputs and outputs fail before the model loads
+    if weights.is_model_dir(name):
+        return weights.LazyModel(name)
+    if name == DEFAULT_MODEL:
+        return weights.LazyModel(weights.cached_model_dir(name))
+    return weights.load_model(name)
+
+
+def _embed(args: argparse.Namespace) -> None:
+    import time
+
+    from fewsam_jax.cache import EmbeddingCache
+    from fewsam_jax.cohort import embed_cases, find_cases
+
+    cases = find_cases(args.image, channel=args.channel)  # bad inputs fail before the model loads
     intensity = Intensity.parse(args.window or args.intensity)
     cache = EmbeddingCache(args.cache, storage=args.storage)
     cache.check_writable()
-    entry = embed_volume(
-        volume,
-        load_model(args.model),
-        axis=args.axis,
-        intensity=intensity,
-        cache=cache,
-        batch_size=args.batch_size,
-        dtype=args.dtype,
-        progress=not args.quiet,
-    )
-    computed = len(entry.computed)
-    repaired = f" ({len(entry.repaired)} of them re-encoded: corrupt in the cache)" if len(entry.repaired) else ""
-    print(
-        f"{entry.num_slices} slices of {entry.slice_shape[0]}x{entry.slice_shape[1]} along axis {entry.axis}: "
-        f"{computed} encoded{repaired}, {entry.num_slices - computed} from the cache (verified); embeddings "
-        f"{entry.embedding_shape} {entry.storage} in {entry.path}"
-    )
+    if args.prefetch < 0:
+        raise ValueError(f"--prefetch: expected 0 or more volumes to read ahead, got {args.prefetch}")
+    started, slices, encoded = time.perf_counter(), 0, 0
+    for _, entry in embed_cases(cases, _base_model(args.model), cache=cache, axis=args.axis, intensity=intensity,
+                                batch_size=args.batch_size, dtype=args.dtype, prefetch=args.prefetch,
+                                progress=not args.quiet):
+        computed = len(entry.computed)
+        slices, encoded = slices + entry.num_slices, encoded + computed
+        repaired = (f" ({len(entry.repaired)} of them re-encoded: corrupt in the cache)"
+                    if len(entry.repaired) else "")
+        print(
+            f"{entry.num_slices} slices of {entry.slice_shape[0]}x{entry.slice_shape[1]} along axis {entry.axis}: "
+            f"{computed} encoded{repaired}, {entry.num_slices - computed} from the cache (verified); embeddings "
+            f"{entry.embedding_shape} {entry.storage} in {entry.path}"
+        )
+    if len(cases) > 1:
+        seconds = time.perf_counter() - started
+        print(f"{len(cases)} volumes, {slices} slices: {encoded} encoded, {slices - encoded} from the cache, "
+              f"in {seconds:.1f} s ({encoded / seconds:.2f} slices encoded per second)")
 
 
 def _cache_info(args: argparse.Namespace) -> None:
@@ -73,12 +88,20 @@ def register(commands: argparse._SubParsersAction) -> None:
     cache_help = "cache root (default: $FEWSAM_HOME/embeddings)"
     embed = commands.add_parser(
         "embed",
-        help="encode every slice of a volume into the embedding cache (resumable)",
-        description="Encode every 2D slice of IMAGE along --axis with the model's frozen image encoder "
-        "and store the embeddings (float16, or quantized with --storage) in the content-addressed cache; "
-        "rerunning computes only missing slices.",
+        help="encode every slice of volumes (files or folders) into the embedding cache (resumable)",
+        description="Encode every 2D slice of each IMAGE (or of every volume in a folder) along --axis with the "
+        "model's frozen image encoder and store the embeddings (float16, or quantized with --storage) in the "
+        "content-addressed cache; rerunning computes only missing slices, and the model's weights are read only "
+        "when a slice is missing.",
     )
-    embed.add_argument("image", help="NIfTI, DICOM folder/file, .npy, PNG or JPEG")
+    embed.add_argument("image", nargs="+",
+                       help="NIfTI, DICOM folder/file, .npy, PNG or JPEG, or folders of them (every volume is "
+                       "embedded, in name order; nnU-Net CASE_XXXX files: --channel only)")
+    embed.add_argument("--channel", type=int, default=0,
+                       help="in folders of nnU-Net channel files (CASE_XXXX), the channel to embed (default 0)")
+    embed.add_argument("--prefetch", type=int, default=1,
+                       help="volumes read and normalised ahead, in a background thread, while the current one "
+                       "is encoded (default 1; 0 reads each in turn)")
     embed.add_argument("--model", default=DEFAULT_MODEL, help=f"preset name or converted model directory (default {DEFAULT_MODEL})")
     embed.add_argument("--axis", type=int, default=2, choices=(0, 1, 2), help="slicing axis: 0 sagittal, 1 coronal, 2 axial (default)")
     intensity = embed.add_mutually_exclusive_group()

@@ -22,9 +22,11 @@ import json
 import logging
 import math
 import os
+import queue
 import re
+import threading
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -48,6 +50,16 @@ _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 class CohortError(FewSamError, ValueError):
     """Inputs that do not form a cohort as asked (no cases, two cases of one name, a bad part...)."""
+
+
+class CaseReadError(FewSamError, ValueError):
+    """A case's image could not be read or prepared; the message names the file (the reader's error is the
+    ``__cause__``)."""
+
+    def __init__(self, image: str | os.PathLike, error: BaseException):
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        super().__init__(f"{image}: cannot read this image ({type(error).__name__}: {detail})")
+        self.image = Path(image)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,3 +386,99 @@ def segment_cases(segmenter, cases: Sequence[Case], out_dir: str | os.PathLike, 
                                         postprocess=postprocess, progress=progress))
         log.info("[%d/%d] %s: labels written to %s", i, len(todo), case.name, out)
     return {"written": written, "skipped": [out for _, out in done]}
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+_DONE = object()
+
+
+def read_ahead(items: Iterable[T], read: Callable[[T], R], depth: int = 1,
+               name: Callable[[T], str | os.PathLike] = str) -> Iterator[tuple[T, R]]:
+    """``(item, read(item))`` for each of ``items`` in order, ``read`` running in one background thread up to
+    ``depth`` items ahead of the consumer, so reading the next volume overlaps whatever the consumer does
+    with the current one (encoding it). At most ``depth`` results wait in the queue, one more is being read
+    and one is with the consumer: memory stays bounded whatever the number of items.
+
+    An exception in ``read`` is raised in the consumer, at that item, as :class:`CaseReadError` naming
+    ``name(item)`` (KeyboardInterrupt and other BaseExceptions pass unchanged); items after it are not
+    read. Closing the generator early (``break``, an error in the consumer) stops the thread.
+    """
+    if int(depth) < 1:
+        raise ValueError(f"depth: expected a positive number of items to read ahead, got {depth}")
+    slots: queue.Queue = queue.Queue(maxsize=int(depth))
+    stop = threading.Event()
+
+    def put(value) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def worker() -> None:
+        item = None
+        try:
+            for item in items:
+                if stop.is_set() or not put((item, read(item), None)):
+                    return
+        except BaseException as err:  # handed to the consumer, which raises it with the file's name
+            put((item, None, err))
+            return
+        put(_DONE)
+
+    thread = threading.Thread(target=worker, name="fewsam-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                got = slots.get(timeout=0.5)
+            except queue.Empty:
+                if not thread.is_alive() and slots.empty():
+                    raise RuntimeError("read_ahead: the reader thread ended without a result") from None
+                continue
+            if got is _DONE:
+                return
+            item, result, error = got
+            if isinstance(error, Exception):
+                raise CaseReadError(name(item), error) from error
+            if error is not None:
+                raise error
+            yield item, result
+    finally:
+        stop.set()
+        thread.join()
+
+
+def embed_cases(cases: Sequence[Case], model: Any, *, cache: Any = None, axis: int = 2,
+                intensity: Any = "percentile", batch_size: int = 4, dtype: str = "float32",
+                storage: str | None = None, prefetch: int = 1, progress: bool = True) -> Iterator[tuple[Case, Any]]:
+    """Embed every case's slices into the cache (:func:`fewsam_jax.cache.embed_volume`), yielding
+    ``(case, entry)`` in order.
+
+    ``model``: a ``Sam``, a SliceEncoder or a LazyModel (loaded at the first missing slice). With
+    ``prefetch`` >= 1, a background thread reads and normalises the next ``prefetch`` volumes
+    (:func:`fewsam_jax.cache.prepare_volume`) while the current one is encoded (:func:`read_ahead`); 0 reads
+    each volume in turn. Both give the same cache entries. A case that cannot be read raises
+    :class:`CaseReadError` naming its image."""
+    from fewsam_jax.cache import prepare_volume, embed_volume  # lazy: cohort stays importable without jax
+
+    def prepare(case: Case):
+        return prepare_volume(case.image, model, axis=axis, intensity=intensity, dtype=dtype)
+
+    if prefetch:
+        prepared = read_ahead(cases, prepare, depth=prefetch, name=lambda case: case.image)
+    else:
+        prepared = ((case, _read_now(prepare, case)) for case in cases)
+    for case, volume in prepared:
+        yield case, embed_volume(volume, model, axis=axis, intensity=intensity, cache=cache,
+                                 batch_size=batch_size, dtype=dtype, storage=storage, progress=progress)
+
+
+def _read_now(prepare: Callable[[Case], R], case: Case) -> R:
+    try:
+        return prepare(case)
+    except Exception as err:
+        raise CaseReadError(case.image, err) from err

@@ -65,6 +65,18 @@ def check_slices(slices: np.ndarray) -> np.ndarray:
     return slices
 
 
+def embedding_shape(config) -> tuple[int, int, int]:
+    """(E, E, C) of one slice's embedding by a model of ``config`` (a :class:`~fewsam_jax.config.SamConfig`)."""
+    return (config.embedding_size, config.embedding_size, config.prompt_embed_dim)
+
+
+def check_dtype(dtype: str) -> str:
+    """``dtype`` if it is one of :data:`DTYPES`' names; ValueError naming the choices otherwise."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
+    return dtype
+
+
 class SliceEncoder:
     """A frozen image encoder compiled for fixed-size batches of 2D slices.
 
@@ -80,8 +92,7 @@ class SliceEncoder:
     """
 
     def __init__(self, model: Sam, batch_size: int = 4, dtype: str = "float32", devices: Sequence | None = None):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
+        check_dtype(dtype)
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         devices = list(jax.local_devices() if devices is None else devices)
@@ -117,7 +128,7 @@ class SliceEncoder:
     @property
     def embedding_shape(self) -> tuple[int, int, int]:
         """(E, E, C) of one slice's embedding."""
-        return (self.config.embedding_size, self.config.embedding_size, self.config.prompt_embed_dim)
+        return embedding_shape(self.config)
 
     def _device_batch(self, chunk: np.ndarray) -> jax.Array:
         """(b <= batch_size, H, W[, C]) validated slices -> sharded (batch_size, H, W, C) 0-255 float32."""

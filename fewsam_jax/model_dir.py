@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import weakref
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from fewsam_jax.config import get_config
+from fewsam_jax.config import SamConfig, get_config
 from fewsam_jax.modeling.sam import Sam
 from fewsam_jax.outputs import ChecksumError, read_json_object, sha256_file, tree_checksums, verify_checksums, write_dir
 
@@ -95,33 +96,80 @@ def is_model_dir(path: str | os.PathLike) -> bool:
     return (path / "config.json").is_file() and (path / "state").is_dir()
 
 
+class ShapeRngs:
+    """Stands in for ``nnx.Rngs`` when a module is built only for its shapes (inside ``nnx.eval_shape``):
+    ``params()`` always returns the same key. Shapes and dtypes do not depend on the key, and the values
+    are replaced by restored ones; unlike ``nnx.Rngs`` it keeps no counter, whose traced updates make
+    flax's abstract build quadratic in the number of parameters."""
+
+    def params(self) -> jax.Array:
+        return jax.random.key(0)
+
+
+def abstract_model(config: SamConfig, weights_id: str = "random-init") -> Sam:
+    """A shape-only ``Sam`` of ``config`` (every array a ``jax.ShapeDtypeStruct``), to restore weights into."""
+    return nnx.eval_shape(lambda: Sam(config, rngs=ShapeRngs(), weights_id=weights_id))
+
+
 def load_model_dir(directory: str | os.PathLike) -> Sam:
     """Restore a model saved by :func:`save_model` into an abstract (shape-only) model.
 
     Raises FileNotFoundError when ``directory`` is not a model folder, ChecksumError when its
     config.json is malformed or a state file differs from its recorded SHA-256.
     """
+    directory = _check_model_dir(directory)
+    meta = _read_model_config(directory)
+    graphdef, abstract_state = nnx.split(abstract_model(get_config(meta["model"]), meta["weights_id"]))
+    return nnx.merge(graphdef, restore_pytree(directory / "state", abstract_state))
+
+
+def _check_model_dir(directory: str | os.PathLike) -> Path:
     directory = Path(directory)
     if not is_model_dir(directory):
         raise FileNotFoundError(
             f"{directory} is not a fewsam_jax model directory (expected config.json and state/ in it); "
             "create one with `fewsam convert`"
         )
-    meta = _read_model_config(directory)
-    cfg = get_config(meta["model"])
-    abstract = nnx.eval_shape(lambda: Sam(cfg, rngs=nnx.Rngs(0), weights_id=meta["weights_id"]))
-    graphdef, abstract_state = nnx.split(abstract)
-    return nnx.merge(graphdef, restore_pytree(directory / "state", abstract_state))
+    return directory
 
 
-def _read_model_config(directory: Path) -> dict[str, Any]:
-    """config.json, checked, with the state files verified against its checksums (when it has them:
-    folders converted before checksums existed load unverified)."""
+class LazyModel:
+    """A converted model folder whose weights are read on first use of :meth:`load`.
+
+    ``config`` (the preset's :class:`SamConfig`) and ``weights_id`` come from ``config.json`` alone, which is
+    all a cache look-up needs (:func:`fewsam_jax.cache.embed_volume` builds the encoder only when a slice
+    is missing). :meth:`load` is :func:`load_model_dir` (checksums verified then), once; ``loaded`` is
+    the model once loaded, else None. Thread-safe.
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = _check_model_dir(directory)
+        meta = _read_model_config(self.directory, verify=False)
+        self.config: SamConfig = get_config(meta["model"])
+        self.weights_id: str = meta["weights_id"]
+        self.loaded: Sam | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        state = "loaded" if self.loaded is not None else "not loaded"
+        return f"LazyModel({str(self.directory)!r}, {self.config.name}, {state})"
+
+    def load(self) -> Sam:
+        """The model, read from the folder on the first call."""
+        with self._lock:
+            if self.loaded is None:
+                self.loaded = load_model_dir(self.directory)
+            return self.loaded
+
+
+def _read_model_config(directory: Path, verify: bool = True) -> dict[str, Any]:
+    """config.json, checked, with (``verify``) the state files verified against its checksums (when it has
+    them: folders converted before checksums existed load unverified)."""
     path = directory / "config.json"
     meta = read_json_object(path, ChecksumError, "convert the model again")
     for key in ("model", "weights_id"):
         if not isinstance(meta.get(key), str):
             raise ChecksumError(f"{path}: key {key!r} missing or not a string; convert the model again")
-    if "checksums" in meta:
+    if verify and "checksums" in meta:
         verify_checksums(directory, meta["checksums"], "config.json")
     return meta

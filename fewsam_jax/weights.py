@@ -16,6 +16,9 @@ from typing import Any
 from fewsam_jax.config import get_config
 from fewsam_jax.home import fewsam_home  # noqa: F401  (re-exported: weights.fewsam_home, as before)
 from fewsam_jax.model_dir import (  # noqa: F401  (re-exported: the public names of model folders)
+    LazyModel,
+    ShapeRngs,
+    abstract_model,
     checkpoint_sha256,
     is_model_dir,
     load_model_dir,

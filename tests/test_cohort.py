@@ -285,3 +285,141 @@ def test_medsam_preset_is_vit_b_with_medsams_preprocessing():
     assert medsam.encoder == vit_b.encoder and medsam.preprocessing == "minmax" != vit_b.preprocessing
     assert "medsam" in cli.build_parser()._subparsers._group_actions[0].choices["convert"]._option_string_actions[
         "--model"].choices
+
+
+# ------------------------------------------------------------------------------------------ cached volumes
+
+
+def test_segmenting_a_cached_volume_never_reads_the_encoder(dataset, decoder, home, tmp_path, monkeypatch):
+    """The base model is read only when a slice is missing: a fully cached volume is segmented from the
+    decoder alone (no model weights read, no encoder built), to the same labels."""
+    import fewsam_jax.cache
+    import fewsam_jax.model_dir
+
+    monkeypatch.setenv("FEWSAM_HOME", str(home))
+    loads, encoders = [], []
+    load_model_dir, encoder_for = fewsam_jax.model_dir.load_model_dir, fewsam_jax.cache._encoder_for
+    monkeypatch.setattr(fewsam_jax.model_dir, "load_model_dir", lambda d: loads.append(d) or load_model_dir(d))
+    monkeypatch.setattr(fewsam_jax.cache, "_encoder_for", lambda *a: encoders.append(a) or encoder_for(*a))
+    image, cache = dataset / "imagesTs" / "case_003_0000.nii.gz", tmp_path / "cache"
+
+    first = FewShotSegmenter.load(decoder)
+    assert loads == [] and first._sam is None  # loading a decoder reads no model
+    expected = first.segment(image, cache=cache, progress=False)
+    assert loads == [home / "models" / "tiny-test"] and len(encoders) == 1  # nothing cached yet: encoded
+    assert first._sam is not None  # kept for the next volume
+
+    again = FewShotSegmenter.load(decoder)
+    labels = again.segment(image, cache=cache, progress=False)
+    assert len(loads) == 1 and len(encoders) == 1 and again._sam is None
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_decoder_shapes_come_from_the_prompt_side_alone(decoder, tiny_sam):
+    """FewShotSegmenter.load builds the decoder's shapes without the image encoder, to the state a decoder
+    built on the whole model has."""
+    import jax
+    from flax import nnx
+
+    from fewsam_jax.fewshot.decoder import FewShotDecoder
+
+    loaded = FewShotSegmenter.load(decoder, model=tiny_sam)
+    full = nnx.state(FewShotDecoder(tiny_sam, loaded.decoder.config, rngs=nnx.Rngs(0)))
+    shapes = lambda state: jax.tree.map(lambda x: (x.shape, str(x.dtype)), state)  # noqa: E731
+    assert shapes(nnx.state(loaded.decoder)) == shapes(full)
+
+
+# ------------------------------------------------------------------------------------------ fewsam embed
+
+
+def _entries(cache: Path) -> dict[str, np.ndarray]:
+    from fewsam_jax.cache import CachedEmbeddings
+
+    return {p.name: CachedEmbeddings(p).load() for p in sorted((cache / "tiny").iterdir()) if p.is_dir()}
+
+
+def test_embed_a_folder_reading_ahead_matches_reading_in_turn(dataset, home, tmp_path, capsys):
+    """`fewsam embed FOLDER`: every volume embedded once; reading the next volume in a background thread
+    (--prefetch, the default) gives the cache entries that reading each in turn gives."""
+    model = home / "models" / "tiny-test"
+    folder = dataset / "imagesTr"
+    common = ["embed", str(folder), "--model", str(model), "-q", "--batch-size", "2"]
+    assert cli.main([*common, "--cache", str(tmp_path / "ahead")]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": 5 encoded, 0 from the cache") == 3 and "3 volumes, 15 slices: 15 encoded" in out
+    assert cli.main([*common, "--cache", str(tmp_path / "in_turn"), "--prefetch", "0"]) == 0
+    ahead, in_turn = _entries(tmp_path / "ahead"), _entries(tmp_path / "in_turn")
+    assert len(ahead) == 3 and ahead.keys() == in_turn.keys()
+    for key in ahead:
+        np.testing.assert_array_equal(ahead[key], in_turn[key])
+    capsys.readouterr()
+    assert cli.main([*common, "--cache", str(tmp_path / "ahead")]) == 0  # all cached: nothing encoded
+    assert "3 volumes, 15 slices: 0 encoded, 15 from the cache" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("prefetch", ["1", "0"])
+def test_embed_names_the_file_it_cannot_read(dataset, home, tmp_path, capsys, prefetch):
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    (folder / "a_good.nii.gz").write_bytes((dataset / "imagesTr" / "case_000_0000.nii.gz").read_bytes())
+    (folder / "b_broken.nii.gz").write_bytes(b"not a NIfTI file")
+    rc = cli.main(["embed", str(folder), "--model", str(home / "models" / "tiny-test"), "-q",
+                   "--cache", str(tmp_path / "cache"), "--prefetch", prefetch])
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert f"{folder / 'b_broken.nii.gz'}: cannot read this image" in captured.err
+    assert "5 encoded" in captured.out  # the volume before it was embedded
+
+
+def test_read_ahead_keeps_order_bounds_memory_and_stops(tmp_path):
+    import threading
+    import time
+
+    from fewsam_jax.cohort import CaseReadError, read_ahead
+
+    started, consumed = [], []
+
+    def read(i):
+        started.append(i)
+        return i * 10
+
+    for item, value in read_ahead(range(8), read, depth=2):
+        time.sleep(0.02)  # the reader runs ahead while the consumer "encodes"
+        assert value == item * 10 and len(started) - item <= 1 + 2 + 1  # this item, the queue, one being read
+        consumed.append(item)
+    assert consumed == list(range(8))
+
+    def fail_at_3(i):
+        if i == 3:
+            raise OSError("unreadable")
+        return i
+
+    got = []
+    with pytest.raises(CaseReadError, match=r"case_3.nii.gz: cannot read this image \(OSError: unreadable\)"):
+        for item, _ in read_ahead(range(6), fail_at_3, name=lambda i: f"case_{i}.nii.gz"):
+            got.append(item)
+    assert got == [0, 1, 2]
+
+    before = threading.active_count()
+    for item, _ in read_ahead(range(100), lambda i: i):
+        if item == 2:
+            break
+    assert threading.active_count() == before  # closing the loop ends the reader thread
+    with pytest.raises(ValueError, match="depth: expected a positive number"):
+        next(read_ahead(range(3), read, depth=0))
+
+
+def test_every_chunk_resizes_at_one_shape(decoder, tiny_sam, dataset, monkeypatch):
+    """The last, shorter chunk is padded before the resize to the slice grid: one compiled resize per slice
+    shape, whatever the number of slices; the labels are those of one whole-volume chunk."""
+    import fewsam_jax.fewshot.segmenter as segmenter_module
+
+    segmenter = FewShotSegmenter.load(decoder, model=tiny_sam)
+    image = dataset / "imagesTs" / "case_004_0000.nii.gz"
+    whole = segmenter.segment(image, progress=False, chunk=SHAPE[2])
+    rows = []
+    resize = segmenter_module.logits_to_native
+    monkeypatch.setattr(segmenter_module, "logits_to_native", lambda x, shape: rows.append(len(x)) or resize(x, shape))
+    chunked = segmenter.segment(image, progress=False, chunk=2)
+    assert rows == [2, 2, 2]  # 5 slices: 2 + 2 + 1 padded to 2
+    np.testing.assert_array_equal(chunked, whole)

@@ -41,7 +41,7 @@ from fewsam_jax.fewshot.train import SupportSet, support_images, support_tokens,
 from fewsam_jax.export import itksnap_text, labels_json, require_pynrrd, sidecar_paths, write_seg_nrrd
 from fewsam_jax.io import Volume, from_array, get_slices, load_volume, save_labels, stack_slices
 from fewsam_jax.logs import tqdm
-from fewsam_jax.modeling.sam import Sam
+from fewsam_jax.modeling.sam import Sam, build_prompt_side
 from fewsam_jax.outputs import (
     ChecksumError,
     FewSamError,
@@ -54,6 +54,8 @@ from fewsam_jax.outputs import (
 )
 from fewsam_jax.preprocess import Intensity
 from fewsam_jax.weights import (
+    LazyModel,
+    ShapeRngs,
     find_model,
     is_model_dir,
     load_model,
@@ -292,6 +294,17 @@ class FewShotSegmenter:
             self._sam = load_model_dir(self.model_dir())
         return self._sam
 
+    @property
+    def sam_config(self) -> SamConfig:
+        """The base model's config (its preset), known without loading the model."""
+        return self._sam.config if self._sam is not None else get_config(self.model_name)
+
+    def base_model(self) -> Sam | LazyModel:
+        """The base model if loaded, else a :class:`~fewsam_jax.model_dir.LazyModel` of :meth:`model_dir`:
+        what :func:`~fewsam_jax.cache.embed_volume` needs, so a volume whose slices are all cached is
+        segmented without ever reading the image encoder's weights."""
+        return self._sam if self._sam is not None else LazyModel(self.model_dir())
+
     def iter_predictions(self, volume: Volume, cache: Any = None, progress: bool = True,
                          chunk: int = 32) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """:meth:`predict_volume` in chunks of ``chunk`` consecutive slices, so memory stays bounded by a
@@ -299,17 +312,20 @@ class FewShotSegmenter:
         ``start .. start + n - 1`` along ``axis``. Embeds the slices missing from the cache first."""
         if chunk < 1:
             raise ValueError(f"chunk: expected a positive number of slices, got {chunk}")
-        entry = embed_volume(volume, self.sam(), axis=self.axis, intensity=self.intensity, cache=cache,
+        model = self.base_model()
+        entry = embed_volume(volume, model, axis=self.axis, intensity=self.intensity, cache=cache,
                              progress=progress)
+        if isinstance(model, LazyModel) and model.loaded is not None:  # a slice was missing: keep the model
+            self._sam = model.loaded
         config = self.decoder.config
         slices = get_slices(self.intensity.apply(volume.array), self.axis) if config.image_features else None
         starts = range(0, len(entry), chunk)
         for start in tqdm(starts, desc="segment", disable=not progress, unit="chunk"):
             indices = np.arange(start, min(start + chunk, len(entry)))
-            images = None if slices is None else branch_images(slices, config, self.sam().config, indices)
+            images = None if slices is None else branch_images(slices, config, self.sam_config, indices)
             logits, presence = predict_logits(self.decoder, self.tokens, entry.load(indices), images=images)
             logits = logits - self.thresholds[None, :, None, None]
-            yield start, logits_to_native(logits, entry.slice_shape), presence
+            yield start, _native_chunk(logits, entry.slice_shape, chunk), presence
 
     def predict_volume(self, volume: Volume, cache: Any = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Per-class logits on the slice grid, shifted so 0 is each class's calibrated threshold,
@@ -416,8 +432,10 @@ class FewShotSegmenter:
         config, legacy = meta["decoder"], "fewshot" in meta
         sam_config = get_config(meta["model"])
 
-        def build():
-            decoder = FewShotDecoder(Sam(sam_config, rngs=nnx.Rngs(0)), config, rngs=nnx.Rngs(0))
+        def build():  # shape-only: the decoder takes only the prompt side of the base model
+            prompt_encoder, mask_decoder = build_prompt_side(sam_config, rngs=ShapeRngs())
+            base = _PromptSide(sam_config, prompt_encoder, mask_decoder)
+            decoder = FewShotDecoder(base, config, rngs=ShapeRngs())
             if legacy:  # decoders saved with a flat "fewshot" config hold the removed similarity prior's vector
                 decoder.similarity_embed = nnx.Param(jnp.zeros((sam_config.prompt_embed_dim,), jnp.float32))
             return decoder
@@ -445,6 +463,26 @@ class FewShotSegmenter:
         if model is not None:
             segmenter.use_model(model)
         return segmenter
+
+
+def _native_chunk(logits: np.ndarray, slice_shape: tuple[int, int], chunk: int) -> np.ndarray:
+    """:func:`logits_to_native` of a chunk's (n <= chunk, K, L, L) logits, padded to ``chunk`` rows first, so
+    every chunk of every volume with this slice shape runs one compiled resize (a shorter last chunk would
+    trace and compile another)."""
+    n = len(logits)
+    if n < chunk:
+        logits = np.concatenate([logits, np.zeros((chunk - n, *logits.shape[1:]), logits.dtype)])
+    return logits_to_native(logits, slice_shape)[:n]
+
+
+@dataclasses.dataclass
+class _PromptSide:
+    """What :class:`FewShotDecoder` reads of a ``Sam`` (config, prompt encoder, mask decoder), without its
+    image encoder: :meth:`FewShotSegmenter.load` builds the decoder's shapes from it."""
+
+    config: SamConfig
+    prompt_encoder: Any
+    mask_decoder: Any
 
 
 class DecoderFileError(FewSamError, ValueError):

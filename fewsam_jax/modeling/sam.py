@@ -19,6 +19,24 @@ def build_image_encoder(cfg: ViTConfig | TinyViTConfig, *, rngs: nnx.Rngs) -> nn
     return ImageEncoderViT(cfg, rngs=rngs)
 
 
+def build_prompt_side(cfg: SamConfig, *, rngs: nnx.Rngs) -> tuple[PromptEncoder, MaskDecoder]:
+    """``Sam``'s prompt encoder and mask decoder for ``cfg``: everything but the image encoder."""
+    dim = cfg.prompt_embed_dim
+    prompt_encoder = PromptEncoder(dim, cfg.embedding_size, cfg.image_size, cfg.mask_in_chans, rngs=rngs)
+    mask_decoder = MaskDecoder(
+        dim,
+        TwoWayTransformer(
+            cfg.decoder_depth, dim, cfg.decoder_num_heads, cfg.decoder_mlp_dim,
+            cfg.attention_downsample_rate, rngs=rngs,
+        ),
+        num_multimask_outputs=cfg.num_multimask_outputs,
+        iou_head_depth=cfg.iou_head_depth,
+        iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+        rngs=rngs,
+    )
+    return prompt_encoder, mask_decoder
+
+
 class Sam(nnx.Module):
     """``image_encoder``, ``prompt_encoder`` and ``mask_decoder``, named as in segment-anything.
 
@@ -29,22 +47,8 @@ class Sam(nnx.Module):
     def __init__(self, cfg: SamConfig, *, rngs: nnx.Rngs, weights_id: str = "random-init"):
         self.config = cfg
         self.weights_id = weights_id
-        dim = cfg.prompt_embed_dim
         self.image_encoder = build_image_encoder(cfg.encoder, rngs=rngs)
-        self.prompt_encoder = PromptEncoder(
-            dim, cfg.embedding_size, cfg.image_size, cfg.mask_in_chans, rngs=rngs
-        )
-        self.mask_decoder = MaskDecoder(
-            dim,
-            TwoWayTransformer(
-                cfg.decoder_depth, dim, cfg.decoder_num_heads, cfg.decoder_mlp_dim,
-                cfg.attention_downsample_rate, rngs=rngs,
-            ),
-            num_multimask_outputs=cfg.num_multimask_outputs,
-            iou_head_depth=cfg.iou_head_depth,
-            iou_head_hidden_dim=cfg.iou_head_hidden_dim,
-            rngs=rngs,
-        )
+        self.prompt_encoder, self.mask_decoder = build_prompt_side(cfg, rngs=rngs)
 
 
 @nnx.jit
