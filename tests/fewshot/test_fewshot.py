@@ -46,25 +46,40 @@ def write_case(folder, name, seed, affine=np.diag([1.5, 1.0, 2.0, 1.0]), shape=(
     return folder / f"{name}.nii.gz", folder / f"{name}_seg.nii.gz"
 
 
+def synthetic_case(sam, folder, support: dict[str, dict], test: dict, config=DECODER, training=TRAINING,
+                   repeats: int = 1) -> dict:
+    """A collection of its own in (empty) ``folder``: support volumes ``support`` (file stem -> write_case's
+    keywords plus the labelled ``slices``), the test volume ``b`` (``test``: write_case's keywords), the
+    manifest of both classes on axis 2, and ``repeats`` decoders trained on it with ``sam``, ``config`` and
+    ``training``, the cache in the folder. Returns folder, cache, test_image, test_labels, sam and
+    ``segmenters`` (the trained decoders, in order)."""
+    items = []
+    for stem, options in support.items():
+        options = dict(options)
+        slices = options.pop("slices")
+        write_case(folder, stem, **options)
+        items.append({"image": f"{stem}.nii.gz", "labels": f"{stem}_seg.nii.gz", "slices": slices})
+    test_image, test_labels = write_case(folder, "b", **test)
+    manifest = folder / "manifest.json"
+    manifest.write_text(json.dumps({"classes": {"1": "ellipse", "2": "bar"}, "axis": 2, "support": items}))
+    segmenters = [FewShotSegmenter.train(manifest, sam=sam, config=config, training=training, cache=folder / "cache",
+                                         progress=False) for _ in range(repeats)]
+    return dict(folder=folder, cache=folder / "cache", test_image=test_image, test_labels=test_labels,
+                segmenters=segmenters, sam=sam)
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_sam, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("fewshot")
-    write_case(folder, "a", seed=0)
-    write_case(folder, "c", seed=2, shape=(44, 40, 8))  # support volumes may differ in slice size
-    test_image, test_labels = write_case(folder, "b", seed=1, affine=np.diag([-1.5, -1.0, 2.0, 1.0]))
-    manifest = folder / "manifest.json"
-    manifest.write_text(json.dumps({
-        "classes": {"1": "ellipse", "2": "bar"}, "axis": 2,
-        "support": [{"image": "a.nii.gz", "labels": "a_seg.nii.gz", "slices": [0, 2, 4, 6, 9]},
-                    {"image": "c.nii.gz", "labels": "c_seg.nii.gz", "slices": [1, 3]}],
-    }))
+    """Trained (150 steps) and untrained decoders on two support volumes of different slice sizes; the test
+    volume is flipped in two axes."""
     training = TRAINING.replace(augment=AugmentConfig(copies=1))
-    segmenter = FewShotSegmenter.train(manifest, sam=tiny_sam, config=DECODER, training=training,
-                                       cache=folder / "cache", progress=False)
-    untrained = FewShotSegmenter.train(manifest, sam=tiny_sam, config=DECODER, training=training.replace(steps=0),
-                                       cache=folder / "cache", progress=False)
-    return dict(folder=folder, segmenter=segmenter, untrained=untrained, test_image=test_image,
-                test_labels=test_labels, cache=folder / "cache", sam=tiny_sam)
+    case = synthetic_case(tiny_sam, tmp_path_factory.mktemp("fewshot"),
+                          {"a": dict(seed=0, slices=[0, 2, 4, 6, 9]),
+                           "c": dict(seed=2, shape=(44, 40, 8), slices=[1, 3])},  # support volumes may differ in size
+                          dict(seed=1, affine=np.diag([-1.5, -1.0, 2.0, 1.0])), training=training)
+    untrained = FewShotSegmenter.train(case["folder"] / "manifest.json", sam=tiny_sam, config=DECODER,
+                                       training=training.replace(steps=0), cache=case["cache"], progress=False)
+    return dict(case, segmenter=case["segmenters"][0], untrained=untrained)
 
 
 def dice_per_class(pred, truth):
@@ -240,18 +255,11 @@ def test_joint_decoding_of_one_class_equals_a_separate_pass(tiny_sam):
 def plain_case(tiny_sam, tmp_path_factory):
     """An untrained decoder without the image branch or target warps (what decoders saved before the image
     branch were), on a small collection of its own, and a volume to segment."""
-    folder = tmp_path_factory.mktemp("plain")
-    write_case(folder, "a", seed=0, shape=(48, 40, 6))
-    test_image, _ = write_case(folder, "b", seed=1, shape=(48, 40, 4))
-    manifest = folder / "manifest.json"
-    manifest.write_text(json.dumps({
-        "classes": {"1": "ellipse", "2": "bar"}, "axis": 2,
-        "support": [{"image": "a.nii.gz", "labels": "a_seg.nii.gz", "slices": [0, 2, 4]}],
-    }))
-    training = TRAINING.replace(steps=0, warp_rotation_deg=0.0, warp_scale=0.0, image_jitter=0.0)
-    segmenter = FewShotSegmenter.train(manifest, sam=tiny_sam, config=DECODER.replace(image_features=0),
-                                       training=training, cache=folder / "cache", progress=False)
-    return dict(segmenter=segmenter, test_image=test_image, cache=folder / "cache", sam=tiny_sam)
+    case = synthetic_case(tiny_sam, tmp_path_factory.mktemp("plain"),
+                          {"a": dict(seed=0, shape=(48, 40, 6), slices=[0, 2, 4])}, dict(seed=1, shape=(48, 40, 4)),
+                          config=DECODER.replace(image_features=0),
+                          training=TRAINING.replace(steps=0, warp_rotation_deg=0.0, warp_scale=0.0, image_jitter=0.0))
+    return dict(case, segmenter=case["segmenters"][0])
 
 
 def save_legacy(segmenter: FewShotSegmenter, folder, drop=(), **changes) -> None:
@@ -422,26 +430,18 @@ def test_images_and_labels_share_the_low_res_frame(tiny_sam):
 
 @pytest.fixture(scope="module", params=["mask", "embedding"])
 def image_branch_case(tiny_sam, tmp_path_factory, request):
-    folder = tmp_path_factory.mktemp("image_branch")
-    write_case(folder, "a", seed=0, shape=(48, 40, 8))
-    test_image, _ = write_case(folder, "b", seed=1, shape=(48, 40, 6))
-    manifest = folder / "manifest.json"
-    manifest.write_text(json.dumps({
-        "classes": {"1": "ellipse", "2": "bar"}, "axis": 2,
-        "support": [{"image": "a.nii.gz", "labels": "a_seg.nii.gz", "slices": [0, 2, 4, 7]}],
-    }))
+    """Two decoders with the image branch (frame ``request.param``) trained alike (12 steps, same seed)."""
     config = DECODER.replace(image_features=4, image_context=1, image_frame=request.param)
-    train = [FewShotSegmenter.train(manifest, sam=tiny_sam, config=config, training=TRAINING.replace(steps=12),
-                                    cache=folder / "cache", progress=False)
-             for _ in range(2)]
-    return dict(folder=folder, segmenters=train, test_image=test_image, sam=tiny_sam)
+    return synthetic_case(tiny_sam, tmp_path_factory.mktemp("image_branch"),
+                          {"a": dict(seed=0, shape=(48, 40, 8), slices=[0, 2, 4, 7])}, dict(seed=1, shape=(48, 40, 6)),
+                          config=config, training=TRAINING.replace(steps=12), repeats=2)
 
 
 @pytest.mark.slow  # trains the image branch twice
 def test_image_branch_training_is_deterministic_and_reloads(image_branch_case, tmp_path):
     first, second = image_branch_case["segmenters"]
     volume = load_volume(image_branch_case["test_image"])
-    cache = image_branch_case["folder"] / "cache"
+    cache = image_branch_case["cache"]
     a = first.predict_volume(volume, cache=cache, progress=False)
     b = second.predict_volume(volume, cache=cache, progress=False)
     for x, y in zip(a, b):

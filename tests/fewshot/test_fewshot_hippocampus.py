@@ -1,4 +1,8 @@
-"""Few-shot on real data: LiteMedSAM, labelled slices from two shared hippocampus volumes, scored on a third."""
+"""Few-shot on real data: LiteMedSAM, labelled slices from two shared hippocampus volumes, scored on a third.
+
+The embeddings are kept between runs (conftest ``kept_cache``): what is under test is the decoder trained and
+applied on them; the encoder and the cache have tests of their own.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ TRAINING = TrainConfig(steps=200, augment=AugmentConfig(copies=1))
 
 
 @pytest.mark.slow
-def test_trained_decoder_beats_untrained_on_another_volume(litemedsam, tmp_path):
+def test_trained_decoder_beats_untrained_on_another_volume(litemedsam, kept_cache, tmp_path):
     images, labels = shared_data("hippocampus", "imagesTr"), shared_data("hippocampus", "labelsTr")
     support = []
     for name in ("hippocampus_003", "hippocampus_004"):
@@ -30,7 +34,7 @@ def test_trained_decoder_beats_untrained_on_another_volume(litemedsam, tmp_path)
                         "slices": slices})
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"classes": {"1": "anterior", "2": "posterior"}, "axis": 2, "support": support}))
-    cache = tmp_path / "cache"
+    cache = kept_cache("fewshot-hippocampus")
     test_image = images / "hippocampus_007_0000.nii.gz"
     truth = read_labels(labels / "hippocampus_007.nii.gz")
 
