@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import html
 import os
 import platform
 import sys
@@ -33,15 +34,30 @@ CELL_TIMEOUT_S = 3600
 
 
 def tidy(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """``nb`` with widget views reduced to their text/plain fallback, no saved widget state and no
-    per-cell execution timestamps (in place; returned for chaining)."""
-    nb.metadata.pop("widgets", None)
+    """``nb`` with widget views reduced to text/plain, no saved widget state and no per-cell execution
+    timestamps (in place; returned for chaining). A progress bar's text is its final state (tqdm's
+    "name: 100% 95/95 [07:40<00:00, 4.18s/slice]"), other widgets keep their text/plain fallback."""
+    state = nb.metadata.pop("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
         for output in cell.get("outputs", []):
             if WIDGET_VIEW in output.get("data", {}):
-                output["data"] = {"text/plain": output["data"].get("text/plain", "(a widget)")}
+                model_id = output["data"][WIDGET_VIEW].get("model_id")
+                text = progress_text(state, model_id) or output["data"].get("text/plain", "(a widget)")
+                output["data"] = {"text/plain": text}
     return nb
+
+
+def progress_text(state: dict, model_id: str | None) -> str | None:
+    """The final text of a progress bar (an HBox holding a progress model and HTML labels, as tqdm's
+    notebook bar) in the saved widget ``state``; None for any other widget."""
+    children = [state.get(ref.removeprefix("IPY_MODEL_"), {})
+                for ref in state.get(model_id, {}).get("state", {}).get("children", [])]
+    if not any(child.get("model_name", "").endswith("ProgressModel") for child in children):
+        return None
+    labels = [html.unescape(child["state"].get("value", "")) for child in children
+              if child.get("model_name") == "HTMLModel"]
+    return " ".join(" ".join(label.split()) for label in labels if label.strip())  # tqdm pads with U+2007
 
 
 def note_run(nb: nbformat.NotebookNode, started: datetime.datetime, wall_s: float, load_before: str,
