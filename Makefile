@@ -26,7 +26,8 @@ test-fast: $(STAMP)
 test-browser: $(STAMP)
 	$(BIN)/python -m pytest tests/browser -m browser -ra
 
-# docs/widget_*.png for the README (runs the demo's job first; minutes on a CPU).
+# docs/widget_*.png for the README and docs/screenshots.json, the record of what they were drawn from, which
+# tests/browser/test_screenshot_record.py checks (runs the demo's job first; minutes on a CPU).
 screenshots: $(STAMP)
 	$(BIN)/python tests/browser/screenshots.py
 

@@ -1,4 +1,6 @@
-"""The tutorial notebooks: stored clean, and each runs headless top to bottom with ``FEWSAM_FAST=1``.
+"""The tutorial notebooks: 02 and 04 stored clean, 01 and 03 with the outputs of a full run
+(``notebooks/store_outputs.py``), and each runs headless top to bottom with ``FEWSAM_FAST=1`` (in memory: the
+stored files are never written).
 
 A cell that raises fails the test with that cell's traceback (nbclient's ``CellExecutionError``).
 The kernels inherit the test ``FEWSAM_HOME`` (models and embeddings shared with the other tests) and
@@ -7,6 +9,7 @@ a persistent JAX compilation cache inside it, so later notebooks reuse earlier c
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import sys
@@ -17,6 +20,8 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
+
+from notebooks.store_outputs import NOTE_PREFIX, WIDGET_VIEW, WITH_OUTPUTS
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -38,12 +43,23 @@ def test_the_tutorials_are_all_there():
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_is_stored_clean_and_only_calls_the_package(name):
+def test_notebook_is_stored_as_intended_and_only_calls_the_package(name):
     nb = read(name)
     nbformat.validate(nb)
     cells = code_cells(nb)
+    if name in WITH_OUTPUTS:  # a full run, top to bottom, every cell once, no errors, no widget state
+        remedy = f"store it with `python notebooks/store_outputs.py {name}`"
+        assert [cell.execution_count for cell in cells] == list(range(1, len(cells) + 1)), f"{name}: {remedy}"
+        assert "widgets" not in nb.metadata, f"{name}: holds widget state; {remedy}"
+        for cell in cells:
+            assert all(out.output_type != "error" for out in cell.outputs), f"{name}: a cell failed; {remedy}"
+            assert all(WIDGET_VIEW not in out.get("data", {}) for out in cell.outputs), f"{name}: {remedy}"
+        assert any(cell.outputs for cell in cells[1:]), f"{name}: no outputs; {remedy}"
+        last_note = [c for c in nb.cells if c.cell_type == "markdown"][-1].source
+        assert NOTE_PREFIX in last_note, f"{name}: the run is not recorded; {remedy}"
     for cell in cells:
-        assert cell.outputs == [] and cell.execution_count is None, f"{name}: stored with outputs; clear them"
+        if name not in WITH_OUTPUTS:
+            assert cell.outputs == [] and cell.execution_count is None, f"{name}: stored with outputs; clear them"
         # library logic belongs in the package: no function or class definitions in a tutorial
         assert not re.search(r"^\s*(def|class)\s", cell.source, re.MULTILINE), f"{name}: defines code:\n{cell.source}"
     setup = cells[0].source
@@ -70,6 +86,7 @@ def test_notebook_runs_headless(name, monkeypatch, request, jax_compilation_cach
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(jax_compilation_cache))
     for variable in ("FEWSAM_VOLUME", "SAM_CHECKPOINT"):  # the built-in examples, whatever the shell says
         monkeypatch.delenv(variable, raising=False)
+    stored = hashlib.sha256((NOTEBOOK_DIR / f"{name}.ipynb").read_bytes()).hexdigest()
     nb = read(name)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"{name}-") as workdir:  # 04 writes ~0.75 GB: gone afterwards
@@ -77,3 +94,5 @@ def test_notebook_runs_headless(name, monkeypatch, request, jax_compilation_cach
                                 resources={"metadata": {"path": workdir}})
         client.execute()  # raises CellExecutionError, with the cell and its traceback, if a cell fails
     print(f"{name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    assert hashlib.sha256((NOTEBOOK_DIR / f"{name}.ipynb").read_bytes()).hexdigest() == stored, \
+        f"{name}: the headless run wrote into the stored notebook"

@@ -3,10 +3,13 @@
     .venv/bin/python tests/browser/screenshots.py [--work fewsam_demo] [--out docs]
 
 Runs ``make demo``'s job (``fewsam_jax.demo.run_demo``: MNI152 template, LiteMedSAM, 4 labelled axial
-slices; it reuses the decoder already trained in ``--work``), then photographs
+slices; it reuses the decoder already trained in ``--work`` when that was trained with today's default
+configs, and trains again otherwise), then photographs
   * ``widget_annotator.png``: ``SliceAnnotator`` on the template with the demo's labelled slices;
   * ``widget_viewer.png``: ``ResultViewer`` with the demo's prediction, the reference labels and the
-    decoder's per-slice uncertainty.
+    decoder's per-slice uncertainty;
+and writes ``screenshots.json`` beside them (``screenshot_record``: what they were drawn from, the date, the
+PNGs' hashes), which the fast test ``test_screenshot_record.py`` checks against the checkout.
 Needs the same tools as the browser tests (Debian chromium, voila, playwright).
 """
 
@@ -19,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from screenshot_record import current_inputs, write_record
 from voila_harness import PROJECT, app_url, chromium_page, voila_server
 
 VIEWPORT = (1200, 1000)
@@ -31,7 +35,7 @@ def prepare(work: Path) -> tuple[Path, Path]:
     from fewsam_jax.io import load_volume, save_labels
     from fewsam_jax.label_maps import read_labels
 
-    run_demo(work)
+    run_demo(work, retrain=(work / "decoder").exists() and not trained_with_defaults(work / "decoder"))
     volume = load_volume(work / "mni152.nii.gz")
     truth = read_labels(work / "mni152_labels.nii.gz")
     axis = 2
@@ -61,6 +65,22 @@ def prepare(work: Path) -> tuple[Path, Path]:
         "logits": "logits.npy", "presence": "presence.npy", "slice_index": unlabelled_middle,
     })
     return annotator_dir, viewer_dir
+
+
+def trained_with_defaults(decoder: Path) -> bool:
+    """Whether the decoder folder was trained on today's base model with today's default decoder, training and
+    inference configs (its support copies, ``augment``, are the demo's own choice and not compared)."""
+    from fewsam_jax.fewshot.config import DecoderConfig, InferenceConfig, TrainConfig
+    from fewsam_jax.fewshot.segmenter import DecoderFileError, read_decoder_meta
+
+    try:
+        meta = read_decoder_meta(decoder)
+    except (OSError, DecoderFileError):
+        return False
+    training = meta["training"]
+    return (meta["model"] == current_inputs()["model"] and meta["decoder"] == DecoderConfig.default()
+            and meta["inference"] == InferenceConfig() and training is not None
+            and training.replace(augment=TrainConfig().augment) == TrainConfig())
 
 
 def write_spec(folder: Path, spec: dict) -> None:
@@ -122,6 +142,7 @@ def main() -> None:
     photograph(viewer_dir, "app_viewer.ipynb", ".fewsam-viewer",
                [f".fewsam-viewer .fewsam-plane-axial {drawn}", f".fewsam-viewer .fewsam-dice-plot {drawn}"],
                args.out / "widget_viewer.png", args.work / "voila_viewer.log")
+    print(f"wrote {write_record(args.out)}")
     print(f"done in {time.perf_counter() - started:.0f} s")
 
 
