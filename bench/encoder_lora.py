@@ -105,7 +105,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0])
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--volumes", type=int, help="score only the first N validation volumes")
-    parser.add_argument("--cache", help="embedding cache folder, stage inputs included (default $FEWSAM_HOME/embeddings)")
+    parser.add_argument("--cache",
+                        help="embedding cache folder, stage inputs included (default $FEWSAM_HOME/embeddings)")
     parser.add_argument("--data", type=Path, default=DATA, help="the hippocampus folder (imagesTr/, labelsTr/)")
     args = parser.parse_args()
     if not (args.data / "imagesTr").is_dir():

@@ -59,7 +59,7 @@ Stage inputs (``embed_volume(..., stage_inputs=True)``, for a few-shot decoder t
 stage) live in the same entry, with the same per-slice atomicity, resumption and verification as the
 embeddings. An entry without them (any entry written before the option) gets the three arrays added, created
 ``stage_done`` last, and its missing stage inputs computed by the encoder's trunk alone; its embeddings are
-neither recomputed nor rewritten. Their size (2.6 MB a LiteMedSAM slice) is in the README.
+neither recomputed nor rewritten. Their size per slice: README, "Stage inputs".
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ STORAGES = ("float16", *QUANTIZED)
 DEFAULT_STORAGE = "float16"
 STORAGE_ENV = "FEWSAM_CACHE_STORAGE"
 CHECKSUMS_NOTE = "crc32 of each slice's stored bytes (array 'checksums')"  # meta.json's note
-_ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Sam -> {(batch, dtype): SliceEncoder}
+_ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Sam -> {(batch, dtype, output): SliceEncoder}
 ROOT_MARKER = ".fewsam-cache"
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 STAGE_ARRAYS = ("stage_inputs", "stage_checksums", "stage_done")  # created in this order: stage_done marks them
@@ -308,7 +308,8 @@ class CachedEmbeddings:
     def _read_slice(self, index: int, stage: bool = False) -> tuple[np.ndarray | None, str | None]:
         """One stored slice (E, E, C) (float16, or float32 from a quantized storage), or with ``stage`` its
         float16 last-stage input (E, E, D), and None; or None and what is wrong with it."""
-        stored, checksums = (self._stage_inputs, self._stage_checksums) if stage else (self._embeddings, self._checksums)
+        stored, checksums = ((self._stage_inputs, self._stage_checksums) if stage
+                             else (self._embeddings, self._checksums))
         low = None if stage else self._low
         try:
             values = np.asarray(stored[index])
@@ -776,10 +777,10 @@ def embed_volume(
 
 
 def _stage_shape(model: Sam | SliceEncoder | LazyModel) -> tuple[int, int, int]:
-    """(E, E, D) of the stage inputs ``embed_volume(stage_inputs=True)`` stores for ``model``; a ValueError
-    for a SliceEncoder (it computes one output) or a model without a staged encoder."""
+    """(E, E, D) of the stage inputs ``embed_volume(stage_inputs=True)`` stores for ``model``; a TypeError
+    for a SliceEncoder (it computes one output), a ValueError for a model without a staged encoder."""
     if isinstance(model, SliceEncoder):
-        raise ValueError("stage_inputs=True: needs a Sam or a LazyModel as the model, not a SliceEncoder")
+        raise TypeError("stage_inputs=True: needs a Sam or a LazyModel as the model, not a SliceEncoder")
     check_staged(model.config, "stage_inputs=True")
     return stage_input_shape(model.config)
 
@@ -803,7 +804,8 @@ def copy_entry(entry: CachedEmbeddings, cache: EmbeddingCache | str | os.PathLik
     """Store the slices of ``entry`` again in ``cache`` (another root), same key and metadata, in ``storage``
     (default the cache's), e.g. to turn a float16 cache into a compact one. Resumable: an entry already at the
     destination keeps its storage and gets only its missing slices; ``entry``'s slices are verified as read
-    (CacheCorruptionError). Returns the destination entry, with ``computed`` = the slices copied.
+    (CacheCorruptionError). Returns the destination entry, with ``computed`` = the slices copied. Stage inputs are
+    not copied: ``embed_volume(..., stage_inputs=True)`` adds them at the destination when needed.
     """
     cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(cache)
     storage = check_storage(storage or cache.storage)

@@ -11,12 +11,12 @@ from embed_worker import tiny_model
 from flax import nnx
 from helpers import tiny_staged_sam
 
-from fewsam_jax.cache import CacheWarning, CachedEmbeddings, embed_volume
+from fewsam_jax.cache import CachedEmbeddings, CacheWarning, embed_volume
 from fewsam_jax.encode import SliceEncoder
 from fewsam_jax.io import get_slices
 from fewsam_jax.modeling.encoder_stage import last_stage
 
-FP16 = dict(rtol=2**-9, atol=1e-4)  # two encodings of a slice agree to a float16 ulp or so (batching)
+FP16 = {"rtol": 2**-9, "atol": 1e-4}  # two encodings of a slice agree to a float16 ulp or so (batching)
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,6 @@ def test_stage_inputs_resume_slice_by_slice_and_are_repaired(tmp_path, sam):
 def test_stage_inputs_need_a_staged_encoder(tmp_path, sam):
     with pytest.raises(ValueError, match="stage_inputs=True: needs an image encoder with stages .* 'tiny'"):
         embed_volume(_volume(), tiny_model(), cache=tmp_path, stage_inputs=True, progress=False)
-    with pytest.raises(ValueError, match="not a SliceEncoder"):
+    with pytest.raises(TypeError, match="not a SliceEncoder"):
         embed_volume(_volume(), SliceEncoder(sam), cache=tmp_path, stage_inputs=True, progress=False)
     assert not any(tmp_path.iterdir())  # refused before anything was written

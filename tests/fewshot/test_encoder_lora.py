@@ -50,8 +50,8 @@ def case(tmp_path_factory):
             {"image": "a.nii.gz", "labels": "a_seg.nii.gz", "slices": [0, 1, 2, 4, 5]}]}))
         train = lambda config=CONFIG, training=TRAINING, **kw: FewShotSegmenter.train(
             manifest, sam, config, training, cache=folder / "cache", progress=False, **kw)
-        yield dict(sam=sam, folder=folder, cache=folder / "cache", volume=load_volume(write_volume(folder, "b", 1)),
-                   train=train, segmenters=[train(), train()])
+        yield {"sam": sam, "cache": folder / "cache", "volume": load_volume(write_volume(folder, "b", 1)),
+               "train": train, "segmenters": [train(), train()]}
 
 
 def predictions(segmenter, case):
