@@ -11,6 +11,10 @@ Layout (root: ``$FEWSAM_HOME/embeddings`` by default)::
                                    steps (quantized storages only)
         checksums                  (N,) uint32 CRC-32 of each slice's stored bytes (codes, low, scale)
         done                       (N,) bool, one chunk per slice, set AFTER the slice's chunk and checksum
+        stage_inputs               optional: (N, E, E, D) float16 whatever the storage, one chunk per slice, a
+                                   staged (TinyViT) encoder's last-stage inputs
+                                   (:mod:`fewsam_jax.modeling.encoder_stage`)
+        stage_checksums, stage_done  (N,) their CRC-32 and done flags, kept as for the embeddings
         meta.json                  storage, slice shape, axis, source, intensity, model, created (written last)
     root/<model>/<key>.lock        lock file (filelock) held while the entry is written
     root/.fewsam-cache             marks the folder as an embedding cache
@@ -50,6 +54,12 @@ later write to it; every storage reads back as float32:
 
 Which storage an entry has never changes its key: a volume cached in one storage is a cache hit for a
 caller asking for another.
+
+Stage inputs (``embed_volume(..., stage_inputs=True)``, for a few-shot decoder that adapts the encoder's last
+stage) live in the same entry, with the same per-slice atomicity, resumption and verification as the
+embeddings. An entry without them (any entry written before the option) gets the three arrays added, created
+``stage_done`` last, and its missing stage inputs computed by the encoder's trunk alone; its embeddings are
+neither recomputed nor rewritten. Their size per slice: README, "Stage inputs".
 """
 
 from __future__ import annotations
@@ -76,6 +86,7 @@ from zarr.codecs import ZstdCodec
 from fewsam_jax.encode import SliceEncoder, check_dtype, embedding_shape
 from fewsam_jax.io import Volume, check_axis, from_array, get_slices, load_volume
 from fewsam_jax.model_dir import LazyModel
+from fewsam_jax.modeling.encoder_stage import check_staged, stage_input_shape
 from fewsam_jax.modeling.sam import Sam
 from fewsam_jax.outputs import FewSamError, OutputError, write_text
 from fewsam_jax.preprocess import Intensity
@@ -87,10 +98,11 @@ STORAGES = ("float16", *QUANTIZED)
 DEFAULT_STORAGE = "float16"
 STORAGE_ENV = "FEWSAM_CACHE_STORAGE"
 CHECKSUMS_NOTE = "crc32 of each slice's stored bytes (array 'checksums')"  # meta.json's note
-_ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Sam -> {(batch, dtype): SliceEncoder}
+_ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Sam -> {(batch, dtype, output): SliceEncoder}
 ROOT_MARKER = ".fewsam-cache"
 _KEY = re.compile(r"^[0-9a-f]{64}$")
-_ENTRY_FILES = {"zarr.json", "meta.json", "embeddings", "done", "checksums", "low", "scale"}
+STAGE_ARRAYS = ("stage_inputs", "stage_checksums", "stage_done")  # created in this order: stage_done marks them
+_ENTRY_FILES = {"zarr.json", "meta.json", "embeddings", "done", "checksums", "low", "scale", *STAGE_ARRAYS}
 
 
 class CacheCorruptionError(FewSamError, ValueError):
@@ -217,7 +229,8 @@ class CachedEmbeddings:
       key: the entry's content key; ``path``: its directory; ``meta``: the contents of meta.json.
       storage: how the slices are stored (:data:`STORAGES`; ``float16`` for entries older than the option).
       num_slices: N; ``slice_shape``: (H, W) of the encoded slices; ``axis``: the slicing axis.
-      computed: indices of the slices encoded by the :func:`embed_volume` call that returned it.
+      computed: indices of the slices encoded by the :func:`embed_volume` call that returned it;
+        ``stage_computed``: those whose last-stage inputs it stored.
     """
 
     def __init__(self, path: str | os.PathLike, *, _writable: bool = False):
@@ -232,6 +245,8 @@ class CachedEmbeddings:
             self._checksums = group["checksums"] if "checksums" in group else None  # None: written before checksums
             self.storage = check_storage(self.meta.get("storage", "float16"))
             self._low, self._scale = (group["low"], group["scale"]) if self.storage in QUANTIZED else (None, None)
+            stage = [group[name] for name in STAGE_ARRAYS] if STAGE_ARRAYS[-1] in group else [None] * 3
+            self._stage_inputs, self._stage_checksums, self._stage_done = stage
             self.key = self.meta["key"]
             self.num_slices = int(self.meta["num_slices"])
             self.slice_shape = tuple(self.meta["slice_shape"])
@@ -239,11 +254,13 @@ class CachedEmbeddings:
         except Exception as err:  # json, zarr or a missing key: the entry's own files are damaged
             raise CacheCorruptionError(f"{self.path}: damaged cache entry ({type(err).__name__}: {err}); "
                                        "embed_volume (or `fewsam embed`) rebuilds it") from None
-        arrays = [a for a in (self._embeddings, self._done, self._checksums, self._low, self._scale) if a is not None]
+        arrays = [a for a in (self._embeddings, self._done, self._checksums, self._low, self._scale,
+                              self._stage_inputs, self._stage_checksums, self._stage_done) if a is not None]
         if any(a.shape[0] != self.num_slices for a in arrays):
             raise CacheCorruptionError(f"{self.path}: arrays do not hold {self.num_slices} slices as meta.json says; "
                                        "embed_volume (or `fewsam embed`) rebuilds it")
         self.computed = np.zeros(0, np.int64)
+        self.stage_computed = np.zeros(0, np.int64)
         self.repaired = np.zeros(0, np.int64)
 
     def __len__(self) -> int:
@@ -259,28 +276,49 @@ class CachedEmbeddings:
         """(E, E, C) of one slice."""
         return tuple(self._embeddings.shape[1:])
 
+    @property
+    def has_stage_inputs(self) -> bool:
+        """Whether the entry has the arrays for last-stage inputs (:func:`embed_volume` ``stage_inputs=True``
+        adds them); which slices hold them: :meth:`stage_done`."""
+        return self._stage_done is not None
+
+    @property
+    def stage_input_shape(self) -> tuple[int, int, int] | None:
+        """(E, E, D) of one slice's last-stage input, None without :attr:`has_stage_inputs`."""
+        return tuple(self._stage_inputs.shape[1:]) if self._stage_inputs is not None else None
+
     def done(self) -> np.ndarray:
         """(N,) bool: which slices are stored (read from disk on each call; an unreadable flag is unset)."""
+        return self._flags(self._done)
+
+    def stage_done(self) -> np.ndarray:
+        """(N,) bool: which slices' last-stage inputs are stored (none in an entry without them)."""
+        return self._flags(self._stage_done) if self._stage_done is not None else np.zeros(self.num_slices, bool)
+
+    def _flags(self, done) -> np.ndarray:
         try:
-            return np.asarray(self._done[:], bool)
+            return np.asarray(done[:], bool)
         except Exception:  # a damaged flag chunk: read one by one
             flags = np.zeros(self.num_slices, bool)
             for i in range(self.num_slices):
                 with contextlib.suppress(Exception):
-                    flags[i] = bool(self._done[i])
+                    flags[i] = bool(done[i])
             return flags
 
-    def _read_slice(self, index: int) -> tuple[np.ndarray | None, str | None]:
-        """One stored slice (E, E, C) (float16, or float32 from a quantized storage) and None, or None and
-        what is wrong with it."""
+    def _read_slice(self, index: int, stage: bool = False) -> tuple[np.ndarray | None, str | None]:
+        """One stored slice (E, E, C) (float16, or float32 from a quantized storage), or with ``stage`` its
+        float16 last-stage input (E, E, D), and None; or None and what is wrong with it."""
+        stored, checksums = ((self._stage_inputs, self._stage_checksums) if stage
+                             else (self._embeddings, self._checksums))
+        low = None if stage else self._low
         try:
-            values = np.asarray(self._embeddings[index])
-            offsets = (np.asarray(self._low[index]), np.asarray(self._scale[index])) if self._low is not None else ()
+            values = np.asarray(stored[index])
+            offsets = (np.asarray(low[index]), np.asarray(self._scale[index])) if low is not None else ()
         except Exception as err:  # a truncated chunk fails to decode
             return None, f"unreadable chunk ({type(err).__name__})"
-        if self._checksums is not None:
+        if checksums is not None:
             try:
-                expected = int(self._checksums[index])
+                expected = int(checksums[index])
             except Exception as err:
                 return None, f"unreadable checksum ({type(err).__name__})"
             if slice_checksum(values, *offsets) != expected:
@@ -291,13 +329,14 @@ class CachedEmbeddings:
             return None, "all zeros (missing chunk)"
         return (dequantize(values, *offsets) if offsets else values), None
 
-    def verify(self, indices=None) -> dict[int, str]:
-        """{slice: problem} for the stored slices among ``indices`` (default: all) that fail verification."""
+    def verify(self, indices=None, stage: bool = False) -> dict[int, str]:
+        """{slice: problem} for the stored slices among ``indices`` (default: all) that fail verification (with
+        ``stage``: their stored last-stage inputs)."""
         idx = np.arange(self.num_slices) if indices is None else np.atleast_1d(np.arange(self.num_slices)[indices])
-        idx = idx[self.done()[idx]]
+        idx = idx[(self.stage_done() if stage else self.done())[idx]]
         problems = {}
         for i in idx.tolist():
-            problem = self._read_slice(i)[1]
+            problem = self._read_slice(i, stage)[1]
             if problem is not None:
                 problems[i] = problem
         return problems
@@ -308,17 +347,26 @@ class CachedEmbeddings:
 
     def load(self, indices=None) -> np.ndarray:
         """Embeddings of ``indices`` (default: all slices) -> (n, E, E, C) float32."""
+        return self._load(indices, stage=False)
+
+    def load_stage_inputs(self, indices=None) -> np.ndarray:
+        """Last-stage inputs of ``indices`` (default: all slices) -> (n, E, E, D) float32, verified as
+        :meth:`load` verifies embeddings; a ValueError names the slices not stored yet."""
+        return self._load(indices, stage=True)
+
+    def _load(self, indices, stage: bool) -> np.ndarray:
         idx = np.arange(self.num_slices) if indices is None else np.atleast_1d(np.arange(self.num_slices)[indices])
-        missing = idx[~self.done()[idx]]
+        missing = idx[~(self.stage_done() if stage else self.done())[idx]]
         if missing.size:
+            what, run = ("stage inputs of ", "embed_volume(..., stage_inputs=True)") if stage else ("", "embed_volume")
             raise ValueError(
-                f"{self.path}: slices {missing.tolist()[:10]} are not in the cache yet; "
-                "run embed_volume (or `fewsam embed`) to compute them"
+                f"{self.path}: {what}slices {missing.tolist()[:10]} are not in the cache yet; "
+                f"run {run} (or `fewsam embed`) to compute them"
             )
-        out = np.empty((idx.size, *self.embedding_shape), np.float32)
+        out = np.empty((idx.size, *(self.stage_input_shape if stage else self.embedding_shape)), np.float32)
         problems = {}
         for row, i in enumerate(idx.tolist()):
-            values, problem = self._read_slice(i)
+            values, problem = self._read_slice(i, stage)
             if problem is not None:
                 problems[i] = problem
             else:
@@ -337,26 +385,41 @@ class CachedEmbeddings:
             return self.load([index])[0]
         return self.load(index)
 
-    def _write(self, indices: np.ndarray, embeddings: np.ndarray) -> None:
-        """Store ``embeddings`` (n, E, E, C) as slices ``indices`` in this entry's storage."""
+    def _write(self, indices: np.ndarray, embeddings: np.ndarray, stage: bool = False) -> None:
+        """Store ``embeddings`` (n, E, E, C) as slices ``indices`` in this entry's storage (with ``stage``:
+        last-stage inputs (n, E, E, D), float16)."""
         indices = [int(i) for i in np.atleast_1d(indices)]
-        if self.storage in QUANTIZED:
+        if self.storage in QUANTIZED and not stage:
             stored = [quantize(v, QUANTIZED[self.storage]) for v in np.asarray(embeddings)]
         else:
             values = np.asarray(embeddings).astype(np.float16)
             if not np.isfinite(values).all():
-                raise ValueError(f"{self.path}: embeddings overflow float16 (|value| > 65504)")
+                raise ValueError(f"{self.path}: {'stage inputs' if stage else 'embeddings'} overflow float16 "
+                                 "(|value| > 65504)")
             stored = [(v,) for v in values]
+        target, checksums, done = ((self._stage_inputs, self._stage_checksums, self._stage_done) if stage
+                                   else (self._embeddings, self._checksums, self._done))
+        low = None if stage else self._low
         # one whole chunk per assignment: zarr then never reads the old chunk, which may be damaged
         for i, arrays in zip(indices, stored):
-            self._embeddings[i] = arrays[0]
-            if self._low is not None:
-                self._low[i], self._scale[i] = arrays[1], arrays[2]
-        if self._checksums is not None:
+            target[i] = arrays[0]
+            if low is not None:
+                low[i], self._scale[i] = arrays[1], arrays[2]
+        if checksums is not None:
             for i, arrays in zip(indices, stored):
-                self._checksums[i] = np.uint32(slice_checksum(*arrays))
+                checksums[i] = np.uint32(slice_checksum(*arrays))
         for i in indices:
-            self._done[i] = True  # only after the data (and checksum) chunks are in place
+            done[i] = True  # only after the data (and checksum) chunks are in place
+
+    def _add_stage_arrays(self, shape: tuple[int, int, int]) -> None:
+        """Create (or, left half-made or of another shape, create again) the arrays of last-stage inputs of
+        ``shape`` (E, E, D) per slice, ``stage_done`` last; the embeddings' arrays are not touched. Only under
+        the entry's lock, on an entry opened writable."""
+        group = zarr.open_group(self.path, mode="r+")
+        group.create_array("stage_inputs", shape=(self.num_slices, *shape), chunks=(1, *shape), dtype="float16",
+                           fill_value=0.0, compressors=None, overwrite=True)
+        _flag_arrays(group, self.num_slices, "stage_", overwrite=True)
+        self._stage_inputs, self._stage_checksums, self._stage_done = (group[name] for name in STAGE_ARRAYS)
 
 
 class EmbeddingCache:
@@ -485,12 +548,12 @@ def _size(path: Path) -> int:
     return total
 
 
-def _encoder_for(model: Sam, batch_size: int, dtype: str) -> SliceEncoder:
-    """One SliceEncoder per (model, batch size, dtype), so repeated calls reuse its compilation."""
+def _encoder_for(model: Sam, batch_size: int, dtype: str, output: str = "embeddings") -> SliceEncoder:
+    """One SliceEncoder per (model, batch size, dtype, output), so repeated calls reuse its compilation."""
     encoders = _ENCODERS.setdefault(model, {})
-    if (batch_size, dtype) not in encoders:
-        encoders[(batch_size, dtype)] = SliceEncoder(model, batch_size=batch_size, dtype=dtype)
-    return encoders[(batch_size, dtype)]
+    if (batch_size, dtype, output) not in encoders:
+        encoders[(batch_size, dtype, output)] = SliceEncoder(model, batch_size=batch_size, dtype=dtype, output=output)
+    return encoders[(batch_size, dtype, output)]
 
 
 def _create_entry(path: Path, shape: tuple[int, ...], meta: dict) -> None:
@@ -507,9 +570,15 @@ def _create_entry(path: Path, shape: tuple[int, ...], meta: dict) -> None:
         group.create_array(
             "embeddings", shape=shape, chunks=(1, *shape[1:]), dtype="float16", fill_value=0.0, compressors=None
         )
-    group.create_array("checksums", shape=shape[:1], chunks=(1,), dtype="uint32", fill_value=0, compressors=None)
-    group.create_array("done", shape=shape[:1], chunks=(1,), dtype="bool", fill_value=False, compressors=None)
+    _flag_arrays(group, shape[0], "")
     _write_json(path / "meta.json", meta)
+
+
+def _flag_arrays(group, num_slices: int, prefix: str, overwrite: bool = False) -> None:
+    """The per-slice ``{prefix}checksums`` (uint32) and then ``{prefix}done`` (bool) arrays of a zarr group."""
+    for name, dtype, fill in (("checksums", "uint32", 0), ("done", "bool", False)):
+        group.create_array(prefix + name, shape=(num_slices,), chunks=(1,), dtype=dtype, fill_value=fill,
+                           compressors=None, overwrite=overwrite)
 
 
 def _as_volume(volume: Volume | np.ndarray | str | os.PathLike) -> Volume:
@@ -571,6 +640,7 @@ def embed_volume(
     batch_size: int = 4,
     dtype: str = "float32",
     storage: str | None = None,
+    stage_inputs: bool = False,
     progress: bool = True,
 ) -> CachedEmbeddings:
     """Embeds the slices of ``volume`` along ``axis`` into the cache; only missing slices are computed.
@@ -591,10 +661,15 @@ def embed_volume(
         volume, and later calls add the other slices to it.
       storage: how a new entry stores slices (:data:`STORAGES`; default the cache's ``storage``). An
         existing entry keeps its own: its missing slices are added in it, and a complete one is a hit.
+      stage_inputs: also store the requested slices' last-stage inputs (a ``Sam`` or LazyModel with a staged,
+        TinyViT encoder; ValueError otherwise), float16 in the same entry: slices missing both get both from
+        one encoder pass, slices whose embedding is stored get the stage input from the encoder's trunk
+        alone (their embedding stays as stored).
       progress: tqdm progress bar with ETA.
     Returns:
       the entry, with at least the requested slices stored: ``entry.load(indices)`` -> (n, E, E, C)
-      float32; ``entry.computed`` lists the slices this call encoded (empty on a cache hit).
+      float32 (and ``entry.load_stage_inputs(indices)`` -> (n, E, E, D)); ``entry.computed`` lists the
+      slices this call encoded (empty on a cache hit), ``entry.stage_computed`` those whose stage inputs it stored.
 
     >>> entry = embed_volume("ct.nii.gz", load_model("litemedsam"), intensity="soft_tissue")
     >>> entry[40].shape                                  # axial slice 40
@@ -612,6 +687,7 @@ def embed_volume(
         except IndexError:
             raise ValueError(f"slices {list(slices)} out of range for {num_slices} slices along axis {axis}") from None
     model_name, weights_id, dtype, shape = _model_identity(model, batch_size, dtype)
+    stage_shape = _stage_shape(model) if stage_inputs else None
     cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(cache)
     storage = check_storage(storage or cache.storage)
     cache.check_writable(model_name)
@@ -626,7 +702,9 @@ def embed_volume(
     path = cache.entry_path(model_name, key)
     with contextlib.suppress(FileNotFoundError, CacheCorruptionError):  # damage is repaired below, under the lock
         entry = CachedEmbeddings(path)
-        if entry.done()[wanted].all() and not entry.verify(wanted):
+        if entry.done()[wanted].all() and not entry.verify(wanted) and (
+                stage_shape is None or entry.stage_input_shape == stage_shape and entry.stage_done()[wanted].all()
+                and not entry.verify(wanted, stage=True)):
             return entry
     cache._mark()
     held = _acquire(path.with_name(key + ".lock"))
@@ -666,27 +744,59 @@ def embed_volume(
             }
             _create_entry(path, (num_slices, *shape), meta)
             entry = CachedEmbeddings(path, _writable=True)
-        problems = entry.verify(wanted)
-        if problems:
-            shown = "; ".join(f"slice {i}: {p}" for i, p in list(problems.items())[:5])
-            warnings.warn(f"embedding cache entry {path}: {len(problems)} stored slice(s) failed verification "
-                          f"({shown}); re-encoding them", CacheWarning, stacklevel=2)
-            bad = np.array(sorted(problems), np.int64)
-            for i in bad.tolist():
-                entry._done[i] = False  # recomputed below like any missing slice
-            entry.repaired = bad
+        if stage_shape is not None and entry.stage_input_shape != stage_shape:
+            entry._add_stage_arrays(stage_shape)
+        entry.repaired = _unset_failing(entry, wanted, stage=False)
         missing = wanted[~entry.done()[wanted]]
+        missing_stage = np.zeros(0, np.int64)
+        if stage_shape is not None:
+            entry.repaired = np.union1d(entry.repaired, _unset_failing(entry, wanted, stage=True))
+            missing_stage = wanted[~entry.stage_done()[wanted]]
+        name = Path(vol.source).name if vol.source else "array"
         if missing.size:
+            output = "embeddings" if stage_shape is None else "both"
             encoder = model if isinstance(model, SliceEncoder) else _encoder_for(
-                model.load() if isinstance(model, LazyModel) else model, batch_size, dtype)
-            name = Path(vol.source).name if vol.source else "array"
-            batches = encoder.iter_batches(images[missing], progress, desc=f"embed {name}")
-            for start, embeddings in batches:
-                entry._write(missing[start : start + len(embeddings)], embeddings)
-        entry.computed = missing
+                model.load() if isinstance(model, LazyModel) else model, batch_size, dtype, output)
+            for start, outputs in encoder.iter_batches(images[missing], progress, desc=f"embed {name}"):
+                embeddings, stage = outputs if stage_shape is not None else (outputs, None)
+                rows = missing[start : start + len(embeddings)]
+                entry._write(rows, embeddings)
+                if stage is not None:  # a stage input already stored stays as it is
+                    keep = np.isin(rows, missing_stage)
+                    entry._write(rows[keep], stage[keep], stage=True)
+        trunk_only = np.setdiff1d(missing_stage, missing)
+        if trunk_only.size:
+            encoder = _encoder_for(model.load() if isinstance(model, LazyModel) else model, batch_size, dtype,
+                                   "stage_inputs")
+            for start, stage in encoder.iter_batches(images[trunk_only], progress, desc=f"stage inputs {name}"):
+                entry._write(trunk_only[start : start + len(stage)], stage, stage=True)
+        entry.computed, entry.stage_computed = missing, missing_stage
     finally:
         held.release()
     return entry
+
+
+def _stage_shape(model: Sam | SliceEncoder | LazyModel) -> tuple[int, int, int]:
+    """(E, E, D) of the stage inputs ``embed_volume(stage_inputs=True)`` stores for ``model``; a TypeError
+    for a SliceEncoder (it computes one output), a ValueError for a model without a staged encoder."""
+    if isinstance(model, SliceEncoder):
+        raise TypeError("stage_inputs=True: needs a Sam or a LazyModel as the model, not a SliceEncoder")
+    check_staged(model.config, "stage_inputs=True")
+    return stage_input_shape(model.config)
+
+
+def _unset_failing(entry: CachedEmbeddings, wanted: np.ndarray, stage: bool) -> np.ndarray:
+    """The stored slices among ``wanted`` whose embedding (or, with ``stage``, stage input) fails verification,
+    their done flags unset (so they are computed again), with a CacheWarning naming them."""
+    problems = entry.verify(wanted, stage=stage)
+    if problems:
+        shown = "; ".join(f"slice {i}: {p}" for i, p in list(problems.items())[:5])
+        what = "stage input(s)" if stage else "slice(s)"
+        warnings.warn(f"embedding cache entry {entry.path}: {len(problems)} stored {what} failed verification "
+                      f"({shown}); re-encoding them", CacheWarning, stacklevel=3)
+        for i in problems:
+            (entry._stage_done if stage else entry._done)[i] = False  # recomputed below like any missing slice
+    return np.array(sorted(problems), np.int64)
 
 
 def copy_entry(entry: CachedEmbeddings, cache: EmbeddingCache | str | os.PathLike,
@@ -694,7 +804,8 @@ def copy_entry(entry: CachedEmbeddings, cache: EmbeddingCache | str | os.PathLik
     """Store the slices of ``entry`` again in ``cache`` (another root), same key and metadata, in ``storage``
     (default the cache's), e.g. to turn a float16 cache into a compact one. Resumable: an entry already at the
     destination keeps its storage and gets only its missing slices; ``entry``'s slices are verified as read
-    (CacheCorruptionError). Returns the destination entry, with ``computed`` = the slices copied.
+    (CacheCorruptionError). Returns the destination entry, with ``computed`` = the slices copied. Stage inputs are
+    not copied: ``embed_volume(..., stage_inputs=True)`` adds them at the destination when needed.
     """
     cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(cache)
     storage = check_storage(storage or cache.storage)

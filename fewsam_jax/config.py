@@ -39,6 +39,11 @@ class ViTConfig:
         return self.img_size // self.patch_size
 
 
+# The linear layers of a TinyViT block, by attribute name: the attention's ``qkv`` and ``proj``, the MLP's ``fc1``
+# and ``fc2`` (what ``DecoderConfig.encoder_lora_targets`` may adapt, :mod:`fewsam_jax.modeling.encoder_stage`).
+TINYVIT_BLOCK_LINEARS = ("qkv", "proj", "fc1", "fc2")
+
+
 @dataclasses.dataclass(frozen=True)
 class TinyViTConfig:
     """LiteMedSAM's TinyViT image encoder (MobileSAM's TinyViT-5M, modified to run at 256 px).

@@ -31,10 +31,14 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from fewsam_jax.logs import tqdm
 
+from fewsam_jax.modeling.encoder_stage import check_staged, last_stage, stage_input_shape, trunk
 from fewsam_jax.modeling.sam import Sam
 from fewsam_jax.transforms import prepare_images
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# what a SliceEncoder returns per slice: the embedding, the last-stage input of a staged encoder
+# (:mod:`fewsam_jax.modeling.encoder_stage`), or both from one pass
+OUTPUTS = ("embeddings", "stage_inputs", "both")
 T = TypeVar("T")
 
 
@@ -89,10 +93,18 @@ class SliceEncoder:
       dtype: ``"float32"`` or ``"bfloat16"`` (parameters and encoder input cast; for accelerators).
         Preparation runs in float32 and embeddings are returned as float32 either way.
       devices: devices of the data-parallel mesh (default: all local devices).
+      output: what :meth:`iter_batches` yields per batch (:data:`OUTPUTS`): ``"embeddings"`` (B, E, E, C);
+        ``"stage_inputs"``, a staged (TinyViT) encoder's last-stage inputs (B, E, E, D) from its trunk alone;
+        ``"both"``, the tuple (embeddings, stage inputs) from one pass.
     """
 
-    def __init__(self, model: Sam, batch_size: int = 4, dtype: str = "float32", devices: Sequence | None = None):
+    def __init__(self, model: Sam, batch_size: int = 4, dtype: str = "float32", devices: Sequence | None = None, *,
+                 output: str = "embeddings"):
         check_dtype(dtype)
+        if output not in OUTPUTS:
+            raise ValueError(f"output: expected one of {OUTPUTS}, got {output!r}")
+        if output != "embeddings":
+            check_staged(model.config, f"output={output!r}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         devices = list(jax.local_devices() if devices is None else devices)
@@ -100,6 +112,7 @@ class SliceEncoder:
         self.weights_id = model.weights_id
         self.config = model.config
         self.dtype = dtype
+        self.output = output
         self.mesh = Mesh(np.array(devices), ("data",))
         self.batch_size = -(-int(batch_size) // len(devices)) * len(devices)
         self._traces: list[tuple[int, ...]] = []  # batch shape of every (re)trace of the compiled function
@@ -111,11 +124,16 @@ class SliceEncoder:
         cfg = self.config
 
         def encode_batch(state, images):
-            """(B, H, W, 1|3) float32 on the 0-255 scale -> (B, E, E, C) float32."""
+            """(B, H, W, 1|3) float32 on the 0-255 scale -> (B, E, E, C) float32 (``output``: or stage inputs)."""
             self._traces.append(images.shape)
             images = jnp.broadcast_to(images, (*images.shape[:3], 3))
             encoder = nnx.merge(graphdef, state)
-            return encoder(prepare_images(images, cfg).astype(compute)).astype(jnp.float32)
+            if output == "embeddings":
+                return encoder(prepare_images(images, cfg).astype(compute)).astype(jnp.float32)
+            stage = trunk(encoder, prepare_images(images, cfg).astype(compute))
+            if output == "stage_inputs":
+                return stage.astype(jnp.float32)
+            return last_stage(encoder, stage).astype(jnp.float32), stage.astype(jnp.float32)
 
         self._encode_batch = jax.jit(
             encode_batch, in_shardings=(replicated, self._batch_sharding), out_shardings=self._batch_sharding
@@ -130,6 +148,11 @@ class SliceEncoder:
         """(E, E, C) of one slice's embedding."""
         return embedding_shape(self.config)
 
+    @property
+    def stage_input_shape(self) -> tuple[int, int, int]:
+        """(E, E, D) of one slice's last-stage input (staged encoders only)."""
+        return stage_input_shape(self.config)
+
     def _device_batch(self, chunk: np.ndarray) -> jax.Array:
         """(b <= batch_size, H, W[, C]) validated slices -> sharded (batch_size, H, W, C) 0-255 float32."""
         if chunk.ndim == 3:
@@ -143,7 +166,8 @@ class SliceEncoder:
     def iter_batches(self, slices: np.ndarray, progress: bool = True, desc: str | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """Encodes ``slices`` (see :func:`check_slices`) batch by batch.
 
-        Yields ``(start, embeddings)``: embeddings (b, E, E, C) float32 of ``slices[start:start + b]``.
+        Yields ``(start, embeddings)``: embeddings (b, E, E, C) float32 of ``slices[start:start + b]`` (or, as
+        ``output`` says, their stage inputs (b, E, E, D), or the tuple of both).
         The next batch is dispatched before the current one is fetched, so the host overlaps the
         device. ``progress`` shows a tqdm bar (rate and ETA).
         """
@@ -163,12 +187,15 @@ class SliceEncoder:
     @staticmethod
     def _fetch(pending: tuple[int, int, jax.Array], bar) -> tuple[int, np.ndarray]:
         start, count, out = pending
-        result = np.asarray(out)[:count]
+        result = jax.tree.map(lambda values: np.asarray(values)[:count], out)
         bar.update(count)
         return start, result
 
     def encode(self, slices: np.ndarray, progress: bool = False) -> np.ndarray:
-        """(N, H, W) or (N, H, W, 3) slices, float in [0, 1] or uint8 -> (N, E, E, C) float32."""
+        """(N, H, W) or (N, H, W, 3) slices, float in [0, 1] or uint8 -> (N, E, E, C) float32 (an encoder whose
+        ``output`` is "embeddings")."""
+        if self.output != "embeddings":
+            raise ValueError(f"encode: returns embeddings; this encoder's output is {self.output!r} (use iter_batches)")
         slices = check_slices(slices)
         out = np.empty((len(slices), *self.embedding_shape), np.float32)
         for start, embeddings in self.iter_batches(slices, progress):

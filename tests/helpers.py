@@ -117,3 +117,27 @@ def untrained_segmenter(sam, classes):
     return FewShotSegmenter(decoder, jnp.asarray(rng.normal(size=(k, 5, c)), jnp.float32), np.zeros(k, np.float32),
                             dict(classes), sam.config.name, sam.weights_id, Intensity.parse("percentile"), 2, {}, sam,
                             tensors_id(sam))
+
+
+TINY_STAGED = "tiny_staged"  # the preset name of tiny_staged_config
+
+
+def tiny_staged_config():
+    """A small SAM whose image encoder is a TinyViT (staged, as LiteMedSAM's): 32 px input, 8 x 8 embeddings of 16
+    channels, last-stage inputs of 32. get_config knows it by name (:data:`TINY_STAGED`) only where a test adds it
+    (``monkeypatch.setitem(fewsam_jax.config.PRESETS, TINY_STAGED, tiny_staged_config)``), e.g. to load a decoder."""
+    from fewsam_jax.config import SamConfig, TinyViTConfig
+
+    encoder = TinyViTConfig(img_size=32, embed_dims=(8, 16, 16, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 2),
+                            out_chans=16)
+    return SamConfig(name=TINY_STAGED, encoder=encoder, prompt_embed_dim=16, mask_in_chans=4, decoder_mlp_dim=32,
+                     decoder_num_heads=2, iou_head_hidden_dim=16, preprocessing="minmax")
+
+
+def tiny_staged_sam():
+    """The :func:`tiny_staged_config` SAM with random weights (seed 0)."""
+    from flax import nnx
+
+    from fewsam_jax.modeling.sam import Sam
+
+    return Sam(tiny_staged_config(), rngs=nnx.Rngs(0), weights_id=f"{TINY_STAGED}-seed0")

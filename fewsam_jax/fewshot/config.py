@@ -20,6 +20,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal, Self, get_args
 
+from fewsam_jax.config import TINYVIT_BLOCK_LINEARS
+
 ClassDecoding = Literal["joint", "separate"]
 ImageFrame = Literal["mask", "embedding"]
 EpisodeHoldout = Literal["slice", "volume"]
@@ -61,10 +63,29 @@ class DecoderConfig(_Replace):
     # where the image branch runs: "mask" (the L x L label frame, ImageBranch) or "embedding" (the E x E
     # grid, each cell holding its 4 x 4 pixels, CellBranch)
     image_frame: ImageFrame = "mask"
+    # LoRA rank on the image encoder's last stage (:mod:`fewsam_jax.modeling.encoder_stage`; staged encoders,
+    # i.e. LiteMedSAM's TinyViT, only): the targets' embeddings come from a copy of that stage and the neck run
+    # on the cached stage inputs, its adapters trained with the decoder; prompts stay on the cached embeddings.
+    # 0: off, the frozen embeddings alone
+    encoder_lora_rank: int = 0
+    # the linear layers of each block of that stage that get adapters, of TINYVIT_BLOCK_LINEARS (a list, or a
+    # string joined by "+" as in a benchmark's --variant, is taken as the tuple)
+    encoder_lora_targets: tuple[str, ...] = ("qkv", "proj")
 
     def __post_init__(self):
         _check_choice("class_decoding", self.class_decoding, ClassDecoding)
         _check_choice("image_frame", self.image_frame, ImageFrame)
+        given = self.encoder_lora_targets
+        targets = tuple(given.split("+")) if isinstance(given, str) else given
+        targets = tuple(targets) if isinstance(targets, list) else targets
+        if (not isinstance(targets, tuple) or not targets or len(set(map(str, targets))) != len(targets)
+                or not all(t in TINYVIT_BLOCK_LINEARS for t in targets)):
+            raise ValueError(f"encoder_lora_targets: expected distinct names from {TINYVIT_BLOCK_LINEARS}, got "
+                             f"{given!r}")
+        object.__setattr__(self, "encoder_lora_targets", targets)
+        if not isinstance(self.encoder_lora_rank, int) or isinstance(self.encoder_lora_rank, bool) \
+                or self.encoder_lora_rank < 0:
+            raise ValueError(f"encoder_lora_rank: expected an integer >= 0, got {self.encoder_lora_rank!r}")
         if self.slice_tokens < 0:
             raise ValueError(f"slice_tokens: expected >= 0, got {self.slice_tokens}")
         if self.image_features < 0 or self.image_context < 0:

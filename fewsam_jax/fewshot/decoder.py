@@ -7,6 +7,10 @@ decoder's single-mask output is the class's logits; its IoU head output, trained
 suppresses the class on slices where it is absent.
 By default all classes share one decoder pass per slice (``class_decoding="joint"``): the image side,
 nearly all of the decoder's cost, runs once instead of once per class.
+With ``encoder_lora_rank`` > 0 the decoder also holds an adapted copy of the image encoder's last stage
+(:class:`~fewsam_jax.modeling.encoder_stage.EncoderStage`): the slices it segments are given as cached
+last-stage inputs and embedded by that copy (:meth:`FewShotDecoder.target_embeddings`), while the prompts'
+prototypes stay on the cached frozen embeddings.
 
 Tokens per class:
   ``[mean foreground prototype + pos, mean background prototype + neg, (box corners),
@@ -25,12 +29,15 @@ from flax import nnx
 
 from fewsam_jax.fewshot.config import DecoderConfig
 from fewsam_jax.fewshot.image_branch import CellBranch, ImageBranch
+from fewsam_jax.modeling.encoder_stage import EncoderStage, check_staged
 from fewsam_jax.modeling.sam import Sam
 
 
 class FewShotDecoder(nnx.Module):
     """Mask decoder + prompt-encoder pieces it needs, initialised from a converted SAM; ``cfg`` fixes its
-    parameters (the image branch) and its tokens (:func:`class_tokens`)."""
+    parameters (the image branch; with ``encoder_lora_rank`` > 0, ``encoder_stage``: a copy of ``sam``'s
+    image encoder's last stage and neck with LoRA adapters, a ValueError unless that encoder is staged) and
+    its tokens (:func:`class_tokens`)."""
 
     def __init__(self, sam: Sam, cfg: DecoderConfig, *, rngs: nnx.Rngs):
         self.config = cfg
@@ -49,9 +56,19 @@ class FewShotDecoder(nnx.Module):
         branch = CellBranch if cfg.image_frame == "embedding" else ImageBranch
         self.image_branch = (branch(cfg.image_channels, cfg.image_features, dim, rngs=rngs)
                              if cfg.image_features else None)
+        if cfg.encoder_lora_rank:
+            check_staged(sam.config, "encoder_lora_rank")
+        self.encoder_stage = (EncoderStage(sam.image_encoder, cfg.encoder_lora_rank, cfg.encoder_lora_targets,
+                                           rngs=rngs) if cfg.encoder_lora_rank else None)
 
     def dense_pe(self) -> jax.Array:
         return self.pe_layer.grid(self.embedding_size)
+
+    def target_embeddings(self, sources: jax.Array) -> jax.Array:
+        """The embeddings (B, h, w, C) of the slices to segment from what is cached for them: ``sources``
+        itself (cached embeddings), or with ``encoder_stage`` its output on ``sources``, their last-stage
+        inputs (B, h, w, D)."""
+        return sources if self.encoder_stage is None else self.encoder_stage(sources)
 
     def __call__(self, embeddings: jax.Array, tokens: jax.Array, image_pe: jax.Array | None = None,
                  images: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:

@@ -1,4 +1,5 @@
-"""Segmenting every slice of a volume from its cached embeddings with a trained few-shot decoder."""
+"""Segmenting every slice of a volume from its cached embeddings with a trained few-shot decoder (or from
+its cached last-stage inputs, for a decoder that adapts the encoder's last stage)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from fewsam_jax.transforms import resized_shape
 
 @nnx.jit
 def _decode_batch(decoder: FewShotDecoder, embeddings, tokens, images):
-    logits, presence = decoder(embeddings, tokens, images=images)
+    logits, presence = decoder(decoder.target_embeddings(embeddings), tokens, images=images)
     return logits, jax.nn.sigmoid(presence)
 
 
@@ -40,6 +41,9 @@ def predict_logits(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Low-resolution logits (N, K, L, L) and presence probabilities (N, K) for every slice.
 
+    ``embeddings``: the slices' cached embeddings (N, E, E, C), or for a decoder with an encoder stage
+    (``decoder.encoder_stage``, ``encoder_lora_rank`` > 0) their cached last-stage inputs (N, E, E, D), which
+    it embeds first (:meth:`~fewsam_jax.fewshot.decoder.FewShotDecoder.target_embeddings`).
     ``images`` (N, L, L, 1 + 2 * context): the slices in the low-resolution frame, needed by a decoder
     with an image branch. Slices run in fixed-size batches (the last one padded), so one compilation
     serves every volume.

@@ -4,7 +4,9 @@
 trains the decoder on those arrays, and keeps everything needed to segment new volumes: decoder
 parameters, class prompt tokens, the class map, the base model's identity, the intensity and axis
 settings and the three configs (:mod:`fewsam_jax.fewshot.config`). ``save``/``load`` round-trip it with
-Orbax, without the collection's images.
+Orbax, without the collection's images. A decoder that adapts the encoder's last stage
+(``encoder_lora_rank`` > 0) also has the slices' last-stage inputs cached (training and segmenting), and
+holds and saves its stage copy with the adapters, so a cached volume is segmented without the encoder.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ from fewsam_jax.fewshot.infer import (
     predict_logits,
 )
 from fewsam_jax.fewshot.prompts import images_to_low_res, labels_to_low_res
-from fewsam_jax.fewshot.train import SupportSet, support_images, support_tokens, train_decoder
+from fewsam_jax.fewshot.train import SupportSet, support_images, support_sources, support_tokens, train_decoder
 from fewsam_jax.export import itksnap_text, labels_json, require_pynrrd, sidecar_paths, write_seg_nrrd
 from fewsam_jax.io import Volume, from_array, get_slices, load_volume, save_labels, stack_slices
 from fewsam_jax.logs import tqdm
-from fewsam_jax.modeling.sam import Sam, build_prompt_side
+from fewsam_jax.modeling.encoder_stage import check_staged, is_staged
+from fewsam_jax.modeling.sam import Sam, build_image_encoder, build_prompt_side
 from fewsam_jax.outputs import (
     ChecksumError,
     FewSamError,
@@ -99,16 +102,19 @@ def support_set(
     progress: bool = True,
 ) -> SupportSet:
     """Embed the collection's labelled slices (and ``training.augment``'s copies, drawn from ``training.seed``)
-    through the cache; with an image branch in ``config``, keep the slices themselves too (:func:`volume_images`)."""
+    through the cache; with an image branch in ``config``, keep the slices themselves too (:func:`volume_images`);
+    with ``encoder_lora_rank`` > 0, their last-stage inputs too (cached beside the embeddings)."""
     augment = training.augment
-    embeddings, labels, groups, volumes, images = [], [], [], [], []
+    staged = bool(config.encoder_lora_rank)
+    embeddings, labels, groups, volumes, images, stage_inputs = [], [], [], [], [], []
     channels = config.image_channels
     next_group = 0
     for volume_id, item in enumerate(collection.support):
         image, label_slices = load_support_item(item, collection.axis)
         entry = embed_volume(image, sam, axis=collection.axis, intensity=intensity, cache=cache,
-                             slices=item.slices, progress=progress)
+                             slices=item.slices, stage_inputs=staged, progress=progress)
         embeddings.append(entry.load(list(item.slices)))
+        stage_inputs.append(entry.load_stage_inputs(list(item.slices)).astype(np.float16) if staged else None)
         labels.append(labels_to_low_res(label_slices, collection.class_ids, sam.config))
         images.append(volume_images(image, intensity, collection.axis, config, sam.config, list(item.slices)))
         groups.append(next_group + np.arange(len(item.slices)))
@@ -117,8 +123,9 @@ def support_set(
             normalised = get_slices(intensity.apply(image.array), collection.axis)[list(item.slices)]
             aug_images, aug_labels, sources = augment_slices(normalised, label_slices, augment, training.seed)
             aug_entry = embed_volume(from_array(stack_slices(aug_images, 2)), sam, axis=2,
-                                     intensity=IDENTITY_INTENSITY, cache=cache, progress=progress)
+                                     intensity=IDENTITY_INTENSITY, cache=cache, stage_inputs=staged, progress=progress)
             embeddings.append(aug_entry.load())
+            stage_inputs.append(aug_entry.load_stage_inputs().astype(np.float16) if staged else None)
             labels.append(labels_to_low_res(aug_labels, collection.class_ids, sam.config))
             # a warped copy has no warped neighbours: its own slice stands in for them
             images.append(images_to_low_res(np.repeat(aug_images[..., None], channels, axis=-1), sam.config)
@@ -133,6 +140,7 @@ def support_set(
         class_ids=collection.class_ids,
         volumes=np.concatenate(volumes),
         images=np.concatenate(images) if config.image_features else None,
+        stage_inputs=np.concatenate(stage_inputs) if staged else None,
     )
 
 
@@ -158,7 +166,7 @@ def calibration_logits(decoder: FewShotDecoder, support: SupportSet,
     for targets, prompts in held_out:
         tokens = support_tokens(decoder, support, prompts)
         images = support_images(decoder, support)
-        logits.append(predict_logits(decoder, tokens, support.embeddings[targets],
+        logits.append(predict_logits(decoder, tokens, support_sources(decoder, support)[targets],
                                      images=None if images is None else images[targets])[0])
         labels.append(support.labels[targets])
     return np.concatenate(logits), np.concatenate(labels)
@@ -227,6 +235,8 @@ class FewShotSegmenter:
         if not isinstance(collection, Collection):
             collection = load_collection(collection)
         sam = load_model(str(model)) if isinstance(model, (str, os.PathLike)) else model
+        if config.encoder_lora_rank:  # before any slice is embedded
+            check_staged(sam.config, "encoder_lora_rank")
         intensity = Intensity.coerce(intensity)
         started = time.perf_counter()
         support = support_set(collection, sam, intensity, config, training, cache, progress)
@@ -309,12 +319,14 @@ class FewShotSegmenter:
                          chunk: int = 32) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """:meth:`predict_volume` in chunks of ``chunk`` consecutive slices, so memory stays bounded by a
         chunk whatever the volume's size: yields ``(start, logits (n, K, H, W), presence (n, K))`` for slices
-        ``start .. start + n - 1`` along ``axis``. Embeds the slices missing from the cache first."""
+        ``start .. start + n - 1`` along ``axis``. Embeds the slices missing from the cache first (with an
+        encoder stage in the decoder, their last-stage inputs too, which that stage embeds chunk by chunk)."""
         if chunk < 1:
             raise ValueError(f"chunk: expected a positive number of slices, got {chunk}")
         model = self.base_model()
+        staged = self.decoder.encoder_stage is not None
         entry = embed_volume(volume, model, axis=self.axis, intensity=self.intensity, cache=cache,
-                             progress=progress)
+                             stage_inputs=staged, progress=progress)
         if isinstance(model, LazyModel) and model.loaded is not None:  # a slice was missing: keep the model
             self._sam = model.loaded
         config = self.decoder.config
@@ -323,7 +335,8 @@ class FewShotSegmenter:
         for start in tqdm(starts, desc="segment", disable=not progress, unit="chunk"):
             indices = np.arange(start, min(start + chunk, len(entry)))
             images = None if slices is None else branch_images(slices, config, self.sam_config, indices)
-            logits, presence = predict_logits(self.decoder, self.tokens, entry.load(indices), images=images)
+            sources = entry.load_stage_inputs(indices) if staged else entry.load(indices)
+            logits, presence = predict_logits(self.decoder, self.tokens, sources, images=images)
             logits = logits - self.thresholds[None, :, None, None]
             yield start, _native_chunk(logits, entry.slice_shape, chunk), presence
 
@@ -432,9 +445,10 @@ class FewShotSegmenter:
         config, legacy = meta["decoder"], "fewshot" in meta
         sam_config = get_config(meta["model"])
 
-        def build():  # shape-only: the decoder takes only the prompt side of the base model
+        def build():  # shape-only: the decoder takes the prompt side of the base model (and an encoder stage)
             prompt_encoder, mask_decoder = build_prompt_side(sam_config, rngs=ShapeRngs())
-            base = _PromptSide(sam_config, prompt_encoder, mask_decoder)
+            encoder = build_image_encoder(sam_config.encoder, rngs=ShapeRngs()) if config.encoder_lora_rank else None
+            base = _PromptSide(sam_config, prompt_encoder, mask_decoder, encoder)
             decoder = FewShotDecoder(base, config, rngs=ShapeRngs())
             if legacy:  # decoders saved with a flat "fewshot" config hold the removed similarity prior's vector
                 decoder.similarity_embed = nnx.Param(jnp.zeros((sam_config.prompt_embed_dim,), jnp.float32))
@@ -477,12 +491,14 @@ def _native_chunk(logits: np.ndarray, slice_shape: tuple[int, int], chunk: int) 
 
 @dataclasses.dataclass
 class _PromptSide:
-    """What :class:`FewShotDecoder` reads of a ``Sam`` (config, prompt encoder, mask decoder), without its
-    image encoder: :meth:`FewShotSegmenter.load` builds the decoder's shapes from it."""
+    """What :class:`FewShotDecoder` reads of a ``Sam`` (config, prompt encoder, mask decoder; the image
+    encoder only for an encoder stage to copy, else None): :meth:`FewShotSegmenter.load` builds the decoder's
+    shapes from it."""
 
     config: SamConfig
     prompt_encoder: Any
     mask_decoder: Any
+    image_encoder: Any = None
 
 
 class DecoderFileError(FewSamError, ValueError):
@@ -638,4 +654,7 @@ def read_decoder_meta(directory: str | os.PathLike) -> dict[str, Any]:
     prefix = {key: "fewshot" if legacy else key for key in _META_CONFIGS}
     for key, cls in _META_CONFIGS.items():
         meta[key] = _config_from_json(path, prefix[key], cls, raw[key]) if key in raw else None
+    if meta["decoder"].encoder_lora_rank and not is_staged(sam_config):
+        raise DecoderFileError(f"{path}: key 'decoder.encoder_lora_rank' is {meta['decoder'].encoder_lora_rank}, "
+                               f"but model {meta['model']!r} has no staged (TinyViT) encoder")
     return meta

@@ -1,4 +1,5 @@
-"""Training the few-shot decoder with Optax, on cached embeddings only (the encoder is never run).
+"""Training the few-shot decoder with Optax, on cached embeddings only (the encoder is never run; a decoder
+with ``encoder_lora_rank`` > 0 runs its copy of the encoder's last stage on the targets' cached stage inputs).
 
 An episode takes a batch of support slices as targets and prompts every class with few-shot
 embeddings from a random share of the *other* support slices (augmented copies of a target slice
@@ -32,7 +33,9 @@ class SupportSet:
     k = ``class_ids[k-1]``, ``IGNORE`` padding); groups: (S,) id of the labelled slice each row comes
     from (augmented copies share their original's id); volumes: (S,) id of the volume it comes from
     (default: every labelled slice its own volume); images: (S, L, L, 1 + 2 * context) the slices (and
-    their neighbours) in the low-resolution frame, for a decoder with an image branch, else None.
+    their neighbours) in the low-resolution frame, for a decoder with an image branch, else None;
+    stage_inputs: (S, E, E, D) their cached last-stage inputs (float16 as cached), for a decoder that adapts
+    the encoder's last stage (``encoder_lora_rank`` > 0), else None.
     """
 
     embeddings: np.ndarray
@@ -41,6 +44,7 @@ class SupportSet:
     class_ids: tuple[int, ...]
     volumes: np.ndarray | None = None
     images: np.ndarray | None = None
+    stage_inputs: np.ndarray | None = None
 
     def __post_init__(self):
         s = len(self.embeddings)
@@ -57,6 +61,9 @@ class SupportSet:
             raise ValueError(f"support arrays disagree: {s} embeddings, {self.volumes.shape[0]} volume ids")
         if self.images is not None and self.images.shape[:3] != self.labels.shape:
             raise ValueError(f"support arrays disagree: images {self.images.shape[:3]} vs labels {self.labels.shape}")
+        if self.stage_inputs is not None and self.stage_inputs.shape[:3] != self.embeddings.shape[:3]:
+            raise ValueError(f"support arrays disagree: stage inputs {self.stage_inputs.shape[:3]} vs embeddings "
+                             f"{self.embeddings.shape[:3]}")
         present = [(self.labels == k).any() for k in range(1, len(self.class_ids) + 1)]
         missing = [c for c, p in zip(self.class_ids, present) if not p]
         if missing:
@@ -95,9 +102,18 @@ def segmentation_loss(logits: jax.Array, presence: jax.Array, labels: jax.Array,
 TRAINABLE = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("pe_layer")))
 
 
+def trainable(decoder: FewShotDecoder):
+    """The filter of what training updates in ``decoder``: :data:`TRAINABLE`, but of its ``encoder_stage``
+    (when it has one) only the LoRA adapters, never the frozen copy of the encoder."""
+    if decoder.encoder_stage is None:
+        return TRAINABLE
+    return nnx.Any(nnx.All(TRAINABLE, nnx.Not(nnx.PathContains("encoder_stage"))), nnx.LoRAParam)
+
+
 def make_optimizer(decoder: FewShotDecoder, cfg: TrainConfig) -> nnx.Optimizer:
     """AdamW with warm-up and cosine decay after global-norm clipping; the image branch (trained from
-    scratch, unlike SAM's decoder) may have a peak learning rate of its own (``image_learning_rate``)."""
+    scratch, unlike SAM's decoder) may have a peak learning rate of its own (``image_learning_rate``); the
+    encoder stage's adapters (:func:`trainable`) share ``learning_rate``."""
 
     def adamw(peak: float) -> optax.GradientTransformation:
         schedule = optax.warmup_cosine_decay_schedule(
@@ -114,7 +130,7 @@ def make_optimizer(decoder: FewShotDecoder, cfg: TrainConfig) -> nnx.Optimizer:
         update = optax.multi_transform({"sam": adamw(cfg.learning_rate), "branch": adamw(cfg.image_learning_rate)},
                                        part)
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), update)
-    return nnx.Optimizer(decoder, tx, wrt=TRAINABLE)
+    return nnx.Optimizer(decoder, tx, wrt=trainable(decoder))
 
 
 def crop_size(cfg: TrainConfig, embedding_size: int) -> int:
@@ -126,9 +142,11 @@ def train_step(decoder, optimizer, embeddings, labels, images, stats, targets, w
                cfg: TrainConfig):
     """One episode: predict the ``targets`` slices, cropped at ``offset`` (cells, (y, x)), from
     prompts built on the weighted pool of whole support slices (``stats``: :func:`region_stats` of the
-    pool, fixed during training since the encoder and the positional encoding are frozen). ``images``:
-    the support's low-resolution-frame slices for the image branch, or None. ``seed``: this step's
-    augmentation (:func:`~fewsam_jax.fewshot.warp.warp_targets`, when ``cfg`` asks for it)."""
+    pool's cached embeddings, fixed during training since they and the positional encoding are frozen).
+    ``embeddings``: what the decoder reads of the support slices (:func:`support_sources`: their cached
+    embeddings, or their stage inputs for a decoder with an encoder stage). ``images``: the support's
+    low-resolution-frame slices for the image branch, or None. ``seed``: this step's augmentation
+    (:func:`~fewsam_jax.fewshot.warp.warp_targets`, when ``cfg`` asks for it)."""
     b, size, c = len(targets), crop_size(cfg, embeddings.shape[1]), embeddings.shape[-1]
     scale = labels.shape[1] // embeddings.shape[1]
     target_emb, target_labels = embeddings[targets], labels[targets]
@@ -146,11 +164,12 @@ def train_step(decoder, optimizer, embeddings, labels, images, stats, targets, w
 
     def loss_fn(model):
         tokens = class_tokens(model, *stats, weights, slice_choice)
-        pe = jax.lax.dynamic_slice(model.dense_pe(), (offset[0], offset[1], 0), (size, size, c))
-        logits, presence = model(target_emb, tokens, pe, target_images)
+        dense_pe = model.dense_pe()
+        pe = jax.lax.dynamic_slice(dense_pe, (offset[0], offset[1], 0), (size, size, dense_pe.shape[-1]))
+        logits, presence = model(model.target_embeddings(target_emb), tokens, pe, target_images)
         return segmentation_loss(logits, presence, target_labels, cfg)
 
-    loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, TRAINABLE))(decoder)
+    loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, trainable(decoder)))(decoder)
     optimizer.update(decoder, grads)
     return loss
 
@@ -222,6 +241,17 @@ def inference_choice(support: SupportSet, slice_tokens: int, rows: np.ndarray) -
     return np.stack(choice).astype(np.int32)
 
 
+def support_sources(decoder: FewShotDecoder, support: SupportSet) -> np.ndarray:
+    """What ``decoder`` reads of the support slices as targets (:meth:`FewShotDecoder.target_embeddings`):
+    their embeddings, or their stage inputs for a decoder with an encoder stage (a clear error when missing)."""
+    if decoder.encoder_stage is None:
+        return support.embeddings
+    if support.stage_inputs is None:
+        raise ValueError("this decoder adapts the encoder's last stage (encoder_lora_rank > 0): the support set "
+                         "needs its stage inputs")
+    return support.stage_inputs
+
+
 def support_images(decoder: FewShotDecoder, support: SupportSet) -> np.ndarray | None:
     """The support's images for ``decoder``'s image branch (None without one); a clear error when missing."""
     if decoder.image_branch is None:
@@ -256,10 +286,15 @@ def train_decoder(decoder: FewShotDecoder, support: SupportSet, cfg: TrainConfig
                   progress: bool = True, callback: Callable[[int, FewShotDecoder, SupportSet], None] | None = None,
                   callback_every: int = 0) -> tuple[list[float], jax.Array]:
     """Train ``decoder`` in place as ``cfg`` says; returns the loss per step and the inference tokens
-    (K, T, C) built from the whole support set. ``callback(step, decoder, support)`` runs after every
-    ``callback_every``-th step (e.g. a learning curve on validation volumes); it must not train."""
+    (K, T, C) built from the whole support set. With an encoder stage (``encoder_lora_rank`` > 0) the targets
+    are embedded by it from ``support.stage_inputs`` and its LoRA adapters train with the decoder
+    (:func:`trainable`); prompts always come from ``support.embeddings``. ``callback(step, decoder,
+    support)`` runs after every ``callback_every``-th step (e.g. a learning curve on validation volumes); it
+    must not train."""
     cfg.check(decoder.config)
     embeddings = jnp.asarray(support.embeddings, jnp.float32)
+    sources = embeddings if decoder.encoder_stage is None else jnp.asarray(support_sources(decoder, support),
+                                                                           jnp.float32)
     labels = jnp.asarray(support.labels, jnp.int32)
     images = None if decoder.image_branch is None else jnp.asarray(support_images(decoder, support))
     optimizer = make_optimizer(decoder, cfg)
@@ -268,7 +303,7 @@ def train_decoder(decoder: FewShotDecoder, support: SupportSet, cfg: TrainConfig
     losses = []
     with tqdm(range(cfg.steps), desc="train decoder", disable=not progress, unit="step") as bar:
         for step in bar:
-            loss = float(train_step(decoder, optimizer, embeddings, labels, images, stats, *sampler(), cfg=cfg))
+            loss = float(train_step(decoder, optimizer, sources, labels, images, stats, *sampler(), cfg=cfg))
             losses.append(loss)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             if callback is not None and callback_every and (step + 1) % callback_every == 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -36,6 +37,12 @@ def test_presets():
 @pytest.mark.parametrize("make, message", [
     (lambda: DecoderConfig(class_decoding="sideways"), "class_decoding: expected 'joint' or 'separate', got 'sideways'"),
     (lambda: DecoderConfig(slice_tokens=-1), "slice_tokens: expected >= 0"),
+    (lambda: DecoderConfig(encoder_lora_rank=-1), "encoder_lora_rank: expected an integer >= 0, got -1"),
+    (lambda: DecoderConfig(encoder_lora_rank=True), "encoder_lora_rank: expected an integer >= 0, got True"),
+    (lambda: DecoderConfig(encoder_lora_targets=("qkv", "query")),
+     r"encoder_lora_targets: expected distinct names from \('qkv', 'proj', 'fc1', 'fc2'\), got \('qkv', 'query'\)"),
+    (lambda: DecoderConfig(encoder_lora_targets=()), "encoder_lora_targets: expected distinct names"),
+    (lambda: DecoderConfig(encoder_lora_targets="qkv+qkv"), "encoder_lora_targets: expected distinct names"),
     (lambda: TrainConfig(episode_holdout="case"), "episode_holdout: expected 'slice' or 'volume', got 'case'"),
     (lambda: TrainConfig(episode_fraction=0.0), r"episode_fraction: expected a value in \(0, 1\]"),
     (lambda: TrainConfig(warp_scale=1.0), "warp_rotation_deg / warp_scale / image_jitter"),
@@ -63,6 +70,23 @@ def test_overrides_go_to_the_config_that_owns_each_key():
         configs_from_overrides({"augment": 2})
     with pytest.raises(ValueError, match="image_context needs the image branch"):
         configs_from_overrides({"image_features": 0, "image_context": 1})
+
+
+def test_encoder_lora_is_off_by_default_and_its_targets_come_as_lists_or_strings(tmp_path):
+    from bench import fewshot
+    from fewsam_jax.fewshot.segmenter import _config_from_json
+
+    assert DecoderConfig().encoder_lora_rank == 0 and DecoderConfig().encoder_lora_targets == ("qkv", "proj")
+    _, overrides = fewshot.parse_variant("lora:encoder_lora_rank=4,encoder_lora_targets=qkv+fc1")
+    decoder, _, _ = configs_from_overrides(overrides)
+    assert decoder == DecoderConfig(encoder_lora_rank=4, encoder_lora_targets=("qkv", "fc1"))
+    assert DecoderConfig(encoder_lora_targets=["proj"]).encoder_lora_targets == ("proj",)
+    # the JSON of a saved decoder (tuples as lists) reads back as the same config; older JSON, without the keys,
+    # as the option off
+    saved = json.loads(json.dumps(dataclasses.asdict(decoder)))
+    assert _config_from_json(tmp_path, "decoder", DecoderConfig, saved) == decoder
+    del saved["encoder_lora_rank"], saved["encoder_lora_targets"]
+    assert _config_from_json(tmp_path, "decoder", DecoderConfig, saved).encoder_lora_rank == 0
 
 
 def test_the_benchmark_refuses_an_unknown_variant_key(monkeypatch, tmp_path):
