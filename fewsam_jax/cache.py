@@ -687,7 +687,7 @@ def embed_volume(
         except IndexError:
             raise ValueError(f"slices {list(slices)} out of range for {num_slices} slices along axis {axis}") from None
     model_name, weights_id, dtype, shape = _model_identity(model, batch_size, dtype)
-    stage_shape = _stage_shape(model) if stage_inputs else None
+    stage_shape = check_stage_model(model) if stage_inputs else None
     cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(cache)
     storage = check_storage(storage or cache.storage)
     cache.check_writable(model_name)
@@ -776,12 +776,13 @@ def embed_volume(
     return entry
 
 
-def _stage_shape(model: Sam | SliceEncoder | LazyModel) -> tuple[int, int, int]:
+def check_stage_model(model: Sam | SliceEncoder | LazyModel, option: str = "stage_inputs=True") -> tuple[int, int, int]:
     """(E, E, D) of the stage inputs ``embed_volume(stage_inputs=True)`` stores for ``model``; a TypeError
-    for a SliceEncoder (it computes one output), a ValueError for a model without a staged encoder."""
+    for a SliceEncoder (it computes one output), a ValueError for a model without a staged encoder (both
+    name ``option``, what the caller asked for)."""
     if isinstance(model, SliceEncoder):
-        raise TypeError("stage_inputs=True: needs a Sam or a LazyModel as the model, not a SliceEncoder")
-    check_staged(model.config, "stage_inputs=True")
+        raise TypeError(f"{option}: needs a Sam or a LazyModel as the model, not a SliceEncoder")
+    check_staged(model.config, option)
     return stage_input_shape(model.config)
 
 

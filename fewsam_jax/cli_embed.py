@@ -27,7 +27,7 @@ def _base_model(name: str):
 def _embed(args: argparse.Namespace) -> None:
     import time
 
-    from fewsam_jax.cache import EmbeddingCache
+    from fewsam_jax.cache import EmbeddingCache, check_stage_model
     from fewsam_jax.cohort import embed_cases, find_cases
 
     cases = find_cases(args.image, channel=args.channel)  # bad inputs fail before the model loads
@@ -36,14 +36,19 @@ def _embed(args: argparse.Namespace) -> None:
     cache.check_writable()
     if args.prefetch < 0:
         raise ValueError(f"--prefetch: expected 0 or more volumes to read ahead, got {args.prefetch}")
+    model = _base_model(args.model)
+    if args.stage_inputs:
+        check_stage_model(model, "--stage-inputs")
     started, slices, encoded = time.perf_counter(), 0, 0
-    for _, entry in embed_cases(cases, _base_model(args.model), cache=cache, axis=args.axis, intensity=intensity,
-                                batch_size=args.batch_size, dtype=args.dtype, prefetch=args.prefetch,
-                                progress=not args.quiet):
+    for _, entry in embed_cases(cases, model, cache=cache, axis=args.axis, intensity=intensity,
+                                batch_size=args.batch_size, dtype=args.dtype, stage_inputs=args.stage_inputs,
+                                prefetch=args.prefetch, progress=not args.quiet):
         computed = len(entry.computed)
         slices, encoded = slices + entry.num_slices, encoded + computed
         repaired = (f" ({len(entry.repaired)} of them re-encoded: corrupt in the cache)"
                     if len(entry.repaired) else "")
+        if args.stage_inputs:
+            repaired += f"; last-stage inputs of {len(entry.stage_computed)} slices stored"
         print(
             f"{entry.num_slices} slices of {entry.slice_shape[0]}x{entry.slice_shape[1]} along axis {entry.axis}: "
             f"{computed} encoded{repaired}, {entry.num_slices - computed} from the cache (verified); embeddings "
@@ -117,6 +122,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                        help="how a new cache entry stores slices: float16 (2 MB a LiteMedSAM slice), or q8/q6/q4, "
                        "8/6/4-bit codes per channel, zstd-compressed (default $FEWSAM_CACHE_STORAGE, else float16); "
                        "an existing entry keeps its own")
+    embed.add_argument("--stage-inputs", action="store_true",
+                       help="also cache each slice's last-stage input, for decoders trained with encoder_lora_rank > 0 "
+                            "(TinyViT models such as litemedsam only)")
     embed.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="encoder compute dtype (default float32)")
     embed.set_defaults(run=_embed)
 

@@ -454,16 +454,21 @@ def read_ahead(items: Iterable[T], read: Callable[[T], R], depth: int = 1,
 
 def embed_cases(cases: Sequence[Case], model: Any, *, cache: Any = None, axis: int = 2,
                 intensity: Any = "percentile", batch_size: int = 4, dtype: str = "float32",
-                storage: str | None = None, prefetch: int = 1, progress: bool = True) -> Iterator[tuple[Case, Any]]:
+                storage: str | None = None, stage_inputs: bool = False, prefetch: int = 1,
+                progress: bool = True) -> Iterator[tuple[Case, Any]]:
     """Embed every case's slices into the cache (:func:`fewsam_jax.cache.embed_volume`), yielding
     ``(case, entry)`` in order.
 
     ``model``: a ``Sam``, a SliceEncoder or a LazyModel (loaded at the first missing slice). With
     ``prefetch`` >= 1, a background thread reads and normalises the next ``prefetch`` volumes
     (:func:`fewsam_jax.cache.prepare_volume`) while the current one is encoded (:func:`read_ahead`); 0 reads
-    each volume in turn. Both give the same cache entries. A case that cannot be read raises
-    :class:`CaseReadError` naming its image."""
-    from fewsam_jax.cache import prepare_volume, embed_volume  # lazy: cohort stays importable without jax
+    each volume in turn. Both give the same cache entries. ``stage_inputs``: also store each slice's
+    last-stage input (:func:`~fewsam_jax.cache.embed_volume`; a staged encoder only, checked before the first
+    volume is read). A case that cannot be read raises :class:`CaseReadError` naming its image."""
+    from fewsam_jax.cache import check_stage_model, embed_volume, prepare_volume  # lazy: importable without jax
+
+    if stage_inputs:
+        check_stage_model(model)
 
     def prepare(case: Case):
         return prepare_volume(case.image, model, axis=axis, intensity=intensity, dtype=dtype)
@@ -474,7 +479,8 @@ def embed_cases(cases: Sequence[Case], model: Any, *, cache: Any = None, axis: i
         prepared = ((case, _read_now(prepare, case)) for case in cases)
     for case, volume in prepared:
         yield case, embed_volume(volume, model, axis=axis, intensity=intensity, cache=cache,
-                                 batch_size=batch_size, dtype=dtype, storage=storage, progress=progress)
+                                 batch_size=batch_size, dtype=dtype, storage=storage, stage_inputs=stage_inputs,
+                                 progress=progress)
 
 
 def _read_now(prepare: Callable[[Case], R], case: Case) -> R:

@@ -24,7 +24,7 @@ from fewsam_jax.export import read_itksnap_labels, read_seg_nrrd
 from fewsam_jax.fewshot import Collection, FewShotSegmenter, ManifestError
 from fewsam_jax.weights import BaseModelNotFoundError, save_model
 
-from helpers import shared_data, untrained_segmenter
+from helpers import TINY_STAGED, shared_data, tiny_staged_config, tiny_staged_sam, untrained_segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (32, 28, 5)
@@ -355,6 +355,27 @@ def test_embed_a_folder_reading_ahead_matches_reading_in_turn(dataset, home, tmp
     capsys.readouterr()
     assert cli.main([*common, "--cache", str(tmp_path / "ahead")]) == 0  # all cached: nothing encoded
     assert "3 volumes, 15 slices: 0 encoded, 15 from the cache" in capsys.readouterr().out
+
+
+def test_embed_stage_inputs(dataset, home, tmp_path, capsys, monkeypatch):
+    """`fewsam embed --stage-inputs` stores every slice's last-stage input beside its embedding (a staged
+    encoder), and with a model whose encoder is not staged fails before any volume is read or encoded."""
+    import fewsam_jax.config
+    from fewsam_jax.cache import CachedEmbeddings
+
+    monkeypatch.setitem(fewsam_jax.config.PRESETS, TINY_STAGED, tiny_staged_config)
+    model = tmp_path / "models" / TINY_STAGED
+    save_model(tiny_staged_sam(), model)
+    image = dataset / "imagesTr" / "case_000_0000.nii.gz"
+    common = ["embed", str(image), "-q", "--batch-size", "2", "--cache", str(tmp_path / "cache"), "--stage-inputs"]
+    assert cli.main([*common, "--model", str(model)]) == 0
+    assert "5 encoded" in capsys.readouterr().out
+    (path,) = [p for p in (tmp_path / "cache" / TINY_STAGED).iterdir() if p.is_dir()]
+    entry = CachedEmbeddings(path)
+    assert entry.stage_done().all() and entry.load_stage_inputs().shape == (5, 8, 8, 32)
+    assert cli.main([*common, "--model", str(home / "models" / "tiny-test")]) == 2
+    assert "--stage-inputs: needs an image encoder with stages" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()) == [TINY_STAGED]  # nothing encoded
 
 
 @pytest.mark.parametrize("prefetch", ["1", "0"])
