@@ -44,19 +44,20 @@ def canonical_json(value: Any) -> str:
 
 
 def current_inputs(project: Path = PROJECT) -> dict[str, Any]:
-    """What the screenshots depend on, as it stands in the checkout ``project`` now (see the module doc)."""
+    """What the screenshots depend on, as it stands in the checkout ``project`` now (see the module doc), as
+    plain JSON values (tuples as lists), so that it compares equal to a record read back from its file."""
     from fewsam_jax import demo
     from fewsam_jax.fewshot import FewShotSegmenter
     from fewsam_jax.fewshot.config import DecoderConfig, InferenceConfig, TrainConfig
 
-    return {
+    return json.loads(canonical_json({
         "decoder": dataclasses.asdict(DecoderConfig.default()),
         "training": dataclasses.asdict(TrainConfig()),
         "inference": dataclasses.asdict(InferenceConfig()),
         "model": inspect.signature(FewShotSegmenter.train).parameters["model"].default,
         "demo": {"classes": {str(k): v for k, v in demo.CLASSES.items()}, "labelled_slices": demo.LABELLED_SLICES},
         "files": {name: sha256_file(project / name) for name in DRAWING_FILES},
-    }
+    }))
 
 
 def inputs_hash(inputs: dict[str, Any]) -> str:
