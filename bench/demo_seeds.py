@@ -5,10 +5,10 @@ each, 600 steps) is one within-volume task; its Dice on the other 91 axial slice
 harness trains the decoder on the demo's collection once per (variant, seed) and scores those slices, so a
 single seed's result is not mistaken for a property of a variant.
 
-``--variant NAME[:key=value,...]`` takes the options of the three configs as ``bench.fewshot`` does
-(``configs_from_overrides``); ``sam_only`` is :meth:`DecoderConfig.sam_only`. Rows accumulate in
-``bench/results/demo_seeds.json`` (a rerun of a variant and seed replaces its row); the section "Demo: seeds"
-of ``bench/RESULTS.md`` is rewritten from it.
+``--variant NAME[:key=value,...]`` takes the options of the three configs as ``bench.fewshot`` does (its
+``parse_variant``, then ``configs_from_overrides``); ``sam_only`` is :meth:`DecoderConfig.sam_only`. Rows
+accumulate in ``bench/results/demo_seeds.json`` (a rerun of a variant and seed replaces its row); the section
+"Demo: seeds" of ``bench/RESULTS.md`` is rewritten from it.
 """
 
 from __future__ import annotations
@@ -23,24 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.fewshot import parse_variant
 from bench.sections import RESULTS_DIR, machine_info, save_report
 
 START, END = "<!-- demo-seeds:start -->", "<!-- demo-seeds:end -->"
-
-
-def parse_variant(text: str) -> tuple[str, dict]:
-    """``NAME`` or ``NAME:key=value,...`` -> (name, overrides), values read as JSON where they parse."""
-    name, _, options = text.partition(":")
-    overrides = {}
-    for item in filter(None, options.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--variant {text!r}: expected key=value, got {item!r}")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    return name, overrides
 
 
 def run_row(work: Path, sam, name: str, overrides: dict, seed: int) -> dict:

@@ -80,11 +80,14 @@ def manifest(data: Path, train: list[str], shots: int, folder: Path) -> Path:
 def parse_variant(spec: str) -> tuple[str, dict]:
     """``NAME`` or ``NAME:key=value,key=value`` -> (name, overrides of the few-shot configs, routed by
     :func:`~fewsam_jax.fewshot.config.configs_from_overrides`); values are JSON (numbers, true/false),
-    ``None``/empty, or else taken as strings (``image_frame=embedding``)."""
+    ``None``/empty, or else taken as strings (``image_frame=embedding``); an item without ``=`` exits with
+    the error."""
     name, _, body = spec.partition(":")
     overrides = {}
     for item in filter(None, body.split(",")):
-        key, _, value = item.partition("=")
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--variant {spec!r}: expected key=value, got {item!r}")
         try:
             overrides[key] = json.loads(value) if value not in ("", "None") else None
         except json.JSONDecodeError:
