@@ -92,7 +92,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
     args = parser.parse_args()
     variants = [parse_variant(v) for v in args.variant or ["default"]]
+    from fewsam_jax.fewshot.config import configs_from_overrides
     from fewsam_jax.weights import load_model
+
+    for name, overrides in variants:  # every variant's options checked before the model loads
+        try:
+            configs_from_overrides(overrides)
+        except ValueError as err:
+            raise SystemExit(f"--variant {name}: {err}") from None
 
     sam = load_model("litemedsam")
     path = RESULTS_DIR / "demo_seeds.json"

@@ -21,3 +21,15 @@ def test_the_table_gives_each_variant_its_mean_and_spread_over_seeds():
     lines = [line for line in table.splitlines() if line.startswith("| v |")]
     assert [line.split(" | ")[1] for line in lines] == ["0", "1"]  # sorted by seed
     assert "**0.600** ± 0.200 (2 seeds)" in lines[-1] and "**" not in lines[0]
+
+
+def test_an_unknown_option_is_refused_before_the_model_loads(monkeypatch):
+    import sys
+
+    import fewsam_jax.weights
+    from bench import demo_seeds
+
+    monkeypatch.setattr(fewsam_jax.weights, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(sys, "argv", ["demo_seeds", "--variant", "x:no_such_option=1"])
+    with pytest.raises(SystemExit, match="--variant x: unknown option 'no_such_option'"):
+        demo_seeds.main()
