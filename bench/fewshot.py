@@ -11,7 +11,9 @@ the labelled extent of the draw's 5 volumes, plus one label-free slice per volum
 it (``--variant``: options of the three configs, routed by
 :func:`fewsam_jax.fewshot.config.configs_from_overrides`) and, with ``--unet``, the project's 2D U-Net from scratch on
 exactly the same slices; both are scored in 3D on every volume of the phase's split: Dice, HD95 (mm) and
-predicted / true volume per class. ``--curve N`` adds a learning curve: validation Dice (threshold 0)
+predicted / true volume per class. ``--offsets`` also scores other threshold offsets
+(``InferenceConfig.threshold_offset``) from the same trained decoder, one row each (``VARIANT@OFFSET``), without
+training again. ``--curve N`` adds a learning curve: validation Dice (threshold 0)
 every N steps. Embeddings go through the package's cache, so a rerun only trains and segments.
 
 Rows accumulate in ``bench/results/fewshot_<phase>.json`` (a rerun of the same variant, draw, seed and shot
@@ -93,6 +95,11 @@ def parse_variant(spec: str) -> tuple[str, dict]:
         except json.JSONDecodeError:
             overrides[key] = value
     return name, overrides
+
+
+def offset_name(variant: str, offset: float) -> str:
+    """The row name of ``variant``'s decoder segmenting at another threshold offset (``--offsets``)."""
+    return f"{variant}@{offset:+g}"
 
 
 def score_volume(pred: np.ndarray, truth: np.ndarray, spacing) -> dict[str, list[float]]:
@@ -177,24 +184,35 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                                                            inference=inference, cache=args.cache, progress=False,
                                                            callback=learning_curve if args.curve else None,
                                                            callback_every=args.curve)
-                        started, per_volume = time.perf_counter(), []
+                        # the trained decoder's logits once per volume; every threshold offset labels from them
+                        offsets = [inference.threshold_offset, *(o for o in args.offsets
+                                                                 if o != inference.threshold_offset)]
+                        started, per_offset = time.perf_counter(), {o: [] for o in offsets}
                         for volume, truth in volumes:
-                            pred = segmenter.segment(volume, cache=args.cache, progress=False,
-                                                     postprocess=args.postprocess)
-                            per_volume.append(score_volume(pred, truth, volume.spacing))
-                        row = {"method": "few-shot", "variant": name, "overrides": overrides,
-                               "config": {"decoder": dataclasses.asdict(config),
-                                          "training": dataclasses.asdict(training),
-                                          "inference": dataclasses.asdict(inference)}, "draw": draw,
-                               "seed": seed, "positive_slices": shots,
-                               "labelled_slices": segmenter.info["labelled_slices"],
-                               "train_seconds": segmenter.info["train_seconds"] - curve_seconds[0],
-                               "thresholds": segmenter.info["thresholds"], "curve": curve,
-                               "load_average": [load_before, os.getloadavg()[0]], "volumes": len(volumes),
-                               **summarise(per_volume, time.perf_counter() - started, total_slices)}
-                        rows.append(row)
-                        save(rows)
-                        print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
+                            logits, presence = segmenter.predict_volume(volume, cache=args.cache, progress=False)
+                            for offset in offsets:
+                                pred = segmenter.labels_from(logits - (offset - inference.threshold_offset),
+                                                             presence, postprocess=args.postprocess)
+                                per_offset[offset].append(score_volume(pred, truth, volume.spacing))
+                        seconds = time.perf_counter() - started
+                        for offset in offsets:
+                            derived = offset != inference.threshold_offset
+                            row_overrides = {**overrides, "threshold_offset": offset} if derived else overrides
+                            row = {"method": "few-shot", "variant": offset_name(name, offset) if derived else name,
+                                   "overrides": row_overrides, "same_training_as": name if derived else None,
+                                   "config": {"decoder": dataclasses.asdict(config),
+                                              "training": dataclasses.asdict(training),
+                                              "inference": dataclasses.asdict(
+                                                  inference.replace(threshold_offset=offset))}, "draw": draw,
+                                   "seed": seed, "positive_slices": shots,
+                                   "labelled_slices": segmenter.info["labelled_slices"],
+                                   "train_seconds": segmenter.info["train_seconds"] - curve_seconds[0],
+                                   "thresholds": segmenter.info["thresholds"], "curve": [] if derived else curve,
+                                   "load_average": [load_before, os.getloadavg()[0]], "volumes": len(volumes),
+                                   **summarise(per_offset[offset], seconds, total_slices)}
+                            rows.append(row)
+                            save(rows)
+                            print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
                         if curve:
                             print("curve", json.dumps(curve), flush=True)
                         if args.unet and name == args.variant_names[0]:
@@ -292,6 +310,9 @@ def main() -> None:
     parser.add_argument("--unet", action="store_true", help="also train the U-Net on the same slices")
     parser.add_argument("--unet-only", action="store_true", help="only the U-Net (no few-shot training)")
     parser.add_argument("--postprocess", action="store_true", help="3D largest component + hole filling")
+    parser.add_argument("--offsets", type=lambda s: [float(x) for x in s.split(",")], default=[],
+                        help="also score these threshold offsets (InferenceConfig.threshold_offset) from the same "
+                        "trained decoder, one row each, named VARIANT@OFFSET (no training of their own)")
     parser.add_argument("--volumes", type=int, help="score only the first N volumes of the phase's split")
     parser.add_argument("--curve", type=int, default=0, help="learning curve: score every N steps (0: off)")
     parser.add_argument("--curve-volumes", type=int, default=4, help="phase volumes the learning curve scores")
@@ -309,6 +330,13 @@ def main() -> None:
             configs_from_overrides(parse_variant(spec)[1])
         except (TypeError, ValueError) as err:
             raise SystemExit(f"--variant {spec}: {err}") from None
+    from fewsam_jax.fewshot import InferenceConfig
+
+    for offset in args.offsets:
+        try:
+            InferenceConfig(threshold_offset=offset)
+        except ValueError as err:
+            raise SystemExit(f"--offsets: {err}") from None
     if not set(args.draws) <= set(DRAWS):
         raise SystemExit(f"--draws: expected names from {sorted(DRAWS)}, got {args.draws}")
     if not (args.data / "imagesTr").is_dir():

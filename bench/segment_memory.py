@@ -93,7 +93,7 @@ def measure(work: Path, mode: str) -> dict:
                                segmenter.sam().config)
         logits, presence = predict_logits(segmenter.decoder, segmenter.tokens, entry.load(),
                                           images=images)
-        logits = logits_to_native(logits - segmenter.thresholds[None, :, None, None], entry.slice_shape)
+        logits = logits_to_native(logits - segmenter.cutoffs[None, :, None, None], entry.slice_shape)
         labels = segmenter.labels_from(logits, presence)
     elif mode == "whole":
         labels = segmenter.labels_from(*segmenter.predict_volume(volume, cache=work / "cache", progress=False))

@@ -68,6 +68,9 @@ def _segment(args: argparse.Namespace) -> None:
     inputs = [*args.image, *(args.input or [])]
     if not inputs:
         raise cohort.CohortError("no input: pass image files or folders (-i IN [IN ...])")
+    if args.threshold_offset is not None and not -10.0 <= args.threshold_offset <= 10.0:
+        raise cohort.CohortError(f"--threshold-offset: expected a number of logits in [-10, 10], got "
+                                 f"{args.threshold_offset}")
     out = Path(args.out)
     # one image and a file name (any extension) -> that file; one DICOM series folder and a .nii(.gz) name -> that
     # file; otherwise -o is a folder of CASE.nii.gz
@@ -116,6 +119,8 @@ def _load_segmenter(args: argparse.Namespace):
     from fewsam_jax.fewshot import FewShotSegmenter
 
     segmenter = FewShotSegmenter.load(args.decoder, model=args.model)
+    if getattr(args, "threshold_offset", None) is not None:
+        segmenter.inference = segmenter.inference.replace(threshold_offset=args.threshold_offset)
     if segmenter._sam is None:
         log.debug("base model: %s", segmenter.model_dir())
     return segmenter
@@ -281,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--model", help="base model folder written by `fewsam convert` (default: the one in "
                          "$FEWSAM_HOME/models holding the weights the decoder was trained on)")
     segment.add_argument("--postprocess", action="store_true", help="largest component + hole filling per class")
+    segment.add_argument("--threshold-offset", type=float, metavar="LOGITS",
+                         help="added to every class's threshold; negative labels more (default: the decoder's "
+                              "InferenceConfig.threshold_offset)")
     segment.add_argument("--seg-nrrd", action="store_true",
                          help="also write CASE.seg.nrrd for 3D Slicer (named, coloured segments; needs pynrrd)")
     segment.add_argument("--dicom-seg", action="store_true",

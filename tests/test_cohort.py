@@ -7,6 +7,7 @@ Everything runs on a synthetic nnU-Net dataset of tiny volumes with the `tiny` m
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -200,6 +201,22 @@ def test_collection_from_the_shared_hippocampus():
 
 
 # ------------------------------------------------------------------------------------------ segment and evaluate
+
+
+def test_threshold_offset_is_checked_before_loading_and_then_applied(dataset, decoder, home, tmp_path, capsys,
+                                                                     monkeypatch):
+    monkeypatch.setenv("FEWSAM_HOME", str(home))
+    load = FewShotSegmenter.load
+    monkeypatch.setattr(FewShotSegmenter, "load", lambda *a, **k: pytest.fail("loaded before the offset was checked"))
+    args = ["segment", "-i", str(dataset / "imagesTs"), "-o", str(tmp_path / "p"), "--decoder", str(decoder)]
+    assert cli.main([*args, "--threshold-offset", "12"]) == 2
+    assert "--threshold-offset: expected a number of logits in [-10, 10], got 12.0" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+    monkeypatch.setattr(FewShotSegmenter, "load", load)
+    segmenter = cli._load_segmenter(argparse.Namespace(decoder=str(decoder), model=None, threshold_offset=-0.5))
+    assert segmenter.inference.threshold_offset == -0.5
+    assert cli._load_segmenter(argparse.Namespace(decoder=str(decoder), model=None,
+                                                  threshold_offset=None)).inference.threshold_offset == 0.0
 
 
 def test_segment_a_folder_resumes_and_evaluates(dataset, decoder, home, tmp_path, capsys, monkeypatch):

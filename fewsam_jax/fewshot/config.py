@@ -214,10 +214,15 @@ class InferenceConfig(_Replace):
     # after training, tune a per-class logit threshold maximising Dice on the labelled slices (else 0);
     # with episode_holdout="volume" each support volume is predicted from the others' prompts for it
     calibrate_threshold: bool = True
+    # added to every class's logit threshold (calibrated or 0) when segmenting; negative labels more pixels
+    threshold_offset: float = 0.0
 
     def __post_init__(self):
         if not 0.0 <= self.presence_threshold <= 1.0:
             raise ValueError(f"presence_threshold: expected a value in [0, 1], got {self.presence_threshold}")
+        if not (isinstance(self.threshold_offset, (int, float)) and not isinstance(self.threshold_offset, bool)
+                and -10.0 <= self.threshold_offset <= 10.0):
+            raise ValueError(f"threshold_offset: expected a number of logits in [-10, 10], got {self.threshold_offset!r}")
 
 
 CONFIGS = {"decoder": DecoderConfig, "training": TrainConfig, "inference": InferenceConfig}

@@ -202,6 +202,12 @@ class FewShotSegmenter:
     def class_ids(self) -> tuple[int, ...]:
         return tuple(sorted(self.classes))
 
+    @property
+    def cutoffs(self) -> np.ndarray:
+        """(K,) the logit each class must exceed when segmenting: its threshold plus
+        ``inference.threshold_offset``."""
+        return np.asarray(self.thresholds, np.float32) + np.float32(self.inference.threshold_offset)
+
     @classmethod
     def train(
         cls,
@@ -337,11 +343,11 @@ class FewShotSegmenter:
             images = None if slices is None else branch_images(slices, config, self.sam_config, indices)
             sources = entry.load_stage_inputs(indices) if staged else entry.load(indices)
             logits, presence = predict_logits(self.decoder, self.tokens, sources, images=images)
-            logits = logits - self.thresholds[None, :, None, None]
+            logits = logits - self.cutoffs[None, :, None, None]
             yield start, _native_chunk(logits, entry.slice_shape, chunk), presence
 
     def predict_volume(self, volume: Volume, cache: Any = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Per-class logits on the slice grid, shifted so 0 is each class's calibrated threshold,
+        """Per-class logits on the slice grid, shifted so 0 is each class's cut-off (:attr:`cutoffs`),
         and presence probabilities: (N, K, H, W) and (N, K), N slices along ``axis``. Holds every class's
         float32 logits of the whole volume at once; :meth:`segment` streams instead."""
         parts = list(self.iter_predictions(volume, cache, progress))

@@ -50,6 +50,8 @@ def test_presets():
     (lambda: TrainConfig(augment={"copies": 1}), "augment: expected an AugmentConfig, got dict"),
     (lambda: AugmentConfig(copies=-1), "copies / rotation_deg / scale / gamma"),
     (lambda: InferenceConfig(presence_threshold=1.5), r"presence_threshold: expected a value in \[0, 1\]"),
+    (lambda: InferenceConfig(threshold_offset=12.0), r"threshold_offset: expected a number of logits in \[-10, 10\]"),
+    (lambda: InferenceConfig(threshold_offset="low"), "threshold_offset: expected a number of logits"),
 ])
 def test_configs_name_the_field_and_what_was_expected(make, message):
     with pytest.raises(ValueError, match=message):

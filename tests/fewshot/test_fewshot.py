@@ -6,6 +6,7 @@ some slices) on a dark, noisy background, both moving from slice to slice.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import nibabel as nib
@@ -150,6 +151,25 @@ def test_saved_decoder_reloads_to_identical_predictions(trained, tmp_path):
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
     assert reloaded.classes == {1: "ellipse", 2: "bar"} and reloaded.intensity == segmenter.intensity
+
+
+@pytest.mark.slow  # the module's `trained` decoder: an end-to-end training run
+def test_threshold_offset_shifts_every_class_cutoff_and_is_saved(trained, tmp_path):
+    segmenter = trained["segmenter"]
+    volume = load_volume(trained["test_image"])
+    logits, presence = segmenter.predict_volume(volume, cache=trained["cache"], progress=False)
+    shifted = dataclasses.replace(segmenter, inference=segmenter.inference.replace(threshold_offset=-0.75))
+    np.testing.assert_array_equal(shifted.cutoffs, segmenter.cutoffs - np.float32(0.75))
+    more, same = shifted.predict_volume(volume, cache=trained["cache"], progress=False)
+    np.testing.assert_allclose(more, logits + 0.75, atol=1e-5)
+    np.testing.assert_array_equal(same, presence)
+    assert (shifted.labels_from(more, same) > 0).sum() > (segmenter.labels_from(logits, presence) > 0).sum()
+    shifted.save(tmp_path / "decoder")
+    meta = json.loads((tmp_path / "decoder" / "fewshot.json").read_text())
+    assert meta["inference"]["threshold_offset"] == -0.75
+    del meta["inference"]["threshold_offset"]  # a decoder saved before the option: no offset
+    (tmp_path / "decoder" / "fewshot.json").write_text(json.dumps(meta))
+    assert FewShotSegmenter.load(tmp_path / "decoder").inference.threshold_offset == 0.0
 
 
 @pytest.mark.slow  # the module's `trained` decoder: an end-to-end training run
