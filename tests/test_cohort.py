@@ -215,8 +215,9 @@ def test_threshold_offset_is_checked_before_loading_and_then_applied(dataset, de
     monkeypatch.setattr(FewShotSegmenter, "load", load)
     segmenter = cli._load_segmenter(argparse.Namespace(decoder=str(decoder), model=None, threshold_offset=-0.5))
     assert segmenter.inference.threshold_offset == -0.5
+    saved = FewShotSegmenter.load(decoder).inference.threshold_offset  # without the flag: the decoder's own
     assert cli._load_segmenter(argparse.Namespace(decoder=str(decoder), model=None,
-                                                  threshold_offset=None)).inference.threshold_offset == 0.0
+                                                  threshold_offset=None)).inference.threshold_offset == saved
 
 
 def test_segment_a_folder_resumes_and_evaluates(dataset, decoder, home, tmp_path, capsys, monkeypatch):

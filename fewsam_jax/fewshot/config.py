@@ -214,8 +214,9 @@ class InferenceConfig(_Replace):
     # after training, tune a per-class logit threshold maximising Dice on the labelled slices (else 0);
     # with episode_holdout="volume" each support volume is predicted from the others' prompts for it
     calibrate_threshold: bool = True
-    # added to every class's logit threshold (calibrated or 0) when segmenting; negative labels more pixels
-    threshold_offset: float = 0.0
+    # added to every class's logit threshold (calibrated or 0) when segmenting; negative labels more pixels (the
+    # calibration on the training slices sits too high for slices the decoder did not train on)
+    threshold_offset: float = -0.5
 
     def __post_init__(self):
         if not 0.0 <= self.presence_threshold <= 1.0:

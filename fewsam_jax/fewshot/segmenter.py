@@ -657,6 +657,8 @@ def read_decoder_meta(directory: str | os.PathLike) -> dict[str, Any]:
         raise DecoderFileError(f"{path}: key 'tokens_shape' has {shape[2]} channels; model {meta['model']!r} "
                                f"has {sam_config.prompt_embed_dim}")
     raw = _split_legacy(path, meta) if legacy else {key: meta[key] for key in _META_CONFIGS if key in meta}
+    if "inference" in raw:  # saved before threshold_offset existed: segmented at its thresholds, as it still will
+        raw["inference"] = {"threshold_offset": 0.0, **raw["inference"]}
     prefix = {key: "fewshot" if legacy else key for key in _META_CONFIGS}
     for key, cls in _META_CONFIGS.items():
         meta[key] = _config_from_json(path, prefix[key], cls, raw[key]) if key in raw else None

@@ -159,9 +159,11 @@ def test_threshold_offset_shifts_every_class_cutoff_and_is_saved(trained, tmp_pa
     volume = load_volume(trained["test_image"])
     logits, presence = segmenter.predict_volume(volume, cache=trained["cache"], progress=False)
     shifted = dataclasses.replace(segmenter, inference=segmenter.inference.replace(threshold_offset=-0.75))
-    np.testing.assert_array_equal(shifted.cutoffs, segmenter.cutoffs - np.float32(0.75))
+    base = segmenter.inference.threshold_offset  # the default's
+    np.testing.assert_array_equal(shifted.cutoffs, np.asarray(segmenter.thresholds, np.float32) - np.float32(0.75))
+    np.testing.assert_array_equal(segmenter.cutoffs, np.asarray(segmenter.thresholds, np.float32) + np.float32(base))
     more, same = shifted.predict_volume(volume, cache=trained["cache"], progress=False)
-    np.testing.assert_allclose(more, logits + 0.75, atol=1e-5)
+    np.testing.assert_allclose(more, logits + 0.75 + base, atol=1e-5)
     np.testing.assert_array_equal(same, presence)
     assert (shifted.labels_from(more, same) > 0).sum() > (segmenter.labels_from(logits, presence) > 0).sum()
     shifted.save(tmp_path / "decoder")
@@ -300,7 +302,7 @@ def save_legacy(segmenter: FewShotSegmenter, folder, drop=(), **changes) -> None
     augment = training.pop("augment")
     flat = {**meta.pop("decoder"), **training, **meta.pop("inference"), "similarity_prior": False,
             "trainable": "decoder", **changes}
-    meta["fewshot"] = {k: v for k, v in flat.items() if k not in drop}
+    meta["fewshot"] = {k: v for k, v in flat.items() if k not in (*drop, "threshold_offset")}  # not yet then
     meta["info"]["augment"] = {**augment, "seed": training["seed"]}
     legacy = nnx.clone(segmenter.decoder)
     k, _, c = segmenter.tokens.shape
@@ -314,8 +316,10 @@ def save_legacy(segmenter: FewShotSegmenter, folder, drop=(), **changes) -> None
 
 def test_legacy_decoder_loads_to_identical_predictions(plain_case, tmp_path):
     """A decoder saved with the flat FewShotConfig, the similarity prior's vector and the prototypes in its
-    state: both are dropped on restore, the configs split, and it predicts exactly as before."""
+    state: both are dropped on restore, the configs split, and it predicts exactly as before (at its thresholds:
+    no ``threshold_offset`` then)."""
     segmenter = plain_case["segmenter"]
+    segmenter = dataclasses.replace(segmenter, inference=segmenter.inference.replace(threshold_offset=0.0))
     save_legacy(segmenter, tmp_path / "decoder")
     loaded = FewShotSegmenter.load(tmp_path / "decoder")
     loaded._sam = plain_case["sam"]
