@@ -28,8 +28,14 @@ from voila_harness import PROJECT, app_url, chromium_page, voila_server
 VIEWPORT = (1200, 1000)
 
 
+def apps_folder(work: Path) -> Path:
+    """Where the two apps' folders and the servers' logs go: beside the demo's folder, not inside it (the demo
+    refuses to write again into a folder holding files it did not write)."""
+    return work.with_name(f"{work.name}_screenshots")
+
+
 def prepare(work: Path) -> tuple[Path, Path]:
-    """Runs the demo in ``work`` and writes the two apps' folders (``app.json`` + files) inside it."""
+    """Runs the demo in ``work`` and writes the two apps' folders (``app.json`` + files) in :func:`apps_folder`."""
     from fewsam_jax.demo import CLASSES, LABELLED_SLICES, pick_slices, run_demo
     from fewsam_jax.fewshot import FewShotSegmenter
     from fewsam_jax.io import load_volume, save_labels
@@ -42,8 +48,8 @@ def prepare(work: Path) -> tuple[Path, Path]:
     labelled = pick_slices(truth, axis, LABELLED_SLICES)
     classes = {str(k): v.replace("_", " ") for k, v in CLASSES.items()}
 
-    annotator_dir = work / "app_annotator"
-    annotator_dir.mkdir(exist_ok=True)
+    annotator_dir = apps_folder(work) / "app_annotator"
+    annotator_dir.mkdir(parents=True, exist_ok=True)
     on_labelled = np.isin(np.arange(truth.shape[axis]), labelled)
     support = np.where(np.expand_dims(on_labelled, tuple(d for d in range(3) if d != axis)), truth, 0)
     save_labels(support, volume, annotator_dir / "labels.nii.gz")
@@ -52,8 +58,8 @@ def prepare(work: Path) -> tuple[Path, Path]:
         "labels": "labels.nii.gz", "labelled_slices": labelled, "slice_index": labelled[2], "model": "litemedsam",
     })
 
-    viewer_dir = work / "app_viewer"
-    viewer_dir.mkdir(exist_ok=True)
+    viewer_dir = apps_folder(work) / "app_viewer"
+    viewer_dir.mkdir(parents=True, exist_ok=True)
     logits, presence = FewShotSegmenter.load(work / "decoder").predict_volume(volume, progress=False)
     np.save(viewer_dir / "logits.npy", logits.astype(np.float16))
     np.save(viewer_dir / "presence.npy", presence)
@@ -138,10 +144,10 @@ def main() -> None:
     annotator_dir, viewer_dir = prepare(args.work)
     drawn = "canvas.fewsam-canvas:not([data-render-count='0'])"
     photograph(annotator_dir, "app_annotator.ipynb", ".fewsam-annotator", [f".fewsam-annotator {drawn}"],
-               args.out / "widget_annotator.png", args.work / "voila_annotator.log")
+               args.out / "widget_annotator.png", apps_folder(args.work) / "voila_annotator.log")
     photograph(viewer_dir, "app_viewer.ipynb", ".fewsam-viewer",
                [f".fewsam-viewer .fewsam-plane-axial {drawn}", f".fewsam-viewer .fewsam-dice-plot {drawn}"],
-               args.out / "widget_viewer.png", args.work / "voila_viewer.log")
+               args.out / "widget_viewer.png", apps_folder(args.work) / "voila_viewer.log")
     print(f"wrote {write_record(args.out)}")
     print(f"done in {time.perf_counter() - started:.0f} s")
 
