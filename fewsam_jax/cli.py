@@ -68,9 +68,13 @@ def _segment(args: argparse.Namespace) -> None:
     inputs = [*args.image, *(args.input or [])]
     if not inputs:
         raise cohort.CohortError("no input: pass image files or folders (-i IN [IN ...])")
-    if args.threshold_offset is not None and not -10.0 <= args.threshold_offset <= 10.0:
-        raise cohort.CohortError(f"--threshold-offset: expected a number of logits in [-10, 10], got "
-                                 f"{args.threshold_offset}")
+    if args.threshold_offset is not None:  # checked by the config itself, before any file is read
+        from fewsam_jax.fewshot import InferenceConfig
+
+        try:
+            InferenceConfig(threshold_offset=args.threshold_offset)
+        except ValueError as err:
+            raise cohort.CohortError(f"--threshold-offset: {str(err).removeprefix('threshold_offset: ')}") from None
     out = Path(args.out)
     # one image and a file name (any extension) -> that file; one DICOM series folder and a .nii(.gz) name -> that
     # file; otherwise -o is a folder of CASE.nii.gz
@@ -119,7 +123,7 @@ def _load_segmenter(args: argparse.Namespace):
     from fewsam_jax.fewshot import FewShotSegmenter
 
     segmenter = FewShotSegmenter.load(args.decoder, model=args.model)
-    if getattr(args, "threshold_offset", None) is not None:
+    if args.threshold_offset is not None:
         segmenter.inference = segmenter.inference.replace(threshold_offset=args.threshold_offset)
     if segmenter._sam is None:
         log.debug("base model: %s", segmenter.model_dir())
