@@ -102,6 +102,11 @@ def offset_name(variant: str, offset: float) -> str:
     return f"{variant}@{offset:+g}"
 
 
+def postprocess_name(variant: str) -> str:
+    """The row name of a row's labels after 3D post-processing (``--postprocess``)."""
+    return f"{variant}+3d"
+
+
 def score_volume(pred: np.ndarray, truth: np.ndarray, spacing) -> dict[str, list[float]]:
     """Per class (in CLASSES order): Dice, HD95 (mm) and predicted / true voxel count."""
     from fewsam_jax import metrics
@@ -147,8 +152,11 @@ def run(args: argparse.Namespace, save) -> list[dict]:
     volumes = [load(n) for n in scored]
     total_slices = sum(v.shape[2] for v, _ in volumes)
     sam = load_model("litemedsam")
+    # a variant that adapts the encoder's last stage needs its inputs: computed in the same encoder pass
+    staged = any(configs_from_overrides(overrides)[0].encoder_lora_rank
+                 for _, overrides in map(parse_variant, args.variant))
     entries = [] if args.unet_only else [embed_volume(v, sam, axis=2, intensity=intensity, cache=args.cache,
-                                                      progress=False) for v, _ in volumes]
+                                                      stage_inputs=staged, progress=False) for v, _ in volumes]
     curve_volumes = volumes[: args.curve_volumes]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -184,22 +192,28 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                                                            inference=inference, cache=args.cache, progress=False,
                                                            callback=learning_curve if args.curve else None,
                                                            callback_every=args.curve)
-                        # the trained decoder's logits once per volume; every threshold offset labels from them
+                        # the trained decoder's logits once per volume; every threshold offset (and, with
+                        # --postprocess, the post-processed labels too) labels from them
                         offsets = [inference.threshold_offset, *(o for o in args.offsets
                                                                  if o != inference.threshold_offset)]
-                        started, per_offset = time.perf_counter(), {o: [] for o in offsets}
+                        labelings = [(o, p) for o in offsets for p in ((False, True) if args.postprocess else (False,))]
+                        started, per_labeling = time.perf_counter(), {lab: [] for lab in labelings}
                         for volume, truth in volumes:
                             logits, presence = segmenter.predict_volume(volume, cache=args.cache, progress=False)
-                            for offset in offsets:
+                            for offset, post in labelings:
                                 pred = segmenter.labels_from(logits - (offset - inference.threshold_offset),
-                                                             presence, postprocess=args.postprocess)
-                                per_offset[offset].append(score_volume(pred, truth, volume.spacing))
+                                                             presence, postprocess=post)
+                                per_labeling[offset, post].append(score_volume(pred, truth, volume.spacing))
                         seconds = time.perf_counter() - started
-                        for offset in offsets:
-                            derived = offset != inference.threshold_offset
-                            row_overrides = {**overrides, "threshold_offset": offset} if derived else overrides
-                            row = {"method": "few-shot", "variant": offset_name(name, offset) if derived else name,
-                                   "overrides": row_overrides, "same_training_as": name if derived else None,
+                        for offset, post in labelings:
+                            derived = offset != inference.threshold_offset or post
+                            row_name = offset_name(name, offset) if offset != inference.threshold_offset else name
+                            row_name = postprocess_name(row_name) if post else row_name
+                            row_overrides = ({**overrides, "threshold_offset": offset}
+                                             if offset != inference.threshold_offset else dict(overrides))
+                            row = {"method": "few-shot", "variant": row_name,
+                                   "overrides": {**row_overrides, "postprocess": True} if post else row_overrides,
+                                   "same_training_as": name if derived else None,
                                    "config": {"decoder": dataclasses.asdict(config),
                                               "training": dataclasses.asdict(training),
                                               "inference": dataclasses.asdict(
@@ -209,7 +223,7 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                                    "train_seconds": segmenter.info["train_seconds"] - curve_seconds[0],
                                    "thresholds": segmenter.info["thresholds"], "curve": [] if derived else curve,
                                    "load_average": [load_before, os.getloadavg()[0]], "volumes": len(volumes),
-                                   **summarise(per_offset[offset], seconds, total_slices)}
+                                   "postprocess": post, **summarise(per_labeling[offset, post], seconds, total_slices)}
                             rows.append(row)
                             save(rows)
                             print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
@@ -309,7 +323,9 @@ def main() -> None:
                         "augment.FIELD for AugmentConfig's); repeatable (default: the defaults)")
     parser.add_argument("--unet", action="store_true", help="also train the U-Net on the same slices")
     parser.add_argument("--unet-only", action="store_true", help="only the U-Net (no few-shot training)")
-    parser.add_argument("--postprocess", action="store_true", help="3D largest component + hole filling")
+    parser.add_argument("--postprocess", action="store_true",
+                        help="also score every row's labels after 3D largest component + hole filling (rows NAME+3d, "
+                             "same training)")
     parser.add_argument("--offsets", type=lambda s: [float(x) for x in s.split(",")], default=[],
                         help="also score these threshold offsets (InferenceConfig.threshold_offset) from the same "
                         "trained decoder, one row each, named VARIANT@OFFSET (no training of their own)")

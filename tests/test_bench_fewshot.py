@@ -1,27 +1,33 @@
-"""bench.fewshot's ``--offsets``: other threshold offsets are scored from the same trained decoder (one training,
-one row each), on the shared hippocampus data with the tiny random SAM (the harness itself loads LiteMedSAM)."""
+"""bench.fewshot's ``--offsets`` and ``--postprocess``: other threshold offsets and the post-processed labels are
+scored from the same trained decoder (one training, one row each), on the shared hippocampus data with the tiny random SAM (the harness itself loads LiteMedSAM)."""
 
 from __future__ import annotations
 
 import argparse
 
 import pytest
-from helpers import shared_data
+from helpers import shared_data, tiny_staged_sam
 
 from bench import fewshot
+from fewsam_jax.cache import CachedEmbeddings, EmbeddingCache
 
 
 @pytest.mark.slow  # trains a decoder (2 steps) and segments a shared volume
-def test_offsets_label_from_the_same_training(tiny_sam, tmp_path, monkeypatch):
+def test_offsets_and_postprocessing_label_from_the_same_training(tiny_sam, tmp_path, monkeypatch):
     monkeypatch.setattr("fewsam_jax.weights.load_model", lambda *a, **k: tiny_sam)
     args = argparse.Namespace(
         data=shared_data("hippocampus").resolve(), phase="validation", volumes=1, cache=tmp_path / "cache",
         variant=["v:steps=2,image_features=0"], variant_names=["v"], draws=["A"], seeds=[0], shots=[2],
-        offsets=[-1.0, -0.5], unet=False, unet_only=False, curve=0, curve_volumes=1, postprocess=False)
+        offsets=[-1.0, -0.5], unet=False, unet_only=False, curve=0, curve_volumes=1, postprocess=True)
     saved = []
     rows = fewshot.run(args, saved.append)
-    assert [r["variant"] for r in rows] == ["v", "v@-1"]  # -0.5 is the variant's own offset: no second row
-    base, shifted = rows
+    # -0.5 is the variant's own offset: no second row for it; each offset also post-processed
+    assert [r["variant"] for r in rows] == ["v", "v+3d", "v@-1", "v@-1+3d"]
+    base, post, shifted, shifted_post = rows
+    assert [r["postprocess"] for r in rows] == [False, True, False, True]
+    assert post["same_training_as"] == shifted_post["same_training_as"] == "v"
+    assert post["overrides"] == {"steps": 2, "image_features": 0, "postprocess": True}
+    assert shifted_post["config"]["inference"]["threshold_offset"] == -1.0
     assert shifted["same_training_as"] == "v" and base["same_training_as"] is None
     assert shifted["overrides"] == {"steps": 2, "image_features": 0, "threshold_offset": -1.0}
     assert base["overrides"] == {"steps": 2, "image_features": 0}
@@ -30,7 +36,23 @@ def test_offsets_label_from_the_same_training(tiny_sam, tmp_path, monkeypatch):
     assert shifted["thresholds"] == base["thresholds"] and shifted["train_seconds"] == base["train_seconds"]
     # a lower cut-off labels at least as many voxels of every class
     assert all(s >= b for s, b in zip(shifted["volume_ratio"], base["volume_ratio"]))
-    assert len(saved) == 2 and len(saved[-1]) == 2
+    assert len(saved) == 4 and len(saved[-1]) == 4
+
+
+@pytest.mark.slow  # trains a decoder (2 steps) with an adapted encoder stage and segments a shared volume
+def test_a_variant_adapting_the_encoder_gets_the_stage_inputs_in_the_same_encoder_pass(tmp_path, monkeypatch):
+    monkeypatch.setattr("fewsam_jax.weights.load_model", lambda *a, **k: tiny_staged_sam())
+    args = argparse.Namespace(
+        data=shared_data("hippocampus").resolve(), phase="validation", volumes=1, cache=tmp_path / "cache",
+        variant=["lora:steps=2,image_features=0,encoder_lora_rank=1"], variant_names=["lora"], draws=["A"], seeds=[0],
+        shots=[2], offsets=[], unet=False, unet_only=False, curve=0, curve_volumes=1, postprocess=False)
+    rows = fewshot.run(args, lambda rows: None)
+    assert [r["variant"] for r in rows] == ["lora"] and rows[0]["config"]["decoder"]["encoder_lora_rank"] == 1
+    entries = [CachedEmbeddings(p) for p in EmbeddingCache(args.cache).entries()]
+    assert len(entries) == 6  # the scored volume and the draw's 5 support volumes
+    assert all(e.has_stage_inputs and e.stage_done()[e.done()].all() for e in entries)
+    scored = [e for e in entries if e.done().all()]  # embedded by the harness before training, with stage inputs
+    assert len(scored) >= 1 and all(e.stage_done().all() for e in scored)
 
 
 def test_offsets_are_checked_before_the_model_loads(monkeypatch, tmp_path):
