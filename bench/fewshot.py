@@ -153,7 +153,7 @@ def run(args: argparse.Namespace, save) -> list[dict]:
     total_slices = sum(v.shape[2] for v, _ in volumes)
     sam = load_model("litemedsam")
     # a variant that adapts the encoder's last stage needs its inputs: computed in the same encoder pass
-    staged = any(configs_from_overrides(overrides)[0].encoder_lora_rank
+    staged = any(configs_from_overrides(overrides)[0].for_model(sam.config).encoder_lora_rank
                  for _, overrides in map(parse_variant, args.variant))
     entries = [] if args.unet_only else [embed_volume(v, sam, axis=2, intensity=intensity, cache=args.cache,
                                                       stage_inputs=staged, progress=False) for v, _ in volumes]

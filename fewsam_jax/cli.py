@@ -36,8 +36,13 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from fewsam_jax.fewshot import AugmentConfig, Collection, FewShotSegmenter, TrainConfig, load_collection
+    from fewsam_jax.fewshot import AugmentConfig, Collection, DecoderConfig, FewShotSegmenter, TrainConfig, load_collection
 
+    rank = args.encoder_lora_rank
+    try:  # checked by the config itself, before any file is read
+        config = DecoderConfig(encoder_lora_rank=int(rank) if rank.lstrip("-").isdigit() else rank)
+    except ValueError as err:
+        raise ValueError(f"--encoder-lora-rank {rank}: {err}") from None
     if (args.manifest is None) == (args.nnunet is None):
         raise ValueError("give either a MANIFEST or --nnunet DIR (an nnU-Net raw dataset), not both or neither")
     if args.nnunet is not None and args.slices_per_case is None:
@@ -54,7 +59,7 @@ def _train(args: argparse.Namespace) -> None:
     _check_cache(args)
     training = TrainConfig(seed=args.seed, augment=AugmentConfig(copies=args.augment),
                            **({"steps": args.steps} if args.steps else {}))
-    segmenter = FewShotSegmenter.train(collection, model=args.model, training=training,
+    segmenter = FewShotSegmenter.train(collection, model=args.model, config=config, training=training,
                                        intensity=args.intensity, cache=args.cache, progress=_progress(args))
     segmenter.save(args.out, overwrite=args.overwrite)
     print(json.dumps(segmenter.info, indent=2))
@@ -262,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_steps(train)
     train.add_argument("--seed", type=int, default=0, help="random seed of training and augmentation (default 0)")
     train.add_argument("--augment", type=int, default=0, help="augmented copies per labelled slice (default 0)")
+    train.add_argument("--encoder-lora-rank", default="auto", metavar="RANK",
+                       help="LoRA rank of the adapted last encoder stage (staged encoders such as litemedsam's); 0: "
+                       "the frozen encoder, about half the training time (default auto: 4 where the encoder has "
+                       "stages, else 0)")
     train.add_argument("--intensity", default="percentile",
                        help="preset window (soft_tissue, liver, lung, bone, brain), window:L,W, percentile[:lo,hi], "
                        "minmax (default percentile: 0.5-99.5)")

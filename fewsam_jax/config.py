@@ -105,6 +105,12 @@ class SamConfig:
         return self.encoder.img_size
 
     @property
+    def staged(self) -> bool:
+        """Whether the image encoder has stages (TinyViT, as LiteMedSAM's): the few-shot decoder can adapt its
+        last stage (``DecoderConfig.encoder_lora_rank``)."""
+        return isinstance(self.encoder, TinyViTConfig)
+
+    @property
     def embedding_size(self) -> int:
         return self.encoder.embedding_size
 

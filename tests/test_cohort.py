@@ -22,7 +22,7 @@ from fewsam_jax import cli
 from fewsam_jax.cohort import CohortError, find_cases, select_part
 from fewsam_jax.fewshot.collection import centres_of_parts, pick_slices
 from fewsam_jax.export import read_itksnap_labels, read_seg_nrrd
-from fewsam_jax.fewshot import Collection, FewShotSegmenter, ManifestError
+from fewsam_jax.fewshot import Collection, DecoderConfig, FewShotSegmenter, ManifestError
 from fewsam_jax.weights import BaseModelNotFoundError, save_model
 
 from helpers import TINY_STAGED, shared_data, tiny_staged_config, tiny_staged_sam, untrained_segmenter
@@ -92,7 +92,30 @@ def decoder(dataset, home, tmp_path_factory):
     assert collection.classes == {1: "ellipse", 2: "bar"} and len(collection.support) == 2
     assert collection.num_slices == 4 and seen["model"] == str(home / "models" / "tiny-test")
     assert seen["training"].seed == 0 and seen["training"].augment.copies == 0  # --seed, --augment defaults
+    assert seen["config"] == DecoderConfig()  # --encoder-lora-rank auto: resolved for the model by the training
     return out
+
+
+def test_train_encoder_lora_rank_is_checked_before_any_file_and_then_passed(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(FewShotSegmenter, "train", lambda *a, **k: pytest.fail("trained with a bad rank"))
+    manifest = tmp_path / "missing.json"  # never read: the flag is checked first
+    for bad, got in (("x", "'x'"), ("-1", "-1")):
+        assert cli.main(["train", str(manifest), "--out", str(tmp_path / "d"), "--encoder-lora-rank", bad]) == 2
+        err = capsys.readouterr().err
+        assert f"--encoder-lora-rank {bad}: encoder_lora_rank: expected an integer >= 0 or 'auto', got {got}" in err
+    assert not (tmp_path / "d").exists()
+
+    class Trained(Exception):
+        pass
+
+    def train(*args, **kwargs):
+        raise Trained(kwargs["config"])
+
+    monkeypatch.setattr(FewShotSegmenter, "train", train)
+    monkeypatch.setattr("fewsam_jax.fewshot.load_collection", lambda path: Collection({1: "x"}, 2, ()))
+    with pytest.raises(Trained) as trained:
+        cli.main(["train", str(manifest), "--out", str(tmp_path / "d"), "--encoder-lora-rank", "0"])
+    assert trained.value.args[0] == DecoderConfig.frozen_encoder()
 
 
 def run_fewsam(home: Path, *argv) -> subprocess.Popen:

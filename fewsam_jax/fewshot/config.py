@@ -20,7 +20,10 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal, Self, get_args
 
-from fewsam_jax.config import TINYVIT_BLOCK_LINEARS
+from fewsam_jax.config import TINYVIT_BLOCK_LINEARS, SamConfig
+
+# the LoRA rank encoder_lora_rank="auto" stands for on a staged encoder (bench/RESULTS.md, "Eighth round")
+AUTO_LORA_RANK = 4
 
 ClassDecoding = Literal["joint", "separate"]
 ImageFrame = Literal["mask", "embedding"]
@@ -66,8 +69,9 @@ class DecoderConfig(_Replace):
     # LoRA rank on the image encoder's last stage (:mod:`fewsam_jax.modeling.encoder_stage`; staged encoders,
     # i.e. LiteMedSAM's TinyViT, only): the targets' embeddings come from a copy of that stage and the neck run
     # on the cached stage inputs, its adapters trained with the decoder; prompts stay on the cached embeddings.
-    # 0: off, the frozen embeddings alone
-    encoder_lora_rank: int = 0
+    # 0: off, the frozen embeddings alone; "auto": AUTO_LORA_RANK on a staged encoder, 0 on SAM's ViT
+    # (resolved by for_model when a decoder is built; a saved decoder records the number)
+    encoder_lora_rank: int | Literal["auto"] = "auto"
     # the linear layers of each block of that stage that get adapters, of TINYVIT_BLOCK_LINEARS (a list, or a
     # string joined by "+" as in a benchmark's --variant, is taken as the tuple)
     encoder_lora_targets: tuple[str, ...] = ("qkv", "proj")
@@ -83,9 +87,9 @@ class DecoderConfig(_Replace):
             raise ValueError(f"encoder_lora_targets: expected distinct names from {TINYVIT_BLOCK_LINEARS}, got "
                              f"{given!r}")
         object.__setattr__(self, "encoder_lora_targets", targets)
-        if not isinstance(self.encoder_lora_rank, int) or isinstance(self.encoder_lora_rank, bool) \
-                or self.encoder_lora_rank < 0:
-            raise ValueError(f"encoder_lora_rank: expected an integer >= 0, got {self.encoder_lora_rank!r}")
+        rank = self.encoder_lora_rank
+        if rank != "auto" and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 0):
+            raise ValueError(f"encoder_lora_rank: expected an integer >= 0 or 'auto', got {rank!r}")
         if self.slice_tokens < 0:
             raise ValueError(f"slice_tokens: expected >= 0, got {self.slice_tokens}")
         if self.image_features < 0 or self.image_context < 0:
@@ -98,13 +102,29 @@ class DecoderConfig(_Replace):
 
     @classmethod
     def default(cls) -> DecoderConfig:
-        """SAM's decoder with the image branch in the mask frame (the default)."""
+        """SAM's decoder with the image branch in the mask frame and, on a staged encoder, the encoder's last
+        stage adapted (the default)."""
         return cls()
 
     @classmethod
     def sam_only(cls) -> DecoderConfig:
-        """SAM's decoder alone, without the image branch: reads nothing but the cached embeddings."""
-        return cls(image_features=0)
+        """SAM's decoder alone, without the image branch or an adapted encoder stage: reads nothing but the
+        cached embeddings."""
+        return cls(image_features=0, encoder_lora_rank=0)
+
+    @classmethod
+    def frozen_encoder(cls) -> DecoderConfig:
+        """The default decoder without adapting the encoder (``encoder_lora_rank=0``): half the training time
+        and a third of the segmenting time of the default on LiteMedSAM, no stage inputs in the cache."""
+        return cls(encoder_lora_rank=0)
+
+    def for_model(self, sam_config: SamConfig) -> DecoderConfig:
+        """This config for a model of ``sam_config``: ``encoder_lora_rank="auto"`` becomes
+        :data:`AUTO_LORA_RANK` on a staged (TinyViT) encoder and 0 on SAM's ViT; a number stays (a decoder
+        checks that the encoder has stages)."""
+        if self.encoder_lora_rank != "auto":
+            return self
+        return self.replace(encoder_lora_rank=AUTO_LORA_RANK if sam_config.staged else 0)
 
     @property
     def num_tokens(self) -> int:

@@ -37,9 +37,11 @@ class FewShotDecoder(nnx.Module):
     """Mask decoder + prompt-encoder pieces it needs, initialised from a converted SAM; ``cfg`` fixes its
     parameters (the image branch; with ``encoder_lora_rank`` > 0, ``encoder_stage``: a copy of ``sam``'s
     image encoder's last stage and neck with LoRA adapters, a ValueError unless that encoder is staged) and
-    its tokens (:func:`class_tokens`)."""
+    its tokens (:func:`class_tokens`). ``config`` is ``cfg`` for ``sam`` (:meth:`DecoderConfig.for_model`:
+    ``encoder_lora_rank="auto"`` resolved)."""
 
     def __init__(self, sam: Sam, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+        cfg = cfg.for_model(sam.config)
         self.config = cfg
         self.embedding_size = sam.config.embedding_size
         self.mask_decoder = nnx.clone(sam.mask_decoder)

@@ -105,6 +105,7 @@ def support_set(
     through the cache; with an image branch in ``config``, keep the slices themselves too (:func:`volume_images`);
     with ``encoder_lora_rank`` > 0, their last-stage inputs too (cached beside the embeddings)."""
     augment = training.augment
+    config = config.for_model(sam.config)
     staged = bool(config.encoder_lora_rank)
     embeddings, labels, groups, volumes, images, stage_inputs = [], [], [], [], [], []
     channels = config.image_channels
@@ -241,6 +242,7 @@ class FewShotSegmenter:
         if not isinstance(collection, Collection):
             collection = load_collection(collection)
         sam = load_model(str(model)) if isinstance(model, (str, os.PathLike)) else model
+        config = config.for_model(sam.config)
         if config.encoder_lora_rank:  # before any slice is embedded
             check_staged(sam.config, "encoder_lora_rank")
         intensity = Intensity.coerce(intensity)
@@ -659,9 +661,12 @@ def read_decoder_meta(directory: str | os.PathLike) -> dict[str, Any]:
     raw = _split_legacy(path, meta) if legacy else {key: meta[key] for key in _META_CONFIGS if key in meta}
     if "inference" in raw:  # saved before threshold_offset existed: segmented at its thresholds, as it still will
         raw["inference"] = {"threshold_offset": 0.0, **raw["inference"]}
+    if "decoder" in raw:  # saved before encoder_lora_rank existed: the frozen encoder, whatever the default is now
+        raw["decoder"] = {"encoder_lora_rank": 0, **raw["decoder"]}
     prefix = {key: "fewshot" if legacy else key for key in _META_CONFIGS}
     for key, cls in _META_CONFIGS.items():
         meta[key] = _config_from_json(path, prefix[key], cls, raw[key]) if key in raw else None
+    meta["decoder"] = meta["decoder"].for_model(sam_config)
     if meta["decoder"].encoder_lora_rank and not is_staged(sam_config):
         raise DecoderFileError(f"{path}: key 'decoder.encoder_lora_rank' is {meta['decoder'].encoder_lora_rank}, "
                                f"but model {meta['model']!r} has no staged (TinyViT) encoder")

@@ -22,15 +22,15 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
-from fewsam_jax.config import TINYVIT_BLOCK_LINEARS, SamConfig, TinyViTConfig
+from fewsam_jax.config import TINYVIT_BLOCK_LINEARS, SamConfig
 from fewsam_jax.modeling.tiny_vit import TinyViT
 
 LINEARS = TINYVIT_BLOCK_LINEARS  # the adaptable linear layers of a block: attention qkv / proj, MLP fc1 / fc2
 
 
 def is_staged(config: SamConfig) -> bool:
-    """Whether the model of ``config`` has an encoder with stages (TinyViT)."""
-    return isinstance(config.encoder, TinyViTConfig)
+    """Whether the model of ``config`` has an encoder with stages (TinyViT): ``config.staged``."""
+    return config.staged
 
 
 def check_staged(config: SamConfig, option: str) -> None:

@@ -29,7 +29,8 @@ def test_every_config_is_frozen_and_each_option_lives_in_one_place():
 
 def test_presets():
     assert DecoderConfig.default() == DecoderConfig() and DecoderConfig().image_features > 0
-    assert DecoderConfig.sam_only() == DecoderConfig(image_features=0)
+    assert DecoderConfig.sam_only() == DecoderConfig(image_features=0, encoder_lora_rank=0)
+    assert DecoderConfig.frozen_encoder() == DecoderConfig(encoder_lora_rank=0)
     assert DecoderConfig().num_tokens == 2 + 2 + 4 and DecoderConfig(region_box=False, slice_tokens=1).num_tokens == 3
     assert DecoderConfig(image_context=2).image_channels == 5
 
@@ -37,8 +38,9 @@ def test_presets():
 @pytest.mark.parametrize("make, message", [
     (lambda: DecoderConfig(class_decoding="sideways"), "class_decoding: expected 'joint' or 'separate', got 'sideways'"),
     (lambda: DecoderConfig(slice_tokens=-1), "slice_tokens: expected >= 0"),
-    (lambda: DecoderConfig(encoder_lora_rank=-1), "encoder_lora_rank: expected an integer >= 0, got -1"),
-    (lambda: DecoderConfig(encoder_lora_rank=True), "encoder_lora_rank: expected an integer >= 0, got True"),
+    (lambda: DecoderConfig(encoder_lora_rank=-1), "encoder_lora_rank: expected an integer >= 0 or 'auto', got -1"),
+    (lambda: DecoderConfig(encoder_lora_rank=True), "encoder_lora_rank: expected an integer >= 0 or 'auto', got True"),
+    (lambda: DecoderConfig(encoder_lora_rank="4"), "encoder_lora_rank: expected an integer >= 0 or 'auto', got '4'"),
     (lambda: DecoderConfig(encoder_lora_targets=("qkv", "query")),
      r"encoder_lora_targets: expected distinct names from \('qkv', 'proj', 'fc1', 'fc2'\), got \('qkv', 'query'\)"),
     (lambda: DecoderConfig(encoder_lora_targets=()), "encoder_lora_targets: expected distinct names"),
@@ -74,21 +76,28 @@ def test_overrides_go_to_the_config_that_owns_each_key():
         configs_from_overrides({"image_features": 0, "image_context": 1})
 
 
-def test_encoder_lora_is_off_by_default_and_its_targets_come_as_lists_or_strings(tmp_path):
+def test_encoder_lora_is_auto_by_default_and_its_targets_come_as_lists_or_strings(tmp_path):
     from bench import fewshot
+    from fewsam_jax.config import litemedsam, tiny
+    from fewsam_jax.fewshot.config import AUTO_LORA_RANK
     from fewsam_jax.fewshot.segmenter import _config_from_json
 
-    assert DecoderConfig().encoder_lora_rank == 0 and DecoderConfig().encoder_lora_targets == ("qkv", "proj")
+    assert DecoderConfig().encoder_lora_rank == "auto" and DecoderConfig().encoder_lora_targets == ("qkv", "proj")
+    # "auto": adapted on a staged encoder (LiteMedSAM's TinyViT), off on SAM's ViT; a number is kept as given
+    assert DecoderConfig().for_model(litemedsam()).encoder_lora_rank == AUTO_LORA_RANK == 4
+    assert DecoderConfig().for_model(tiny()).encoder_lora_rank == 0
+    assert DecoderConfig(encoder_lora_rank=2).for_model(litemedsam()).encoder_lora_rank == 2
+    assert DecoderConfig.frozen_encoder().for_model(litemedsam()).encoder_lora_rank == 0
+    assert DecoderConfig.sam_only().for_model(litemedsam()) == DecoderConfig(image_features=0, encoder_lora_rank=0)
     _, overrides = fewshot.parse_variant("lora:encoder_lora_rank=4,encoder_lora_targets=qkv+fc1")
     decoder, _, _ = configs_from_overrides(overrides)
     assert decoder == DecoderConfig(encoder_lora_rank=4, encoder_lora_targets=("qkv", "fc1"))
+    assert configs_from_overrides(fewshot.parse_variant("a:encoder_lora_rank=auto")[1])[0] == DecoderConfig()
     assert DecoderConfig(encoder_lora_targets=["proj"]).encoder_lora_targets == ("proj",)
-    # the JSON of a saved decoder (tuples as lists) reads back as the same config; older JSON, without the keys,
-    # as the option off
+    # the JSON of a saved decoder (tuples as lists) reads back as the same config (older JSON, without the keys,
+    # reads as the option off: read_decoder_meta, tests/fewshot/test_encoder_lora.py)
     saved = json.loads(json.dumps(dataclasses.asdict(decoder)))
     assert _config_from_json(tmp_path, "decoder", DecoderConfig, saved) == decoder
-    del saved["encoder_lora_rank"], saved["encoder_lora_targets"]
-    assert _config_from_json(tmp_path, "decoder", DecoderConfig, saved).encoder_lora_rank == 0
 
 
 def test_the_benchmark_refuses_an_unknown_variant_key(monkeypatch, tmp_path):

@@ -85,6 +85,26 @@ def test_a_saved_decoder_reloads_to_identical_predictions(case, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_the_default_adapts_a_staged_encoder_and_older_decoders_load_frozen(case, tmp_path):
+    """``encoder_lora_rank="auto"`` (the default) trains the stage on a staged encoder and saves the number; a
+    decoder folder saved before the option (no key) is a frozen-encoder decoder and loads as one, whatever the
+    default has become."""
+    steps0 = TRAINING.replace(steps=0)
+    auto = case["train"](config=DecoderConfig(slice_tokens=2), training=steps0)
+    assert auto.decoder.config.encoder_lora_rank == 4 and auto.decoder.encoder_stage is not None
+    plain = case["train"](config=DecoderConfig.frozen_encoder().replace(slice_tokens=2), training=steps0)
+    plain.save(tmp_path / "decoder")
+    path = tmp_path / "decoder" / "fewshot.json"
+    meta = json.loads(path.read_text())
+    assert meta["decoder"]["encoder_lora_rank"] == 0
+    del meta["decoder"]["encoder_lora_rank"], meta["decoder"]["encoder_lora_targets"]  # as saved before the option
+    path.write_text(json.dumps(meta))
+    loaded = FewShotSegmenter.load(tmp_path / "decoder", sam=case["sam"])
+    assert loaded.decoder.config.encoder_lora_rank == 0 and loaded.decoder.encoder_stage is None
+    for a, b in zip(predictions(plain, case), predictions(loaded, case)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_untrained_adapters_segment_as_the_frozen_encoder(case):
     """Zero steps: the adapted decoder reads the stage's output on the cached stage inputs where the plain one
     reads the cached embeddings, so both predict alike (to the float16 rounding of what is cached)."""
@@ -110,7 +130,7 @@ def test_the_option_needs_a_staged_encoder(tiny_sam, tmp_path):
     assert read_decoder_meta(tmp_path / "decoder")["decoder"].encoder_lora_rank == 0
     del meta["decoder"]["encoder_lora_rank"], meta["decoder"]["encoder_lora_targets"]  # as saved before the option
     path.write_text(json.dumps(meta))
-    assert read_decoder_meta(tmp_path / "decoder")["decoder"] == DecoderConfig()
+    assert read_decoder_meta(tmp_path / "decoder")["decoder"] == DecoderConfig.frozen_encoder()
     meta["decoder"]["encoder_lora_rank"] = 2
     path.write_text(json.dumps(meta))
     with pytest.raises(DecoderFileError, match="'decoder.encoder_lora_rank' is 2, but model 'tiny' has no staged"):
