@@ -13,12 +13,14 @@ import pytest
 from helpers import shared_data
 
 from fewsam_jax import metrics
-from fewsam_jax.fewshot import AugmentConfig, FewShotSegmenter, TrainConfig
+from fewsam_jax.fewshot import AugmentConfig, DecoderConfig, FewShotSegmenter, TrainConfig
 from fewsam_jax.fewshot.collection import centres_of_parts
 from fewsam_jax.io import get_slices
 from fewsam_jax.label_maps import read_labels
 
-# the default architecture; fewer steps than the default, for time
+# the default architecture with the frozen encoder (the adapted stage, LiteMedSAM's default, has tests of its own
+# and would double this test's time); fewer steps than the default, for time
+CONFIG = DecoderConfig.frozen_encoder()
 TRAINING = TrainConfig(steps=200, augment=AugmentConfig(copies=1))
 
 
@@ -40,7 +42,8 @@ def test_trained_decoder_beats_untrained_on_another_volume(litemedsam, kept_cach
 
     scores = {}
     for name, training in (("trained", TRAINING), ("untrained", TRAINING.replace(steps=0))):
-        segmenter = FewShotSegmenter.train(manifest, sam=litemedsam, training=training, cache=cache, progress=False)
+        segmenter = FewShotSegmenter.train(manifest, sam=litemedsam, config=CONFIG, training=training, cache=cache,
+                                           progress=False)
         pred = segmenter.segment(test_image, cache=cache, progress=False)
         scores[name] = [metrics.dice(pred == k, truth == k) for k in (1, 2)]
     assert np.mean(scores["trained"]) > np.mean(scores["untrained"]) + 0.1, scores
