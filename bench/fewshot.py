@@ -206,11 +206,11 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                                 per_labeling[offset, post].append(score_volume(pred, truth, volume.spacing))
                         seconds = time.perf_counter() - started
                         for offset, post in labelings:
-                            derived = offset != inference.threshold_offset or post
-                            row_name = offset_name(name, offset) if offset != inference.threshold_offset else name
+                            shifted = offset != inference.threshold_offset
+                            derived = shifted or post
+                            row_name = offset_name(name, offset) if shifted else name
                             row_name = postprocess_name(row_name) if post else row_name
-                            row_overrides = ({**overrides, "threshold_offset": offset}
-                                             if offset != inference.threshold_offset else dict(overrides))
+                            row_overrides = {**overrides, "threshold_offset": offset} if shifted else dict(overrides)
                             row = {"method": "few-shot", "variant": row_name,
                                    "overrides": {**row_overrides, "postprocess": True} if post else row_overrides,
                                    "same_training_as": name if derived else None,
