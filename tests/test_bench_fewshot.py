@@ -60,3 +60,35 @@ def test_offsets_are_checked_before_the_model_loads(monkeypatch, tmp_path):
     monkeypatch.setattr("sys.argv", ["bench.fewshot", "--offsets=-0.5,20", "--data", str(tmp_path)])
     with pytest.raises(SystemExit, match=r"--offsets: threshold_offset: expected a number of logits in \[-10, 10\]"):
         fewshot.main()
+
+
+def test_unet_rows_score_the_same_predictions_post_processed_too(tmp_path, monkeypatch):
+    """``--unet --postprocess``: the U-Net's labels are scored as predicted and after 3D post-processing (one
+    training), so a post-processed few-shot row always has its like-for-like U-Net row. A stand-in U-Net predicts
+    the truth plus a stray voxel: the post-processed row drops it."""
+    data = shared_data("hippocampus").resolve()
+    name = fewshot.cases(data)[fewshot.PHASES["validation"]][0]
+    from fewsam_jax.io import get_slices, load_volume
+    from fewsam_jax.preprocess import Intensity
+
+    volume = load_volume(data / "imagesTr" / f"{name}_0000.nii.gz")
+    truth = fewshot.read_labels(data / "labelsTr" / f"{name}.nii.gz")
+
+    def predict(model, slices):
+        labels = [s.copy() for s in get_slices(truth, 2)]
+        labels[0][0, 0] = 1  # a stray anterior voxel, far from the structure
+        return labels
+
+    monkeypatch.setattr("bench.baselines.train_unet", lambda *a, **k: (None, None))
+    monkeypatch.setattr("bench.baselines.predict_unet", predict)
+    path = fewshot.manifest(data, fewshot.cases(data)[fewshot.DRAWS["A"]], 5, tmp_path)
+    rows = fewshot.unet_rows(path, "A", 0, 5, [(volume, truth)], volume.shape[2], Intensity.parse("percentile"),
+                             postprocess=True)
+    plain, post = rows
+    assert [r["variant"] for r in rows] == ["unet", "unet+3d"] and [r["postprocess"] for r in rows] == [False, True]
+    assert post["same_training_as"] == "unet" and plain["same_training_as"] is None
+    assert post["overrides"] == {"postprocess": True} and post["train_seconds"] == plain["train_seconds"]
+    assert plain["volume_ratio"][0] > 1.0 and post["volume_ratio"][0] <= 1.0
+    assert post["dice"][0] > plain["dice"][0] and post["dice"][1] >= plain["dice"][1]
+    assert len(fewshot.unet_rows(path, "A", 0, 5, [(volume, truth)], volume.shape[2],
+                                 Intensity.parse("percentile"))) == 1
