@@ -12,8 +12,8 @@ it (``--variant``: options of the three configs, routed by
 :func:`fewsam_jax.fewshot.config.configs_from_overrides`) and, with ``--unet``, the project's 2D U-Net from scratch on
 exactly the same slices; both are scored in 3D on every volume of the phase's split: Dice, HD95 (mm) and
 predicted / true volume per class. ``--offsets`` also scores other threshold offsets
-(``InferenceConfig.threshold_offset``) from the same trained decoder, one row each (``VARIANT@OFFSET``), without
-training again. ``--curve N`` adds a learning curve: validation Dice (threshold 0)
+(``InferenceConfig.threshold_offset``) and ``--presence`` other presence thresholds from the same trained decoder,
+one row each (``VARIANT@OFFSET``, ``VARIANT@pTHRESHOLD``), without training again. ``--curve N`` adds a learning curve: validation Dice (threshold 0)
 every N steps. Embeddings go through the package's cache, so a rerun only trains and segments.
 
 Rows accumulate in ``bench/results/fewshot_<phase>.json`` (a rerun of the same variant, draw, seed and shot
@@ -100,6 +100,11 @@ def parse_variant(spec: str) -> tuple[str, dict]:
 def offset_name(variant: str, offset: float) -> str:
     """The row name of ``variant``'s decoder segmenting at another threshold offset (``--offsets``)."""
     return f"{variant}@{offset:+g}"
+
+
+def presence_name(variant: str, presence_threshold: float) -> str:
+    """The row name of ``variant``'s decoder segmenting at another presence threshold (``--presence``)."""
+    return f"{variant}@p{presence_threshold:g}"
 
 
 def postprocess_name(variant: str) -> str:
@@ -194,38 +199,50 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                                                            inference=inference, cache=args.cache, progress=False,
                                                            callback=learning_curve if args.curve else None,
                                                            callback_every=args.curve)
-                        # the trained decoder's logits once per volume; every threshold offset (and, with
-                        # --postprocess, the post-processed labels too) labels from them
+                        # the trained decoder's logits once per volume; every threshold offset, presence
+                        # threshold (and, with --postprocess, the post-processed labels too) labels from them
                         offsets = [inference.threshold_offset, *(o for o in args.offsets
                                                                  if o != inference.threshold_offset)]
-                        labelings = [(o, p) for o in offsets for p in ((False, True) if args.postprocess else (False,))]
+                        presences = [inference.presence_threshold, *(p for p in args.presence
+                                                                     if p != inference.presence_threshold)]
+                        labelings = [(o, p, post) for o in offsets for p in presences
+                                     for post in ((False, True) if args.postprocess else (False,))]
                         started, per_labeling = time.perf_counter(), {lab: [] for lab in labelings}
                         for volume, truth in volumes:
                             logits, presence = segmenter.predict_volume(volume, cache=args.cache, progress=False)
-                            for offset, post in labelings:
+                            for offset, cut, post in labelings:
+                                # another offset shifts the logits, another presence threshold the presence
+                                # test (what the segmenter's own thresholds then see)
+                                gate = presence if cut == inference.presence_threshold else \
+                                    np.where(presence >= cut, 1.0, 0.0)
                                 pred = segmenter.labels_from(logits - (offset - inference.threshold_offset),
-                                                             presence, postprocess=post)
-                                per_labeling[offset, post].append(score_volume(pred, truth, volume.spacing))
+                                                             gate, postprocess=post)
+                                per_labeling[offset, cut, post].append(score_volume(pred, truth, volume.spacing))
                         seconds = time.perf_counter() - started
-                        for offset, post in labelings:
+                        for offset, cut, post in labelings:
                             shifted = offset != inference.threshold_offset
-                            derived = shifted or post
+                            gated = cut != inference.presence_threshold
+                            derived = shifted or gated or post
                             row_name = offset_name(name, offset) if shifted else name
+                            row_name = presence_name(row_name, cut) if gated else row_name
                             row_name = postprocess_name(row_name) if post else row_name
-                            row_overrides = {**overrides, "threshold_offset": offset} if shifted else dict(overrides)
-                            row = {"method": "few-shot", "variant": row_name,
-                                   "overrides": {**row_overrides, "postprocess": True} if post else row_overrides,
+                            row_overrides = {**overrides, **({"threshold_offset": offset} if shifted else {}),
+                                             **({"presence_threshold": cut} if gated else {}),
+                                             **({"postprocess": True} if post else {})}
+                            row = {"method": "few-shot", "variant": row_name, "overrides": row_overrides,
                                    "same_training_as": name if derived else None,
                                    "config": {"decoder": dataclasses.asdict(config),
                                               "training": dataclasses.asdict(training),
                                               "inference": dataclasses.asdict(
-                                                  inference.replace(threshold_offset=offset))}, "draw": draw,
+                                                  inference.replace(threshold_offset=offset,
+                                                                    presence_threshold=cut))}, "draw": draw,
                                    "seed": seed, "positive_slices": shots,
                                    "labelled_slices": segmenter.info["labelled_slices"],
                                    "train_seconds": segmenter.info["train_seconds"] - curve_seconds[0],
                                    "thresholds": segmenter.info["thresholds"], "curve": [] if derived else curve,
                                    "load_average": [load_before, os.getloadavg()[0]], "volumes": len(volumes),
-                                   "postprocess": post, **summarise(per_labeling[offset, post], seconds, total_slices)}
+                                   "postprocess": post, **summarise(per_labeling[offset, cut, post], seconds,
+                                                                    total_slices)}
                             rows.append(row)
                             save(rows)
                             print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
@@ -342,6 +359,9 @@ def main() -> None:
     parser.add_argument("--offsets", type=lambda s: [float(x) for x in s.split(",")], default=[],
                         help="also score these threshold offsets (InferenceConfig.threshold_offset) from the same "
                         "trained decoder, one row each, named VARIANT@OFFSET (no training of their own)")
+    parser.add_argument("--presence", type=lambda s: [float(x) for x in s.split(",")], default=[],
+                        help="also score these presence thresholds (InferenceConfig.presence_threshold; 0: every "
+                        "class present on every slice) from the same trained decoder, rows VARIANT@pTHRESHOLD")
     parser.add_argument("--volumes", type=int, help="score only the first N volumes of the phase's split")
     parser.add_argument("--curve", type=int, default=0, help="learning curve: score every N steps (0: off)")
     parser.add_argument("--curve-volumes", type=int, default=4, help="phase volumes the learning curve scores")
@@ -366,6 +386,11 @@ def main() -> None:
             InferenceConfig(threshold_offset=offset)
         except ValueError as err:
             raise SystemExit(f"--offsets: {err}") from None
+    for cut in args.presence:
+        try:
+            InferenceConfig(presence_threshold=cut)
+        except ValueError as err:
+            raise SystemExit(f"--presence: {err}") from None
     if not set(args.draws) <= set(DRAWS):
         raise SystemExit(f"--draws: expected names from {sorted(DRAWS)}, got {args.draws}")
     if not (args.data / "imagesTr").is_dir():

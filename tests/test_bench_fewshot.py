@@ -18,13 +18,20 @@ def test_offsets_and_postprocessing_label_from_the_same_training(tiny_sam, tmp_p
     args = argparse.Namespace(
         data=shared_data("hippocampus").resolve(), phase="validation", volumes=1, cache=tmp_path / "cache",
         variant=["v:steps=2,image_features=0"], variant_names=["v"], draws=["A"], seeds=[0], shots=[2],
-        offsets=[-1.0, -0.5], unet=False, unet_only=False, curve=0, curve_volumes=1, postprocess=True)
+        offsets=[-1.0, -0.5], presence=[0.0, 0.5], unet=False, unet_only=False, curve=0, curve_volumes=1,
+        postprocess=True)
     saved = []
     rows = fewshot.run(args, saved.append)
-    # -0.5 is the variant's own offset: no second row for it; each offset also post-processed
-    assert [r["variant"] for r in rows] == ["v", "v+3d", "v@-1", "v@-1+3d"]
-    base, post, shifted, shifted_post = rows
-    assert [r["postprocess"] for r in rows] == [False, True, False, True]
+    # -0.5 and 0.5 are the variant's own offset and presence threshold: no second row for them; every labelling
+    # also post-processed
+    assert [r["variant"] for r in rows] == ["v", "v+3d", "v@p0", "v@p0+3d", "v@-1", "v@-1+3d", "v@-1@p0",
+                                            "v@-1@p0+3d"]
+    base, post, ungated, ungated_post, shifted, shifted_post, both, _ = rows
+    assert [r["postprocess"] for r in rows] == [False, True] * 4
+    assert ungated["overrides"] == {"steps": 2, "image_features": 0, "presence_threshold": 0.0}
+    assert both["config"]["inference"]["presence_threshold"] == 0.0 == ungated["config"]["inference"]["presence_threshold"]
+    assert both["config"]["inference"]["threshold_offset"] == -1.0 and both["same_training_as"] == "v"
+    assert ungated["thresholds"] == base["thresholds"] and ungated["train_seconds"] == base["train_seconds"]
     assert post["same_training_as"] == shifted_post["same_training_as"] == "v"
     assert post["overrides"] == {"steps": 2, "image_features": 0, "postprocess": True}
     assert shifted_post["config"]["inference"]["threshold_offset"] == -1.0
@@ -36,7 +43,7 @@ def test_offsets_and_postprocessing_label_from_the_same_training(tiny_sam, tmp_p
     assert shifted["thresholds"] == base["thresholds"] and shifted["train_seconds"] == base["train_seconds"]
     # a lower cut-off labels at least as many voxels of every class
     assert all(s >= b for s, b in zip(shifted["volume_ratio"], base["volume_ratio"]))
-    assert len(saved) == 4 and len(saved[-1]) == 4
+    assert len(saved) == 8 and len(saved[-1]) == 8
 
 
 @pytest.mark.slow  # trains a decoder (2 steps) with an adapted encoder stage and segments a shared volume
@@ -45,7 +52,7 @@ def test_a_variant_adapting_the_encoder_gets_the_stage_inputs_in_the_same_encode
     args = argparse.Namespace(
         data=shared_data("hippocampus").resolve(), phase="validation", volumes=1, cache=tmp_path / "cache",
         variant=["lora:steps=2,image_features=0,encoder_lora_rank=1"], variant_names=["lora"], draws=["A"], seeds=[0],
-        shots=[2], offsets=[], unet=False, unet_only=False, curve=0, curve_volumes=1, postprocess=False)
+        shots=[2], offsets=[], presence=[], unet=False, unet_only=False, curve=0, curve_volumes=1, postprocess=False)
     rows = fewshot.run(args, lambda rows: None)
     assert [r["variant"] for r in rows] == ["lora"] and rows[0]["config"]["decoder"]["encoder_lora_rank"] == 1
     entries = [CachedEmbeddings(p) for p in EmbeddingCache(args.cache).entries()]
