@@ -50,7 +50,7 @@ def slice_uncertainty(logits: np.ndarray | None, presence: np.ndarray | None = N
         ``FewShotSegmenter.predict_volume`` returns them), or None.
       presence: (N, K) presence probabilities, or None (every class then counts as present).
       presence_threshold: classes with presence below it do not compete for pixels (the decoder's
-        ``presence_threshold``).
+        ``InferenceConfig.presence_threshold``); 0: presence decides nothing, so it is not scored either.
 
     Each pixel is decided as ``labels_from_logits`` does: the best of background (logit 0) and the
     present classes. Its *margin* is the winner's logit minus the runner-up's. Few-shot decoders are
@@ -72,10 +72,13 @@ def slice_uncertainty(logits: np.ndarray | None, presence: np.ndarray | None = N
     typical predicted pixel; 1 = the whole region sits on the decision boundary. With ``presence``
     alone the score is the largest presence entropy of the slice.
     """
+    if not 0 <= presence_threshold < 1:
+        raise ValueError(f"presence_threshold: expected a probability in [0, 1), got {presence_threshold}")
+    if presence_threshold == 0:  # the labels do not depend on presence: neither does their uncertainty
+        presence = None
     if logits is None and presence is None:
-        raise ValueError("slice_uncertainty: needs logits and/or presence (from FewShotSegmenter.predict_volume)")
-    if not 0 < presence_threshold < 1:
-        raise ValueError(f"presence_threshold: expected a probability in (0, 1), got {presence_threshold}")
+        raise ValueError("slice_uncertainty: needs logits and/or presence (from FewShotSegmenter.predict_volume; "
+                         "logits when presence_threshold is 0)")
     if presence is not None:
         presence = np.asarray(presence, np.float64)
         if presence.ndim != 2:

@@ -46,6 +46,12 @@ def test_slice_uncertainty_presence_counts_only_where_it_changes_labels():
         slice_uncertainty(logits, presence * 2)
     with pytest.raises(ValueError, match="needs logits and/or presence"):
         slice_uncertainty(None)
+    # presence threshold 0 (the default decoder's): presence decides nothing, so only the logits are scored
+    np.testing.assert_allclose(slice_uncertainty(logits, presence, 0.0), slice_uncertainty(logits), rtol=1e-6)
+    with pytest.raises(ValueError, match="logits when presence_threshold is 0"):
+        slice_uncertainty(None, presence, 0.0)
+    with pytest.raises(ValueError, match=r"presence_threshold: expected a probability in \[0, 1\)"):
+        slice_uncertainty(logits, presence, 1.0)
 
 
 def test_least_certain_spreads_picks_and_skips_certain_slices():

@@ -229,8 +229,10 @@ class TrainConfig(_Replace):
 class InferenceConfig(_Replace):
     """How a trained decoder's outputs become a label map."""
 
-    # a class is kept on a slice only where its presence probability reaches this
-    presence_threshold: float = 0.5
+    # a class is kept on a slice only where its presence probability reaches this; 0: the presence head does
+    # not gate, every class competes for pixels on every slice (its mask logits alone decide). 0 since
+    # 2026-12-01: a presence head that under-rates a class on new volumes erased it from whole slices
+    presence_threshold: float = 0.0
     # after training, tune a per-class logit threshold maximising Dice on the labelled slices (else 0);
     # with episode_holdout="volume" each support volume is predicted from the others' prompts for it
     calibrate_threshold: bool = True

@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from fewsam_jax.fewshot.config import InferenceConfig
 from fewsam_jax.io import AXIS_NAMES, Volume, check_axis
 from fewsam_jax.label_maps import as_volume, labels_on_grid
 from fewsam_jax.metrics import per_slice_overlap
@@ -50,6 +51,8 @@ class ResultViewer:
       intensity: the display window starts from it ("window" specs) or from the 0.5-99.5 percentiles.
       logits, presence: (N, K, H, W) and (N, K) from ``FewShotSegmenter.predict_volume`` (classes in
         sorted id order), for :func:`slice_uncertainty`.
+      presence_threshold: the decoder's ``InferenceConfig.presence_threshold`` (default: the default's), so that
+        the uncertainty judges the decisions the labels came from (0: presence decided nothing).
       colors: {id: matplotlib colour}. zoom: display scale of the large plane (default: ~512 px).
     """
 
@@ -64,6 +67,7 @@ class ResultViewer:
         intensity: Intensity | str = "percentile",
         logits: np.ndarray | None = None,
         presence: np.ndarray | None = None,
+        presence_threshold: float = InferenceConfig().presence_threshold,
         colors: Mapping[int, ColorSpec] | None = None,
         zoom: float | None = None,
     ):
@@ -91,7 +95,8 @@ class ResultViewer:
             if presence.shape != (n, len(self.classes)):
                 raise ValueError(f"presence: expected shape {(n, len(self.classes))}, got {presence.shape}")
         self.logits, self.presence = logits, presence
-        self.uncertainty = slice_uncertainty(logits, presence) if logits is not None or presence is not None else None
+        scored = logits is not None or (presence is not None and presence_threshold > 0)
+        self.uncertainty = slice_uncertainty(logits, presence, presence_threshold) if scored else None
         intensity = Intensity.coerce(intensity)
         if intensity.mode == "window":
             self.level, self.width = float(intensity.level), float(intensity.width)

@@ -81,8 +81,11 @@ def test_least_certain_picks_the_ambiguous_slice_at_any_logit_scale(case):
 def test_plot_legend_and_labels_fit_the_figure(case):
     volume, prediction, truth = case
     long_names = {1: "left anterior hippocampus head", 2: "right posterior hippocampus tail"}
-    viewer = ResultViewer(volume, prediction, ground_truth=truth, classes=long_names,
-                          presence=np.full((10, 2), 0.7, np.float32))
+    presence = np.full((10, 2), 0.7, np.float32)
+    # presence alone is scored only for a decoder whose presence gates its labels (the default's does not)
+    assert ResultViewer(volume, prediction, classes=long_names, presence=presence).uncertainty is None
+    viewer = ResultViewer(volume, prediction, ground_truth=truth, classes=long_names, presence=presence,
+                          presence_threshold=0.5)
     figure = viewer._plot_figure
     renderer = figure.canvas.get_renderer()
     (ax,) = figure.axes
