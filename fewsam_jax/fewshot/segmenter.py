@@ -659,8 +659,9 @@ def read_decoder_meta(directory: str | os.PathLike) -> dict[str, Any]:
         raise DecoderFileError(f"{path}: key 'tokens_shape' has {shape[2]} channels; model {meta['model']!r} "
                                f"has {sam_config.prompt_embed_dim}")
     raw = _split_legacy(path, meta) if legacy else {key: meta[key] for key in _META_CONFIGS if key in meta}
-    if "inference" in raw:  # saved before threshold_offset existed: segmented at its thresholds, as it still will
-        raw["inference"] = {"threshold_offset": 0.0, **raw["inference"]}
+    if "inference" in raw:  # a key missing from an older file: what that decoder segmented with, as it still will
+        # (no threshold offset before the option; presence gating at 0.5 before the default became 0)
+        raw["inference"] = {"threshold_offset": 0.0, "presence_threshold": 0.5, **raw["inference"]}
     if "decoder" in raw:  # saved before encoder_lora_rank existed: the frozen encoder, whatever the default is now
         raw["decoder"] = {"encoder_lora_rank": 0, **raw["decoder"]}
     prefix = {key: "fewshot" if legacy else key for key in _META_CONFIGS}

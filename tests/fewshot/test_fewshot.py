@@ -169,9 +169,12 @@ def test_threshold_offset_shifts_every_class_cutoff_and_is_saved(trained, tmp_pa
     shifted.save(tmp_path / "decoder")
     meta = json.loads((tmp_path / "decoder" / "fewshot.json").read_text())
     assert meta["inference"]["threshold_offset"] == -0.75
+    assert meta["inference"]["presence_threshold"] == 0.0  # the default's: presence does not gate
     del meta["inference"]["threshold_offset"]  # a decoder saved before the option: no offset
+    del meta["inference"]["presence_threshold"]  # a file without the key: the gate every decoder had then
     (tmp_path / "decoder" / "fewshot.json").write_text(json.dumps(meta))
-    assert FewShotSegmenter.load(tmp_path / "decoder").inference.threshold_offset == 0.0
+    loaded = FewShotSegmenter.load(tmp_path / "decoder").inference
+    assert loaded.threshold_offset == 0.0 and loaded.presence_threshold == 0.5
 
 
 @pytest.mark.slow  # the module's `trained` decoder: an end-to-end training run
