@@ -22,16 +22,17 @@ def test_offsets_and_postprocessing_label_from_the_same_training(tiny_sam, tmp_p
         postprocess=True)
     saved = []
     rows = fewshot.run(args, saved.append)
-    # -0.5 and 0.5 are the variant's own offset and presence threshold: no second row for them; every labelling
+    # -0.5 and 0 are the variant's own offset and presence threshold: no second row for them; every labelling
     # also post-processed
-    assert [r["variant"] for r in rows] == ["v", "v+3d", "v@p0", "v@p0+3d", "v@-1", "v@-1+3d", "v@-1@p0",
-                                            "v@-1@p0+3d"]
-    base, post, ungated, ungated_post, shifted, shifted_post, both, _ = rows
+    assert [r["variant"] for r in rows] == ["v", "v+3d", "v@p0.5", "v@p0.5+3d", "v@-1", "v@-1+3d", "v@-1@p0.5",
+                                            "v@-1@p0.5+3d"]
+    base, post, gated, gated_post, shifted, shifted_post, both, _ = rows
     assert [r["postprocess"] for r in rows] == [False, True] * 4
-    assert ungated["overrides"] == {"steps": 2, "image_features": 0, "presence_threshold": 0.0}
-    assert both["config"]["inference"]["presence_threshold"] == 0.0 == ungated["config"]["inference"]["presence_threshold"]
+    assert gated["overrides"] == {"steps": 2, "image_features": 0, "presence_threshold": 0.5}
+    assert both["config"]["inference"]["presence_threshold"] == 0.5 == gated["config"]["inference"]["presence_threshold"]
+    assert base["config"]["inference"]["presence_threshold"] == 0.0  # the default
     assert both["config"]["inference"]["threshold_offset"] == -1.0 and both["same_training_as"] == "v"
-    assert ungated["thresholds"] == base["thresholds"] and ungated["train_seconds"] == base["train_seconds"]
+    assert gated["thresholds"] == base["thresholds"] and gated["train_seconds"] == base["train_seconds"]
     assert post["same_training_as"] == shifted_post["same_training_as"] == "v"
     assert post["overrides"] == {"steps": 2, "image_features": 0, "postprocess": True}
     assert shifted_post["config"]["inference"]["threshold_offset"] == -1.0
