@@ -207,16 +207,16 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                                                                      if p != inference.presence_threshold)]
                         labelings = [(o, p, post) for o in offsets for p in presences
                                      for post in ((False, True) if args.postprocess else (False,))]
+                        # another offset shifts the logits (predict_volume applied the trained cut-offs); another
+                        # presence threshold is the segmenter's own, on a copy of it
+                        labellers = {cut: dataclasses.replace(segmenter, inference=inference.replace(
+                            presence_threshold=cut)) for cut in presences}
                         started, per_labeling = time.perf_counter(), {lab: [] for lab in labelings}
                         for volume, truth in volumes:
                             logits, presence = segmenter.predict_volume(volume, cache=args.cache, progress=False)
                             for offset, cut, post in labelings:
-                                # another offset shifts the logits, another presence threshold the presence
-                                # test (what the segmenter's own thresholds then see)
-                                gate = presence if cut == inference.presence_threshold else \
-                                    np.where(presence >= cut, 1.0, 0.0)
-                                pred = segmenter.labels_from(logits - (offset - inference.threshold_offset),
-                                                             gate, postprocess=post)
+                                pred = labellers[cut].labels_from(logits - (offset - inference.threshold_offset),
+                                                                  presence, postprocess=post)
                                 per_labeling[offset, cut, post].append(score_volume(pred, truth, volume.spacing))
                         seconds = time.perf_counter() - started
                         for offset, cut, post in labelings:
