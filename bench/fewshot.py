@@ -381,16 +381,13 @@ def main() -> None:
             raise SystemExit(f"--variant {spec}: {err}") from None
     from fewsam_jax.fewshot import InferenceConfig
 
-    for offset in args.offsets:
-        try:
-            InferenceConfig(threshold_offset=offset)
-        except ValueError as err:
-            raise SystemExit(f"--offsets: {err}") from None
-    for cut in args.presence:
-        try:
-            InferenceConfig(presence_threshold=cut)
-        except ValueError as err:
-            raise SystemExit(f"--presence: {err}") from None
+    for flag, field, values in (("--offsets", "threshold_offset", args.offsets),
+                                ("--presence", "presence_threshold", args.presence)):
+        for value in values:
+            try:
+                InferenceConfig(**{field: value})
+            except ValueError as err:
+                raise SystemExit(f"{flag}: {err}") from None
     if not set(args.draws) <= set(DRAWS):
         raise SystemExit(f"--draws: expected names from {sorted(DRAWS)}, got {args.draws}")
     if not (args.data / "imagesTr").is_dir():

@@ -68,6 +68,9 @@ def test_offsets_are_checked_before_the_model_loads(monkeypatch, tmp_path):
     monkeypatch.setattr("sys.argv", ["bench.fewshot", "--offsets=-0.5,20", "--data", str(tmp_path)])
     with pytest.raises(SystemExit, match=r"--offsets: threshold_offset: expected a number of logits in \[-10, 10\]"):
         fewshot.main()
+    monkeypatch.setattr("sys.argv", ["bench.fewshot", "--presence=0,1.5", "--data", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"--presence: presence_threshold: expected a value in \[0, 1\], got 1.5"):
+        fewshot.main()
 
 
 def test_unet_rows_score_the_same_predictions_post_processed_too(tmp_path, monkeypatch):
