@@ -89,7 +89,7 @@ def run_demo(out: str | Path = "fewsam_demo", steps: int | None = None, retrain:
     labelled = pick_slices(truth, axis, LABELLED_SLICES)
     manifest = save_collection(Collection(classes=dict(CLASSES), axis=axis,
                                           support=(SupportItem(image_path, label_path, tuple(labelled)),)),
-                               out / "manifest.json")
+                               out / "manifest.json", overwrite=True)  # the demo's own folder (checked above)
     log.info(f"labelled slices (the 'user's' labels): {labelled} of {truth.shape[axis]} along axis {axis}")
 
     decoder_dir = out / "decoder"
@@ -102,7 +102,7 @@ def run_demo(out: str | Path = "fewsam_demo", steps: int | None = None, retrain:
         segmenter = FewShotSegmenter.load(decoder_dir)
     volume = load_volume(image_path)
     pred = segmenter.segment(volume)
-    pred_path = save_labels(pred, volume, out / "prediction.nii.gz")
+    pred_path = save_labels(pred, volume, out / "prediction.nii.gz", overwrite=True)
 
     unlabelled = np.setdiff1d(np.arange(truth.shape[axis]), labelled)
     held_pred = np.take(pred, unlabelled, axis=axis)

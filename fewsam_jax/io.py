@@ -40,7 +40,7 @@ from PIL import Image
 from pydicom.errors import InvalidDicomError
 from pydicom.misc import is_dicom
 
-from fewsam_jax.outputs import write_file
+from fewsam_jax.outputs import check_output_file, write_file
 
 __all__ = [
     "Volume",
@@ -533,7 +533,7 @@ def _load_dicom_series(folder: Path, pick: Path | None = None) -> Volume:
     return _volume(np.stack(slices, axis=2), _LPS_TO_RAS @ lps, str(folder))
 
 
-def save_labels(labels: np.ndarray, like: Volume, path: str | os.PathLike) -> Path:
+def save_labels(labels: np.ndarray, like: Volume, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Writes a label map on ``like``'s canonical grid to ``path`` on the SOURCE grid.
 
     ``.nii``/``.nii.gz``: NIfTI with exactly ``like.source_affine`` (overlays the source in
@@ -544,7 +544,8 @@ def save_labels(labels: np.ndarray, like: Volume, path: str | os.PathLike) -> Pa
     Args:
       labels: (X, Y, Z) integer (or bool / integer-valued float) labels, shape ``like.shape``.
       like: the Volume the labels belong to.
-      path: output file.
+      path: output file; never ``like.source`` (the image itself), whatever ``overwrite`` says.
+      overwrite: replace an existing file at ``path`` (else OutputExistsError, nothing written).
     Returns: the written path.
     """
     p = Path(path)
@@ -582,7 +583,8 @@ def save_labels(labels: np.ndarray, like: Volume, path: str | os.PathLike) -> Pa
 
     else:
         raise VolumeError(f"{p}: unsupported output type; expected .nii, .nii.gz or .png")
-    with write_file(p, mode=None) as tmp:
+    check_output_file(p, overwrite=overwrite, inputs=[like.source])
+    with write_file(p, overwrite=overwrite) as tmp:
         write(tmp)
     return p
 

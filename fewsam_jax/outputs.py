@@ -35,13 +35,13 @@ RETIRED = ".fewsam-retired"  # a replaced folder between the two renames: .<name
 TMP = ".fewsam-tmp."  # temporary files: .<name>.fewsam-tmp.<hex><suffix>
 STALE_SECONDS = 24 * 3600  # staging folders of another host are stale after this long
 
-# files a library folder of each kind holds besides MARKER, and the one a folder written before markers
-# existed must hold to be recognised
+# files a library folder of each kind holds besides MARKER, and those a folder written before markers existed
+# must all hold to be recognised (one user file of the same name, alone, is not enough)
 LAYOUTS = {
-    "model": ({"config.json", "report.json", "state"}, "state"),
-    "decoder": ({"fewshot.json", "state"}, "state"),
+    "model": ({"config.json", "report.json", "state"}, {"config.json", "state"}),
+    "decoder": ({"fewshot.json", "state"}, {"fewshot.json", "state"}),
     "demo": ({"mni152.nii.gz", "mni152_labels.nii.gz", "manifest.json", "decoder", "prediction.nii.gz",
-              "overlay.png", "scores.json"}, "manifest.json"),
+              "overlay.png", "scores.json"}, {"mni152.nii.gz", "mni152_labels.nii.gz", "manifest.json"}),
 }
 
 
@@ -128,13 +128,13 @@ def library_folder_problem(folder: str | os.PathLike, kind: str) -> str | None:
     if not names:
         return None  # an empty folder holds nothing to lose
     marker = read_marker(folder)
-    layout, required = LAYOUTS.get(kind, (set(), None))
+    layout, required = LAYOUTS.get(kind, (set(), {MARKER}))
 
     def shown(items) -> str:
         items = sorted(items)
         return ", ".join(items[:5]) + (", ..." if len(items) > 5 else "")
 
-    if marker is None and not (names <= layout and required in names):
+    if marker is None and not (names <= layout and required <= names):
         return f"it is not a fewsam_jax {kind} folder (no {MARKER} marker; it holds {shown(names)})"
     if marker is not None and marker.get("kind") != kind:
         return f"it is a fewsam_jax {marker.get('kind')} folder, not a {kind} folder"

@@ -99,7 +99,7 @@ def test_save_labels_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(nib, "save", killed)
     with pytest.raises(KeyboardInterrupt):
-        save_labels(np.ones(vol.shape, np.uint8), vol, final)
+        save_labels(np.ones(vol.shape, np.uint8), vol, final, overwrite=True)
     assert final.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lab.nii.gz"]
 

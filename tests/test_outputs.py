@@ -330,3 +330,52 @@ def test_model_folder_checksums(tiny_sam, tmp_path):
     (tmp_path / "m" / name).write_bytes(bytes(data))
     with pytest.raises(ChecksumError, match=rf"{name} is corrupted"):
         load_model_dir(tmp_path / "m")
+
+
+def test_save_labels_replaces_a_file_only_when_asked_and_never_the_image(tmp_path):
+    from fewsam_jax.io import load_volume, save_labels
+
+    image = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.arange(24, dtype=np.float32).reshape(2, 3, 4), np.eye(4)), image)
+    volume = load_volume(image)
+    before = snapshot(tmp_path)
+    for overwrite in (False, True):  # the image itself: refused even with overwrite
+        with pytest.raises(OutputIsInputError, match="ct.nii.gz is also an input"):
+            save_labels(np.zeros(volume.shape, np.uint8), volume, image, overwrite=overwrite)
+    assert snapshot(tmp_path) == before
+    mine = tmp_path / "mine_seg.nii.gz"
+    mine.write_bytes(b"the user's own labels")
+    with pytest.raises(OutputExistsError, match=r"mine_seg.nii.gz exists; pass --overwrite"):
+        save_labels(np.ones(volume.shape, np.uint8), volume, mine)
+    assert mine.read_bytes() == b"the user's own labels"
+    save_labels(np.ones(volume.shape, np.uint8), volume, mine, overwrite=True)
+    assert np.asarray(nib.load(mine).dataobj).sum() == 24
+
+
+def test_save_collection_replaces_a_manifest_only_when_asked_and_never_its_files(tmp_path):
+    from fewsam_jax.fewshot import Collection, SupportItem, load_collection, save_collection
+
+    user_folder(tmp_path)
+    collection = load_collection(tmp_path / "ok.json")
+    before = snapshot(tmp_path)
+    with pytest.raises(OutputExistsError, match=r"ok.json exists; pass --overwrite"):
+        save_collection(collection, tmp_path / "ok.json")
+    image = collection.support[0].image
+    with pytest.raises(OutputIsInputError, match="is also an input"):
+        save_collection(collection, image, overwrite=True)
+    assert snapshot(tmp_path) == before
+    save_collection(Collection(collection.classes, collection.axis, (SupportItem(image, collection.support[0].labels,
+                                                                                 (0,)),)),
+                    tmp_path / "ok.json", overwrite=True)
+    assert load_collection(tmp_path / "ok.json").support[0].slices == (0,)
+
+
+@pytest.mark.parametrize(("kind", "lone_file"), [("demo", "manifest.json"), ("decoder", "state"),
+                                                 ("model", "state"), ("decoder", "fewshot.json")])
+def test_a_user_folder_holding_one_name_of_a_library_layout_is_not_the_librarys(tmp_path, kind, lone_file):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / lone_file).write_text("the user's")
+    with pytest.raises(OutputExistsError, match=f"not a fewsam_jax {kind} folder.*never deletes"):
+        check_output_dir(folder, kind, overwrite=True)
+    assert (folder / lone_file).read_text() == "the user's"

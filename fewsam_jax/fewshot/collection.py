@@ -25,7 +25,7 @@ import numpy as np
 from fewsam_jax.io import Volume, get_slices, load_volume
 from fewsam_jax.label_maps import same_grid
 from fewsam_jax.metrics import label_map
-from fewsam_jax.outputs import write_text
+from fewsam_jax.outputs import check_output_file, write_text
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +242,10 @@ def load_collection(path: str | os.PathLike) -> Collection:
     return Collection(classes=classes, axis=axis, support=tuple(items))
 
 
-def save_collection(collection: Collection, path: str | os.PathLike) -> Path:
-    """Write the manifest atomically, with paths relative to its folder where possible."""
+def save_collection(collection: Collection, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write the manifest atomically, with paths relative to its folder where possible. An existing file at
+    ``path`` is replaced only with ``overwrite`` (else OutputExistsError); never one of the collection's images
+    or label maps."""
     path = Path(path).absolute()
 
     def rel(p: Path) -> str:
@@ -259,7 +261,8 @@ def save_collection(collection: Collection, path: str | os.PathLike) -> Path:
         ],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_text(path, json.dumps(raw, indent=2))
+    check_output_file(path, overwrite=overwrite, inputs=[p for item in collection.support for p in (item.image, item.labels)])
+    return write_text(path, json.dumps(raw, indent=2), overwrite=overwrite)
 
 
 def _same_file(a: Path | None, b: Path | None) -> bool:

@@ -402,11 +402,11 @@ class FewShotSegmenter:
         volume = load_volume(image)
         labels = self.segment(volume, **kwargs)
         check()  # nothing appeared meanwhile
-        for kind, text in descriptions.items():
+        for kind, text in descriptions.items():  # check() allowed each of these
             write_text(sidecars[kind], text)
         if seg_nrrd:
-            write_seg_nrrd(labels, volume, sidecars["nrrd"], self.classes)
-        return save_labels(labels, volume, out)
+            write_seg_nrrd(labels, volume, sidecars["nrrd"], self.classes, overwrite=True)
+        return save_labels(labels, volume, out, overwrite=True)
 
     def save(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write decoder, prompts and settings to ``directory`` (Orbax + JSON), atomically.

@@ -392,9 +392,10 @@ class SliceAnnotator:
         if new_image is not None:
             image = save_image(self.volume, new_image)
             self._image_path = image
-        save_labels(self.labels, self.volume, labels_path)
+        save_labels(self.labels, self.volume, labels_path, overwrite=True)  # checked above
         mine = SupportItem(image=image, labels=labels_path, slices=tuple(self.labelled_slices))
-        save_collection(Collection(classes=self.classes, axis=self.axis, support=(*others, mine)), path)
+        save_collection(Collection(classes=self.classes, axis=self.axis, support=(*others, mine)), path,
+                        overwrite=True)
         load_collection(path)  # the manifest must read back
         return path
 

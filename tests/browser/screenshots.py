@@ -52,7 +52,7 @@ def prepare(work: Path) -> tuple[Path, Path]:
     annotator_dir.mkdir(parents=True, exist_ok=True)
     on_labelled = np.isin(np.arange(truth.shape[axis]), labelled)
     support = np.where(np.expand_dims(on_labelled, tuple(d for d in range(3) if d != axis)), truth, 0)
-    save_labels(support, volume, annotator_dir / "labels.nii.gz")
+    save_labels(support, volume, annotator_dir / "labels.nii.gz", overwrite=True)  # the last run's
     write_spec(annotator_dir, {
         "volume": os.path.relpath(work / "mni152.nii.gz", annotator_dir), "classes": classes,
         "labels": "labels.nii.gz", "labelled_slices": labelled, "slice_index": labelled[2], "model": "litemedsam",
