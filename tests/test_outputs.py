@@ -379,3 +379,18 @@ def test_a_user_folder_holding_one_name_of_a_library_layout_is_not_the_librarys(
     with pytest.raises(OutputExistsError, match=f"not a fewsam_jax {kind} folder.*never deletes"):
         check_output_dir(folder, kind, overwrite=True)
     assert (folder / lone_file).read_text() == "the user's"
+
+
+@pytest.mark.parametrize(("name", "seg_nrrd"), [("pred.nii.gz", True), ("pred.png", False)])
+def test_class_ids_too_large_for_an_8_bit_output_are_refused_before_segmenting(segmenter, tmp_path, monkeypatch,
+                                                                               name, seg_nrrd):
+    import dataclasses
+
+    from fewsam_jax.export import ExportError
+
+    user_folder(tmp_path)
+    wide = dataclasses.replace(segmenter, classes={1: "ellipse", 300: "bar"})
+    monkeypatch.setattr(FewShotSegmenter, "segment", must_not_run)
+    with pytest.raises(ExportError, match=r"class ids up to 300 do not fit its 8-bit labels"):
+        wide.segment_file(tmp_path / "img.nii.gz", tmp_path / name, seg_nrrd=seg_nrrd)
+    assert not (tmp_path / name).exists()

@@ -40,7 +40,7 @@ from fewsam_jax.fewshot.infer import (
 )
 from fewsam_jax.fewshot.prompts import images_to_low_res, labels_to_low_res
 from fewsam_jax.fewshot.train import SupportSet, support_images, support_sources, support_tokens, train_decoder
-from fewsam_jax.export import itksnap_text, labels_json, require_pynrrd, sidecar_paths, write_seg_nrrd
+from fewsam_jax.export import ExportError, itksnap_text, labels_json, require_pynrrd, sidecar_paths, write_seg_nrrd
 from fewsam_jax.io import Volume, from_array, get_slices, load_volume, save_labels, stack_slices
 from fewsam_jax.logs import tqdm
 from fewsam_jax.modeling.encoder_stage import check_staged, is_staged
@@ -395,6 +395,11 @@ class FewShotSegmenter:
                 check_output_file(sidecars[kind], overwrite=overwrite or same, inputs=[image])
             if seg_nrrd:
                 check_output_file(sidecars["nrrd"], overwrite=overwrite, inputs=[image])
+            eight_bit = [path for path, needs in ((sidecars["nrrd"], seg_nrrd), (out, str(out).lower().endswith(".png")))
+                         if needs]
+            if eight_bit and max(self.classes) > 255:
+                raise ExportError(f"{eight_bit[0]}: class ids up to {max(self.classes)} do not fit its 8-bit labels "
+                                  "(0-255); write NIfTI (.nii.gz) without --seg-nrrd, or renumber the classes")
 
         if seg_nrrd:
             require_pynrrd()
