@@ -117,6 +117,8 @@ class SliceAnnotator:
         self._brush_radius = 3.0
         self._gesture: list[tuple[float, float]] | None = None
         self._image_path: Path | None = None
+        # the labels file this annotator's labels were read from or last saved to: the one save_manifest may replace
+        self._labels_file = Path(labels).absolute() if isinstance(labels, (str, os.PathLike)) else None
         self.opacity = 0.45
         if self.intensity.mode == "window":
             self.level, self.width = float(self.intensity.level), float(self.intensity.width)
@@ -357,8 +359,10 @@ class SliceAnnotator:
         (``fewsam_jax.load_collection`` reads it).
 
         Nothing is written unless all of it may be: the labels file may replace an existing file only
-        when the manifest already lists it as this volume's labels (a previous save) or with
-        ``overwrite=True``; it is never the image or another volume's labels or image.
+        when this annotator's labels came from it or were saved to it (``from_manifest``, ``load_manifest``,
+        an earlier ``save_manifest``) or with ``overwrite=True``: a fresh annotator never replaces labels saved
+        before, even those the manifest lists for this volume. It is never the image or another volume's labels
+        or image.
         """
         path = Path(path).absolute()
         if not self.labelled_slices:
@@ -375,7 +379,7 @@ class SliceAnnotator:
         protected = [p for item in others for p in (item.image, item.labels)]
         if image is not None:
             protected.append(image)
-        previous = listed_labels(path, image)
+        previous = listed_labels(path, image)  # this volume's labels saved before (by whoever)
         new_image = None
         if image is None:
             new_image = path.with_name(f"{path.stem}_image.nii.gz")
@@ -385,7 +389,12 @@ class SliceAnnotator:
                 number += 1
         labels_path = (Path(labels_path).absolute() if labels_path
                        else path.with_name(f"{_stem(image or new_image)}_labels.nii.gz"))
-        mine = previous is not None and labels_path.resolve() == previous.resolve()
+        mine = self._labels_file is not None and labels_path.resolve() == self._labels_file.resolve()
+        if (not (overwrite or mine) and previous is not None and labels_path.resolve() == previous.resolve()
+                and labels_path.exists()):
+            raise OutputExistsError(f"{labels_path} holds this volume's labels from an earlier save, and this annotator "
+                                    f"did not load them; continue from them (load_manifest({str(path)!r}) or "
+                                    "SliceAnnotator.from_manifest) or pass overwrite=True to replace them")
         check_output_file(labels_path, overwrite=overwrite or mine, inputs=protected + [new_image],
                           suffixes=(".nii.gz", ".nii"))
         check_output_file(path, overwrite=True, inputs=protected + [new_image, labels_path])
@@ -393,6 +402,7 @@ class SliceAnnotator:
             image = save_image(self.volume, new_image)
             self._image_path = image
         save_labels(self.labels, self.volume, labels_path, overwrite=True)  # checked above
+        self._labels_file = labels_path
         mine = SupportItem(image=image, labels=labels_path, slices=tuple(self.labelled_slices))
         save_collection(Collection(classes=self.classes, axis=self.axis, support=(*others, mine)), path,
                         overwrite=True)
@@ -417,6 +427,7 @@ class SliceAnnotator:
         mine = self._source_image()
         item = entry_for(collection, mine, path)
         self.editor.replace(labels_on_grid(item.labels, self.volume, "labels"), item.slices)
+        self._labels_file = Path(item.labels).absolute()
         if mine is None:
             self._image_path = item.image
         self.assist.drop()

@@ -431,3 +431,30 @@ def test_save_manifest_never_replaces_files_it_did_not_write(tmp_path):
     assert images == ["scan.nii.gz", "manifest_image.nii.gz", "manifest_image_2.nii.gz"]
     np.testing.assert_array_equal(fs.load_volume(tmp_path / "manifest_image.nii.gz").array, make_volume(1).array)
     assert (tmp_path / "scan_labels.nii.gz").read_bytes() == b"the user's own ground truth"
+
+
+def test_a_fresh_annotator_never_replaces_labels_a_manifest_lists_for_its_volume(tmp_path):
+    """The user's complete label map, listed by their own manifest: a new annotator on the same image saving into
+    that manifest must not replace it with its few slices; after loading it, saving replaces it (the user's edit)."""
+    from fewsam_jax.outputs import OutputExistsError
+
+    data = np.random.default_rng(4).random(SHAPE, dtype=np.float32)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "scan.nii.gz")
+    truth = np.zeros(SHAPE, np.uint8)
+    truth[2:6, 2:6, :] = 1
+    nib.save(nib.Nifti1Image(truth, np.eye(4)), tmp_path / "scan_labels.nii.gz")
+    (tmp_path / "manifest.json").write_text(json.dumps({"classes": {str(k): v for k, v in CLASSES.items()},
+                                                        "axis": 2, "support": [{"image": "scan.nii.gz",
+                                                        "labels": "scan_labels.nii.gz", "slices": [0, 1]}]}))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    fresh = SliceAnnotator(tmp_path / "scan.nii.gz", CLASSES)
+    fresh.stroke([(4, 4)])
+    with pytest.raises(OutputExistsError, match=r"scan_labels.nii.gz holds this volume's labels from an earlier "
+                                                r"save.*load_manifest"):
+        fresh.save_manifest(tmp_path / "manifest.json")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    fresh.load_manifest(tmp_path / "manifest.json")  # continue from them: now its own
+    fresh.stroke([(8, 8)])
+    fresh.save_manifest(tmp_path / "manifest.json")
+    saved = fs.load_volume(tmp_path / "scan_labels.nii.gz").array
+    assert saved[2:6, 2:6, :].all() and saved.sum() > truth.sum()
