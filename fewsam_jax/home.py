@@ -55,12 +55,15 @@ def enable_compilation_cache() -> Path | None:
     folder = compilation_cache_dir()
     if folder is None:
         return None
-    settings = {_DIR: str(folder), _MIN_SECS: str(MIN_COMPILE_SECS), _MAX_SIZE: str(MAX_BYTES)}
+    settings = {_DIR: str(folder), _MIN_SECS: str(MIN_COMPILE_SECS)}
+    if not os.environ.get(_DIR.upper()):  # a size bound evicts entries: only in fewsam's own folder, never the user's
+        settings[_MAX_SIZE] = str(MAX_BYTES)
     for option, value in settings.items():
         os.environ.setdefault(option.upper(), value)
     if "jax" in sys.modules:
         import jax
 
         for option, cast in ((_DIR, str), (_MIN_SECS, float), (_MAX_SIZE, int)):
-            jax.config.update(option, cast(os.environ[option.upper()]))
+            if option.upper() in os.environ:
+                jax.config.update(option, cast(os.environ[option.upper()]))
     return folder

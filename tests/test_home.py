@@ -76,6 +76,13 @@ def test_enable_sets_the_environment_and_keeps_what_the_user_set(clean_env, monk
         assert jax.config.jax_persistent_cache_min_compile_time_secs == 2.5
 
 
+def test_a_cache_folder_the_user_set_for_jax_gets_no_size_bound(clean_env, monkeypatch):
+    """JAX evicts entries to keep a bounded folder under its size: never in a folder other programs share."""
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(clean_env / "shared_jax_cache"))
+    assert home.enable_compilation_cache() == clean_env / "shared_jax_cache"
+    assert "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ
+
+
 def test_enable_does_nothing_when_turned_off(clean_env, monkeypatch):
     monkeypatch.setenv(home.ENV, "off")
     assert home.enable_compilation_cache() is None
