@@ -202,7 +202,8 @@ def check_dicom_seg_output(image: str | os.PathLike, label_path: str | os.PathLi
                            inputs=()) -> Path:
     """Check, before anything is computed, that a DICOM-SEG can be written beside ``label_path``
     (``CASE.seg.dcm``) for ``image``: highdicom is installed, ``image`` is a DICOM series (folder or one of
-    its files) and the output may be written (:func:`fewsam_jax.outputs.check_output_file`). Returns its path."""
+    its files) whose headers carry what a DICOM-SEG references (:func:`series_headers`: reads no pixel data),
+    and the output may be written (:func:`fewsam_jax.outputs.check_output_file`). Returns its path."""
     from fewsam_jax.export import sidecar_paths
     from fewsam_jax.io import VolumeError
     from fewsam_jax.outputs import check_output_file
@@ -212,6 +213,7 @@ def check_dicom_seg_output(image: str | os.PathLike, label_path: str | os.PathLi
         dicom_series_files(image)
     except VolumeError as e:
         raise ExportError(f"dicom_seg (--dicom-seg) needs a DICOM series as input; {e}") from None
+    series_headers(image)  # missing UIDs or a series of several studies: now, not after segmenting
     return check_output_file(sidecar_paths(label_path)["dicom"], overwrite=overwrite, inputs=[image, *inputs])
 
 

@@ -212,3 +212,14 @@ def test_shared_totalsegmentator_series_round_trip(tmp_path):
     ds, refs = referenced(path)
     frame = {str(pydicom.dcmread(f, stop_before_pixels=True).FrameOfReferenceUID) for f in folder.iterdir()}
     assert {str(ds.FrameOfReferenceUID)} == frame and len(refs) == 20
+
+
+def test_a_series_a_dicom_seg_cannot_reference_is_refused_before_segmenting(tmp_path):
+    series(tmp_path / "ct")
+    for path in (tmp_path / "ct").iterdir():  # as some anonymisers leave a series: no frame of reference
+        ds = pydicom.dcmread(path)
+        del ds.FrameOfReferenceUID
+        ds.save_as(path)
+    with pytest.raises(ExportError, match="no FrameOfReferenceUID"):
+        check_dicom_seg_output(tmp_path / "ct", tmp_path / "out.nii.gz")
+    assert not (tmp_path / "out.seg.dcm").exists()
