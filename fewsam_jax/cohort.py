@@ -365,6 +365,8 @@ def segment_cases(segmenter, cases: Sequence[Case], out_dir: str | os.PathLike, 
     """
     todo, done = plan_outputs(cases, out_dir, overwrite=overwrite, resume=resume, inputs=inputs)
     Path(out_dir).expanduser().mkdir(parents=True, exist_ok=True)
+    for case, out in todo:  # the files beside every label map too, before the first case is computed
+        segmenter.check_outputs(case.image, out, overwrite=overwrite or resume, seg_nrrd=seg_nrrd)
     if dicom_seg:
         from fewsam_jax.dicom_seg import check_dicom_seg_output
 

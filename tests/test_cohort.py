@@ -485,3 +485,16 @@ def test_every_chunk_resizes_at_one_shape(decoder, tiny_sam, dataset, monkeypatc
     chunked = segmenter.segment(image, progress=False, chunk=2)
     assert rows == [2, 2, 2]  # 5 slices: 2 + 2 + 1 padded to 2
     np.testing.assert_array_equal(chunked, whole)
+
+
+def test_a_users_file_beside_a_later_case_stops_the_run_before_the_first_case(dataset, decoder, home, tmp_path,
+                                                                              capsys, monkeypatch):
+    monkeypatch.setenv("FEWSAM_HOME", str(home))
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / "case_005.labels.txt").write_text("the user's own label descriptions")
+    monkeypatch.setattr(FewShotSegmenter, "segment", lambda *a, **k: pytest.fail("segmented before checking"))
+    args = ["segment", "-i", dataset / "imagesTs", "-o", out, "--decoder", decoder, "--cache", home / "embeddings", "-q"]
+    assert cli.main([str(a) for a in args]) == 2
+    assert "case_005.labels.txt exists" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["case_005.labels.txt"]

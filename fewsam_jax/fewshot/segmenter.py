@@ -375,39 +375,44 @@ class FewShotSegmenter:
         labels = stack_slices(np.concatenate(parts), self.axis)
         return postprocess_3d(labels, self.class_ids) if postprocess else labels
 
+    def check_outputs(self, image: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
+                      seg_nrrd: bool = False) -> None:
+        """What :meth:`segment_file` would write for ``image`` at ``out`` may be written (an OutputError or
+        ExportError names the file if not): none is ``image`` (or inside an input folder); an existing file is
+        replaced only with ``overwrite`` (description files already holding the same text excepted); class ids
+        fit an 8-bit output (``.png``, ``seg_nrrd``). Reads no image; a cohort calls it for every case first."""
+        sidecars = sidecar_paths(out)
+        check_output_file(out, overwrite=overwrite, inputs=[image], suffixes=LABEL_SUFFIXES)
+        for kind, text in self._descriptions().items():
+            same = sidecars[kind].is_file() and sidecars[kind].read_text(errors="replace") == text
+            check_output_file(sidecars[kind], overwrite=overwrite or same, inputs=[image])
+        if seg_nrrd:
+            require_pynrrd()
+            check_output_file(sidecars["nrrd"], overwrite=overwrite, inputs=[image])
+        eight_bit = [path for path, needs in ((sidecars["nrrd"], seg_nrrd), (Path(out), str(out).lower().endswith(".png")))
+                     if needs]
+        if eight_bit and max(self.classes) > 255:
+            raise ExportError(f"{eight_bit[0]}: class ids up to {max(self.classes)} do not fit its 8-bit labels "
+                              "(0-255); write NIfTI (.nii.gz) without --seg-nrrd, or renumber the classes")
+
+    def _descriptions(self) -> dict[str, str]:
+        return {"itksnap": itksnap_text(self.classes), "json": labels_json(self.classes)}
+
     def segment_file(self, image: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
                      seg_nrrd: bool = False, **kwargs) -> Path:
         """Segment ``image`` and write the label map as NIfTI on its source grid and orientation, with its
         class names and colours beside it (``CASE.labels.txt`` for ITK-SNAP, ``CASE.labels.json``) and,
         with ``seg_nrrd=True``, ``CASE.seg.nrrd`` for 3D Slicer (:mod:`fewsam_jax.export`).
 
-        Every output is checked before anything is computed: none may be ``image`` (or inside an input
-        folder), and an existing file is replaced only with ``overwrite=True`` (description files already
-        holding the same text excepted). The label map is written last: once it exists, all is written.
+        Every output is checked before anything is computed (:meth:`check_outputs`), and again before
+        writing. The label map is written last: once it exists, all is written.
         """
         sidecars = sidecar_paths(out)
-        descriptions = {"itksnap": itksnap_text(self.classes), "json": labels_json(self.classes)}
-
-        def check() -> None:
-            check_output_file(out, overwrite=overwrite, inputs=[image], suffixes=LABEL_SUFFIXES)
-            for kind, text in descriptions.items():
-                same = sidecars[kind].is_file() and sidecars[kind].read_text(errors="replace") == text
-                check_output_file(sidecars[kind], overwrite=overwrite or same, inputs=[image])
-            if seg_nrrd:
-                check_output_file(sidecars["nrrd"], overwrite=overwrite, inputs=[image])
-            eight_bit = [path for path, needs in ((sidecars["nrrd"], seg_nrrd), (out, str(out).lower().endswith(".png")))
-                         if needs]
-            if eight_bit and max(self.classes) > 255:
-                raise ExportError(f"{eight_bit[0]}: class ids up to {max(self.classes)} do not fit its 8-bit labels "
-                                  "(0-255); write NIfTI (.nii.gz) without --seg-nrrd, or renumber the classes")
-
-        if seg_nrrd:
-            require_pynrrd()
-        check()
+        self.check_outputs(image, out, overwrite=overwrite, seg_nrrd=seg_nrrd)
         volume = load_volume(image)
         labels = self.segment(volume, **kwargs)
-        check()  # nothing appeared meanwhile
-        for kind, text in descriptions.items():  # check() allowed each of these
+        self.check_outputs(image, out, overwrite=overwrite, seg_nrrd=seg_nrrd)  # nothing appeared meanwhile
+        for kind, text in self._descriptions().items():  # check_outputs allowed each of these
             write_text(sidecars[kind], text)
         if seg_nrrd:
             write_seg_nrrd(labels, volume, sidecars["nrrd"], self.classes, overwrite=True)
