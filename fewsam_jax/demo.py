@@ -20,7 +20,7 @@ from fewsam_jax.fewshot import AugmentConfig, FewShotSegmenter, TrainConfig, loa
 from fewsam_jax.fewshot.collection import Collection, SupportItem, save_collection
 from fewsam_jax.io import get_slices, load_volume, save_labels
 from fewsam_jax.label_maps import read_labels
-from fewsam_jax.outputs import check_output_dir, read_marker, write_marker, write_text
+from fewsam_jax.outputs import check_output_dir, read_marker, write_file, write_marker, write_text
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,8 @@ LABELLED_SLICES = 4
 
 
 def mni_with_labels(folder: Path) -> tuple[Path, Path]:
-    """Write the template and its reference label map as NIfTI files into ``folder``."""
+    """Write the template and its reference label map as NIfTI files into ``folder`` (``mni152.nii.gz``,
+    ``mni152_labels.nii.gz``, each written atomically: a run stopped midway leaves the earlier file whole)."""
     from nilearn import datasets
 
     template = datasets.load_mni152_template(resolution=2)
@@ -42,8 +43,10 @@ def mni_with_labels(folder: Path) -> tuple[Path, Path]:
     labels[brain & (white >= 0.5) & (white > grey)] = 1
     folder.mkdir(parents=True, exist_ok=True)
     image_path, label_path = folder / "mni152.nii.gz", folder / "mni152_labels.nii.gz"
-    nib.save(nib.Nifti1Image(template.get_fdata().astype(np.float32), template.affine), image_path)
-    nib.save(nib.Nifti1Image(labels, template.affine), label_path)
+    for path, image in ((image_path, nib.Nifti1Image(template.get_fdata().astype(np.float32), template.affine)),
+                        (label_path, nib.Nifti1Image(labels, template.affine))):
+        with write_file(path) as tmp:
+            nib.save(image, tmp)
     return image_path, label_path
 
 
@@ -72,7 +75,8 @@ def overlay_figure(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, slice
             ax.axis("off")
     fig.suptitle("MNI152: blue white matter, orange grey matter, green other brain")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    with write_file(path) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
 
 

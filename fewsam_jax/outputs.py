@@ -117,7 +117,7 @@ def _marker(kind: str) -> dict:
 
 
 def write_marker(folder: str | os.PathLike, kind: str) -> None:
-    (Path(folder) / MARKER).write_text(json.dumps(_marker(kind), indent=2))
+    write_text(Path(folder) / MARKER, json.dumps(_marker(kind), indent=2))
 
 
 def library_folder_problem(folder: str | os.PathLike, kind: str) -> str | None:
