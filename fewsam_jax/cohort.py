@@ -280,7 +280,8 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
         raise CohortError(f"-pred {pred_dir}: {len(missing)} of the {len(refs)} references have no prediction of "
                           f"the same name ({shown})")
     out = Path(out).expanduser() if out is not None else pred_dir / "summary.json"
-    check_output_file(out, overwrite=overwrite, inputs=[*refs.values(), *(pred_dir / n for n in refs)],
+    datasets = [folder / "dataset.json" for folder in (ref_dir, ref_dir.parent)]  # read for the class names
+    check_output_file(out, overwrite=overwrite, inputs=[*refs.values(), *(pred_dir / n for n in refs), *datasets],
                       suffixes=(".json",))
     pairs = [(name, pred_dir / name, path) for name, path in refs.items()]
     loaded = None

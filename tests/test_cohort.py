@@ -498,3 +498,12 @@ def test_a_users_file_beside_a_later_case_stops_the_run_before_the_first_case(da
     assert cli.main([str(a) for a in args]) == 2
     assert "case_005.labels.txt exists" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["case_005.labels.txt"]
+
+
+def test_evaluate_never_writes_over_the_dataset_json_it_reads(tmp_path, capsys):
+    data = write_nnunet(tmp_path / "Dataset002_Copy")
+    before = (data / "dataset.json").read_bytes()
+    rc = cli.main(["evaluate", "-ref", str(data / "labelsTs"), "-pred", str(data / "labelsTs"),
+                   "-o", str(data / "dataset.json"), "--overwrite", "-q"])
+    assert rc == 2 and "dataset.json is also an input" in capsys.readouterr().err
+    assert (data / "dataset.json").read_bytes() == before
