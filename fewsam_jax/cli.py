@@ -54,7 +54,7 @@ def _train(args: argparse.Namespace) -> None:
         collection = load_collection(args.manifest)
     else:
         collection = Collection.from_nnunet(args.nnunet, args.slices_per_case, cases=args.cases, axis=args.axis)
-    inputs += [path for item in collection.support for path in (item.image, item.labels)]
+    inputs += collection.files
     check_output_dir(args.out, "decoder", overwrite=args.overwrite, inputs=inputs)
     _check_cache(args)
     training = TrainConfig(seed=args.seed, augment=AugmentConfig(copies=args.augment),

@@ -210,9 +210,14 @@ def load_label_pair(pred_path: str | os.PathLike, ref_path: str | os.PathLike):
     return pred_labels, ref_labels, ref
 
 
+def dataset_json_paths(folder: str | os.PathLike) -> tuple[Path, Path]:
+    """Where a labels folder's nnU-Net ``dataset.json`` may be: in ``folder``, then in its parent."""
+    return Path(folder) / "dataset.json", Path(folder).parent / "dataset.json"
+
+
 def dataset_classes(folder: str | os.PathLike) -> dict[int, str] | None:
     """Label id -> name from the ``dataset.json`` in ``folder`` or its parent (nnU-Net v1/v2), or None."""
-    for candidate in (Path(folder) / "dataset.json", Path(folder).parent / "dataset.json"):
+    for candidate in dataset_json_paths(folder):
         if candidate.is_file():
             return read_dataset_labels(candidate)
     return None
@@ -280,8 +285,8 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
         raise CohortError(f"-pred {pred_dir}: {len(missing)} of the {len(refs)} references have no prediction of "
                           f"the same name ({shown})")
     out = Path(out).expanduser() if out is not None else pred_dir / "summary.json"
-    datasets = [folder / "dataset.json" for folder in (ref_dir, ref_dir.parent)]  # read for the class names
-    check_output_file(out, overwrite=overwrite, inputs=[*refs.values(), *(pred_dir / n for n in refs), *datasets],
+    check_output_file(out, overwrite=overwrite,  # dataset.json: read for the class names
+                      inputs=[*refs.values(), *(pred_dir / n for n in refs), *dataset_json_paths(ref_dir)],
                       suffixes=(".json",))
     pairs = [(name, pred_dir / name, path) for name, path in refs.items()]
     loaded = None

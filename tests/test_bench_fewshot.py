@@ -29,7 +29,8 @@ def test_offsets_and_postprocessing_label_from_the_same_training(tiny_sam, tmp_p
     base, post, gated, gated_post, shifted, shifted_post, both, _ = rows
     assert [r["postprocess"] for r in rows] == [False, True] * 4
     assert gated["overrides"] == {"steps": 2, "image_features": 0, "presence_threshold": 0.5}
-    assert both["config"]["inference"]["presence_threshold"] == 0.5 == gated["config"]["inference"]["presence_threshold"]
+    assert (both["config"]["inference"]["presence_threshold"] == 0.5
+            == gated["config"]["inference"]["presence_threshold"])
     assert base["config"]["inference"]["presence_threshold"] == 0.0  # the default
     assert both["config"]["inference"]["threshold_offset"] == -1.0 and both["same_training_as"] == "v"
     assert gated["thresholds"] == base["thresholds"] and gated["train_seconds"] == base["train_seconds"]

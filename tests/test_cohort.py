@@ -494,7 +494,8 @@ def test_a_users_file_beside_a_later_case_stops_the_run_before_the_first_case(da
     out.mkdir()
     (out / "case_005.labels.txt").write_text("the user's own label descriptions")
     monkeypatch.setattr(FewShotSegmenter, "segment", lambda *a, **k: pytest.fail("segmented before checking"))
-    args = ["segment", "-i", dataset / "imagesTs", "-o", out, "--decoder", decoder, "--cache", home / "embeddings", "-q"]
+    args = ["segment", "-i", dataset / "imagesTs", "-o", out, "--decoder", decoder, "--cache", home / "embeddings",
+            "-q"]
     assert cli.main([str(a) for a in args]) == 2
     assert "case_005.labels.txt exists" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["case_005.labels.txt"]

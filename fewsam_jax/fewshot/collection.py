@@ -52,6 +52,11 @@ class Collection:
         return tuple(sorted(self.classes))
 
     @property
+    def files(self) -> tuple[Path, ...]:
+        """Every image and label map the collection reads (what nothing written from it may replace)."""
+        return tuple(path for item in self.support for path in (item.image, item.labels))
+
+    @property
     def num_slices(self) -> int:
         return sum(len(item.slices) for item in self.support)
 
@@ -261,7 +266,7 @@ def save_collection(collection: Collection, path: str | os.PathLike, *, overwrit
         ],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    check_output_file(path, overwrite=overwrite, inputs=[p for item in collection.support for p in (item.image, item.labels)])
+    check_output_file(path, overwrite=overwrite, inputs=collection.files)
     return write_text(path, json.dumps(raw, indent=2), overwrite=overwrite)
 
 

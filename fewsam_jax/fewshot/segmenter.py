@@ -389,10 +389,9 @@ class FewShotSegmenter:
         if seg_nrrd:
             require_pynrrd()
             check_output_file(sidecars["nrrd"], overwrite=overwrite, inputs=[image])
-        eight_bit = [path for path, needs in ((sidecars["nrrd"], seg_nrrd), (Path(out), str(out).lower().endswith(".png")))
-                     if needs]
-        if eight_bit and max(self.classes) > 255:
-            raise ExportError(f"{eight_bit[0]}: class ids up to {max(self.classes)} do not fit its 8-bit labels "
+        eight_bit = sidecars["nrrd"] if seg_nrrd else Path(out) if str(out).lower().endswith(".png") else None
+        if eight_bit is not None and max(self.classes) > 255:
+            raise ExportError(f"{eight_bit}: class ids up to {max(self.classes)} do not fit its 8-bit labels "
                               "(0-255); write NIfTI (.nii.gz) without --seg-nrrd, or renumber the classes")
 
     def _descriptions(self) -> dict[str, str]:

@@ -392,8 +392,8 @@ class SliceAnnotator:
         mine = self._labels_file is not None and labels_path.resolve() == self._labels_file.resolve()
         if (not (overwrite or mine) and previous is not None and labels_path.resolve() == previous.resolve()
                 and labels_path.exists()):
-            raise OutputExistsError(f"{labels_path} holds this volume's labels from an earlier save, and this annotator "
-                                    f"did not load them; continue from them (load_manifest({str(path)!r}) or "
+            raise OutputExistsError(f"{labels_path} holds this volume's labels from an earlier save, and this "
+                                    f"annotator did not load them; continue from them (load_manifest({str(path)!r}) or "
                                     "SliceAnnotator.from_manifest) or pass overwrite=True to replace them")
         check_output_file(labels_path, overwrite=overwrite or mine, inputs=protected + [new_image],
                           suffixes=(".nii.gz", ".nii"))
