@@ -13,7 +13,9 @@ it (``--variant``: options of the three configs, routed by
 exactly the same slices; both are scored in 3D on every volume of the phase's split: Dice, HD95 (mm) and
 predicted / true volume per class. ``--offsets`` also scores other threshold offsets
 (``InferenceConfig.threshold_offset``) and ``--presence`` other presence thresholds from the same trained decoder,
-one row each (``VARIANT@OFFSET``, ``VARIANT@pTHRESHOLD``), without training again. ``--curve N`` adds a learning curve: validation Dice (threshold 0)
+one row each (``VARIANT@OFFSET``, ``VARIANT@pTHRESHOLD``), without training again; ``--ensemble W`` scores the
+decoder's class probabilities averaged with the U-Net's (decoder weight W; ``--ensemble-control`` adds two U-Net
+seeds averaged, what averaging alone gains). ``--curve N`` adds a learning curve: validation Dice (threshold 0)
 every N steps. Embeddings go through the package's cache, so a rerun only trains and segments.
 
 Rows accumulate in ``bench/results/fewshot_<phase>.json`` (a rerun of the same variant, draw, seed and shot
@@ -163,7 +165,7 @@ def run(args: argparse.Namespace, save) -> list[dict]:
     entries = [] if args.unet_only else [embed_volume(v, sam, axis=2, intensity=intensity, cache=args.cache,
                                                       stage_inputs=staged, progress=False) for v, _ in volumes]
     curve_volumes = volumes[: args.curve_volumes]
-    rows = []
+    rows, unet = [], {}  # unet: (draw, seed, shots) -> each scored volume's U-Net probabilities
     with tempfile.TemporaryDirectory() as scratch:
         for name, overrides in map(parse_variant, args.variant):
             for draw in args.draws:
@@ -171,12 +173,10 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                     config, training, inference = configs_from_overrides(overrides, training=TrainConfig(seed=seed))
                     for shots in args.shots:
                         path = manifest(data, names[DRAWS[draw]], shots, Path(scratch))
+                        if (args.unet or args.unet_only or args.ensemble) and name == args.variant_names[0]:
+                            unet[draw, seed, shots] = baseline_rows(args, path, draw, seed, shots, volumes,
+                                                                    total_slices, intensity, rows, save)
                         if args.unet_only:
-                            for row in unet_rows(path, draw, seed, shots, volumes, total_slices, intensity,
-                                                 args.postprocess):
-                                rows.append(row)
-                                save(rows)
-                                print(json.dumps(row), flush=True)
                             continue
                         curve, curve_seconds = [], [0.0]
 
@@ -211,13 +211,20 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                         # presence threshold is the segmenter's own, on a copy of it
                         labellers = {cut: dataclasses.replace(segmenter, inference=inference.replace(
                             presence_threshold=cut)) for cut in presences}
-                        started, per_labeling = time.perf_counter(), {lab: [] for lab in labelings}
-                        for volume, truth in volumes:
+                        # --ensemble: the default labelling of the decoder averaged with the U-Net's probabilities
+                        fusions = [(w, post) for w in args.ensemble
+                                   for post in ((False, True) if args.postprocess else (False,))]
+                        started, per_labeling = time.perf_counter(), {lab: [] for lab in labelings + fusions}
+                        for index, (volume, truth) in enumerate(volumes):
                             logits, presence = segmenter.predict_volume(volume, cache=args.cache, progress=False)
                             for offset, cut, post in labelings:
                                 pred = labellers[cut].labels_from(logits - (offset - inference.threshold_offset),
                                                                   presence, postprocess=post)
                                 per_labeling[offset, cut, post].append(score_volume(pred, truth, volume.spacing))
+                            for weight, post in fusions:
+                                fused = fuse(logits, unet[draw, seed, shots][0][index], weight)
+                                pred = segmenter.labels_from(fused, presence, postprocess=post)
+                                per_labeling[weight, post].append(score_volume(pred, truth, volume.spacing))
                         seconds = time.perf_counter() - started
                         for offset, cut, post in labelings:
                             shifted = offset != inference.threshold_offset
@@ -246,27 +253,59 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                             rows.append(row)
                             save(rows)
                             print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
+                        for weight, post in fusions:
+                            row_name = ensemble_name(name, weight)
+                            row = {"method": "few-shot + U-Net", "variant": postprocess_name(row_name) if post
+                                   else row_name, "overrides": {**overrides, "ensemble_weight": weight,
+                                                                **({"postprocess": True} if post else {})},
+                                   "same_training_as": name, "draw": draw, "seed": seed, "positive_slices": shots,
+                                   "labelled_slices": segmenter.info["labelled_slices"],
+                                   "train_seconds": segmenter.info["train_seconds"] - curve_seconds[0]
+                                   + unet[draw, seed, shots][1],
+                                   "load_average": [load_before, os.getloadavg()[0]], "volumes": len(volumes),
+                                   "postprocess": post, **summarise(per_labeling[weight, post], seconds,
+                                                                    total_slices)}
+                            rows.append(row)
+                            save(rows)
+                            print(json.dumps(row), flush=True)
                         if curve:
                             print("curve", json.dumps(curve), flush=True)
-                        if args.unet and name == args.variant_names[0]:
-                            for row in unet_rows(path, draw, seed, shots, volumes, total_slices, intensity,
-                                                 args.postprocess):
-                                rows.append(row)
-                                save(rows)
-                                print(json.dumps(row), flush=True)
     return rows
 
 
+def baseline_rows(args: argparse.Namespace, path: Path, draw: str, seed: int, shots: int, volumes: list,
+                  total_slices: int, intensity, rows: list[dict], save) -> tuple[list[np.ndarray], float]:
+    """The U-Net rows of one (draw, seed, shots), added to ``rows`` and saved; returns each scored volume's U-Net
+    probabilities (N, C, H, W) and the U-Net's training seconds. With ``--ensemble-control`` also a
+    second U-Net (seed + 1000) and the two averaged (row ``unet-x2``): what an ensemble gains without SAM."""
+    new, probabilities = unet_rows(path, draw, seed, shots, volumes, total_slices, intensity, args.postprocess)
+    if args.ensemble_control:
+        second, others = unet_rows(path, draw, seed + 1000, shots, volumes, total_slices, intensity,
+                                   args.postprocess, variant="unet-seed2")
+        mean = [(a + b) / 2 for a, b in zip(probabilities, others)]
+        info = {k: new[0][k] for k in ("draw", "seed", "positive_slices", "labelled_slices")}
+        pair = [{**row, **info, "train_seconds": new[0]["train_seconds"] + second[0]["train_seconds"],
+                 "load_average": [new[0]["load_average"][0], second[0]["load_average"][1]]}
+                for row in score_unet(mean, volumes, args.postprocess, "unet-x2",
+                                      new[0]["segment_seconds_per_100_slices"] * total_slices / 100, total_slices)]
+        new += [{**row, "seed": seed, "unet_seed": seed + 1000} for row in second] + pair
+    for row in new:
+        rows.append(row)
+        save(rows)
+        print(json.dumps(row), flush=True)
+    return probabilities, new[0]["train_seconds"]
+
+
 def unet_rows(path: Path, draw: str, seed: int, shots: int, volumes: list, total_slices: int, intensity,
-              postprocess: bool = False) -> list[dict]:
+              postprocess: bool = False, variant: str = "unet") -> tuple[list[dict], list[np.ndarray]]:
     """The U-Net from scratch (``baselines.unet``, default config) on exactly the collection's slices; with
     ``postprocess`` a second row (``unet+3d``) scores the same predictions after 3D largest component + hole
-    filling, as the few-shot rows get it."""
-    from bench.baselines import UNetConfig, predict_unet, train_unet
+    filling, as the few-shot rows get it. Also returns each volume's class probabilities (N, C, H, W), N axial
+    slices, background first, for ``--ensemble``."""
+    from bench.baselines import UNetConfig, predict_unet_probabilities, train_unet
     from fewsam_jax.fewshot import load_collection
     from fewsam_jax.fewshot.collection import load_support_item
-    from fewsam_jax.fewshot.infer import postprocess_3d
-    from fewsam_jax.io import get_slices, stack_slices
+    from fewsam_jax.io import get_slices
 
     collection = load_collection(path)
     images, labels = [], []
@@ -278,20 +317,47 @@ def unet_rows(path: Path, draw: str, seed: int, shots: int, volumes: list, total
     started = time.perf_counter()
     model, _ = train_unet(images, labels, 3, UNetConfig(), seed=seed, progress=False)
     train_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    probabilities = [np.stack(predict_unet_probabilities(model, list(get_slices(intensity.apply(volume.array), 2))))
+                     .transpose(0, 3, 1, 2) for volume, _ in volumes]
+    seconds = time.perf_counter() - started
+    rows = score_unet(probabilities, volumes, postprocess, variant, seconds, total_slices)
+    info = {"draw": draw, "seed": seed, "positive_slices": shots, "labelled_slices": collection.num_slices,
+            "train_seconds": train_seconds, "load_average": [load_before, os.getloadavg()[0]]}
+    return [{**row, **info} for row in rows], probabilities
+
+
+def score_unet(probabilities: list[np.ndarray], volumes: list, postprocess: bool, variant: str, seconds: float,
+               total_slices: int) -> list[dict]:
+    """Rows scoring the most probable class of each volume's (N, C, H, W) ``probabilities`` (and, with
+    ``postprocess``, the same labels post-processed: row ``VARIANT+3d``)."""
+    from fewsam_jax.fewshot.infer import postprocess_3d
+    from fewsam_jax.io import stack_slices
+
     posts = (False, True) if postprocess else (False,)
-    started, per_volume = time.perf_counter(), {post: [] for post in posts}
-    for volume, truth in volumes:
-        slices = get_slices(intensity.apply(volume.array), 2)
-        pred = stack_slices(np.stack(predict_unet(model, list(slices))), 2)
+    per_volume = {post: [] for post in posts}
+    for probs, (volume, truth) in zip(probabilities, volumes):
+        pred = stack_slices(probs.argmax(axis=1).astype(np.int32), 2)
         for post in posts:
             per_volume[post].append(score_volume(postprocess_3d(pred, (1, 2)) if post else pred, truth, volume.spacing))
-    seconds = time.perf_counter() - started
-    return [{"method": "U-Net", "variant": postprocess_name("unet") if post else "unet",
-             "overrides": {"postprocess": True} if post else {}, "same_training_as": "unet" if post else None,
-             "draw": draw, "seed": seed, "positive_slices": shots, "labelled_slices": collection.num_slices,
-             "train_seconds": train_seconds, "load_average": [load_before, os.getloadavg()[0]],
+    return [{"method": "U-Net", "variant": postprocess_name(variant) if post else variant,
+             "overrides": {"postprocess": True} if post else {}, "same_training_as": variant if post else None,
              "volumes": len(volumes), "postprocess": post, **summarise(per_volume[post], seconds, total_slices)}
             for post in posts]
+
+
+def fuse(logits: np.ndarray, unet_probabilities: np.ndarray, weight: float) -> np.ndarray:
+    """The few-shot decoder's (N, K, H, W) logits (0 at each class's cut-off) averaged with the U-Net's (N, K+1, H,
+    W) probabilities (background first) as class probabilities: ``weight`` x sigmoid(logit) + (1 - weight) x the
+    U-Net's, returned as (N, K, H, W) scores with 0 at probability 0.5, for the decoder's own labelling (the class
+    with the highest positive score)."""
+    decoder = 1.0 / (1.0 + np.exp(-logits.astype(np.float32)))
+    return weight * decoder + (1.0 - weight) * unet_probabilities[:, 1:] - 0.5
+
+
+def ensemble_name(variant: str, weight: float) -> str:
+    """The row name of ``variant``'s decoder averaged with the U-Net on the same slices (``--ensemble``)."""
+    return f"{variant}+unet@w{weight:g}"
 
 
 def merge(path: Path, rows: list[dict], report: dict) -> dict:
@@ -353,6 +419,12 @@ def main() -> None:
                         "augment.FIELD for AugmentConfig's); repeatable (default: the defaults)")
     parser.add_argument("--unet", action="store_true", help="also train the U-Net on the same slices")
     parser.add_argument("--unet-only", action="store_true", help="only the U-Net (no few-shot training)")
+    parser.add_argument("--ensemble", type=lambda s: [float(x) for x in s.split(",")], default=[],
+                        help="also score the decoder's class probabilities averaged with the U-Net's on the same "
+                        "slices, the decoder weighted W (rows VARIANT+unet@wW; trains the U-Net)")
+    parser.add_argument("--ensemble-control", action="store_true",
+                        help="also train a second U-Net (seed + 1000) and score the two averaged (row unet-x2): "
+                        "what averaging gains without SAM")
     parser.add_argument("--postprocess", action="store_true",
                         help="also score every row's labels after 3D largest component + hole filling (rows NAME+3d, "
                              "same training)")
@@ -388,6 +460,8 @@ def main() -> None:
                 InferenceConfig(**{field: value})
             except ValueError as err:
                 raise SystemExit(f"{flag}: {err}") from None
+    if not all(0 <= w <= 1 for w in args.ensemble):
+        raise SystemExit(f"--ensemble: expected weights in [0, 1], got {args.ensemble}")
     if not set(args.draws) <= set(DRAWS):
         raise SystemExit(f"--draws: expected names from {sorted(DRAWS)}, got {args.draws}")
     if not (args.data / "imagesTr").is_dir():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import pytest
 from helpers import shared_data, tiny_staged_sam
 
@@ -13,15 +14,31 @@ from fewsam_jax.cache import CachedEmbeddings, EmbeddingCache
 
 
 @pytest.mark.slow  # trains a decoder (2 steps) and segments a shared volume
-def test_offsets_and_postprocessing_label_from_the_same_training(tiny_sam, tmp_path, monkeypatch):
+def test_offsets_postprocessing_and_ensembles_label_from_the_same_training(tiny_sam, tmp_path, monkeypatch):
+    """One decoder training, one row per labelling; ``--ensemble`` rows average it with the U-Net trained first (a
+    stand-in predicting the truth here): weight 1 scores as the decoder, weight 0 as the U-Net."""
+    from fewsam_jax.io import get_slices
+
     monkeypatch.setattr("fewsam_jax.weights.load_model", lambda *a, **k: tiny_sam)
+    data = shared_data("hippocampus").resolve()
+    truth = fewshot.read_labels(data / "labelsTr" / f"{fewshot.cases(data)[fewshot.PHASES['validation']][0]}.nii.gz")
+    monkeypatch.setattr("bench.baselines.train_unet", lambda *a, **k: (None, None))
+    monkeypatch.setattr("bench.baselines.predict_unet_probabilities",
+                        lambda model, slices: list(np.eye(3, dtype=np.float32)[get_slices(truth, 2)]))
     args = argparse.Namespace(
-        data=shared_data("hippocampus").resolve(), phase="validation", volumes=1, cache=tmp_path / "cache",
+        data=data, phase="validation", volumes=1, cache=tmp_path / "cache",
         variant=["v:steps=2,image_features=0"], variant_names=["v"], draws=["A"], seeds=[0], shots=[2],
-        offsets=[-1.0, -0.5], presence=[0.0, 0.5], unet=False, unet_only=False, curve=0, curve_volumes=1,
-        postprocess=True)
+        offsets=[-1.0, -0.5], presence=[0.0, 0.5], unet=True, unet_only=False, curve=0, curve_volumes=1,
+        postprocess=True, ensemble=[0.0, 1.0], ensemble_control=True)
     saved = []
     rows = fewshot.run(args, saved.append)
+    unets, rows, fused = rows[:6], rows[6:14], rows[14:]
+    assert [r["variant"] for r in unets] == ["unet", "unet+3d", "unet-seed2", "unet-seed2+3d", "unet-x2", "unet-x2+3d"]
+    assert all(r["dice"] == [1.0, 1.0] for r in unets) and unets[2]["unet_seed"] == 1000
+    assert [r["variant"] for r in fused] == ["v+unet@w0", "v+unet@w0+3d", "v+unet@w1", "v+unet@w1+3d"]
+    assert fused[0]["dice"] == [1.0, 1.0] and fused[2]["dice"] == rows[0]["dice"]
+    assert fused[3]["dice"] == rows[1]["dice"] and fused[2]["same_training_as"] == "v"
+    assert fused[2]["overrides"] == {"steps": 2, "image_features": 0, "ensemble_weight": 1.0}
     # -0.5 and 0 are the variant's own offset and presence threshold: no second row for them; every labelling
     # also post-processed
     assert [r["variant"] for r in rows] == ["v", "v+3d", "v@p0.5", "v@p0.5+3d", "v@-1", "v@-1+3d", "v@-1@p0.5",
@@ -45,7 +62,7 @@ def test_offsets_and_postprocessing_label_from_the_same_training(tiny_sam, tmp_p
     assert shifted["thresholds"] == base["thresholds"] and shifted["train_seconds"] == base["train_seconds"]
     # a lower cut-off labels at least as many voxels of every class
     assert all(s >= b for s, b in zip(shifted["volume_ratio"], base["volume_ratio"]))
-    assert len(saved) == 8 and len(saved[-1]) == 8
+    assert len(saved) == 18 and len(saved[-1]) == 18
 
 
 @pytest.mark.slow  # trains a decoder (2 steps) with an adapted encoder stage and segments a shared volume
@@ -54,7 +71,8 @@ def test_a_variant_adapting_the_encoder_gets_the_stage_inputs_in_the_same_encode
     args = argparse.Namespace(
         data=shared_data("hippocampus").resolve(), phase="validation", volumes=1, cache=tmp_path / "cache",
         variant=["lora:steps=2,image_features=0,encoder_lora_rank=1"], variant_names=["lora"], draws=["A"], seeds=[0],
-        shots=[2], offsets=[], presence=[], unet=False, unet_only=False, curve=0, curve_volumes=1, postprocess=False)
+        shots=[2], offsets=[], presence=[], unet=False, unet_only=False, curve=0, curve_volumes=1, postprocess=False,
+        ensemble=[], ensemble_control=False)
     rows = fewshot.run(args, lambda rows: None)
     assert [r["variant"] for r in rows] == ["lora"] and rows[0]["config"]["decoder"]["encoder_lora_rank"] == 1
     entries = [CachedEmbeddings(p) for p in EmbeddingCache(args.cache).entries()]
@@ -89,13 +107,15 @@ def test_unet_rows_score_the_same_predictions_post_processed_too(tmp_path, monke
     def predict(model, slices):
         labels = [s.copy() for s in get_slices(truth, 2)]
         labels[0][0, 0] = 1  # a stray anterior voxel, far from the structure
-        return labels
+        return [np.eye(3, dtype=np.float32)[s] for s in labels]  # (H, W, C) one-hot probabilities
 
     monkeypatch.setattr("bench.baselines.train_unet", lambda *a, **k: (None, None))
-    monkeypatch.setattr("bench.baselines.predict_unet", predict)
+    monkeypatch.setattr("bench.baselines.predict_unet_probabilities", predict)
     path = fewshot.manifest(data, fewshot.cases(data)[fewshot.DRAWS["A"]], 5, tmp_path)
-    rows = fewshot.unet_rows(path, "A", 0, 5, [(volume, truth)], volume.shape[2], Intensity.parse("percentile"),
-                             postprocess=True)
+    rows, probabilities = fewshot.unet_rows(path, "A", 0, 5, [(volume, truth)], volume.shape[2],
+                                            Intensity.parse("percentile"), postprocess=True)
+    slices = get_slices(truth, 2)
+    assert [p.shape for p in probabilities] == [(len(slices), 3, *slices.shape[1:])]
     plain, post = rows
     assert [r["variant"] for r in rows] == ["unet", "unet+3d"] and [r["postprocess"] for r in rows] == [False, True]
     assert post["same_training_as"] == "unet" and plain["same_training_as"] is None
@@ -103,4 +123,20 @@ def test_unet_rows_score_the_same_predictions_post_processed_too(tmp_path, monke
     assert plain["volume_ratio"][0] > 1.0 and post["volume_ratio"][0] <= 1.0
     assert post["dice"][0] > plain["dice"][0] and post["dice"][1] >= plain["dice"][1]
     assert len(fewshot.unet_rows(path, "A", 0, 5, [(volume, truth)], volume.shape[2],
-                                 Intensity.parse("percentile"))) == 1
+                                 Intensity.parse("percentile"))[0]) == 1
+
+
+def test_fuse_averages_class_probabilities_with_zero_at_one_half():
+    """``--ensemble``: the decoder's logits (0 at its cut-off) and the U-Net's softmax average as probabilities;
+    weight 1 keeps the decoder's labels, 0 the U-Net's (background where no class reaches 0.5)."""
+    from fewsam_jax.fewshot.infer import labels_from_logits
+
+    logits = np.array([[[[2.0, -2.0, -1.0]], [[-3.0, 1.0, -1.0]]]])  # (N=1, K=2, H=1, W=3)
+    unet = np.array([[[[0.1, 0.1, 0.1]], [[0.1, 0.2, 0.8]], [[0.8, 0.7, 0.1]]]])  # (1, C=3, 1, 3)
+    present = np.ones((1, 2))
+    label = lambda scores: labels_from_logits(scores, present, (1, 2), 0.0)[0, 0].tolist()
+    assert fewshot.fuse(logits, unet, 0.5).shape == (1, 2, 1, 3)
+    assert label(fewshot.fuse(logits, unet, 1.0)) == label(logits) == [1, 2, 0]
+    assert label(fewshot.fuse(logits, unet, 0.0)) == unet[0].argmax(axis=0)[0].tolist() == [2, 2, 1]
+    # equal weights: pixel 0 anterior (0.5*0.88+0.5*0.1=0.49) vs posterior (0.5*0.05+0.5*0.8=0.42): background
+    assert label(fewshot.fuse(logits, unet, 0.5)) == [0, 2, 1]

@@ -2,9 +2,9 @@
 
 from bench.baselines.prompted import make_prompt, prompted_items, segment_prompted
 from bench.baselines.prompts import PROMPT_SUITE, PromptSpec, box_from_mask, sample_points
-from bench.baselines.unet import UNet, UNetConfig, predict_unet, train_unet
+from bench.baselines.unet import UNet, UNetConfig, predict_unet, predict_unet_probabilities, train_unet
 
 __all__ = [
     "PROMPT_SUITE", "PromptSpec", "UNet", "UNetConfig", "box_from_mask", "make_prompt", "predict_unet",
-    "prompted_items", "sample_points", "segment_prompted", "train_unet",
+    "predict_unet_probabilities", "prompted_items", "sample_points", "segment_prompted", "train_unet",
 ]

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from fewsam_jax.modeling.common import StridedConvTranspose
 
-__all__ = ["UNet", "UNetConfig", "predict_unet", "train_unet"]
+__all__ = ["UNet", "UNetConfig", "predict_unet", "predict_unet_probabilities", "train_unet"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,11 +316,12 @@ def _logits(model: UNet, images: jax.Array, features: jax.Array | None = None) -
     return model(images[..., None], features)
 
 
-def predict_unet(model: UNet, images: Sequence[np.ndarray], features: Sequence[np.ndarray] | None = None
-                 ) -> list[np.ndarray]:
-    """Label maps (H, W) int32 for (H, W) slices in [0, 1] of any size: each is padded to the
-    training canvas (or the next multiple of ``pad_multiple`` when larger), batched by padded shape.
-    ``features``: the slices' extra features, as for :func:`train_unet`."""
+def predict_unet_probabilities(model: UNet, images: Sequence[np.ndarray],
+                               features: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+    """Class probabilities (H, W, C) float32 (softmax; C = ``num_classes``, background first) for (H, W)
+    slices in [0, 1] of any size: each is padded to the training canvas (or the next multiple of
+    ``pad_multiple`` when larger), batched by padded shape. ``features``: the slices' extra features, as for
+    :func:`train_unet`."""
     images = _check_images(images)
     cfg = model.config
     _check_features(features, images, cfg)
@@ -338,7 +339,13 @@ def predict_unet(model: UNet, images: Sequence[np.ndarray], features: Sequence[n
                 if extra is not None:
                     extra[row] = _pad(np.asarray(features[i], np.float32), shape)
             logits = _logits(model, jnp.asarray(batch), None if extra is None else jnp.asarray(extra))
-            predicted = np.asarray(jnp.argmax(logits, axis=-1))
+            probabilities = np.asarray(jax.nn.softmax(logits, axis=-1), np.float32)
             for row, i in enumerate(chunk):
-                results[i] = predicted[row, : images[i].shape[0], : images[i].shape[1]].astype(np.int32)
+                results[i] = probabilities[row, : images[i].shape[0], : images[i].shape[1]]
     return results
+
+
+def predict_unet(model: UNet, images: Sequence[np.ndarray], features: Sequence[np.ndarray] | None = None
+                 ) -> list[np.ndarray]:
+    """Label maps (H, W) int32: the most probable class of :func:`predict_unet_probabilities`."""
+    return [p.argmax(axis=-1).astype(np.int32) for p in predict_unet_probabilities(model, images, features)]
