@@ -78,6 +78,16 @@ def pytest_configure(config):
                           float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 
+def pytest_xdist_make_scheduler(config, log):
+    """``-n N --dist loadfile`` (``make test``): files as work units, each notebook its own, longest first
+    (tests/scheduling.py). Any other ``--dist`` is xdist's own."""
+    if config.getoption("dist") == "loadfile":
+        from scheduling import LongestFirstScheduling
+
+        return LongestFirstScheduling(config, log)
+    return None
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     """Lets fixtures see whether the test body failed (the browser tests then save a screenshot)."""
