@@ -15,7 +15,8 @@ predicted / true volume per class. ``--offsets`` also scores other threshold off
 (``InferenceConfig.threshold_offset``) and ``--presence`` other presence thresholds from the same trained decoder,
 one row each (``VARIANT@OFFSET``, ``VARIANT@pTHRESHOLD``), without training again; ``--ensemble W`` scores the
 decoder's class probabilities averaged with the U-Net's (decoder weight W; ``--ensemble-control`` adds two U-Net
-seeds averaged, what averaging alone gains). ``--curve N`` adds a learning curve: validation Dice (threshold 0)
+seeds averaged, what averaging alone gains); ``--pseudo W`` trains a U-Net on every slice of the support volumes,
+the unlabelled ones labelled by that average (W 0: by the U-Net itself, the self-training control). ``--curve N`` adds a learning curve: validation Dice (threshold 0)
 every N steps. Embeddings go through the package's cache, so a rerun only trains and segments.
 
 Rows accumulate in ``bench/results/fewshot_<phase>.json`` (a rerun of the same variant, draw, seed and shot
@@ -173,7 +174,8 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                     config, training, inference = configs_from_overrides(overrides, training=TrainConfig(seed=seed))
                     for shots in args.shots:
                         path = manifest(data, names[DRAWS[draw]], shots, Path(scratch))
-                        if (args.unet or args.unet_only or args.ensemble) and name == args.variant_names[0]:
+                        if (args.unet or args.unet_only or args.ensemble or args.pseudo) \
+                                and name == args.variant_names[0]:
                             unet[draw, seed, shots] = baseline_rows(args, path, draw, seed, shots, volumes,
                                                                     total_slices, intensity, rows, save)
                         if args.unet_only:
@@ -268,19 +270,33 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                             rows.append(row)
                             save(rows)
                             print(json.dumps(row), flush=True)
+                        for weight in args.pseudo:
+                            slices = pseudo_labelled_slices(segmenter, unet[draw, seed, shots][2], path, weight,
+                                                            intensity, args.cache)
+                            new, _, _ = unet_rows(path, draw, seed, shots, volumes, total_slices, intensity,
+                                                  args.postprocess, variant=pseudo_name(name, weight), slices=slices)
+                            for row in new:
+                                row.update(method="U-Net on pseudo-labels", same_training_as=name,
+                                           overrides={**overrides, "pseudo_weight": weight, **row["overrides"]},
+                                           train_seconds=row["train_seconds"] + segmenter.info["train_seconds"]
+                                           - curve_seconds[0] + unet[draw, seed, shots][1])
+                                rows.append(row)
+                                save(rows)
+                                print(json.dumps(row), flush=True)
                         if curve:
                             print("curve", json.dumps(curve), flush=True)
     return rows
 
 
 def baseline_rows(args: argparse.Namespace, path: Path, draw: str, seed: int, shots: int, volumes: list,
-                  total_slices: int, intensity, rows: list[dict], save) -> tuple[list[np.ndarray], float]:
+                  total_slices: int, intensity, rows: list[dict], save) -> tuple[list[np.ndarray], float, object]:
     """The U-Net rows of one (draw, seed, shots), added to ``rows`` and saved; returns each scored volume's U-Net
-    probabilities (N, C, H, W) and the U-Net's training seconds. With ``--ensemble-control`` also a
+    probabilities (N, C, H, W), the U-Net's training seconds and the model. With ``--ensemble-control`` also a
     second U-Net (seed + 1000) and the two averaged (row ``unet-x2``): what an ensemble gains without SAM."""
-    new, probabilities = unet_rows(path, draw, seed, shots, volumes, total_slices, intensity, args.postprocess)
+    new, probabilities, model = unet_rows(path, draw, seed, shots, volumes, total_slices, intensity,
+                                          args.postprocess)
     if args.ensemble_control:
-        second, others = unet_rows(path, draw, seed + 1000, shots, volumes, total_slices, intensity,
+        second, others, _ = unet_rows(path, draw, seed + 1000, shots, volumes, total_slices, intensity,
                                    args.postprocess, variant="unet-seed2")
         mean = [(a + b) / 2 for a, b in zip(probabilities, others)]
         info = {k: new[0][k] for k in ("draw", "seed", "positive_slices", "labelled_slices")}
@@ -293,23 +309,25 @@ def baseline_rows(args: argparse.Namespace, path: Path, draw: str, seed: int, sh
         rows.append(row)
         save(rows)
         print(json.dumps(row), flush=True)
-    return probabilities, new[0]["train_seconds"]
+    return probabilities, new[0]["train_seconds"], model
 
 
 def unet_rows(path: Path, draw: str, seed: int, shots: int, volumes: list, total_slices: int, intensity,
-              postprocess: bool = False, variant: str = "unet") -> tuple[list[dict], list[np.ndarray]]:
-    """The U-Net from scratch (``baselines.unet``, default config) on exactly the collection's slices; with
-    ``postprocess`` a second row (``unet+3d``) scores the same predictions after 3D largest component + hole
-    filling, as the few-shot rows get it. Also returns each volume's class probabilities (N, C, H, W), N axial
-    slices, background first, for ``--ensemble``."""
-    from bench.baselines import UNetConfig, predict_unet_probabilities, train_unet
+              postprocess: bool = False, variant: str = "unet", slices: tuple[list, list] | None = None
+              ) -> tuple[list[dict], list[np.ndarray], object]:
+    """The U-Net from scratch (``baselines.unet``, default config) on exactly the collection's slices (or on
+    ``slices``, (images, label maps), for ``--pseudo``); with ``postprocess`` a second row (``unet+3d``) scores the
+    same predictions after 3D largest component + hole filling, as the few-shot rows get it. Also returns each
+    volume's class probabilities (N, C, H, W), N axial slices, background first, for ``--ensemble``, and the
+    model."""
+    from bench.baselines import UNetConfig, train_unet
     from fewsam_jax.fewshot import load_collection
     from fewsam_jax.fewshot.collection import load_support_item
     from fewsam_jax.io import get_slices
 
     collection = load_collection(path)
-    images, labels = [], []
-    for item in collection.support:
+    images, labels = slices or ([], [])
+    for item in collection.support if slices is None else ():
         volume, label_slices = load_support_item(item, 2)
         images += list(get_slices(intensity.apply(volume.array), 2)[list(item.slices)])
         labels += list(np.clip(label_slices, 0, 2).astype(np.int32))
@@ -318,13 +336,49 @@ def unet_rows(path: Path, draw: str, seed: int, shots: int, volumes: list, total
     model, _ = train_unet(images, labels, 3, UNetConfig(), seed=seed, progress=False)
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    probabilities = [np.stack(predict_unet_probabilities(model, list(get_slices(intensity.apply(volume.array), 2))))
-                     .transpose(0, 3, 1, 2) for volume, _ in volumes]
+    probabilities = [unet_probabilities(model, volume, intensity) for volume, _ in volumes]
     seconds = time.perf_counter() - started
     rows = score_unet(probabilities, volumes, postprocess, variant, seconds, total_slices)
     info = {"draw": draw, "seed": seed, "positive_slices": shots, "labelled_slices": collection.num_slices,
-            "train_seconds": train_seconds, "load_average": [load_before, os.getloadavg()[0]]}
-    return [{**row, **info} for row in rows], probabilities
+            "train_seconds": train_seconds, "load_average": [load_before, os.getloadavg()[0]],
+            **({"training_slices": len(images)} if slices is not None else {})}
+    return [{**row, **info} for row in rows], probabilities, model
+
+
+def unet_probabilities(model, volume, intensity) -> np.ndarray:
+    """The U-Net's class probabilities (N, C, H, W) on every axial slice of ``volume``."""
+    from bench.baselines import predict_unet_probabilities
+    from fewsam_jax.io import get_slices
+
+    slices = list(get_slices(intensity.apply(volume.array), 2))
+    return np.stack(predict_unet_probabilities(model, slices)).transpose(0, 3, 1, 2)
+
+
+def pseudo_labelled_slices(segmenter, unet_model, path: Path, weight: float, intensity, cache
+                           ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every axial slice of the collection's support volumes with a label map (``--pseudo``): the true labels on
+    the labelled slices, elsewhere the decoder averaged with the U-Net (:func:`fuse`, decoder weight ``weight``;
+    0: the U-Net's own labels, self-training; 1: the decoder's)."""
+    from fewsam_jax.fewshot import load_collection
+    from fewsam_jax.fewshot.collection import load_support_item
+    from fewsam_jax.fewshot.infer import labels_from_logits
+    from fewsam_jax.io import get_slices
+
+    images, labels = [], []
+    for item in load_collection(path).support:
+        volume, true_slices = load_support_item(item, 2)
+        logits, presence = segmenter.predict_volume(volume, cache=cache, progress=False)
+        fused = fuse(logits, unet_probabilities(unet_model, volume, intensity), weight)
+        pseudo = labels_from_logits(fused, presence, segmenter.class_ids, segmenter.inference.presence_threshold)
+        pseudo[list(item.slices)] = np.clip(true_slices, 0, 2)
+        images += list(get_slices(intensity.apply(volume.array), 2))
+        labels += list(pseudo.astype(np.int32))
+    return images, labels
+
+
+def pseudo_name(variant: str, weight: float) -> str:
+    """The row name of a U-Net trained on ``variant``'s pseudo-labelled support volumes (``--pseudo``)."""
+    return f"{variant}>unet@w{weight:g}"
 
 
 def score_unet(probabilities: list[np.ndarray], volumes: list, postprocess: bool, variant: str, seconds: float,
@@ -422,6 +476,10 @@ def main() -> None:
     parser.add_argument("--ensemble", type=lambda s: [float(x) for x in s.split(",")], default=[],
                         help="also score the decoder's class probabilities averaged with the U-Net's on the same "
                         "slices, the decoder weighted W (rows VARIANT+unet@wW; trains the U-Net)")
+    parser.add_argument("--pseudo", type=lambda s: [float(x) for x in s.split(",")], default=[],
+                        help="also train a U-Net on every slice of the support volumes, labelled by the decoder "
+                        "averaged with the U-Net (decoder weight W; 0: the U-Net alone, self-training) where no "
+                        "label was given (rows VARIANT>unet@wW; trains the U-Net)")
     parser.add_argument("--ensemble-control", action="store_true",
                         help="also train a second U-Net (seed + 1000) and score the two averaged (row unet-x2): "
                         "what averaging gains without SAM")
@@ -460,8 +518,9 @@ def main() -> None:
                 InferenceConfig(**{field: value})
             except ValueError as err:
                 raise SystemExit(f"{flag}: {err}") from None
-    if not all(0 <= w <= 1 for w in args.ensemble):
-        raise SystemExit(f"--ensemble: expected weights in [0, 1], got {args.ensemble}")
+    for flag, weights in (("--ensemble", args.ensemble), ("--pseudo", args.pseudo)):
+        if not all(0 <= w <= 1 for w in weights):
+            raise SystemExit(f"{flag}: expected weights in [0, 1], got {weights}")
     if not set(args.draws) <= set(DRAWS):
         raise SystemExit(f"--draws: expected names from {sorted(DRAWS)}, got {args.draws}")
     if not (args.data / "imagesTr").is_dir():

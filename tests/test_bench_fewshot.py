@@ -16,29 +16,56 @@ from fewsam_jax.cache import CachedEmbeddings, EmbeddingCache
 @pytest.mark.slow  # trains a decoder (2 steps) and segments a shared volume
 def test_offsets_postprocessing_and_ensembles_label_from_the_same_training(tiny_sam, tmp_path, monkeypatch):
     """One decoder training, one row per labelling; ``--ensemble`` rows average it with the U-Net trained first (a
-    stand-in predicting the truth here): weight 1 scores as the decoder, weight 0 as the U-Net."""
+    stand-in predicting the truth of the scored volume, background elsewhere): weight 1 scores as the decoder,
+    weight 0 as the U-Net; ``--pseudo`` trains a U-Net on every slice of the support volumes, the labelled ones
+    with their true labels."""
     from fewsam_jax.io import get_slices
 
     monkeypatch.setattr("fewsam_jax.weights.load_model", lambda *a, **k: tiny_sam)
     data = shared_data("hippocampus").resolve()
     truth = fewshot.read_labels(data / "labelsTr" / f"{fewshot.cases(data)[fewshot.PHASES['validation']][0]}.nii.gz")
-    monkeypatch.setattr("bench.baselines.train_unet", lambda *a, **k: (None, None))
-    monkeypatch.setattr("bench.baselines.predict_unet_probabilities",
-                        lambda model, slices: list(np.eye(3, dtype=np.float32)[get_slices(truth, 2)]))
+    trained = []
+    monkeypatch.setattr("bench.baselines.train_unet", lambda images, labels, *a, **k: trained.append(labels) or (
+        None, None))
+    scored = get_slices(truth, 2)
+
+    def predict(model, slices):
+        known = len(slices) == len(scored) and slices[0].shape == scored[0].shape
+        return list(np.eye(3, dtype=np.float32)[scored if known else np.zeros((len(slices), *slices[0].shape), int)])
+
+    monkeypatch.setattr("bench.baselines.predict_unet_probabilities", predict)
     args = argparse.Namespace(
         data=data, phase="validation", volumes=1, cache=tmp_path / "cache",
         variant=["v:steps=2,image_features=0"], variant_names=["v"], draws=["A"], seeds=[0], shots=[2],
         offsets=[-1.0, -0.5], presence=[0.0, 0.5], unet=True, unet_only=False, curve=0, curve_volumes=1,
-        postprocess=True, ensemble=[0.0, 1.0], ensemble_control=True)
+        postprocess=True, ensemble=[0.0, 1.0], ensemble_control=True, pseudo=[0.0])
     saved = []
     rows = fewshot.run(args, saved.append)
-    unets, rows, fused = rows[:6], rows[6:14], rows[14:]
+    unets, rows, fused, pseudo = rows[:6], rows[6:14], rows[14:18], rows[18:]
     assert [r["variant"] for r in unets] == ["unet", "unet+3d", "unet-seed2", "unet-seed2+3d", "unet-x2", "unet-x2+3d"]
     assert all(r["dice"] == [1.0, 1.0] for r in unets) and unets[2]["unet_seed"] == 1000
     assert [r["variant"] for r in fused] == ["v+unet@w0", "v+unet@w0+3d", "v+unet@w1", "v+unet@w1+3d"]
     assert fused[0]["dice"] == [1.0, 1.0] and fused[2]["dice"] == rows[0]["dice"]
     assert fused[3]["dice"] == rows[1]["dice"] and fused[2]["same_training_as"] == "v"
     assert fused[2]["overrides"] == {"steps": 2, "image_features": 0, "ensemble_weight": 1.0}
+    assert [r["variant"] for r in pseudo] == ["v>unet@w0", "v>unet@w0+3d"] and pseudo[0]["dice"] == [1.0, 1.0]
+    assert pseudo[1]["overrides"] == {"steps": 2, "image_features": 0, "pseudo_weight": 0.0, "postprocess": True}
+    # the student saw every slice of the draw's support volumes: the labelled ones as labelled, the rest as the
+    # (stand-in, all background) U-Net labelled them
+    from fewsam_jax.fewshot import load_collection
+    from fewsam_jax.fewshot.collection import load_support_item
+
+    support = load_collection(fewshot.manifest(data, fewshot.cases(data)[fewshot.DRAWS["A"]], 2, tmp_path)).support
+    student = trained[-1]
+    depths = [load_support_item(item, 2)[0].shape[2] for item in support]
+    assert len(student) == sum(depths) == pseudo[0]["training_slices"]
+    starts = np.cumsum([0, *depths])
+    for start, item in zip(starts, support):
+        _, true_slices = load_support_item(item, 2)
+        for index, true in zip(item.slices, true_slices):
+            np.testing.assert_array_equal(student[start + index], np.clip(true, 0, 2))
+    assert sum(int(np.count_nonzero(s)) for s in student) == sum(
+        int(np.count_nonzero(np.clip(load_support_item(item, 2)[1], 0, 2))) for item in support)
     # -0.5 and 0 are the variant's own offset and presence threshold: no second row for them; every labelling
     # also post-processed
     assert [r["variant"] for r in rows] == ["v", "v+3d", "v@p0.5", "v@p0.5+3d", "v@-1", "v@-1+3d", "v@-1@p0.5",
@@ -62,7 +89,7 @@ def test_offsets_postprocessing_and_ensembles_label_from_the_same_training(tiny_
     assert shifted["thresholds"] == base["thresholds"] and shifted["train_seconds"] == base["train_seconds"]
     # a lower cut-off labels at least as many voxels of every class
     assert all(s >= b for s, b in zip(shifted["volume_ratio"], base["volume_ratio"]))
-    assert len(saved) == 18 and len(saved[-1]) == 18
+    assert len(saved) == 20 and len(saved[-1]) == 20
 
 
 @pytest.mark.slow  # trains a decoder (2 steps) with an adapted encoder stage and segments a shared volume
@@ -72,7 +99,7 @@ def test_a_variant_adapting_the_encoder_gets_the_stage_inputs_in_the_same_encode
         data=shared_data("hippocampus").resolve(), phase="validation", volumes=1, cache=tmp_path / "cache",
         variant=["lora:steps=2,image_features=0,encoder_lora_rank=1"], variant_names=["lora"], draws=["A"], seeds=[0],
         shots=[2], offsets=[], presence=[], unet=False, unet_only=False, curve=0, curve_volumes=1, postprocess=False,
-        ensemble=[], ensemble_control=False)
+        ensemble=[], ensemble_control=False, pseudo=[])
     rows = fewshot.run(args, lambda rows: None)
     assert [r["variant"] for r in rows] == ["lora"] and rows[0]["config"]["decoder"]["encoder_lora_rank"] == 1
     entries = [CachedEmbeddings(p) for p in EmbeddingCache(args.cache).entries()]
@@ -112,8 +139,8 @@ def test_unet_rows_score_the_same_predictions_post_processed_too(tmp_path, monke
     monkeypatch.setattr("bench.baselines.train_unet", lambda *a, **k: (None, None))
     monkeypatch.setattr("bench.baselines.predict_unet_probabilities", predict)
     path = fewshot.manifest(data, fewshot.cases(data)[fewshot.DRAWS["A"]], 5, tmp_path)
-    rows, probabilities = fewshot.unet_rows(path, "A", 0, 5, [(volume, truth)], volume.shape[2],
-                                            Intensity.parse("percentile"), postprocess=True)
+    rows, probabilities, _ = fewshot.unet_rows(path, "A", 0, 5, [(volume, truth)], volume.shape[2],
+                                               Intensity.parse("percentile"), postprocess=True)
     slices = get_slices(truth, 2)
     assert [p.shape for p in probabilities] == [(len(slices), 3, *slices.shape[1:])]
     plain, post = rows
