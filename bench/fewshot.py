@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -224,7 +225,7 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                                                                   presence, postprocess=post)
                                 per_labeling[offset, cut, post].append(score_volume(pred, truth, volume.spacing))
                             for weight, post in fusions:
-                                fused = fuse(logits, unet[draw, seed, shots][0][index], weight)
+                                fused = fuse(logits, unet[draw, seed, shots].probabilities[index], weight)
                                 pred = segmenter.labels_from(fused, presence, postprocess=post)
                                 per_labeling[weight, post].append(score_volume(pred, truth, volume.spacing))
                         seconds = time.perf_counter() - started
@@ -263,23 +264,24 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                                    "same_training_as": name, "draw": draw, "seed": seed, "positive_slices": shots,
                                    "labelled_slices": segmenter.info["labelled_slices"],
                                    "train_seconds": segmenter.info["train_seconds"] - curve_seconds[0]
-                                   + unet[draw, seed, shots][1],
+                                   + unet[draw, seed, shots].train_seconds,
                                    "load_average": [load_before, os.getloadavg()[0]], "volumes": len(volumes),
                                    "postprocess": post, **summarise(per_labeling[weight, post], seconds,
                                                                     total_slices)}
                             rows.append(row)
                             save(rows)
                             print(json.dumps(row), flush=True)
+                        teacher = support_predictions(segmenter, unet[draw, seed, shots].model, path, intensity,
+                                                      args.cache) if args.pseudo else []
                         for weight in args.pseudo:
-                            slices = pseudo_labelled_slices(segmenter, unet[draw, seed, shots][2], path, weight,
-                                                            intensity, args.cache)
+                            slices = pseudo_labelled_slices(teacher, weight, segmenter)
                             new, _, _ = unet_rows(path, draw, seed, shots, volumes, total_slices, intensity,
                                                   args.postprocess, variant=pseudo_name(name, weight), slices=slices)
                             for row in new:
                                 row.update(method="U-Net on pseudo-labels", same_training_as=name,
                                            overrides={**overrides, "pseudo_weight": weight, **row["overrides"]},
                                            train_seconds=row["train_seconds"] + segmenter.info["train_seconds"]
-                                           - curve_seconds[0] + unet[draw, seed, shots][1])
+                                           - curve_seconds[0] + unet[draw, seed, shots].train_seconds)
                                 rows.append(row)
                                 save(rows)
                                 print(json.dumps(row), flush=True)
@@ -288,10 +290,17 @@ def run(args: argparse.Namespace, save) -> list[dict]:
     return rows
 
 
+class UNetRun(NamedTuple):
+    """A U-Net trained on one (draw, seed, shots): each scored volume's probabilities (N, C, H, W), its training
+    seconds, the model."""
+    probabilities: list[np.ndarray]
+    train_seconds: float
+    model: object
+
+
 def baseline_rows(args: argparse.Namespace, path: Path, draw: str, seed: int, shots: int, volumes: list,
-                  total_slices: int, intensity, rows: list[dict], save) -> tuple[list[np.ndarray], float, object]:
-    """The U-Net rows of one (draw, seed, shots), added to ``rows`` and saved; returns each scored volume's U-Net
-    probabilities (N, C, H, W), the U-Net's training seconds and the model. With ``--ensemble-control`` also a
+                  total_slices: int, intensity, rows: list[dict], save) -> UNetRun:
+    """The U-Net rows of one (draw, seed, shots), added to ``rows`` and saved, and that U-Net's run. With ``--ensemble-control`` also a
     second U-Net (seed + 1000) and the two averaged (row ``unet-x2``): what an ensemble gains without SAM."""
     new, probabilities, model = unet_rows(path, draw, seed, shots, volumes, total_slices, intensity,
                                           args.postprocess)
@@ -309,7 +318,7 @@ def baseline_rows(args: argparse.Namespace, path: Path, draw: str, seed: int, sh
         rows.append(row)
         save(rows)
         print(json.dumps(row), flush=True)
-    return probabilities, new[0]["train_seconds"], model
+    return UNetRun(probabilities, new[0]["train_seconds"], model)
 
 
 def unet_rows(path: Path, draw: str, seed: int, shots: int, volumes: list, total_slices: int, intensity,
@@ -322,15 +331,9 @@ def unet_rows(path: Path, draw: str, seed: int, shots: int, volumes: list, total
     model."""
     from bench.baselines import UNetConfig, train_unet
     from fewsam_jax.fewshot import load_collection
-    from fewsam_jax.fewshot.collection import load_support_item
-    from fewsam_jax.io import get_slices
 
     collection = load_collection(path)
-    images, labels = slices or ([], [])
-    for item in collection.support if slices is None else ():
-        volume, label_slices = load_support_item(item, 2)
-        images += list(get_slices(intensity.apply(volume.array), 2)[list(item.slices)])
-        labels += list(np.clip(label_slices, 0, 2).astype(np.int32))
+    images, labels = slices if slices is not None else labelled_slices(collection, intensity)
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     model, _ = train_unet(images, labels, 3, UNetConfig(), seed=seed, progress=False)
@@ -345,6 +348,19 @@ def unet_rows(path: Path, draw: str, seed: int, shots: int, volumes: list, total
     return [{**row, **info} for row in rows], probabilities, model
 
 
+def labelled_slices(collection, intensity) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The collection's labelled axial slices in [0, 1] and their label maps (classes 1, 2)."""
+    from fewsam_jax.fewshot.collection import load_support_item
+    from fewsam_jax.io import get_slices
+
+    images, labels = [], []
+    for item in collection.support:
+        volume, label_slices = load_support_item(item, 2)
+        images += list(get_slices(intensity.apply(volume.array), 2)[list(item.slices)])
+        labels += list(np.clip(label_slices, 0, 2).astype(np.int32))
+    return images, labels
+
+
 def unet_probabilities(model, volume, intensity) -> np.ndarray:
     """The U-Net's class probabilities (N, C, H, W) on every axial slice of ``volume``."""
     from bench.baselines import predict_unet_probabilities
@@ -354,24 +370,47 @@ def unet_probabilities(model, volume, intensity) -> np.ndarray:
     return np.stack(predict_unet_probabilities(model, slices)).transpose(0, 3, 1, 2)
 
 
-def pseudo_labelled_slices(segmenter, unet_model, path: Path, weight: float, intensity, cache
-                           ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Every axial slice of the collection's support volumes with a label map (``--pseudo``): the true labels on
-    the labelled slices, elsewhere the decoder averaged with the U-Net (:func:`fuse`, decoder weight ``weight``;
-    0: the U-Net's own labels, self-training; 1: the decoder's)."""
+class SupportPrediction(NamedTuple):
+    """One support volume for ``--pseudo``: its axial slices (N, H, W) in [0, 1], the labelled slices' indices and
+    true labels, the decoder's logits (N, K, H, W) and presence (N, K), the U-Net's probabilities (N, C, H, W)."""
+    images: np.ndarray
+    labelled: list[int]
+    true_slices: np.ndarray
+    logits: np.ndarray
+    presence: np.ndarray
+    unet: np.ndarray
+
+
+def support_predictions(segmenter, unet_model, path: Path, intensity, cache) -> list[SupportPrediction]:
+    """The decoder's and the U-Net's predictions on every slice of the collection's support volumes, computed
+    once for every ``--pseudo`` weight."""
     from fewsam_jax.fewshot import load_collection
     from fewsam_jax.fewshot.collection import load_support_item
-    from fewsam_jax.fewshot.infer import labels_from_logits
     from fewsam_jax.io import get_slices
 
-    images, labels = [], []
+    predictions = []
     for item in load_collection(path).support:
         volume, true_slices = load_support_item(item, 2)
         logits, presence = segmenter.predict_volume(volume, cache=cache, progress=False)
-        fused = fuse(logits, unet_probabilities(unet_model, volume, intensity), weight)
-        pseudo = labels_from_logits(fused, presence, segmenter.class_ids, segmenter.inference.presence_threshold)
-        pseudo[list(item.slices)] = np.clip(true_slices, 0, 2)
-        images += list(get_slices(intensity.apply(volume.array), 2))
+        predictions.append(SupportPrediction(get_slices(intensity.apply(volume.array), 2), list(item.slices),
+                                             np.clip(true_slices, 0, 2), logits, presence,
+                                             unet_probabilities(unet_model, volume, intensity)))
+    return predictions
+
+
+def pseudo_labelled_slices(predictions: list[SupportPrediction], weight: float, segmenter
+                           ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every axial slice of the support volumes with a label map (``--pseudo``): the true labels on the labelled
+    slices, elsewhere the decoder averaged with the U-Net (:func:`fuse`, decoder weight ``weight``; 0: the U-Net's
+    own labels, self-training; 1: the decoder's)."""
+    from fewsam_jax.fewshot.infer import labels_from_logits
+
+    images, labels = [], []
+    for support in predictions:
+        pseudo = labels_from_logits(fuse(support.logits, support.unet, weight), support.presence,
+                                    segmenter.class_ids, segmenter.inference.presence_threshold)
+        pseudo[support.labelled] = support.true_slices
+        images += list(support.images)
         labels += list(pseudo.astype(np.int32))
     return images, labels
 
