@@ -16,7 +16,8 @@ predicted / true volume per class. ``--offsets`` also scores other threshold off
 one row each (``VARIANT@OFFSET``, ``VARIANT@pTHRESHOLD``), without training again; ``--ensemble W`` scores the
 decoder's class probabilities averaged with the U-Net's (decoder weight W; ``--ensemble-control`` adds two U-Net
 seeds averaged, what averaging alone gains); ``--pseudo W`` trains a U-Net on every slice of the support volumes,
-the unlabelled ones labelled by that average (W 0: by the U-Net itself, the self-training control). ``--curve N`` adds a learning curve: validation Dice (threshold 0)
+the unlabelled ones labelled by that average (W 0: by the U-Net itself, the self-training control), and with
+``--unlabelled N`` on every slice of N more cohort volumes (55 onwards, labels never read) labelled the same way. ``--curve N`` adds a learning curve: validation Dice (threshold 0)
 every N steps. Embeddings go through the package's cache, so a rerun only trains and segments.
 
 Rows accumulate in ``bench/results/fewshot_<phase>.json`` (a rerun of the same variant, draw, seed and shot
@@ -46,6 +47,9 @@ DATA = ROOT.parent / "shared" / "data" / "hippocampus"  # default of --data
 CLASSES = {1: "anterior", 2: "posterior"}
 DRAWS = {"A": slice(0, 5), "B": slice(45, 50), "C": slice(50, 55)}
 PHASES = {"validation": slice(-8, None), "test": slice(5, 45)}
+# cohort volumes outside the draws and both phases whose labels are never read: ``--unlabelled N`` takes the first N,
+# what a user's other unlabelled scans are to the method (only their images reach the student)
+UNLABELLED = slice(55, -8)
 
 
 def cases(data: Path) -> list[str]:
@@ -159,6 +163,7 @@ def run(args: argparse.Namespace, save) -> list[dict]:
         return load_volume(data / "imagesTr" / f"{name}_0000.nii.gz"), read_labels(data / "labelsTr" / f"{name}.nii.gz")
 
     volumes = [load(n) for n in scored]
+    unlabelled = [data / "imagesTr" / f"{n}_0000.nii.gz" for n in names[UNLABELLED][: args.unlabelled]]
     total_slices = sum(v.shape[2] for v, _ in volumes)
     sam = load_model("litemedsam")
     # a variant that adapts the encoder's last stage needs its inputs: computed in the same encoder pass
@@ -272,14 +277,18 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                             save(rows)
                             print(json.dumps(row), flush=True)
                         teacher = support_predictions(segmenter, unet[draw, seed, shots].model, path, intensity,
-                                                      args.cache) if args.pseudo else []
+                                                      args.cache, unlabelled) if args.pseudo else []
                         for weight in args.pseudo:
                             slices = pseudo_labelled_slices(teacher, weight, segmenter)
                             new, _, _ = unet_rows(path, draw, seed, shots, volumes, total_slices, intensity,
-                                                  args.postprocess, variant=pseudo_name(name, weight), slices=slices)
+                                                  args.postprocess, slices=slices,
+                                                  variant=pseudo_name(name, weight, len(unlabelled)))
                             for row in new:
                                 row.update(method="U-Net on pseudo-labels", same_training_as=name,
-                                           overrides={**overrides, "pseudo_weight": weight, **row["overrides"]},
+                                           unlabelled_volumes=len(unlabelled),
+                                           overrides={**overrides, "pseudo_weight": weight,
+                                                      **({"unlabelled_volumes": len(unlabelled)} if unlabelled
+                                                         else {}), **row["overrides"]},
                                            train_seconds=row["train_seconds"] + segmenter.info["train_seconds"]
                                            - curve_seconds[0] + unet[draw, seed, shots].train_seconds)
                                 rows.append(row)
@@ -381,18 +390,27 @@ class SupportPrediction(NamedTuple):
     unet: np.ndarray
 
 
-def support_predictions(segmenter, unet_model, path: Path, intensity, cache) -> list[SupportPrediction]:
-    """The decoder's and the U-Net's predictions on every slice of the collection's support volumes, computed
-    once for every ``--pseudo`` weight."""
+def support_predictions(segmenter, unet_model, path: Path, intensity, cache, unlabelled: list[Path] = ()
+                        ) -> list[SupportPrediction]:
+    """The decoder's and the U-Net's predictions on every slice of the collection's support volumes, then of the
+    ``unlabelled`` volumes (image files; no slice labelled), computed once for every ``--pseudo`` weight."""
     from fewsam_jax.fewshot import load_collection
     from fewsam_jax.fewshot.collection import load_support_item
-    from fewsam_jax.io import get_slices
+    from fewsam_jax.io import get_slices, load_volume
+
+    def labelled(item):  # (volume, labelled slice indices, their label maps)
+        volume, true_slices = load_support_item(item, 2)
+        return volume, list(item.slices), true_slices
+
+    def unlabelled_item(image: Path):
+        volume = load_volume(image)
+        return volume, [], np.zeros((0, *get_slices(volume.array, 2).shape[1:]), np.int64)
 
     predictions = []
-    for item in load_collection(path).support:
-        volume, true_slices = load_support_item(item, 2)
+    items = [labelled(item) for item in load_collection(path).support] + [unlabelled_item(i) for i in unlabelled]
+    for volume, slices, true_slices in items:
         logits, presence = segmenter.predict_volume(volume, cache=cache, progress=False)
-        predictions.append(SupportPrediction(get_slices(intensity.apply(volume.array), 2), list(item.slices),
+        predictions.append(SupportPrediction(get_slices(intensity.apply(volume.array), 2), slices,
                                              np.clip(true_slices, 0, 2), logits, presence,
                                              unet_probabilities(unet_model, volume, intensity)))
     return predictions
@@ -415,9 +433,10 @@ def pseudo_labelled_slices(predictions: list[SupportPrediction], weight: float, 
     return images, labels
 
 
-def pseudo_name(variant: str, weight: float) -> str:
-    """The row name of a U-Net trained on ``variant``'s pseudo-labelled support volumes (``--pseudo``)."""
-    return f"{variant}>unet@w{weight:g}"
+def pseudo_name(variant: str, weight: float, unlabelled: int = 0) -> str:
+    """The row name of a U-Net trained on ``variant``'s pseudo-labelled support volumes (``--pseudo``) and
+    ``unlabelled`` more cohort volumes (``--unlabelled``)."""
+    return f"{variant}>unet@w{weight:g}" + (f"u{unlabelled}" if unlabelled else "")
 
 
 def score_unet(probabilities: list[np.ndarray], volumes: list, postprocess: bool, variant: str, seconds: float,
@@ -519,6 +538,9 @@ def main() -> None:
                         help="also train a U-Net on every slice of the support volumes, labelled by the decoder "
                         "averaged with the U-Net (decoder weight W; 0: the U-Net alone, self-training) where no "
                         "label was given (rows VARIANT>unet@wW; trains the U-Net)")
+    parser.add_argument("--unlabelled", type=int, default=0,
+                        help="--pseudo's student also trains on every slice of the first N unlabelled cohort volumes "
+                        "(from volume 55 on; labels never read), labelled by the same teacher (rows VARIANT>unet@wWuN)")
     parser.add_argument("--ensemble-control", action="store_true",
                         help="also train a second U-Net (seed + 1000) and score the two averaged (row unet-x2): "
                         "what averaging gains without SAM")
@@ -564,6 +586,10 @@ def main() -> None:
         raise SystemExit(f"--draws: expected names from {sorted(DRAWS)}, got {args.draws}")
     if not (args.data / "imagesTr").is_dir():
         raise SystemExit(f"needs the shared hippocampus data (imagesTr/, labelsTr/) at {args.data}")
+    pool = len(cases(args.data)[UNLABELLED])
+    if args.unlabelled and not (args.pseudo and 0 < args.unlabelled <= pool):
+        raise SystemExit(f"--unlabelled: expected a count in [1, {pool}] (the unlabelled cohort volumes) with "
+                         f"--pseudo, got {args.unlabelled}" + ("" if args.pseudo else " without --pseudo"))
     import jax
 
     out = ROOT / "bench" / "results" / f"fewshot_{args.phase}.json"

@@ -4,6 +4,7 @@ scored from the same trained decoder (one training, one row each), on the shared
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +19,10 @@ def test_offsets_postprocessing_and_ensembles_label_from_the_same_training(tiny_
     """One decoder training, one row per labelling; ``--ensemble`` rows average it with the U-Net trained first (a
     stand-in predicting the truth of the scored volume, background elsewhere): weight 1 scores as the decoder,
     weight 0 as the U-Net; ``--pseudo`` trains a U-Net on every slice of the support volumes, the labelled ones
-    with their true labels."""
-    from fewsam_jax.io import get_slices
+    with their true labels, and (``--unlabelled 1``) of the first unlabelled cohort volume, whose labels are never
+    read."""
+    import fewsam_jax.io
+    from fewsam_jax.io import get_slices, load_volume
 
     monkeypatch.setattr("fewsam_jax.weights.load_model", lambda *a, **k: tiny_sam)
     data = shared_data("hippocampus").resolve()
@@ -34,11 +37,14 @@ def test_offsets_postprocessing_and_ensembles_label_from_the_same_training(tiny_
         return list(np.eye(3, dtype=np.float32)[scored if known else np.zeros((len(slices), *slices[0].shape), int)])
 
     monkeypatch.setattr("bench.baselines.predict_unet_probabilities", predict)
+    opened = []
+    monkeypatch.setattr(fewsam_jax.io, "load_volume", lambda path, *a, **k: opened.append(Path(path).name) or
+                        load_volume(path, *a, **k))
     args = argparse.Namespace(
         data=data, phase="validation", volumes=1, cache=tmp_path / "cache",
         variant=["v:steps=2,image_features=0"], variant_names=["v"], draws=["A"], seeds=[0], shots=[2],
         offsets=[-1.0, -0.5], presence=[0.0, 0.5], unet=True, unet_only=False, curve=0, curve_volumes=1,
-        postprocess=True, ensemble=[0.0, 1.0], ensemble_control=True, pseudo=[0.0])
+        postprocess=True, ensemble=[0.0, 1.0], ensemble_control=True, pseudo=[0.0], unlabelled=1)
     saved = []
     rows = fewshot.run(args, saved.append)
     unets, rows, fused, pseudo = rows[:6], rows[6:14], rows[14:18], rows[18:]
@@ -48,16 +54,20 @@ def test_offsets_postprocessing_and_ensembles_label_from_the_same_training(tiny_
     assert fused[0]["dice"] == [1.0, 1.0] and fused[2]["dice"] == rows[0]["dice"]
     assert fused[3]["dice"] == rows[1]["dice"] and fused[2]["same_training_as"] == "v"
     assert fused[2]["overrides"] == {"steps": 2, "image_features": 0, "ensemble_weight": 1.0}
-    assert [r["variant"] for r in pseudo] == ["v>unet@w0", "v>unet@w0+3d"] and pseudo[0]["dice"] == [1.0, 1.0]
-    assert pseudo[1]["overrides"] == {"steps": 2, "image_features": 0, "pseudo_weight": 0.0, "postprocess": True}
-    # the student saw every slice of the draw's support volumes: the labelled ones as labelled, the rest as the
-    # (stand-in, all background) U-Net labelled them
+    assert [r["variant"] for r in pseudo] == ["v>unet@w0u1", "v>unet@w0u1+3d"] and pseudo[0]["dice"] == [1.0, 1.0]
+    assert pseudo[1]["overrides"] == {"steps": 2, "image_features": 0, "pseudo_weight": 0.0, "unlabelled_volumes": 1,
+                                      "postprocess": True}
+    # the student saw every slice of the draw's support volumes and then of the unlabelled one: the labelled ones as
+    # labelled, the rest as the (stand-in, all background) U-Net labelled them; that volume's labels never opened
+    extra = fewshot.cases(data)[fewshot.UNLABELLED][0]
+    assert f"{extra}_0000.nii.gz" in opened and f"{extra}.nii.gz" not in opened
     from fewsam_jax.fewshot import load_collection
     from fewsam_jax.fewshot.collection import load_support_item
 
     support = load_collection(fewshot.manifest(data, fewshot.cases(data)[fewshot.DRAWS["A"]], 2, tmp_path)).support
     student = trained[-1]
     depths = [load_support_item(item, 2)[0].shape[2] for item in support]
+    depths.append(load_volume(data / "imagesTr" / f"{extra}_0000.nii.gz").shape[2])
     assert len(student) == sum(depths) == pseudo[0]["training_slices"]
     starts = np.cumsum([0, *depths])
     for start, item in zip(starts, support):
@@ -99,7 +109,7 @@ def test_a_variant_adapting_the_encoder_gets_the_stage_inputs_in_the_same_encode
         data=shared_data("hippocampus").resolve(), phase="validation", volumes=1, cache=tmp_path / "cache",
         variant=["lora:steps=2,image_features=0,encoder_lora_rank=1"], variant_names=["lora"], draws=["A"], seeds=[0],
         shots=[2], offsets=[], presence=[], unet=False, unet_only=False, curve=0, curve_volumes=1, postprocess=False,
-        ensemble=[], ensemble_control=False, pseudo=[])
+        ensemble=[], ensemble_control=False, pseudo=[], unlabelled=0)
     rows = fewshot.run(args, lambda rows: None)
     assert [r["variant"] for r in rows] == ["lora"] and rows[0]["config"]["decoder"]["encoder_lora_rank"] == 1
     entries = [CachedEmbeddings(p) for p in EmbeddingCache(args.cache).entries()]
