@@ -149,6 +149,7 @@ def run(args: argparse.Namespace, save) -> list[dict]:
     from fewsam_jax.fewshot.config import configs_from_overrides
     from fewsam_jax.fewshot.infer import labels_from_logits, logits_to_native, predict_logits
     from fewsam_jax.fewshot.segmenter import volume_images
+    from fewsam_jax.fewshot.student import fuse, pseudo_labels
     from fewsam_jax.fewshot.train import support_tokens
     from fewsam_jax.io import load_volume, stack_slices
     from fewsam_jax.preprocess import Intensity
@@ -276,10 +277,10 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                             rows.append(row)
                             save(rows)
                             print(json.dumps(row), flush=True)
-                        teacher = support_predictions(segmenter, unet[draw, seed, shots].model, path, intensity,
-                                                      args.cache, unlabelled) if args.pseudo else []
+                        predictions = teacher(segmenter, unet[draw, seed, shots].model, path, args.cache,
+                                              unlabelled) if args.pseudo else []
                         for weight in args.pseudo:
-                            slices = pseudo_labelled_slices(teacher, weight, segmenter)
+                            slices = pseudo_labels(predictions, weight, inference.presence_threshold)
                             new, _, _ = unet_rows(path, draw, seed, shots, volumes, total_slices, intensity,
                                                   args.postprocess, slices=slices,
                                                   variant=pseudo_name(name, weight, len(unlabelled)))
@@ -372,65 +373,23 @@ def labelled_slices(collection, intensity) -> tuple[list[np.ndarray], list[np.nd
 
 def unet_probabilities(model, volume, intensity) -> np.ndarray:
     """The U-Net's class probabilities (N, C, H, W) on every axial slice of ``volume``."""
-    from bench.baselines import predict_unet_probabilities
+    from fewsam_jax.fewshot import student
     from fewsam_jax.io import get_slices
 
-    slices = list(get_slices(intensity.apply(volume.array), 2))
-    return np.stack(predict_unet_probabilities(model, slices)).transpose(0, 3, 1, 2)
+    return student.unet_probabilities(model, get_slices(intensity.apply(volume.array), 2))
 
 
-class SupportPrediction(NamedTuple):
-    """One support volume for ``--pseudo``: its axial slices (N, H, W) in [0, 1], the labelled slices' indices and
-    true labels, the decoder's logits (N, K, H, W) and presence (N, K), the U-Net's probabilities (N, C, H, W)."""
-    images: np.ndarray
-    labelled: list[int]
-    true_slices: np.ndarray
-    logits: np.ndarray
-    presence: np.ndarray
-    unet: np.ndarray
-
-
-def support_predictions(segmenter, unet_model, path: Path, intensity, cache, unlabelled: list[Path] = ()
-                        ) -> list[SupportPrediction]:
+def teacher(segmenter, unet_model, path: Path, cache, unlabelled: list[Path] = ()) -> list:
     """The decoder's and the U-Net's predictions on every slice of the collection's support volumes, then of the
-    ``unlabelled`` volumes (image files; no slice labelled), computed once for every ``--pseudo`` weight."""
+    ``unlabelled`` volumes (image files; no slice labelled), computed once for every ``--pseudo`` weight
+    (:func:`fewsam_jax.fewshot.student.teacher_predictions`, as ``train_student`` teaches)."""
     from fewsam_jax.fewshot import load_collection
-    from fewsam_jax.fewshot.collection import load_support_item
-    from fewsam_jax.io import get_slices, load_volume
+    from fewsam_jax.fewshot.student import support_volumes, teacher_predictions
+    from fewsam_jax.io import load_volume
 
-    def labelled(item):  # (volume, labelled slice indices, their label maps)
-        volume, true_slices = load_support_item(item, 2)
-        return volume, list(item.slices), true_slices
-
-    def unlabelled_item(image: Path):
-        volume = load_volume(image)
-        return volume, [], np.zeros((0, *get_slices(volume.array, 2).shape[1:]), np.int64)
-
-    predictions = []
-    items = [labelled(item) for item in load_collection(path).support] + [unlabelled_item(i) for i in unlabelled]
-    for volume, slices, true_slices in items:
-        logits, presence = segmenter.predict_volume(volume, cache=cache, progress=False)
-        predictions.append(SupportPrediction(get_slices(intensity.apply(volume.array), 2), slices,
-                                             np.clip(true_slices, 0, 2), logits, presence,
-                                             unet_probabilities(unet_model, volume, intensity)))
-    return predictions
-
-
-def pseudo_labelled_slices(predictions: list[SupportPrediction], weight: float, segmenter
-                           ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Every axial slice of the support volumes with a label map (``--pseudo``): the true labels on the labelled
-    slices, elsewhere the decoder averaged with the U-Net (:func:`fuse`, decoder weight ``weight``; 0: the U-Net's
-    own labels, self-training; 1: the decoder's)."""
-    from fewsam_jax.fewshot.infer import labels_from_logits
-
-    images, labels = [], []
-    for support in predictions:
-        pseudo = labels_from_logits(fuse(support.logits, support.unet, weight), support.presence,
-                                    segmenter.class_ids, segmenter.inference.presence_threshold)
-        pseudo[support.labelled] = support.true_slices
-        images += list(support.images)
-        labels += list(pseudo.astype(np.int32))
-    return images, labels
+    volumes = support_volumes(load_collection(path), segmenter.class_ids)
+    return teacher_predictions(segmenter, unet_model, volumes + [(load_volume(i), [], None) for i in unlabelled],
+                               cache)
 
 
 def pseudo_name(variant: str, weight: float, unlabelled: int = 0) -> str:
@@ -456,15 +415,6 @@ def score_unet(probabilities: list[np.ndarray], volumes: list, postprocess: bool
              "overrides": {"postprocess": True} if post else {}, "same_training_as": variant if post else None,
              "volumes": len(volumes), "postprocess": post, **summarise(per_volume[post], seconds, total_slices)}
             for post in posts]
-
-
-def fuse(logits: np.ndarray, unet_probabilities: np.ndarray, weight: float) -> np.ndarray:
-    """The few-shot decoder's (N, K, H, W) logits (0 at each class's cut-off) averaged with the U-Net's (N, K+1, H,
-    W) probabilities (background first) as class probabilities: ``weight`` x sigmoid(logit) + (1 - weight) x the
-    U-Net's, returned as (N, K, H, W) scores with 0 at probability 0.5, for the decoder's own labelling (the class
-    with the highest positive score)."""
-    decoder = 1.0 / (1.0 + np.exp(-logits.astype(np.float32)))
-    return weight * decoder + (1.0 - weight) * unet_probabilities[:, 1:] - 0.5
 
 
 def ensemble_name(variant: str, weight: float) -> str:

@@ -36,26 +36,14 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from fewsam_jax.fewshot import AugmentConfig, Collection, DecoderConfig, FewShotSegmenter, TrainConfig, load_collection
+    from fewsam_jax.fewshot import AugmentConfig, DecoderConfig, FewShotSegmenter, TrainConfig
 
     rank = args.encoder_lora_rank
     try:  # checked by the config itself, before any file is read
         config = DecoderConfig(encoder_lora_rank=int(rank) if rank.lstrip("-").isdigit() else rank)
     except ValueError as err:
         raise ValueError(f"--encoder-lora-rank {rank}: {err}") from None
-    if (args.manifest is None) == (args.nnunet is None):
-        raise ValueError("give either a MANIFEST or --nnunet DIR (an nnU-Net raw dataset), not both or neither")
-    if args.nnunet is not None and args.slices_per_case is None:
-        raise ValueError("--nnunet needs --slices-per-case N (labelled slices taken from each case)")
-    source = args.manifest or args.nnunet
-    inputs = [source, args.model if Path(args.model).exists() else None]
-    check_output_dir(args.out, "decoder", overwrite=args.overwrite, inputs=inputs)
-    if args.manifest is not None:
-        collection = load_collection(args.manifest)
-    else:
-        collection = Collection.from_nnunet(args.nnunet, args.slices_per_case, cases=args.cases, axis=args.axis)
-    inputs += collection.files
-    check_output_dir(args.out, "decoder", overwrite=args.overwrite, inputs=inputs)
+    collection = _collection(args, "decoder", [args.model if Path(args.model).exists() else None])
     _check_cache(args)
     training = TrainConfig(seed=args.seed, augment=AugmentConfig(copies=args.augment),
                            **({"steps": args.steps} if args.steps else {}))
@@ -66,9 +54,50 @@ def _train(args: argparse.Namespace) -> None:
     log.info("trained decoder written to %s", Path(args.out).resolve())
 
 
+def _collection(args: argparse.Namespace, kind: str, inputs: list):
+    """The labelled slices of ``args.manifest`` or ``--nnunet``, the ``kind`` folder ``args.out`` checked before
+    they are read and again against their files."""
+    from fewsam_jax.fewshot import Collection, load_collection
+
+    if (args.manifest is None) == (args.nnunet is None):
+        raise ValueError("give either a MANIFEST or --nnunet DIR (an nnU-Net raw dataset), not both or neither")
+    if args.nnunet is not None and args.slices_per_case is None:
+        raise ValueError("--nnunet needs --slices-per-case N (labelled slices taken from each case)")
+    inputs = [args.manifest or args.nnunet, *inputs]
+    check_output_dir(args.out, kind, overwrite=args.overwrite, inputs=inputs)
+    if args.manifest is not None:
+        collection = load_collection(args.manifest)
+    else:
+        collection = Collection.from_nnunet(args.nnunet, args.slices_per_case, cases=args.cases, axis=args.axis)
+    check_output_dir(args.out, kind, overwrite=args.overwrite, inputs=[*inputs, *collection.files])
+    return collection
+
+
+def _teach(args: argparse.Namespace) -> None:
+    from fewsam_jax import cohort
+    from fewsam_jax.fewshot import FewShotSegmenter, StudentConfig, train_student
+    from fewsam_jax.fewshot.unet import UNetConfig
+
+    try:  # checked by the configs themselves, before any file is read
+        config = StudentConfig(teacher_weight=args.teacher_weight, seed=args.seed,
+                               unet=UNetConfig(**({} if args.steps is None else {"steps": args.steps})))
+    except ValueError as err:
+        flag = "--teacher-weight" if "teacher_weight" in str(err) else "--steps"
+        raise ValueError(f"{flag}: {err}") from None
+    unlabelled = [case.image for case in cohort.find_cases(args.unlabelled, channel=args.channel)] \
+        if args.unlabelled else []
+    collection = _collection(args, "student", [args.decoder, *unlabelled])
+    _check_cache(args)
+    segmenter = FewShotSegmenter.load(args.decoder, model=args.model)
+    student = train_student(segmenter, collection, unlabelled, config, cache=args.cache, progress=_progress(args))
+    student.save(args.out, overwrite=args.overwrite)
+    print(json.dumps(student.info, indent=2))
+    log.info("student written to %s", Path(args.out).resolve())
+
+
 def _segment(args: argparse.Namespace) -> None:
     from fewsam_jax import cohort
-    from fewsam_jax.fewshot.segmenter import LABEL_SUFFIXES
+    from fewsam_jax.fewshot.label_files import LABEL_SUFFIXES
 
     inputs = [*args.image, *(args.input or [])]
     if not inputs:
@@ -124,9 +153,15 @@ def _segment(args: argparse.Namespace) -> None:
 
 
 def _load_segmenter(args: argparse.Namespace):
-    """The decoder and, checked now rather than after the first volume, where its base model comes from."""
-    from fewsam_jax.fewshot import FewShotSegmenter
+    """The decoder and, checked now rather than after the first volume, where its base model comes from; or the
+    student a ``fewsam teach`` folder holds (it needs neither a base model nor the cache)."""
+    from fewsam_jax.fewshot import FewShotSegmenter, StudentSegmenter
 
+    if (Path(args.decoder) / "student.json").is_file():
+        if args.threshold_offset is not None:
+            raise ValueError(f"--threshold-offset: {args.decoder} is a student (fewsam teach), which labels each "
+                             "pixel with its most probable class; the offset applies to decoders")
+        return StudentSegmenter.load(args.decoder)
     segmenter = FewShotSegmenter.load(args.decoder, model=args.model)
     if args.threshold_offset is not None:
         segmenter.inference = segmenter.inference.replace(threshold_offset=args.threshold_offset)
@@ -232,6 +267,16 @@ def _add_cache(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", help="embedding cache folder (default $FEWSAM_HOME/embeddings)")
 
 
+def _add_collection(parser: argparse.ArgumentParser, which: str = "") -> None:
+    """The labelled slices: a MANIFEST, or ``--nnunet DIR --slices-per-case N`` (``--cases``, ``--axis``)."""
+    parser.add_argument("manifest", nargs="?", help=f"collection manifest (JSON) of labelled slices{which}")
+    parser.add_argument("--nnunet", metavar="DIR", help=f"nnU-Net raw dataset folder instead of a manifest{which}")
+    parser.add_argument("--slices-per-case", type=int, help="with --nnunet: labelled slices taken from each case")
+    parser.add_argument("--cases", type=int, help="with --nnunet: only the first N cases by name (default all)")
+    parser.add_argument("--axis", type=int, default=2, choices=(0, 1, 2),
+                        help="with --nnunet: slicing axis, 0 sagittal, 1 coronal, 2 axial (default)")
+
+
 def _add_steps(parser: argparse.ArgumentParser) -> None:
     """``--steps``: training steps (None: ``TrainConfig.steps``)."""
     parser.add_argument("--steps", type=int, help="training steps (default: TrainConfig.steps)")
@@ -254,12 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train the few-shot decoder from a manifest of labelled slices or an nnU-Net dataset",
         description="Train the few-shot decoder on the labelled slices of MANIFEST, or on --slices-per-case "
         "slices of each case of an nnU-Net raw dataset (--nnunet DIR: dataset.json, imagesTr, labelsTr).")
-    train.add_argument("manifest", nargs="?", help="collection manifest (JSON) of labelled slices")
-    train.add_argument("--nnunet", metavar="DIR", help="nnU-Net raw dataset folder instead of a manifest")
-    train.add_argument("--slices-per-case", type=int, help="with --nnunet: labelled slices taken from each case")
-    train.add_argument("--cases", type=int, help="with --nnunet: only the first N cases by name (default all)")
-    train.add_argument("--axis", type=int, default=2, choices=(0, 1, 2),
-                       help="with --nnunet: slicing axis, 0 sagittal, 1 coronal, 2 axial (default)")
+    _add_collection(train)
     train.add_argument("--model", default="litemedsam",
                        help="base model: preset name or converted model directory (default litemedsam)")
     train.add_argument("--out", required=True, help="output decoder directory")
@@ -277,6 +317,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache(train)
     train.set_defaults(run=_train)
 
+    teach = commands.add_parser(
+        "teach", help="teach a U-Net student with a trained decoder: faster to segment, better across volumes",
+        description="Train a 2D U-Net on every slice of MANIFEST's support volumes and of the --unlabelled images: "
+        "the labelled slices as labelled, the others as the decoder averaged with a U-Net trained on the labelled "
+        "slices labels them. The student segments from the image alone (fewsam segment --decoder OUT).")
+    _add_collection(teach, " (the one the decoder was trained on)")
+    teach.add_argument("--decoder", "-d", required=True, help="trained decoder folder (fewsam train --out)")
+    teach.add_argument("-i", "--unlabelled", action="extend", nargs="+", metavar="IN",
+                       help="more images (files or folders, as fewsam segment reads them) for the teacher to label; "
+                            "their labels are never read")
+    teach.add_argument("--channel", type=int, default=0, help="channel read from nnU-Net CASE_XXXX files (default 0)")
+    teach.add_argument("--out", "-o", required=True, help="output student directory")
+    _add_overwrite(teach, "an existing student directory written by fewsam")
+    teach.add_argument("--teacher-weight", type=float, default=0.5,  # StudentConfig's (tested)
+                       help="the decoder's share of the teacher's probabilities, 0-1 (default %(default)s; 0: the U-Net "
+                            "on the labelled slices alone)")
+    teach.add_argument("--steps", type=int, help="training steps of each U-Net (default: UNetConfig.steps)")
+    teach.add_argument("--seed", type=int, default=0, help="random seed of both U-Nets (default 0)")
+    teach.add_argument("--model", help="base model folder written by `fewsam convert` (default: the one in "
+                       "$FEWSAM_HOME/models holding the weights the decoder was trained on)")
+    _add_cache(teach)
+    teach.set_defaults(run=_teach)
+
     segment = commands.add_parser(
         "segment", help="segment volumes, a folder or a cohort with a trained decoder",
         description="Segment images with a trained decoder. One image with -o FILE writes that label map; "
@@ -286,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("image", nargs="*", help="image files or folders (as -i)")
     segment.add_argument("-i", "--input", action="extend", nargs="+", metavar="IN",
                          help="image files (NIfTI, DICOM, .npy, PNG/JPEG) or folders of them")
-    segment.add_argument("--decoder", "-d", required=True, help="trained decoder folder (fewsam train --out)")
+    segment.add_argument("--decoder", "-d", required=True,
+                         help="trained decoder folder (fewsam train --out) or student folder (fewsam teach --out)")
     segment.add_argument("-o", "--out", required=True,
                          help="output label map (.nii.gz, .nii or .png) for one image, else an output folder")
     _add_overwrite(segment, "existing output files")

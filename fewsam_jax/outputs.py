@@ -40,6 +40,7 @@ STALE_SECONDS = 24 * 3600  # staging folders of another host are stale after thi
 LAYOUTS = {
     "model": ({"config.json", "report.json", "state"}, {"config.json", "state"}),
     "decoder": ({"fewshot.json", "state"}, {"fewshot.json", "state"}),
+    "student": ({"student.json", "state"}, {"student.json", "state"}),
     "demo": ({"mni152.nii.gz", "mni152_labels.nii.gz", "manifest.json", "decoder", "prediction.nii.gz",
               "overlay.png", "scores.json"}, {"mni152.nii.gz", "mni152_labels.nii.gz", "manifest.json"}),
 }

@@ -36,7 +36,7 @@ def test_offsets_postprocessing_and_ensembles_label_from_the_same_training(tiny_
         known = len(slices) == len(scored) and slices[0].shape == scored[0].shape
         return list(np.eye(3, dtype=np.float32)[scored if known else np.zeros((len(slices), *slices[0].shape), int)])
 
-    monkeypatch.setattr("bench.baselines.predict_unet_probabilities", predict)
+    monkeypatch.setattr("fewsam_jax.fewshot.student.predict_unet_probabilities", predict)
     opened = []
     monkeypatch.setattr(fewsam_jax.io, "load_volume", lambda path, *a, **k: opened.append(Path(path).name) or
                         load_volume(path, *a, **k))
@@ -147,7 +147,7 @@ def test_unet_rows_score_the_same_predictions_post_processed_too(tmp_path, monke
         return [np.eye(3, dtype=np.float32)[s] for s in labels]  # (H, W, C) one-hot probabilities
 
     monkeypatch.setattr("bench.baselines.train_unet", lambda *a, **k: (None, None))
-    monkeypatch.setattr("bench.baselines.predict_unet_probabilities", predict)
+    monkeypatch.setattr("fewsam_jax.fewshot.student.predict_unet_probabilities", predict)
     path = fewshot.manifest(data, fewshot.cases(data)[fewshot.DRAWS["A"]], 5, tmp_path)
     rows, probabilities, _ = fewshot.unet_rows(path, "A", 0, 5, [(volume, truth)], volume.shape[2],
                                                Intensity.parse("percentile"), postprocess=True)
@@ -161,19 +161,3 @@ def test_unet_rows_score_the_same_predictions_post_processed_too(tmp_path, monke
     assert post["dice"][0] > plain["dice"][0] and post["dice"][1] >= plain["dice"][1]
     assert len(fewshot.unet_rows(path, "A", 0, 5, [(volume, truth)], volume.shape[2],
                                  Intensity.parse("percentile"))[0]) == 1
-
-
-def test_fuse_averages_class_probabilities_with_zero_at_one_half():
-    """``--ensemble``: the decoder's logits (0 at its cut-off) and the U-Net's softmax average as probabilities;
-    weight 1 keeps the decoder's labels, 0 the U-Net's (background where no class reaches 0.5)."""
-    from fewsam_jax.fewshot.infer import labels_from_logits
-
-    logits = np.array([[[[2.0, -2.0, -1.0]], [[-3.0, 1.0, -1.0]]]])  # (N=1, K=2, H=1, W=3)
-    unet = np.array([[[[0.1, 0.1, 0.1]], [[0.1, 0.2, 0.8]], [[0.8, 0.7, 0.1]]]])  # (1, C=3, 1, 3)
-    present = np.ones((1, 2))
-    label = lambda scores: labels_from_logits(scores, present, (1, 2), 0.0)[0, 0].tolist()
-    assert fewshot.fuse(logits, unet, 0.5).shape == (1, 2, 1, 3)
-    assert label(fewshot.fuse(logits, unet, 1.0)) == label(logits) == [1, 2, 0]
-    assert label(fewshot.fuse(logits, unet, 0.0)) == unet[0].argmax(axis=0)[0].tolist() == [2, 2, 1]
-    # equal weights: pixel 0 anterior (0.5*0.88+0.5*0.1=0.49) vs posterior (0.5*0.05+0.5*0.8=0.42): background
-    assert label(fewshot.fuse(logits, unet, 0.5)) == [0, 2, 1]

@@ -282,6 +282,31 @@ def test_segment_a_folder_resumes_and_evaluates(dataset, decoder, home, tmp_path
     assert "1 of the 3 references have no prediction" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains two small U-Nets (a few steps)
+def test_teach_a_student_then_segment_with_it(dataset, decoder, home, tmp_path, capsys, monkeypatch):
+    """`fewsam teach` (the same labelled slices as the decoder's, the test images unlabelled) writes a student
+    folder; `fewsam segment --decoder STUDENT` segments with it, on the source grid."""
+    monkeypatch.setenv("FEWSAM_HOME", str(home))
+    student = tmp_path / "student"
+    teach = ["teach", "--nnunet", dataset, "--slices-per-case", "2", "--cases", "2", "-d", decoder,
+             "-i", dataset / "imagesTs", "-o", student, "--steps", "5", "--cache", home / "embeddings", "-q"]
+    assert cli.main([str(a) for a in teach]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["labelled_slices"] == 4 and info["support_volumes"] == 2 and info["unlabelled_volumes"] == 3
+    assert info["training_slices"] == 5 * SHAPE[2]  # every slice of the 2 support and 3 unlabelled volumes
+    assert cli.main([str(a) for a in teach]) == 2 and "--overwrite" in capsys.readouterr().err
+    out = tmp_path / "pred"
+    assert cli.main(["segment", "-i", str(dataset / "imagesTs"), "-o", str(out), "--decoder", str(student), "-q"]) == 0
+    written = nib.load(out / "case_003.nii.gz")
+    np.testing.assert_allclose(written.affine, AFFINE, atol=1e-6)
+    assert written.shape == SHAPE and set(np.unique(np.asarray(written.dataobj))) <= {0, 1, 2}
+    assert json.loads((out / "case_003.labels.json").read_text())["labels"][0]["name"] == "ellipse"
+    offset = ["segment", "-i", str(dataset / "imagesTs"), "-o", str(tmp_path / "p2"), "--decoder", str(student),
+              "--threshold-offset", "1"]
+    assert cli.main(offset) == 2 and "is a student" in capsys.readouterr().err
+    assert not (tmp_path / "p2").exists()
+
+
 def test_two_parts_in_parallel_match_one_run(dataset, decoder, home, tmp_path):
     """Two processes (`--num-parts 2 --part-id 0/1`) on one fresh cache write what one process writes."""
     single, parted = tmp_path / "single", tmp_path / "parted"

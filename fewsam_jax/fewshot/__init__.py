@@ -1,12 +1,14 @@
-"""Few-shot segmentation: collection, prompts, reformulated decoder, training, inference."""
+"""Few-shot segmentation: collection, prompts, reformulated decoder, training, inference, the U-Net student."""
 
 from fewsam_jax.fewshot.collection import Collection, ManifestError, SupportItem, load_collection, save_collection
 from fewsam_jax.fewshot.config import AugmentConfig, DecoderConfig, InferenceConfig, TrainConfig
 from fewsam_jax.fewshot.decoder import FewShotDecoder
 from fewsam_jax.fewshot.segmenter import FewShotSegmenter
+from fewsam_jax.fewshot.student import StudentConfig, StudentSegmenter, train_student
 from fewsam_jax.fewshot.train import SupportSet, train_decoder
 
 __all__ = [
     "AugmentConfig", "Collection", "DecoderConfig", "FewShotDecoder", "FewShotSegmenter", "InferenceConfig",
-    "ManifestError", "SupportItem", "SupportSet", "TrainConfig", "load_collection", "save_collection", "train_decoder",
+    "ManifestError", "StudentConfig", "StudentSegmenter", "SupportItem", "SupportSet", "TrainConfig",
+    "load_collection", "save_collection", "train_decoder", "train_student",
 ]

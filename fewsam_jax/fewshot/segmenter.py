@@ -38,22 +38,20 @@ from fewsam_jax.fewshot.infer import (
     postprocess_3d,
     predict_logits,
 )
+from fewsam_jax.fewshot.label_files import LabelFiles
 from fewsam_jax.fewshot.prompts import images_to_low_res, labels_to_low_res
 from fewsam_jax.fewshot.train import SupportSet, support_images, support_sources, support_tokens, train_decoder
-from fewsam_jax.export import ExportError, itksnap_text, labels_json, require_pynrrd, sidecar_paths, write_seg_nrrd
-from fewsam_jax.io import Volume, from_array, get_slices, load_volume, save_labels, stack_slices
+from fewsam_jax.io import Volume, from_array, get_slices, load_volume, stack_slices
 from fewsam_jax.logs import tqdm
 from fewsam_jax.modeling.encoder_stage import check_staged, is_staged
 from fewsam_jax.modeling.sam import Sam, build_image_encoder, build_prompt_side
 from fewsam_jax.outputs import (
     ChecksumError,
     FewSamError,
-    check_output_file,
     read_json_object,
     tree_checksums,
     verify_checksums,
     write_dir,
-    write_text,
 )
 from fewsam_jax.preprocess import Intensity
 from fewsam_jax.weights import (
@@ -69,8 +67,6 @@ from fewsam_jax.weights import (
     save_pytree,
     tensors_id,
 )
-
-LABEL_SUFFIXES = (".nii.gz", ".nii", ".png")  # what io.save_labels writes
 
 # Augmented copies are already normalised to [0, 1]; this window passes them through unchanged.
 IDENTITY_INTENSITY = Intensity.parse("window:0.5,1")
@@ -174,7 +170,7 @@ def calibration_logits(decoder: FewShotDecoder, support: SupportSet,
 
 
 @dataclasses.dataclass
-class FewShotSegmenter:
+class FewShotSegmenter(LabelFiles):
     """A trained few-shot decoder and all it needs to segment a new volume: ``decoder.config`` is its
     :class:`DecoderConfig`, ``inference`` how its outputs become labels, ``training`` the record of how it
     was trained (None for decoders saved before the record existed)."""
@@ -374,48 +370,6 @@ class FewShotSegmenter:
                  for _, logits, presence in self.iter_predictions(volume, cache, progress, chunk)]
         labels = stack_slices(np.concatenate(parts), self.axis)
         return postprocess_3d(labels, self.class_ids) if postprocess else labels
-
-    def check_outputs(self, image: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
-                      seg_nrrd: bool = False) -> None:
-        """What :meth:`segment_file` would write for ``image`` at ``out`` may be written (an OutputError or
-        ExportError names the file if not): none is ``image`` (or inside an input folder); an existing file is
-        replaced only with ``overwrite`` (description files already holding the same text excepted); class ids
-        fit an 8-bit output (``.png``, ``seg_nrrd``). Reads no image; a cohort calls it for every case first."""
-        sidecars = sidecar_paths(out)
-        check_output_file(out, overwrite=overwrite, inputs=[image], suffixes=LABEL_SUFFIXES)
-        for kind, text in self._descriptions().items():
-            same = sidecars[kind].is_file() and sidecars[kind].read_text(errors="replace") == text
-            check_output_file(sidecars[kind], overwrite=overwrite or same, inputs=[image])
-        if seg_nrrd:
-            require_pynrrd()
-            check_output_file(sidecars["nrrd"], overwrite=overwrite, inputs=[image])
-        eight_bit = sidecars["nrrd"] if seg_nrrd else Path(out) if str(out).lower().endswith(".png") else None
-        if eight_bit is not None and max(self.classes) > 255:
-            raise ExportError(f"{eight_bit}: class ids up to {max(self.classes)} do not fit its 8-bit labels "
-                              "(0-255); write NIfTI (.nii.gz) without --seg-nrrd, or renumber the classes")
-
-    def _descriptions(self) -> dict[str, str]:
-        return {"itksnap": itksnap_text(self.classes), "json": labels_json(self.classes)}
-
-    def segment_file(self, image: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
-                     seg_nrrd: bool = False, **kwargs) -> Path:
-        """Segment ``image`` and write the label map as NIfTI on its source grid and orientation, with its
-        class names and colours beside it (``CASE.labels.txt`` for ITK-SNAP, ``CASE.labels.json``) and,
-        with ``seg_nrrd=True``, ``CASE.seg.nrrd`` for 3D Slicer (:mod:`fewsam_jax.export`).
-
-        Every output is checked before anything is computed (:meth:`check_outputs`), and again before
-        writing. The label map is written last: once it exists, all is written.
-        """
-        sidecars = sidecar_paths(out)
-        self.check_outputs(image, out, overwrite=overwrite, seg_nrrd=seg_nrrd)
-        volume = load_volume(image)
-        labels = self.segment(volume, **kwargs)
-        self.check_outputs(image, out, overwrite=overwrite, seg_nrrd=seg_nrrd)  # nothing appeared meanwhile
-        for kind, text in self._descriptions().items():  # check_outputs allowed each of these
-            write_text(sidecars[kind], text)
-        if seg_nrrd:
-            write_seg_nrrd(labels, volume, sidecars["nrrd"], self.classes, overwrite=True)
-        return save_labels(labels, volume, out, overwrite=True)
 
     def save(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write decoder, prompts and settings to ``directory`` (Orbax + JSON), atomically.

@@ -1,4 +1,6 @@
-"""A compact 2D U-Net trained from scratch on the labelled slices: the supervised baseline.
+"""A compact 2D U-Net on the slices' pixels: the few-shot method's student (:mod:`fewsam_jax.fewshot.student`,
+trained on every slice of the support and unlabelled volumes as the few-shot decoder labels them) and, trained
+from scratch on the labelled slices alone, the research tree's supervised baseline (``bench.baselines``).
 
 Architecture (nnU-Net's 2D building blocks, shrunk): per level two 3x3 convolutions, each followed
 by instance normalisation and LeakyReLU(0.01); 2x2 max pooling down, 2x2 stride-2 transposed
@@ -27,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm.auto import tqdm
 
+from fewsam_jax.logs import tqdm
 from fewsam_jax.modeling.common import StridedConvTranspose
 
 __all__ = ["UNet", "UNetConfig", "predict_unet", "predict_unet_probabilities", "train_unet"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bench.baselines.unet import UNet, UNetConfig, predict_unet, train_unet
+from fewsam_jax.fewshot.unet import UNet, UNetConfig, predict_unet, train_unet
 from fewsam_jax import metrics
 from fewsam_jax.modeling.common import StridedConvTranspose
 

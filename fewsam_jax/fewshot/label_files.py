@@ -1,0 +1,71 @@
+"""Writing a segmenter's label maps to files: what the few-shot decoder and its U-Net student share.
+
+:class:`LabelFiles` gives a segmenter (anything with ``classes`` ({id: name}) and ``segment(volume, **kwargs)``
+returning a label map (X, Y, Z) on the volume's canonical grid) ``check_outputs`` and ``segment_file``: the label
+map on the image's source grid, its class names and colours beside it, every output checked before anything is
+computed (:mod:`fewsam_jax.outputs`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from fewsam_jax.export import ExportError, itksnap_text, labels_json, require_pynrrd, sidecar_paths, write_seg_nrrd
+from fewsam_jax.io import load_volume, save_labels
+from fewsam_jax.outputs import check_output_file, write_text
+
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".png")  # what io.save_labels writes
+
+
+class LabelFiles:
+    """``check_outputs`` and ``segment_file`` for a segmenter with ``classes`` and ``segment``."""
+
+    classes: dict[int, str]
+
+    def segment(self, volume, **kwargs) -> np.ndarray:
+        raise NotImplementedError
+
+    def check_outputs(self, image: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
+                      seg_nrrd: bool = False) -> None:
+        """What :meth:`segment_file` would write for ``image`` at ``out`` may be written (an OutputError or
+        ExportError names the file if not): none is ``image`` (or inside an input folder); an existing file is
+        replaced only with ``overwrite`` (description files already holding the same text excepted); class ids
+        fit an 8-bit output (``.png``, ``seg_nrrd``). Reads no image; a cohort calls it for every case first."""
+        sidecars = sidecar_paths(out)
+        check_output_file(out, overwrite=overwrite, inputs=[image], suffixes=LABEL_SUFFIXES)
+        for kind, text in self._descriptions().items():
+            same = sidecars[kind].is_file() and sidecars[kind].read_text(errors="replace") == text
+            check_output_file(sidecars[kind], overwrite=overwrite or same, inputs=[image])
+        if seg_nrrd:
+            require_pynrrd()
+            check_output_file(sidecars["nrrd"], overwrite=overwrite, inputs=[image])
+        eight_bit = sidecars["nrrd"] if seg_nrrd else Path(out) if str(out).lower().endswith(".png") else None
+        if eight_bit is not None and max(self.classes) > 255:
+            raise ExportError(f"{eight_bit}: class ids up to {max(self.classes)} do not fit its 8-bit labels "
+                              "(0-255); write NIfTI (.nii.gz) without --seg-nrrd, or renumber the classes")
+
+    def _descriptions(self) -> dict[str, str]:
+        return {"itksnap": itksnap_text(self.classes), "json": labels_json(self.classes)}
+
+    def segment_file(self, image: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
+                     seg_nrrd: bool = False, **kwargs) -> Path:
+        """Segment ``image`` and write the label map as NIfTI on its source grid and orientation, with its
+        class names and colours beside it (``CASE.labels.txt`` for ITK-SNAP, ``CASE.labels.json``) and,
+        with ``seg_nrrd=True``, ``CASE.seg.nrrd`` for 3D Slicer (:mod:`fewsam_jax.export`).
+
+        Every output is checked before anything is computed (:meth:`check_outputs`), and again before
+        writing. The label map is written last: once it exists, all is written.
+        """
+        sidecars = sidecar_paths(out)
+        self.check_outputs(image, out, overwrite=overwrite, seg_nrrd=seg_nrrd)
+        volume = load_volume(image)
+        labels = self.segment(volume, **kwargs)
+        self.check_outputs(image, out, overwrite=overwrite, seg_nrrd=seg_nrrd)  # nothing appeared meanwhile
+        for kind, text in self._descriptions().items():  # check_outputs allowed each of these
+            write_text(sidecars[kind], text)
+        if seg_nrrd:
+            write_seg_nrrd(labels, volume, sidecars["nrrd"], self.classes, overwrite=True)
+        return save_labels(labels, volume, out, overwrite=True)

@@ -1,0 +1,276 @@
+"""The few-shot decoder as a teacher: a U-Net student that segments from the pixels alone.
+
+:func:`train_student` takes a trained :class:`~fewsam_jax.fewshot.FewShotSegmenter` and the collection it was
+trained on and trains a 2D U-Net (:mod:`fewsam_jax.fewshot.unet`) on every slice, along the collection's axis,
+of the support volumes and of any ``unlabelled`` volumes. The labelled slices keep their labels; every other
+slice is labelled by the teacher: the decoder's class probabilities (the sigmoid of its logits, 0 at each
+class's cut-off) averaged with those of a partner U-Net trained on the labelled slices alone, a class where the
+average passes one half (:func:`fuse`; ``StudentConfig.teacher_weight`` is the decoder's share, 0 makes it
+self-training). Unlabelled volumes are what a user has anyway: the rest of the cohort, images only.
+
+The student (:class:`StudentSegmenter`) segments a volume from its intensities: neither the base model nor the
+embedding cache is needed once it is trained. ``save``/``load`` round-trip it (Orbax state + ``student.json``,
+checksummed). What it scores against the decoder and the U-Net: bench/RESULTS.md; the choice of its options:
+README, "The few-shot method, as implemented".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from flax import nnx
+
+from fewsam_jax.fewshot.collection import Collection, load_collection, load_support_item
+from fewsam_jax.fewshot.infer import labels_from_logits, postprocess_3d
+from fewsam_jax.fewshot.label_files import LabelFiles
+from fewsam_jax.fewshot.unet import UNet, UNetConfig, predict_unet_probabilities, train_unet
+from fewsam_jax.io import Volume, get_slices, load_volume, stack_slices
+from fewsam_jax.logs import tqdm
+from fewsam_jax.outputs import FewSamError, read_json_object, tree_checksums, verify_checksums, write_dir
+from fewsam_jax.preprocess import Intensity
+from fewsam_jax.weights import ShapeRngs, restore_pytree, save_pytree
+
+__all__ = [
+    "StudentConfig", "StudentFileError", "StudentSegmenter", "TeacherPrediction", "fuse", "pseudo_labels",
+    "support_volumes", "teacher_predictions", "train_student", "unet_probabilities",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentConfig:
+    """How the student is taught.
+
+    teacher_weight: the decoder's share of the teacher's class probabilities, in [0, 1] (the partner U-Net
+      has the rest; 0: the partner alone, self-training; 1: the decoder alone).
+    unet: architecture, optimisation and augmentation of both U-Nets (the partner and the student).
+    seed: of both U-Nets' initialisation, batches and augmentation.
+    """
+
+    teacher_weight: float = 0.5
+    unet: UNetConfig = UNetConfig()
+    seed: int = 0
+
+    def __post_init__(self):
+        if not (isinstance(self.teacher_weight, (int, float)) and 0 <= self.teacher_weight <= 1):
+            raise ValueError(f"teacher_weight: expected a number in [0, 1], got {self.teacher_weight!r}")
+        if not isinstance(self.unet, UNetConfig):
+            raise TypeError(f"unet: expected a UNetConfig, got {type(self.unet).__name__}")
+
+    def replace(self, **changes) -> StudentConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def fuse(logits: np.ndarray, unet_probabilities: np.ndarray, weight: float) -> np.ndarray:
+    """The decoder's (N, K, H, W) logits (0 at each class's cut-off) averaged with a U-Net's (N, K+1, H, W)
+    class probabilities (background first): ``weight`` x sigmoid(logit) + (1 - weight) x the U-Net's, returned
+    as (N, K, H, W) scores with 0 at probability one half, for the decoder's own labelling
+    (:func:`~fewsam_jax.fewshot.infer.labels_from_logits`: the class with the highest positive score)."""
+    decoder = 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float32)))
+    return weight * decoder + (1.0 - weight) * np.asarray(unet_probabilities, np.float32)[:, 1:] - 0.5
+
+
+class StudentFileError(FewSamError, ValueError):
+    """A student folder's ``student.json`` or state does not hold what :meth:`StudentSegmenter.save` writes."""
+
+
+@dataclasses.dataclass
+class StudentSegmenter(LabelFiles):
+    """A U-Net taught by a few-shot decoder, and what it needs to segment a volume: ``classes`` ({id: name},
+    the U-Net's outputs 1..K in id order), the slicing ``axis``, the ``intensity`` normalisation of its inputs,
+    how it was taught (``config``, ``info``)."""
+
+    unet: UNet
+    classes: dict[int, str]
+    axis: int
+    intensity: Intensity
+    config: StudentConfig = StudentConfig()
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def class_ids(self) -> tuple[int, ...]:
+        return tuple(sorted(self.classes))
+
+    def predict_volume(self, volume: Volume) -> np.ndarray:
+        """Class probabilities (N, K+1, H, W), background first, of the N slices along ``axis``."""
+        return unet_probabilities(self.unet, get_slices(self.intensity.apply(volume.array), self.axis))
+
+    def labels_from(self, probabilities: np.ndarray, postprocess: bool = False) -> np.ndarray:
+        """Label map (X, Y, Z) on the volume's canonical grid from :meth:`predict_volume`'s probabilities: the
+        most probable class of each pixel (with ``postprocess``, 3D largest component and hole filling)."""
+        lut = np.asarray((0, *self.class_ids), np.int32)
+        labels = stack_slices(lut[probabilities.argmax(axis=1)], self.axis)
+        return postprocess_3d(labels, self.class_ids) if postprocess else labels
+
+    def segment(self, volume: Volume | str | os.PathLike, cache: Any = None, postprocess: bool = False,
+                progress: bool = True) -> np.ndarray:
+        """Label map (X, Y, Z) on the volume's canonical grid. ``cache`` and ``progress`` are accepted for the
+        decoder's interface (cohorts, :meth:`segment_file`) and not used: the student reads the image alone, in
+        about a second per hundred slices on a CPU."""
+        volume = volume if isinstance(volume, Volume) else load_volume(volume)
+        return self.labels_from(self.predict_volume(volume), postprocess)
+
+    def save(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the student to ``directory`` (Orbax state + ``student.json``), atomically. An existing student
+        folder is replaced only with ``overwrite=True``; a folder the library did not write never is
+        (:mod:`fewsam_jax.outputs`). ``student.json`` records every state file's SHA-256, checked by
+        :meth:`load`."""
+        import json
+
+        with write_dir(directory, "student", overwrite=overwrite) as staging:
+            save_pytree(staging / "state", {"unet": nnx.state(self.unet)})
+            meta = {"classes": {str(k): v for k, v in self.classes.items()}, "axis": self.axis,
+                    "intensity": self.intensity.key(), "num_outputs": len(self.classes) + 1,
+                    "canvas": list(self.unet.canvas), "config": dataclasses.asdict(self.config), "info": self.info,
+                    "checksums": tree_checksums(staging)}
+            (staging / "student.json").write_text(json.dumps(meta, indent=2))
+        return Path(directory)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> StudentSegmenter:
+        """Read a folder written by :meth:`save`: ``student.json`` validated and the state checked against its
+        recorded SHA-256; a StudentFileError (a ValueError) names the file and what is wrong otherwise."""
+        directory = Path(directory)
+        path = directory / "student.json"
+        if not path.is_file():
+            raise StudentFileError(f"{directory}: no student.json; expected a folder written by "
+                                   "StudentSegmenter.save (fewsam train --student)")
+        meta = read_json_object(path, StudentFileError, "write the student again")
+        try:
+            classes = {int(k): str(v) for k, v in meta["classes"].items()}
+            raw = dict(meta["config"])
+            unet = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.pop("unet").items()}
+            config = StudentConfig(**raw, unet=UNetConfig(**unet))
+            axis, canvas, outputs = int(meta["axis"]), tuple(int(c) for c in meta["canvas"]), int(meta["num_outputs"])
+            intensity = Intensity.parse(meta["intensity"])
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise StudentFileError(f"{path}: {type(err).__name__}: {err}; expected what StudentSegmenter.save "
+                                   "writes") from None
+        if outputs != len(classes) + 1 or axis not in (0, 1, 2):
+            raise StudentFileError(f"{path}: {len(classes)} classes, {outputs} outputs and axis {axis} do not fit "
+                                   "(outputs = classes + background, axis 0-2)")
+        verify_checksums(directory, meta.get("checksums", {}), "student.json")
+        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: UNet(config.unet, outputs, rngs=ShapeRngs())))
+        try:
+            state = restore_pytree(directory / "state", {"unet": abstract})["unet"]
+        except Exception as err:  # Orbax raises anything from ValueError to XlaRuntimeError on a bad folder
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise StudentFileError(f"{directory / 'state'}: cannot restore the student ({first})") from None
+        unet = nnx.merge(graphdef, state)
+        unet.canvas = canvas
+        return cls(unet, classes, axis, intensity, config, meta.get("info", {}))
+
+
+def unet_probabilities(unet: UNet, slices: np.ndarray) -> np.ndarray:
+    """A U-Net's class probabilities (N, C, H, W), background first, of (N, H, W) slices in [0, 1]."""
+    return np.stack(predict_unet_probabilities(unet, list(slices))).transpose(0, 3, 1, 2)
+
+
+def _index_labels(label_slices: np.ndarray, class_ids: Sequence[int]) -> np.ndarray:
+    """Label slices holding class ids -> the U-Net's indices (class_ids[i] -> i + 1; any other id -> 0)."""
+    lut = np.zeros(max(int(label_slices.max(initial=0)), *class_ids) + 1, np.int32)
+    lut[list(class_ids)] = np.arange(1, len(class_ids) + 1)
+    return lut[np.clip(label_slices, 0, None)]
+
+
+class TeacherPrediction(NamedTuple):
+    """One volume as the teacher sees it: its slices along the axis (N, H, W) in [0, 1], the labelled slices'
+    indices and label slices (as U-Net indices; None when none is labelled), the decoder's logits (N, K, H, W;
+    0 at each cut-off) and presence (N, K), the partner U-Net's probabilities (N, K+1, H, W)."""
+    slices: np.ndarray
+    labelled: list[int]
+    true: np.ndarray | None
+    logits: np.ndarray
+    presence: np.ndarray
+    partner: np.ndarray
+
+
+def support_volumes(collection: Collection, class_ids: Sequence[int]) -> list[tuple[Volume, list[int], np.ndarray]]:
+    """The collection's support volumes: (volume, labelled slice indices, their label slices as U-Net indices)."""
+    out = []
+    for item in collection.support:
+        volume, label_slices = load_support_item(item, collection.axis)
+        out.append((volume, list(item.slices), _index_labels(label_slices, class_ids)))
+    return out
+
+
+def teacher_predictions(segmenter, partner: UNet, volumes: Sequence[tuple[Volume, list[int], np.ndarray | None]],
+                        cache: Any = None, progress: bool = False) -> list[TeacherPrediction]:
+    """The decoder's and the partner U-Net's predictions on every slice of each (volume, labelled slice
+    indices, their label slices or None); labelled by :func:`pseudo_labels`, for any teacher weight."""
+    out = []
+    for volume, labelled, true in tqdm(volumes, desc="teacher", disable=not progress, unit="volume"):
+        slices = get_slices(segmenter.intensity.apply(volume.array), segmenter.axis)
+        logits, presence = segmenter.predict_volume(volume, cache=cache, progress=False)
+        out.append(TeacherPrediction(slices, labelled, true, logits, presence, unet_probabilities(partner, slices)))
+    return out
+
+
+def pseudo_labels(predictions: Sequence[TeacherPrediction], weight: float, presence_threshold: float = 0.0
+                  ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every slice of the predicted volumes and its label map as U-Net indices: the true labels on labelled
+    slices, elsewhere the teacher's (:func:`fuse` with decoder weight ``weight``; classes judged absent on a slice
+    by the decoder's presence head below ``presence_threshold`` are left out, as the decoder does)."""
+    images, labels = [], []
+    for p in predictions:
+        pseudo = labels_from_logits(fuse(p.logits, p.partner, weight), p.presence,
+                                    tuple(range(1, p.partner.shape[1])), presence_threshold)
+        if p.labelled:
+            pseudo[p.labelled] = p.true
+        images += list(p.slices)
+        labels += list(pseudo.astype(np.int32))
+    return images, labels
+
+
+def train_student(segmenter, collection: Collection | str | os.PathLike,
+                  unlabelled: Sequence[Volume | str | os.PathLike] = (), config: StudentConfig = StudentConfig(),
+                  cache: Any = None, progress: bool = True) -> StudentSegmenter:
+    """Teach a U-Net with ``segmenter`` (a trained :class:`~fewsam_jax.fewshot.FewShotSegmenter`).
+
+    Args:
+      collection: the collection ``segmenter`` was trained on (a manifest path or a Collection): same classes
+        and axis.
+      unlabelled: more volumes (paths or Volumes) whose every slice the teacher labels; their labels, if any
+        exist, are never read.
+      config: :class:`StudentConfig`.
+      cache: the embedding cache the decoder reads (its volumes are embedded there once, as when segmenting).
+    Returns:
+      the :class:`StudentSegmenter`; ``info`` holds the slice counts and each phase's seconds.
+    """
+    if not isinstance(config, StudentConfig):
+        raise TypeError(f"config: expected a StudentConfig, got {type(config).__name__}")
+    if not isinstance(collection, Collection):
+        collection = load_collection(collection)
+    if dict(collection.classes) != dict(segmenter.classes) or collection.axis != segmenter.axis:
+        raise ValueError(f"collection: classes {dict(collection.classes)} along axis {collection.axis}, but the "
+                         f"decoder segments {dict(segmenter.classes)} along axis {segmenter.axis}: pass the "
+                         "collection it was trained on")
+    missing = [str(v) for v in unlabelled if not isinstance(v, Volume) and not Path(v).exists()]
+    if missing:
+        raise FileNotFoundError(f"unlabelled: no such file or folder: {', '.join(missing)}")
+    outputs = len(segmenter.classes) + 1
+    started = time.perf_counter()
+    support = support_volumes(collection, segmenter.class_ids)
+    images = [s for volume, labelled, _ in support
+              for s in get_slices(segmenter.intensity.apply(volume.array), segmenter.axis)[labelled]]
+    labels = [s for _, _, true in support for s in true]
+    partner, _ = train_unet(images, labels, outputs, config.unet, seed=config.seed, progress=progress)
+    partner_done = time.perf_counter()
+    volumes = support + [(v if isinstance(v, Volume) else load_volume(v), [], None) for v in unlabelled]
+    predictions = teacher_predictions(segmenter, partner, volumes, cache, progress)
+    all_images, all_labels = pseudo_labels(predictions, config.teacher_weight,
+                                           segmenter.inference.presence_threshold)
+    taught = time.perf_counter()
+    student, losses = train_unet(all_images, all_labels, outputs, config.unet, seed=config.seed, progress=progress)
+    info = {"labelled_slices": len(images), "training_slices": len(all_images), "support_volumes": len(support),
+            "unlabelled_volumes": len(unlabelled), "partner_seconds": round(partner_done - started, 2),
+            "teacher_seconds": round(taught - partner_done, 2),
+            "student_seconds": round(time.perf_counter() - taught, 2),
+            "loss_last": float(np.mean(losses[-10:])) if losses else None,
+            "decoder_train_seconds": segmenter.info.get("train_seconds")}
+    return StudentSegmenter(student, dict(segmenter.classes), segmenter.axis, segmenter.intensity, config, info)

@@ -1,0 +1,204 @@
+"""The U-Net student taught by the few-shot decoder (fewshot.student): the teacher's labels, training on synthetic
+volumes with an oracle standing in for the decoder (the decoder's own predictions have their tests), class ids
+kept, save/load, and clear errors before any training."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from fewsam_jax import metrics
+from fewsam_jax.fewshot import InferenceConfig
+from fewsam_jax.fewshot.infer import labels_from_logits
+from fewsam_jax.fewshot.student import (
+    StudentConfig,
+    StudentFileError,
+    StudentSegmenter,
+    TeacherPrediction,
+    fuse,
+    pseudo_labels,
+    train_student,
+)
+from fewsam_jax.fewshot.unet import UNetConfig
+from fewsam_jax.io import get_slices, load_volume
+from fewsam_jax.outputs import ChecksumError, OutputError
+from fewsam_jax.preprocess import Intensity
+
+CLASSES = {3: "disc", 7: "square"}  # not 1..K: the student maps them to its outputs and back
+CONFIG = StudentConfig(unet=UNetConfig.tiny(steps=200))
+
+
+def phantom(seed: int, depth: int = 6, size: tuple[int, int] = (40, 36)) -> tuple[np.ndarray, np.ndarray]:
+    """(X, Y, Z) image and labels: on every axial slice a dim disc (3) and a bright square (7), moving."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(0.2, 0.05, (*size, depth)).astype(np.float32)
+    labels = np.zeros((*size, depth), np.int16)
+    xx, yy = np.mgrid[: size[0], : size[1]]
+    for z in range(depth):
+        cx, cy = rng.integers(8, 16), rng.integers(8, size[1] - 8)
+        labels[..., z][(xx - cx) ** 2 + (yy - cy) ** 2 < 30] = 3
+        sx, sy = rng.integers(22, size[0] - 8), rng.integers(4, size[1] - 10)
+        labels[sx: sx + 7, sy: sy + 7, z] = 7
+    image[labels == 3] += 0.35
+    image[labels == 7] += 0.7
+    return image, labels
+
+
+def key(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array, np.float32).tobytes()).hexdigest()
+
+
+class Oracle:
+    """The decoder's interface as train_student uses it, predicting each known volume's true labels."""
+
+    classes, axis, intensity, info = CLASSES, 2, Intensity.parse("minmax"), {"train_seconds": 1.0}
+    inference = InferenceConfig()
+    class_ids = (3, 7)
+
+    def __init__(self, volumes: dict[str, np.ndarray]):
+        self.truth = volumes  # key(image) -> labels
+        self.seen = []
+
+    def predict_volume(self, volume, cache=None, progress=False):
+        slices = get_slices(self.truth[key(volume.array)], self.axis)
+        self.seen.append(key(volume.array))
+        logits = np.stack([np.where(slices == c, 4.0, -4.0) for c in self.class_ids], axis=1).astype(np.float32)
+        return logits, np.ones((len(slices), 2), np.float32)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """Three support volumes (one labelled slice each), an unlabelled one (no label file), a held-out one."""
+    folder = tmp_path_factory.mktemp("student")
+    truth, support = {}, []
+    for seed in range(5):
+        image, labels = phantom(seed)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), folder / f"case{seed}.nii.gz")
+        truth[key(load_volume(folder / f"case{seed}.nii.gz").array)] = labels
+        if seed < 3:
+            nib.save(nib.Nifti1Image(labels, np.eye(4)), folder / f"case{seed}_seg.nii.gz")
+            support.append({"image": str(folder / f"case{seed}.nii.gz"),
+                            "labels": str(folder / f"case{seed}_seg.nii.gz"), "slices": [seed + 1]})
+    (folder / "manifest.json").write_text(json.dumps({"classes": {str(k): v for k, v in CLASSES.items()}, "axis": 2,
+                                                      "support": support}))
+    return folder, truth
+
+
+@pytest.fixture(scope="module")
+def taught(cohort):
+    folder, truth = cohort
+    oracle = Oracle(truth)
+    student = train_student(oracle, folder / "manifest.json", unlabelled=[folder / "case3.nii.gz"], config=CONFIG,
+                            progress=False)
+    return student, oracle
+
+
+def test_fuse_averages_class_probabilities_with_zero_at_one_half():
+    """The decoder's logits (0 at its cut-off) and the U-Net's softmax average as probabilities; weight 1 keeps
+    the decoder's labels, 0 the U-Net's (background where no class reaches 0.5)."""
+    logits = np.array([[[[2.0, -2.0, -1.0]], [[-3.0, 1.0, -1.0]]]])  # (N=1, K=2, H=1, W=3)
+    unet = np.array([[[[0.1, 0.1, 0.1]], [[0.1, 0.2, 0.8]], [[0.8, 0.7, 0.1]]]])  # (1, C=3, 1, 3)
+    present = np.ones((1, 2))
+    label = lambda scores: labels_from_logits(scores, present, (1, 2), 0.0)[0, 0].tolist()
+    assert fuse(logits, unet, 0.5).shape == (1, 2, 1, 3)
+    assert label(fuse(logits, unet, 1.0)) == label(logits) == [1, 2, 0]
+    assert label(fuse(logits, unet, 0.0)) == unet[0].argmax(axis=0)[0].tolist() == [2, 2, 1]
+    # equal weights: pixel 0 anterior (0.5*0.88+0.5*0.1=0.49) vs posterior (0.5*0.05+0.5*0.8=0.42): background
+    assert label(fuse(logits, unet, 0.5)) == [0, 2, 1]
+
+
+def test_pseudo_labels_keep_the_true_labels_and_take_the_teachers_elsewhere():
+    decoder = np.zeros((3, 2, 2, 2), np.float32) - 5  # (N, K, H, W): the decoder sees nothing ...
+    decoder[:, 1, 0, 0] = 5  # ... but class 2 at pixel (0, 0)
+    partner = np.zeros((3, 3, 2, 2), np.float32)
+    partner[:, 1] = 1  # the U-Net: class 1 everywhere
+    true = np.full((1, 2, 2), 2, np.int32)
+    prediction = TeacherPrediction(np.zeros((3, 2, 2)), [1], true, decoder, np.ones((3, 2)), partner)
+    unlabelled = prediction._replace(labelled=[], true=None)
+    for weight, expected in ((1.0, [[2, 0], [0, 0]]), (0.0, [[1, 1], [1, 1]])):
+        images, labels = pseudo_labels([prediction, unlabelled], weight)
+        assert len(images) == len(labels) == 6
+        assert labels[1].tolist() == true[0].tolist()  # the labelled slice, whatever the teacher says
+        assert all(labels[i].tolist() == expected for i in (0, 2, 3, 4, 5))
+    # equal weights where the decoder is sure of class 2 and the U-Net of class 1: class 1 passes one half, just
+    # (0.5 * 1 + 0.5 * 0.007), class 2 does not (0.5 * 0.993): averaged probabilities, not a vote
+    labels = pseudo_labels([unlabelled], 0.5)[1]
+    assert labels[0].tolist() == [[1, 1], [1, 1]]
+    # a class the presence head calls absent on a slice is left out there, as the decoder segments
+    gated = unlabelled._replace(presence=np.array([[1.0, 0.2]] * 3, np.float32))
+    assert pseudo_labels([gated], 1.0, presence_threshold=0.5)[1][0].tolist() == [[0, 0], [0, 0]]
+
+
+@pytest.mark.slow  # trains two tiny U-Nets
+def test_student_learns_from_the_teacher_and_segments_with_the_class_ids(taught, cohort, tmp_path):
+    folder, truth = cohort
+    student, oracle = taught
+    # the teacher labelled every slice of the three support volumes and of the unlabelled one, nothing else
+    assert len(oracle.seen) == 4 and len(set(oracle.seen)) == 4
+    assert student.info["labelled_slices"] == 3 and student.info["training_slices"] == 4 * 6
+    assert student.info["unlabelled_volumes"] == 1 and student.info["support_volumes"] == 3
+    held_out = load_volume(folder / "case4.nii.gz")
+    labels = student.segment(held_out)
+    reference = truth[key(held_out.array)]
+    assert labels.shape == held_out.shape and set(np.unique(labels)) <= {0, 3, 7}
+    for class_id in CLASSES:
+        assert metrics.dice(labels == class_id, reference == class_id) > 0.8, class_id
+    probabilities = student.predict_volume(held_out)
+    assert probabilities.shape == (6, 3, 36, 40) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    assert np.array_equal(student.labels_from(probabilities), labels)
+
+    # saved and loaded: the same labels; written on the source grid with its class names beside it
+    saved = student.save(tmp_path / "student")
+    loaded = StudentSegmenter.load(saved)
+    assert loaded.config == student.config and loaded.classes == CLASSES and loaded.info == student.info
+    assert np.array_equal(loaded.segment(folder / "case4.nii.gz"), labels)
+    out = loaded.segment_file(folder / "case4.nii.gz", tmp_path / "case4_seg.nii.gz")
+    assert np.array_equal(np.asarray(nib.load(out).dataobj), labels)
+    assert "square" in (tmp_path / "case4_seg.labels.json").read_text()
+
+    # replaced only with overwrite; a folder the library did not write, never; a damaged state is named
+    with pytest.raises(OutputError, match="overwrite"):
+        student.save(saved)
+    student.save(saved, overwrite=True)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="did not write|not a fewsam_jax"):
+        student.save(tmp_path / "mine", overwrite=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+    damaged = next(p for p in sorted((saved / "state").rglob("*")) if p.is_file() and p.stat().st_size > 100)
+    damaged.write_bytes(damaged.read_bytes()[:-1] + bytes([damaged.read_bytes()[-1] ^ 1]))
+    with pytest.raises(ChecksumError, match="corrupted"):
+        StudentSegmenter.load(saved)
+
+
+@pytest.mark.slow  # trains tiny U-Nets (a few steps)
+def test_teaching_is_deterministic_per_seed(cohort):
+    folder, truth = cohort
+    config = CONFIG.replace(unet=UNetConfig.tiny(steps=3))
+    first, second, other = (train_student(Oracle(truth), folder / "manifest.json", config=config.replace(seed=s),
+                                          progress=False) for s in (0, 0, 1))
+    volume = load_volume(folder / "case4.nii.gz")
+    assert np.array_equal(first.predict_volume(volume), second.predict_volume(volume))
+    assert not np.array_equal(first.predict_volume(volume), other.predict_volume(volume))
+
+
+def test_bad_input_is_named_before_any_training(cohort, monkeypatch, tmp_path):
+    folder, truth = cohort
+    monkeypatch.setattr("fewsam_jax.fewshot.student.train_unet", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(FileNotFoundError, match="missing.nii.gz"):
+        train_student(Oracle(truth), folder / "manifest.json", unlabelled=[tmp_path / "missing.nii.gz"])
+    other = Oracle(truth)
+    other.classes = {1: "disc", 2: "square"}
+    with pytest.raises(ValueError, match="the collection it was trained on"):
+        train_student(other, folder / "manifest.json")
+    with pytest.raises(ValueError, match="teacher_weight"):
+        StudentConfig(teacher_weight=1.5)
+    with pytest.raises(TypeError, match="StudentConfig"):
+        train_student(Oracle(truth), folder / "manifest.json", config={"teacher_weight": 0.5})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StudentFileError, match="no student.json"):
+        StudentSegmenter.load(tmp_path / "empty")
