@@ -139,7 +139,7 @@ class StudentSegmenter(LabelFiles):
         path = directory / "student.json"
         if not path.is_file():
             raise StudentFileError(f"{directory}: no student.json; expected a folder written by "
-                                   "StudentSegmenter.save (fewsam train --student)")
+                                   "StudentSegmenter.save (fewsam teach)")
         meta = read_json_object(path, StudentFileError, "write the student again")
         try:
             classes = {int(k): str(v) for k, v in meta["classes"].items()}
