@@ -150,6 +150,7 @@ def test_student_learns_from_the_teacher_and_segments_with_the_class_ids(taught,
     probabilities = student.predict_volume(held_out)
     assert probabilities.shape == (6, 3, 36, 40) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
     assert np.array_equal(student.labels_from(probabilities), labels)
+    assert np.array_equal(student.segment(held_out, chunk=4, progress=False), labels)  # 4 + 2 slices
 
     # saved and loaded: the same labels; written on the source grid with its class names beside it
     saved = student.save(tmp_path / "student")
