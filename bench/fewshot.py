@@ -341,9 +341,11 @@ def unet_rows(path: Path, draw: str, seed: int, shots: int, volumes: list, total
     model."""
     from bench.baselines import UNetConfig, train_unet
     from fewsam_jax.fewshot import load_collection
+    from fewsam_jax.fewshot.student import labelled_slices, support_volumes
 
     collection = load_collection(path)
-    images, labels = slices if slices is not None else labelled_slices(collection, intensity)
+    images, labels = slices if slices is not None else labelled_slices(
+        support_volumes(collection, tuple(CLASSES)), intensity, 2)
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     model, _ = train_unet(images, labels, 3, UNetConfig(), seed=seed, progress=False)
@@ -356,19 +358,6 @@ def unet_rows(path: Path, draw: str, seed: int, shots: int, volumes: list, total
             "train_seconds": train_seconds, "load_average": [load_before, os.getloadavg()[0]],
             **({"training_slices": len(images)} if slices is not None else {})}
     return [{**row, **info} for row in rows], probabilities, model
-
-
-def labelled_slices(collection, intensity) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """The collection's labelled axial slices in [0, 1] and their label maps (classes 1, 2)."""
-    from fewsam_jax.fewshot.collection import load_support_item
-    from fewsam_jax.io import get_slices
-
-    images, labels = [], []
-    for item in collection.support:
-        volume, label_slices = load_support_item(item, 2)
-        images += list(get_slices(intensity.apply(volume.array), 2)[list(item.slices)])
-        labels += list(np.clip(label_slices, 0, 2).astype(np.int32))
-    return images, labels
 
 
 def unet_probabilities(model, volume, intensity) -> np.ndarray:
@@ -388,8 +377,8 @@ def teacher(segmenter, unet_model, path: Path, cache, unlabelled: list[Path] = (
     from fewsam_jax.io import load_volume
 
     volumes = support_volumes(load_collection(path), segmenter.class_ids)
-    return teacher_predictions(segmenter, unet_model, volumes + [(load_volume(i), [], None) for i in unlabelled],
-                               cache)
+    return list(teacher_predictions(segmenter, unet_model, volumes + [(load_volume(i), [], None) for i in unlabelled],
+                                    cache))
 
 
 def pseudo_name(variant: str, weight: float, unlabelled: int = 0) -> str:

@@ -79,11 +79,13 @@ def _teach(args: argparse.Namespace) -> None:
     from fewsam_jax.fewshot.unet import UNetConfig
 
     try:  # checked by the configs themselves, before any file is read
-        config = StudentConfig(teacher_weight=args.teacher_weight, seed=args.seed,
-                               unet=UNetConfig(**({} if args.steps is None else {"steps": args.steps})))
+        unet = UNetConfig(**({} if args.steps is None else {"steps": args.steps}))
     except ValueError as err:
-        flag = "--teacher-weight" if "teacher_weight" in str(err) else "--steps"
-        raise ValueError(f"{flag}: {err}") from None
+        raise ValueError(f"--steps: {err}") from None
+    try:
+        config = StudentConfig(teacher_weight=args.teacher_weight, seed=args.seed, unet=unet)
+    except ValueError as err:
+        raise ValueError(f"--teacher-weight: {err}") from None
     unlabelled = [case.image for case in cohort.find_cases(args.unlabelled, channel=args.channel)] \
         if args.unlabelled else []
     collection = _collection(args, "student", [args.decoder, *unlabelled])

@@ -17,10 +17,11 @@ README, "The few-shot method, as implemented".
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,8 +39,8 @@ from fewsam_jax.preprocess import Intensity
 from fewsam_jax.weights import ShapeRngs, restore_pytree, save_pytree
 
 __all__ = [
-    "StudentConfig", "StudentFileError", "StudentSegmenter", "TeacherPrediction", "fuse", "pseudo_labels",
-    "support_volumes", "teacher_predictions", "train_student", "unet_probabilities",
+    "StudentConfig", "StudentFileError", "StudentSegmenter", "TeacherPrediction", "fuse", "labelled_slices",
+    "pseudo_labels", "support_volumes", "teacher_predictions", "train_student", "unet_probabilities",
 ]
 
 
@@ -207,16 +208,23 @@ def support_volumes(collection: Collection, class_ids: Sequence[int]) -> list[tu
     return out
 
 
-def teacher_predictions(segmenter, partner: UNet, volumes: Sequence[tuple[Volume, list[int], np.ndarray | None]],
-                        cache: Any = None, progress: bool = False) -> list[TeacherPrediction]:
+def labelled_slices(support: Sequence[tuple[Volume, list[int], np.ndarray]], intensity: Intensity, axis: int
+                    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The labelled slices of :func:`support_volumes` in [0, 1] (``intensity``) and their label maps as U-Net
+    indices: what the partner U-Net (and the U-Net baseline) trains on."""
+    images = [s for volume, labelled, _ in support for s in get_slices(intensity.apply(volume.array), axis)[labelled]]
+    return images, [s for _, _, true in support for s in true]
+
+
+def teacher_predictions(segmenter, partner: UNet, volumes: Iterable[tuple[Volume, list[int], np.ndarray | None]],
+                        cache: Any = None) -> Iterator[TeacherPrediction]:
     """The decoder's and the partner U-Net's predictions on every slice of each (volume, labelled slice
-    indices, their label slices or None); labelled by :func:`pseudo_labels`, for any teacher weight."""
-    out = []
-    for volume, labelled, true in tqdm(volumes, desc="teacher", disable=not progress, unit="volume"):
+    indices, their label slices or None), one volume at a time; labelled by :func:`pseudo_labels`, for any
+    teacher weight."""
+    for volume, labelled, true in volumes:
         slices = get_slices(segmenter.intensity.apply(volume.array), segmenter.axis)
         logits, presence = segmenter.predict_volume(volume, cache=cache, progress=False)
-        out.append(TeacherPrediction(slices, labelled, true, logits, presence, unet_probabilities(partner, slices)))
-    return out
+        yield TeacherPrediction(slices, labelled, true, logits, presence, unet_probabilities(partner, slices))
 
 
 def pseudo_labels(predictions: Sequence[TeacherPrediction], weight: float, presence_threshold: float = 0.0
@@ -264,15 +272,18 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
     outputs = len(segmenter.classes) + 1
     started = time.perf_counter()
     support = support_volumes(collection, segmenter.class_ids)
-    images = [s for volume, labelled, _ in support
-              for s in get_slices(segmenter.intensity.apply(volume.array), segmenter.axis)[labelled]]
-    labels = [s for _, _, true in support for s in true]
+    images, labels = labelled_slices(support, segmenter.intensity, segmenter.axis)
     partner, _ = train_unet(images, labels, outputs, config.unet, seed=config.seed, progress=progress)
     partner_done = time.perf_counter()
-    volumes = support + [(v if isinstance(v, Volume) else load_volume(v), [], None) for v in unlabelled]
-    predictions = teacher_predictions(segmenter, partner, volumes, cache, progress)
-    all_images, all_labels = pseudo_labels(predictions, config.teacher_weight,
-                                           segmenter.inference.presence_threshold)
+    # one volume at a time: its slices and pseudo-labels are kept, the teacher's logits and probabilities are not
+    volumes = itertools.chain(support, ((v if isinstance(v, Volume) else load_volume(v), [], None) for v in unlabelled))
+    all_images, all_labels = [], []
+    for prediction in tqdm(teacher_predictions(segmenter, partner, volumes, cache), desc="teacher", unit="volume",
+                           total=len(support) + len(unlabelled), disable=not progress):
+        more_images, more_labels = pseudo_labels([prediction], config.teacher_weight,
+                                                 segmenter.inference.presence_threshold)
+        all_images += more_images
+        all_labels += more_labels
     taught = time.perf_counter()
     student, losses = train_unet(all_images, all_labels, outputs, config.unet, seed=config.seed, progress=progress)
     info = {"labelled_slices": len(images), "training_slices": len(all_images), "support_volumes": len(support),

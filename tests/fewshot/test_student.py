@@ -187,6 +187,15 @@ def test_teaching_is_deterministic_per_seed(cohort):
     assert not np.array_equal(first.predict_volume(volume), other.predict_volume(volume))
 
 
+def test_fewsam_teach_defaults_are_the_configs():
+    """`fewsam teach` spells StudentConfig's teacher weight out (the parser imports no jax): the two stay equal."""
+    from fewsam_jax.cli import build_parser
+
+    args = build_parser().parse_args(["teach", "manifest.json", "-d", "decoder", "-o", "student"])
+    assert args.teacher_weight == StudentConfig().teacher_weight and args.seed == StudentConfig().seed
+    assert args.steps is None
+
+
 def test_bad_input_is_named_before_any_training(cohort, monkeypatch, tmp_path):
     folder, truth = cohort
     monkeypatch.setattr("fewsam_jax.fewshot.student.train_unet", lambda *a, **k: pytest.fail("trained"))
