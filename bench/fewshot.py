@@ -17,8 +17,11 @@ one row each (``VARIANT@OFFSET``, ``VARIANT@pTHRESHOLD``), without training agai
 decoder's class probabilities averaged with the U-Net's (decoder weight W; ``--ensemble-control`` adds two U-Net
 seeds averaged, what averaging alone gains); ``--pseudo W`` trains a U-Net on every slice of the support volumes,
 the unlabelled ones labelled by that average (W 0: by the U-Net itself, the self-training control), and with
-``--unlabelled N`` on every slice of N more cohort volumes (55 onwards, labels never read) labelled the same way. ``--curve N`` adds a learning curve: validation Dice (threshold 0)
-every N steps. Embeddings go through the package's cache, so a rerun only trains and segments.
+``--unlabelled N`` on every slice of N more cohort volumes (55 onwards, labels never read) labelled the same way;
+``--student NAME:fields`` teaches one with the library's ``train_student`` and those ``StudentConfig`` fields (rows
+``VARIANT>NAME``; a 2.5D partner is scored too, rows ``unet-cK``). ``--curve N`` adds a learning curve: validation
+Dice (threshold 0) every N steps. Embeddings go through the package's cache, and with ``--decoders DIR`` trained
+decoders are kept and reused (training is deterministic per seed), so a rerun only trains what is new and segments.
 
 Rows accumulate in ``bench/results/fewshot_<phase>.json`` (a rerun of the same variant, draw, seed and shot
 count replaces its row); the "Few-shot hippocampus" sections of ``bench/RESULTS.md`` are rewritten from it.
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import sys
@@ -174,6 +178,7 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                                                       stage_inputs=staged, progress=False) for v, _ in volumes]
     curve_volumes = volumes[: args.curve_volumes]
     rows, unet = [], {}  # unet: (draw, seed, shots) -> each scored volume's U-Net probabilities
+    partners = {}  # (draw, seed, shots, context) -> a 2.5D partner U-Net shared by --student's students
     with tempfile.TemporaryDirectory() as scratch:
         for name, overrides in map(parse_variant, args.variant):
             for draw in args.draws:
@@ -181,7 +186,7 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                     config, training, inference = configs_from_overrides(overrides, training=TrainConfig(seed=seed))
                     for shots in args.shots:
                         path = manifest(data, names[DRAWS[draw]], shots, Path(scratch))
-                        if (args.unet or args.unet_only or args.ensemble or args.pseudo) \
+                        if (args.unet or args.unet_only or args.ensemble or args.pseudo or args.student) \
                                 and name == args.variant_names[0]:
                             unet[draw, seed, shots] = baseline_rows(args, path, draw, seed, shots, volumes,
                                                                     total_slices, intensity, rows, save)
@@ -204,10 +209,17 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                             curve_seconds[0] += time.perf_counter() - started
 
                         load_before = os.getloadavg()[0]
-                        segmenter = FewShotSegmenter.train(path, sam=sam, config=config, training=training,
-                                                           inference=inference, cache=args.cache, progress=False,
-                                                           callback=learning_curve if args.curve else None,
-                                                           callback_every=args.curve)
+                        kept = decoder_folder(args.decoders, path, config, training, inference) \
+                            if args.decoders and not args.curve else None
+                        if kept is not None and kept.exists():
+                            segmenter = FewShotSegmenter.load(kept, model=sam)
+                        else:
+                            segmenter = FewShotSegmenter.train(path, sam=sam, config=config, training=training,
+                                                               inference=inference, cache=args.cache, progress=False,
+                                                               callback=learning_curve if args.curve else None,
+                                                               callback_every=args.curve)
+                            if kept is not None:
+                                segmenter.save(kept)
                         # the trained decoder's logits once per volume; every threshold offset, presence
                         # threshold (and, with --postprocess, the post-processed labels too) labels from them
                         offsets = [inference.threshold_offset, *(o for o in args.offsets
@@ -295,6 +307,9 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                                 rows.append(row)
                                 save(rows)
                                 print(json.dumps(row), flush=True)
+                        for spec in args.student:
+                            student_rows(args, spec, name, overrides, segmenter, path, draw, seed, shots, volumes,
+                                         total_slices, unet[draw, seed, shots], unlabelled, partners, rows, save)
                         if curve:
                             print("curve", json.dumps(curve), flush=True)
     return rows
@@ -345,7 +360,7 @@ def unet_rows(path: Path, draw: str, seed: int, shots: int, volumes: list, total
 
     collection = load_collection(path)
     images, labels = slices if slices is not None else labelled_slices(
-        support_volumes(collection, tuple(CLASSES)), intensity, 2)
+        support_volumes(collection, tuple(CLASSES)), intensity, 2)[:2]
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     model, _ = train_unet(images, labels, 3, UNetConfig(), seed=seed, progress=False)
@@ -379,6 +394,90 @@ def teacher(segmenter, unet_model, path: Path, cache, unlabelled: list[Path] = (
     volumes = support_volumes(load_collection(path), segmenter.class_ids)
     return list(teacher_predictions(segmenter, unet_model, volumes + [(load_volume(i), [], None) for i in unlabelled],
                                     cache))
+
+
+def decoder_folder(root: Path, path: Path, config, training, inference) -> Path:
+    """Where ``--decoders`` keeps the decoder trained on the manifest at ``path`` with these configs: a folder
+    named by the SHA-256 of the manifest's text and the configs (training is deterministic per seed, so a decoder
+    trained once serves every later run that asks for the same)."""
+    key = json.dumps({"manifest": path.read_text(), "decoder": dataclasses.asdict(config),
+                      "training": dataclasses.asdict(training), "inference": dataclasses.asdict(inference)},
+                     sort_keys=True, default=str)
+    return root / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def parse_student(spec: str):
+    """``NAME:key=value,...`` -> (name, StudentConfig fields); exits naming the spec on a bad one."""
+    from fewsam_jax.fewshot import StudentConfig
+
+    name, fields = parse_variant(spec)
+    try:
+        StudentConfig(**fields)
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"--student {spec}: {err}") from None
+    return name, fields
+
+
+def student_rows(args, spec: str, variant: str, overrides: dict, segmenter, path: Path, draw: str, seed: int,
+                 shots: int, volumes: list, total_slices: int, baseline: UNetRun, unlabelled: list[Path],
+                 partners: dict, rows: list[dict], save) -> None:
+    """``--student NAME:fields``: :func:`~fewsam_jax.fewshot.student.train_student` with this StudentConfig (the
+    run's seed) taught by ``segmenter``, scored like the U-Net (rows ``VARIANT>NAME``). Its partner is the U-Net
+    baseline of these slices when it has no context; a 2.5D partner is trained once per context, shared, and
+    scored too (rows ``unet-cK``: the U-Net from scratch with K neighbouring slices)."""
+    from fewsam_jax.fewshot import StudentConfig, load_collection, train_student
+    from fewsam_jax.fewshot.student import support_volumes, train_partner
+
+    name, fields = parse_student(spec)
+    config = StudentConfig(**{**fields, "seed": seed})
+    key = (draw, seed, shots, config.context)
+    if not config.context:
+        partner, partner_seconds = baseline.model, baseline.train_seconds
+    elif key in partners:
+        partner, partner_seconds = partners[key]
+    else:
+        load_before, started = os.getloadavg()[0], time.perf_counter()
+        support = support_volumes(load_collection(path), segmenter.class_ids)
+        partner = train_partner(segmenter, support, config, progress=False)
+        partner_seconds = time.perf_counter() - started
+        partners[key] = partner, partner_seconds
+        started = time.perf_counter()
+        probabilities = [segment_probabilities(partner, segmenter, volume, config.context) for volume, _ in volumes]
+        for row in score_unet(probabilities, volumes, args.postprocess, f"unet-c{config.context}",
+                              time.perf_counter() - started, total_slices):
+            row.update(draw=draw, seed=seed, positive_slices=shots, labelled_slices=segmenter.info["labelled_slices"],
+                       train_seconds=partner_seconds, load_average=[load_before, os.getloadavg()[0]],
+                       overrides={"context": config.context, **row["overrides"]})
+            rows.append(row)
+            save(rows)
+            print(json.dumps(row), flush=True)
+    load_before = os.getloadavg()[0]
+    student = train_student(segmenter, path, unlabelled, config, cache=args.cache, progress=False, partner=partner)
+    started = time.perf_counter()
+    probabilities = [student.predict_volume(volume) for volume, _ in volumes]
+    seconds = time.perf_counter() - started
+    row_name = f"{variant}>{name}" + (f"u{len(unlabelled)}" if unlabelled else "")
+    for row in score_unet(probabilities, volumes, args.postprocess, row_name, seconds, total_slices):
+        row.update(method="student", same_training_as=variant, draw=draw, seed=seed, positive_slices=shots,
+                   labelled_slices=segmenter.info["labelled_slices"], unlabelled_volumes=len(unlabelled),
+                   student={k: v for k, v in dataclasses.asdict(config).items() if k != "unet"},
+                   student_info=student.info, training_slices=student.info["training_slices"],
+                   train_seconds=segmenter.info["train_seconds"] + partner_seconds + student.info["teacher_seconds"]
+                   + student.info["student_seconds"], load_average=[load_before, os.getloadavg()[0]],
+                   overrides={**overrides, **fields, **({"unlabelled_volumes": len(unlabelled)} if unlabelled
+                                                       else {}), **row["overrides"]})
+        rows.append(row)
+        save(rows)
+        print(json.dumps(row), flush=True)
+
+
+def segment_probabilities(unet, segmenter, volume, context: int) -> np.ndarray:
+    """A (2.5D) U-Net's class probabilities (N, C, H, W) on every slice of ``volume`` along the decoder's axis."""
+    from fewsam_jax.fewshot import student
+    from fewsam_jax.io import get_slices
+
+    return student.unet_probabilities(unet, get_slices(segmenter.intensity.apply(volume.array), segmenter.axis),
+                                      context)
 
 
 def pseudo_name(variant: str, weight: float, unlabelled: int = 0) -> str:
@@ -480,6 +579,12 @@ def main() -> None:
     parser.add_argument("--unlabelled", type=int, default=0,
                         help="--pseudo's student also trains on every slice of the first N unlabelled cohort volumes "
                         "(from volume 55 on; labels never read), labelled by the same teacher (rows VARIANT>unet@wWuN)")
+    parser.add_argument("--student", action="append", default=[], metavar="NAME:key=value,...",
+                        help="also teach a student with the library's train_student (StudentConfig fields: "
+                        "teacher_weight, rounds, margin, context; the run's seed), rows VARIANT>NAME; repeatable")
+    parser.add_argument("--decoders", type=Path,
+                        help="keep each trained decoder in this folder and reuse one trained on the same manifest "
+                        "with the same configs (training is deterministic per seed; not with --curve)")
     parser.add_argument("--ensemble-control", action="store_true",
                         help="also train a second U-Net (seed + 1000) and score the two averaged (row unet-x2): "
                         "what averaging gains without SAM")
@@ -526,9 +631,12 @@ def main() -> None:
     if not (args.data / "imagesTr").is_dir():
         raise SystemExit(f"needs the shared hippocampus data (imagesTr/, labelsTr/) at {args.data}")
     pool = len(cases(args.data)[UNLABELLED])
-    if args.unlabelled and not (args.pseudo and 0 < args.unlabelled <= pool):
+    taught = args.pseudo or args.student
+    if args.unlabelled and not (taught and 0 < args.unlabelled <= pool):
         raise SystemExit(f"--unlabelled: expected a count in [1, {pool}] (the unlabelled cohort volumes) with "
-                         f"--pseudo, got {args.unlabelled}" + ("" if args.pseudo else " without --pseudo"))
+                         f"--pseudo or --student, got {args.unlabelled}" + ("" if taught else " without either"))
+    for spec in args.student:
+        parse_student(spec)
     import jax
 
     out = ROOT / "bench" / "results" / f"fewshot_{args.phase}.json"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ def test_offsets_postprocessing_and_ensembles_label_from_the_same_training(tiny_
         None, None))
     scored = get_slices(truth, 2)
 
-    def predict(model, slices):
+    def predict(model, slices, features=None):
         known = len(slices) == len(scored) and slices[0].shape == scored[0].shape
         return list(np.eye(3, dtype=np.float32)[scored if known else np.zeros((len(slices), *slices[0].shape), int)])
 
@@ -44,7 +45,8 @@ def test_offsets_postprocessing_and_ensembles_label_from_the_same_training(tiny_
         data=data, phase="validation", volumes=1, cache=tmp_path / "cache",
         variant=["v:steps=2,image_features=0"], variant_names=["v"], draws=["A"], seeds=[0], shots=[2],
         offsets=[-1.0, -0.5], presence=[0.0, 0.5], unet=True, unet_only=False, curve=0, curve_volumes=1,
-        postprocess=True, ensemble=[0.0, 1.0], ensemble_control=True, pseudo=[0.0], unlabelled=1)
+        postprocess=True, ensemble=[0.0, 1.0], ensemble_control=True, pseudo=[0.0], unlabelled=1,
+        student=[], decoders=None)
     saved = []
     rows = fewshot.run(args, saved.append)
     unets, rows, fused, pseudo = rows[:6], rows[6:14], rows[14:18], rows[18:]
@@ -109,7 +111,7 @@ def test_a_variant_adapting_the_encoder_gets_the_stage_inputs_in_the_same_encode
         data=shared_data("hippocampus").resolve(), phase="validation", volumes=1, cache=tmp_path / "cache",
         variant=["lora:steps=2,image_features=0,encoder_lora_rank=1"], variant_names=["lora"], draws=["A"], seeds=[0],
         shots=[2], offsets=[], presence=[], unet=False, unet_only=False, curve=0, curve_volumes=1, postprocess=False,
-        ensemble=[], ensemble_control=False, pseudo=[], unlabelled=0)
+        ensemble=[], ensemble_control=False, pseudo=[], unlabelled=0, student=[], decoders=None)
     rows = fewshot.run(args, lambda rows: None)
     assert [r["variant"] for r in rows] == ["lora"] and rows[0]["config"]["decoder"]["encoder_lora_rank"] == 1
     entries = [CachedEmbeddings(p) for p in EmbeddingCache(args.cache).entries()]
@@ -117,6 +119,63 @@ def test_a_variant_adapting_the_encoder_gets_the_stage_inputs_in_the_same_encode
     assert all(e.has_stage_inputs and e.stage_done()[e.done()].all() for e in entries)
     scored = [e for e in entries if e.done().all()]  # embedded by the harness before training, with stage inputs
     assert len(scored) >= 1 and all(e.stage_done().all() for e in scored)
+
+
+@pytest.mark.slow  # trains a decoder (2 steps) and segments a shared volume
+def test_students_are_the_librarys_and_a_kept_decoder_is_reused(tiny_sam, tmp_path, monkeypatch):
+    """``--student``: rows of ``train_student`` with each StudentConfig, the U-Net baseline as the partner without
+    context, a 2.5D partner trained once and scored as ``unet-cK`` with it; ``--decoders``: the decoder trained
+    once is kept and a second run loads it (same rows, no training)."""
+    from fewsam_jax.fewshot import FewShotSegmenter
+    from fewsam_jax.fewshot.unet import UNetConfig
+    from fewsam_jax.io import get_slices
+
+    monkeypatch.setattr("fewsam_jax.weights.load_model", lambda *a, **k: tiny_sam)
+    data = shared_data("hippocampus").resolve()
+    truth = get_slices(fewshot.read_labels(
+        data / "labelsTr" / f"{fewshot.cases(data)[fewshot.PHASES['validation']][0]}.nii.gz"), 2)
+    trained = []  # (labels, features) of every U-Net the students' side trained
+
+    def train(images, labels, outputs, config, features=None, **k):
+        trained.append((labels, features))
+        return SimpleNamespace(config=config), [0.0]
+
+    baseline = SimpleNamespace(config=UNetConfig())  # the U-Net baseline's model: the first partner of "two"
+    monkeypatch.setattr("bench.baselines.train_unet", lambda *a, **k: (baseline, None))
+    monkeypatch.setattr("fewsam_jax.fewshot.student.train_unet", train)
+
+    def predict(model, slices, features=None):  # the truth on the scored volume, background elsewhere
+        known = len(slices) == len(truth) and slices[0].shape == truth[0].shape
+        assert features is None or len(features) == len(slices)
+        return list(np.eye(3, dtype=np.float32)[truth if known else np.zeros((len(slices), *slices[0].shape), int)])
+
+    monkeypatch.setattr("fewsam_jax.fewshot.student.predict_unet_probabilities", predict)
+    args = argparse.Namespace(
+        data=data, phase="validation", volumes=1, cache=tmp_path / "cache", variant=["v:steps=2,image_features=0"],
+        variant_names=["v"], draws=["A"], seeds=[0], shots=[2], offsets=[], presence=[], unet=False,
+        unet_only=False, curve=0, curve_volumes=1, postprocess=False, ensemble=[], ensemble_control=False,
+        pseudo=[], unlabelled=0, student=["two:rounds=2,margin=0.1", "deep:context=1"],
+        decoders=tmp_path / "decoders")
+    rows = fewshot.run(args, lambda rows: None)
+    assert [r["variant"] for r in rows] == ["unet", "v", "v>two", "unet-c1", "v>deep"]
+    two, partner, deep = rows[2:]
+    assert two["method"] == "student" and two["dice"] == [1.0, 1.0] and two["student_info"]["rounds"] == 2
+    assert two["student"] == {"teacher_weight": 0.5, "seed": 0, "rounds": 2, "margin": 0.1, "context": 0}
+    assert two["overrides"] == {"steps": 2, "image_features": 0, "rounds": 2, "margin": 0.1}
+    assert partner["overrides"] == {"context": 1} and deep["student"]["context"] == 1
+    # "two" taught twice with the baseline as its first partner (it trained nothing else); "deep" trained its 2.5D
+    # partner on the labelled slices, then itself on every support slice, both with neighbours as features
+    assert [f is None for _, f in trained] == [True, True, False, False]
+    (partner_labels, partner_features), (labels, features) = trained[2:]
+    assert len(partner_labels) == two["labelled_slices"] and len(labels) == len(features) == deep["training_slices"]
+    assert all(f.shape == (*l.shape, 2) for f, l in zip(features, labels))
+    kept = list((tmp_path / "decoders").iterdir())
+    assert len(kept) == 1 and (kept[0] / "fewshot.json").is_file()
+
+    monkeypatch.setattr(FewShotSegmenter, "train", lambda *a, **k: pytest.fail("trained again"))
+    again = fewshot.run(argparse.Namespace(**{**vars(args), "student": ["two:rounds=2,margin=0.1"]}), lambda r: None)
+    assert [r["variant"] for r in again] == ["unet", "v", "v>two"]
+    assert again[1]["dice"] == rows[1]["dice"] and again[1]["thresholds"] == rows[1]["thresholds"]
 
 
 def test_offsets_are_checked_before_the_model_loads(monkeypatch, tmp_path):
@@ -141,7 +200,7 @@ def test_unet_rows_score_the_same_predictions_post_processed_too(tmp_path, monke
     volume = load_volume(data / "imagesTr" / f"{name}_0000.nii.gz")
     truth = fewshot.read_labels(data / "labelsTr" / f"{name}.nii.gz")
 
-    def predict(model, slices):
+    def predict(model, slices, features=None):
         labels = [s.copy() for s in get_slices(truth, 2)]
         labels[0][0, 0] = 1  # a stray anterior voxel, far from the structure
         return [np.eye(3, dtype=np.float32)[s] for s in labels]  # (H, W, C) one-hot probabilities

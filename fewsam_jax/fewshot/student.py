@@ -39,8 +39,9 @@ from fewsam_jax.preprocess import Intensity
 from fewsam_jax.weights import ShapeRngs, restore_pytree, save_pytree
 
 __all__ = [
-    "StudentConfig", "StudentFileError", "StudentSegmenter", "TeacherPrediction", "fuse", "labelled_slices",
-    "pseudo_labels", "support_volumes", "teacher_predictions", "train_student", "unet_probabilities",
+    "IGNORE", "StudentConfig", "StudentFileError", "StudentSegmenter", "TeacherPrediction", "fuse", "labelled_slices",
+    "neighbours", "pseudo_labels", "support_volumes", "teacher_predictions", "train_partner", "train_student",
+    "unet_probabilities",
 ]
 
 
@@ -50,22 +51,48 @@ class StudentConfig:
 
     teacher_weight: the decoder's share of the teacher's class probabilities, in [0, 1] (the partner U-Net
       has the rest; 0: the partner alone, self-training; 1: the decoder alone).
-    unet: architecture, optimisation and augmentation of both U-Nets (the partner and the student).
+    unet: architecture, optimisation and augmentation of both U-Nets (the partner and the student); its
+      ``feature_channels`` are the student's to set (``context``), so they must be 0 here.
     seed: of both U-Nets' initialisation, batches and augmentation.
+    rounds: teaching rounds; from the second on, the previous round's student replaces the partner U-Net in
+      the teacher (the decoder's share stays ``teacher_weight``).
+    margin: a pseudo-labelled pixel where some class's teacher probability lies within ``margin`` of one half
+      is left out of the student's loss (0: every pixel counts; labelled slices always count whole).
+    context: neighbouring slices on each side given to both U-Nets beside the slice itself (2.5D input,
+      edge slices repeated at the volume's ends); 0: the slice alone.
     """
 
     teacher_weight: float = 0.5
     unet: UNetConfig = UNetConfig()
     seed: int = 0
+    rounds: int = 1
+    margin: float = 0.0
+    context: int = 0
 
     def __post_init__(self):
         if not (isinstance(self.teacher_weight, (int, float)) and 0 <= self.teacher_weight <= 1):
             raise ValueError(f"teacher_weight: expected a number in [0, 1], got {self.teacher_weight!r}")
         if not isinstance(self.unet, UNetConfig):
             raise TypeError(f"unet: expected a UNetConfig, got {type(self.unet).__name__}")
+        if self.unet.feature_channels:
+            raise ValueError(f"unet.feature_channels: expected 0 (the student sets them from context), "
+                             f"got {self.unet.feature_channels}")
+        if not (isinstance(self.rounds, int) and self.rounds >= 1):
+            raise ValueError(f"rounds: expected a positive integer, got {self.rounds!r}")
+        if not (isinstance(self.margin, (int, float)) and 0 <= self.margin < 0.5):
+            raise ValueError(f"margin: expected a number in [0, 0.5), got {self.margin!r}")
+        if not (isinstance(self.context, int) and self.context >= 0):
+            raise ValueError(f"context: expected a non-negative integer, got {self.context!r}")
 
     def replace(self, **changes) -> StudentConfig:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def unet_config(self) -> UNetConfig:
+        """The U-Nets' config as trained: ``unet`` with one input feature channel per neighbouring slice."""
+        if not self.context:
+            return self.unet
+        return dataclasses.replace(self.unet, feature_channels=2 * self.context, feature_levels=(0,))
 
 
 def fuse(logits: np.ndarray, unet_probabilities: np.ndarray, weight: float) -> np.ndarray:
@@ -100,7 +127,8 @@ class StudentSegmenter(LabelFiles):
 
     def predict_volume(self, volume: Volume) -> np.ndarray:
         """Class probabilities (N, K+1, H, W), background first, of the N slices along ``axis``."""
-        return unet_probabilities(self.unet, get_slices(self.intensity.apply(volume.array), self.axis))
+        return unet_probabilities(self.unet, get_slices(self.intensity.apply(volume.array), self.axis),
+                                  self.config.context)
 
     def _slice_labels(self, probabilities: np.ndarray) -> np.ndarray:
         """(n, K+1, H, W) probabilities -> (n, H, W) label slices: each pixel's most probable class id."""
@@ -121,7 +149,8 @@ class StudentSegmenter(LabelFiles):
             raise ValueError(f"chunk: expected a positive number of slices, got {chunk}")
         volume = volume if isinstance(volume, Volume) else load_volume(volume)
         slices = get_slices(self.intensity.apply(volume.array), self.axis)
-        parts = [self._slice_labels(unet_probabilities(self.unet, slices[start: start + chunk]))
+        parts = [self._slice_labels(unet_probabilities(self.unet, slices, self.config.context,
+                                                       slice(start, start + chunk)))
                  for start in tqdm(range(0, len(slices), chunk), desc="segment", disable=not progress, unit="chunk")]
         labels = stack_slices(np.concatenate(parts), self.axis)
         return postprocess_3d(labels, self.class_ids) if postprocess else labels
@@ -164,7 +193,7 @@ class StudentSegmenter(LabelFiles):
             raise StudentFileError(f"{path}: {len(classes)} classes, {outputs} outputs and axis {axis} do not fit "
                                    "(outputs = classes + background, axis 0-2)")
         verify_checksums(directory, meta.get("checksums", {}), "student.json")
-        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: UNet(config.unet, outputs, rngs=ShapeRngs())))
+        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: UNet(config.unet_config, outputs, rngs=ShapeRngs())))
         try:
             state = restore_pytree(directory / "state", {"unet": abstract})["unet"]
         except Exception as err:  # Orbax raises anything from ValueError to XlaRuntimeError on a bad folder
@@ -175,9 +204,27 @@ class StudentSegmenter(LabelFiles):
         return cls(unet, classes, axis, intensity, config, meta.get("info", {}))
 
 
-def unet_probabilities(unet: UNet, slices: np.ndarray) -> np.ndarray:
-    """A U-Net's class probabilities (N, C, H, W), background first, of (N, H, W) slices in [0, 1]."""
-    return np.stack(predict_unet_probabilities(unet, list(slices))).transpose(0, 3, 1, 2)
+IGNORE = -1
+"""The label of a pseudo-labelled pixel left out of the student's loss (:class:`StudentConfig` ``margin``)."""
+
+
+def neighbours(slices: np.ndarray, context: int, rows: slice = slice(None)) -> list[np.ndarray] | None:
+    """The ``context`` neighbouring slices on each side of each of ``slices[rows]`` ((N, H, W) slices of one
+    volume, in order), as (H, W, 2 x context) arrays (offsets -context..-1, 1..context; the end slices repeated
+    past the volume's ends): the U-Nets' 2.5D input. None when ``context`` is 0."""
+    if not context:
+        return None
+    count = len(slices)
+    offsets = [o for o in range(-context, context + 1) if o]
+    return [np.stack([slices[min(max(i + o, 0), count - 1)] for o in offsets], axis=-1)
+            for i in range(count)[rows]]
+
+
+def unet_probabilities(unet: UNet, slices: np.ndarray, context: int = 0, rows: slice = slice(None)) -> np.ndarray:
+    """A U-Net's class probabilities (n, C, H, W), background first, of ``slices[rows]``, of (N, H, W) slices
+    in [0, 1] of one volume (with ``context``, each slice's :func:`neighbours` are its extra input)."""
+    return np.stack(predict_unet_probabilities(unet, list(slices[rows]), neighbours(slices, context, rows))
+                    ).transpose(0, 3, 1, 2)
 
 
 def _index_labels(label_slices: np.ndarray, class_ids: Sequence[int]) -> np.ndarray:
@@ -208,34 +255,46 @@ def support_volumes(collection: Collection, class_ids: Sequence[int]) -> list[tu
     return out
 
 
-def labelled_slices(support: Sequence[tuple[Volume, list[int], np.ndarray]], intensity: Intensity, axis: int
-                    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """The labelled slices of :func:`support_volumes` in [0, 1] (``intensity``) and their label maps as U-Net
-    indices: what the partner U-Net (and the U-Net baseline) trains on."""
-    images = [s for volume, labelled, _ in support for s in get_slices(intensity.apply(volume.array), axis)[labelled]]
-    return images, [s for _, _, true in support for s in true]
+def labelled_slices(support: Sequence[tuple[Volume, list[int], np.ndarray]], intensity: Intensity, axis: int,
+                    context: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None]:
+    """The labelled slices of :func:`support_volumes` in [0, 1] (``intensity``), their label maps as U-Net
+    indices and, with ``context``, their :func:`neighbours` (else None): what the partner U-Net (and the U-Net
+    baseline) trains on."""
+    images, features = [], [] if context else None
+    for volume, labelled, _ in support:
+        slices = get_slices(intensity.apply(volume.array), axis)
+        images += list(slices[labelled])
+        if context:
+            features += [neighbours(slices, context, slice(i, i + 1))[0] for i in labelled]
+    return images, [s for _, _, true in support for s in true], features
 
 
 def teacher_predictions(segmenter, partner: UNet, volumes: Iterable[tuple[Volume, list[int], np.ndarray | None]],
-                        cache: Any = None) -> Iterator[TeacherPrediction]:
-    """The decoder's and the partner U-Net's predictions on every slice of each (volume, labelled slice
-    indices, their label slices or None), one volume at a time; labelled by :func:`pseudo_labels`, for any
-    teacher weight."""
+                        cache: Any = None, context: int = 0) -> Iterator[TeacherPrediction]:
+    """The decoder's and the partner U-Net's predictions (the partner given ``context`` neighbouring slices) on
+    every slice of each (volume, labelled slice indices, their label slices or None), one volume at a time;
+    labelled by :func:`pseudo_labels`, for any teacher weight."""
     for volume, labelled, true in volumes:
         slices = get_slices(segmenter.intensity.apply(volume.array), segmenter.axis)
         logits, presence = segmenter.predict_volume(volume, cache=cache, progress=False)
-        yield TeacherPrediction(slices, labelled, true, logits, presence, unet_probabilities(partner, slices))
+        yield TeacherPrediction(slices, labelled, true, logits, presence,
+                                unet_probabilities(partner, slices, context))
 
 
-def pseudo_labels(predictions: Sequence[TeacherPrediction], weight: float, presence_threshold: float = 0.0
-                  ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def pseudo_labels(predictions: Sequence[TeacherPrediction], weight: float, presence_threshold: float = 0.0,
+                  margin: float = 0.0) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Every slice of the predicted volumes and its label map as U-Net indices: the true labels on labelled
     slices, elsewhere the teacher's (:func:`fuse` with decoder weight ``weight``; classes judged absent on a slice
-    by the decoder's presence head below ``presence_threshold`` are left out, as the decoder does)."""
+    by the decoder's presence head below ``presence_threshold`` are left out, as the decoder does). With
+    ``margin``, a pseudo-labelled pixel where a class present on its slice has a teacher probability within
+    ``margin`` of one half is :data:`IGNORE`."""
     images, labels = [], []
     for p in predictions:
-        pseudo = labels_from_logits(fuse(p.logits, p.partner, weight), p.presence,
-                                    tuple(range(1, p.partner.shape[1])), presence_threshold)
+        scores = fuse(p.logits, p.partner, weight)
+        pseudo = labels_from_logits(scores, p.presence, tuple(range(1, p.partner.shape[1])), presence_threshold)
+        if margin:
+            present = (np.asarray(p.presence) >= presence_threshold)[..., None, None]
+            pseudo[((np.abs(scores) < margin) & present).any(axis=1)] = IGNORE
         if p.labelled:
             pseudo[p.labelled] = p.true
         images += list(p.slices)
@@ -243,9 +302,18 @@ def pseudo_labels(predictions: Sequence[TeacherPrediction], weight: float, prese
     return images, labels
 
 
+def train_partner(segmenter, support: Sequence[tuple[Volume, list[int], np.ndarray]], config: StudentConfig,
+                  progress: bool = True) -> UNet:
+    """The partner U-Net: trained from scratch on the labelled slices of :func:`support_volumes` alone (the U-Net
+    baseline, with ``config``'s context), on ``segmenter``'s axis and intensities."""
+    images, labels, features = labelled_slices(support, segmenter.intensity, segmenter.axis, config.context)
+    return train_unet(images, labels, len(segmenter.classes) + 1, config.unet_config, seed=config.seed,
+                      progress=progress, features=features)[0]
+
+
 def train_student(segmenter, collection: Collection | str | os.PathLike,
                   unlabelled: Sequence[Volume | str | os.PathLike] = (), config: StudentConfig = StudentConfig(),
-                  cache: Any = None, progress: bool = True) -> StudentSegmenter:
+                  cache: Any = None, progress: bool = True, partner: UNet | None = None) -> StudentSegmenter:
     """Teach a U-Net with ``segmenter`` (a trained :class:`~fewsam_jax.fewshot.FewShotSegmenter`).
 
     Args:
@@ -255,6 +323,8 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
         exist, are never read.
       config: :class:`StudentConfig`.
       cache: the embedding cache the decoder reads (its volumes are embedded there once, as when segmenting).
+      partner: the partner U-Net, if already trained (:func:`train_partner` with this collection and config:
+        several students with one partner share it); default: trained here.
     Returns:
       the :class:`StudentSegmenter`; ``info`` holds the slice counts and each phase's seconds.
     """
@@ -269,27 +339,41 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
     missing = [str(v) for v in unlabelled if not isinstance(v, Volume) and not Path(v).exists()]
     if missing:
         raise FileNotFoundError(f"unlabelled: no such file or folder: {', '.join(missing)}")
-    outputs = len(segmenter.classes) + 1
+    if partner is not None and partner.config != config.unet_config:
+        raise ValueError("partner: trained with another U-Net config than this StudentConfig's unet_config "
+                         "(train_partner with the same config)")
     started = time.perf_counter()
     support = support_volumes(collection, segmenter.class_ids)
-    images, labels = labelled_slices(support, segmenter.intensity, segmenter.axis)
-    partner, _ = train_unet(images, labels, outputs, config.unet, seed=config.seed, progress=progress)
+    if partner is None:
+        partner = train_partner(segmenter, support, config, progress)
     partner_done = time.perf_counter()
-    # one volume at a time: its slices and pseudo-labels are kept, the teacher's logits and probabilities are not
-    volumes = itertools.chain(support, ((v if isinstance(v, Volume) else load_volume(v), [], None) for v in unlabelled))
-    all_images, all_labels = [], []
-    for prediction in tqdm(teacher_predictions(segmenter, partner, volumes, cache), desc="teacher", unit="volume",
-                           total=len(support) + len(unlabelled), disable=not progress):
-        more_images, more_labels = pseudo_labels([prediction], config.teacher_weight,
-                                                 segmenter.inference.presence_threshold)
-        all_images += more_images
-        all_labels += more_labels
-    taught = time.perf_counter()
-    student, losses = train_unet(all_images, all_labels, outputs, config.unet, seed=config.seed, progress=progress)
-    info = {"labelled_slices": len(images), "training_slices": len(all_images), "support_volumes": len(support),
-            "unlabelled_volumes": len(unlabelled), "partner_seconds": round(partner_done - started, 2),
-            "teacher_seconds": round(taught - partner_done, 2),
-            "student_seconds": round(time.perf_counter() - taught, 2),
+    outputs, teacher_seconds, student_seconds = len(segmenter.classes) + 1, 0.0, 0.0
+    for _ in range(config.rounds):
+        taught = time.perf_counter()
+        # one volume at a time: its slices and pseudo-labels are kept, the teacher's logits and probabilities not
+        volumes = itertools.chain(support, ((v if isinstance(v, Volume) else load_volume(v), [], None)
+                                            for v in unlabelled))
+        images, labels, features = [], [], [] if config.context else None
+        for prediction in tqdm(teacher_predictions(segmenter, partner, volumes, cache, config.context),
+                               desc="teacher", unit="volume", total=len(support) + len(unlabelled),
+                               disable=not progress):
+            more_images, more_labels = pseudo_labels([prediction], config.teacher_weight,
+                                                     segmenter.inference.presence_threshold, config.margin)
+            images += more_images
+            labels += more_labels
+            if config.context:
+                features += neighbours(prediction.slices, config.context)
+        teacher_seconds += time.perf_counter() - taught
+        taught = time.perf_counter()
+        partner, losses = train_unet(images, labels, outputs, config.unet_config, seed=config.seed,
+                                     progress=progress, features=features)
+        student_seconds += time.perf_counter() - taught
+    student = partner
+    info = {"labelled_slices": sum(len(s) for _, s, _ in support), "training_slices": len(images),
+            "support_volumes": len(support), "unlabelled_volumes": len(unlabelled), "rounds": config.rounds,
+            "ignored_fraction": float(np.mean([np.mean(lab == IGNORE) for lab in labels])),
+            "partner_seconds": round(partner_done - started, 2), "teacher_seconds": round(teacher_seconds, 2),
+            "student_seconds": round(student_seconds, 2),
             "loss_last": float(np.mean(losses[-10:])) if losses else None,
             "decoder_train_seconds": segmenter.info.get("train_seconds")}
     return StudentSegmenter(student, dict(segmenter.classes), segmenter.axis, segmenter.intensity, config, info)

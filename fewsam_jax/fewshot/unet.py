@@ -13,7 +13,7 @@ AdamW with linear warm-up and cosine decay, global-norm clipping. Each batch get
 affine (rotation, scale, translation) and intensity (contrast, brightness) jitter inside the jitted
 step; flips are off by default because they swap lateralised anatomy. Slices of different sizes
 are zero-padded at the bottom/right onto one canvas whose sides are multiples of ``pad_multiple``;
-padding (and anything the affine moves in from outside the slice) is excluded from the loss.
+padding (and anything the affine moves in from outside the slice), and pixels labelled -1, are excluded from the loss.
 Deterministic for a seed (batches from a NumPy generator, augmentation from ``jax.random``).
 """
 
@@ -264,7 +264,7 @@ def train_unet(
 
     Args:
       images: (H, W) float32 slices in [0, 1] (sizes may differ).
-      labels: (H, W) int label maps, values in [0, num_classes).
+      labels: (H, W) int label maps, values in [0, num_classes); -1 marks a pixel left out of the loss.
       num_classes: output classes, background (0) included: label ids 1 and 2 need 3.
       canvas: the smallest (H, W) to pad the slices onto (rounded up to ``pad_multiple``); default:
         the largest slice. Models trained on the same canvas see the same padding, and share one
@@ -282,15 +282,15 @@ def train_unet(
         label = np.asarray(label)
         if label.shape != image.shape or not np.issubdtype(label.dtype, np.integer):
             raise ValueError(f"labels[{i}]: expected an int array of shape {image.shape}, got {label.dtype} {label.shape}")
-        if label.min() < 0 or label.max() >= num_classes:
-            raise ValueError(f"labels[{i}]: values {label.min()}..{label.max()} outside [0, {num_classes}); "
-                             "num_classes counts the background (labels 1 and 2 need num_classes=3)")
+        if label.min() < -1 or label.max() >= num_classes:
+            raise ValueError(f"labels[{i}]: values {label.min()}..{label.max()} outside [0, {num_classes}) (or -1: "
+                             "left out); num_classes counts the background (labels 1 and 2 need num_classes=3)")
         label_maps.append(label.astype(np.int32))
     smallest = canvas or (0, 0)
     canvas = tuple(_round_up(max(smallest[d], *(im.shape[d] for im in images)), cfg.pad_multiple) for d in (0, 1))
     stack_images = jnp.asarray(np.stack([_pad(im, canvas) for im in images]))
-    stack_labels = jnp.asarray(np.stack([_pad(lab, canvas) for lab in label_maps]))
-    stack_valid = jnp.asarray(np.stack([_pad(np.ones(im.shape, np.float32), canvas) for im in images]))
+    stack_labels = jnp.asarray(np.stack([_pad(np.maximum(lab, 0), canvas) for lab in label_maps]))
+    stack_valid = jnp.asarray(np.stack([_pad((lab >= 0).astype(np.float32), canvas) for lab in label_maps]))
     stack_features = _stack_features(features, images, cfg, canvas)
 
     model = UNet(cfg, num_classes, rngs=nnx.Rngs(seed))

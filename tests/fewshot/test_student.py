@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -15,12 +16,16 @@ from fewsam_jax import metrics
 from fewsam_jax.fewshot import InferenceConfig
 from fewsam_jax.fewshot.infer import labels_from_logits
 from fewsam_jax.fewshot.student import (
+    IGNORE,
     StudentConfig,
     StudentFileError,
     StudentSegmenter,
     TeacherPrediction,
     fuse,
+    neighbours,
     pseudo_labels,
+    support_volumes,
+    train_partner,
     train_student,
 )
 from fewsam_jax.fewshot.unet import UNetConfig
@@ -133,6 +138,35 @@ def test_pseudo_labels_keep_the_true_labels_and_take_the_teachers_elsewhere():
     assert pseudo_labels([gated], 1.0, presence_threshold=0.5)[1][0].tolist() == [[0, 0], [0, 0]]
 
 
+def test_a_margin_leaves_the_pixels_the_teacher_is_unsure_of_out():
+    """Pixels where a present class's averaged probability lies within the margin of one half are IGNORE; the
+    labelled slice keeps its labels whole, and a class gated absent on a slice does not count there."""
+    logits = np.full((2, 2, 1, 3), -6.0, np.float32)  # (N, K, H, W): the decoder is sure of background ...
+    logits[:, 0, 0, 1] = 6.0  # ... and of class 1 at pixel 1
+    partner = np.zeros((2, 3, 1, 3), np.float32)
+    partner[:, 0] = 1.0
+    partner[:, :2, 0, 1] = 0.1, 0.9  # and agrees at pixel 1
+    partner[:, 1, 0, 2] = 0.7  # the U-Net says class 1 at pixel 2: averaged 0.5 * 0.0025 + 0.5 * 0.7 = 0.35
+    partner[:, 0, 0, 2] = 0.3
+    true = np.array([[[2, 2, 2]]], np.int32)
+    prediction = TeacherPrediction(np.zeros((2, 1, 3)), [0], true, logits, np.ones((2, 2)), partner)
+    assert pseudo_labels([prediction], 0.5)[1][1].tolist() == [[0, 1, 0]]
+    assert pseudo_labels([prediction], 0.5, margin=0.1)[1][1].tolist() == [[0, 1, 0]]  # 0.35: 0.15 from one half
+    labels = pseudo_labels([prediction], 0.5, margin=0.2)[1]
+    assert labels[1].tolist() == [[0, 1, IGNORE]] and labels[0].tolist() == true[0].tolist()
+    gated = prediction._replace(presence=np.array([[0.1, 1.0]] * 2, np.float32))
+    assert pseudo_labels([gated], 0.5, presence_threshold=0.5, margin=0.2)[1][1].tolist() == [[0, 0, 0]]
+
+
+def test_neighbours_are_the_slices_around_each_slice_with_the_ends_repeated():
+    slices = np.arange(4, dtype=np.float32)[:, None, None] * np.ones((4, 2, 3), np.float32)  # slice i is all i
+    assert neighbours(slices, 0) is None
+    around = neighbours(slices, 2)
+    assert len(around) == 4 and around[0].shape == (2, 3, 4)
+    assert [a[0, 0].tolist() for a in around] == [[0, 0, 1, 2], [0, 0, 2, 3], [0, 1, 3, 3], [1, 2, 3, 3]]
+    assert [a[0, 0].tolist() for a in neighbours(slices, 1, slice(2, 4))] == [[1, 3], [2, 3]]
+
+
 @pytest.mark.slow  # trains two tiny U-Nets
 def test_student_learns_from_the_teacher_and_segments_with_the_class_ids(taught, cohort, tmp_path):
     folder, truth = cohort
@@ -176,6 +210,26 @@ def test_student_learns_from_the_teacher_and_segments_with_the_class_ids(taught,
         StudentSegmenter.load(saved)
 
 
+@pytest.mark.slow  # trains three tiny U-Nets
+def test_a_2_5d_student_taught_in_two_rounds_with_a_margin(cohort, tmp_path):
+    """context, rounds and margin together: the teacher labels every support volume once per round, the student
+    segments a held-out volume from each slice and its neighbours, and reloads to the same labels."""
+    folder, truth = cohort
+    oracle = Oracle(truth)
+    config = CONFIG.replace(context=1, rounds=2, margin=0.2)
+    student = train_student(oracle, folder / "manifest.json", config=config, progress=False)
+    assert len(oracle.seen) == 2 * 3 and student.info["rounds"] == 2
+    assert student.unet.config.feature_channels == 2 and student.info["training_slices"] == 3 * 6
+    held_out = load_volume(folder / "case4.nii.gz")
+    labels = student.segment(held_out, chunk=4, progress=False)  # the neighbours of a chunk's end slices too
+    assert np.array_equal(student.labels_from(student.predict_volume(held_out)), labels)
+    reference = truth[key(held_out.array)]
+    for class_id in CLASSES:
+        assert metrics.dice(labels == class_id, reference == class_id) > 0.8, class_id
+    loaded = StudentSegmenter.load(student.save(tmp_path / "student"))
+    assert loaded.config == config and np.array_equal(loaded.segment(held_out, progress=False), labels)
+
+
 @pytest.mark.slow  # trains tiny U-Nets (a few steps)
 def test_teaching_is_deterministic_per_seed(cohort):
     folder, truth = cohort
@@ -185,6 +239,13 @@ def test_teaching_is_deterministic_per_seed(cohort):
     volume = load_volume(folder / "case4.nii.gz")
     assert np.array_equal(first.predict_volume(volume), second.predict_volume(volume))
     assert not np.array_equal(first.predict_volume(volume), other.predict_volume(volume))
+    # a partner trained apart (the harness shares one between students) teaches the same student
+    from fewsam_jax.fewshot import load_collection
+
+    support = support_volumes(load_collection(folder / "manifest.json"), Oracle.class_ids)
+    shared = train_student(Oracle(truth), folder / "manifest.json", config=config, progress=False,
+                           partner=train_partner(Oracle(truth), support, config, progress=False))
+    assert np.array_equal(first.predict_volume(volume), shared.predict_volume(volume))
 
 
 def test_fewsam_teach_defaults_are_the_configs():
@@ -207,6 +268,15 @@ def test_bad_input_is_named_before_any_training(cohort, monkeypatch, tmp_path):
         train_student(other, folder / "manifest.json")
     with pytest.raises(ValueError, match="teacher_weight"):
         StudentConfig(teacher_weight=1.5)
+    for field, value in (("rounds", 0), ("margin", 0.5), ("context", -1), ("context", 1.5)):
+        with pytest.raises(ValueError, match=field):
+            StudentConfig(**{field: value})
+    with pytest.raises(ValueError, match="feature_channels"):
+        StudentConfig(unet=UNetConfig(feature_channels=2))
+    flat = Oracle(truth)
+    partner = SimpleNamespace(config=CONFIG.unet_config)  # trained without neighbours
+    with pytest.raises(ValueError, match="partner: trained with another U-Net config"):
+        train_student(flat, folder / "manifest.json", config=CONFIG.replace(context=1), partner=partner)
     with pytest.raises(TypeError, match="StudentConfig"):
         train_student(Oracle(truth), folder / "manifest.json", config={"teacher_weight": 0.5})
     (tmp_path / "empty").mkdir()

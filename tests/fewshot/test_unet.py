@@ -57,6 +57,20 @@ def test_training_is_deterministic_per_seed():
     assert all(np.array_equal(a, b) for a, b in zip(predict_unet(first[0], images), predict_unet(again[0], images)))
 
 
+def test_pixels_labelled_minus_one_are_left_out_of_the_loss():
+    """-1 (a pseudo-label the teacher is unsure of) counts nowhere: slices left out whole have no loss at all."""
+    images, labels = shapes(2, [(16, 16)])
+    cfg = UNetConfig.tiny(steps=2, batch_size=2, features=(4, 8))
+    ignored = [np.full((16, 16), -1), np.full((16, 16), -1)]
+    assert train_unet(images, ignored, 3, cfg, progress=False)[1] == [0.0, 0.0]
+    half = [np.where(np.arange(16)[None] < 8, label, -1) for label in labels]
+    assert train_unet(images, half, 3, cfg, progress=False)[1] != [0.0, 0.0]
+    bad = labels[0].copy()
+    bad[0, 0] = -2
+    with pytest.raises(ValueError, match=r"labels\[0\]: values -2..2 outside \[0, 3\) \(or -1"):
+        train_unet(images, [bad, labels[1]], 3, progress=False)
+
+
 def test_canvas_sets_the_smallest_padding():
     images, labels = shapes(2, [(16, 16)])
     cfg = UNetConfig.tiny(steps=1, batch_size=2, features=(4, 8))  # small: one compile for the canvas
