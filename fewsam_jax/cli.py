@@ -82,10 +82,14 @@ def _teach(args: argparse.Namespace) -> None:
         unet = UNetConfig(**({} if args.steps is None else {"steps": args.steps}))
     except ValueError as err:
         raise ValueError(f"--steps: {err}") from None
-    try:
-        config = StudentConfig(teacher_weight=args.teacher_weight, seed=args.seed, unet=unet)
-    except ValueError as err:
-        raise ValueError(f"--teacher-weight: {err}") from None
+    fields = {"teacher_weight": args.teacher_weight, "rounds": args.rounds, "margin": args.margin,
+              "context": args.context}
+    for field, value in fields.items():  # each flag checked alone, so the error names it
+        try:
+            StudentConfig(**{field: value})
+        except ValueError as err:
+            raise ValueError(f"--{field.replace('_', '-')}: {err}") from None
+    config = StudentConfig(**fields, seed=args.seed, unet=unet)
     unlabelled = [case.image for case in cohort.find_cases(args.unlabelled, channel=args.channel)] \
         if args.unlabelled else []
     collection = _collection(args, "student", [args.decoder, *unlabelled])
@@ -335,6 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
     teach.add_argument("--teacher-weight", type=float, default=0.5,  # StudentConfig's (tested)
                        help="the decoder's share of the teacher's probabilities, 0-1 (default %(default)s; 0: the U-Net "
                             "on the labelled slices alone)")
+    teach.add_argument("--rounds", type=int, default=1,  # StudentConfig's (tested), as the two below
+                       help="teaching rounds; from the second on the last student replaces the U-Net in the teacher "
+                            "(default %(default)s)")
+    teach.add_argument("--margin", type=float, default=0.0,
+                       help="leave out of the student's loss the pixels whose teacher probability is within this of "
+                            "one half (0-0.5; default %(default)s: none)")
+    teach.add_argument("--context", type=int, default=0,
+                       help="neighbouring slices on each side given to the U-Nets beside each slice (2.5D; default "
+                            "%(default)s: the slice alone)")
     teach.add_argument("--steps", type=int, help="training steps of each U-Net (default: UNetConfig.steps)")
     teach.add_argument("--seed", type=int, default=0, help="random seed of both U-Nets (default 0)")
     teach.add_argument("--model", help="base model folder written by `fewsam convert` (default: the one in "

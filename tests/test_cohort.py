@@ -284,16 +284,20 @@ def test_segment_a_folder_resumes_and_evaluates(dataset, decoder, home, tmp_path
 
 @pytest.mark.slow  # trains two small U-Nets (a few steps)
 def test_teach_a_student_then_segment_with_it(dataset, decoder, home, tmp_path, capsys, monkeypatch):
-    """`fewsam teach` (the same labelled slices as the decoder's, the test images unlabelled) writes a student
+    """`fewsam teach` (the same labelled slices as the decoder's, the test images unlabelled; 2.5D) writes a student
     folder; `fewsam segment --decoder STUDENT` segments with it, on the source grid."""
     monkeypatch.setenv("FEWSAM_HOME", str(home))
     student = tmp_path / "student"
     teach = ["teach", "--nnunet", dataset, "--slices-per-case", "2", "--cases", "2", "-d", decoder,
-             "-i", dataset / "imagesTs", "-o", student, "--steps", "5", "--cache", home / "embeddings", "-q"]
+             "-i", dataset / "imagesTs", "-o", student, "--steps", "5", "--context", "1", "--cache", home / "embeddings",
+             "-q"]
+    assert cli.main([str(a) for a in [*teach, "--margin", "0.5"]]) == 2
+    assert "--margin: margin: expected a number in [0, 0.5)" in capsys.readouterr().err and not student.exists()
     assert cli.main([str(a) for a in teach]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["labelled_slices"] == 4 and info["support_volumes"] == 2 and info["unlabelled_volumes"] == 3
     assert info["training_slices"] == 5 * SHAPE[2]  # every slice of the 2 support and 3 unlabelled volumes
+    assert json.loads((student / "student.json").read_text())["config"]["context"] == 1
     assert cli.main([str(a) for a in teach]) == 2 and "--overwrite" in capsys.readouterr().err
     out = tmp_path / "pred"
     assert cli.main(["segment", "-i", str(dataset / "imagesTs"), "-o", str(out), "--decoder", str(student), "-q"]) == 0

@@ -249,11 +249,13 @@ def test_teaching_is_deterministic_per_seed(cohort):
 
 
 def test_fewsam_teach_defaults_are_the_configs():
-    """`fewsam teach` spells StudentConfig's teacher weight out (the parser imports no jax): the two stay equal."""
+    """`fewsam teach` spells StudentConfig's defaults out (the parser imports no jax): the two stay equal."""
     from fewsam_jax.cli import build_parser
 
     args = build_parser().parse_args(["teach", "manifest.json", "-d", "decoder", "-o", "student"])
-    assert args.teacher_weight == StudentConfig().teacher_weight and args.seed == StudentConfig().seed
+    defaults = StudentConfig()
+    assert (args.teacher_weight, args.seed, args.rounds, args.margin, args.context) == (
+        defaults.teacher_weight, defaults.seed, defaults.rounds, defaults.margin, defaults.context)
     assert args.steps is None
 
 
