@@ -91,7 +91,7 @@ def manifest(data: Path, train: list[str], shots: int, folder: Path) -> Path:
     return path
 
 
-def parse_variant(spec: str) -> tuple[str, dict]:
+def parse_variant(spec: str, flag: str = "--variant") -> tuple[str, dict]:
     """``NAME`` or ``NAME:key=value,key=value`` -> (name, overrides of the few-shot configs, routed by
     :func:`~fewsam_jax.fewshot.config.configs_from_overrides`); values are JSON (numbers, true/false),
     ``None``/empty, or else taken as strings (``image_frame=embedding``); an item without ``=`` exits with
@@ -101,7 +101,7 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     for item in filter(None, body.split(",")):
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--variant {spec!r}: expected key=value, got {item!r}")
+            raise SystemExit(f"{flag} {spec!r}: expected key=value, got {item!r}")
         try:
             overrides[key] = json.loads(value) if value not in ("", "None") else None
         except json.JSONDecodeError:
@@ -211,7 +211,8 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                         load_before = os.getloadavg()[0]
                         kept = decoder_folder(args.decoders, path, config, training, inference) \
                             if args.decoders and not args.curve else None
-                        if kept is not None and kept.exists():
+                        reused = kept is not None and kept.exists()
+                        if reused:
                             segmenter = FewShotSegmenter.load(kept, model=sam)
                         else:
                             segmenter = FewShotSegmenter.train(path, sam=sam, config=config, training=training,
@@ -268,6 +269,7 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                                    "labelled_slices": segmenter.info["labelled_slices"],
                                    "train_seconds": segmenter.info["train_seconds"] - curve_seconds[0],
                                    "thresholds": segmenter.info["thresholds"], "curve": [] if derived else curve,
+                                   **({"decoder_reused": True} if reused else {}),
                                    "load_average": [load_before, os.getloadavg()[0]], "volumes": len(volumes),
                                    "postprocess": post, **summarise(per_labeling[offset, cut, post], seconds,
                                                                     total_slices)}
@@ -401,16 +403,35 @@ def decoder_folder(root: Path, path: Path, config, training, inference) -> Path:
     named by the SHA-256 of the manifest's text and the configs (training is deterministic per seed, so a decoder
     trained once serves every later run that asks for the same)."""
     key = json.dumps({"manifest": path.read_text(), "decoder": dataclasses.asdict(config),
-                      "training": dataclasses.asdict(training), "inference": dataclasses.asdict(inference)},
-                     sort_keys=True, default=str)
+                      "training": dataclasses.asdict(training), "inference": dataclasses.asdict(inference),
+                      "code": library_version()}, sort_keys=True, default=str)
     return root / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def library_version() -> str:
+    """The library's code as git sees it: the tree of ``fewsam_jax/`` at HEAD and any uncommitted change to it (a
+    decoder kept by ``--decoders`` is reused only by the same code); the package version outside a checkout."""
+    import subprocess
+
+    try:
+        tree = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD:fewsam_jax"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        diff = subprocess.run(["git", "-C", str(ROOT), "diff", "HEAD", "--", "fewsam_jax"], capture_output=True,
+                              check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        from importlib.metadata import version
+
+        return version("fewsam_jax")
+    return f"{tree}+{hashlib.sha256(diff).hexdigest()[:12]}" if diff else tree
 
 
 def parse_student(spec: str):
     """``NAME:key=value,...`` -> (name, StudentConfig fields); exits naming the spec on a bad one."""
     from fewsam_jax.fewshot import StudentConfig
 
-    name, fields = parse_variant(spec)
+    name, fields = parse_variant(spec, "--student")
+    if "seed" in fields:
+        raise SystemExit(f"--student {spec}: seed is the run's (--seeds)")
     try:
         StudentConfig(**fields)
     except (TypeError, ValueError) as err:
@@ -635,8 +656,9 @@ def main() -> None:
     if args.unlabelled and not (taught and 0 < args.unlabelled <= pool):
         raise SystemExit(f"--unlabelled: expected a count in [1, {pool}] (the unlabelled cohort volumes) with "
                          f"--pseudo or --student, got {args.unlabelled}" + ("" if taught else " without either"))
-    for spec in args.student:
-        parse_student(spec)
+    names = [parse_student(spec)[0] for spec in args.student]
+    if len(set(names)) < len(names):
+        raise SystemExit(f"--student: each needs its own NAME (rows are named by it), got {names}")
     import jax
 
     out = ROOT / "bench" / "results" / f"fewshot_{args.phase}.json"

@@ -138,9 +138,9 @@ def test_students_are_the_librarys_and_a_kept_decoder_is_reused(tiny_sam, tmp_pa
 
     def train(images, labels, outputs, config, features=None, **k):
         trained.append((labels, features))
-        return SimpleNamespace(config=config), [0.0]
+        return SimpleNamespace(config=config, num_classes=outputs), [0.0]
 
-    baseline = SimpleNamespace(config=UNetConfig())  # the U-Net baseline's model: the first partner of "two"
+    baseline = SimpleNamespace(config=UNetConfig(), num_classes=3)  # the baseline U-Net: "two"s first partner
     monkeypatch.setattr("bench.baselines.train_unet", lambda *a, **k: (baseline, None))
     monkeypatch.setattr("fewsam_jax.fewshot.student.train_unet", train)
 
@@ -176,6 +176,23 @@ def test_students_are_the_librarys_and_a_kept_decoder_is_reused(tiny_sam, tmp_pa
     again = fewshot.run(argparse.Namespace(**{**vars(args), "student": ["two:rounds=2,margin=0.1"]}), lambda r: None)
     assert [r["variant"] for r in again] == ["unet", "v", "v>two"]
     assert again[1]["dice"] == rows[1]["dice"] and again[1]["thresholds"] == rows[1]["thresholds"]
+    assert again[1]["decoder_reused"] and "decoder_reused" not in rows[1]
+
+
+def test_a_kept_decoder_is_found_only_by_the_same_manifest_configs_and_code(tmp_path, monkeypatch):
+    from fewsam_jax.fewshot import DecoderConfig, InferenceConfig, TrainConfig
+
+    manifest = tmp_path / "m.json"
+    manifest.write_text('{"support": []}')
+    configs = DecoderConfig(), TrainConfig(seed=0), InferenceConfig()
+    first = fewshot.decoder_folder(tmp_path, manifest, *configs)
+    assert fewshot.decoder_folder(tmp_path, manifest, *configs) == first
+    assert fewshot.decoder_folder(tmp_path, manifest, configs[0], TrainConfig(seed=1), configs[2]) != first
+    manifest.write_text('{"support": [1]}')
+    assert fewshot.decoder_folder(tmp_path, manifest, *configs) != first
+    manifest.write_text('{"support": []}')
+    monkeypatch.setattr(fewshot, "library_version", lambda: "other code")
+    assert fewshot.decoder_folder(tmp_path, manifest, *configs) != first
 
 
 def test_offsets_are_checked_before_the_model_loads(monkeypatch, tmp_path):

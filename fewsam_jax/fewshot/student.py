@@ -59,7 +59,8 @@ class StudentConfig:
     margin: a pseudo-labelled pixel where some class's teacher probability lies within ``margin`` of one half
       is left out of the student's loss (0: every pixel counts; labelled slices always count whole).
     context: neighbouring slices on each side given to both U-Nets beside the slice itself (2.5D input,
-      edge slices repeated at the volume's ends); 0: the slice alone.
+      edge slices repeated at the volume's ends; they go in as the U-Net's extra features, so its training jitter
+      moves them with the slice but leaves their contrast alone); 0: the slice alone.
     """
 
     teacher_weight: float = 0.5
@@ -77,11 +78,14 @@ class StudentConfig:
         if self.unet.feature_channels:
             raise ValueError(f"unet.feature_channels: expected 0 (the student sets them from context), "
                              f"got {self.unet.feature_channels}")
-        if not (isinstance(self.rounds, int) and self.rounds >= 1):
+        if not (isinstance(self.rounds, int) and not isinstance(self.rounds, bool) and self.rounds >= 1):
             raise ValueError(f"rounds: expected a positive integer, got {self.rounds!r}")
+        if self.rounds > 1 and self.teacher_weight == 1:
+            raise ValueError("rounds: more than one round teaches nothing new with teacher_weight 1 (the partner, "
+                             "which later rounds replace, has no share)")
         if not (isinstance(self.margin, (int, float)) and 0 <= self.margin < 0.5):
             raise ValueError(f"margin: expected a number in [0, 0.5), got {self.margin!r}")
-        if not (isinstance(self.context, int) and self.context >= 0):
+        if not (isinstance(self.context, int) and not isinstance(self.context, bool) and self.context >= 0):
             raise ValueError(f"context: expected a non-negative integer, got {self.context!r}")
 
     def replace(self, **changes) -> StudentConfig:
@@ -339,9 +343,10 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
     missing = [str(v) for v in unlabelled if not isinstance(v, Volume) and not Path(v).exists()]
     if missing:
         raise FileNotFoundError(f"unlabelled: no such file or folder: {', '.join(missing)}")
-    if partner is not None and partner.config != config.unet_config:
-        raise ValueError("partner: trained with another U-Net config than this StudentConfig's unet_config "
-                         "(train_partner with the same config)")
+    if partner is not None and (partner.config != config.unet_config
+                                or partner.num_classes != len(segmenter.classes) + 1):
+        raise ValueError("partner: trained with another U-Net config or class count than this StudentConfig's "
+                         "unet_config and the decoder's classes (train_partner with the same config and decoder)")
     started = time.perf_counter()
     support = support_volumes(collection, segmenter.class_ids)
     if partner is None:

@@ -270,13 +270,15 @@ def test_bad_input_is_named_before_any_training(cohort, monkeypatch, tmp_path):
         train_student(other, folder / "manifest.json")
     with pytest.raises(ValueError, match="teacher_weight"):
         StudentConfig(teacher_weight=1.5)
-    for field, value in (("rounds", 0), ("margin", 0.5), ("context", -1), ("context", 1.5)):
+    for field, value in (("rounds", 0), ("rounds", True), ("margin", 0.5), ("context", -1), ("context", 1.5)):
         with pytest.raises(ValueError, match=field):
             StudentConfig(**{field: value})
+    with pytest.raises(ValueError, match="rounds: more than one round teaches nothing new"):
+        StudentConfig(rounds=2, teacher_weight=1.0)
     with pytest.raises(ValueError, match="feature_channels"):
         StudentConfig(unet=UNetConfig(feature_channels=2))
     flat = Oracle(truth)
-    partner = SimpleNamespace(config=CONFIG.unet_config)  # trained without neighbours
+    partner = SimpleNamespace(config=CONFIG.unet_config, num_classes=3)  # trained without neighbours
     with pytest.raises(ValueError, match="partner: trained with another U-Net config"):
         train_student(flat, folder / "manifest.json", config=CONFIG.replace(context=1), partner=partner)
     with pytest.raises(TypeError, match="StudentConfig"):
