@@ -377,12 +377,13 @@ def unet_rows(path: Path, draw: str, seed: int, shots: int, volumes: list, total
     return [{**row, **info} for row in rows], probabilities, model
 
 
-def unet_probabilities(model, volume, intensity) -> np.ndarray:
-    """The U-Net's class probabilities (N, C, H, W) on every axial slice of ``volume``."""
+def unet_probabilities(model, volume, intensity, context: int = 0) -> np.ndarray:
+    """The U-Net's class probabilities (N, C, H, W) on every axial slice of ``volume`` (with ``context``, each slice's
+    neighbouring slices as its extra input: a 2.5D U-Net)."""
     from fewsam_jax.fewshot import student
     from fewsam_jax.io import get_slices
 
-    return student.unet_probabilities(model, get_slices(intensity.apply(volume.array), 2))
+    return student.unet_probabilities(model, get_slices(intensity.apply(volume.array), 2), context)
 
 
 def teacher(segmenter, unet_model, path: Path, cache, unlabelled: list[Path] = ()) -> list:
@@ -463,7 +464,8 @@ def student_rows(args, spec: str, variant: str, overrides: dict, segmenter, path
         partner_seconds = time.perf_counter() - started
         partners[key] = partner, partner_seconds
         started = time.perf_counter()
-        probabilities = [segment_probabilities(partner, segmenter, volume, config.context) for volume, _ in volumes]
+        probabilities = [unet_probabilities(partner, volume, segmenter.intensity, config.context)
+                         for volume, _ in volumes]
         for row in score_unet(probabilities, volumes, args.postprocess, f"unet-c{config.context}",
                               time.perf_counter() - started, total_slices):
             row.update(draw=draw, seed=seed, positive_slices=shots, labelled_slices=segmenter.info["labelled_slices"],
@@ -490,15 +492,6 @@ def student_rows(args, spec: str, variant: str, overrides: dict, segmenter, path
         rows.append(row)
         save(rows)
         print(json.dumps(row), flush=True)
-
-
-def segment_probabilities(unet, segmenter, volume, context: int) -> np.ndarray:
-    """A (2.5D) U-Net's class probabilities (N, C, H, W) on every slice of ``volume`` along the decoder's axis."""
-    from fewsam_jax.fewshot import student
-    from fewsam_jax.io import get_slices
-
-    return student.unet_probabilities(unet, get_slices(segmenter.intensity.apply(volume.array), segmenter.axis),
-                                      context)
 
 
 def pseudo_name(variant: str, weight: float, unlabelled: int = 0) -> str:

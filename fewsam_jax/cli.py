@@ -89,7 +89,10 @@ def _teach(args: argparse.Namespace) -> None:
             StudentConfig(**{field: value})
         except ValueError as err:
             raise ValueError(f"--{field.replace('_', '-')}: {err}") from None
-    config = StudentConfig(**fields, seed=args.seed, unet=unet)
+    try:  # the one check between flags
+        config = StudentConfig(**fields, seed=args.seed, unet=unet)
+    except ValueError as err:
+        raise ValueError(f"--rounds with --teacher-weight {args.teacher_weight:g}: {err}") from None
     unlabelled = [case.image for case in cohort.find_cases(args.unlabelled, channel=args.channel)] \
         if args.unlabelled else []
     collection = _collection(args, "student", [args.decoder, *unlabelled])

@@ -293,6 +293,8 @@ def test_teach_a_student_then_segment_with_it(dataset, decoder, home, tmp_path, 
              "-q"]
     assert cli.main([str(a) for a in [*teach, "--margin", "0.5"]]) == 2
     assert "--margin: margin: expected a number in [0, 0.5)" in capsys.readouterr().err and not student.exists()
+    assert cli.main([str(a) for a in [*teach, "--rounds", "2", "--teacher-weight", "1"]]) == 2
+    assert "--rounds with --teacher-weight 1: rounds: more than one round" in capsys.readouterr().err
     assert cli.main([str(a) for a in teach]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["labelled_slices"] == 4 and info["support_volumes"] == 2 and info["unlabelled_volumes"] == 3
