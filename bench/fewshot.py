@@ -649,6 +649,8 @@ def main() -> None:
     if args.unlabelled and not (taught and 0 < args.unlabelled <= pool):
         raise SystemExit(f"--unlabelled: expected a count in [1, {pool}] (the unlabelled cohort volumes) with "
                          f"--pseudo or --student, got {args.unlabelled}" + ("" if taught else " without either"))
+    if args.decoders is not None and args.decoders.exists() and not args.decoders.is_dir():
+        raise SystemExit(f"--decoders: {args.decoders} is not a folder")
     names = [parse_student(spec)[0] for spec in args.student]
     if len(set(names)) < len(names):
         raise SystemExit(f"--student: each needs its own NAME (rows are named by it), got {names}")

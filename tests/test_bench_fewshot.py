@@ -197,6 +197,16 @@ def test_a_kept_decoder_is_found_only_by_the_same_manifest_configs_and_code(tmp_
 
 def test_offsets_are_checked_before_the_model_loads(monkeypatch, tmp_path):
     monkeypatch.setattr("fewsam_jax.weights.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "decoders").write_text("a file")
+    monkeypatch.setattr("sys.argv", ["bench.fewshot", "--decoders", str(tmp_path / "decoders"),
+                                     "--data", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--decoders: .* is not a folder"):
+        fewshot.main()
+    monkeypatch.setattr("sys.argv", ["bench.fewshot", "--student", "a:rounds=0", "--data", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--student a:rounds=0: rounds: expected a positive integer"):
+        fewshot.main()
+    assert (tmp_path / "decoders").read_text() == "a file"
     monkeypatch.setattr("sys.argv", ["bench.fewshot", "--offsets=-0.5,20", "--data", str(tmp_path)])
     with pytest.raises(SystemExit, match=r"--offsets: threshold_offset: expected a number of logits in \[-10, 10\]"):
         fewshot.main()
