@@ -21,7 +21,8 @@ the unlabelled ones labelled by that average (W 0: by the U-Net itself, the self
 ``--student NAME:fields`` teaches one with the library's ``train_student`` and those ``StudentConfig`` fields (rows
 ``VARIANT>NAME``; a 2.5D partner is scored too, rows ``unet-cK``). ``--curve N`` adds a learning curve: validation
 Dice (threshold 0) every N steps. Embeddings go through the package's cache, and with ``--decoders DIR`` trained
-decoders are kept and reused (training is deterministic per seed), so a rerun only trains what is new and segments.
+decoders are kept and reused (training is deterministic per seed), so a rerun only trains what is new and segments;
+``--no-decoder-rows`` leaves the decoder's own scoring out (a decoder that only teaches: the test split's students).
 
 Rows accumulate in ``bench/results/fewshot_<phase>.json`` (a rerun of the same variant, draw, seed and shot
 count replaces its row); the "Few-shot hippocampus" sections of ``bench/RESULTS.md`` are rewritten from it.
@@ -174,8 +175,9 @@ def run(args: argparse.Namespace, save) -> list[dict]:
     # a variant that adapts the encoder's last stage needs its inputs: computed in the same encoder pass
     staged = any(configs_from_overrides(overrides)[0].for_model(sam.config).encoder_lora_rank
                  for _, overrides in map(parse_variant, args.variant))
-    entries = [] if args.unet_only else [embed_volume(v, sam, axis=2, intensity=intensity, cache=args.cache,
-                                                      stage_inputs=staged, progress=False) for v, _ in volumes]
+    scores_decoder = not (args.unet_only or args.no_decoder_rows)
+    entries = [embed_volume(v, sam, axis=2, intensity=intensity, cache=args.cache, stage_inputs=staged,
+                            progress=False) for v, _ in volumes] if scores_decoder else []
     curve_volumes = volumes[: args.curve_volumes]
     rows, unet = [], {}  # unet: (draw, seed, shots) -> each scored volume's U-Net probabilities
     partners = {}  # (draw, seed, shots, context) -> a 2.5D partner U-Net shared by --student's students
@@ -236,8 +238,10 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                         # --ensemble: the default labelling of the decoder averaged with the U-Net's probabilities
                         fusions = [(w, post) for w in args.ensemble
                                    for post in ((False, True) if args.postprocess else (False,))]
+                        if args.no_decoder_rows:  # trained or loaded only to teach
+                            labelings, fusions = [], []
                         started, per_labeling = time.perf_counter(), {lab: [] for lab in labelings + fusions}
-                        for index, (volume, truth) in enumerate(volumes):
+                        for index, (volume, truth) in enumerate(volumes if labelings or fusions else []):
                             logits, presence = segmenter.predict_volume(volume, cache=args.cache, progress=False)
                             for offset, cut, post in labelings:
                                 pred = labellers[cut].labels_from(logits - (offset - inference.threshold_offset),
@@ -599,6 +603,9 @@ def main() -> None:
     parser.add_argument("--decoders", type=Path,
                         help="keep each trained decoder in this folder and reuse one trained on the same manifest "
                         "with the same configs (training is deterministic per seed; not with --curve)")
+    parser.add_argument("--no-decoder-rows", action="store_true",
+                        help="do not score the decoder itself: it is trained (or loaded from --decoders) only to "
+                        "teach --student / --pseudo (its own rows cost about a second a slice on a CPU)")
     parser.add_argument("--ensemble-control", action="store_true",
                         help="also train a second U-Net (seed + 1000) and score the two averaged (row unet-x2): "
                         "what averaging gains without SAM")
@@ -651,6 +658,13 @@ def main() -> None:
                          f"--pseudo or --student, got {args.unlabelled}" + ("" if taught else " without either"))
     if args.decoders is not None and args.decoders.exists() and not args.decoders.is_dir():
         raise SystemExit(f"--decoders: {args.decoders} is not a folder")
+    if args.no_decoder_rows:
+        clash = [flag for flag, value in (("--ensemble", args.ensemble), ("--offsets", args.offsets),
+                                          ("--presence", args.presence), ("--curve", args.curve),
+                                          ("--unet-only", args.unet_only)) if value]
+        if clash or not taught:
+            raise SystemExit("--no-decoder-rows: expected with --student or --pseudo (a decoder that only teaches)"
+                             + (f" and without {', '.join(clash)}, which score the decoder" if clash else ""))
     names = [parse_student(spec)[0] for spec in args.student]
     if len(set(names)) < len(names):
         raise SystemExit(f"--student: each needs its own NAME (rows are named by it), got {names}")

@@ -46,7 +46,7 @@ def test_offsets_postprocessing_and_ensembles_label_from_the_same_training(tiny_
         variant=["v:steps=2,image_features=0"], variant_names=["v"], draws=["A"], seeds=[0], shots=[2],
         offsets=[-1.0, -0.5], presence=[0.0, 0.5], unet=True, unet_only=False, curve=0, curve_volumes=1,
         postprocess=True, ensemble=[0.0, 1.0], ensemble_control=True, pseudo=[0.0], unlabelled=1,
-        student=[], decoders=None)
+        student=[], decoders=None, no_decoder_rows=False)
     saved = []
     rows = fewshot.run(args, saved.append)
     unets, rows, fused, pseudo = rows[:6], rows[6:14], rows[14:18], rows[18:]
@@ -111,7 +111,7 @@ def test_a_variant_adapting_the_encoder_gets_the_stage_inputs_in_the_same_encode
         data=shared_data("hippocampus").resolve(), phase="validation", volumes=1, cache=tmp_path / "cache",
         variant=["lora:steps=2,image_features=0,encoder_lora_rank=1"], variant_names=["lora"], draws=["A"], seeds=[0],
         shots=[2], offsets=[], presence=[], unet=False, unet_only=False, curve=0, curve_volumes=1, postprocess=False,
-        ensemble=[], ensemble_control=False, pseudo=[], unlabelled=0, student=[], decoders=None)
+        ensemble=[], ensemble_control=False, pseudo=[], unlabelled=0, student=[], decoders=None, no_decoder_rows=False)
     rows = fewshot.run(args, lambda rows: None)
     assert [r["variant"] for r in rows] == ["lora"] and rows[0]["config"]["decoder"]["encoder_lora_rank"] == 1
     entries = [CachedEmbeddings(p) for p in EmbeddingCache(args.cache).entries()]
@@ -155,7 +155,7 @@ def test_students_are_the_librarys_and_a_kept_decoder_is_reused(tiny_sam, tmp_pa
         variant_names=["v"], draws=["A"], seeds=[0], shots=[2], offsets=[], presence=[], unet=False,
         unet_only=False, curve=0, curve_volumes=1, postprocess=False, ensemble=[], ensemble_control=False,
         pseudo=[], unlabelled=0, student=["two:rounds=2,margin=0.1", "deep:context=1"],
-        decoders=tmp_path / "decoders")
+        decoders=tmp_path / "decoders", no_decoder_rows=False)
     rows = fewshot.run(args, lambda rows: None)
     assert [r["variant"] for r in rows] == ["unet", "v", "v>two", "unet-c1", "v>deep"]
     two, partner, deep = rows[2:]
@@ -173,10 +173,18 @@ def test_students_are_the_librarys_and_a_kept_decoder_is_reused(tiny_sam, tmp_pa
     assert len(kept) == 1 and (kept[0] / "fewshot.json").is_file()
 
     monkeypatch.setattr(FewShotSegmenter, "train", lambda *a, **k: pytest.fail("trained again"))
+    passes, predict_volume = [], FewShotSegmenter.predict_volume  # the decoder's passes: teaching and scoring
+    monkeypatch.setattr(FewShotSegmenter, "predict_volume", lambda *a, **k: passes.append(1) or predict_volume(*a, **k))
     again = fewshot.run(argparse.Namespace(**{**vars(args), "student": ["two:rounds=2,margin=0.1"]}), lambda r: None)
+    scoring_and_teaching, passes[:] = len(passes), []
     assert [r["variant"] for r in again] == ["unet", "v", "v>two"]
     assert again[1]["dice"] == rows[1]["dice"] and again[1]["thresholds"] == rows[1]["thresholds"]
     assert again[1]["decoder_reused"] and "decoder_reused" not in rows[1]
+    # --no-decoder-rows: the kept decoder teaches, its own scoring (one pass over the one scored volume) is left out
+    taught = fewshot.run(argparse.Namespace(**{**vars(args), "student": ["two:rounds=2,margin=0.1"],
+                                               "no_decoder_rows": True}), lambda r: None)
+    assert [r["variant"] for r in taught] == ["unet", "v>two"] and taught[1]["dice"] == two["dice"]
+    assert len(passes) == scoring_and_teaching - 1
 
 
 def test_a_kept_decoder_is_found_only_by_the_same_manifest_configs_and_code(tmp_path, monkeypatch):
@@ -207,6 +215,10 @@ def test_offsets_are_checked_before_the_model_loads(monkeypatch, tmp_path):
     with pytest.raises(SystemExit, match="--student a:rounds=0: rounds: expected a positive integer"):
         fewshot.main()
     assert (tmp_path / "decoders").read_text() == "a file"
+    for flags in (["--no-decoder-rows"], ["--no-decoder-rows", "--student", "a", "--offsets=-1"]):
+        monkeypatch.setattr("sys.argv", ["bench.fewshot", *flags, "--data", str(tmp_path)])
+        with pytest.raises(SystemExit, match="--no-decoder-rows: expected with --student or --pseudo"):
+            fewshot.main()
     monkeypatch.setattr("sys.argv", ["bench.fewshot", "--offsets=-0.5,20", "--data", str(tmp_path)])
     with pytest.raises(SystemExit, match=r"--offsets: threshold_offset: expected a number of logits in \[-10, 10\]"):
         fewshot.main()
