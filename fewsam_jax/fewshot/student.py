@@ -108,6 +108,11 @@ def fuse(logits: np.ndarray, unet_probabilities: np.ndarray, weight: float) -> n
     return weight * decoder + (1.0 - weight) * np.asarray(unet_probabilities, np.float32)[:, 1:] - 0.5
 
 
+# how a student saved before these StudentConfig fields existed was taught (its student.json lacks them): a load
+# fills them with these, never with today's defaults
+_SAVED_BEFORE_OPTIONS = {"rounds": 1, "margin": 0.0, "context": 0}
+
+
 class StudentFileError(FewSamError, ValueError):
     """A student folder's ``student.json`` or state does not hold what :meth:`StudentSegmenter.save` writes."""
 
@@ -185,7 +190,7 @@ class StudentSegmenter(LabelFiles):
         meta = read_json_object(path, StudentFileError, "write the student again")
         try:
             classes = {int(k): str(v) for k, v in meta["classes"].items()}
-            raw = dict(meta["config"])
+            raw = {**_SAVED_BEFORE_OPTIONS, **meta["config"]}
             unet = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.pop("unet").items()}
             config = StudentConfig(**raw, unet=UNetConfig(**unet))
             axis, canvas, outputs = int(meta["axis"]), tuple(int(c) for c in meta["canvas"]), int(meta["num_outputs"])

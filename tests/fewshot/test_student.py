@@ -34,7 +34,7 @@ from fewsam_jax.outputs import ChecksumError, OutputError
 from fewsam_jax.preprocess import Intensity
 
 CLASSES = {3: "disc", 7: "square"}  # not 1..K: the student maps them to its outputs and back
-CONFIG = StudentConfig(unet=UNetConfig.tiny(steps=200))
+CONFIG = StudentConfig(unet=UNetConfig.tiny(steps=200), rounds=1, margin=0.0, context=0)  # the slice alone, every pixel
 
 
 def phantom(seed: int, depth: int = 6, size: tuple[int, int] = (40, 36)) -> tuple[np.ndarray, np.ndarray]:
@@ -194,6 +194,12 @@ def test_student_learns_from_the_teacher_and_segments_with_the_class_ids(taught,
     out = loaded.segment_file(folder / "case4.nii.gz", tmp_path / "case4_seg.nii.gz")
     assert np.array_equal(np.asarray(nib.load(out).dataobj), labels)
     assert "square" in (tmp_path / "case4_seg.labels.json").read_text()
+    # saved before rounds, margin and context existed: loads as it was taught (one round, every pixel, the slice
+    # alone), whatever today's defaults
+    meta = json.loads((saved / "student.json").read_text())
+    meta["config"] = {k: v for k, v in meta["config"].items() if k not in ("rounds", "margin", "context")}
+    (saved / "student.json").write_text(json.dumps(meta))
+    assert StudentSegmenter.load(saved).config == student.config.replace(rounds=1, margin=0.0, context=0)
 
     # replaced only with overwrite; a folder the library did not write, never; a damaged state is named
     with pytest.raises(OutputError, match="overwrite"):
