@@ -148,7 +148,8 @@ def summarise(per_volume: list[dict[str, list[float]]], seconds: float, slices: 
 
 
 def run(args: argparse.Namespace, save) -> list[dict]:
-    """Train and score every (variant, draw, seed, shots); ``save(rows)`` after each row, so a crash keeps them."""
+    """Train and score every (variant, draw, seed, shots) (with ``--no-decoder-rows`` the decoder is only trained or
+    loaded, to teach); ``save(rows)`` after each row, so a crash keeps them."""
     from fewsam_jax.cache import embed_volume
     from fewsam_jax.fewshot import FewShotSegmenter, TrainConfig
     from fewsam_jax.fewshot.config import configs_from_overrides
@@ -660,10 +661,10 @@ def main() -> None:
         raise SystemExit(f"--decoders: {args.decoders} is not a folder")
     if args.no_decoder_rows:
         clash = [flag for flag, value in (("--ensemble", args.ensemble), ("--offsets", args.offsets),
-                                          ("--presence", args.presence), ("--curve", args.curve),
-                                          ("--unet-only", args.unet_only)) if value]
-        if clash or not taught:
+                                          ("--presence", args.presence), ("--curve", args.curve)) if value]
+        if clash or args.unet_only or not taught:
             raise SystemExit("--no-decoder-rows: expected with --student or --pseudo (a decoder that only teaches)"
+                             + (" and without --unet-only (no decoder to teach)" if args.unet_only else "")
                              + (f" and without {', '.join(clash)}, which score the decoder" if clash else ""))
     names = [parse_student(spec)[0] for spec in args.student]
     if len(set(names)) < len(names):

@@ -215,9 +215,13 @@ def test_offsets_are_checked_before_the_model_loads(monkeypatch, tmp_path):
     with pytest.raises(SystemExit, match="--student a:rounds=0: rounds: expected a positive integer"):
         fewshot.main()
     assert (tmp_path / "decoders").read_text() == "a file"
-    for flags in (["--no-decoder-rows"], ["--no-decoder-rows", "--student", "a", "--offsets=-1"]):
-        monkeypatch.setattr("sys.argv", ["bench.fewshot", *flags, "--data", str(tmp_path)])
-        with pytest.raises(SystemExit, match="--no-decoder-rows: expected with --student or --pseudo"):
+    monkeypatch.setattr("sys.argv", ["bench.fewshot", "--no-decoder-rows", "--data", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--no-decoder-rows: expected with --student or --pseudo"):
+        fewshot.main()
+    for flag in ("--ensemble=0.5", "--offsets=-1", "--presence=0.5", "--curve=10", "--unet-only"):
+        monkeypatch.setattr("sys.argv", ["bench.fewshot", "--no-decoder-rows", "--student", "a", flag,
+                                         "--data", str(tmp_path)])
+        with pytest.raises(SystemExit, match=f"--no-decoder-rows: expected with .* and without {flag.split('=')[0]}"):
             fewshot.main()
     monkeypatch.setattr("sys.argv", ["bench.fewshot", "--offsets=-0.5,20", "--data", str(tmp_path)])
     with pytest.raises(SystemExit, match=r"--offsets: threshold_offset: expected a number of logits in \[-10, 10\]"):

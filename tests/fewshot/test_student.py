@@ -4,6 +4,7 @@ kept, save/load, and clear errors before any training."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from types import SimpleNamespace
@@ -168,7 +169,7 @@ def test_neighbours_are_the_slices_around_each_slice_with_the_ends_repeated():
 
 
 @pytest.mark.slow  # trains two tiny U-Nets
-def test_student_learns_from_the_teacher_and_segments_with_the_class_ids(taught, cohort, tmp_path):
+def test_student_learns_from_the_teacher_and_segments_with_the_class_ids(taught, cohort, tmp_path, monkeypatch):
     folder, truth = cohort
     student, oracle = taught
     # the teacher labelled every slice of the three support volumes and of the unlabelled one, nothing else
@@ -195,11 +196,22 @@ def test_student_learns_from_the_teacher_and_segments_with_the_class_ids(taught,
     assert np.array_equal(np.asarray(nib.load(out).dataobj), labels)
     assert "square" in (tmp_path / "case4_seg.labels.json").read_text()
     # saved before rounds, margin and context existed: loads as it was taught (one round, every pixel, the slice
-    # alone), whatever today's defaults
+    # alone), whatever the defaults are by then (a StudentConfig with other defaults stands in for a later one)
     meta = json.loads((saved / "student.json").read_text())
     meta["config"] = {k: v for k, v in meta["config"].items() if k not in ("rounds", "margin", "context")}
     (saved / "student.json").write_text(json.dumps(meta))
-    assert StudentSegmenter.load(saved).config == student.config.replace(rounds=1, margin=0.0, context=0)
+
+    @dataclasses.dataclass(frozen=True)
+    class Later(StudentConfig):
+        rounds: int = 2
+        margin: float = 0.2
+        context: int = 1
+
+    monkeypatch.setattr("fewsam_jax.fewshot.student.StudentConfig", Later)
+    old = StudentSegmenter.load(saved)
+    assert (old.config.rounds, old.config.margin, old.config.context) == (1, 0.0, 0)
+    assert np.array_equal(old.segment(folder / "case4.nii.gz"), labels)
+    monkeypatch.undo()
 
     # replaced only with overwrite; a folder the library did not write, never; a damaged state is named
     with pytest.raises(OutputError, match="overwrite"):
