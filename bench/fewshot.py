@@ -555,17 +555,19 @@ def markdown(report: dict) -> str:
         "HD95 mm (mean) | volume ratio ant / post | train s | segment s / 100 slices |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    groups: dict[tuple, list[dict]] = {}
+    groups: dict[tuple, list[dict]] = {}  # rows scored on another number of volumes are another row
     for row in report["rows"]:
-        groups.setdefault((row["variant"], row["positive_slices"]), []).append(row)
-    for (variant, shots), rows in sorted(groups.items(), key=lambda kv: (kv[0][1], not kv[0][0].startswith("unet"), kv[0][0])):
+        groups.setdefault((row["variant"], row["positive_slices"], row.get("volumes", report.get("volumes"))),
+                          []).append(row)
+    for (variant, shots, volumes), rows in sorted(
+            groups.items(), key=lambda kv: (kv[0][1], not kv[0][0].startswith("unet"), kv[0][0], kv[0][2])):
         dice = np.asarray([r["dice"] for r in rows])
         mean = dice.mean(axis=1)
         hd = np.asarray([np.mean(r["hd95"]) for r in rows])
         ratio = np.asarray([r["volume_ratio"] for r in rows]).mean(axis=0)
         runs = f"{len({r['draw'] for r in rows})} x {len({r['seed'] for r in rows})}"
         lines.append(
-            f"| {variant} | {shots} | {rows[0].get('volumes', report.get('volumes'))} | {runs} | {dice[:, 0].mean():.3f} | {dice[:, 1].mean():.3f} | "
+            f"| {variant} | {shots} | {volumes} | {runs} | {dice[:, 0].mean():.3f} | {dice[:, 1].mean():.3f} | "
             f"**{mean.mean():.3f}** ± {mean.std():.3f} | {hd.mean():.2f} | {ratio[0]:.2f} / {ratio[1]:.2f} | "
             f"{np.mean([r['train_seconds'] for r in rows]):.0f} | "
             f"{np.mean([r['segment_seconds_per_100_slices'] for r in rows]):.2f} |")

@@ -263,3 +263,16 @@ def test_unet_rows_score_the_same_predictions_post_processed_too(tmp_path, monke
     assert post["dice"][0] > plain["dice"][0] and post["dice"][1] >= plain["dice"][1]
     assert len(fewshot.unet_rows(path, "A", 0, 5, [(volume, truth)], volume.shape[2],
                                  Intensity.parse("percentile"))[0]) == 1
+
+
+def test_rows_scored_on_other_volumes_are_other_table_rows():
+    """The Markdown table averages a variant's runs only over the same number of scored volumes."""
+    row = {"method": "U-Net", "variant": "unet", "positive_slices": 20, "draw": "A", "seed": 0, "dice": [0.8, 0.6],
+           "hd95": [1.0, 1.0], "volume_ratio": [1.0, 1.0], "train_seconds": 1.0, "segment_seconds_per_100_slices": 1.0}
+    report = {"phase": "test", "date": "2026-12-02", "machine": {}, "volumes": 40,
+              "rows": [{**row, "volumes": 20}, {**row, "draw": "B", "volumes": 20, "dice": [0.6, 0.6]},
+                       {**row, "volumes": 40, "dice": [1.0, 1.0]}]}
+    table = [line for line in fewshot.markdown(report).splitlines() if line.startswith("| unet |")]
+    assert len(table) == 2
+    assert "| 20 | 20 | 2 x 1 |" in table[0] and "**0.650**" in table[0]
+    assert "| 20 | 40 | 1 x 1 |" in table[1] and "**1.000**" in table[1]
