@@ -14,10 +14,11 @@ exactly the same slices; both are scored in 3D on every volume of the phase's sp
 predicted / true volume per class. ``--offsets`` also scores other threshold offsets
 (``InferenceConfig.threshold_offset``) and ``--presence`` other presence thresholds from the same trained decoder,
 one row each (``VARIANT@OFFSET``, ``VARIANT@pTHRESHOLD``), without training again; ``--ensemble W`` scores the
-decoder's class probabilities averaged with the U-Net's (decoder weight W; ``--ensemble-control`` adds two U-Net
-seeds averaged, what averaging alone gains); ``--pseudo W`` trains a U-Net on every slice of the support volumes,
-the unlabelled ones labelled by that average (W 0: by the U-Net itself, the self-training control), and with
-``--unlabelled N`` on every slice of N more cohort volumes (55 onwards, labels never read) labelled the same way;
+decoder's class probabilities averaged with the U-Net's (decoder weight W; ``--ensemble-control N`` adds N U-Net
+seeds averaged, what averaging alone gains; ``--unet-seed-ensemble`` the U-Nets of every ``--seeds`` averaged);
+``--pseudo W`` trains a U-Net on every slice of the support volumes, the unlabelled ones labelled by that average
+(W 0: by the U-Net itself, the self-training control), and with ``--unlabelled N`` on every slice of N more cohort
+volumes (55 onwards, labels never read) labelled the same way;
 ``--student NAME:fields`` teaches one with the library's ``train_student`` and those ``StudentConfig`` fields (rows
 ``VARIANT>NAME``; a 2.5D partner is scored too, rows ``unet-cK``). ``--curve N`` adds a learning curve: validation
 Dice (threshold 0) every N steps. Embeddings go through the package's cache, and with ``--decoders DIR`` trained
@@ -319,6 +320,16 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                                          total_slices, unet[draw, seed, shots], unlabelled, partners, rows, save)
                         if curve:
                             print("curve", json.dumps(curve), flush=True)
+    if args.unet_seed_ensemble and len(args.seeds) > 1:
+        for draw, shots in ((d, n) for d in args.draws for n in args.shots):
+            runs = [unet[draw, seed, shots] for seed in args.seeds]
+            mean = [sum(probs) / len(runs) for probs in zip(*(run.probabilities for run in runs))]
+            for row in score_unet(mean, volumes, args.postprocess, f"unet-seeds{len(runs)}", 0.0, total_slices):
+                row.update(draw=draw, seed=args.seeds[0], seeds=args.seeds, positive_slices=shots,
+                           train_seconds=sum(run.train_seconds for run in runs))
+                rows.append(row)
+                save(rows)
+                print(json.dumps(row), flush=True)
     return rows
 
 
@@ -332,20 +343,25 @@ class UNetRun(NamedTuple):
 
 def baseline_rows(args: argparse.Namespace, path: Path, draw: str, seed: int, shots: int, volumes: list,
                   total_slices: int, intensity, rows: list[dict], save) -> UNetRun:
-    """The U-Net rows of one (draw, seed, shots), added to ``rows`` and saved, and that U-Net's run. With ``--ensemble-control`` also a
-    second U-Net (seed + 1000) and the two averaged (row ``unet-x2``): what an ensemble gains without SAM."""
+    """The U-Net rows of one (draw, seed, shots), added to ``rows`` and saved, and that U-Net's run. With
+    ``--ensemble-control N`` also N - 1 more U-Nets (seeds seed + 1000, seed + 2000, ...; rows ``unet-seedK``) and
+    the N averaged (row ``unet-xN``): what a seed ensemble gains without SAM."""
     new, probabilities, model = unet_rows(path, draw, seed, shots, volumes, total_slices, intensity,
                                           args.postprocess)
-    if args.ensemble_control:
-        second, others, _ = unet_rows(path, draw, seed + 1000, shots, volumes, total_slices, intensity,
-                                   args.postprocess, variant="unet-seed2")
-        mean = [(a + b) / 2 for a, b in zip(probabilities, others)]
+    if args.ensemble_control > 1:
+        firsts, total = [new[0]], list(probabilities)
+        for k in range(1, args.ensemble_control):
+            more, others, _ = unet_rows(path, draw, seed + 1000 * k, shots, volumes, total_slices, intensity,
+                                        args.postprocess, variant=f"unet-seed{k + 1}")
+            new += [{**row, "seed": seed, "unet_seed": seed + 1000 * k} for row in more]
+            firsts.append(more[0])
+            total = [a + b for a, b in zip(total, others)]
+        mean = [t / args.ensemble_control for t in total]
         info = {k: new[0][k] for k in ("draw", "seed", "positive_slices", "labelled_slices")}
-        pair = [{**row, **info, "train_seconds": new[0]["train_seconds"] + second[0]["train_seconds"],
-                 "load_average": [new[0]["load_average"][0], second[0]["load_average"][1]]}
-                for row in score_unet(mean, volumes, args.postprocess, "unet-x2",
+        new += [{**row, **info, "train_seconds": sum(f["train_seconds"] for f in firsts),
+                 "load_average": [firsts[0]["load_average"][0], firsts[-1]["load_average"][1]]}
+                for row in score_unet(mean, volumes, args.postprocess, f"unet-x{args.ensemble_control}",
                                       new[0]["segment_seconds_per_100_slices"] * total_slices / 100, total_slices)]
-        new += [{**row, "seed": seed, "unet_seed": seed + 1000} for row in second] + pair
     for row in new:
         rows.append(row)
         save(rows)
@@ -480,23 +496,31 @@ def student_rows(args, spec: str, variant: str, overrides: dict, segmenter, path
             save(rows)
             print(json.dumps(row), flush=True)
     load_before = os.getloadavg()[0]
-    student = train_student(segmenter, path, unlabelled, config, cache=args.cache, progress=False, partner=partner)
-    started = time.perf_counter()
-    probabilities = [student.predict_volume(volume) for volume, _ in volumes]
-    seconds = time.perf_counter() - started
+    taught = train_student(segmenter, path, unlabelled, config, cache=args.cache, progress=False, partner=partner)
     row_name = f"{variant}>{name}" + (f"u{len(unlabelled)}" if unlabelled else "")
-    for row in score_unet(probabilities, volumes, args.postprocess, row_name, seconds, total_slices):
-        row.update(method="student", same_training_as=variant, draw=draw, seed=seed, positive_slices=shots,
-                   labelled_slices=segmenter.info["labelled_slices"], unlabelled_volumes=len(unlabelled),
-                   student={k: v for k, v in dataclasses.asdict(config).items() if k != "unet"},
-                   student_info=student.info, training_slices=student.info["training_slices"],
-                   train_seconds=segmenter.info["train_seconds"] + partner_seconds + student.info["teacher_seconds"]
-                   + student.info["student_seconds"], load_average=[load_before, os.getloadavg()[0]],
-                   overrides={**overrides, **fields, **({"unlabelled_volumes": len(unlabelled)} if unlabelled
-                                                       else {}), **row["overrides"]})
-        rows.append(row)
-        save(rows)
-        print(json.dumps(row), flush=True)
+    # a seed ensemble's member 0 is the student members=1 teaches: scored too (row NAME#0), at no training cost;
+    # its seconds are the teaching's with one member's share of the students' training
+    member_seconds = taught.info["student_seconds"] / config.members
+    students = [(row_name, taught, fields, taught.info["student_seconds"])] + (
+        [(f"{row_name}#0", taught.member(0), {**fields, "members": 1}, member_seconds)] if config.members > 1 else [])
+    for student_name, student, student_fields, student_seconds in students:
+        started = time.perf_counter()
+        probabilities = [student.predict_volume(volume) for volume, _ in volumes]
+        seconds = time.perf_counter() - started
+        for row in score_unet(probabilities, volumes, args.postprocess, student_name, seconds, total_slices):
+            row.update(method="student", same_training_as=variant, draw=draw, seed=seed, positive_slices=shots,
+                       labelled_slices=segmenter.info["labelled_slices"], unlabelled_volumes=len(unlabelled),
+                       student={k: v for k, v in dataclasses.asdict(student.config).items() if k != "unet"},
+                       student_info=taught.info, training_slices=taught.info["training_slices"],
+                       train_seconds=segmenter.info["train_seconds"] + partner_seconds
+                       + taught.info["teacher_seconds"] + student_seconds,
+                       load_average=[load_before, os.getloadavg()[0]],
+                       overrides={**overrides, **student_fields,
+                                  **({"unlabelled_volumes": len(unlabelled)} if unlabelled else {}),
+                                  **row["overrides"]})
+            rows.append(row)
+            save(rows)
+            print(json.dumps(row), flush=True)
 
 
 def pseudo_name(variant: str, weight: float, unlabelled: int = 0) -> str:
@@ -609,9 +633,12 @@ def main() -> None:
     parser.add_argument("--no-decoder-rows", action="store_true",
                         help="do not score the decoder itself: it is trained (or loaded from --decoders) only to "
                         "teach --student / --pseudo (its own rows cost about a second a slice on a CPU)")
-    parser.add_argument("--ensemble-control", action="store_true",
-                        help="also train a second U-Net (seed + 1000) and score the two averaged (row unet-x2): "
-                        "what averaging gains without SAM")
+    parser.add_argument("--ensemble-control", type=int, nargs="?", const=2, default=0, metavar="N",
+                        help="also train N - 1 more U-Nets (seeds + 1000, + 2000, ...; N 2 when bare) and score the "
+                        "N averaged (row unet-xN): what a seed ensemble gains without SAM")
+    parser.add_argument("--unet-seed-ensemble", action="store_true",
+                        help="also score the U-Nets of every --seeds averaged, per draw and count (row unet-seedsN; "
+                        "no training of its own): the U-Net ensemble a student's seed ensemble is held against")
     parser.add_argument("--postprocess", action="store_true",
                         help="also score every row's labels after 3D largest component + hole filling (rows NAME+3d, "
                              "same training)")
@@ -668,6 +695,10 @@ def main() -> None:
             raise SystemExit("--no-decoder-rows: expected with --student or --pseudo (a decoder that only teaches)"
                              + (" and without --unet-only (no decoder to teach)" if args.unet_only else "")
                              + (f" and without {', '.join(clash)}, which score the decoder" if clash else ""))
+    trains_unet = args.unet or args.unet_only or args.ensemble or args.pseudo or args.student
+    if args.unet_seed_ensemble and not (trains_unet and len(args.seeds) > 1):
+        raise SystemExit(f"--unet-seed-ensemble: expected two or more --seeds (got {len(args.seeds)}) and a U-Net "
+                         "(--unet, --unet-only, --ensemble, --pseudo or --student)")
     names = [parse_student(spec)[0] for spec in args.student]
     if len(set(names)) < len(names):
         raise SystemExit(f"--student: each needs its own NAME (rows are named by it), got {names}")

@@ -83,7 +83,7 @@ def _teach(args: argparse.Namespace) -> None:
     except ValueError as err:
         raise ValueError(f"--steps: {err}") from None
     fields = {"teacher_weight": args.teacher_weight, "rounds": args.rounds, "margin": args.margin,
-              "context": args.context}
+              "context": args.context, "members": args.members}
     for field, value in fields.items():  # each flag checked alone, so the error names it
         try:
             StudentConfig(**{field: value})
@@ -351,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     teach.add_argument("--context", type=int, default=0,
                        help="neighbouring slices on each side given to the U-Nets beside each slice (2.5D; default "
                             "%(default)s: the slice alone)")
+    teach.add_argument("--members", type=int, default=1,
+                       help="students taught on the same labels with seeds SEED, SEED+1, ...; they segment with "
+                            "their probabilities averaged (a seed ensemble; default %(default)s)")
     teach.add_argument("--steps", type=int, help="training steps of each U-Net (default: UNetConfig.steps)")
     teach.add_argument("--seed", type=int, default=0, help="random seed of both U-Nets (default 0)")
     teach.add_argument("--model", help="base model folder written by `fewsam convert` (default: the one in "

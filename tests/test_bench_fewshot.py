@@ -45,13 +45,15 @@ def test_offsets_postprocessing_and_ensembles_label_from_the_same_training(tiny_
         data=data, phase="validation", volumes=1, cache=tmp_path / "cache",
         variant=["v:steps=2,image_features=0"], variant_names=["v"], draws=["A"], seeds=[0], shots=[2],
         offsets=[-1.0, -0.5], presence=[0.0, 0.5], unet=True, unet_only=False, curve=0, curve_volumes=1,
-        postprocess=True, ensemble=[0.0, 1.0], ensemble_control=True, pseudo=[0.0], unlabelled=1,
-        student=[], decoders=None, no_decoder_rows=False)
+        postprocess=True, ensemble=[0.0, 1.0], ensemble_control=3, pseudo=[0.0], unlabelled=1,
+        student=[], decoders=None, no_decoder_rows=False, unet_seed_ensemble=False)
     saved = []
     rows = fewshot.run(args, saved.append)
-    unets, rows, fused, pseudo = rows[:6], rows[6:14], rows[14:18], rows[18:]
-    assert [r["variant"] for r in unets] == ["unet", "unet+3d", "unet-seed2", "unet-seed2+3d", "unet-x2", "unet-x2+3d"]
-    assert all(r["dice"] == [1.0, 1.0] for r in unets) and unets[2]["unet_seed"] == 1000
+    unets, rows, fused, pseudo = rows[:8], rows[8:16], rows[16:20], rows[20:]
+    assert [r["variant"] for r in unets] == ["unet", "unet+3d", "unet-seed2", "unet-seed2+3d", "unet-seed3",
+                                             "unet-seed3+3d", "unet-x3", "unet-x3+3d"]
+    assert all(r["dice"] == [1.0, 1.0] for r in unets) and [r["unet_seed"] for r in unets[2:6:2]] == [1000, 2000]
+    assert unets[6]["train_seconds"] == sum(r["train_seconds"] for r in unets[:6:2]) and unets[6]["seed"] == 0
     assert [r["variant"] for r in fused] == ["v+unet@w0", "v+unet@w0+3d", "v+unet@w1", "v+unet@w1+3d"]
     assert fused[0]["dice"] == [1.0, 1.0] and fused[2]["dice"] == rows[0]["dice"]
     assert fused[3]["dice"] == rows[1]["dice"] and fused[2]["same_training_as"] == "v"
@@ -101,7 +103,7 @@ def test_offsets_postprocessing_and_ensembles_label_from_the_same_training(tiny_
     assert shifted["thresholds"] == base["thresholds"] and shifted["train_seconds"] == base["train_seconds"]
     # a lower cut-off labels at least as many voxels of every class
     assert all(s >= b for s, b in zip(shifted["volume_ratio"], base["volume_ratio"]))
-    assert len(saved) == 20 and len(saved[-1]) == 20
+    assert len(saved) == 22 and len(saved[-1]) == 22
 
 
 @pytest.mark.slow  # trains a decoder (2 steps) with an adapted encoder stage and segments a shared volume
@@ -111,7 +113,7 @@ def test_a_variant_adapting_the_encoder_gets_the_stage_inputs_in_the_same_encode
         data=shared_data("hippocampus").resolve(), phase="validation", volumes=1, cache=tmp_path / "cache",
         variant=["lora:steps=2,image_features=0,encoder_lora_rank=1"], variant_names=["lora"], draws=["A"], seeds=[0],
         shots=[2], offsets=[], presence=[], unet=False, unet_only=False, curve=0, curve_volumes=1, postprocess=False,
-        ensemble=[], ensemble_control=False, pseudo=[], unlabelled=0, student=[], decoders=None, no_decoder_rows=False)
+        ensemble=[], ensemble_control=0, pseudo=[], unlabelled=0, student=[], decoders=None, no_decoder_rows=False, unet_seed_ensemble=False)
     rows = fewshot.run(args, lambda rows: None)
     assert [r["variant"] for r in rows] == ["lora"] and rows[0]["config"]["decoder"]["encoder_lora_rank"] == 1
     entries = [CachedEmbeddings(p) for p in EmbeddingCache(args.cache).entries()]
@@ -134,10 +136,11 @@ def test_students_are_the_librarys_and_a_kept_decoder_is_reused(tiny_sam, tmp_pa
     data = shared_data("hippocampus").resolve()
     truth = get_slices(fewshot.read_labels(
         data / "labelsTr" / f"{fewshot.cases(data)[fewshot.PHASES['validation']][0]}.nii.gz"), 2)
-    trained = []  # (labels, features) of every U-Net the students' side trained
+    trained, seeds = [], []  # (labels, features) and seed of every U-Net the students' side trained
 
-    def train(images, labels, outputs, config, features=None, **k):
+    def train(images, labels, outputs, config, features=None, seed=0, **k):
         trained.append((labels, features))
+        seeds.append(seed)
         return SimpleNamespace(config=config, num_classes=outputs), [0.0]
 
     baseline = SimpleNamespace(config=UNetConfig(), num_classes=3)  # the baseline U-Net: "two"s first partner
@@ -153,14 +156,14 @@ def test_students_are_the_librarys_and_a_kept_decoder_is_reused(tiny_sam, tmp_pa
     args = argparse.Namespace(
         data=data, phase="validation", volumes=1, cache=tmp_path / "cache", variant=["v:steps=2,image_features=0"],
         variant_names=["v"], draws=["A"], seeds=[0], shots=[2], offsets=[], presence=[], unet=False,
-        unet_only=False, curve=0, curve_volumes=1, postprocess=False, ensemble=[], ensemble_control=False,
+        unet_only=False, curve=0, curve_volumes=1, postprocess=False, ensemble=[], ensemble_control=0,
         pseudo=[], unlabelled=0, student=["two:rounds=2,margin=0.1", "deep:context=1"],
-        decoders=tmp_path / "decoders", no_decoder_rows=False)
+        decoders=tmp_path / "decoders", no_decoder_rows=False, unet_seed_ensemble=False)
     rows = fewshot.run(args, lambda rows: None)
     assert [r["variant"] for r in rows] == ["unet", "v", "v>two", "unet-c1", "v>deep"]
     two, partner, deep = rows[2:]
     assert two["method"] == "student" and two["dice"] == [1.0, 1.0] and two["student_info"]["rounds"] == 2
-    assert two["student"] == {"teacher_weight": 0.5, "seed": 0, "rounds": 2, "margin": 0.1, "context": 0}
+    assert two["student"] == {"teacher_weight": 0.5, "seed": 0, "rounds": 2, "margin": 0.1, "context": 0, "members": 1}
     assert two["overrides"] == {"steps": 2, "image_features": 0, "rounds": 2, "margin": 0.1}
     assert partner["overrides"] == {"context": 1} and deep["student"]["context"] == 1
     # "two" taught twice with the baseline as its first partner (it trained nothing else); "deep" trained its 2.5D
@@ -175,9 +178,15 @@ def test_students_are_the_librarys_and_a_kept_decoder_is_reused(tiny_sam, tmp_pa
     monkeypatch.setattr(FewShotSegmenter, "train", lambda *a, **k: pytest.fail("trained again"))
     passes, predict_volume = [], FewShotSegmenter.predict_volume  # the decoder's passes: teaching and scoring
     monkeypatch.setattr(FewShotSegmenter, "predict_volume", lambda *a, **k: passes.append(1) or predict_volume(*a, **k))
-    again = fewshot.run(argparse.Namespace(**{**vars(args), "student": ["two:rounds=2,margin=0.1"]}), lambda r: None)
-    scoring_and_teaching, passes[:] = len(passes), []
-    assert [r["variant"] for r in again] == ["unet", "v", "v>two"]
+    seeds[:] = []
+    again = fewshot.run(argparse.Namespace(**{**vars(args), "student": ["two:rounds=2,margin=0.1", "ens:members=2"]}),
+                        lambda r: None)
+    scoring_and_teaching, passes[:] = len(passes) - 5, []  # less "ens"'s teaching (a pass per support volume)
+    assert [r["variant"] for r in again] == ["unet", "v", "v>two", "v>ens", "v>ens#0"]
+    # a seed ensemble of two, taught once: its member 0 is scored alone too, as the one-member student it is
+    assert seeds == [0, 0, 0, 1] and again[3]["student"]["members"] == 2 and again[3]["student_info"]["members"] == 2
+    assert again[4]["student"] == {**again[3]["student"], "members": 1} and again[4]["overrides"]["members"] == 1
+    assert again[4]["train_seconds"] <= again[3]["train_seconds"] and again[4]["dice"] == [1.0, 1.0]
     assert again[1]["dice"] == rows[1]["dice"] and again[1]["thresholds"] == rows[1]["thresholds"]
     assert again[1]["decoder_reused"] and "decoder_reused" not in rows[1]
     # --no-decoder-rows: the kept decoder teaches, its own scoring (one pass over the one scored volume) is left out
@@ -263,6 +272,39 @@ def test_unet_rows_score_the_same_predictions_post_processed_too(tmp_path, monke
     assert post["dice"][0] > plain["dice"][0] and post["dice"][1] >= plain["dice"][1]
     assert len(fewshot.unet_rows(path, "A", 0, 5, [(volume, truth)], volume.shape[2],
                                  Intensity.parse("percentile"))[0]) == 1
+
+
+def test_the_u_nets_of_every_seed_are_scored_averaged_too(tiny_sam, tmp_path, monkeypatch):
+    """``--unet-only --seeds 0,1 --unet-seed-ensemble``: one row per seed, then the seeds' U-Nets averaged. The
+    stand-in U-Net of seed 0 predicts the truth, seed 1's is unsure everywhere (a third to each class): alone it
+    labels nothing, averaged with seed 0's it changes no label."""
+    from fewsam_jax.io import get_slices
+
+    monkeypatch.setattr("fewsam_jax.weights.load_model", lambda *a, **k: tiny_sam)
+    data = shared_data("hippocampus").resolve()
+    truth = get_slices(fewshot.read_labels(
+        data / "labelsTr" / f"{fewshot.cases(data)[fewshot.PHASES['validation']][0]}.nii.gz"), 2)
+    monkeypatch.setattr("bench.baselines.train_unet", lambda *a, seed=0, **k: (seed, None))
+
+    def predict(seed, slices, features=None):
+        if seed or len(slices) != len(truth):
+            return [np.full((*s.shape, 3), 1 / 3, np.float32) for s in slices]
+        return list(np.eye(3, dtype=np.float32)[truth])
+
+    monkeypatch.setattr("fewsam_jax.fewshot.student.predict_unet_probabilities", predict)
+    args = argparse.Namespace(
+        data=data, phase="validation", volumes=1, cache=tmp_path / "cache", variant=["v"], variant_names=["v"],
+        draws=["A"], seeds=[0, 1], shots=[2], offsets=[], presence=[], unet=False, unet_only=True, curve=0,
+        curve_volumes=1, postprocess=False, ensemble=[], ensemble_control=0, pseudo=[], unlabelled=0, student=[],
+        decoders=None, no_decoder_rows=False, unet_seed_ensemble=True)
+    rows = fewshot.run(args, lambda rows: None)
+    assert [(r["variant"], r["seed"]) for r in rows] == [("unet", 0), ("unet", 1), ("unet-seeds2", 0)]
+    assert rows[0]["dice"] == rows[2]["dice"] == [1.0, 1.0] and rows[1]["dice"] == [0.0, 0.0]
+    assert rows[2]["seeds"] == [0, 1]
+    assert rows[2]["train_seconds"] == rows[0]["train_seconds"] + rows[1]["train_seconds"]
+    monkeypatch.setattr("sys.argv", ["bench.fewshot", "--unet", "--unet-seed-ensemble", "--data", str(data)])
+    with pytest.raises(SystemExit, match="--unet-seed-ensemble: expected two or more --seeds"):
+        fewshot.main()
 
 
 def test_rows_scored_on_other_volumes_are_other_table_rows():

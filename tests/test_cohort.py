@@ -290,14 +290,17 @@ def test_teach_a_student_then_segment_with_it(dataset, decoder, home, tmp_path, 
     student = tmp_path / "student"
     teach = ["teach", "--nnunet", dataset, "--slices-per-case", "2", "--cases", "2", "-d", decoder,
              "-i", dataset / "imagesTs", "-o", student, "--steps", "5", "--context", "1", "--cache", home / "embeddings",
-             "-q"]
+             "--members", "2", "-q"]
     assert cli.main([str(a) for a in [*teach, "--margin", "0.5"]]) == 2
     assert "--margin: margin: expected a number in [0, 0.5)" in capsys.readouterr().err and not student.exists()
     assert cli.main([str(a) for a in [*teach, "--rounds", "2", "--teacher-weight", "1"]]) == 2
     assert "--rounds with --teacher-weight 1: rounds: more than one round" in capsys.readouterr().err
+    assert cli.main([str(a) for a in [*teach, "--members", "0"]]) == 2
+    assert "--members: members: expected a positive integer" in capsys.readouterr().err
     assert cli.main([str(a) for a in teach]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["labelled_slices"] == 4 and info["support_volumes"] == 2 and info["unlabelled_volumes"] == 3
+    assert info["members"] == 2
     assert info["training_slices"] == 5 * SHAPE[2]  # every slice of the 2 support and 3 unlabelled volumes
     assert json.loads((student / "student.json").read_text())["config"]["context"] == 1
     assert cli.main([str(a) for a in teach]) == 2 and "--overwrite" in capsys.readouterr().err

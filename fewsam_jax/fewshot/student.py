@@ -61,6 +61,9 @@ class StudentConfig:
     context: neighbouring slices on each side given to both U-Nets beside the slice itself (2.5D input,
       edge slices repeated at the volume's ends; they go in as the U-Net's extra features, so its training jitter
       moves them with the slice but leaves their contrast alone); 0: the slice alone.
+    members: students taught in the last round, on the same pseudo-labels, member i with seed ``seed + i``; the
+      student segments with their class probabilities averaged (a seed ensemble; 1: one student). Member 0 is
+      the student ``members=1`` teaches. Costs a student training and a U-Net pass per member.
     """
 
     teacher_weight: float = 0.5
@@ -69,6 +72,7 @@ class StudentConfig:
     rounds: int = 1
     margin: float = 0.0
     context: int = 0
+    members: int = 1
 
     def __post_init__(self):
         if not (isinstance(self.teacher_weight, (int, float)) and 0 <= self.teacher_weight <= 1):
@@ -87,6 +91,8 @@ class StudentConfig:
             raise ValueError(f"margin: expected a number in [0, 0.5), got {self.margin!r}")
         if not (isinstance(self.context, int) and not isinstance(self.context, bool) and self.context >= 0):
             raise ValueError(f"context: expected a non-negative integer, got {self.context!r}")
+        if not (isinstance(self.members, int) and not isinstance(self.members, bool) and self.members >= 1):
+            raise ValueError(f"members: expected a positive integer, got {self.members!r}")
 
     def replace(self, **changes) -> StudentConfig:
         return dataclasses.replace(self, **changes)
@@ -110,7 +116,7 @@ def fuse(logits: np.ndarray, unet_probabilities: np.ndarray, weight: float) -> n
 
 # how a student saved before these StudentConfig fields existed was taught (its student.json lacks them): a load
 # fills them with these, never with today's defaults
-_SAVED_BEFORE_OPTIONS = {"rounds": 1, "margin": 0.0, "context": 0}
+_SAVED_BEFORE_OPTIONS = {"rounds": 1, "margin": 0.0, "context": 0, "members": 1}
 
 
 class StudentFileError(FewSamError, ValueError):
@@ -119,25 +125,48 @@ class StudentFileError(FewSamError, ValueError):
 
 @dataclasses.dataclass
 class StudentSegmenter(LabelFiles):
-    """A U-Net taught by a few-shot decoder, and what it needs to segment a volume: ``classes`` ({id: name},
-    the U-Net's outputs 1..K in id order), the slicing ``axis``, the ``intensity`` normalisation of its inputs,
-    how it was taught (``config``, ``info``)."""
+    """U-Nets taught by a few-shot decoder, and what they need to segment a volume: ``unets`` (one per
+    ``config.members``; a single UNet is taken as one member), ``classes`` ({id: name}, the U-Nets' outputs 1..K
+    in id order), the slicing ``axis``, the ``intensity`` normalisation of its inputs, how it was taught
+    (``config``, ``info``)."""
 
-    unet: UNet
+    unets: tuple[UNet, ...]
     classes: dict[int, str]
     axis: int
     intensity: Intensity
     config: StudentConfig = StudentConfig()
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self):
+        self.unets = (self.unets,) if isinstance(self.unets, UNet) else tuple(self.unets)
+        if len(self.unets) != self.config.members:
+            raise ValueError(f"unets: {len(self.unets)} U-Nets for config.members = {self.config.members}")
+
+    @property
+    def unet(self) -> UNet:
+        """The first member (the whole student when ``config.members`` is 1)."""
+        return self.unets[0]
+
     @property
     def class_ids(self) -> tuple[int, ...]:
         return tuple(sorted(self.classes))
 
+    def member(self, index: int) -> StudentSegmenter:
+        """Member ``index`` of a seed ensemble as a one-member student (its config's seed is the member's)."""
+        config = self.config.replace(members=1, seed=self.config.seed + index)
+        return dataclasses.replace(self, unets=(self.unets[index],), config=config)
+
+    def _probabilities(self, slices: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
+        """The members' mean class probabilities (n, K+1, H, W) of ``slices[rows]`` ((N, H, W) in [0, 1])."""
+        total = unet_probabilities(self.unets[0], slices, self.config.context, rows)
+        for unet in self.unets[1:]:
+            total += unet_probabilities(unet, slices, self.config.context, rows)
+        return total / len(self.unets) if len(self.unets) > 1 else total
+
     def predict_volume(self, volume: Volume) -> np.ndarray:
-        """Class probabilities (N, K+1, H, W), background first, of the N slices along ``axis``."""
-        return unet_probabilities(self.unet, get_slices(self.intensity.apply(volume.array), self.axis),
-                                  self.config.context)
+        """Class probabilities (N, K+1, H, W), background first, of the N slices along ``axis`` (the members'
+        mean)."""
+        return self._probabilities(get_slices(self.intensity.apply(volume.array), self.axis))
 
     def _slice_labels(self, probabilities: np.ndarray) -> np.ndarray:
         """(n, K+1, H, W) probabilities -> (n, H, W) label slices: each pixel's most probable class id."""
@@ -158,8 +187,7 @@ class StudentSegmenter(LabelFiles):
             raise ValueError(f"chunk: expected a positive number of slices, got {chunk}")
         volume = volume if isinstance(volume, Volume) else load_volume(volume)
         slices = get_slices(self.intensity.apply(volume.array), self.axis)
-        parts = [self._slice_labels(unet_probabilities(self.unet, slices, self.config.context,
-                                                       slice(start, start + chunk)))
+        parts = [self._slice_labels(self._probabilities(slices, slice(start, start + chunk)))
                  for start in tqdm(range(0, len(slices), chunk), desc="segment", disable=not progress, unit="chunk")]
         labels = stack_slices(np.concatenate(parts), self.axis)
         return postprocess_3d(labels, self.class_ids) if postprocess else labels
@@ -170,7 +198,7 @@ class StudentSegmenter(LabelFiles):
         (:mod:`fewsam_jax.outputs`). ``student.json`` records every state file's SHA-256, checked by
         :meth:`load`."""
         with write_dir(directory, "student", overwrite=overwrite) as staging:
-            save_pytree(staging / "state", {"unet": nnx.state(self.unet)})
+            save_pytree(staging / "state", _member_tree([nnx.state(unet) for unet in self.unets]))
             meta = {"classes": {str(k): v for k, v in self.classes.items()}, "axis": self.axis,
                     "intensity": self.intensity.key(), "num_outputs": len(self.classes) + 1,
                     "canvas": list(self.unet.canvas), "config": dataclasses.asdict(self.config), "info": self.info,
@@ -204,13 +232,25 @@ class StudentSegmenter(LabelFiles):
         verify_checksums(directory, meta.get("checksums", {}), "student.json")
         graphdef, abstract = nnx.split(nnx.eval_shape(lambda: UNet(config.unet_config, outputs, rngs=ShapeRngs())))
         try:
-            state = restore_pytree(directory / "state", {"unet": abstract})["unet"]
+            states = restore_pytree(directory / "state", _member_tree([abstract] * config.members))
         except Exception as err:  # Orbax raises anything from ValueError to XlaRuntimeError on a bad folder
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise StudentFileError(f"{directory / 'state'}: cannot restore the student ({first})") from None
-        unet = nnx.merge(graphdef, state)
-        unet.canvas = canvas
-        return cls(unet, classes, axis, intensity, config, meta.get("info", {}))
+        unets = tuple(nnx.merge(graphdef, states[_member_key(i)]) for i in range(config.members))
+        for unet in unets:
+            unet.canvas = canvas
+        return cls(unets, classes, axis, intensity, config, meta.get("info", {}))
+
+
+def _member_key(index: int) -> str:
+    """Member ``index``'s key in the saved state: ``unet`` for member 0 (as one-member students were always
+    saved), then ``unet_1``, ``unet_2``..."""
+    return f"unet_{index}" if index else "unet"
+
+
+def _member_tree(states: Sequence[Any]) -> dict[str, Any]:
+    """The members' states as the saved tree (:func:`_member_key`)."""
+    return {_member_key(i): state for i, state in enumerate(states)}
 
 
 IGNORE = -1
@@ -358,7 +398,7 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
         partner = train_partner(segmenter, support, config, progress)
     partner_done = time.perf_counter()
     outputs, teacher_seconds, student_seconds = len(segmenter.classes) + 1, 0.0, 0.0
-    for _ in range(config.rounds):
+    for round_ in range(config.rounds):
         taught = time.perf_counter()
         # one volume at a time: its slices and pseudo-labels are kept, the teacher's logits and probabilities not
         volumes = itertools.chain(support, ((v if isinstance(v, Volume) else load_volume(v), [], None)
@@ -375,15 +415,19 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
                 features += neighbours(prediction.slices, config.context)
         teacher_seconds += time.perf_counter() - taught
         taught = time.perf_counter()
-        partner, losses = train_unet(images, labels, outputs, config.unet_config, seed=config.seed,
-                                     progress=progress, features=features)
+        # the last round trains every member on these pseudo-labels; an earlier one, member 0 alone (the partner)
+        trained = [train_unet(images, labels, outputs, config.unet_config, seed=config.seed + i, progress=progress,
+                              features=features)
+                   for i in range(config.members if round_ == config.rounds - 1 else 1)]
+        partner, losses = trained[0]
         student_seconds += time.perf_counter() - taught
-    student = partner
+    unets = tuple(unet for unet, _ in trained)
     info = {"labelled_slices": sum(len(s) for _, s, _ in support), "training_slices": len(images),
             "support_volumes": len(support), "unlabelled_volumes": len(unlabelled), "rounds": config.rounds,
+            "members": config.members,
             "ignored_fraction": float(np.mean([np.mean(lab == IGNORE) for lab in labels])),
             "partner_seconds": round(partner_done - started, 2), "teacher_seconds": round(teacher_seconds, 2),
             "student_seconds": round(student_seconds, 2),
             "loss_last": float(np.mean(losses[-10:])) if losses else None,
             "decoder_train_seconds": segmenter.info.get("train_seconds")}
-    return StudentSegmenter(student, dict(segmenter.classes), segmenter.axis, segmenter.intensity, config, info)
+    return StudentSegmenter(unets, dict(segmenter.classes), segmenter.axis, segmenter.intensity, config, info)

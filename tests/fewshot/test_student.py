@@ -195,10 +195,11 @@ def test_student_learns_from_the_teacher_and_segments_with_the_class_ids(taught,
     out = loaded.segment_file(folder / "case4.nii.gz", tmp_path / "case4_seg.nii.gz")
     assert np.array_equal(np.asarray(nib.load(out).dataobj), labels)
     assert "square" in (tmp_path / "case4_seg.labels.json").read_text()
-    # saved before rounds, margin and context existed: loads as it was taught (one round, every pixel, the slice
-    # alone), whatever the defaults are by then (a StudentConfig with other defaults stands in for a later one)
+    # saved before rounds, margin, context and members existed: loads as it was taught (one round, every pixel, the
+    # slice alone, one student), whatever the defaults are by then (a StudentConfig with other defaults stands in
+    # for a later one)
     meta = json.loads((saved / "student.json").read_text())
-    meta["config"] = {k: v for k, v in meta["config"].items() if k not in ("rounds", "margin", "context")}
+    meta["config"] = {k: v for k, v in meta["config"].items() if k not in ("rounds", "margin", "context", "members")}
     (saved / "student.json").write_text(json.dumps(meta))
 
     @dataclasses.dataclass(frozen=True)
@@ -206,10 +207,11 @@ def test_student_learns_from_the_teacher_and_segments_with_the_class_ids(taught,
         rounds: int = 2
         margin: float = 0.2
         context: int = 1
+        members: int = 3
 
     monkeypatch.setattr("fewsam_jax.fewshot.student.StudentConfig", Later)
     old = StudentSegmenter.load(saved)
-    assert (old.config.rounds, old.config.margin, old.config.context) == (1, 0.0, 0)
+    assert (old.config.rounds, old.config.margin, old.config.context, old.config.members) == (1, 0.0, 0, 1)
     assert np.array_equal(old.segment(folder / "case4.nii.gz"), labels)
     monkeypatch.undo()
 
@@ -266,14 +268,36 @@ def test_teaching_is_deterministic_per_seed(cohort):
     assert np.array_equal(first.predict_volume(volume), shared.predict_volume(volume))
 
 
+@pytest.mark.slow  # trains tiny U-Nets (a few steps)
+def test_a_seed_ensemble_averages_its_members_and_reloads(cohort, tmp_path):
+    """members=2: two students on the same pseudo-labels, seeds 0 and 1; member 0 is the one-member student, the
+    ensemble's probabilities the members' mean; saved and loaded, the same predictions."""
+    folder, truth = cohort
+    config = CONFIG.replace(unet=UNetConfig.tiny(steps=3))
+    pair = train_student(Oracle(truth), folder / "manifest.json", config=config.replace(members=2), progress=False)
+    single = train_student(Oracle(truth), folder / "manifest.json", config=config, progress=False)
+    volume = load_volume(folder / "case4.nii.gz")
+    first, second = (pair.member(i).predict_volume(volume) for i in (0, 1))
+    assert len(pair.unets) == 2 and pair.info["members"] == 2 and pair.member(1).config.seed == 1
+    assert np.array_equal(first, single.predict_volume(volume)) and not np.array_equal(first, second)
+    np.testing.assert_allclose(pair.predict_volume(volume), (first + second) / 2, atol=1e-6)
+    assert np.array_equal(pair.segment(volume, chunk=4, progress=False),
+                          pair.labels_from(pair.predict_volume(volume)))
+    loaded = StudentSegmenter.load(pair.save(tmp_path / "pair"))
+    assert loaded.config == pair.config and len(loaded.unets) == 2
+    assert np.array_equal(loaded.predict_volume(volume), pair.predict_volume(volume))
+    with pytest.raises(ValueError, match="2 U-Nets for config.members = 1"):
+        StudentSegmenter(pair.unets, pair.classes, pair.axis, pair.intensity, config)
+
+
 def test_fewsam_teach_defaults_are_the_configs():
     """`fewsam teach` spells StudentConfig's defaults out (the parser imports no jax): the two stay equal."""
     from fewsam_jax.cli import build_parser
 
     args = build_parser().parse_args(["teach", "manifest.json", "-d", "decoder", "-o", "student"])
     defaults = StudentConfig()
-    assert (args.teacher_weight, args.seed, args.rounds, args.margin, args.context) == (
-        defaults.teacher_weight, defaults.seed, defaults.rounds, defaults.margin, defaults.context)
+    assert (args.teacher_weight, args.seed, args.rounds, args.margin, args.context, args.members) == (
+        defaults.teacher_weight, defaults.seed, defaults.rounds, defaults.margin, defaults.context, defaults.members)
     assert args.steps is None
 
 
@@ -288,7 +312,8 @@ def test_bad_input_is_named_before_any_training(cohort, monkeypatch, tmp_path):
         train_student(other, folder / "manifest.json")
     with pytest.raises(ValueError, match="teacher_weight"):
         StudentConfig(teacher_weight=1.5)
-    for field, value in (("rounds", 0), ("rounds", True), ("margin", 0.5), ("context", -1), ("context", 1.5)):
+    for field, value in (("rounds", 0), ("rounds", True), ("margin", 0.5), ("context", -1), ("context", 1.5),
+                         ("members", 0), ("members", 2.0)):
         with pytest.raises(ValueError, match=field):
             StudentConfig(**{field: value})
     with pytest.raises(ValueError, match="rounds: more than one round teaches nothing new"):
