@@ -6,24 +6,24 @@ Fixed splits of the 200 shared volumes (sorted by name), never changed between r
 - ``validation`` = the last 8 volumes: every method decision is made here;
 - ``test`` = volumes 5-44 (40): scored once per candidate default, never used to choose.
 
-A collection takes N labelled axial slices (``--shots``, default 5, 10, 20) at the centres of equal parts of
-the labelled extent of the draw's 5 volumes, plus one label-free slice per volume. The decoder is trained on
-it (``--variant``: options of the three configs, routed by
-:func:`fewsam_jax.fewshot.config.configs_from_overrides`) and, with ``--unet``, the project's 2D U-Net from scratch on
-exactly the same slices; both are scored in 3D on every volume of the phase's split: Dice, HD95 (mm) and
-predicted / true volume per class. ``--offsets`` also scores other threshold offsets
-(``InferenceConfig.threshold_offset``) and ``--presence`` other presence thresholds from the same trained decoder,
-one row each (``VARIANT@OFFSET``, ``VARIANT@pTHRESHOLD``), without training again; ``--ensemble W`` scores the
-decoder's class probabilities averaged with the U-Net's (decoder weight W; ``--ensemble-control N`` adds N U-Net
-seeds averaged, what averaging alone gains; ``--unet-seed-ensemble`` the U-Nets of every ``--seeds`` averaged);
-``--pseudo W`` trains a U-Net on every slice of the support volumes, the unlabelled ones labelled by that average
-(W 0: by the U-Net itself, the self-training control), and with ``--unlabelled N`` on every slice of N more cohort
-volumes (55 onwards, labels never read) labelled the same way;
-``--student NAME:fields`` teaches one with the library's ``train_student`` and those ``StudentConfig`` fields (rows
-``VARIANT>NAME``; a 2.5D partner is scored too, rows ``unet-cK``). ``--curve N`` adds a learning curve: validation
-Dice (threshold 0) every N steps. Embeddings go through the package's cache, and with ``--decoders DIR`` trained
-decoders are kept and reused (training is deterministic per seed), so a rerun only trains what is new and segments;
-``--no-decoder-rows`` leaves the decoder's own scoring out (a decoder that only teaches: the test split's students).
+A collection takes N labelled axial slices (``--shots``, default 5, 10, 20) at the centres of equal parts of the
+labelled extent of the draw's 5 volumes, plus one label-free slice per volume. The decoder is trained on it
+(``--variant``: options of the three configs, routed by :func:`fewsam_jax.fewshot.config.configs_from_overrides`)
+and, with ``--unet``, the project's 2D U-Net from scratch on exactly the same slices; both are scored in 3D on every
+volume of the phase's split: Dice, HD95 (mm) and predicted / true volume per class. ``--offsets`` also scores other
+threshold offsets (``InferenceConfig.threshold_offset``) and ``--presence`` other presence thresholds from the same
+trained decoder, one row each (``VARIANT@OFFSET``, ``VARIANT@pTHRESHOLD``), without training again; ``--ensemble W``
+scores the decoder's class probabilities averaged with the U-Net's (decoder weight W; ``--ensemble-control N``
+trains N - 1 more U-Nets and scores the N averaged, what averaging alone gains; ``--unet-seed-ensemble`` the U-Nets
+of every ``--seeds`` averaged); ``--pseudo W`` trains a U-Net on every slice of the support volumes, the unlabelled
+ones labelled by that average (W 0: by the U-Net itself, the self-training control), and with ``--unlabelled N`` on
+every slice of N more cohort volumes (55 onwards, labels never read) labelled the same way; ``--student
+NAME:fields`` teaches one with the library's ``train_student`` and those ``StudentConfig`` fields (rows
+``VARIANT>NAME``; a 2.5D partner is scored too, rows ``unet-cK``; a seed ensemble's member 0 alone,
+``VARIANT>NAME#0``). ``--curve N`` adds a learning curve: validation Dice (threshold 0) every N steps. Embeddings go
+through the package's cache, and with ``--decoders DIR`` trained decoders are kept and reused (training is
+deterministic per seed), so a rerun only trains what is new and segments; ``--no-decoder-rows`` leaves the decoder's
+own scoring out (a decoder that only teaches: the test split's students).
 
 Rows accumulate in ``bench/results/fewshot_<phase>.json`` (a rerun of the same variant, draw, seed and shot
 count replaces its row); the "Few-shot hippocampus" sections of ``bench/RESULTS.md`` are rewritten from it.
@@ -321,11 +321,16 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                         if curve:
                             print("curve", json.dumps(curve), flush=True)
     if args.unet_seed_ensemble and len(args.seeds) > 1:
+        name = "unet-seeds" + "+".join(map(str, args.seeds))  # a row per set of seeds
         for draw, shots in ((d, n) for d in args.draws for n in args.shots):
             runs = [unet[draw, seed, shots] for seed in args.seeds]
             mean = [sum(probs) / len(runs) for probs in zip(*(run.probabilities for run in runs))]
-            for row in score_unet(mean, volumes, args.postprocess, f"unet-seeds{len(runs)}", 0.0, total_slices):
+            firsts = [next(r for r in rows if r["variant"] == "unet" and (r["draw"], r["seed"], r["positive_slices"])
+                           == (draw, seed, shots)) for seed in args.seeds]
+            seconds = sum(r["segment_seconds_per_100_slices"] for r in firsts) * total_slices / 100
+            for row in score_unet(mean, volumes, args.postprocess, name, seconds, total_slices):
                 row.update(draw=draw, seed=args.seeds[0], seeds=args.seeds, positive_slices=shots,
+                           labelled_slices=firsts[0]["labelled_slices"], load_average=firsts[-1]["load_average"],
                            train_seconds=sum(run.train_seconds for run in runs))
                 rows.append(row)
                 save(rows)
@@ -358,10 +363,11 @@ def baseline_rows(args: argparse.Namespace, path: Path, draw: str, seed: int, sh
             total = [a + b for a, b in zip(total, others)]
         mean = [t / args.ensemble_control for t in total]
         info = {k: new[0][k] for k in ("draw", "seed", "positive_slices", "labelled_slices")}
+        segment = sum(f["segment_seconds_per_100_slices"] for f in firsts) * total_slices / 100
         new += [{**row, **info, "train_seconds": sum(f["train_seconds"] for f in firsts),
                  "load_average": [firsts[0]["load_average"][0], firsts[-1]["load_average"][1]]}
-                for row in score_unet(mean, volumes, args.postprocess, f"unet-x{args.ensemble_control}",
-                                      new[0]["segment_seconds_per_100_slices"] * total_slices / 100, total_slices)]
+                for row in score_unet(mean, volumes, args.postprocess, f"unet-x{args.ensemble_control}", segment,
+                                      total_slices)]
     for row in new:
         rows.append(row)
         save(rows)
@@ -499,8 +505,8 @@ def student_rows(args, spec: str, variant: str, overrides: dict, segmenter, path
     taught = train_student(segmenter, path, unlabelled, config, cache=args.cache, progress=False, partner=partner)
     row_name = f"{variant}>{name}" + (f"u{len(unlabelled)}" if unlabelled else "")
     # a seed ensemble's member 0 is the student members=1 teaches: scored too (row NAME#0), at no training cost;
-    # its seconds are the teaching's with one member's share of the students' training
-    member_seconds = taught.info["student_seconds"] / config.members
+    # its seconds are the teaching's less the other members' trainings
+    member_seconds = taught.info["student_seconds"] - sum(taught.info["member_seconds"][1:])
     students = [(row_name, taught, fields, taught.info["student_seconds"])] + (
         [(f"{row_name}#0", taught.member(0), {**fields, "members": 1}, member_seconds)] if config.members > 1 else [])
     for student_name, student, student_fields, student_seconds in students:
@@ -626,7 +632,8 @@ def main() -> None:
                         "(from volume 55 on; labels never read), labelled by the same teacher (rows VARIANT>unet@wWuN)")
     parser.add_argument("--student", action="append", default=[], metavar="NAME:key=value,...",
                         help="also teach a student with the library's train_student (StudentConfig fields: "
-                        "teacher_weight, rounds, margin, context; the run's seed), rows VARIANT>NAME; repeatable")
+                        "teacher_weight, rounds, margin, context, members; the run's seed), rows VARIANT>NAME (and "
+                        "NAME#0, member 0 of a seed ensemble); repeatable")
     parser.add_argument("--decoders", type=Path,
                         help="keep each trained decoder in this folder and reuse one trained on the same manifest "
                         "with the same configs (training is deterministic per seed; not with --curve)")
@@ -696,6 +703,9 @@ def main() -> None:
                              + (" and without --unet-only (no decoder to teach)" if args.unet_only else "")
                              + (f" and without {', '.join(clash)}, which score the decoder" if clash else ""))
     trains_unet = args.unet or args.unet_only or args.ensemble or args.pseudo or args.student
+    if args.ensemble_control and not (trains_unet and args.ensemble_control > 1):
+        raise SystemExit(f"--ensemble-control: expected N >= 2 U-Nets and a U-Net (--unet, --unet-only, --ensemble, "
+                         f"--pseudo or --student), got {args.ensemble_control}")
     if args.unet_seed_ensemble and not (trains_unet and len(args.seeds) > 1):
         raise SystemExit(f"--unet-seed-ensemble: expected two or more --seeds (got {len(args.seeds)}) and a U-Net "
                          "(--unet, --unet-only, --ensemble, --pseudo or --student)")

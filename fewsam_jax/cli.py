@@ -355,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="students taught on the same labels with seeds SEED, SEED+1, ...; they segment with "
                             "their probabilities averaged (a seed ensemble; default %(default)s)")
     teach.add_argument("--steps", type=int, help="training steps of each U-Net (default: UNetConfig.steps)")
-    teach.add_argument("--seed", type=int, default=0, help="random seed of both U-Nets (default 0)")
+    teach.add_argument("--seed", type=int, default=0,
+                       help="random seed of both U-Nets (default 0; ensemble member i: SEED + i)")
     teach.add_argument("--model", help="base model folder written by `fewsam convert` (default: the one in "
                        "$FEWSAM_HOME/models holding the weights the decoder was trained on)")
     _add_cache(teach)

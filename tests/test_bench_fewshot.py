@@ -28,9 +28,9 @@ def test_offsets_postprocessing_and_ensembles_label_from_the_same_training(tiny_
     monkeypatch.setattr("fewsam_jax.weights.load_model", lambda *a, **k: tiny_sam)
     data = shared_data("hippocampus").resolve()
     truth = fewshot.read_labels(data / "labelsTr" / f"{fewshot.cases(data)[fewshot.PHASES['validation']][0]}.nii.gz")
-    trained = []
-    monkeypatch.setattr("bench.baselines.train_unet", lambda images, labels, *a, **k: trained.append(labels) or (
-        None, None))
+    trained, seeds = [], []
+    monkeypatch.setattr("bench.baselines.train_unet", lambda images, labels, *a, seed=0, **k: trained.append(labels)
+                        or seeds.append(seed) or (None, None))
     scored = get_slices(truth, 2)
 
     def predict(model, slices, features=None):
@@ -53,6 +53,7 @@ def test_offsets_postprocessing_and_ensembles_label_from_the_same_training(tiny_
     assert [r["variant"] for r in unets] == ["unet", "unet+3d", "unet-seed2", "unet-seed2+3d", "unet-seed3",
                                              "unet-seed3+3d", "unet-x3", "unet-x3+3d"]
     assert all(r["dice"] == [1.0, 1.0] for r in unets) and [r["unet_seed"] for r in unets[2:6:2]] == [1000, 2000]
+    assert seeds[:3] == [0, 1000, 2000]  # then the pseudo-labelled U-Net's
     assert unets[6]["train_seconds"] == sum(r["train_seconds"] for r in unets[:6:2]) and unets[6]["seed"] == 0
     assert [r["variant"] for r in fused] == ["v+unet@w0", "v+unet@w0+3d", "v+unet@w1", "v+unet@w1+3d"]
     assert fused[0]["dice"] == [1.0, 1.0] and fused[2]["dice"] == rows[0]["dice"]
@@ -186,7 +187,9 @@ def test_students_are_the_librarys_and_a_kept_decoder_is_reused(tiny_sam, tmp_pa
     # a seed ensemble of two, taught once: its member 0 is scored alone too, as the one-member student it is
     assert seeds == [0, 0, 0, 1] and again[3]["student"]["members"] == 2 and again[3]["student_info"]["members"] == 2
     assert again[4]["student"] == {**again[3]["student"], "members": 1} and again[4]["overrides"]["members"] == 1
-    assert again[4]["train_seconds"] <= again[3]["train_seconds"] and again[4]["dice"] == [1.0, 1.0]
+    assert again[4]["dice"] == [1.0, 1.0] and len(again[3]["student_info"]["member_seconds"]) == 2
+    assert again[3]["train_seconds"] - again[4]["train_seconds"] == pytest.approx(
+        again[3]["student_info"]["member_seconds"][1])  # less member 1's training
     assert again[1]["dice"] == rows[1]["dice"] and again[1]["thresholds"] == rows[1]["thresholds"]
     assert again[1]["decoder_reused"] and "decoder_reused" not in rows[1]
     # --no-decoder-rows: the kept decoder teaches, its own scoring (one pass over the one scored volume) is left out
@@ -232,6 +235,10 @@ def test_offsets_are_checked_before_the_model_loads(monkeypatch, tmp_path):
                                          "--data", str(tmp_path)])
         with pytest.raises(SystemExit, match=f"--no-decoder-rows: expected with .* and without {flag.split('=')[0]}"):
             fewshot.main()
+    for flags in (["--unet", "--ensemble-control", "1"], ["--ensemble-control"]):  # 1 U-Net; no U-Net at all
+        monkeypatch.setattr("sys.argv", ["bench.fewshot", *flags, "--data", str(tmp_path)])
+        with pytest.raises(SystemExit, match="--ensemble-control: expected N >= 2 U-Nets and a U-Net"):
+            fewshot.main()
     monkeypatch.setattr("sys.argv", ["bench.fewshot", "--offsets=-0.5,20", "--data", str(tmp_path)])
     with pytest.raises(SystemExit, match=r"--offsets: threshold_offset: expected a number of logits in \[-10, 10\]"):
         fewshot.main()
@@ -275,9 +282,10 @@ def test_unet_rows_score_the_same_predictions_post_processed_too(tmp_path, monke
 
 
 def test_the_u_nets_of_every_seed_are_scored_averaged_too(tiny_sam, tmp_path, monkeypatch):
-    """``--unet-only --seeds 0,1 --unet-seed-ensemble``: one row per seed, then the seeds' U-Nets averaged. The
-    stand-in U-Net of seed 0 predicts the truth, seed 1's is unsure everywhere (a third to each class): alone it
-    labels nothing, averaged with seed 0's it changes no label."""
+    """``--unet-only --seeds 0,1 --unet-seed-ensemble``: one row per seed, then the seeds' U-Nets averaged. On the
+    structure the stand-in U-Net of seed 0 gives background 0.5, the true class 0.4 and the other 0.1 (it labels
+    nothing), seed 1's background 0.1 and the other class 0.5 (it swaps the classes): only their mean labels the
+    truth."""
     from fewsam_jax.io import get_slices
 
     monkeypatch.setattr("fewsam_jax.weights.load_model", lambda *a, **k: tiny_sam)
@@ -287,9 +295,11 @@ def test_the_u_nets_of_every_seed_are_scored_averaged_too(tiny_sam, tmp_path, mo
     monkeypatch.setattr("bench.baselines.train_unet", lambda *a, seed=0, **k: (seed, None))
 
     def predict(seed, slices, features=None):
-        if seed or len(slices) != len(truth):
-            return [np.full((*s.shape, 3), 1 / 3, np.float32) for s in slices]
-        return list(np.eye(3, dtype=np.float32)[truth])
+        if len(slices) != len(truth):
+            return [np.eye(3, dtype=np.float32)[np.zeros(s.shape, int)] for s in slices]
+        by_label = np.array([[1, 0, 0], [0.5, 0.4, 0.1], [0.5, 0.1, 0.4]] if seed == 0 else
+                            [[1, 0, 0], [0.1, 0.4, 0.5], [0.1, 0.5, 0.4]], np.float32)  # rows: true label 0, 1, 2
+        return list(by_label[truth])
 
     monkeypatch.setattr("fewsam_jax.fewshot.student.predict_unet_probabilities", predict)
     args = argparse.Namespace(
@@ -298,8 +308,8 @@ def test_the_u_nets_of_every_seed_are_scored_averaged_too(tiny_sam, tmp_path, mo
         curve_volumes=1, postprocess=False, ensemble=[], ensemble_control=0, pseudo=[], unlabelled=0, student=[],
         decoders=None, no_decoder_rows=False, unet_seed_ensemble=True)
     rows = fewshot.run(args, lambda rows: None)
-    assert [(r["variant"], r["seed"]) for r in rows] == [("unet", 0), ("unet", 1), ("unet-seeds2", 0)]
-    assert rows[0]["dice"] == rows[2]["dice"] == [1.0, 1.0] and rows[1]["dice"] == [0.0, 0.0]
+    assert [(r["variant"], r["seed"]) for r in rows] == [("unet", 0), ("unet", 1), ("unet-seeds0+1", 0)]
+    assert rows[0]["dice"] == rows[1]["dice"] == [0.0, 0.0] and rows[2]["dice"] == [1.0, 1.0]
     assert rows[2]["seeds"] == [0, 1]
     assert rows[2]["train_seconds"] == rows[0]["train_seconds"] + rows[1]["train_seconds"]
     monkeypatch.setattr("sys.argv", ["bench.fewshot", "--unet", "--unet-seed-ensemble", "--data", str(data)])

@@ -1,12 +1,13 @@
 """The few-shot decoder as a teacher: a U-Net student that segments from the pixels alone.
 
 :func:`train_student` takes a trained :class:`~fewsam_jax.fewshot.FewShotSegmenter` and the collection it was
-trained on and trains a 2D U-Net (:mod:`fewsam_jax.fewshot.unet`) on every slice, along the collection's axis,
-of the support volumes and of any ``unlabelled`` volumes. The labelled slices keep their labels; every other
-slice is labelled by the teacher: the decoder's class probabilities (the sigmoid of its logits, 0 at each
-class's cut-off) averaged with those of a partner U-Net trained on the labelled slices alone, a class where the
-average passes one half (:func:`fuse`; ``StudentConfig.teacher_weight`` is the decoder's share, 0 makes it
-self-training). Unlabelled volumes are what a user has anyway: the rest of the cohort, images only.
+trained on and trains a 2D U-Net (:mod:`fewsam_jax.fewshot.unet`; with ``StudentConfig.members``, a seed ensemble of
+them) on every slice, along the collection's axis, of the support volumes and of any ``unlabelled`` volumes. The
+labelled slices keep their labels; every other slice is labelled by the teacher: the decoder's class probabilities
+(the sigmoid of its logits, 0 at each class's cut-off) averaged with those of a partner U-Net trained on the
+labelled slices alone, a class where the average passes one half (:func:`fuse`; ``StudentConfig.teacher_weight`` is
+the decoder's share, 0 makes it self-training). Unlabelled volumes are what a user has anyway: the rest of the
+cohort, images only.
 
 The student (:class:`StudentSegmenter`) segments a volume from its intensities: neither the base model nor the
 embedding cache is needed once it is trained. ``save``/``load`` round-trip it (Orbax state + ``student.json``,
@@ -53,7 +54,7 @@ class StudentConfig:
       has the rest; 0: the partner alone, self-training; 1: the decoder alone).
     unet: architecture, optimisation and augmentation of both U-Nets (the partner and the student); its
       ``feature_channels`` are the student's to set (``context``), so they must be 0 here.
-    seed: of both U-Nets' initialisation, batches and augmentation.
+    seed: of both U-Nets' initialisation, batches and augmentation (ensemble member i: ``seed + i``).
     rounds: teaching rounds; from the second on, the previous round's student replaces the partner U-Net in
       the teacher (the decoder's share stays ``teacher_weight``).
     margin: a pseudo-labelled pixel where some class's teacher probability lies within ``margin`` of one half
@@ -141,6 +142,8 @@ class StudentSegmenter(LabelFiles):
         self.unets = (self.unets,) if isinstance(self.unets, UNet) else tuple(self.unets)
         if len(self.unets) != self.config.members:
             raise ValueError(f"unets: {len(self.unets)} U-Nets for config.members = {self.config.members}")
+        if len({getattr(unet, "canvas", None) for unet in self.unets}) > 1:
+            raise ValueError("unets: the members were trained on different canvases (save keeps one)")
 
     @property
     def unet(self) -> UNet:
@@ -152,9 +155,15 @@ class StudentSegmenter(LabelFiles):
         return tuple(sorted(self.classes))
 
     def member(self, index: int) -> StudentSegmenter:
-        """Member ``index`` of a seed ensemble as a one-member student (its config's seed is the member's)."""
+        """Member ``index`` (0..members-1) of a seed ensemble as a one-member student: its config's seed is the
+        member's and ``info["member"]`` its index. Member 0 is exactly what ``train_student`` teaches with
+        ``members=1``; a later member learned from the same partner and pseudo-labels (those of ``seed``), so its
+        config alone does not reproduce it."""
+        if not 0 <= index < len(self.unets):
+            raise IndexError(f"member: expected an index in 0..{len(self.unets) - 1}, got {index}")
         config = self.config.replace(members=1, seed=self.config.seed + index)
-        return dataclasses.replace(self, unets=(self.unets[index],), config=config)
+        return dataclasses.replace(self, unets=(self.unets[index],), config=config,
+                                   info={**self.info, "member": index})
 
     def _probabilities(self, slices: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
         """The members' mean class probabilities (n, K+1, H, W) of ``slices[rows]`` ((N, H, W) in [0, 1])."""
@@ -375,7 +384,8 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
       partner: the partner U-Net, if already trained (:func:`train_partner` with this collection and config:
         several students with one partner share it); default: trained here.
     Returns:
-      the :class:`StudentSegmenter`; ``info`` holds the slice counts and each phase's seconds.
+      the :class:`StudentSegmenter`; ``info`` holds the slice counts, each phase's seconds (``student_seconds``:
+      every round's training; ``member_seconds``: each member's in the last round) and member 0's final loss.
     """
     if not isinstance(config, StudentConfig):
         raise TypeError(f"config: expected a StudentConfig, got {type(config).__name__}")
@@ -414,20 +424,22 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
             if config.context:
                 features += neighbours(prediction.slices, config.context)
         teacher_seconds += time.perf_counter() - taught
-        taught = time.perf_counter()
         # the last round trains every member on these pseudo-labels; an earlier one, member 0 alone (the partner)
-        trained = [train_unet(images, labels, outputs, config.unet_config, seed=config.seed + i, progress=progress,
-                              features=features)
-                   for i in range(config.members if round_ == config.rounds - 1 else 1)]
+        trained, member_seconds = [], []
+        for i in range(config.members if round_ == config.rounds - 1 else 1):
+            taught = time.perf_counter()
+            trained.append(train_unet(images, labels, outputs, config.unet_config, seed=config.seed + i,
+                                      progress=progress, features=features))
+            member_seconds.append(round(time.perf_counter() - taught, 2))
         partner, losses = trained[0]
-        student_seconds += time.perf_counter() - taught
+        student_seconds += sum(member_seconds)
     unets = tuple(unet for unet, _ in trained)
     info = {"labelled_slices": sum(len(s) for _, s, _ in support), "training_slices": len(images),
             "support_volumes": len(support), "unlabelled_volumes": len(unlabelled), "rounds": config.rounds,
             "members": config.members,
             "ignored_fraction": float(np.mean([np.mean(lab == IGNORE) for lab in labels])),
             "partner_seconds": round(partner_done - started, 2), "teacher_seconds": round(teacher_seconds, 2),
-            "student_seconds": round(student_seconds, 2),
+            "student_seconds": round(student_seconds, 2), "member_seconds": member_seconds,
             "loss_last": float(np.mean(losses[-10:])) if losses else None,
             "decoder_train_seconds": segmenter.info.get("train_seconds")}
     return StudentSegmenter(unets, dict(segmenter.classes), segmenter.axis, segmenter.intensity, config, info)

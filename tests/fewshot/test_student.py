@@ -230,15 +230,19 @@ def test_student_learns_from_the_teacher_and_segments_with_the_class_ids(taught,
         StudentSegmenter.load(saved)
 
 
-@pytest.mark.slow  # trains three tiny U-Nets
+@pytest.mark.slow  # trains four tiny U-Nets
 def test_a_2_5d_student_taught_in_two_rounds_with_a_margin(cohort, tmp_path):
-    """context, rounds and margin together: the teacher labels every support volume once per round, the student
-    segments a held-out volume from each slice and its neighbours, and reloads to the same labels."""
+    """context, rounds, margin and members together: the teacher labels every support volume once per round, the
+    student (two members) segments a held-out volume from each slice and its neighbours, and reloads to the same
+    labels."""
     folder, truth = cohort
     oracle = Oracle(truth)
-    config = CONFIG.replace(context=1, rounds=2, margin=0.2)
+    config = CONFIG.replace(context=1, rounds=2, margin=0.2, members=2)
     student = train_student(oracle, folder / "manifest.json", config=config, progress=False)
-    assert len(oracle.seen) == 2 * 3 and student.info["rounds"] == 2
+    assert len(oracle.seen) == 2 * 3 and student.info["rounds"] == 2 and len(student.unets) == 2
+    # the first round trained one student (the second round's partner), the last one both members
+    assert len(student.info["member_seconds"]) == 2
+    assert student.info["student_seconds"] > sum(student.info["member_seconds"])
     assert student.unet.config.feature_channels == 2 and student.info["training_slices"] == 3 * 6
     held_out = load_volume(folder / "case4.nii.gz")
     labels = student.segment(held_out, chunk=4, progress=False)  # the neighbours of a chunk's end slices too
@@ -279,6 +283,10 @@ def test_a_seed_ensemble_averages_its_members_and_reloads(cohort, tmp_path):
     volume = load_volume(folder / "case4.nii.gz")
     first, second = (pair.member(i).predict_volume(volume) for i in (0, 1))
     assert len(pair.unets) == 2 and pair.info["members"] == 2 and pair.member(1).config.seed == 1
+    assert pair.member(1).info["member"] == 1 and "member" not in pair.info
+    for index in (-1, 2):
+        with pytest.raises(IndexError, match="member: expected an index in 0..1"):
+            pair.member(index)
     assert np.array_equal(first, single.predict_volume(volume)) and not np.array_equal(first, second)
     np.testing.assert_allclose(pair.predict_volume(volume), (first + second) / 2, atol=1e-6)
     assert np.array_equal(pair.segment(volume, chunk=4, progress=False),
