@@ -324,14 +324,9 @@ def run(args: argparse.Namespace, save) -> list[dict]:
         name = "unet-seeds" + "+".join(map(str, args.seeds))  # a row per set of seeds
         for draw, shots in ((d, n) for d in args.draws for n in args.shots):
             runs = [unet[draw, seed, shots] for seed in args.seeds]
-            mean = [sum(probs) / len(runs) for probs in zip(*(run.probabilities for run in runs))]
-            firsts = [next(r for r in rows if r["variant"] == "unet" and (r["draw"], r["seed"], r["positive_slices"])
-                           == (draw, seed, shots)) for seed in args.seeds]
-            seconds = sum(r["segment_seconds_per_100_slices"] for r in firsts) * total_slices / 100
-            for row in score_unet(mean, volumes, args.postprocess, name, seconds, total_slices):
-                row.update(draw=draw, seed=args.seeds[0], seeds=args.seeds, positive_slices=shots,
-                           labelled_slices=firsts[0]["labelled_slices"], load_average=firsts[-1]["load_average"],
-                           train_seconds=sum(run.train_seconds for run in runs))
+            for row in averaged_rows([(run.probabilities, run.row) for run in runs], volumes, args.postprocess, name,
+                                     total_slices):
+                row.update(seeds=args.seeds)
                 rows.append(row)
                 save(rows)
                 print(json.dumps(row), flush=True)
@@ -339,11 +334,29 @@ def run(args: argparse.Namespace, save) -> list[dict]:
 
 
 class UNetRun(NamedTuple):
-    """A U-Net trained on one (draw, seed, shots): each scored volume's probabilities (N, C, H, W), its training
-    seconds, the model."""
+    """A U-Net trained on one (draw, seed, shots): each scored volume's probabilities (N, C, H, W), the model, its
+    (labels as predicted) row."""
     probabilities: list[np.ndarray]
-    train_seconds: float
     model: object
+    row: dict
+
+    @property
+    def train_seconds(self) -> float:
+        return self.row["train_seconds"]
+
+
+def averaged_rows(members: list[tuple[list[np.ndarray], dict]], volumes: list, postprocess: bool, variant: str,
+                  total_slices: int) -> list[dict]:
+    """Rows scoring several U-Nets' probabilities averaged: ``members`` are (each scored volume's probabilities,
+    that U-Net's row); the rows take the first member's draw, seed, count and labelled slices, the members' summed
+    training and segmenting seconds, and the load from the first's start to the last's end."""
+    mean = [sum(probs) / len(members) for probs in zip(*(probabilities for probabilities, _ in members))]
+    firsts = [row for _, row in members]
+    segment = sum(r["segment_seconds_per_100_slices"] for r in firsts) * total_slices / 100
+    info = {k: firsts[0][k] for k in ("draw", "seed", "positive_slices", "labelled_slices")}
+    return [{**row, **info, "train_seconds": sum(r["train_seconds"] for r in firsts),
+             "load_average": [firsts[0]["load_average"][0], firsts[-1]["load_average"][1]]}
+            for row in score_unet(mean, volumes, postprocess, variant, segment, total_slices)]
 
 
 def baseline_rows(args: argparse.Namespace, path: Path, draw: str, seed: int, shots: int, volumes: list,
@@ -354,25 +367,18 @@ def baseline_rows(args: argparse.Namespace, path: Path, draw: str, seed: int, sh
     new, probabilities, model = unet_rows(path, draw, seed, shots, volumes, total_slices, intensity,
                                           args.postprocess)
     if args.ensemble_control > 1:
-        firsts, total = [new[0]], list(probabilities)
+        members = [(probabilities, new[0])]
         for k in range(1, args.ensemble_control):
             more, others, _ = unet_rows(path, draw, seed + 1000 * k, shots, volumes, total_slices, intensity,
                                         args.postprocess, variant=f"unet-seed{k + 1}")
             new += [{**row, "seed": seed, "unet_seed": seed + 1000 * k} for row in more]
-            firsts.append(more[0])
-            total = [a + b for a, b in zip(total, others)]
-        mean = [t / args.ensemble_control for t in total]
-        info = {k: new[0][k] for k in ("draw", "seed", "positive_slices", "labelled_slices")}
-        segment = sum(f["segment_seconds_per_100_slices"] for f in firsts) * total_slices / 100
-        new += [{**row, **info, "train_seconds": sum(f["train_seconds"] for f in firsts),
-                 "load_average": [firsts[0]["load_average"][0], firsts[-1]["load_average"][1]]}
-                for row in score_unet(mean, volumes, args.postprocess, f"unet-x{args.ensemble_control}", segment,
-                                      total_slices)]
+            members.append((others, more[0]))
+        new += averaged_rows(members, volumes, args.postprocess, f"unet-x{args.ensemble_control}", total_slices)
     for row in new:
         rows.append(row)
         save(rows)
         print(json.dumps(row), flush=True)
-    return UNetRun(probabilities, new[0]["train_seconds"], model)
+    return UNetRun(probabilities, model, new[0])
 
 
 def unet_rows(path: Path, draw: str, seed: int, shots: int, volumes: list, total_slices: int, intensity,
@@ -506,9 +512,10 @@ def student_rows(args, spec: str, variant: str, overrides: dict, segmenter, path
     row_name = f"{variant}>{name}" + (f"u{len(unlabelled)}" if unlabelled else "")
     # a seed ensemble's member 0 is the student members=1 teaches: scored too (row NAME#0), at no training cost;
     # its seconds are the teaching's less the other members' trainings
-    member_seconds = taught.info["student_seconds"] - sum(taught.info["member_seconds"][1:])
+    first_member_seconds = taught.info["student_seconds"] - sum(taught.info["member_seconds"][1:])
     students = [(row_name, taught, fields, taught.info["student_seconds"])] + (
-        [(f"{row_name}#0", taught.member(0), {**fields, "members": 1}, member_seconds)] if config.members > 1 else [])
+        [(f"{row_name}#0", taught.member(0), {**fields, "members": 1}, first_member_seconds)]
+        if config.members > 1 else [])
     for student_name, student, student_fields, student_seconds in students:
         started = time.perf_counter()
         probabilities = [student.predict_volume(volume) for volume, _ in volumes]

@@ -170,7 +170,7 @@ class StudentSegmenter(LabelFiles):
         total = unet_probabilities(self.unets[0], slices, self.config.context, rows)
         for unet in self.unets[1:]:
             total += unet_probabilities(unet, slices, self.config.context, rows)
-        return total / len(self.unets) if len(self.unets) > 1 else total
+        return total / len(self.unets)  # exact for one member (x / 1 == x)
 
     def predict_volume(self, volume: Volume) -> np.ndarray:
         """Class probabilities (N, K+1, H, W), background first, of the N slices along ``axis`` (the members'
