@@ -83,7 +83,7 @@ def _teach(args: argparse.Namespace) -> None:
     except ValueError as err:
         raise ValueError(f"--steps: {err}") from None
     fields = {"teacher_weight": args.teacher_weight, "rounds": args.rounds, "margin": args.margin,
-              "context": args.context, "members": args.members}
+              "context": args.context, "members": args.members, "student_steps": args.student_steps}
     for field, value in fields.items():  # each flag checked alone, so the error names it
         try:
             StudentConfig(**{field: value})
@@ -355,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="students taught on the same labels with seeds SEED, SEED+1, ...; they segment with "
                             "their probabilities averaged (a seed ensemble; default %(default)s)")
     teach.add_argument("--steps", type=int, help="training steps of each U-Net (default: UNetConfig.steps)")
+    teach.add_argument("--student-steps", type=int,
+                       help="training steps of the student alone (default: --steps, the partner U-Net's)")
     teach.add_argument("--seed", type=int, default=0,
                        help="random seed of both U-Nets (default 0; ensemble member i: SEED + i)")
     teach.add_argument("--model", help="base model folder written by `fewsam convert` (default: the one in "

@@ -65,6 +65,9 @@ class StudentConfig:
     members: students taught in the last round, on the same pseudo-labels, member i with seed ``seed + i``; the
       student segments with their class probabilities averaged (a seed ensemble; 1: one student). Member 0 is
       the student ``members=1`` teaches. Costs a student training and a U-Net pass per member.
+    student_steps: training steps of the student (each member); None: ``unet.steps``, the partner's. The student
+      trains on every slice of the support (and unlabelled) volumes, several times the partner's labelled slices,
+      so at the partner's steps it visits each slice that many times less often.
     """
 
     teacher_weight: float = 0.5
@@ -74,6 +77,7 @@ class StudentConfig:
     margin: float = 0.0
     context: int = 0
     members: int = 1
+    student_steps: int | None = None
 
     def __post_init__(self):
         if not (isinstance(self.teacher_weight, (int, float)) and 0 <= self.teacher_weight <= 1):
@@ -94,6 +98,10 @@ class StudentConfig:
             raise ValueError(f"context: expected a non-negative integer, got {self.context!r}")
         if not (isinstance(self.members, int) and not isinstance(self.members, bool) and self.members >= 1):
             raise ValueError(f"members: expected a positive integer, got {self.members!r}")
+        if self.student_steps is not None and not (isinstance(self.student_steps, int)
+                                                   and not isinstance(self.student_steps, bool)
+                                                   and self.student_steps >= 1):
+            raise ValueError(f"student_steps: expected a positive integer or None, got {self.student_steps!r}")
 
     def replace(self, **changes) -> StudentConfig:
         return dataclasses.replace(self, **changes)
@@ -104,6 +112,12 @@ class StudentConfig:
         if not self.context:
             return self.unet
         return dataclasses.replace(self.unet, feature_channels=2 * self.context, feature_levels=(0,))
+
+    @property
+    def student_unet_config(self) -> UNetConfig:
+        """The student's U-Net config as trained: :attr:`unet_config` with ``student_steps`` when set."""
+        config = self.unet_config
+        return config if self.student_steps is None else dataclasses.replace(config, steps=self.student_steps)
 
 
 def fuse(logits: np.ndarray, unet_probabilities: np.ndarray, weight: float) -> np.ndarray:
@@ -117,7 +131,7 @@ def fuse(logits: np.ndarray, unet_probabilities: np.ndarray, weight: float) -> n
 
 # how a student saved before these StudentConfig fields existed was taught (its student.json lacks them): a load
 # fills them with these, never with today's defaults
-_SAVED_BEFORE_OPTIONS = {"rounds": 1, "margin": 0.0, "context": 0, "members": 1}
+_SAVED_BEFORE_OPTIONS = {"rounds": 1, "margin": 0.0, "context": 0, "members": 1, "student_steps": None}
 
 
 class StudentFileError(FewSamError, ValueError):
@@ -239,7 +253,8 @@ class StudentSegmenter(LabelFiles):
             raise StudentFileError(f"{path}: {len(classes)} classes, {outputs} outputs and axis {axis} do not fit "
                                    "(outputs = classes + background, axis 0-2)")
         verify_checksums(directory, meta.get("checksums", {}), "student.json")
-        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: UNet(config.unet_config, outputs, rngs=ShapeRngs())))
+        shape = config.student_unet_config
+        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: UNet(shape, outputs, rngs=ShapeRngs())))
         try:
             states = restore_pytree(directory / "state", _member_tree([abstract] * config.members))
         except Exception as err:  # Orbax raises anything from ValueError to XlaRuntimeError on a bad folder
@@ -428,7 +443,7 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
         trained, member_seconds = [], []
         for i in range(config.members if round_ == config.rounds - 1 else 1):
             taught = time.perf_counter()
-            trained.append(train_unet(images, labels, outputs, config.unet_config, seed=config.seed + i,
+            trained.append(train_unet(images, labels, outputs, config.student_unet_config, seed=config.seed + i,
                                       progress=progress, features=features))
             member_seconds.append(round(time.perf_counter() - taught, 2))
         partner, losses = trained[0]

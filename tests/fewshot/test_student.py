@@ -195,11 +195,12 @@ def test_student_learns_from_the_teacher_and_segments_with_the_class_ids(taught,
     out = loaded.segment_file(folder / "case4.nii.gz", tmp_path / "case4_seg.nii.gz")
     assert np.array_equal(np.asarray(nib.load(out).dataobj), labels)
     assert "square" in (tmp_path / "case4_seg.labels.json").read_text()
-    # saved before rounds, margin, context and members existed: loads as it was taught (one round, every pixel, the
-    # slice alone, one student), whatever the defaults are by then (a StudentConfig with other defaults stands in
+    # saved before rounds, margin, context, members and student_steps existed: loads as it was taught (one round,
+    # every pixel, the slice alone, one student at the partner's steps), whatever the defaults are by then (a StudentConfig with other defaults stands in
     # for a later one)
     meta = json.loads((saved / "student.json").read_text())
-    meta["config"] = {k: v for k, v in meta["config"].items() if k not in ("rounds", "margin", "context", "members")}
+    later_fields = ("rounds", "margin", "context", "members", "student_steps")
+    meta["config"] = {k: v for k, v in meta["config"].items() if k not in later_fields}
     (saved / "student.json").write_text(json.dumps(meta))
 
     @dataclasses.dataclass(frozen=True)
@@ -208,10 +209,12 @@ def test_student_learns_from_the_teacher_and_segments_with_the_class_ids(taught,
         margin: float = 0.2
         context: int = 1
         members: int = 3
+        student_steps: int | None = 900
 
     monkeypatch.setattr("fewsam_jax.fewshot.student.StudentConfig", Later)
     old = StudentSegmenter.load(saved)
-    assert (old.config.rounds, old.config.margin, old.config.context, old.config.members) == (1, 0.0, 0, 1)
+    assert (old.config.rounds, old.config.margin, old.config.context, old.config.members,
+            old.config.student_steps) == (1, 0.0, 0, 1, None)
     assert np.array_equal(old.segment(folder / "case4.nii.gz"), labels)
     monkeypatch.undo()
 
@@ -298,6 +301,25 @@ def test_a_seed_ensemble_averages_its_members_and_reloads(cohort, tmp_path):
         StudentSegmenter(pair.unets, pair.classes, pair.axis, pair.intensity, config)
 
 
+@pytest.mark.slow  # trains tiny U-Nets (a few steps)
+def test_student_steps_train_the_student_alone_longer(cohort, tmp_path, monkeypatch):
+    """student_steps: the partner keeps unet.steps, every member trains student_steps; saved and loaded."""
+    from fewsam_jax.fewshot import student as student_module
+
+    folder, truth = cohort
+    steps, real = [], student_module.train_unet
+    monkeypatch.setattr(student_module, "train_unet",
+                        lambda *a, **k: steps.append(a[3].steps) or real(*a, **k))
+    config = CONFIG.replace(unet=UNetConfig.tiny(steps=3), student_steps=5, members=2)
+    taught = train_student(Oracle(truth), folder / "manifest.json", config=config, progress=False)
+    assert steps == [3, 5, 5]  # the partner, then the two members
+    assert all(unet.config.steps == 5 for unet in taught.unets)
+    loaded = StudentSegmenter.load(taught.save(tmp_path / "student"))
+    volume = load_volume(folder / "case4.nii.gz")
+    assert loaded.config.student_steps == 5 and loaded.unet.config == taught.unet.config
+    assert np.array_equal(loaded.predict_volume(volume), taught.predict_volume(volume))
+
+
 def test_fewsam_teach_defaults_are_the_configs():
     """`fewsam teach` spells StudentConfig's defaults out (the parser imports no jax): the two stay equal."""
     from fewsam_jax.cli import build_parser
@@ -306,7 +328,7 @@ def test_fewsam_teach_defaults_are_the_configs():
     defaults = StudentConfig()
     assert (args.teacher_weight, args.seed, args.rounds, args.margin, args.context, args.members) == (
         defaults.teacher_weight, defaults.seed, defaults.rounds, defaults.margin, defaults.context, defaults.members)
-    assert args.steps is None
+    assert args.steps is None and args.student_steps is None and defaults.student_steps is None
 
 
 def test_bad_input_is_named_before_any_training(cohort, monkeypatch, tmp_path):
@@ -321,7 +343,8 @@ def test_bad_input_is_named_before_any_training(cohort, monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="teacher_weight"):
         StudentConfig(teacher_weight=1.5)
     for field, value in (("rounds", 0), ("rounds", True), ("margin", 0.5), ("context", -1), ("context", 1.5),
-                         ("members", 0), ("members", 2.0)):
+                         ("members", 0), ("members", 2.0), ("student_steps", 0), ("student_steps", True),
+                         ("student_steps", 5.0)):
         with pytest.raises(ValueError, match=field):
             StudentConfig(**{field: value})
     with pytest.raises(ValueError, match="rounds: more than one round teaches nothing new"):
