@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -ra --durations=15
 
-# The edit loop: everything but the tests marked `slow` (full-size models, notebooks, end-to-end training
-# runs) and `browser`. `make test` (CI) still runs them all.
+# The edit loop: everything but the tests marked `slow` (ten seconds or more: full-size models, notebooks, training
+# runs, several compilations) and `browser`. `make test` (CI) still runs them all.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow and not browser" -ra
 

@@ -35,6 +35,7 @@ def _files(path):
             if p.is_file()}
 
 
+@pytest.mark.slow  # encodes with a staged tiny SAM, several caches
 def test_an_old_entry_gets_stage_inputs_and_keeps_its_embeddings(tmp_path, sam):
     array = _volume()
     old = embed_volume(array, sam, cache=tmp_path, batch_size=2, progress=False)
@@ -62,6 +63,7 @@ def _percentile(array):
     return Intensity.parse("percentile").apply(array)
 
 
+@pytest.mark.slow  # encodes with a staged tiny SAM, several caches
 def test_stage_inputs_resume_slice_by_slice_and_are_repaired(tmp_path, sam):
     array = _volume(1)
     clean = embed_volume(array, sam, cache=tmp_path / "clean", stage_inputs=True, progress=False)

@@ -316,6 +316,7 @@ def test_teach_a_student_then_segment_with_it(dataset, decoder, home, tmp_path, 
     assert not (tmp_path / "p2").exists()
 
 
+@pytest.mark.slow  # two `fewsam segment` processes side by side
 def test_two_parts_in_parallel_match_one_run(dataset, decoder, home, tmp_path):
     """Two processes (`--num-parts 2 --part-id 0/1`) on one fresh cache write what one process writes."""
     single, parted = tmp_path / "single", tmp_path / "parted"
@@ -432,6 +433,7 @@ def test_embed_a_folder_reading_ahead_matches_reading_in_turn(dataset, home, tmp
     assert "3 volumes, 15 slices: 0 encoded, 15 from the cache" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # encodes with a staged tiny SAM through the command line
 def test_embed_stage_inputs(dataset, home, tmp_path, capsys, monkeypatch):
     """`fewsam embed --stage-inputs` stores every slice's last-stage input beside its embedding (a staged
     encoder), and with a model whose encoder is not staged fails before any volume is read or encoded."""

@@ -72,6 +72,7 @@ def test_only_classes_present_in_the_slice_are_predicted(tiny_sam, volume):
     assert not empty.any()
 
 
+@pytest.mark.slow  # three prompted passes of SAM, each compiled
 def test_overlaps_go_to_the_higher_predicted_iou(tiny_sam, volume):
     embeddings, labels = volume
     run = lambda truth, ids: segment_prompted(tiny_sam, embeddings, SHAPE, truth, ids, SPECS[2], batch_size=4,

@@ -58,6 +58,7 @@ def predictions(segmenter, case):
     return segmenter.predict_volume(case["volume"], cache=case["cache"], progress=False)
 
 
+@pytest.mark.slow  # the module's `case`: two decoder trainings with an adapted stage
 def test_adapters_train_with_the_decoder_deterministically(case):
     first, again = case["segmenters"]
     logits, presence = predictions(first, case)
@@ -74,6 +75,7 @@ def test_adapters_train_with_the_decoder_deterministically(case):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # the module's `case`: two decoder trainings with an adapted stage
 def test_a_saved_decoder_reloads_to_identical_predictions(case, tmp_path):
     segmenter = case["segmenters"][0]
     segmenter.save(tmp_path / "decoder")
@@ -85,6 +87,7 @@ def test_a_saved_decoder_reloads_to_identical_predictions(case, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # the module's `case`, two more decoders
 def test_the_default_adapts_a_staged_encoder_and_older_decoders_load_frozen(case, tmp_path):
     """``encoder_lora_rank="auto"`` (the default) trains the stage on a staged encoder and saves the number; a
     decoder folder saved before the option (no key) is a frozen-encoder decoder and loads as one, whatever the
@@ -105,6 +108,7 @@ def test_the_default_adapts_a_staged_encoder_and_older_decoders_load_frozen(case
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # the module's `case`, two more decoders
 def test_untrained_adapters_segment_as_the_frozen_encoder(case):
     """Zero steps: the adapted decoder reads the stage's output on the cached stage inputs where the plain one
     reads the cached embeddings, so both predict alike (to the float16 rounding of what is cached)."""

@@ -253,6 +253,7 @@ def test_support_volumes_must_match_rows():
         SupportSet(np.zeros((2, 2, 2, 4), np.float32), labels, np.arange(2), (1,), np.zeros(3, int))
 
 
+@pytest.mark.slow  # compiles the decoder for one and two classes
 def test_joint_decoding_of_one_class_equals_a_separate_pass(tiny_sam):
     """A class decodes in the joint pass exactly as alone; with two classes the passes differ only
     through the shared image tokens, so the outputs keep their (B, K, ...) layout."""
@@ -398,6 +399,7 @@ def test_image_branch_config_is_checked():
         TrainConfig(image_learning_rate=-1.0)
 
 
+@pytest.mark.slow  # compiles and runs the image branch's training step
 def test_image_learning_rate_drives_the_branch_alone(tiny_sam):
     """image_learning_rate=0 freezes the branch while SAM's decoder still trains at learning_rate."""
     from flax import nnx
@@ -485,6 +487,7 @@ def test_image_branch_training_is_deterministic_and_reloads(image_branch_case, t
     assert any(np.abs(leaf).max() > 0 for leaf in branch["fuse"])  # training moved the zero-initialised fusion
 
 
+@pytest.mark.slow  # the module's `image_branch_case`: trains the image branch
 def test_branch_decoder_saved_before_image_frame_loads_in_the_mask_frame(image_branch_case, tmp_path):
     first = image_branch_case["segmenters"][0]
     if first.decoder.config.image_frame != "mask":

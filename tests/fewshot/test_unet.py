@@ -47,6 +47,7 @@ def test_overfits_a_tiny_synthetic_set_of_mixed_sizes():
     assert [p.shape for p in predict_unet(model, bigger)] == [(50, 37)] * 2
 
 
+@pytest.mark.slow  # trains tiny U-Nets (a few steps)
 def test_training_is_deterministic_per_seed():
     images, labels = shapes(4, [(16, 16)])
     cfg = UNetConfig.tiny(steps=3, batch_size=2)
@@ -57,6 +58,7 @@ def test_training_is_deterministic_per_seed():
     assert all(np.array_equal(a, b) for a, b in zip(predict_unet(first[0], images), predict_unet(again[0], images)))
 
 
+@pytest.mark.slow  # trains tiny U-Nets (a few steps)
 def test_pixels_labelled_minus_one_are_left_out_of_the_loss():
     """-1 (a pseudo-label the teacher is unsure of) counts nowhere: slices left out whole have no loss at all."""
     images, labels = shapes(2, [(16, 16)])
@@ -71,6 +73,7 @@ def test_pixels_labelled_minus_one_are_left_out_of_the_loss():
         train_unet(images, [bad, labels[1]], 3, progress=False)
 
 
+@pytest.mark.slow  # trains tiny U-Nets (a few steps)
 def test_canvas_sets_the_smallest_padding():
     images, labels = shapes(2, [(16, 16)])
     cfg = UNetConfig.tiny(steps=1, batch_size=2, features=(4, 8))  # small: one compile for the canvas
@@ -110,6 +113,7 @@ def test_upsampling_is_a_transposed_convolution():
     np.testing.assert_allclose(up(x), reference(x), atol=1e-5)
 
 
+@pytest.mark.slow  # trains tiny U-Nets (a few steps)
 def test_extra_features_feed_the_chosen_levels():
     """Per-pixel features (bench/sam_features.py) are warped with the slice, pooled to each chosen level and
     concatenated there; they must come exactly when the config asks for them, one (H, W, F) array per slice."""

@@ -25,6 +25,7 @@ def images():
     return jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
 
 
+@pytest.mark.slow  # compiles and trains the adapted stage
 @pytest.mark.parametrize("rank", [0, 3])
 def test_stage_on_trunk_is_the_encoder_until_trained(encoder, images, rank):
     """Trunk then stage reproduces the whole encoder; LoRA starts from B = 0, so the adapted copy does too,
@@ -40,6 +41,7 @@ def test_stage_on_trunk_is_the_encoder_until_trained(encoder, images, rank):
     assert crop.shape == (2, 4, 4, ENCODER.out_chans)
 
 
+@pytest.mark.slow  # compiles and trains the adapted stage
 def test_only_adapters_are_lora_params_and_they_learn(encoder, images):
     rank, targets = 3, ("qkv", "fc2")
     stage = EncoderStage(encoder, rank, targets, rngs=nnx.Rngs(0))

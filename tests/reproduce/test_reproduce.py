@@ -229,6 +229,7 @@ def test_reports_without_unet_per_count_still_render(synthetic_task, tmp_path):
         assert (tmp_path / names["plot"]).stat().st_size > 0
 
 
+@pytest.mark.slow  # trains the pool U-Net twice
 def test_unet_helper_trains_the_pool_unet_as_before(synthetic_task, tiny_sam, tmp_path):
     """The shared helper on every pool slice with seed 0 is the pool U-Net the study trained inline before."""
     cfg = UNetConfig.tiny(steps=2, features=(4, 8))
