@@ -14,8 +14,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# DURATIONS=0 lists every test's seconds (what `python tests/scheduling.py LOG` reads to refresh durations.json)
+DURATIONS ?= 15
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile -ra --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadfile -ra --durations=$(DURATIONS)
 
 # The edit loop: everything but the tests marked `slow` (ten seconds or more: full-size models, notebooks, training
 # runs, several compilations) and `browser`. `make test` (CI) still runs them all.

@@ -5,7 +5,7 @@ one worker), except that each notebook run is a unit of its own: the notebooks a
 nothing but the session's model and compilation cache. Units start longest first, by the seconds recorded in
 ``durations.json`` (a cold run's per-unit totals; units not listed start after, in collection order), so the last
 unit to start is a short one and no worker idles while another finishes a long one (longest processing time
-first). Refresh the table with ``python tests/scheduling.py PYTEST_LOG``, from a run with ``--durations=0``.
+first). Refresh the table with ``python tests/scheduling.py PYTEST_LOG``, from a cold ``make test DURATIONS=0``.
 """
 
 from __future__ import annotations

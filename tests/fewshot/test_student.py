@@ -196,8 +196,8 @@ def test_student_learns_from_the_teacher_and_segments_with_the_class_ids(taught,
     assert np.array_equal(np.asarray(nib.load(out).dataobj), labels)
     assert "square" in (tmp_path / "case4_seg.labels.json").read_text()
     # saved before rounds, margin, context, members and student_steps existed: loads as it was taught (one round,
-    # every pixel, the slice alone, one student at the partner's steps), whatever the defaults are by then (a StudentConfig with other defaults stands in
-    # for a later one)
+    # every pixel, the slice alone, one student at the partner's steps), whatever the defaults are by then (a
+    # StudentConfig with other defaults stands in for a later one)
     meta = json.loads((saved / "student.json").read_text())
     later_fields = ("rounds", "margin", "context", "members", "student_steps")
     meta["config"] = {k: v for k, v in meta["config"].items() if k not in later_fields}
