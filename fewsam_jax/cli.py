@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
 
     teach = commands.add_parser(
-        "teach", help="teach a U-Net student with a trained decoder: faster to segment, better across volumes",
+        "teach", help="teach a U-Net student with a trained decoder: faster to segment, often better across volumes",
         description="Train a 2D U-Net on every slice of MANIFEST's support volumes and of the --unlabelled images: "
         "the labelled slices as labelled, the others as the decoder averaged with a U-Net trained on the labelled "
         "slices labels them. The student segments from the image alone (fewsam segment --decoder OUT).")
