@@ -354,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     teach.add_argument("--members", type=int, default=1,
                        help="students taught on the same labels with seeds SEED, SEED+1, ...; they segment with "
                             "their probabilities averaged (a seed ensemble; default %(default)s)")
-    teach.add_argument("--steps", type=int, help="training steps of each U-Net (default: UNetConfig.steps)")
+    teach.add_argument("--steps", type=int, help="training steps of each U-Net (default: UNetConfig.steps; the "
+                       "student's too unless --student-steps)")
     teach.add_argument("--student-steps", type=int,
                        help="training steps of the student alone (default: --steps, the partner U-Net's)")
     teach.add_argument("--seed", type=int, default=0,

@@ -52,8 +52,9 @@ class StudentConfig:
 
     teacher_weight: the decoder's share of the teacher's class probabilities, in [0, 1] (the partner U-Net
       has the rest; 0: the partner alone, self-training; 1: the decoder alone).
-    unet: architecture, optimisation and augmentation of both U-Nets (the partner and the student); its
-      ``feature_channels`` are the student's to set (``context``), so they must be 0 here.
+    unet: architecture, optimisation and augmentation of both U-Nets (the partner and the student; the student's
+      steps are ``student_steps`` when set); its ``feature_channels`` are the student's to set (``context``), so
+      they must be 0 here.
     seed: of both U-Nets' initialisation, batches and augmentation (ensemble member i: ``seed + i``).
     rounds: teaching rounds; from the second on, the previous round's student replaces the partner U-Net in
       the teacher (the decoder's share stays ``teacher_weight``).
@@ -65,7 +66,8 @@ class StudentConfig:
     members: students taught in the last round, on the same pseudo-labels, member i with seed ``seed + i``; the
       student segments with their class probabilities averaged (a seed ensemble; 1: one student). Member 0 is
       the student ``members=1`` teaches. Costs a student training and a U-Net pass per member.
-    student_steps: training steps of the student (each member); None: ``unet.steps``, the partner's. The student
+    student_steps: training steps of the student (each member, every round); None: ``unet.steps``, the partner's
+      (from the second round on, the partner is the previous round's student, trained this long). The student
       trains on every slice of the support (and unlabelled) volumes, several times the partner's labelled slices,
       so at the partner's steps it visits each slice that many times less often.
     """
@@ -108,7 +110,8 @@ class StudentConfig:
 
     @property
     def unet_config(self) -> UNetConfig:
-        """The U-Nets' config as trained: ``unet`` with one input feature channel per neighbouring slice."""
+        """The partner U-Net's config as trained: ``unet`` with one input feature channel per neighbouring slice
+        (the student's: :attr:`student_unet_config`)."""
         if not self.context:
             return self.unet
         return dataclasses.replace(self.unet, feature_channels=2 * self.context, feature_levels=(0,))

@@ -303,16 +303,17 @@ def test_a_seed_ensemble_averages_its_members_and_reloads(cohort, tmp_path):
 
 @pytest.mark.slow  # trains tiny U-Nets (a few steps)
 def test_student_steps_train_the_student_alone_longer(cohort, tmp_path, monkeypatch):
-    """student_steps: the partner keeps unet.steps, every member trains student_steps; saved and loaded."""
+    """student_steps: the partner keeps unet.steps, every student (each round, each member) trains student_steps;
+    saved and loaded."""
     from fewsam_jax.fewshot import student as student_module
 
     folder, truth = cohort
     steps, real = [], student_module.train_unet
     monkeypatch.setattr(student_module, "train_unet",
                         lambda *a, **k: steps.append(a[3].steps) or real(*a, **k))
-    config = CONFIG.replace(unet=UNetConfig.tiny(steps=3), student_steps=5, members=2)
+    config = CONFIG.replace(unet=UNetConfig.tiny(steps=3), student_steps=5, members=2, rounds=2)
     taught = train_student(Oracle(truth), folder / "manifest.json", config=config, progress=False)
-    assert steps == [3, 5, 5]  # the partner, then the two members
+    assert steps == [3, 5, 5, 5]  # the partner, the first round's student, then the last round's two members
     assert all(unet.config.steps == 5 for unet in taught.unets)
     loaded = StudentSegmenter.load(taught.save(tmp_path / "student"))
     volume = load_volume(folder / "case4.nii.gz")
