@@ -46,6 +46,11 @@ __all__ = [
 ]
 
 
+def _is_count(value: Any, least: int) -> bool:
+    """An integer (not a bool, not a float) of at least ``least``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
 @dataclasses.dataclass(frozen=True)
 class StudentConfig:
     """How the student is taught.
@@ -89,20 +94,18 @@ class StudentConfig:
         if self.unet.feature_channels:
             raise ValueError(f"unet.feature_channels: expected 0 (the student sets them from context), "
                              f"got {self.unet.feature_channels}")
-        if not (isinstance(self.rounds, int) and not isinstance(self.rounds, bool) and self.rounds >= 1):
+        if not _is_count(self.rounds, 1):
             raise ValueError(f"rounds: expected a positive integer, got {self.rounds!r}")
         if self.rounds > 1 and self.teacher_weight == 1:
             raise ValueError("rounds: more than one round teaches nothing new with teacher_weight 1 (the partner, "
                              "which later rounds replace, has no share)")
         if not (isinstance(self.margin, (int, float)) and 0 <= self.margin < 0.5):
             raise ValueError(f"margin: expected a number in [0, 0.5), got {self.margin!r}")
-        if not (isinstance(self.context, int) and not isinstance(self.context, bool) and self.context >= 0):
+        if not _is_count(self.context, 0):
             raise ValueError(f"context: expected a non-negative integer, got {self.context!r}")
-        if not (isinstance(self.members, int) and not isinstance(self.members, bool) and self.members >= 1):
+        if not _is_count(self.members, 1):
             raise ValueError(f"members: expected a positive integer, got {self.members!r}")
-        if self.student_steps is not None and not (isinstance(self.student_steps, int)
-                                                   and not isinstance(self.student_steps, bool)
-                                                   and self.student_steps >= 1):
+        if self.student_steps is not None and not _is_count(self.student_steps, 1):
             raise ValueError(f"student_steps: expected a positive integer or None, got {self.student_steps!r}")
 
     def replace(self, **changes) -> StudentConfig:
@@ -256,8 +259,8 @@ class StudentSegmenter(LabelFiles):
             raise StudentFileError(f"{path}: {len(classes)} classes, {outputs} outputs and axis {axis} do not fit "
                                    "(outputs = classes + background, axis 0-2)")
         verify_checksums(directory, meta.get("checksums", {}), "student.json")
-        shape = config.student_unet_config
-        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: UNet(shape, outputs, rngs=ShapeRngs())))
+        unet_config = config.student_unet_config
+        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: UNet(unet_config, outputs, rngs=ShapeRngs())))
         try:
             states = restore_pytree(directory / "state", _member_tree([abstract] * config.members))
         except Exception as err:  # Orbax raises anything from ValueError to XlaRuntimeError on a bad folder
