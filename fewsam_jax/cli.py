@@ -83,7 +83,8 @@ def _teach(args: argparse.Namespace) -> None:
     except ValueError as err:
         raise ValueError(f"--steps: {err}") from None
     fields = {"teacher_weight": args.teacher_weight, "rounds": args.rounds, "margin": args.margin,
-              "context": args.context, "members": args.members, "student_steps": args.student_steps}
+              "context": args.context, "members": args.members, "student_steps": args.student_steps,
+              "calibration": args.calibration}
     for field, value in fields.items():  # each flag checked alone, so the error names it
         try:
             StudentConfig(**{field: value})
@@ -358,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "student's too unless --student-steps)")
     teach.add_argument("--student-steps", type=int,
                        help="training steps of the student alone (default: --steps, the partner U-Net's)")
+    teach.add_argument("--calibration", choices=("none", "volume"), default="none",
+                       help="volume: shift each class's decoder logits so that the decoder labels as much of the "
+                            "support volumes' unlabelled slices as the U-Net does (default %(default)s)")
     teach.add_argument("--seed", type=int, default=0,
                        help="random seed of both U-Nets (default 0; ensemble member i: SEED + i)")
     teach.add_argument("--model", help="base model folder written by `fewsam convert` (default: the one in "

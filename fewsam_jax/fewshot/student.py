@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from flax import nnx
@@ -42,7 +42,7 @@ from fewsam_jax.weights import ShapeRngs, restore_pytree, save_pytree
 __all__ = [
     "IGNORE", "StudentConfig", "StudentFileError", "StudentSegmenter", "TeacherPrediction", "fuse", "labelled_slices",
     "neighbours", "pseudo_labels", "support_volumes", "teacher_predictions", "train_partner", "train_student",
-    "unet_probabilities",
+    "unet_probabilities", "volume_shifts",
 ]
 
 
@@ -75,6 +75,11 @@ class StudentConfig:
       (from the second round on, the partner is the previous round's student, trained this long). The student
       trains on every slice of the support (and unlabelled) volumes, several times the partner's labelled slices,
       so at the partner's steps it visits each slice that many times less often.
+    calibration: "volume": before each round's pseudo-labels, every class's decoder logits are shifted by one
+      constant so that the decoder's predicted volume over the support volumes' unlabelled slices equals the
+      partner's (:func:`volume_shifts`; the decoder tends to under-segment slices it was not trained on, the
+      partner U-Net less so); the shift found there applies to every volume taught. "none": the logits as they
+      are.
     """
 
     teacher_weight: float = 0.5
@@ -85,6 +90,7 @@ class StudentConfig:
     context: int = 0
     members: int = 1
     student_steps: int | None = None
+    calibration: Literal["none", "volume"] = "none"
 
     def __post_init__(self):
         if not (isinstance(self.teacher_weight, (int, float)) and 0 <= self.teacher_weight <= 1):
@@ -107,6 +113,8 @@ class StudentConfig:
             raise ValueError(f"members: expected a positive integer, got {self.members!r}")
         if self.student_steps is not None and not _is_count(self.student_steps, 1):
             raise ValueError(f"student_steps: expected a positive integer or None, got {self.student_steps!r}")
+        if self.calibration not in ("none", "volume"):
+            raise ValueError(f"calibration: expected 'none' or 'volume', got {self.calibration!r}")
 
     def replace(self, **changes) -> StudentConfig:
         return dataclasses.replace(self, **changes)
@@ -137,7 +145,8 @@ def fuse(logits: np.ndarray, unet_probabilities: np.ndarray, weight: float) -> n
 
 # how a student saved before these StudentConfig fields existed was taught (its student.json lacks them): a load
 # fills them with these, never with today's defaults
-_SAVED_BEFORE_OPTIONS = {"rounds": 1, "margin": 0.0, "context": 0, "members": 1, "student_steps": None}
+_SAVED_BEFORE_OPTIONS = {"rounds": 1, "margin": 0.0, "context": 0, "members": 1, "student_steps": None,
+                         "calibration": "none"}
 
 
 class StudentFileError(FewSamError, ValueError):
@@ -361,15 +370,17 @@ def teacher_predictions(segmenter, partner: UNet, volumes: Iterable[tuple[Volume
 
 
 def pseudo_labels(predictions: Sequence[TeacherPrediction], weight: float, presence_threshold: float = 0.0,
-                  margin: float = 0.0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                  margin: float = 0.0, shift: np.ndarray | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Every slice of the predicted volumes and its label map as U-Net indices: the true labels on labelled
     slices, elsewhere the teacher's (:func:`fuse` with decoder weight ``weight``; classes judged absent on a slice
     by the decoder's presence head below ``presence_threshold`` are left out, as the decoder does). With
     ``margin``, a pseudo-labelled pixel where a class present on its slice has a teacher probability within
-    ``margin`` of one half is :data:`IGNORE`."""
+    ``margin`` of one half is :data:`IGNORE`. ``shift`` (K,) is added to each class's decoder logits first
+    (:func:`volume_shifts`)."""
     images, labels = [], []
     for p in predictions:
-        scores = fuse(p.logits, p.partner, weight)
+        logits = p.logits if shift is None else np.asarray(p.logits) + np.asarray(shift, np.float32)[:, None, None]
+        scores = fuse(logits, p.partner, weight)
         pseudo = labels_from_logits(scores, p.presence, tuple(range(1, p.partner.shape[1])), presence_threshold)
         if margin:
             present = (np.asarray(p.presence) >= presence_threshold)[..., None, None]
@@ -379,6 +390,31 @@ def pseudo_labels(predictions: Sequence[TeacherPrediction], weight: float, prese
         images += list(p.slices)
         labels += list(pseudo.astype(np.int32))
     return images, labels
+
+
+def volume_shifts(predictions: Sequence[TeacherPrediction], presence_threshold: float = 0.0) -> np.ndarray:
+    """Per class, the shift (K,) of the decoder's logits that makes its predicted volume over the predictions'
+    unlabelled slices equal the partner U-Net's there (the pixels whose most probable partner class it is). The
+    decoder's volume of a class counts the pixels with a positive shifted logit on the slices where its presence
+    head passes ``presence_threshold``, one class at a time; the shift is 0 for a class with no such pixel.
+    Labelled slices are left out: the decoder was trained on them, and they keep their true labels anyway."""
+    classes = predictions[0].logits.shape[1] if predictions else 0
+    shifts = np.zeros(classes, np.float32)
+    for k in range(classes):
+        values, target = [], 0
+        for p in predictions:
+            rows = np.setdiff1d(np.arange(len(p.slices)), p.labelled)
+            present = np.asarray(p.presence)[rows, k] >= presence_threshold
+            values.append(np.asarray(p.logits, np.float32)[rows[present], k].ravel())
+            target += int((np.asarray(p.partner)[rows].argmax(axis=1) == k + 1).sum())
+        ranked = -np.sort(-np.concatenate(values))  # descending
+        if not len(ranked):
+            continue
+        # a cut-off between the target-th and the next largest logit keeps exactly the target's count (ties aside)
+        upper = ranked[min(target, len(ranked)) - 1] if target else ranked[0] + 1.0
+        lower = ranked[target] if target < len(ranked) else ranked[-1] - 1.0
+        shifts[k] = -(upper + lower) / 2
+    return shifts
 
 
 def train_partner(segmenter, support: Sequence[tuple[Volume, list[int], np.ndarray]], config: StudentConfig,
@@ -429,17 +465,24 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
         partner = train_partner(segmenter, support, config, progress)
     partner_done = time.perf_counter()
     outputs, teacher_seconds, student_seconds = len(segmenter.classes) + 1, 0.0, 0.0
+    threshold, shifts = segmenter.inference.presence_threshold, []
     for round_ in range(config.rounds):
         taught = time.perf_counter()
         # one volume at a time: its slices and pseudo-labels are kept, the teacher's logits and probabilities not
-        volumes = itertools.chain(support, ((v if isinstance(v, Volume) else load_volume(v), [], None)
-                                            for v in unlabelled))
+        # (but the support volumes' when calibrating: the shift is found on all of them)
+        predictions = teacher_predictions(segmenter, partner, support, cache, config.context)
+        shift = None
+        if config.calibration == "volume":
+            predictions = list(predictions)
+            shift = volume_shifts(predictions, threshold)
+            shifts.append([round(float(s), 4) for s in shift])
+        more = teacher_predictions(segmenter, partner, ((v if isinstance(v, Volume) else load_volume(v), [], None)
+                                                        for v in unlabelled), cache, config.context)
         images, labels, features = [], [], [] if config.context else None
-        for prediction in tqdm(teacher_predictions(segmenter, partner, volumes, cache, config.context),
-                               desc="teacher", unit="volume", total=len(support) + len(unlabelled),
-                               disable=not progress):
-            more_images, more_labels = pseudo_labels([prediction], config.teacher_weight,
-                                                     segmenter.inference.presence_threshold, config.margin)
+        for prediction in tqdm(itertools.chain(predictions, more), desc="teacher", unit="volume",
+                               total=len(support) + len(unlabelled), disable=not progress):
+            more_images, more_labels = pseudo_labels([prediction], config.teacher_weight, threshold, config.margin,
+                                                     shift)
             images += more_images
             labels += more_labels
             if config.context:
@@ -462,5 +505,6 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
             "partner_seconds": round(partner_done - started, 2), "teacher_seconds": round(teacher_seconds, 2),
             "student_seconds": round(student_seconds, 2), "member_seconds": member_seconds,
             "loss_last": float(np.mean(losses[-10:])) if losses else None,
+            **({"decoder_shifts": shifts} if shifts else {}),
             "decoder_train_seconds": segmenter.info.get("train_seconds")}
     return StudentSegmenter(unets, dict(segmenter.classes), segmenter.axis, segmenter.intensity, config, info)
