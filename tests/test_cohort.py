@@ -299,13 +299,19 @@ def test_teach_a_student_then_segment_with_it(dataset, decoder, home, tmp_path, 
     assert "--members: members: expected a positive integer" in capsys.readouterr().err
     assert cli.main([str(a) for a in [*teach, "--student-steps", "0"]]) == 2
     assert "--student-steps: student_steps: expected a positive integer" in capsys.readouterr().err
-    assert cli.main([str(a) for a in [*teach, "--student-steps", "6"]]) == 0
+    with pytest.raises(SystemExit) as refused:  # argparse's choices
+        cli.main([str(a) for a in [*teach, "--calibration", "size"]])
+    assert refused.value.code == 2
+    assert "--calibration: invalid choice: 'size'" in capsys.readouterr().err and not student.exists()
+    assert cli.main([str(a) for a in [*teach, "--student-steps", "6", "--calibration", "volume"]]) == 0
     info = json.loads(capsys.readouterr().out)
+    assert len(info["decoder_shifts"]) == 1 and len(info["decoder_shifts"][0]) == 2  # one round, two classes
     assert info["labelled_slices"] == 4 and info["support_volumes"] == 2 and info["unlabelled_volumes"] == 3
     assert info["members"] == 2
     assert info["training_slices"] == 5 * SHAPE[2]  # every slice of the 2 support and 3 unlabelled volumes
     saved = json.loads((student / "student.json").read_text())["config"]
     assert saved["context"] == 1 and saved["student_steps"] == 6 and saved["unet"]["steps"] == 5
+    assert saved["calibration"] == "volume"
     assert cli.main([str(a) for a in teach]) == 2 and "--overwrite" in capsys.readouterr().err
     out = tmp_path / "pred"
     assert cli.main(["segment", "-i", str(dataset / "imagesTs"), "-o", str(out), "--decoder", str(student), "-q"]) == 0

@@ -394,10 +394,11 @@ def pseudo_labels(predictions: Sequence[TeacherPrediction], weight: float, prese
 
 def volume_shifts(predictions: Sequence[TeacherPrediction], presence_threshold: float = 0.0) -> np.ndarray:
     """Per class, the shift (K,) of the decoder's logits that makes its predicted volume over the predictions'
-    unlabelled slices equal the partner U-Net's there (the pixels whose most probable partner class it is). The
-    decoder's volume of a class counts the pixels with a positive shifted logit on the slices where its presence
-    head passes ``presence_threshold``, one class at a time; the shift is 0 for a class with no such pixel.
-    Labelled slices are left out: the decoder was trained on them, and they keep their true labels anyway."""
+    unlabelled slices equal the partner U-Net's there. Both count one class at a time, on the slices where the
+    decoder's presence head passes ``presence_threshold`` for it (the decoder labels nothing elsewhere): the
+    decoder's volume is its pixels with a positive shifted logit, the partner's the pixels whose most probable
+    class it is. The shift is 0 for a class with no such slice. Labelled slices are left out: the decoder was
+    trained on them, and they keep their true labels anyway."""
     classes = predictions[0].logits.shape[1] if predictions else 0
     shifts = np.zeros(classes, np.float32)
     for k in range(classes):
@@ -406,7 +407,7 @@ def volume_shifts(predictions: Sequence[TeacherPrediction], presence_threshold: 
             rows = np.setdiff1d(np.arange(len(p.slices)), p.labelled)
             present = np.asarray(p.presence)[rows, k] >= presence_threshold
             values.append(np.asarray(p.logits, np.float32)[rows[present], k].ravel())
-            target += int((np.asarray(p.partner)[rows].argmax(axis=1) == k + 1).sum())
+            target += int((np.asarray(p.partner)[rows[present]].argmax(axis=1) == k + 1).sum())
         ranked = -np.sort(-np.concatenate(values))  # descending
         if not len(ranked):
             continue

@@ -28,6 +28,8 @@ from fewsam_jax.fewshot.student import (
     support_volumes,
     train_partner,
     train_student,
+    unet_probabilities,
+    volume_shifts,
 )
 from fewsam_jax.fewshot.unet import UNetConfig
 from fewsam_jax.io import get_slices, load_volume
@@ -159,6 +161,36 @@ def test_a_margin_leaves_the_pixels_the_teacher_is_unsure_of_out():
     assert pseudo_labels([gated], 0.5, presence_threshold=0.5, margin=0.2)[1][1].tolist() == [[0, 0, 0]]
 
 
+def test_volume_shifts_make_the_decoders_volume_the_partners():
+    """Per class, the shifted logits are positive on as many unlabelled, present pixels as the partner's most
+    probable class covers there; labelled slices and gated-off slices do not count; the ends of the range (the
+    partner finds nothing, or more than every present pixel) and a class without a present pixel are handled."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(5, 3, 6, 7)).astype(np.float32)  # (N, K, H, W), distinct values
+    partner = rng.dirichlet(np.ones(4), size=(5, 6, 7)).transpose(0, 3, 1, 2).astype(np.float32)
+    partner[:, 2:] = 0.0  # the partner never picks class 3, and class 2 ...
+    partner[1, 2] = 3.0  # ... on slice 1 alone: labelled in the first volume, not in the second
+    presence = np.ones((5, 3), np.float32)
+    presence[4, 0] = 0.1  # class 1 gated off on the first volume's slice 4
+    first = TeacherPrediction(np.zeros((5, 6, 7)), [1], np.zeros((1, 6, 7), np.int32), logits, presence, partner)
+    second = first._replace(labelled=[], true=None, logits=logits[::-1].copy(), presence=np.ones((5, 3)))
+    shifts = volume_shifts([first, second], presence_threshold=0.5)
+    assert shifts.shape == (3,) and shifts.dtype == np.float32
+    for k, rows in ((0, [0, 2, 3]), (1, [0, 2, 3, 4]), (2, [0, 2, 3, 4])):  # the first's counted slices per class
+        decoder = ((logits[rows, k] + shifts[k]) > 0).sum() + ((second.logits[:, k] + shifts[k]) > 0).sum()
+        target = (partner[rows].argmax(axis=1) == k + 1).sum() + (partner.argmax(axis=1) == k + 1).sum()
+        assert decoder == target, k
+    assert (partner.argmax(axis=1) == 2).sum() == 42 and shifts[2] < -logits[:, 2].max()  # class 3: nowhere
+    everywhere = second._replace(partner=np.eye(4, dtype=np.float32)[np.ones((5, 6, 7), int)].transpose(0, 3, 1, 2))
+    assert ((logits[:, 0] + volume_shifts([everywhere])[0]) > 0).all()  # the partner's class 1 everywhere: all in
+    gated = second._replace(presence=np.zeros((5, 3)))
+    assert volume_shifts([gated], presence_threshold=0.5).tolist() == [0.0, 0.0, 0.0]
+    # pseudo_labels with a shift label as with shifted logits
+    shifted = second._replace(logits=second.logits + shifts[:, None, None])
+    assert all(np.array_equal(a, b) for a, b in zip(pseudo_labels([second], 0.5, 0.5, 0.0, shifts)[1],
+                                                    pseudo_labels([shifted], 0.5, 0.5)[1]))
+
+
 def test_neighbours_are_the_slices_around_each_slice_with_the_ends_repeated():
     slices = np.arange(4, dtype=np.float32)[:, None, None] * np.ones((4, 2, 3), np.float32)  # slice i is all i
     assert neighbours(slices, 0) is None
@@ -195,11 +227,11 @@ def test_student_learns_from_the_teacher_and_segments_with_the_class_ids(taught,
     out = loaded.segment_file(folder / "case4.nii.gz", tmp_path / "case4_seg.nii.gz")
     assert np.array_equal(np.asarray(nib.load(out).dataobj), labels)
     assert "square" in (tmp_path / "case4_seg.labels.json").read_text()
-    # saved before rounds, margin, context, members and student_steps existed: loads as it was taught (one round,
-    # every pixel, the slice alone, one student at the partner's steps), whatever the defaults are by then (a
-    # StudentConfig with other defaults stands in for a later one)
+    # saved before rounds, margin, context, members, student_steps and calibration existed: loads as it was taught
+    # (one round, every pixel, the slice alone, one student at the partner's steps, the decoder's logits as they
+    # were), whatever the defaults are by then (a StudentConfig with other defaults stands in for a later one)
     meta = json.loads((saved / "student.json").read_text())
-    later_fields = ("rounds", "margin", "context", "members", "student_steps")
+    later_fields = ("rounds", "margin", "context", "members", "student_steps", "calibration")
     meta["config"] = {k: v for k, v in meta["config"].items() if k not in later_fields}
     (saved / "student.json").write_text(json.dumps(meta))
 
@@ -210,11 +242,12 @@ def test_student_learns_from_the_teacher_and_segments_with_the_class_ids(taught,
         context: int = 1
         members: int = 3
         student_steps: int | None = 900
+        calibration: str = "volume"
 
     monkeypatch.setattr("fewsam_jax.fewshot.student.StudentConfig", Later)
     old = StudentSegmenter.load(saved)
     assert (old.config.rounds, old.config.margin, old.config.context, old.config.members,
-            old.config.student_steps) == (1, 0.0, 0, 1, None)
+            old.config.student_steps, old.config.calibration) == (1, 0.0, 0, 1, None, "none")
     assert np.array_equal(old.segment(folder / "case4.nii.gz"), labels)
     monkeypatch.undo()
 
@@ -321,6 +354,51 @@ def test_student_steps_train_the_student_alone_longer(cohort, tmp_path, monkeypa
     assert np.array_equal(loaded.predict_volume(volume), taught.predict_volume(volume))
 
 
+class Shy(Oracle):
+    """A decoder that ranks pixels right but labels none: every logit 6 below the oracle's (inside about -2,
+    outside about -10; a little noise, fixed per volume, breaks the ties)."""
+
+    def predict_volume(self, volume, cache=None, progress=False):
+        logits, presence = super().predict_volume(volume, cache, progress)
+        noise = np.random.default_rng(int(key(volume.array)[:8], 16)).random(logits.shape, np.float32)
+        return logits - 6.0 + 1e-3 * noise, presence
+
+
+@pytest.mark.slow  # trains a small U-Net and tiny ones
+def test_volume_calibration_lets_a_shy_decoder_teach_the_partners_volume(cohort, tmp_path, monkeypatch):
+    """calibration="volume" with the decoder's share 1: on the support volumes' unlabelled slices the pseudo-labels
+    cover about what the partner's most probable classes do (exactly, but for pixels two shifted classes both
+    claim); without it, nothing. The shifts (one per round) are in info; the option is saved."""
+    from fewsam_jax.fewshot import load_collection
+    from fewsam_jax.fewshot import student as student_module
+
+    folder, truth = cohort
+    support = support_volumes(load_collection(folder / "manifest.json"), Oracle.class_ids)
+    partner = train_partner(Oracle(truth), support, CONFIG, progress=False)  # the fixture's, which learns
+    config = CONFIG.replace(student_steps=3, teacher_weight=1.0)  # the partner trained as CONFIG says
+    taught_labels, real = [], student_module.train_unet
+    monkeypatch.setattr(student_module, "train_unet", lambda *a, **k: taught_labels.append(a[1]) or real(*a, **k))
+    plain = train_student(Shy(truth), folder / "manifest.json", config=config, partner=partner, progress=False)
+    calibrated = train_student(Shy(truth), folder / "manifest.json", config=config.replace(calibration="volume"),
+                               partner=partner, progress=False)
+    assert "decoder_shifts" not in plain.info
+    assert len(calibrated.info["decoder_shifts"]) == 1 and min(calibrated.info["decoder_shifts"][0]) > 3
+    # the partner's own volume of each class on the support volumes' unlabelled slices
+    expected, offset, rows = np.zeros(3, int), 0, []
+    for volume, labelled, _ in support:
+        slices = get_slices(Oracle.intensity.apply(volume.array), 2)
+        unlabelled = [z for z in range(len(slices)) if z not in labelled]
+        expected += np.bincount(unet_probabilities(partner, slices)[unlabelled].argmax(axis=1).ravel(), minlength=3)
+        rows += [offset + z for z in unlabelled]
+        offset += len(slices)
+    plain_labels, calibrated_labels = (np.stack([labels[r] for r in rows]) for labels in taught_labels)
+    assert not plain_labels.any()  # the shy decoder alone labels nothing
+    counts = np.bincount(calibrated_labels.ravel(), minlength=3)
+    assert expected[1:].min() > 100 and np.allclose(counts[1:], expected[1:], rtol=0.02), (counts, expected)
+    loaded = StudentSegmenter.load(calibrated.save(tmp_path / "student"))
+    assert loaded.config.calibration == "volume" and loaded.info["decoder_shifts"] == calibrated.info["decoder_shifts"]
+
+
 def test_fewsam_teach_defaults_are_the_configs():
     """`fewsam teach` spells StudentConfig's defaults out (the parser imports no jax): the two stay equal."""
     from fewsam_jax.cli import build_parser
@@ -330,6 +408,7 @@ def test_fewsam_teach_defaults_are_the_configs():
     assert (args.teacher_weight, args.seed, args.rounds, args.margin, args.context, args.members) == (
         defaults.teacher_weight, defaults.seed, defaults.rounds, defaults.margin, defaults.context, defaults.members)
     assert args.steps is None and args.student_steps is None and defaults.student_steps is None
+    assert args.calibration == defaults.calibration == "none"
 
 
 def test_bad_input_is_named_before_any_training(cohort, monkeypatch, tmp_path):
@@ -345,7 +424,7 @@ def test_bad_input_is_named_before_any_training(cohort, monkeypatch, tmp_path):
         StudentConfig(teacher_weight=1.5)
     for field, value in (("rounds", 0), ("rounds", True), ("margin", 0.5), ("context", -1), ("context", 1.5),
                          ("members", 0), ("members", 2.0), ("student_steps", 0), ("student_steps", True),
-                         ("student_steps", 5.0)):
+                         ("student_steps", 5.0), ("calibration", "size"), ("calibration", None)):
         with pytest.raises(ValueError, match=field):
             StudentConfig(**{field: value})
     with pytest.raises(ValueError, match="rounds: more than one round teaches nothing new"):
