@@ -639,8 +639,8 @@ def main() -> None:
                         "(from volume 55 on; labels never read), labelled by the same teacher (rows VARIANT>unet@wWuN)")
     parser.add_argument("--student", action="append", default=[], metavar="NAME:key=value,...",
                         help="also teach a student with the library's train_student (StudentConfig fields: "
-                        "teacher_weight, rounds, margin, context, members, student_steps, calibration; the run's seed), rows "
-                        "VARIANT>NAME (and NAME#0, member 0 of a seed ensemble); repeatable")
+                        "teacher_weight, rounds, margin, context, members, student_steps, calibration; the run's "
+                        "seed), rows VARIANT>NAME (and NAME#0, member 0 of a seed ensemble); repeatable")
     parser.add_argument("--decoders", type=Path,
                         help="keep each trained decoder in this folder and reuse one trained on the same manifest "
                         "with the same configs (training is deterministic per seed; not with --curve)")

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 from types import SimpleNamespace
+from typing import get_args
 
 import nibabel as nib
 import numpy as np
@@ -18,6 +19,7 @@ from fewsam_jax.fewshot import InferenceConfig
 from fewsam_jax.fewshot.infer import labels_from_logits
 from fewsam_jax.fewshot.student import (
     IGNORE,
+    Calibration,
     StudentConfig,
     StudentFileError,
     StudentSegmenter,
@@ -409,6 +411,8 @@ def test_fewsam_teach_defaults_are_the_configs():
         defaults.teacher_weight, defaults.seed, defaults.rounds, defaults.margin, defaults.context, defaults.members)
     assert args.steps is None and args.student_steps is None and defaults.student_steps is None
     assert args.calibration == defaults.calibration == "none"
+    teach = build_parser()._subparsers._group_actions[0].choices["teach"]
+    assert tuple(teach._option_string_actions["--calibration"].choices) == get_args(Calibration)
 
 
 def test_bad_input_is_named_before_any_training(cohort, monkeypatch, tmp_path):
