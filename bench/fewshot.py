@@ -216,8 +216,9 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                         kept = decoder_folder(args.decoders, path, config, training, inference) \
                             if args.decoders and not args.curve else None
                         reused = kept is not None and kept.exists()
-                        if reused:
+                        if reused:  # its inference but for self_prompt (decoder_folder), which is the variant's
                             segmenter = FewShotSegmenter.load(kept, model=sam)
+                            segmenter.inference = inference
                         else:
                             segmenter = FewShotSegmenter.train(path, sam=sam, config=config, training=training,
                                                                inference=inference, cache=args.cache, progress=False,
@@ -435,7 +436,9 @@ def teacher(segmenter, unet_model, path: Path, cache, unlabelled: list[Path] = (
 def decoder_folder(root: Path, path: Path, config, training, inference) -> Path:
     """Where ``--decoders`` keeps the decoder trained on the manifest at ``path`` with these configs: a folder
     named by the SHA-256 of the manifest's text and the configs (training is deterministic per seed, so a decoder
-    trained once serves every later run that asks for the same)."""
+    trained once serves every later run that asks for the same). ``inference.self_prompt`` is left out: training never
+    reads it, so a variant that only self-prompts segments with the decoder trained for the one that does not)."""
+    inference = inference.replace(self_prompt=0.0)
     key = json.dumps({"manifest": path.read_text(), "decoder": dataclasses.asdict(config),
                       "training": dataclasses.asdict(training), "inference": dataclasses.asdict(inference),
                       "code": library_version()}, sort_keys=True, default=str)

@@ -18,6 +18,8 @@ from fewsam_jax.config import PRESETS
 from fewsam_jax.outputs import FewSamError, check_output_dir, check_output_file
 
 log = logging.getLogger("fewsam_jax.cli")
+# `fewsam segment` options that replace a field of the decoder's InferenceConfig: flag -> field
+INFERENCE_FLAGS = {"--threshold-offset": "threshold_offset", "--self-prompt": "self_prompt"}
 
 
 def _check_cache(args: argparse.Namespace) -> None:
@@ -112,13 +114,14 @@ def _segment(args: argparse.Namespace) -> None:
     inputs = [*args.image, *(args.input or [])]
     if not inputs:
         raise cohort.CohortError("no input: pass image files or folders (-i IN [IN ...])")
-    if args.threshold_offset is not None:  # checked by the config itself, before any file is read
-        from fewsam_jax.fewshot import InferenceConfig
+    for flag, field in INFERENCE_FLAGS.items():  # checked by the config itself, before any file is read
+        if getattr(args, field) is not None:
+            from fewsam_jax.fewshot import InferenceConfig
 
-        try:
-            InferenceConfig(threshold_offset=args.threshold_offset)
-        except ValueError as err:
-            raise cohort.CohortError(f"--threshold-offset: {str(err).removeprefix('threshold_offset: ')}") from None
+            try:
+                InferenceConfig(**{field: getattr(args, field)})
+            except ValueError as err:
+                raise cohort.CohortError(f"{flag}: {str(err).removeprefix(f'{field}: ')}") from None
     out = Path(args.out)
     # one image and a file name (any extension) -> that file; one DICOM series folder and a .nii(.gz) name -> that
     # file; otherwise -o is a folder of CASE.nii.gz
@@ -167,14 +170,15 @@ def _load_segmenter(args: argparse.Namespace):
     student a ``fewsam teach`` folder holds (it needs neither a base model nor the cache)."""
     from fewsam_jax.fewshot import FewShotSegmenter, StudentSegmenter
 
+    given = {flag: getattr(args, field) for flag, field in INFERENCE_FLAGS.items() if getattr(args, field) is not None}
     if (Path(args.decoder) / "student.json").is_file():
-        if args.threshold_offset is not None:
-            raise ValueError(f"--threshold-offset: {args.decoder} is a student (fewsam teach), which labels each "
-                             "pixel with its most probable class; the offset applies to decoders")
+        if given:
+            raise ValueError(f"{', '.join(given)}: {args.decoder} is a student (fewsam teach), which labels each "
+                             "pixel with its most probable class; the option applies to decoders")
         return StudentSegmenter.load(args.decoder)
     segmenter = FewShotSegmenter.load(args.decoder, model=args.model)
-    if args.threshold_offset is not None:
-        segmenter.inference = segmenter.inference.replace(threshold_offset=args.threshold_offset)
+    if given:
+        segmenter.inference = segmenter.inference.replace(**{INFERENCE_FLAGS[flag]: v for flag, v in given.items()})
     if segmenter._sam is None:
         log.debug("base model: %s", segmenter.model_dir())
     return segmenter
@@ -395,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--threshold-offset", type=float, metavar="LOGITS",
                          help="added to every class's threshold; negative labels more (default: the decoder's "
                               "InferenceConfig.threshold_offset)")
+    segment.add_argument("--self-prompt", type=float, metavar="SHARE",
+                         help="the volume's own share of a second pass's prompts, from what a first pass labelled "
+                              "(0-1; 0: one pass; default: the decoder's InferenceConfig.self_prompt)")
     segment.add_argument("--seg-nrrd", action="store_true",
                          help="also write CASE.seg.nrrd for 3D Slicer (named, coloured segments; needs pynrrd)")
     segment.add_argument("--dicom-seg", action="store_true",

@@ -198,6 +198,15 @@ def test_students_are_the_librarys_and_a_kept_decoder_is_reused(tiny_sam, tmp_pa
                                                "no_decoder_rows": True}), lambda r: None)
     assert [r["variant"] for r in taught] == ["unet", "v>two"] and taught[1]["dice"] == two["dice"]
     assert len(passes) == scoring_and_teaching - 1
+    # a variant that only self-prompts segments with the kept decoder (training never reads the option), as it says
+    from fewsam_jax.fewshot.self_prompt import VolumePrompts
+
+    firsts, add = [], VolumePrompts.add
+    monkeypatch.setattr(VolumePrompts, "add", lambda self, *a: firsts.append(1) or add(self, *a))
+    prompted = fewshot.run(argparse.Namespace(**{**vars(args), "variant": [args.variant[0] + ",self_prompt=1"],
+                                                 "student": []}), lambda r: None)
+    assert [r["variant"] for r in prompted] == ["v"] and prompted[0]["decoder_reused"]
+    assert prompted[0]["config"]["inference"]["self_prompt"] == 1.0 and firsts  # a first pass ran
 
 
 def test_a_kept_decoder_is_found_only_by_the_same_manifest_configs_and_code(tmp_path, monkeypatch):
@@ -209,6 +218,9 @@ def test_a_kept_decoder_is_found_only_by_the_same_manifest_configs_and_code(tmp_
     first = fewshot.decoder_folder(tmp_path, manifest, *configs)
     assert fewshot.decoder_folder(tmp_path, manifest, *configs) == first
     assert fewshot.decoder_folder(tmp_path, manifest, configs[0], TrainConfig(seed=1), configs[2]) != first
+    # self-prompting is inference alone: the decoder trained without it serves it
+    assert fewshot.decoder_folder(tmp_path, manifest, *configs[:2], InferenceConfig(self_prompt=1.0)) == first
+    assert fewshot.decoder_folder(tmp_path, manifest, *configs[:2], InferenceConfig(threshold_offset=0.0)) != first
     manifest.write_text('{"support": [1]}')
     assert fewshot.decoder_folder(tmp_path, manifest, *configs) != first
     manifest.write_text('{"support": []}')

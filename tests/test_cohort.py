@@ -226,21 +226,27 @@ def test_collection_from_the_shared_hippocampus():
 # ------------------------------------------------------------------------------------------ segment and evaluate
 
 
-def test_threshold_offset_is_checked_before_loading_and_then_applied(dataset, decoder, home, tmp_path, capsys,
+def test_inference_options_are_checked_before_loading_and_then_applied(dataset, decoder, home, tmp_path, capsys,
                                                                      monkeypatch):
     monkeypatch.setenv("FEWSAM_HOME", str(home))
     load = FewShotSegmenter.load
-    monkeypatch.setattr(FewShotSegmenter, "load", lambda *a, **k: pytest.fail("loaded before the offset was checked"))
+    monkeypatch.setattr(FewShotSegmenter, "load", lambda *a, **k: pytest.fail("loaded before the option was checked"))
     args = ["segment", "-i", str(dataset / "imagesTs"), "-o", str(tmp_path / "p"), "--decoder", str(decoder)]
     assert cli.main([*args, "--threshold-offset", "12"]) == 2
     assert "--threshold-offset: expected a number of logits in [-10, 10], got 12.0" in capsys.readouterr().err
+    assert cli.main([*args, "--self-prompt", "2"]) == 2
+    assert "--self-prompt: expected a number in [0, 1], got 2.0" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
     monkeypatch.setattr(FewShotSegmenter, "load", load)
-    segmenter = cli._load_segmenter(argparse.Namespace(decoder=str(decoder), model=None, threshold_offset=-0.5))
-    assert segmenter.inference.threshold_offset == -0.5
-    saved = FewShotSegmenter.load(decoder).inference.threshold_offset  # without the flag: the decoder's own
-    assert cli._load_segmenter(argparse.Namespace(decoder=str(decoder), model=None,
-                                                  threshold_offset=None)).inference.threshold_offset == saved
+
+    def loaded(threshold_offset=None, self_prompt=None):
+        return cli._load_segmenter(argparse.Namespace(decoder=str(decoder), model=None,
+                                                      threshold_offset=threshold_offset, self_prompt=self_prompt))
+
+    assert loaded(threshold_offset=-0.5).inference.threshold_offset == -0.5
+    assert loaded(self_prompt=0.5).inference.self_prompt == 0.5
+    saved = FewShotSegmenter.load(decoder).inference  # without the flags: the decoder's own
+    assert loaded().inference == saved
 
 
 def test_segment_a_folder_resumes_and_evaluates(dataset, decoder, home, tmp_path, capsys, monkeypatch):
@@ -322,6 +328,7 @@ def test_teach_a_student_then_segment_with_it(dataset, decoder, home, tmp_path, 
     offset = ["segment", "-i", str(dataset / "imagesTs"), "-o", str(tmp_path / "p2"), "--decoder", str(student),
               "--threshold-offset", "1"]
     assert cli.main(offset) == 2 and "is a student" in capsys.readouterr().err
+    assert cli.main([*offset[:-2], "--self-prompt", "1"]) == 2 and "--self-prompt: " in capsys.readouterr().err
     assert not (tmp_path / "p2").exists()
 
 

@@ -239,8 +239,15 @@ class InferenceConfig(_Replace):
     # added to every class's logit threshold (calibrated or 0) when segmenting; negative labels more pixels (the
     # calibration on the training slices sits too high for slices the decoder did not train on)
     threshold_offset: float = -0.5
+    # the volume's own share of the prompt tokens of a second pass (fewshot/self_prompt.py): prototypes of what the
+    # first pass labelled, on the volume's own embeddings, blended with the support's; 0: one pass, the support's
+    # tokens alone. Doubles the decoding
+    self_prompt: float = 0.0
 
     def __post_init__(self):
+        if not (isinstance(self.self_prompt, (int, float)) and not isinstance(self.self_prompt, bool)
+                and 0.0 <= self.self_prompt <= 1.0):
+            raise ValueError(f"self_prompt: expected a number in [0, 1], got {self.self_prompt!r}")
         if not 0.0 <= self.presence_threshold <= 1.0:
             raise ValueError(f"presence_threshold: expected a value in [0, 1], got {self.presence_threshold}")
         if not (isinstance(self.threshold_offset, (int, float)) and not isinstance(self.threshold_offset, bool)

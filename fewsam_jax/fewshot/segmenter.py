@@ -40,6 +40,7 @@ from fewsam_jax.fewshot.infer import (
 )
 from fewsam_jax.fewshot.label_files import LabelFiles
 from fewsam_jax.fewshot.prompts import images_to_low_res, labels_to_low_res
+from fewsam_jax.fewshot.self_prompt import VolumePrompts, frame_labels
 from fewsam_jax.fewshot.train import SupportSet, support_images, support_sources, support_tokens, train_decoder
 from fewsam_jax.io import Volume, from_array, get_slices, load_volume, stack_slices
 from fewsam_jax.logs import tqdm
@@ -324,7 +325,9 @@ class FewShotSegmenter(LabelFiles):
         """:meth:`predict_volume` in chunks of ``chunk`` consecutive slices, so memory stays bounded by a
         chunk whatever the volume's size: yields ``(start, logits (n, K, H, W), presence (n, K))`` for slices
         ``start .. start + n - 1`` along ``axis``. Embeds the slices missing from the cache first (with an
-        encoder stage in the decoder, their last-stage inputs too, which that stage embeds chunk by chunk)."""
+        encoder stage in the decoder, their last-stage inputs too, which that stage embeds chunk by chunk). With
+        ``inference.self_prompt`` a first pass over the chunks labels the volume and the tokens of the pass that
+        yields are built from those labels (:mod:`~fewsam_jax.fewshot.self_prompt`), twice the decoding."""
         if chunk < 1:
             raise ValueError(f"chunk: expected a positive number of slices, got {chunk}")
         model = self.base_model()
@@ -335,14 +338,25 @@ class FewShotSegmenter(LabelFiles):
             self._sam = model.loaded
         config = self.decoder.config
         slices = get_slices(self.intensity.apply(volume.array), self.axis) if config.image_features else None
-        starts = range(0, len(entry), chunk)
-        for start in tqdm(starts, desc="segment", disable=not progress, unit="chunk"):
-            indices = np.arange(start, min(start + chunk, len(entry)))
+
+        def decode(indices, tokens):  # (n, K, L, L) logits shifted to the cut-offs, (n, K) presence
             images = None if slices is None else branch_images(slices, config, self.sam_config, indices)
             sources = entry.load_stage_inputs(indices) if staged else entry.load(indices)
-            logits, presence = predict_logits(self.decoder, self.tokens, sources, images=images)
-            logits = logits - self.cutoffs[None, :, None, None]
-            yield start, _native_chunk(logits, entry.slice_shape, chunk), presence
+            logits, presence = predict_logits(self.decoder, tokens, sources, images=images)
+            return logits - self.cutoffs[None, :, None, None], presence
+
+        chunks = [np.arange(start, min(start + chunk, len(entry))) for start in range(0, len(entry), chunk)]
+        tokens = self.tokens
+        if self.inference.self_prompt:  # a first pass, whose labels prompt the second
+            prompts = VolumePrompts(self.decoder, len(self.classes))
+            for indices in tqdm(chunks, desc="self-prompt", disable=not progress, unit="chunk"):
+                logits, presence = decode(indices, tokens)
+                prompts.add(entry.load(indices), frame_labels(logits, presence, self.inference.presence_threshold,
+                                                              entry.slice_shape))
+            tokens = prompts.tokens(tokens, self.inference.self_prompt)
+        for indices in tqdm(chunks, desc="segment", disable=not progress, unit="chunk"):
+            logits, presence = decode(indices, tokens)
+            yield int(indices[0]), _native_chunk(logits, entry.slice_shape, chunk), presence
 
     def predict_volume(self, volume: Volume, cache: Any = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Per-class logits on the slice grid, shifted so 0 is each class's cut-off (:attr:`cutoffs`),

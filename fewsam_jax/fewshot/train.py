@@ -237,8 +237,14 @@ def inference_choice(support: SupportSet, slice_tokens: int, rows: np.ndarray) -
         present = np.array([i for i in first if (support.labels[i] == k).any()])
         if present.size == 0:  # only augmented copies show it
             present = np.flatnonzero(rows & (support.labels == k).any(axis=(1, 2)))
-        choice.append(present[np.linspace(0, present.size - 1, slice_tokens).round().astype(int)])
+        choice.append(evenly_spread(present, slice_tokens))
     return np.stack(choice).astype(np.int32)
+
+
+def evenly_spread(items: np.ndarray, count: int) -> np.ndarray:
+    """``count`` of ``items`` (1-D, non-empty) spread evenly from the first to the last, repeating items when there
+    are fewer than ``count``: the slices whose prototypes become a class's individual tokens."""
+    return items[np.linspace(0, items.size - 1, count).round().astype(int)]
 
 
 def support_sources(decoder: FewShotDecoder, support: SupportSet) -> np.ndarray:
@@ -261,7 +267,8 @@ def support_images(decoder: FewShotDecoder, support: SupportSet) -> np.ndarray |
     return support.images
 
 
-_region_stats = nnx.jit(region_stats, static_argnums=3)
+# region_stats compiled (num_classes static): the support's statistics, and a volume's (self_prompt.py)
+region_stats_jit = nnx.jit(region_stats, static_argnums=3)
 
 
 @nnx.jit
@@ -277,8 +284,8 @@ def support_tokens(decoder: FewShotDecoder, support: SupportSet, rows: np.ndarra
         if not (support.labels[rows] == k).any():
             raise ValueError(f"class id {class_id} is absent from the selected support slices")
     choice = inference_choice(support, decoder.config.slice_tokens, rows)
-    stats = _region_stats(decoder, jnp.asarray(support.embeddings, jnp.float32), jnp.asarray(support.labels, jnp.int32),
-                          support.num_classes)
+    stats = region_stats_jit(decoder, jnp.asarray(support.embeddings, jnp.float32),
+                             jnp.asarray(support.labels, jnp.int32), support.num_classes)
     return _tokens(decoder, stats, jnp.asarray(rows, jnp.float32), jnp.asarray(choice))
 
 
@@ -299,7 +306,7 @@ def train_decoder(decoder: FewShotDecoder, support: SupportSet, cfg: TrainConfig
     images = None if decoder.image_branch is None else jnp.asarray(support_images(decoder, support))
     optimizer = make_optimizer(decoder, cfg)
     sampler = EpisodeSampler(support, cfg, decoder.config.slice_tokens, embeddings.shape[1])
-    stats = _region_stats(decoder, embeddings, labels, support.num_classes)
+    stats = region_stats_jit(decoder, embeddings, labels, support.num_classes)
     losses = []
     with tqdm(range(cfg.steps), desc="train decoder", disable=not progress, unit="step") as bar:
         for step in bar:

@@ -178,6 +178,35 @@ def test_threshold_offset_shifts_every_class_cutoff_and_is_saved(trained, tmp_pa
 
 
 @pytest.mark.slow  # the module's `trained` decoder: an end-to-end training run
+def test_self_prompt_decodes_again_from_the_volumes_own_labels_streams_and_reloads(trained, tmp_path):
+    """InferenceConfig.self_prompt (tests/fewshot/test_self_prompt.py has the tokens): other logits than one pass,
+    deterministic, the same in chunks, saved with the decoder; 0 and decoders saved before the option: one pass."""
+    segmenter, cache = trained["segmenter"], trained["cache"]
+    volume = load_volume(trained["test_image"])
+    one_pass = segmenter.predict_volume(volume, cache=cache, progress=False)
+
+    def sharing(share):
+        return dataclasses.replace(segmenter, inference=segmenter.inference.replace(self_prompt=share))
+
+    logits, presence = sharing(1.0).predict_volume(volume, cache=cache, progress=False)
+    assert logits.shape == one_pass[0].shape and presence.shape == one_pass[1].shape
+    assert np.abs(logits - one_pass[0]).max() > 1e-3  # other prompts, other logits
+    np.testing.assert_array_equal(sharing(1.0).predict_volume(volume, cache=cache, progress=False)[0], logits)
+    streamed = list(sharing(1.0).iter_predictions(volume, cache=cache, progress=False, chunk=3))
+    np.testing.assert_allclose(np.concatenate([part for _, part, _ in streamed]), logits, atol=1e-4)
+    np.testing.assert_array_equal(sharing(0.0).predict_volume(volume, cache=cache, progress=False)[0], one_pass[0])
+    sharing(1.0).save(tmp_path / "decoder")
+    reloaded = FewShotSegmenter.load(tmp_path / "decoder")
+    reloaded._sam = trained["sam"]  # the tiny test model is not a registered checkpoint
+    assert reloaded.inference.self_prompt == 1.0
+    np.testing.assert_array_equal(reloaded.predict_volume(volume, cache=cache, progress=False)[0], logits)
+    meta = json.loads((tmp_path / "decoder" / "fewshot.json").read_text())
+    del meta["inference"]["self_prompt"]  # a decoder saved before the option: one pass
+    (tmp_path / "decoder" / "fewshot.json").write_text(json.dumps(meta))
+    assert FewShotSegmenter.load(tmp_path / "decoder").inference.self_prompt == 0.0
+
+
+@pytest.mark.slow  # the module's `trained` decoder: an end-to-end training run
 def test_written_labels_overlay_the_source(trained, tmp_path):
     out = trained["segmenter"].segment_file(trained["test_image"], tmp_path / "pred.nii.gz", cache=trained["cache"],
                                             progress=False)
