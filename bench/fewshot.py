@@ -679,9 +679,13 @@ def main() -> None:
 
     for spec in args.variant:
         try:
-            configs_from_overrides(parse_variant(spec)[1])
+            inference = configs_from_overrides(parse_variant(spec)[1])[2]
         except (TypeError, ValueError) as err:
             raise SystemExit(f"--variant {spec}: {err}") from None
+        if inference.self_prompt and (args.offsets or args.presence):
+            # the sweeps relabel one pass's logits; a self-prompted pass depends on the cut-offs its first pass used
+            raise SystemExit(f"--variant {spec}: --offsets / --presence relabel one decoding, which a self-prompting "
+                             "variant's cut-offs change; run them as variants of their own")
     from fewsam_jax.fewshot import InferenceConfig
 
     for flag, field, values in (("--offsets", "threshold_offset", args.offsets),

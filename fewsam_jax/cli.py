@@ -173,8 +173,8 @@ def _load_segmenter(args: argparse.Namespace):
     given = {flag: getattr(args, field) for flag, field in INFERENCE_FLAGS.items() if getattr(args, field) is not None}
     if (Path(args.decoder) / "student.json").is_file():
         if given:
-            raise ValueError(f"{', '.join(given)}: {args.decoder} is a student (fewsam teach), which labels each "
-                             "pixel with its most probable class; the option applies to decoders")
+            raise ValueError(f"{', '.join(given)}: {args.decoder} is a student (fewsam teach), which has no prompt "
+                             "tokens or thresholds; these options apply to few-shot decoders")
         return StudentSegmenter.load(args.decoder)
     segmenter = FewShotSegmenter.load(args.decoder, model=args.model)
     if given:

@@ -258,6 +258,10 @@ def test_offsets_are_checked_before_the_model_loads(monkeypatch, tmp_path):
     monkeypatch.setattr("sys.argv", ["bench.fewshot", "--presence=0,1.5", "--data", str(tmp_path)])
     with pytest.raises(SystemExit, match=r"--presence: presence_threshold: expected a value in \[0, 1\], got 1.5"):
         fewshot.main()
+    for sweep in ("--offsets=-1", "--presence=0.5"):  # a self-prompted pass depends on its first pass's cut-offs
+        monkeypatch.setattr("sys.argv", ["bench.fewshot", "--variant", "sp:self_prompt=1", sweep, "--data", str(tmp_path)])
+        with pytest.raises(SystemExit, match="--variant sp:self_prompt=1: --offsets / --presence relabel one decoding"):
+            fewshot.main()
 
 
 def test_unet_rows_score_the_same_predictions_post_processed_too(tmp_path, monkeypatch):

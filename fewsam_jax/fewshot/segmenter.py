@@ -327,7 +327,8 @@ class FewShotSegmenter(LabelFiles):
         ``start .. start + n - 1`` along ``axis``. Embeds the slices missing from the cache first (with an
         encoder stage in the decoder, their last-stage inputs too, which that stage embeds chunk by chunk). With
         ``inference.self_prompt`` a first pass over the chunks labels the volume and the tokens of the pass that
-        yields are built from those labels (:mod:`~fewsam_jax.fewshot.self_prompt`), twice the decoding."""
+        yields are built from those labels (:mod:`~fewsam_jax.fewshot.self_prompt`), twice the decoding (also
+        when the first pass labels nothing, and the second repeats it with the support's tokens)."""
         if chunk < 1:
             raise ValueError(f"chunk: expected a positive number of slices, got {chunk}")
         model = self.base_model()
@@ -348,7 +349,7 @@ class FewShotSegmenter(LabelFiles):
         chunks = [np.arange(start, min(start + chunk, len(entry))) for start in range(0, len(entry), chunk)]
         tokens = self.tokens
         if self.inference.self_prompt:  # a first pass, whose labels prompt the second
-            prompts = VolumePrompts(self.decoder, len(self.classes))
+            prompts = VolumePrompts(self.decoder, len(self.classes), chunk)
             for indices in tqdm(chunks, desc="self-prompt", disable=not progress, unit="chunk"):
                 logits, presence = decode(indices, tokens)
                 prompts.add(entry.load(indices), frame_labels(logits, presence, self.inference.presence_threshold,

@@ -37,17 +37,26 @@ def frame_labels(logits: np.ndarray, presence: np.ndarray, presence_threshold: f
 
 class VolumePrompts:
     """Collects a volume's region statistics chunk by chunk (:meth:`add`), then builds its prompt tokens
-    (:meth:`tokens`). Holds, per slice, one prototype, centroid encoding and box per region: (N, 1 + K, C)."""
+    (:meth:`tokens`). Holds, per slice and region (1 + K), a prototype and a centroid encoding (C), an area and a
+    box (4), as :func:`~fewsam_jax.fewshot.train.region_stats` gives them. ``rows``: the chunk size; a shorter chunk
+    is padded to it (nothing labelled), so one compiled program serves every chunk of every volume."""
 
-    def __init__(self, decoder: FewShotDecoder, num_classes: int):
-        self.decoder, self.num_classes = decoder, num_classes
+    def __init__(self, decoder: FewShotDecoder, num_classes: int, rows: int):
+        self.decoder, self.num_classes, self.rows = decoder, num_classes, rows
         self.parts: list[tuple[jax.Array, ...]] = []
 
     def add(self, embeddings: np.ndarray, labels: np.ndarray) -> None:
-        """``embeddings`` (n, E, E, C): the slices' cached (frozen encoder) embeddings, what support prototypes are
-        taken on; ``labels`` (n, L, L): their :func:`frame_labels`."""
-        self.parts.append(region_stats_jit(self.decoder, jnp.asarray(embeddings, jnp.float32),
-                                           jnp.asarray(labels, jnp.int32), self.num_classes))
+        """``embeddings`` (n <= rows, E, E, C): the slices' cached (frozen encoder) embeddings, what support
+        prototypes are taken on; ``labels`` (n, L, L): their :func:`frame_labels`."""
+        n = len(embeddings)
+        if n > self.rows:
+            raise ValueError(f"embeddings: expected at most {self.rows} slices (rows), got {n}")
+        padded = np.zeros((self.rows, *embeddings.shape[1:]), np.float32)
+        padded[:n] = embeddings
+        frame = np.full((self.rows, *labels.shape[1:]), IGNORE, np.int32)
+        frame[:n] = labels
+        stats = region_stats_jit(self.decoder, jnp.asarray(padded), jnp.asarray(frame), self.num_classes)
+        self.parts.append(tuple(part[:n] for part in stats))
 
     def tokens(self, support_tokens: jax.Array, weight: float) -> jax.Array:
         """(K, T, C): ``(1 - weight) * support_tokens + weight * the volume's own``, per class; a class labelled on

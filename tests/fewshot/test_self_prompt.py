@@ -48,7 +48,7 @@ def volume_case(tiny_sam):
 
 
 def collected(case, chunks, labels=None):
-    prompts = VolumePrompts(case["decoder"], 2)
+    prompts = VolumePrompts(case["decoder"], 2, rows=5)
     labels = case["labels"] if labels is None else labels
     for part in chunks:
         prompts.add(case["embeddings"][part], labels[part])
@@ -64,6 +64,8 @@ def test_the_volumes_own_tokens_are_the_tokens_it_would_give_as_a_support(volume
     for chunks in ([np.arange(5)], [np.arange(3), np.arange(3, 5)], [np.arange(i, i + 1) for i in range(5)]):
         own = collected(case, chunks).tokens(case["support"], 1.0)
         np.testing.assert_allclose(own, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="embeddings: expected at most 5 slices"):
+        VolumePrompts(case["decoder"], 2, rows=5).add(np.zeros((6, *case["embeddings"].shape[1:])), case["labels"])
 
 
 def test_the_share_blends_the_tokens_and_a_class_labelled_nowhere_keeps_the_supports(volume_case):
