@@ -437,7 +437,7 @@ def decoder_folder(root: Path, path: Path, config, training, inference) -> Path:
     """Where ``--decoders`` keeps the decoder trained on the manifest at ``path`` with these configs: a folder
     named by the SHA-256 of the manifest's text and the configs (training is deterministic per seed, so a decoder
     trained once serves every later run that asks for the same). ``inference.self_prompt`` is left out: training never
-    reads it, so a variant that only self-prompts segments with the decoder trained for the one that does not)."""
+    reads it, so a variant that only self-prompts segments with the decoder trained for the one that does not."""
     inference = inference.replace(self_prompt=0.0)
     key = json.dumps({"manifest": path.read_text(), "decoder": dataclasses.asdict(config),
                       "training": dataclasses.asdict(training), "inference": dataclasses.asdict(inference),

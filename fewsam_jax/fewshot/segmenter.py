@@ -340,9 +340,10 @@ class FewShotSegmenter(LabelFiles):
         config = self.decoder.config
         slices = get_slices(self.intensity.apply(volume.array), self.axis) if config.image_features else None
 
-        def decode(indices, tokens):  # (n, K, L, L) logits shifted to the cut-offs, (n, K) presence
+        def decode(indices, tokens, embeddings=None):  # (n, K, L, L) logits shifted to the cut-offs, (n, K) presence
             images = None if slices is None else branch_images(slices, config, self.sam_config, indices)
-            sources = entry.load_stage_inputs(indices) if staged else entry.load(indices)
+            sources = entry.load_stage_inputs(indices) if staged else (
+                entry.load(indices) if embeddings is None else embeddings)
             logits, presence = predict_logits(self.decoder, tokens, sources, images=images)
             return logits - self.cutoffs[None, :, None, None], presence
 
@@ -351,9 +352,10 @@ class FewShotSegmenter(LabelFiles):
         if self.inference.self_prompt:  # a first pass, whose labels prompt the second
             prompts = VolumePrompts(self.decoder, len(self.classes), chunk)
             for indices in tqdm(chunks, desc="self-prompt", disable=not progress, unit="chunk"):
-                logits, presence = decode(indices, tokens)
-                prompts.add(entry.load(indices), frame_labels(logits, presence, self.inference.presence_threshold,
-                                                              entry.slice_shape))
+                embeddings = entry.load(indices)  # the prototypes' (and, without an encoder stage, the decoder's)
+                logits, presence = decode(indices, tokens, embeddings)
+                prompts.add(embeddings, frame_labels(logits, presence, self.inference.presence_threshold,
+                                                     entry.slice_shape))
             tokens = prompts.tokens(tokens, self.inference.self_prompt)
         for indices in tqdm(chunks, desc="segment", disable=not progress, unit="chunk"):
             logits, presence = decode(indices, tokens)
