@@ -138,11 +138,12 @@ def test_python_examples_run_on_the_shared_data(tmp_path, monkeypatch, litemedsa
     from fewsam_jax.fewshot import DecoderConfig, FewShotSegmenter, TrainConfig
 
     train = FewShotSegmenter.train
-    # ... and with the frozen encoder: the adapted stage (the default on LiteMedSAM) has tests of its own and would
-    # add minutes here (its compilation and the stage inputs of every slice), with nothing more under test
+    # ... and with SAM's decoder alone: the adapted stage and the image branch (the default on LiteMedSAM) have tests
+    # of their own, and the notebooks train and segment with them; here they would add minutes (their compilation,
+    # the stage inputs of every slice, the branch's decoding at the mask frame) with nothing more under test
     monkeypatch.setattr(FewShotSegmenter, "train", staticmethod(
         lambda collection, *args, **kwargs: train(collection, *args, **{
-            "training": TrainConfig(steps=STEPS), "config": DecoderConfig.frozen_encoder(), **kwargs})))
+            "training": TrainConfig(steps=STEPS), "config": DecoderConfig.sam_only(), **kwargs})))
     # Each example loads LiteMedSAM again (the predictor, both trainings, the annotator's SAM assist when used): the
     # first load runs as written, the later ones get the model it returned (the decoder clones what it trains).
     import fewsam_jax
