@@ -10,6 +10,7 @@ Loss: focal + Dice on the class masks (padding ignored), binary cross-entropy on
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -74,6 +75,22 @@ class SupportSet:
         return len(self.class_ids)
 
 
+# Support arrays are padded with zero rows to a multiple of this (rows that never prompt or become targets): a
+# support grown by a few labelled slices (the annotate -> retrain loop) runs the programs already compiled.
+ROW_BUCKET = 8
+
+
+def padded_rows(count: int) -> int:
+    """The rows a support of ``count`` slices is padded to: the next multiple of :data:`ROW_BUCKET`."""
+    return -(-count // ROW_BUCKET) * ROW_BUCKET
+
+
+def pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
+    """``array`` (S, ...) with zero rows appended up to ``rows`` (>= S)."""
+    array = np.asarray(array)
+    return np.concatenate([array, np.zeros((rows - len(array), *array.shape[1:]), array.dtype)])
+
+
 def region_stats(decoder: FewShotDecoder, embeddings: jax.Array, labels: jax.Array, num_classes: int):
     """Prototypes (S, R, C), areas (S, R), centroid encodings (S, R, C) and bounding boxes (S, R, 4,
     fractions of the frame) of every region."""
@@ -113,7 +130,15 @@ def trainable(decoder: FewShotDecoder):
 def make_optimizer(decoder: FewShotDecoder, cfg: TrainConfig) -> nnx.Optimizer:
     """AdamW with warm-up and cosine decay after global-norm clipping; the image branch (trained from
     scratch, unlike SAM's decoder) may have a peak learning rate of its own (``image_learning_rate``); the
-    encoder stage's adapters (:func:`trainable`) share ``learning_rate``."""
+    encoder stage's adapters (:func:`trainable`) share ``learning_rate``. One transformation object per ``cfg``
+    (:func:`_transformation`): the optimizer is part of what :func:`train_step` is compiled for, so a second
+    training with the same config runs the step already compiled."""
+    return nnx.Optimizer(decoder, _transformation(cfg), wrt=trainable(decoder))
+
+
+@functools.lru_cache(maxsize=16)
+def _transformation(cfg: TrainConfig) -> optax.GradientTransformation:
+    """:func:`make_optimizer`'s Optax transformation for ``cfg`` (cached: equal configs get the same object)."""
 
     def adamw(peak: float) -> optax.GradientTransformation:
         schedule = optax.warmup_cosine_decay_schedule(
@@ -129,8 +154,7 @@ def make_optimizer(decoder: FewShotDecoder, cfg: TrainConfig) -> nnx.Optimizer:
 
         update = optax.multi_transform({"sam": adamw(cfg.learning_rate), "branch": adamw(cfg.image_learning_rate)},
                                        part)
-    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), update)
-    return nnx.Optimizer(decoder, tx, wrt=trainable(decoder))
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), update)
 
 
 def crop_size(cfg: TrainConfig, embedding_size: int) -> int:
@@ -143,7 +167,8 @@ def train_step(decoder, optimizer, embeddings, labels, images, stats, targets, w
     """One episode: predict the ``targets`` slices, cropped at ``offset`` (cells, (y, x)), from
     prompts built on the weighted pool of whole support slices (``stats``: :func:`region_stats` of the
     pool's cached embeddings, fixed during training since they and the positional encoding are frozen).
-    ``embeddings``: what the decoder reads of the support slices (:func:`support_sources`: their cached
+    Every support array has R rows (:func:`padded_rows`; ``weights`` (R,) is 0 on the padding, which ``targets``
+    never name). ``embeddings``: what the decoder reads of the support slices (:func:`support_sources`: their cached
     embeddings, or their stage inputs for a decoder with an encoder stage). ``images``: the support's
     low-resolution-frame slices for the image branch, or None. ``seed``: this step's augmentation
     (:func:`~fewsam_jax.fewshot.warp.warp_targets`, when ``cfg`` asks for it)."""
@@ -189,6 +214,7 @@ class EpisodeSampler:
         scale = support.labels.shape[1] // embedding_size
         self.foreground = [np.argwhere(l[::scale, ::scale] > 0) for l in support.labels]
         self.present = np.stack([(support.labels == k).any(axis=(1, 2)) for k in range(1, support.num_classes + 1)])
+        self.rows = padded_rows(len(support.groups))  # the weights' length: the padded support arrays'
         self.rng = np.random.default_rng(cfg.seed)
         self.augment_rng = np.random.default_rng([cfg.seed, 1])  # its own stream: episodes stay as without it
 
@@ -205,8 +231,8 @@ class EpisodeSampler:
         return self.rng.integers(0, span + 1, 2).astype(np.int32)
 
     def __call__(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Targets (B,), prompt weights (S,), individual-token choice (K, slice_tokens), crop offset (2,) and
-        the step's augmentation seed."""
+        """Targets (B,), prompt weights (R,) (R = :func:`padded_rows` of S: the padding rows' weights are 0),
+        individual-token choice (K, slice_tokens), crop offset (2,) and the step's augmentation seed."""
         cfg, groups = self.cfg, self.groups
         targets = self.rng.choice(len(groups), size=cfg.batch_slices, replace=len(groups) < cfg.batch_slices)
         others = ~np.isin(groups, groups[targets])
@@ -224,7 +250,8 @@ class EpisodeSampler:
             self.rng.choice(np.flatnonzero(keep & present), size=self.slice_tokens) for present in self.present
         ])
         seed = np.uint32(self.augment_rng.integers(2**32))
-        return targets.astype(np.int32), keep.astype(np.float32), choice.astype(np.int32), self.crop_offset(targets), seed
+        weights = pad_rows(keep.astype(np.float32), self.rows)
+        return targets.astype(np.int32), weights, choice.astype(np.int32), self.crop_offset(targets), seed
 
 
 def inference_choice(support: SupportSet, slice_tokens: int, rows: np.ndarray) -> np.ndarray:
@@ -284,9 +311,18 @@ def support_tokens(decoder: FewShotDecoder, support: SupportSet, rows: np.ndarra
         if not (support.labels[rows] == k).any():
             raise ValueError(f"class id {class_id} is absent from the selected support slices")
     choice = inference_choice(support, decoder.config.slice_tokens, rows)
-    stats = region_stats_jit(decoder, jnp.asarray(support.embeddings, jnp.float32),
-                             jnp.asarray(support.labels, jnp.int32), support.num_classes)
-    return _tokens(decoder, stats, jnp.asarray(rows, jnp.float32), jnp.asarray(choice))
+    embeddings, labels = padded_support(support)
+    stats = region_stats_jit(decoder, embeddings, labels, support.num_classes)
+    weights = pad_rows(rows.astype(np.float32), len(labels))
+    return _tokens(decoder, stats, jnp.asarray(weights), jnp.asarray(choice))
+
+
+def padded_support(support: SupportSet) -> tuple[jax.Array, jax.Array]:
+    """The support's embeddings (R, E, E, C) float32 and labels (R, L, L) int32 padded with zero rows (background,
+    never prompting) to R = :func:`padded_rows` of S."""
+    rows = padded_rows(len(support.groups))
+    return (jnp.asarray(pad_rows(support.embeddings, rows), jnp.float32),
+            jnp.asarray(pad_rows(support.labels, rows), jnp.int32))
 
 
 def train_decoder(decoder: FewShotDecoder, support: SupportSet, cfg: TrainConfig = TrainConfig(),
@@ -299,11 +335,11 @@ def train_decoder(decoder: FewShotDecoder, support: SupportSet, cfg: TrainConfig
     support)`` runs after every ``callback_every``-th step (e.g. a learning curve on validation volumes); it
     must not train."""
     cfg.check(decoder.config)
-    embeddings = jnp.asarray(support.embeddings, jnp.float32)
-    sources = embeddings if decoder.encoder_stage is None else jnp.asarray(support_sources(decoder, support),
-                                                                           jnp.float32)
-    labels = jnp.asarray(support.labels, jnp.int32)
-    images = None if decoder.image_branch is None else jnp.asarray(support_images(decoder, support))
+    embeddings, labels = padded_support(support)  # every support array padded alike (padded_rows)
+    rows = len(labels)
+    sources = embeddings if decoder.encoder_stage is None else jnp.asarray(
+        pad_rows(support_sources(decoder, support), rows), jnp.float32)
+    images = None if decoder.image_branch is None else jnp.asarray(pad_rows(support_images(decoder, support), rows))
     optimizer = make_optimizer(decoder, cfg)
     sampler = EpisodeSampler(support, cfg, decoder.config.slice_tokens, embeddings.shape[1])
     stats = region_stats_jit(decoder, embeddings, labels, support.num_classes)

@@ -261,7 +261,8 @@ def test_support_needs_every_class():
 
 @pytest.mark.parametrize("holdout", ["slice", "volume"])
 def test_episodes_never_prompt_from_the_held_out_rows(holdout):
-    """With "volume", a target's prompts come only from other volumes (as at inference on a new one)."""
+    """With "volume", a target's prompts come only from other volumes (as at inference on a new one); the prompt
+    weights cover the support padded to a multiple of ROW_BUCKET rows, the padding never prompting."""
     from fewsam_jax.fewshot.train import EpisodeSampler
 
     labels = np.zeros((6, 16, 16), np.int32)
@@ -273,7 +274,43 @@ def test_episodes_never_prompt_from_the_held_out_rows(holdout):
     for _ in range(50):
         targets, keep, choice, _, _ = sampler()
         held_out = volumes == volumes[targets[0]] if holdout == "volume" else np.arange(6) == targets[0]
-        assert not keep[held_out].any() and not held_out[choice].any()
+        assert keep.shape == (8,) and not keep[6:].any() and (targets < 6).all()
+        assert not keep[:6][held_out].any() and not held_out[choice].any()
+
+
+@pytest.mark.slow  # trains three times (compiles the training step once)
+def test_a_support_grown_by_a_few_slices_trains_with_the_step_already_compiled(tiny_sam, tmp_path, monkeypatch):
+    """The annotate -> retrain loop: support arrays are padded to a multiple of ROW_BUCKET rows and equal training
+    configs share one optimizer transformation, so retraining with one or two more labelled slices traces no new
+    training step; the padding rows change no prompt token."""
+    from fewsam_jax.fewshot import load_collection
+    from fewsam_jax.fewshot import train as train_module
+    from fewsam_jax.fewshot.segmenter import support_set
+    from fewsam_jax.preprocess import Intensity
+
+    traced, real = [], train_module.class_tokens
+    monkeypatch.setattr(train_module, "class_tokens", lambda *a, **k: traced.append(1) or real(*a, **k))
+    write_case(tmp_path, "a", 0)
+    training = TrainConfig(steps=2, batch_slices=1, seed=12345)  # a config no other test compiles the step for
+    for count, slices in enumerate(([0, 2, 4], [0, 2, 4, 6], [0, 2, 4, 6, 9])):
+        manifest = tmp_path / f"manifest{len(slices)}.json"
+        manifest.write_text(json.dumps({"classes": {"1": "ellipse", "2": "bar"}, "axis": 2, "support": [
+            {"image": "a.nii.gz", "labels": "a_seg.nii.gz", "slices": slices}]}))
+        traced.clear()
+        segmenter = FewShotSegmenter.train(manifest, sam=tiny_sam, config=DECODER, training=training,
+                                           cache=tmp_path / "cache", progress=False)
+        assert bool(traced) == (count == 0), f"{len(slices)} labelled slices: traced {len(traced)} times"
+    assert train_module.padded_rows(3) == train_module.padded_rows(8) == 8 and train_module.padded_rows(9) == 16
+
+    support = support_set(load_collection(manifest), tiny_sam, Intensity.parse("percentile"), DECODER, training,
+                          tmp_path / "cache", progress=False)
+    assert len(support.groups) == 5
+    decoder = segmenter.decoder
+    unpadded = train_module.region_stats_jit(decoder, jnp.asarray(support.embeddings, jnp.float32),
+                                             jnp.asarray(support.labels, jnp.int32), support.num_classes)
+    choice = train_module.inference_choice(support, decoder.config.slice_tokens, np.ones(5, bool))
+    expected = train_module._tokens(decoder, unpadded, jnp.ones(5, jnp.float32), jnp.asarray(choice))
+    np.testing.assert_allclose(train_module.support_tokens(decoder, support), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_support_volumes_must_match_rows():
