@@ -28,9 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.sections import BENCH, machine_info, save_report
-from bench.startup import tree_env
-
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- retrain:start -->", "<!-- retrain:end -->"
 COUNTS = (3, 4, 5)
@@ -68,6 +65,9 @@ def worker(folder: Path, steps: int) -> dict:
 
 
 def run_tree(tree: Path, steps: int, env: dict[str, str]) -> dict:
+    """The worker run in a fresh process with ``tree``'s code."""
+    from bench.startup import tree_env
+
     with tempfile.TemporaryDirectory(prefix="fewsam-retrain-") as folder:
         out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", folder, "--steps", str(steps)],
                              cwd=tree, env=tree_env(env, tree), check=True, capture_output=True, text=True)
@@ -75,8 +75,11 @@ def run_tree(tree: Path, steps: int, env: dict[str, str]) -> dict:
 
 
 def measure(steps: int, baseline: Path | None, baseline_label: str) -> dict:
-    env = {**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false"}
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    """Both trees' runs (the baseline first, when given), with no JAX or fewsam compilation-cache setting inherited."""
+    from bench.sections import machine_info
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") and k != "FEWSAM_JAX_CACHE"}
+    env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     env.pop("PYTHONPATH", None)
     trees = {"baseline": baseline, "current": ROOT} if baseline else {"current": ROOT}
     results = {name: run_tree(tree, steps, env) for name, tree in trees.items()}
@@ -117,8 +120,9 @@ def render(report: dict) -> str:
     return "\n".join([*lines, END]) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m bench.retrain", description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=20, help="training steps of each of the three trainings")
     parser.add_argument("--baseline", type=Path, help="another checkout of the project, measured before this one")
     parser.add_argument("--baseline-label", default="", help="what the baseline is (e.g. a commit), for the report")
@@ -127,15 +131,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error(f"--steps: expected a positive number, got {args.steps}")
-    if args.worker:
+    if args.worker:  # in the tree under test: imports nothing from bench/, which an older tree may lack
         print(json.dumps(worker(Path(args.worker), args.steps)))
-        return
+        return 0
     if args.baseline is not None and not (args.baseline / "fewsam_jax").is_dir():
         parser.error(f"--baseline {args.baseline}: not a checkout of this project (no fewsam_jax/ folder)")
+    from bench.sections import BENCH, save_report
+
     report = measure(args.steps, args.baseline.resolve() if args.baseline else None, args.baseline_label)
+    report["command"] = "python -m bench.retrain " + " ".join(argv)
     save_report("retrain", report, render(report), START, END, root=args.out or BENCH)
     print(render(report))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

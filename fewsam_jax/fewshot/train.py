@@ -86,8 +86,11 @@ def padded_rows(count: int) -> int:
 
 
 def pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
-    """``array`` (S, ...) with zero rows appended up to ``rows`` (>= S)."""
+    """``array`` (S, ...) with zero rows appended up to ``rows`` (>= S); ``array`` itself when S == ``rows`` (no
+    copy of a large support)."""
     array = np.asarray(array)
+    if rows == len(array):
+        return array
     return np.concatenate([array, np.zeros((rows - len(array), *array.shape[1:]), array.dtype)])
 
 
