@@ -39,6 +39,7 @@ def worker(folder: Path, steps: int) -> dict:
 
     import fewsam_jax as fs
     from fewsam_jax import demo
+    from fewsam_jax.fewshot import Collection, SupportItem
 
     image_path, label_path = demo.mni_with_labels(folder / "data")
     reference = np.rint(fs.load_volume(label_path).array).astype(np.int32)
@@ -50,14 +51,11 @@ def worker(folder: Path, steps: int) -> dict:
                     stage_inputs=True, progress=False)
     rows = []
     for count in COUNTS:
-        slices = sorted(int(i) for i in chosen[:count])
-        manifest = folder / f"manifest{count}.json"
-        manifest.write_text(json.dumps({"classes": {str(k): v for k, v in demo.CLASSES.items()}, "axis": 2,
-                                        "support": [{"image": str(image_path), "labels": str(label_path),
-                                                     "slices": slices}]}))
+        collection = Collection(classes=dict(demo.CLASSES), axis=2, support=(
+            SupportItem(image_path, label_path, tuple(sorted(int(i) for i in chosen[:count]))),))
         load = os.getloadavg()[0]
         started = time.perf_counter()
-        fs.FewShotSegmenter.train(manifest, sam=model, training=fs.TrainConfig(steps=steps), cache=folder / "cache",
+        fs.FewShotSegmenter.train(collection, sam=model, training=fs.TrainConfig(steps=steps), cache=folder / "cache",
                                   progress=False)
         rows.append({"labelled": count, "seconds": round(time.perf_counter() - started, 2),
                      "load": [round(load, 2), round(os.getloadavg()[0], 2)]})
@@ -77,10 +75,9 @@ def run_tree(tree: Path, steps: int, env: dict[str, str]) -> dict:
 def measure(steps: int, baseline: Path | None, baseline_label: str) -> dict:
     """Both trees' runs (the baseline first, when given), with no JAX or fewsam compilation-cache setting inherited."""
     from bench.sections import machine_info
+    from bench.startup import clean_env
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") and k != "FEWSAM_JAX_CACHE"}
-    env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
-    env.pop("PYTHONPATH", None)
+    env = {**clean_env(), "JAX_ENABLE_COMPILATION_CACHE": "false"}
     trees = {"baseline": baseline, "current": ROOT} if baseline else {"current": ROOT}
     results = {name: run_tree(tree, steps, env) for name, tree in trees.items()}
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -46,6 +46,13 @@ def load1() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def clean_env() -> dict[str, str]:
+    """This process's environment without JAX settings, ``FEWSAM_JAX_CACHE`` or ``PYTHONPATH``: what a measured
+    child process starts from, so no compilation-cache choice or tree leaks in from the shell."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("JAX_") and k not in ("FEWSAM_JAX_CACHE", "PYTHONPATH")}
+
+
 def tree_env(env: dict[str, str], tree: Path) -> dict[str, str]:
     """``env`` with ``tree`` first on PYTHONPATH, so a process started in ``tree`` runs that tree's code."""
     return {**env, "PYTHONPATH": os.pathsep.join([str(tree), *filter(None, [env.get("PYTHONPATH")])])}
@@ -119,8 +126,7 @@ def measure(image: str, decoder: str, model: str | None, cache: str | None, warm
             baseline: Path | None = None) -> dict:
     """Best-of-5 ``--help``; ``segment`` with the compilation cache off, cold and ``warm_runs`` times warm; the
     phases; each for ``baseline`` (when given) and this tree in turn."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") and k != "FEWSAM_JAX_CACHE"}
-    env.pop("PYTHONPATH", None)
+    env = clean_env()
     trees = {"baseline": baseline, "current": ROOT} if baseline else {"current": ROOT}
     help_runs = {name: [] for name in trees}
     for _ in range(5):

@@ -23,12 +23,14 @@ def _decode_batch(decoder: FewShotDecoder, embeddings, tokens, images):
     return logits, jax.nn.sigmoid(presence)
 
 
-def _pad_batch(batch: np.ndarray, size: int) -> np.ndarray:
-    """float32 ``batch`` padded with zero rows to ``size`` rows."""
-    batch = batch.astype(np.float32)
-    if len(batch) == size:
-        return batch
-    return np.concatenate([batch, np.zeros((size - len(batch), *batch.shape[1:]), np.float32)])
+def pad_rows(array: np.ndarray, rows: int, fill: float = 0) -> np.ndarray:
+    """``array`` (S, ...) with rows of ``fill`` appended up to ``rows`` (>= S), in its own dtype; ``array``
+    itself when S == ``rows`` (no copy). What gives a compiled program one shape for several sizes: the last
+    batch of a volume, a support grown by a few slices, a short chunk."""
+    array = np.asarray(array)
+    if rows == len(array):
+        return array
+    return np.concatenate([array, np.full((rows - len(array), *array.shape[1:]), fill, array.dtype)])
 
 
 def predict_logits(
@@ -56,9 +58,10 @@ def predict_logits(
     for start in tqdm(range(0, n, batch_size), desc="segment", disable=not progress, unit="batch"):
         batch = embeddings[start:start + batch_size]
         real = len(batch)
-        image_batch = None if images is None else jnp.asarray(_pad_batch(images[start:start + batch_size], batch_size))
-        out_logits, out_presence = _decode_batch(decoder, jnp.asarray(_pad_batch(batch, batch_size)), tokens,
-                                                 image_batch)
+        image_batch = None if images is None else jnp.asarray(
+            pad_rows(images[start:start + batch_size].astype(np.float32), batch_size))
+        out_logits, out_presence = _decode_batch(decoder, jnp.asarray(pad_rows(batch.astype(np.float32), batch_size)),
+                                                 tokens, image_batch)
         logits.append(np.asarray(out_logits[:real]))
         presence.append(np.asarray(out_presence[:real]))
     return np.concatenate(logits), np.concatenate(presence)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fewsam_jax.fewshot.decoder import FewShotDecoder, class_tokens
-from fewsam_jax.fewshot.infer import labels_from_logits
+from fewsam_jax.fewshot.infer import labels_from_logits, pad_rows
 from fewsam_jax.fewshot.prompts import IGNORE
 from fewsam_jax.fewshot.train import evenly_spread, region_stats_jit
 from fewsam_jax.transforms import resized_shape
@@ -51,10 +51,8 @@ class VolumePrompts:
         n = len(embeddings)
         if n > self.rows:
             raise ValueError(f"embeddings: expected at most {self.rows} slices (rows), got {n}")
-        padded = np.zeros((self.rows, *embeddings.shape[1:]), np.float32)
-        padded[:n] = embeddings
-        frame = np.full((self.rows, *labels.shape[1:]), IGNORE, np.int32)
-        frame[:n] = labels
+        padded = pad_rows(np.asarray(embeddings, np.float32), self.rows)
+        frame = pad_rows(np.asarray(labels, np.int32), self.rows, fill=IGNORE)
         stats = region_stats_jit(self.decoder, jnp.asarray(padded), jnp.asarray(frame), self.num_classes)
         self.parts.append(tuple(part[:n] for part in stats))
 

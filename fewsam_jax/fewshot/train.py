@@ -21,6 +21,7 @@ from flax import nnx
 
 from fewsam_jax.fewshot.config import TrainConfig
 from fewsam_jax.fewshot.decoder import FewShotDecoder, class_tokens
+from fewsam_jax.fewshot.infer import pad_rows
 from fewsam_jax.fewshot.prompts import IGNORE, region_boxes, region_embeddings, region_fractions, region_positions
 from fewsam_jax.fewshot.warp import warp_targets
 from fewsam_jax.logs import tqdm
@@ -83,15 +84,6 @@ ROW_BUCKET = 8
 def padded_rows(count: int) -> int:
     """The rows a support of ``count`` slices is padded to: the next multiple of :data:`ROW_BUCKET`."""
     return -(-count // ROW_BUCKET) * ROW_BUCKET
-
-
-def pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
-    """``array`` (S, ...) with zero rows appended up to ``rows`` (>= S); ``array`` itself when S == ``rows`` (no
-    copy of a large support)."""
-    array = np.asarray(array)
-    if rows == len(array):
-        return array
-    return np.concatenate([array, np.zeros((rows - len(array), *array.shape[1:]), array.dtype)])
 
 
 def region_stats(decoder: FewShotDecoder, embeddings: jax.Array, labels: jax.Array, num_classes: int):
