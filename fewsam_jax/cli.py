@@ -86,7 +86,7 @@ def _teach(args: argparse.Namespace) -> None:
         raise ValueError(f"--steps: {err}") from None
     fields = {"teacher_weight": args.teacher_weight, "rounds": args.rounds, "margin": args.margin,
               "context": args.context, "members": args.members, "student_steps": args.student_steps,
-              "calibration": args.calibration}
+              "calibration": args.calibration, "unlabelled_teacher": args.unlabelled_teacher}
     for field, value in fields.items():  # each flag checked alone, so the error names it
         try:
             StudentConfig(**{field: value})
@@ -366,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     teach.add_argument("--calibration", choices=("none", "volume"), default="none",
                        help="volume: shift each class's decoder logits so that the decoder labels as much of the "
                             "support volumes' unlabelled slices as the U-Net does (default %(default)s)")
+    teach.add_argument("--unlabelled-teacher", choices=("fused", "student"), default="fused",
+                       help="who labels the --unlabelled images: fused, the decoder with the U-Net, every round; "
+                            "student, the last round's student alone from the second round on (needs --rounds 2 or "
+                            "more; the decoder never reads them) (default %(default)s)")
     teach.add_argument("--seed", type=int, default=0,
                        help="random seed of both U-Nets (default 0; ensemble member i: SEED + i)")
     teach.add_argument("--model", help="base model folder written by `fewsam convert` (default: the one in "

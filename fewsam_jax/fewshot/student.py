@@ -41,13 +41,14 @@ from fewsam_jax.preprocess import Intensity
 from fewsam_jax.weights import ShapeRngs, restore_pytree, save_pytree
 
 __all__ = [
-    "IGNORE", "Calibration", "StudentConfig", "StudentFileError", "StudentSegmenter", "TeacherPrediction", "fuse", "labelled_slices",
-    "neighbours", "pseudo_labels", "support_volumes", "teacher_predictions", "train_partner", "train_student",
-    "unet_probabilities", "volume_shifts",
+    "IGNORE", "Calibration", "StudentConfig", "StudentFileError", "StudentSegmenter", "TeacherPrediction",
+    "UnlabelledTeacher", "fuse", "labelled_slices", "neighbours", "partner_predictions", "pseudo_labels",
+    "support_volumes", "teacher_predictions", "train_partner", "train_student", "unet_probabilities", "volume_shifts",
 ]
 
 
 Calibration = Literal["none", "volume"]
+UnlabelledTeacher = Literal["fused", "student"]
 
 
 def _is_count(value: Any, least: int) -> bool:
@@ -84,6 +85,11 @@ class StudentConfig:
       partner's (:func:`volume_shifts`); the shift found there applies to every volume taught. "none": the logits
       as they are. (Measured: on the support volumes the decoder labels slightly more than the partner, not less;
       bench/RESULTS.md, "Seventeenth round".)
+    unlabelled_teacher: who labels ``train_student``'s unlabelled volumes. "fused": the teacher of the support
+      volumes (decoder and partner), in every round. "student": the previous round's student alone, so they join
+      from the second round on (``rounds`` >= 2 when any is given) and the decoder never reads them: no embedding,
+      no decoder pass (self-training on the rest of the cohort, seeded by what the decoder taught on the support
+      volumes, whose teacher is unchanged).
     """
 
     teacher_weight: float = 0.5
@@ -95,6 +101,7 @@ class StudentConfig:
     members: int = 1
     student_steps: int | None = None
     calibration: Calibration = "none"
+    unlabelled_teacher: UnlabelledTeacher = "fused"
 
     def __post_init__(self):
         if not (isinstance(self.teacher_weight, (int, float)) and 0 <= self.teacher_weight <= 1):
@@ -118,6 +125,7 @@ class StudentConfig:
         if self.student_steps is not None and not _is_count(self.student_steps, 1):
             raise ValueError(f"student_steps: expected a positive integer or None, got {self.student_steps!r}")
         _check_choice("calibration", self.calibration, Calibration)
+        _check_choice("unlabelled_teacher", self.unlabelled_teacher, UnlabelledTeacher)
 
     def replace(self, **changes) -> StudentConfig:
         return dataclasses.replace(self, **changes)
@@ -149,7 +157,7 @@ def fuse(logits: np.ndarray, unet_probabilities: np.ndarray, weight: float) -> n
 # how a student saved before these StudentConfig fields existed was taught (its student.json lacks them): a load
 # fills them with these, never with today's defaults
 _SAVED_BEFORE_OPTIONS = {"rounds": 1, "margin": 0.0, "context": 0, "members": 1, "student_steps": None,
-                         "calibration": "none"}
+                         "calibration": "none", "unlabelled_teacher": "fused"}
 
 
 class StudentFileError(FewSamError, ValueError):
@@ -328,12 +336,13 @@ def _index_labels(label_slices: np.ndarray, class_ids: Sequence[int]) -> np.ndar
 class TeacherPrediction(NamedTuple):
     """One volume as the teacher sees it: its slices along the axis (N, H, W) in [0, 1], the labelled slices'
     indices and label slices (as U-Net indices; None when none is labelled), the decoder's logits (N, K, H, W;
-    0 at each cut-off) and presence (N, K), the partner U-Net's probabilities (N, K+1, H, W)."""
+    0 at each cut-off) and presence (N, K), the partner U-Net's probabilities (N, K+1, H, W). ``logits`` and
+    ``presence`` are None where the partner alone teaches (:func:`partner_predictions`)."""
     slices: np.ndarray
     labelled: list[int]
     true: np.ndarray | None
-    logits: np.ndarray
-    presence: np.ndarray
+    logits: np.ndarray | None
+    presence: np.ndarray | None
     partner: np.ndarray
 
 
@@ -372,6 +381,16 @@ def teacher_predictions(segmenter, partner: UNet, volumes: Iterable[tuple[Volume
                                 unet_probabilities(partner, slices, context))
 
 
+def partner_predictions(partner: UNet, volumes: Iterable[Volume], intensity: Intensity, axis: int,
+                        context: int = 0) -> Iterator[TeacherPrediction]:
+    """The partner U-Net's predictions alone on every slice of each unlabelled volume (``intensity``, slices along
+    ``axis``), one volume at a time: the teacher of ``StudentConfig.unlabelled_teacher="student"``, which never
+    asks the decoder (or its embedding cache) about these volumes."""
+    for volume in volumes:
+        slices = get_slices(intensity.apply(volume.array), axis)
+        yield TeacherPrediction(slices, [], None, None, None, unet_probabilities(partner, slices, context))
+
+
 def pseudo_labels(predictions: Sequence[TeacherPrediction], weight: float, presence_threshold: float = 0.0,
                   margin: float = 0.0, shift: np.ndarray | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Every slice of the predicted volumes and its label map as U-Net indices: the true labels on labelled
@@ -379,14 +398,19 @@ def pseudo_labels(predictions: Sequence[TeacherPrediction], weight: float, prese
     by the decoder's presence head below ``presence_threshold`` are left out, as the decoder does). With
     ``margin``, a pseudo-labelled pixel where a class present on its slice has a teacher probability within
     ``margin`` of one half is :data:`IGNORE`. ``shift`` (K,) is added to each class's decoder logits first
-    (:func:`volume_shifts`)."""
+    (:func:`volume_shifts`). A prediction without decoder logits (:func:`partner_predictions`) is labelled by the
+    partner alone, every class present (``weight`` 0)."""
     images, labels = [], []
     for p in predictions:
-        logits = p.logits if shift is None else np.asarray(p.logits) + np.asarray(shift, np.float32)[:, None, None]
-        scores = fuse(logits, p.partner, weight)
-        pseudo = labels_from_logits(scores, p.presence, tuple(range(1, p.partner.shape[1])), presence_threshold)
+        if p.logits is None:
+            scores = np.asarray(p.partner, np.float32)[:, 1:] - 0.5  # fuse at weight 0
+            presence = np.ones(scores.shape[:2], np.float32)
+        else:
+            logits = p.logits if shift is None else np.asarray(p.logits) + np.asarray(shift, np.float32)[:, None, None]
+            scores, presence = fuse(logits, p.partner, weight), p.presence
+        pseudo = labels_from_logits(scores, presence, tuple(range(1, p.partner.shape[1])), presence_threshold)
         if margin:
-            present = (np.asarray(p.presence) >= presence_threshold)[..., None, None]
+            present = (np.asarray(presence) >= presence_threshold)[..., None, None]
             pseudo[((np.abs(scores) < margin) & present).any(axis=1)] = IGNORE
         if p.labelled:
             pseudo[p.labelled] = p.true
@@ -461,6 +485,10 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
     missing = [str(v) for v in unlabelled if not isinstance(v, Volume) and not Path(v).exists()]
     if missing:
         raise FileNotFoundError(f"unlabelled: no such file or folder: {', '.join(missing)}")
+    if unlabelled and config.unlabelled_teacher == "student" and config.rounds < 2:
+        raise ValueError(f"unlabelled: {len(unlabelled)} volumes for the student to label, but with rounds = "
+                         f"{config.rounds} no round has a student before the last (unlabelled_teacher 'student' needs "
+                         "rounds >= 2)")
     if partner is not None and (partner.config != config.unet_config
                                 or partner.num_classes != len(segmenter.classes) + 1):
         raise ValueError("partner: trained with another U-Net config or class count than this StudentConfig's "
@@ -482,11 +510,16 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
             predictions = list(predictions)
             shift = volume_shifts(predictions, threshold)
             shifts.append([round(float(s), 4) for s in shift])
-        more = teacher_predictions(segmenter, partner, ((v if isinstance(v, Volume) else load_volume(v), [], None)
-                                                        for v in unlabelled), cache, config.context)
+        volumes = (v if isinstance(v, Volume) else load_volume(v) for v in unlabelled)
+        if config.unlabelled_teacher == "fused":
+            more = teacher_predictions(segmenter, partner, ((v, [], None) for v in volumes), cache, config.context)
+        else:  # "student": the last round's student (now the partner) alone, from the second round on
+            more = partner_predictions(partner, volumes if round_ else (), segmenter.intensity, segmenter.axis,
+                                       config.context)
         images, labels, features = [], [], [] if config.context else None
+        taught_volumes = len(support) + (len(unlabelled) if config.unlabelled_teacher == "fused" or round_ else 0)
         for prediction in tqdm(itertools.chain(predictions, more), desc="teacher", unit="volume",
-                               total=len(support) + len(unlabelled), disable=not progress):
+                               total=taught_volumes, disable=not progress):
             more_images, more_labels = pseudo_labels([prediction], config.teacher_weight, threshold, config.margin,
                                                      shift)
             images += more_images

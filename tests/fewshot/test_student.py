@@ -24,8 +24,10 @@ from fewsam_jax.fewshot.student import (
     StudentFileError,
     StudentSegmenter,
     TeacherPrediction,
+    UnlabelledTeacher,
     fuse,
     neighbours,
+    partner_predictions,
     pseudo_labels,
     support_volumes,
     train_partner,
@@ -229,11 +231,12 @@ def test_student_learns_from_the_teacher_and_segments_with_the_class_ids(taught,
     out = loaded.segment_file(folder / "case4.nii.gz", tmp_path / "case4_seg.nii.gz")
     assert np.array_equal(np.asarray(nib.load(out).dataobj), labels)
     assert "square" in (tmp_path / "case4_seg.labels.json").read_text()
-    # saved before rounds, margin, context, members, student_steps and calibration existed: loads as it was taught
-    # (one round, every pixel, the slice alone, one student at the partner's steps, the decoder's logits as they
-    # were), whatever the defaults are by then (a StudentConfig with other defaults stands in for a later one)
+    # saved before rounds, margin, context, members, student_steps, calibration and unlabelled_teacher existed: loads
+    # as it was taught (one round, every pixel, the slice alone, one student at the partner's steps, the decoder's
+    # logits as they were, the fused teacher on unlabelled volumes), whatever the defaults are by then (a
+    # StudentConfig with other defaults stands in for a later one)
     meta = json.loads((saved / "student.json").read_text())
-    later_fields = ("rounds", "margin", "context", "members", "student_steps", "calibration")
+    later_fields = ("rounds", "margin", "context", "members", "student_steps", "calibration", "unlabelled_teacher")
     meta["config"] = {k: v for k, v in meta["config"].items() if k not in later_fields}
     (saved / "student.json").write_text(json.dumps(meta))
 
@@ -245,11 +248,12 @@ def test_student_learns_from_the_teacher_and_segments_with_the_class_ids(taught,
         members: int = 3
         student_steps: int | None = 900
         calibration: str = "volume"
+        unlabelled_teacher: str = "student"
 
     monkeypatch.setattr("fewsam_jax.fewshot.student.StudentConfig", Later)
     old = StudentSegmenter.load(saved)
-    assert (old.config.rounds, old.config.margin, old.config.context, old.config.members,
-            old.config.student_steps, old.config.calibration) == (1, 0.0, 0, 1, None, "none")
+    assert (old.config.rounds, old.config.margin, old.config.context, old.config.members, old.config.student_steps,
+            old.config.calibration, old.config.unlabelled_teacher) == (1, 0.0, 0, 1, None, "none", "fused")
     assert np.array_equal(old.segment(folder / "case4.nii.gz"), labels)
     monkeypatch.undo()
 
@@ -290,6 +294,51 @@ def test_a_2_5d_student_taught_in_two_rounds_with_a_margin(cohort, tmp_path):
         assert metrics.dice(labels == class_id, reference == class_id) > 0.8, class_id
     loaded = StudentSegmenter.load(student.save(tmp_path / "student"))
     assert loaded.config == config and np.array_equal(loaded.segment(held_out, progress=False), labels)
+
+
+@pytest.mark.slow  # trains three tiny U-Nets
+def test_the_last_student_alone_teaches_the_unlabelled_volumes(cohort, tmp_path):
+    """unlabelled_teacher="student": the decoder never sees the unlabelled volume (no embedding, no decoder pass);
+    it joins the second round, labelled by the first round's student (the partner's probabilities alone); the
+    config is saved with the student. With one round there is no such student: named before any training."""
+    folder, truth = cohort
+    oracle = Oracle(truth)
+    unlabelled = folder / "case3.nii.gz"
+    config = CONFIG.replace(unet=UNetConfig.tiny(steps=100), rounds=2, unlabelled_teacher="student")
+    student = train_student(oracle, folder / "manifest.json", unlabelled=[unlabelled], config=config, progress=False)
+    assert key(load_volume(unlabelled).array) not in oracle.seen and len(oracle.seen) == 2 * 3
+    assert student.info["training_slices"] == 4 * 6 and student.info["unlabelled_volumes"] == 1
+    held_out = load_volume(folder / "case4.nii.gz")
+    labels = student.segment(held_out, progress=False)
+    for class_id in CLASSES:
+        assert metrics.dice(labels == class_id, truth[key(held_out.array)] == class_id) > 0.8, class_id
+    assert StudentSegmenter.load(student.save(tmp_path / "student")).config.unlabelled_teacher == "student"
+    with pytest.raises(ValueError, match="rounds >= 2"):
+        train_student(oracle, folder / "manifest.json", unlabelled=[unlabelled], config=config.replace(rounds=1))
+
+
+def test_the_partner_alone_labels_a_volume_without_decoder_logits(monkeypatch):
+    """partner_predictions' volumes carry no decoder logits: pseudo_labels labels them as fuse at weight 0 does
+    (a class where the partner's probability passes one half), every class present whatever the threshold."""
+    probabilities = np.array([[[[0.1, 0.6, 0.3]], [[0.2, 0.3, 0.6]], [[0.7, 0.1, 0.1]]]])  # (1, C=3, 1, 3)
+
+    class Partner:
+        config = CONFIG.unet
+
+    volume = SimpleNamespace(array=np.zeros((1, 3, 1), np.float32))  # one slice along axis 2
+    slices_seen = []
+
+    def fake_probabilities(unet, slices, context=0, rows=slice(None)):
+        slices_seen.append(slices.shape)
+        return probabilities
+
+    monkeypatch.setattr("fewsam_jax.fewshot.student.unet_probabilities", fake_probabilities)
+    (prediction,) = partner_predictions(Partner(), [volume], Intensity.parse("minmax"), 2)
+    assert prediction.logits is None and prediction.presence is None and [s[0] for s in slices_seen] == [1]
+    _, (labels,) = pseudo_labels([prediction], weight=0.5, presence_threshold=0.9)
+    with_logits = prediction._replace(logits=np.full((1, 2, 1, 3), -9.0, np.float32), presence=np.ones((1, 2)))
+    _, (fused,) = pseudo_labels([with_logits], weight=0.0)
+    assert labels.tolist() == fused.tolist() == [[2, 0, 1]]
 
 
 @pytest.mark.slow  # trains tiny U-Nets (a few steps)
@@ -411,8 +460,10 @@ def test_fewsam_teach_defaults_are_the_configs():
         defaults.teacher_weight, defaults.seed, defaults.rounds, defaults.margin, defaults.context, defaults.members)
     assert args.steps is None and args.student_steps is None and defaults.student_steps is None
     assert args.calibration == defaults.calibration == "none"
+    assert args.unlabelled_teacher == defaults.unlabelled_teacher == "fused"
     teach = build_parser()._subparsers._group_actions[0].choices["teach"]
     assert tuple(teach._option_string_actions["--calibration"].choices) == get_args(Calibration)
+    assert tuple(teach._option_string_actions["--unlabelled-teacher"].choices) == get_args(UnlabelledTeacher)
 
 
 def test_bad_input_is_named_before_any_training(cohort, monkeypatch, tmp_path):
@@ -428,7 +479,8 @@ def test_bad_input_is_named_before_any_training(cohort, monkeypatch, tmp_path):
         StudentConfig(teacher_weight=1.5)
     for field, value in (("rounds", 0), ("rounds", True), ("margin", 0.5), ("context", -1), ("context", 1.5),
                          ("members", 0), ("members", 2.0), ("student_steps", 0), ("student_steps", True),
-                         ("student_steps", 5.0), ("calibration", "size"), ("calibration", None)):
+                         ("student_steps", 5.0), ("calibration", "size"), ("calibration", None),
+                         ("unlabelled_teacher", "decoder")):
         with pytest.raises(ValueError, match=field):
             StudentConfig(**{field: value})
     with pytest.raises(ValueError, match="rounds: more than one round teaches nothing new"):
