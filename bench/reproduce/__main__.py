@@ -28,6 +28,9 @@ def build_parser(prog: str = "python -m bench.reproduce") -> argparse.ArgumentPa
     parser.add_argument("--checkpoint", help="official .pth for vit_b/vit_l/vit_h (converted once into the cache)")
     parser.add_argument("--data", help="data root (default: ../shared/data beside the checkout)")
     parser.add_argument("--cache", help="embedding cache folder (default $FEWSAM_HOME/embeddings)")
+    parser.add_argument("--student", action="store_true",
+                        help="also teach a U-Net student with every few-shot decoder (fewsam teach's defaults) and "
+                             "score it beside the decoder and the U-Net from scratch on the same slices")
     return parser
 
 
@@ -36,10 +39,17 @@ def run(args: argparse.Namespace) -> None:
     from bench.reproduce import run_study
     from fewsam_jax.cache import EmbeddingCache
 
-    command = f"python -m bench.reproduce --dataset {args.dataset}" + (" --quick" if args.quick else "")
+    import dataclasses
+
+    from bench.reproduce import StudyConfig
+
+    command = (f"python -m bench.reproduce --dataset {args.dataset}" + (" --quick" if args.quick else "")
+               + (" --student" if args.student else ""))
     EmbeddingCache(args.cache).check_writable()
+    config = StudyConfig.quick() if args.quick else StudyConfig()
     report = run_study(args.dataset, quick=args.quick, out=args.out, model=args.model, checkpoint=args.checkpoint,
-                       cache=args.cache, data_root=args.data, command=command, overwrite=args.overwrite)
+                       config=dataclasses.replace(config, student=args.student), cache=args.cache,
+                       data_root=args.data, command=command, overwrite=args.overwrite)
     print("\n".join(str(path) for path in report["files"].values()))
 
 

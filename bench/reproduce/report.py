@@ -2,7 +2,8 @@
 
 Every number in the Markdown is printed from the JSON written beside it (3 decimals for Dice and
 IoU, 2 for HD95), so the two always agree. Reports of studies without the U-Net per count (no
-``runs["unet_fewshot"]``, as in older JSON files) render without its rows, table and curve.
+``runs["unet_fewshot"]``, as in older JSON files) render without its rows, table and curve; without students
+(no ``runs["student_fewshot"]``), without theirs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ ONE_POINT = "SAM 1 point"
 FULL_DECODER = "decoder, all pool slices"
 UNET = "U-Net, all pool slices"
 FROM_SCRATCH = "from scratch"  # the family of the U-Net rows trained on each few-shot run's slices
+STUDENT = "student"  # the family of the rows of the students the few-shot decoders taught
 
 
 def _finite_mean(values: list[float]) -> float:
@@ -135,7 +137,8 @@ def method_rows(task: Task, raw: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per method: per-class Dice, IoU, HD95 (+ spreads), labelled slices, interaction cost.
 
     Each few-shot row is followed by the U-Net from scratch on the same slices (``raw["unet_fewshot"]``,
-    when there) and carries ``minus_unet_same_count``: few-shot minus that U-Net in Dice."""
+    when there) and carries ``minus_unet_same_count``: few-shot minus that U-Net in Dice; then by the student
+    its decoders taught (``raw["student_fewshot"]``, when there), which carries the same difference."""
     classes = [task.classes[i] for i in sorted(task.classes)]
     rows = []
     for shots in raw["shots"]:
@@ -149,6 +152,12 @@ def method_rows(task: Task, raw: dict[str, Any]) -> list[dict[str, Any]]:
             unet = _seed_row(f"U-Net from scratch, {_count_text(task, shots)}", FROM_SCRATCH, shots, scratch, classes)
             rows.append({**unet, "steps": scratch[0]["steps"]})
             fewshot["minus_unet_same_count"] = _difference(fewshot, runs, unet, scratch, classes)
+        taught = [run for run in raw.get("student_fewshot") or () if run["shots"] == shots]
+        if taught:
+            student = _seed_row(f"student, {_count_text(task, shots)}", STUDENT, shots, taught, classes)
+            if scratch:
+                student["minus_unet_same_count"] = _difference(student, taught, unet, scratch, classes)
+            rows.append({**student, "steps": taught[0]["steps"]})
     for run in raw["prompted"]:
         per_class = _over_items(run["items"], classes)
         rows.append({
@@ -186,8 +195,8 @@ def _row(rows: list[dict], name: str) -> dict | None:
 def headline(task: Task, rows: list[dict]) -> dict[str, Any]:
     """The paper's claims measured: few-shot IoU / one-point IoU, few-shot Dice vs full supervision,
     the labels each used, few-shot minus the U-Net from scratch on the same slices (what SAM's prior
-    adds; ``same_count``: at how many counts it is positive), and every method that beats the best
-    few-shot arm (per class, in Dice)."""
+    adds; ``same_count``: at how many counts it is positive; ``student_same_count``: the same for the students),
+    and every method that beats the best few-shot arm (per class, in Dice)."""
     fewshot = [r for r in rows if r["family"] == "few-shot"]
     if not fewshot:
         return {"fewshot": [], "losses": []}
@@ -234,6 +243,11 @@ def headline(task: Task, rows: list[dict]) -> dict[str, Any]:
     if differences:
         result["same_count"] = {"counts": len(differences),
                                 "fewshot_ahead": sum(d > 0 for d in differences if math.isfinite(d))}
+    taught = [r["minus_unet_same_count"]["dice"] for r in rows if r["family"] == STUDENT
+              and "minus_unet_same_count" in r]
+    if taught:
+        result["student_same_count"] = {"counts": len(taught),
+                                        "student_ahead": sum(d > 0 for d in taught if math.isfinite(d))}
     return result
 
 
@@ -279,7 +293,8 @@ def make_report(task: Task, raw: dict[str, Any], config: Any, *, model: dict[str
         "timings": {**raw["timings"], "total_seconds": round(total_seconds, 1)},
         "rows": rows,
         "headline": headline(task, rows),
-        "runs": {key: raw.get(key, []) for key in ("fewshot", "unet_fewshot", "prompted", "supervised")},
+        "runs": {key: raw.get(key, []) for key in ("fewshot", "unet_fewshot", "student_fewshot", "prompted",
+                                                   "supervised")},
     }
 
 
@@ -364,6 +379,12 @@ def markdown(report: dict[str, Any], files: dict[str, str]) -> str:
             f"{tuple(config['unet']['features'])}) trained on exactly the labelled slices of each few-shot draw (its "
             "empty slices included), with the draw's seed; ± over seeds. Few-shot minus this U-Net is what SAM's "
             "prior adds over training from scratch on the same labels.")
+    if any(r["family"] == STUDENT for r in rows):
+        lines.append(
+            "- Student, N slices: each few-shot draw's decoder teaches a 2D U-Net (`fewsam teach`, `StudentConfig` "
+            "defaults, the same U-Net config, the draw's seed) on every slice of the draw's support volumes: the "
+            "labelled slices as labelled, the others as the decoder averaged with a U-Net on the labelled slices "
+            "labels them; ± over seeds.")
     if report["model"]["name"] == "litemedsam":
         lines.append("- LiteMedSAM, like MedSAM, was trained with box prompts; clicks are outside its training, so the "
                      "point rows understate SAM with clicks. The paper's point baseline is SAM ViT: "
@@ -398,6 +419,10 @@ def markdown(report: dict[str, Any], files: dict[str, str]) -> str:
             same = result["same_count"]
             lines.append(f"- SAM's prior over training from scratch: the few-shot decoder beats the U-Net trained on "
                          f"the same slices at {same['fewshot_ahead']} of {same['counts']} counts (Dice).")
+        if "student_same_count" in result:
+            same = result["student_same_count"]
+            lines.append(f"- The student the decoder taught beats the U-Net trained on the same slices at "
+                         f"{same['student_ahead']} of {same['counts']} counts (Dice).")
         if result["losses"]:
             lines.append(f"- Where few-shot loses (best arm, {result['best']}, per class, Dice):")
             lines += [f"  - {loss['method']}, {loss['class']}: {_fmt(loss['dice'])} vs {_fmt(loss['fewshot_dice'])} "
@@ -414,7 +439,7 @@ def markdown(report: dict[str, Any], files: dict[str, str]) -> str:
     if paired:
         lines += ["", "## Few-shot minus U-Net from scratch at the same count", "",
                   "Dice, both trained on the same labelled slices (± over seeds, of the seed-paired differences).", "",
-                  "| few-shot | labelled slices | few-shot Dice | U-Net Dice | few-shot minus U-Net | "
+                  "| method | labelled slices | its Dice | U-Net Dice | minus U-Net | "
                   + " | ".join(classes) + " |", "|---|---|---|---|---|" + "---|" * len(classes)]
         for r in paired:
             same = r["minus_unet_same_count"]
@@ -435,18 +460,21 @@ def markdown(report: dict[str, Any], files: dict[str, str]) -> str:
     if any(r["family"] == "external" for r in rows):
         lines += ["", *[f"{r['method']}: {r['source']}." for r in rows if r["family"] == "external"]]
     runs = report["runs"]["fewshot"]
-    scratch = {(run["shots"], run["seed"], run["fold"]): run for run in report["runs"].get("unet_fewshot") or ()}
+    beside = [(name, {(run["shots"], run["seed"], run["fold"]): run for run in report["runs"].get(key) or ()})
+              for name, key in (("U-Net", "unet_fewshot"), ("student", "student_fewshot"))]
+    beside = [(name, found) for name, found in beside if found]
     if runs:
         header = "| labelled slices | seed | fold | support (case: slices) | train s | segment s | mean Dice |"
-        lines += ["", "## Few-shot draws", "", header + (" U-Net train s | U-Net mean Dice |" if scratch else ""),
-                  "|---|---|---|---|---|---|---|" + "---|---|" * bool(scratch)]
+        lines += ["", "## Few-shot draws", "",
+                  header + "".join(f" {name} train s | {name} mean Dice |" for name, _ in beside),
+                  "|---|---|---|---|---|---|---|" + "---|---|" * len(beside)]
         for run in runs:
             support = "; ".join(f"{s['case']}: {', '.join(map(str, s['slices']))}" for s in run["support"])
             line = (f"| {run['labelled_slices']} | {run['seed']} | {run['fold']} | {support} | "
                     f"{run['train_seconds']:.0f} | {run['segment_seconds']:.0f} | {_fmt(_run_dice(run))} |")
-            if scratch:
-                unet = scratch.get((run["shots"], run["seed"], run["fold"]))
-                line += f" {unet['train_seconds']:.0f} | {_fmt(_run_dice(unet))} |" if unet else " – | – |"
+            for _, found in beside:
+                other = found.get((run["shots"], run["seed"], run["fold"]))
+                line += f" {other['train_seconds']:.0f} | {_fmt(_run_dice(other))} |" if other else " – | – |"
             lines.append(line)
     lines += ["", f"![Dice vs labelled slices]({files['plot']})", "", f"![Example overlays]({files['overlays']})", ""]
     return "\n".join(lines)
@@ -474,7 +502,8 @@ def plot_dice(report: dict[str, Any], path: Path) -> None:
     height = 3.6 * grid_rows + 1.0  # inches, with room for the legend
     fig, axes = plt.subplots(grid_rows, cols, figsize=(max(4.2 * cols, 8.0), height), squeeze=False)
     curves = (("few-shot", "tab:blue", "o", "few-shot decoder"),
-              (FROM_SCRATCH, "tab:brown", "s", "U-Net from scratch, same slices"))
+              (FROM_SCRATCH, "tab:brown", "s", "U-Net from scratch, same slices"),
+              (STUDENT, "tab:olive", "^", "student taught by the decoder"))
     styles = {ONE_POINT: ("tab:orange", ":"), "SAM 5 points + neg": ("tab:red", ":"), "SAM box": ("tab:purple", ":"),
               FULL_DECODER: ("tab:green", "--"), UNET: ("tab:brown", "--")}
     for ax, name in zip(axes.flat, panels):
@@ -490,7 +519,7 @@ def plot_dice(report: dict[str, Any], path: Path) -> None:
                 xs += [x for x, _ in points]
         for r in rows:
             entry = pick(r)
-            if r["family"] in ("few-shot", FROM_SCRATCH) or not entry or entry.get("dice") is None:
+            if r["family"] in ("few-shot", FROM_SCRATCH, STUDENT) or not entry or entry.get("dice") is None:
                 continue
             if r["method"] in styles:
                 color, style = styles[r["method"]]

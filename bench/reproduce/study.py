@@ -11,6 +11,10 @@ ground truth contains the class):
 * **U-Net from scratch, same slices** (``unet_per_count``): the 2D U-Net (``StudyConfig.unet``) trained
   from scratch on exactly the labelled slices of every few-shot run (the empty ones included), with the
   run's seed: what SAM's prior adds over training from scratch on the same labels. Spread: over seeds.
+* **student** (``StudyConfig.student``, off by default): every few-shot run's decoder teaches a U-Net student
+  (:func:`fewsam_jax.fewshot.train_student`, ``fewsam teach``: :class:`StudentConfig`'s defaults with the
+  study's U-Net config and the run's seed) on every slice of the run's support volumes, scored on the same test
+  slices. Not run for ``cross_image`` tasks, where every support image is labelled whole (nothing to teach).
 * **fully supervised decoder**: the few-shot decoder trained on every slice of the pool (no augmented
   copies; ``full_steps`` steps), and the **2D U-Net** from scratch on the same slices (seed 0). Not run
   for ``cross_image`` tasks, whose pool is two or three images.
@@ -39,7 +43,7 @@ from bench.baselines import PROMPT_SUITE, PromptSpec, UNetConfig, predict_unet, 
 from bench.reproduce.datasets import Case, Fold, Task
 from fewsam_jax import metrics
 from fewsam_jax.cache import embed_volume
-from fewsam_jax.fewshot import Collection, FewShotSegmenter, SupportItem, TrainConfig
+from fewsam_jax.fewshot import Collection, FewShotSegmenter, StudentConfig, SupportItem, TrainConfig, train_student
 from fewsam_jax.io import get_slices, save_labels
 from fewsam_jax.modeling.sam import Sam
 from fewsam_jax.preprocess import Intensity
@@ -50,8 +54,9 @@ METRICS = ("dice", "iou", "hd95")
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
     """Sizes of the study. ``fewshot_steps`` None keeps :class:`TrainConfig`'s default; ``shots``
-    None runs the task's sweep; ``unet`` configures every U-Net (per count and on the whole pool);
-    ``unet_per_count`` False skips the U-Net on the slices of each few-shot run."""
+    None runs the task's sweep; ``unet`` configures every U-Net (per count, on the whole pool, and the
+    student's); ``unet_per_count`` False skips the U-Net on the slices of each few-shot run; ``student`` True
+    teaches a student with each few-shot run's decoder (module docstring)."""
 
     seeds: int = 3
     shots: tuple[int, ...] | None = None
@@ -61,6 +66,7 @@ class StudyConfig:
     prompts: tuple[PromptSpec, ...] = PROMPT_SUITE
     prompt_seed: int = 0
     unet_per_count: bool = True
+    student: bool = False
 
     def __post_init__(self):
         if self.seeds < 1:
@@ -233,10 +239,12 @@ def _segment_tests(ctx: _Context, segmenter: FewShotSegmenter, fold: Fold) -> Ca
     return predict
 
 
-def run_fewshot(ctx: _Context, shots_list: tuple[int, ...]) -> tuple[list[dict], list[str]]:
-    """Every (shots, seed, fold) run; notes on shot counts a fold cannot supply."""
-    runs, notes = [], []
+def run_fewshot(ctx: _Context, shots_list: tuple[int, ...]) -> tuple[list[dict], list[dict], list[str]]:
+    """Every (shots, seed, fold) run; with ``StudyConfig.student`` the student each run's decoder taught (one
+    record per run, same fields); notes on shot counts a fold cannot supply."""
+    runs, students, notes = [], [], []
     base = TrainConfig()
+    teach = ctx.config.student and ctx.task.protocol != "cross_image"
     for shots in shots_list:
         for seed in range(ctx.config.seeds):
             for fold_index, fold in enumerate(ctx.task.folds):
@@ -247,24 +255,54 @@ def run_fewshot(ctx: _Context, shots_list: tuple[int, ...]) -> tuple[list[dict],
                     continue
                 training = base.replace(seed=seed, **(
                     {"steps": ctx.config.fewshot_steps} if ctx.config.fewshot_steps else {}))
+                collection = _support_collection(ctx, fold, support)
                 started = time.perf_counter()
-                segmenter = FewShotSegmenter.train(_support_collection(ctx, fold, support), sam=ctx.sam,
-                                                   training=training, intensity=ctx.task.intensity, cache=ctx.cache,
-                                                   progress=False)
+                segmenter = FewShotSegmenter.train(collection, sam=ctx.sam, training=training,
+                                                   intensity=ctx.task.intensity, cache=ctx.cache, progress=False)
                 trained = time.perf_counter()
                 method = f"few-shot {shots}"
                 items = ctx.score_fold(method if seed == 0 else None, fold_index, _segment_tests(ctx, segmenter, fold))
                 labelled, positives = ctx.support_counts(fold, support)
-                runs.append({
+                run = {
                     "method": method, "shots": shots, "seed": seed, "fold": fold.name,
                     "support": [{"case": fold.pool[i].name, "slices": list(s)} for i, s in support],
                     "labelled_slices": labelled, "positive_slices": positives,
                     "steps": training.steps, "train_seconds": round(trained - started, 1),
                     "segment_seconds": round(time.perf_counter() - trained, 1), "items": items,
-                })
+                }
+                runs.append(run)
                 ctx.log(f"few-shot {shots} slices, seed {seed}, fold {fold.name}: trained in "
                         f"{trained - started:.0f} s, {len(items)} test items segmented")
-    return runs, sorted(set(notes))
+                if teach:
+                    students.append(_teach(ctx, fold_index, segmenter, collection, run))
+    if ctx.config.student and not teach:
+        notes.append("No student: every support image of a cross-image task is labelled whole, so a student would "
+                     "be the U-Net from scratch on the same images.")
+    return runs, students, sorted(set(notes))
+
+
+def _teach(ctx: _Context, fold_index: int, segmenter: FewShotSegmenter, collection: Collection,
+           run: dict) -> dict:
+    """The student ``segmenter`` (few-shot ``run``'s decoder, trained on ``collection``) teaches, scored on the
+    fold's test slices: a record with ``run``'s fields."""
+    fold, shots, seed = ctx.task.folds[fold_index], run["shots"], run["seed"]
+    config = StudentConfig(unet=ctx.config.unet, seed=seed)
+    started = time.perf_counter()
+    student = train_student(segmenter, collection, config=config, cache=ctx.cache, progress=False)
+    taught = time.perf_counter()
+
+    def predict(index: int) -> np.ndarray:
+        labels = student.segment(fold.test[index].volume, progress=False)
+        return get_slices(labels, ctx.task.axis)[list(fold.test_slices[index])]
+
+    method = f"student {shots}"
+    items = ctx.score_fold(method if seed == 0 else None, fold_index, predict)
+    ctx.log(f"student, {shots} slices, seed {seed}, fold {fold.name}: taught on {student.info['training_slices']} "
+            f"slices in {taught - started:.0f} s")
+    return {**{key: run[key] for key in ("shots", "seed", "fold", "support", "labelled_slices", "positive_slices")},
+            "method": method, "steps": config.student_unet_config.steps, "training_slices":
+            student.info["training_slices"], "train_seconds": round(taught - started, 1),
+            "segment_seconds": round(time.perf_counter() - taught, 1), "items": items}
 
 
 def run_prompted(ctx: _Context) -> list[dict]:
@@ -417,8 +455,9 @@ def _example(task: Task) -> dict[str, Any]:
 
 def run_methods(task: Task, sam: Sam, config: StudyConfig, cache: Any = None, log: Log = print) -> dict[str, Any]:
     """Run every method of the study on ``task``; raw runs (per-item scores; ``unet_fewshot``: the U-Net
-    on each few-shot run's slices, empty when ``config.unet_per_count`` is off), timings and the overlay
-    example. Aggregation and files: :mod:`bench.reproduce.report`."""
+    on each few-shot run's slices, empty when ``config.unet_per_count`` is off; ``student_fewshot``: the student
+    each run's decoder taught, empty without ``config.student``), timings (the students' inside
+    ``fewshot_seconds``) and the overlay example. Aggregation and files: :mod:`bench.reproduce.report`."""
     shots = tuple(config.shots or task.shots)
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="fewsam-reproduce-") as scratch:
@@ -432,7 +471,7 @@ def run_methods(task: Task, sam: Sam, config: StudyConfig, cache: Any = None, lo
         prompted = run_prompted(ctx)
         timings["prompted_seconds"] = round(time.perf_counter() - started, 1)
         started = time.perf_counter()
-        fewshot, notes = run_fewshot(ctx, shots)
+        fewshot, students, notes = run_fewshot(ctx, shots)
         timings["fewshot_seconds"] = round(time.perf_counter() - started, 1)
         unet_fewshot = []
         if config.unet_per_count:
@@ -446,7 +485,8 @@ def run_methods(task: Task, sam: Sam, config: StudyConfig, cache: Any = None, lo
             timings["supervised_seconds"] = round(time.perf_counter() - started, 1)
         else:
             notes.append("No fully supervised reference: the pool of each fold is two or three images.")
-    return {"fewshot": fewshot, "unet_fewshot": unet_fewshot, "prompted": prompted, "supervised": supervised,
+    return {"fewshot": fewshot, "unet_fewshot": unet_fewshot, "student_fewshot": students, "prompted": prompted,
+            "supervised": supervised,
             "notes": notes, "timings": timings, "slices_encoded": computed, "shots": list(shots),
             "example": ctx.example, "load_average": os.getloadavg()[0]}
 

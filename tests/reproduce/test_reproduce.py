@@ -75,7 +75,7 @@ def _markdown_matches(text: str, stored: dict) -> set[tuple[str, str]]:
 def test_study_writes_consistent_report(synthetic_task, tiny_sam, tmp_path, monkeypatch):
     # every training and prompt kind compiles afresh, so: one few-shot count, one seed, one prompt kind
     config = StudyConfig(seeds=1, fewshot_steps=2, full_steps=2, unet=UNetConfig.tiny(steps=2, features=(4, 8)),
-                         prompts=(PromptSpec("points", 1),))
+                         prompts=(PromptSpec("points", 1),), student=True)
     unet_calls = []
 
     def spy(ctx, fold, support, seed):
@@ -97,8 +97,8 @@ def test_study_writes_consistent_report(synthetic_task, tiny_sam, tmp_path, monk
     text = (tmp_path / "results" / names["markdown"]).read_text()
 
     methods = [row["method"] for row in stored["rows"]]
-    assert methods == ["few-shot, 1 slice", "U-Net from scratch, 1 slice", "SAM 1 point", "decoder, all pool slices",
-                       "U-Net, all pool slices", "published"]
+    assert methods == ["few-shot, 1 slice", "U-Net from scratch, 1 slice", "student, 1 slice", "SAM 1 point",
+                       "decoder, all pool slices", "U-Net, all pool slices", "published"]
     rows = {row["method"]: row for row in stored["rows"]}
     (run,) = stored["runs"]["fewshot"]
     assert (run["shots"], run["seed"], len(run["items"])) == (1, 0, 2)
@@ -125,6 +125,18 @@ def test_study_writes_consistent_report(synthetic_task, tiny_sam, tmp_path, monk
     assert stored["headline"]["same_count"]["counts"] == 1
     assert "## Few-shot minus U-Net from scratch at the same count" in text
     assert f"= {arm['dice_minus_unet_same_count']:+.3f}." in text
+
+    # the student the draw's decoder taught: every slice of the draw's support volumes, the draw's seed, the
+    # study's U-Net, scored on the same test slices and paired with the same U-Net from scratch
+    (taught,) = stored["runs"]["student_fewshot"]
+    for key in ("shots", "seed", "fold", "support", "labelled_slices", "positive_slices"):
+        assert taught[key] == run[key], key
+    assert taught["training_slices"] == 8 * len(run["support"]) and taught["steps"] == 2 and len(taught["items"]) == 2
+    student = rows["student, 1 slice"]
+    assert student["family"] == "student" and math.isclose(
+        student["minus_unet_same_count"]["dice"], student["mean"]["dice"] - scratch["mean"]["dice"])
+    assert stored["headline"]["student_same_count"]["counts"] == 1
+    assert "| student, 1 slice | 2 (1 + 1 empty) |" in text and "The student the decoder taught beats" in text
 
     assert _markdown_matches(text, stored) == {(m, c) for m in methods for c in ("left", "right")}
     # the summary's few-shot vs one-point ratio is computed from the rows
@@ -205,6 +217,47 @@ def test_report_pairs_fewshot_with_unet_on_the_same_slices(synthetic_task, tmp_p
     assert "few-shot minus U-Net from scratch on the same slices (Dice 0.200) = +0.250 ± 0.150" in text
     assert "at 1 of 1 counts" in text
     assert "| 2 | 1 | f | p: 1, 9 | 1 | 1 | 0.550 | 1 | 0.150 |" in text  # the draws, with the U-Net beside
+
+
+def test_report_rows_the_student_beside_the_unet(synthetic_task, tmp_path, monkeypatch):
+    """A student row follows the U-Net from scratch of its count, paired with it like the few-shot row; the
+    draws table and the plot carry it; a cross-image task's study notes why it has none."""
+    fewshot = [_run(0, 1, (0.5, 0.2)), _run(1, 1, (0.7, 0.4))]
+    unet = [{**_run(0, 1, (0.3, 0.2)), "method": "U-Net 1", "steps": 5},
+            {**_run(1, 1, (0.3, 0.0)), "method": "U-Net 1", "steps": 5}]
+    students = [{**_run(0, 1, (0.6, 0.3)), "method": "student 1", "steps": 5, "train_seconds": 7.0},
+                {**_run(1, 1, (0.4, 0.3)), "method": "student 1", "steps": 5, "train_seconds": 7.0}]
+    raw = {"shots": [1], "notes": [], "timings": {"embed_seconds": 1.0}, "slices_encoded": 3, "load_average": 1.0,
+           "fewshot": fewshot, "unet_fewshot": unet, "student_fewshot": students, "prompted": [], "supervised": []}
+    report = make_report(synthetic_task, raw, StudyConfig(student=True), model={"name": "tiny", "weights_id": "x" * 12},
+                         quick=False, command="test", load_start=1.0, total_seconds=10.0)
+    assert [r["method"] for r in report["rows"]] == ["few-shot, 1 slice", "U-Net from scratch, 1 slice",
+                                                     "student, 1 slice", "published"]
+    student = report["rows"][2]
+    # seed 0: 0.45 - 0.25, seed 1: 0.35 - 0.15: +0.2 on both
+    assert student["minus_unet_same_count"]["dice"] == pytest.approx(0.2)
+    assert student["minus_unet_same_count"]["dice_spread"] == pytest.approx(0.0)
+    assert report["headline"]["student_same_count"] == {"counts": 1, "student_ahead": 1}
+    assert [arm["method"] for arm in report["headline"]["fewshot"]] == ["few-shot, 1 slice"]  # the decoder's claims
+    files = write_report(report, {"case": "a", "slice": 0, "volume_slice": 3, "image": np.zeros((8, 8)),
+                                  "truth": np.eye(8, dtype=int), "predictions": {}}, tmp_path)
+    text, stored = files["markdown"].read_text(), json.loads(files["json"].read_text())
+    assert _markdown_matches(text, stored) == {(m, c) for m in [r["method"] for r in stored["rows"]]
+                                               for c in ("left", "right")}
+    assert "| student, 1 slice | 2 (1 + 1 empty) | 0.400 ± 0.050 | 0.200 ± 0.050 | +0.200 ± 0.000 |" in text
+    assert "| 2 | 1 | f | p: 1, 9 | 1 | 1 | 0.550 | 1 | 0.150 | 7 | 0.350 |" in text  # U-Net, then student
+    assert "at 1 of 1 counts (Dice)" in text and "Student, N slices" in text
+
+    cross = Task(name="pairs", classes=synthetic_task.classes, axis=2, intensity="minmax", protocol="cross_image",
+                 folds=synthetic_task.folds, shots=(1,))
+    ctx = study._Context(cross, None, StudyConfig(student=True, seeds=1), None, tmp_path, lambda message: None,
+                         {"slice": 0, "predictions": {}})
+    trained = []
+    monkeypatch.setattr(study.FewShotSegmenter, "train", lambda *a, **k: trained.append(1) or object())
+    monkeypatch.setattr(study, "_segment_tests", lambda *a: lambda index: np.zeros((8, 24, 28), int))
+    monkeypatch.setattr(study, "train_student", lambda *a, **k: pytest.fail("taught"))
+    runs, taught, notes = study.run_fewshot(ctx, (1,))
+    assert len(runs) == len(trained) == 1 and taught == [] and any("No student" in note for note in notes)
 
 
 def test_reports_without_unet_per_count_still_render(synthetic_task, tmp_path):
