@@ -707,6 +707,14 @@ def main() -> None:
     if args.unlabelled and not (taught and 0 < args.unlabelled <= pool):
         raise SystemExit(f"--unlabelled: expected a count in [1, {pool}] (the unlabelled cohort volumes) with "
                          f"--pseudo or --student, got {args.unlabelled}" + ("" if taught else " without either"))
+    if args.unlabelled:
+        from fewsam_jax.fewshot import StudentConfig
+
+        for spec in args.student:
+            config = StudentConfig(**parse_student(spec)[1])
+            if config.unlabelled_teacher == "student" and config.rounds < 2:
+                raise SystemExit(f"--student {spec}: with --unlabelled, the unlabelled volumes are labelled by the "
+                                 "previous round's student: add rounds=2 (or unlabelled_teacher=fused)")
     if args.decoders is not None and args.decoders.exists() and not args.decoders.is_dir():
         raise SystemExit(f"--decoders: {args.decoders} is not a folder")
     if args.no_decoder_rows:

@@ -87,15 +87,21 @@ def _teach(args: argparse.Namespace) -> None:
     fields = {"teacher_weight": args.teacher_weight, "rounds": args.rounds, "margin": args.margin,
               "context": args.context, "members": args.members, "student_steps": args.student_steps,
               "calibration": args.calibration, "unlabelled_teacher": args.unlabelled_teacher}
+    fields = {field: value for field, value in fields.items() if value is not None}  # None: the base config's
     for field, value in fields.items():  # each flag checked alone, so the error names it
         try:
             StudentConfig(**{field: value})
         except ValueError as err:
             raise ValueError(f"--{field.replace('_', '-')}: {err}") from None
-    try:  # the one check between flags
-        config = StudentConfig(**fields, seed=args.seed, unet=unet)
+    # with unlabelled images, StudentConfig.cohort's rounds and student steps unless given
+    base = StudentConfig.cohort(unet=unet) if args.unlabelled else StudentConfig(unet=unet)
+    try:  # the checks between flags
+        config = base.replace(**fields, seed=args.seed)
     except ValueError as err:
         raise ValueError(f"--rounds with --teacher-weight {args.teacher_weight:g}: {err}") from None
+    if args.unlabelled and config.unlabelled_teacher == "student" and config.rounds < 2:
+        raise ValueError(f"--rounds {config.rounds} with -i: the unlabelled images are labelled by the previous "
+                         "round's student, so they need --rounds 2 or more (or --unlabelled-teacher fused)")
     unlabelled = [case.image for case in cohort.find_cases(args.unlabelled, channel=args.channel)] \
         if args.unlabelled else []
     collection = _collection(args, "student", [args.decoder, *unlabelled])
@@ -333,24 +339,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     teach = commands.add_parser(
         "teach", help="teach a U-Net student with a trained decoder: faster to segment, often better across volumes",
-        description="Train a 2D U-Net on every slice of MANIFEST's support volumes and of the --unlabelled images: "
-        "the labelled slices as labelled, the others as the decoder averaged with a U-Net trained on the labelled "
-        "slices labels them. The student segments from the image alone (fewsam segment --decoder OUT).")
+        description="Train a 2D U-Net on every slice of MANIFEST's support volumes: the labelled slices as labelled, "
+        "the others as the decoder averaged with a U-Net trained on the labelled slices labels them; with -i, a "
+        "second round also trains on every slice of those images, labelled by the first round's student. The "
+        "student segments from the image alone (fewsam segment --decoder OUT).")
     _add_collection(teach, " (the one the decoder was trained on)")
     teach.add_argument("--decoder", "-d", required=True, help="trained decoder folder (fewsam train --out)")
     teach.add_argument("-i", "--unlabelled", action="extend", nargs="+", metavar="IN",
-                       help="more images (files or folders, as fewsam segment reads them) for the teacher to label; "
-                            "their labels are never read")
+                       help="more images (files or folders, as fewsam segment reads them) for the student to learn "
+                            "from; their labels are never read")
     teach.add_argument("--channel", type=int, default=0, help="channel read from nnU-Net CASE_XXXX files (default 0)")
     teach.add_argument("--out", "-o", required=True, help="output student directory")
     _add_overwrite(teach, "an existing student directory written by fewsam")
     teach.add_argument("--teacher-weight", type=float, default=0.5,  # StudentConfig's (tested)
                        help="the decoder's share of the teacher's probabilities, 0-1 (default %(default)s; 0: the U-Net "
                             "on the labelled slices alone)")
-    teach.add_argument("--rounds", type=int, default=1,  # StudentConfig's (tested), as the two below
+    teach.add_argument("--rounds", type=int,  # StudentConfig's / StudentConfig.cohort's (tested)
                        help="teaching rounds; from the second on the last student replaces the U-Net in the teacher "
-                            "(default %(default)s)")
-    teach.add_argument("--margin", type=float, default=0.0,
+                            "(default 1; 2 with -i)")
+    teach.add_argument("--margin", type=float, default=0.0,  # StudentConfig's (tested), as the two below
                        help="leave out of the student's loss the pixels whose teacher probability is within this of "
                             "one half (0-0.5; default %(default)s: none)")
     teach.add_argument("--context", type=int, default=0,
@@ -362,14 +369,15 @@ def build_parser() -> argparse.ArgumentParser:
     teach.add_argument("--steps", type=int, help="training steps of each U-Net (default: UNetConfig.steps; the "
                        "student's too unless --student-steps)")
     teach.add_argument("--student-steps", type=int,
-                       help="training steps of the student alone (default: --steps, the partner U-Net's)")
+                       help="training steps of the student alone (default: --steps, the partner U-Net's; 3 x --steps "
+                            "with -i)")
     teach.add_argument("--calibration", choices=("none", "volume"), default="none",
                        help="volume: shift each class's decoder logits so that the decoder labels as much of the "
                             "support volumes' unlabelled slices as the U-Net does (default %(default)s)")
-    teach.add_argument("--unlabelled-teacher", choices=("fused", "student"), default="fused",
-                       help="who labels the --unlabelled images: fused, the decoder with the U-Net, every round; "
-                            "student, the last round's student alone from the second round on (needs --rounds 2 or "
-                            "more; the decoder never reads them) (default %(default)s)")
+    teach.add_argument("--unlabelled-teacher", choices=("fused", "student"), default="student",
+                       help="who labels the -i images: student, the last round's student alone from the second round "
+                            "on (the decoder never reads them); fused, the decoder with the U-Net, every round "
+                            "(default %(default)s)")
     teach.add_argument("--seed", type=int, default=0,
                        help="random seed of both U-Nets (default 0; ensemble member i: SEED + i)")
     teach.add_argument("--model", help="base model folder written by `fewsam convert` (default: the one in "

@@ -240,6 +240,12 @@ def test_offsets_are_checked_before_the_model_loads(monkeypatch, tmp_path):
     with pytest.raises(SystemExit, match="--student a:rounds=0: rounds: expected a positive integer"):
         fewshot.main()
     assert (tmp_path / "decoders").read_text() == "a file"
+    for i in range(70):  # names are all the unlabelled-volume check reads
+        (tmp_path / "imagesTr" / f"v{i:03d}_0000.nii.gz").touch()
+    monkeypatch.setattr("sys.argv", ["bench.fewshot", "--student", "one:margin=0.1", "--unlabelled", "2",
+                                     "--data", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--student one:margin=0.1: with --unlabelled, .* add rounds=2"):
+        fewshot.main()
     monkeypatch.setattr("sys.argv", ["bench.fewshot", "--no-decoder-rows", "--data", str(tmp_path)])
     with pytest.raises(SystemExit, match="--no-decoder-rows: expected with --student or --pseudo"):
         fewshot.main()

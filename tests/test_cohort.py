@@ -291,7 +291,8 @@ def test_segment_a_folder_resumes_and_evaluates(dataset, decoder, home, tmp_path
 @pytest.mark.slow  # trains two small U-Nets (a few steps)
 def test_teach_a_student_then_segment_with_it(dataset, decoder, home, tmp_path, capsys, monkeypatch):
     """`fewsam teach` (the same labelled slices as the decoder's, the test images unlabelled; 2.5D) writes a student
-    folder; `fewsam segment --decoder STUDENT` segments with it, on the source grid."""
+    folder, taught as StudentConfig.cohort teaches with unlabelled images (two rounds, the images in the second);
+    `fewsam segment --decoder STUDENT` segments with it, on the source grid."""
     monkeypatch.setenv("FEWSAM_HOME", str(home))
     student = tmp_path / "student"
     teach = ["teach", "--nnunet", dataset, "--slices-per-case", "2", "--cases", "2", "-d", decoder,
@@ -305,19 +306,21 @@ def test_teach_a_student_then_segment_with_it(dataset, decoder, home, tmp_path, 
     assert "--members: members: expected a positive integer" in capsys.readouterr().err
     assert cli.main([str(a) for a in [*teach, "--student-steps", "0"]]) == 2
     assert "--student-steps: student_steps: expected a positive integer" in capsys.readouterr().err
+    assert cli.main([str(a) for a in [*teach, "--rounds", "1"]]) == 2
+    assert "--rounds 1 with -i: " in capsys.readouterr().err and not student.exists()
     with pytest.raises(SystemExit) as refused:  # argparse's choices
         cli.main([str(a) for a in [*teach, "--calibration", "size"]])
     assert refused.value.code == 2
     assert "--calibration: invalid choice: 'size'" in capsys.readouterr().err and not student.exists()
     assert cli.main([str(a) for a in [*teach, "--student-steps", "6", "--calibration", "volume"]]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert len(info["decoder_shifts"]) == 1 and len(info["decoder_shifts"][0]) == 2  # one round, two classes
+    assert len(info["decoder_shifts"]) == 2 and len(info["decoder_shifts"][0]) == 2  # two rounds, two classes
     assert info["labelled_slices"] == 4 and info["support_volumes"] == 2 and info["unlabelled_volumes"] == 3
     assert info["members"] == 2
     assert info["training_slices"] == 5 * SHAPE[2]  # every slice of the 2 support and 3 unlabelled volumes
     saved = json.loads((student / "student.json").read_text())["config"]
     assert saved["context"] == 1 and saved["student_steps"] == 6 and saved["unet"]["steps"] == 5
-    assert saved["calibration"] == "volume"
+    assert saved["calibration"] == "volume" and (saved["rounds"], saved["unlabelled_teacher"]) == (2, "student")
     assert cli.main([str(a) for a in teach]) == 2 and "--overwrite" in capsys.readouterr().err
     out = tmp_path / "pred"
     assert cli.main(["segment", "-i", str(dataset / "imagesTs"), "-o", str(out), "--decoder", str(student), "-q"]) == 0

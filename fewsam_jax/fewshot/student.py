@@ -85,11 +85,12 @@ class StudentConfig:
       partner's (:func:`volume_shifts`); the shift found there applies to every volume taught. "none": the logits
       as they are. (Measured: on the support volumes the decoder labels slightly more than the partner, not less;
       bench/RESULTS.md, "Seventeenth round".)
-    unlabelled_teacher: who labels ``train_student``'s unlabelled volumes. "fused": the teacher of the support
-      volumes (decoder and partner), in every round. "student": the previous round's student alone, so they join
-      from the second round on (``rounds`` >= 2 when any is given) and the decoder never reads them: no embedding,
-      no decoder pass (self-training on the rest of the cohort, seeded by what the decoder taught on the support
-      volumes, whose teacher is unchanged).
+    unlabelled_teacher: who labels ``train_student``'s unlabelled volumes. "student" (the default): the previous
+      round's student alone, so they join from the second round on (``rounds`` >= 2 when any is given:
+      :meth:`cohort`) and the decoder never reads them: no embedding, no decoder pass (self-training on the rest
+      of the cohort, seeded by what the decoder taught on the support volumes, whose teacher is unchanged).
+      "fused": the teacher of the support volumes (decoder and partner), in every round (the behaviour before
+      this option; measured: bench/RESULTS.md, "Twentieth round").
     """
 
     teacher_weight: float = 0.5
@@ -101,7 +102,7 @@ class StudentConfig:
     members: int = 1
     student_steps: int | None = None
     calibration: Calibration = "none"
-    unlabelled_teacher: UnlabelledTeacher = "fused"
+    unlabelled_teacher: UnlabelledTeacher = "student"
 
     def __post_init__(self):
         if not (isinstance(self.teacher_weight, (int, float)) and 0 <= self.teacher_weight <= 1):
@@ -129,6 +130,16 @@ class StudentConfig:
 
     def replace(self, **changes) -> StudentConfig:
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def cohort(cls, unet: UNetConfig = UNetConfig(), **changes) -> StudentConfig:
+        """How to teach with unlabelled volumes (what ``fewsam teach -i`` uses): two rounds, the first on the
+        support volumes, the second also on the unlabelled ones labelled by the first round's student, each
+        student trained ``3 x unet.steps`` steps (it sees every slice of many volumes); ``changes`` override any
+        field. Chosen on hippocampus validation volumes with 40 unlabelled ones: bench/RESULTS.md, "Twentieth
+        round"."""
+        return cls(**{"rounds": 2, "unlabelled_teacher": "student", "student_steps": 3 * unet.steps, "unet": unet,
+                      **changes})
 
     @property
     def unet_config(self) -> UNetConfig:
@@ -488,7 +499,7 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
     if unlabelled and config.unlabelled_teacher == "student" and config.rounds < 2:
         raise ValueError(f"unlabelled: {len(unlabelled)} volumes for the student to label, but with rounds = "
                          f"{config.rounds} no round has a student before the last (unlabelled_teacher 'student' needs "
-                         "rounds >= 2)")
+                         "rounds >= 2: StudentConfig.cohort(), or unlabelled_teacher='fused')")
     if partner is not None and (partner.config != config.unet_config
                                 or partner.num_classes != len(segmenter.classes) + 1):
         raise ValueError("partner: trained with another U-Net config or class count than this StudentConfig's "

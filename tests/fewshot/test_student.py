@@ -41,7 +41,8 @@ from fewsam_jax.outputs import ChecksumError, OutputError
 from fewsam_jax.preprocess import Intensity
 
 CLASSES = {3: "disc", 7: "square"}  # not 1..K: the student maps them to its outputs and back
-CONFIG = StudentConfig(unet=UNetConfig.tiny(steps=200), rounds=1, margin=0.0, context=0)  # the slice alone, every pixel
+CONFIG = StudentConfig(unet=UNetConfig.tiny(steps=200), rounds=1, margin=0.0, context=0,  # the slice alone, every pixel
+                       unlabelled_teacher="fused")  # unlabelled volumes labelled by decoder and partner, one round
 
 
 def phantom(seed: int, depth: int = 6, size: tuple[int, int] = (40, 36)) -> tuple[np.ndarray, np.ndarray]:
@@ -456,14 +457,26 @@ def test_fewsam_teach_defaults_are_the_configs():
 
     args = build_parser().parse_args(["teach", "manifest.json", "-d", "decoder", "-o", "student"])
     defaults = StudentConfig()
-    assert (args.teacher_weight, args.seed, args.rounds, args.margin, args.context, args.members) == (
-        defaults.teacher_weight, defaults.seed, defaults.rounds, defaults.margin, defaults.context, defaults.members)
-    assert args.steps is None and args.student_steps is None and defaults.student_steps is None
+    assert (args.teacher_weight, args.seed, args.margin, args.context, args.members) == (
+        defaults.teacher_weight, defaults.seed, defaults.margin, defaults.context, defaults.members)
+    # rounds and student steps: StudentConfig's, or StudentConfig.cohort's with -i (the test below)
+    assert args.rounds is None and args.steps is None and args.student_steps is None
+    assert (defaults.rounds, defaults.student_steps) == (1, None)
     assert args.calibration == defaults.calibration == "none"
-    assert args.unlabelled_teacher == defaults.unlabelled_teacher == "fused"
+    assert args.unlabelled_teacher == defaults.unlabelled_teacher == "student"
     teach = build_parser()._subparsers._group_actions[0].choices["teach"]
     assert tuple(teach._option_string_actions["--calibration"].choices) == get_args(Calibration)
     assert tuple(teach._option_string_actions["--unlabelled-teacher"].choices) == get_args(UnlabelledTeacher)
+
+
+def test_the_cohort_preset_teaches_unlabelled_volumes_in_a_second_round():
+    """StudentConfig.cohort: two rounds, the last student labelling the unlabelled volumes, each student trained
+    three times the U-Net's steps; any field can be overridden."""
+    config = StudentConfig.cohort()
+    assert (config.rounds, config.unlabelled_teacher, config.student_steps) == (2, "student", 3 * UNetConfig().steps)
+    assert config.replace(rounds=1, student_steps=None, unlabelled_teacher="student") == StudentConfig()
+    small = StudentConfig.cohort(unet=UNetConfig.tiny(steps=7), margin=0.1)
+    assert (small.student_steps, small.unet.steps, small.margin, small.rounds) == (21, 7, 0.1, 2)
 
 
 def test_bad_input_is_named_before_any_training(cohort, monkeypatch, tmp_path):
