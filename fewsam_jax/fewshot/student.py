@@ -468,7 +468,7 @@ def train_partner(segmenter, support: Sequence[tuple[Volume, list[int], np.ndarr
 
 
 def train_student(segmenter, collection: Collection | str | os.PathLike,
-                  unlabelled: Sequence[Volume | str | os.PathLike] = (), config: StudentConfig = StudentConfig(),
+                  unlabelled: Sequence[Volume | str | os.PathLike] = (), config: StudentConfig | None = None,
                   cache: Any = None, progress: bool = True, partner: UNet | None = None) -> StudentSegmenter:
     """Teach a U-Net with ``segmenter`` (a trained :class:`~fewsam_jax.fewshot.FewShotSegmenter`).
 
@@ -477,7 +477,8 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
         and axis.
       unlabelled: more volumes (paths or Volumes) whose every slice the teacher labels; their labels, if any
         exist, are never read.
-      config: :class:`StudentConfig`.
+      config: :class:`StudentConfig`; default: ``StudentConfig()``, or :meth:`StudentConfig.cohort` when
+        ``unlabelled`` volumes are given.
       cache: the embedding cache the decoder reads (its volumes are embedded there once, as when segmenting).
       partner: the partner U-Net, if already trained (:func:`train_partner` with this collection and config:
         several students with one partner share it); default: trained here.
@@ -485,6 +486,8 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
       the :class:`StudentSegmenter`; ``info`` holds the slice counts, each phase's seconds (``student_seconds``:
       every round's training; ``member_seconds``: each member's in the last round) and member 0's final loss.
     """
+    if config is None:
+        config = StudentConfig.cohort() if unlabelled else StudentConfig()
     if not isinstance(config, StudentConfig):
         raise TypeError(f"config: expected a StudentConfig, got {type(config).__name__}")
     if not isinstance(collection, Collection):

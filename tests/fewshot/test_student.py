@@ -479,6 +479,29 @@ def test_the_cohort_preset_teaches_unlabelled_volumes_in_a_second_round():
     assert (small.student_steps, small.unet.steps, small.margin, small.rounds) == (21, 7, 0.1, 2)
 
 
+def test_without_a_config_unlabelled_volumes_are_taught_as_the_cohort_preset_teaches(cohort, monkeypatch):
+    """train_student's default config: StudentConfig() on the support volumes alone, StudentConfig.cohort() with
+    unlabelled volumes (checked on the configs the U-Nets are trained with, no training run)."""
+    folder, truth = cohort
+    seen = []
+
+    def record(images, labels, outputs, config, seed=0, progress=True, features=None):
+        seen.append(config)
+        if len(seen) == 2:  # the partner, then the first student: what is checked; nothing trains
+            raise StopIteration
+        return SimpleNamespace(config=config), []
+
+    monkeypatch.setattr("fewsam_jax.fewshot.student.train_unet", record)
+    monkeypatch.setattr("fewsam_jax.fewshot.student.unet_probabilities",
+                        lambda unet, slices, context=0, rows=slice(None): np.zeros((len(slices), 3, *slices.shape[1:])))
+    for unlabelled, expected in (((), StudentConfig()), ([folder / "case3.nii.gz"], StudentConfig.cohort())):
+        seen.clear()
+        with pytest.raises(StopIteration):
+            train_student(Oracle(truth), folder / "manifest.json", unlabelled=unlabelled, progress=False)
+        assert seen == [expected.unet_config, expected.student_unet_config], unlabelled
+    assert StudentConfig().student_unet_config != StudentConfig.cohort().student_unet_config  # 600 and 1800 steps
+
+
 def test_bad_input_is_named_before_any_training(cohort, monkeypatch, tmp_path):
     folder, truth = cohort
     monkeypatch.setattr("fewsam_jax.fewshot.student.train_unet", lambda *a, **k: pytest.fail("trained"))
