@@ -711,10 +711,11 @@ def main() -> None:
         from fewsam_jax.fewshot import StudentConfig
 
         for spec in args.student:
-            config = StudentConfig(**parse_student(spec)[1])
-            if config.unlabelled_teacher == "student" and config.rounds < 2:
-                raise SystemExit(f"--student {spec}: with --unlabelled, the unlabelled volumes are labelled by the "
-                                 "previous round's student: add rounds=2 (or unlabelled_teacher=fused)")
+            try:
+                StudentConfig(**parse_student(spec)[1]).check_unlabelled(args.unlabelled)
+            except ValueError as err:
+                raise SystemExit(f"--student {spec}: with --unlabelled, {err}; add rounds=2 (or "
+                                 "unlabelled_teacher=fused)") from None
     if args.decoders is not None and args.decoders.exists() and not args.decoders.is_dir():
         raise SystemExit(f"--decoders: {args.decoders} is not a folder")
     if args.no_decoder_rows:

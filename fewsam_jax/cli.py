@@ -99,11 +99,13 @@ def _teach(args: argparse.Namespace) -> None:
         config = base.replace(**fields, seed=args.seed)
     except ValueError as err:
         raise ValueError(f"--rounds with --teacher-weight {args.teacher_weight:g}: {err}") from None
-    if args.unlabelled and config.unlabelled_teacher == "student" and config.rounds < 2:
-        raise ValueError(f"--rounds {config.rounds} with -i: the unlabelled images are labelled by the previous "
-                         "round's student, so they need --rounds 2 or more (or --unlabelled-teacher fused)")
     unlabelled = [case.image for case in cohort.find_cases(args.unlabelled, channel=args.channel)] \
         if args.unlabelled else []
+    try:
+        config.check_unlabelled(len(unlabelled))
+    except ValueError as err:
+        raise ValueError(f"--rounds {config.rounds} with -i: {err} (--rounds 2, or --unlabelled-teacher "
+                         "fused)") from None
     collection = _collection(args, "student", [args.decoder, *unlabelled])
     _check_cache(args)
     segmenter = FewShotSegmenter.load(args.decoder, model=args.model)

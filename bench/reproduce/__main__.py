@@ -9,6 +9,7 @@ Every output is checked before the study runs (:mod:`fewsam_jax.outputs`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from bench.reproduce.datasets import DATASETS
@@ -36,12 +37,8 @@ def build_parser(prog: str = "python -m bench.reproduce") -> argparse.ArgumentPa
 
 def run(args: argparse.Namespace) -> None:
     """Run the study the parsed ``args`` describe and print the files it wrote."""
-    from bench.reproduce import run_study
+    from bench.reproduce import StudyConfig, run_study
     from fewsam_jax.cache import EmbeddingCache
-
-    import dataclasses
-
-    from bench.reproduce import StudyConfig
 
     command = (f"python -m bench.reproduce --dataset {args.dataset}" + (" --quick" if args.quick else "")
                + (" --student" if args.student else ""))

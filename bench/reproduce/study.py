@@ -43,7 +43,8 @@ from bench.baselines import PROMPT_SUITE, PromptSpec, UNetConfig, predict_unet, 
 from bench.reproduce.datasets import Case, Fold, Task
 from fewsam_jax import metrics
 from fewsam_jax.cache import embed_volume
-from fewsam_jax.fewshot import Collection, FewShotSegmenter, StudentConfig, SupportItem, TrainConfig, train_student
+from fewsam_jax.fewshot import (
+    Collection, FewShotSegmenter, StudentConfig, StudentSegmenter, SupportItem, TrainConfig, train_student)
 from fewsam_jax.io import get_slices, save_labels
 from fewsam_jax.modeling.sam import Sam
 from fewsam_jax.preprocess import Intensity
@@ -232,7 +233,9 @@ def _support_collection(ctx: _Context, fold: Fold, support: list[tuple[int, tupl
     return Collection(classes=dict(ctx.task.classes), axis=ctx.task.axis, support=items)
 
 
-def _segment_tests(ctx: _Context, segmenter: FewShotSegmenter, fold: Fold) -> Callable[[int], np.ndarray]:
+def _segment_tests(ctx: _Context, segmenter: FewShotSegmenter | StudentSegmenter,
+                   fold: Fold) -> Callable[[int], np.ndarray]:
+    """``predict(test item index) -> (n, H, W)`` labels of a decoder or student on the item's test slices."""
     def predict(index: int) -> np.ndarray:
         labels = segmenter.segment(fold.test[index].volume, cache=ctx.cache, progress=False)
         return get_slices(labels, ctx.task.axis)[list(fold.test_slices[index])]
@@ -291,12 +294,8 @@ def _teach(ctx: _Context, fold_index: int, segmenter: FewShotSegmenter, collecti
     student = train_student(segmenter, collection, config=config, cache=ctx.cache, progress=False)
     taught = time.perf_counter()
 
-    def predict(index: int) -> np.ndarray:
-        labels = student.segment(fold.test[index].volume, progress=False)
-        return get_slices(labels, ctx.task.axis)[list(fold.test_slices[index])]
-
     method = f"student {shots}"
-    items = ctx.score_fold(method if seed == 0 else None, fold_index, predict)
+    items = ctx.score_fold(method if seed == 0 else None, fold_index, _segment_tests(ctx, student, fold))
     ctx.log(f"student, {shots} slices, seed {seed}, fold {fold.name}: taught on {student.info['training_slices']} "
             f"slices in {taught - started:.0f} s")
     return {**{key: run[key] for key in ("shots", "seed", "fold", "support", "labelled_slices", "positive_slices")},

@@ -131,6 +131,14 @@ class StudentConfig:
     def replace(self, **changes) -> StudentConfig:
         return dataclasses.replace(self, **changes)
 
+    def check_unlabelled(self, count: int) -> None:
+        """ValueError when this config cannot teach ``count`` unlabelled volumes: with ``unlabelled_teacher``
+        "student" they are labelled by the previous round's student, so they need ``rounds`` >= 2."""
+        if count and self.unlabelled_teacher == "student" and self.rounds < 2:
+            raise ValueError(f"{count} unlabelled volumes for the student to label, but with rounds = {self.rounds} "
+                             "no round has a student before the last (unlabelled_teacher 'student' needs rounds >= 2: "
+                             "StudentConfig.cohort(), or unlabelled_teacher='fused')")
+
     @classmethod
     def cohort(cls, unet: UNetConfig = UNetConfig(), **changes) -> StudentConfig:
         """How to teach with unlabelled volumes (what ``fewsam teach -i`` uses): two rounds, the first on the
@@ -156,13 +164,17 @@ class StudentConfig:
         return config if self.student_steps is None else dataclasses.replace(config, steps=self.student_steps)
 
 
-def fuse(logits: np.ndarray, unet_probabilities: np.ndarray, weight: float) -> np.ndarray:
+def fuse(logits: np.ndarray | None, unet_probabilities: np.ndarray, weight: float) -> np.ndarray:
     """The decoder's (N, K, H, W) logits (0 at each class's cut-off) averaged with a U-Net's (N, K+1, H, W)
     class probabilities (background first): ``weight`` x sigmoid(logit) + (1 - weight) x the U-Net's, returned
     as (N, K, H, W) scores with 0 at probability one half, for the decoder's own labelling
-    (:func:`~fewsam_jax.fewshot.infer.labels_from_logits`: the class with the highest positive score)."""
+    (:func:`~fewsam_jax.fewshot.infer.labels_from_logits`: the class with the highest positive score). ``logits``
+    None: the U-Net's alone, as at ``weight`` 0."""
+    unet = np.asarray(unet_probabilities, np.float32)[:, 1:]
+    if logits is None:
+        return unet - 0.5
     decoder = 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float32)))
-    return weight * decoder + (1.0 - weight) * np.asarray(unet_probabilities, np.float32)[:, 1:] - 0.5
+    return weight * decoder + (1.0 - weight) * unet - 0.5
 
 
 # how a student saved before these StudentConfig fields existed was taught (its student.json lacks them): a load
@@ -414,7 +426,7 @@ def pseudo_labels(predictions: Sequence[TeacherPrediction], weight: float, prese
     images, labels = [], []
     for p in predictions:
         if p.logits is None:
-            scores = np.asarray(p.partner, np.float32)[:, 1:] - 0.5  # fuse at weight 0
+            scores = fuse(None, p.partner, weight)
             presence = np.ones(scores.shape[:2], np.float32)
         else:
             logits = p.logits if shift is None else np.asarray(p.logits) + np.asarray(shift, np.float32)[:, None, None]
@@ -499,10 +511,10 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
     missing = [str(v) for v in unlabelled if not isinstance(v, Volume) and not Path(v).exists()]
     if missing:
         raise FileNotFoundError(f"unlabelled: no such file or folder: {', '.join(missing)}")
-    if unlabelled and config.unlabelled_teacher == "student" and config.rounds < 2:
-        raise ValueError(f"unlabelled: {len(unlabelled)} volumes for the student to label, but with rounds = "
-                         f"{config.rounds} no round has a student before the last (unlabelled_teacher 'student' needs "
-                         "rounds >= 2: StudentConfig.cohort(), or unlabelled_teacher='fused')")
+    try:
+        config.check_unlabelled(len(unlabelled))
+    except ValueError as err:
+        raise ValueError(f"unlabelled: {err}") from None
     if partner is not None and (partner.config != config.unet_config
                                 or partner.num_classes != len(segmenter.classes) + 1):
         raise ValueError("partner: trained with another U-Net config or class count than this StudentConfig's "
@@ -524,16 +536,17 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
             predictions = list(predictions)
             shift = volume_shifts(predictions, threshold)
             shifts.append([round(float(s), 4) for s in shift])
-        volumes = (v if isinstance(v, Volume) else load_volume(v) for v in unlabelled)
+        # "student": the unlabelled volumes join from the second round on, labelled by the last round's student
+        # (now the partner) alone; "fused": in every round, by the decoder and the partner
+        joining = unlabelled if config.unlabelled_teacher == "fused" or round_ else ()
+        volumes = (v if isinstance(v, Volume) else load_volume(v) for v in joining)
         if config.unlabelled_teacher == "fused":
             more = teacher_predictions(segmenter, partner, ((v, [], None) for v in volumes), cache, config.context)
-        else:  # "student": the last round's student (now the partner) alone, from the second round on
-            more = partner_predictions(partner, volumes if round_ else (), segmenter.intensity, segmenter.axis,
-                                       config.context)
+        else:
+            more = partner_predictions(partner, volumes, segmenter.intensity, segmenter.axis, config.context)
         images, labels, features = [], [], [] if config.context else None
-        taught_volumes = len(support) + (len(unlabelled) if config.unlabelled_teacher == "fused" or round_ else 0)
         for prediction in tqdm(itertools.chain(predictions, more), desc="teacher", unit="volume",
-                               total=taught_volumes, disable=not progress):
+                               total=len(support) + len(joining), disable=not progress):
             more_images, more_labels = pseudo_labels([prediction], config.teacher_weight, threshold, config.margin,
                                                      shift)
             images += more_images
