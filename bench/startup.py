@@ -15,8 +15,12 @@ The phase breakdown runs in one process per tree (warm compilation cache): impor
 the decoder by itself on the volume's cached embeddings (``fewshot.infer.predict_logits``): what no start-up
 work can remove.
 
+With ``--student DIR`` (a ``fewsam teach`` folder) the same ``fewsam segment`` runs are made with the student in
+this tree, under the same load, and its phases: imports, student load, two ``segment`` calls, and the student alone
+on :data:`STUDENT_SLICES` slices (the volume's slices repeated): the student reads the image, not the cache.
+
     python -m bench.startup --image IMG.nii.gz --decoder DECODER_DIR [--model MODEL_DIR] [--cache EMB_CACHE]
-                            [--baseline TREE]
+                            [--baseline TREE] [--student STUDENT_DIR]
 
 Results go to the "Start-up and compilation cache" section of ``bench/RESULTS.md`` (between its markers) and
 to ``bench/results/startup.json``; ``--out DIR`` writes DIR/RESULTS.md and DIR/results/startup.json instead.
@@ -40,6 +44,9 @@ KINDS = {"off": "`fewsam segment`, compilation cache off", "cold": "`fewsam segm
          "warm": "`fewsam segment`, cache warm"}
 PHASES = {"imports": "imports", "load": "decoder load", "segment_first": "1st `segment` (trace, load programs, run)",
           "segment_second": "2nd `segment` (inference only)", "decode": "decoder alone on the cached embeddings"}
+STUDENT_PHASES = {"imports": "imports", "load": "student load", "segment_first": "1st `segment` (trace, run)",
+                  "segment_second": "2nd `segment` (inference only)", "predict": "the student alone on {n} slices"}
+STUDENT_SLICES = 100
 
 
 def load1() -> float:
@@ -101,9 +108,10 @@ def phases_worker(image: str, decoder: str, model: str | None, cache: str | None
         from fewsam_jax.weights import LazyModel
 
         base = LazyModel(segmenter.model_dir())
+    staged = getattr(segmenter.decoder, "encoder_stage", None) is not None  # trees before the adapted stage lack it
     entry = embed_volume(volume, base, axis=segmenter.axis, intensity=segmenter.intensity, cache=cache,
-                         progress=False)
-    embeddings = entry.load()
+                         progress=False, **({"stage_inputs": True} if staged else {}))
+    embeddings = entry.load_stage_inputs() if staged else entry.load()  # what the decoder reads
     images = volume_images(volume, segmenter.intensity, segmenter.axis, segmenter.decoder.config,
                            get_config(segmenter.model_name))
     mark = time.perf_counter()
@@ -112,10 +120,44 @@ def phases_worker(image: str, decoder: str, model: str | None, cache: str | None
     return {"seconds": {k: round(v, 3) for k, v in times.items()}, "slices": len(embeddings)}
 
 
-def run_phases(tree: Path, args: list[str], env: dict[str, str]) -> dict:
-    """:func:`phases_worker` in a fresh process running ``tree``'s library (this file's worker)."""
+def student_phases_worker(image: str, student: str) -> dict:
+    """Seconds of each :data:`STUDENT_PHASES` phase of a ``fewsam teach`` student in this process."""
+    import dataclasses
+
+    import numpy as np
+
+    times, started = {}, time.perf_counter()
+    import fewsam_jax.cli  # noqa: F401  (what the command imports)
+    from fewsam_jax.fewshot import StudentSegmenter
+    from fewsam_jax.home import enable_compilation_cache
+    from fewsam_jax.io import load_volume
+
+    enable_compilation_cache()
+    times["imports"] = time.perf_counter() - started
+    mark = time.perf_counter()
+    segmenter = StudentSegmenter.load(student)
+    times["load"] = time.perf_counter() - mark
+    volume = load_volume(image)
+    for name in ("segment_first", "segment_second"):
+        mark = time.perf_counter()
+        segmenter.segment(volume, progress=False)
+        times[name] = time.perf_counter() - mark
+    along = volume.array.shape[segmenter.axis]
+    repeats = np.arange(STUDENT_SLICES) % along
+    many = dataclasses.replace(volume, array=np.take(volume.array, repeats, axis=segmenter.axis))
+    segmenter.predict_volume(many)  # traces the STUDENT_SLICES-row program once, untimed
+    mark = time.perf_counter()
+    probabilities = segmenter.predict_volume(many)
+    times["predict"] = time.perf_counter() - mark
+    return {"seconds": {k: round(v, 3) for k, v in times.items()}, "slices": along,
+            "predicted": [int(n) for n in probabilities.shape]}
+
+
+def run_phases(tree: Path, args: list[str], env: dict[str, str], worker: str = "--phases-worker") -> dict:
+    """``worker``'s phases (:func:`phases_worker` or :func:`student_phases_worker`) in a fresh process running
+    ``tree``'s library (this file's worker)."""
     load_before = load1()
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--phases-worker", *args], cwd=tree,
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), worker, *args], cwd=tree,
                          env=tree_env(env, tree), check=True, capture_output=True, text=True).stdout
     report = json.loads(out.strip().splitlines()[-1])
     report["load"] = [load_before, load1()]
@@ -146,6 +188,20 @@ def measure(image: str, decoder: str, model: str | None, cache: str | None, warm
     return {"help": help_runs, "segment": runs, "phases": phases,
             "jax_cache_after_cold": {name: folder_stats(caches[name]) for name in trees},
             "trees": {name: str(tree) for name, tree in trees.items()}}
+
+
+def measure_student(image: str, student: str, warm_runs: int, work: Path) -> dict:
+    """``fewsam segment --decoder STUDENT`` with the compilation cache off, cold and ``warm_runs`` times warm, then
+    the student's phases, in this tree."""
+    env = clean_env()
+    segment = ["segment", image, "-o", str(work / "student_pred.nii.gz"), "--decoder", student, "--overwrite", "-q"]
+    runs = {"off": [], "cold": [], "warm": []}
+    jax_cache = work / "jax_cache_student"
+    for kind in ["off", "cold"] + ["warm"] * warm_runs:
+        runs[kind].append(timed_run(segment, {**env, "FEWSAM_JAX_CACHE": "off" if kind == "off" else str(jax_cache)}))
+    phases = run_phases(ROOT, [image, student], {**env, "FEWSAM_JAX_CACHE": str(jax_cache)},
+                        worker="--student-phases-worker")
+    return {"segment": runs, "phases": phases}
 
 
 def _row(label: str, runs: list[dict | None]) -> str:
@@ -194,8 +250,39 @@ def section(report: dict) -> str:
         lines += ["", (f"The decoder alone ({cur['slices']} slices, batches of 8, the last padded) took "
                        f"{cur['seconds']['decode']:.2f} s in this tree's process: the part of `fewsam segment` that no "
                        "start-up work removes.")]
+    if report.get("student"):
+        lines += student_lines(report)
     lines.append(END)
     return "\n".join(lines) + "\n"
+
+
+def student_info(student: str) -> dict:
+    """What ``student.json`` records of how the student was taught (``info``), or {} if it cannot be read."""
+    try:
+        return json.loads((Path(student) / "student.json").read_text()).get("info", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def student_lines(report: dict) -> list[str]:
+    """The student's table and phases (``--student``), for :func:`section`."""
+    student, info = report["student"], report.get("student_info", {})
+    taught = ", ".join(f"{k} {info[k]}" for k in ("labelled_slices", "training_slices", "rounds") if k in info)
+    lines = ["", (f"The same command with a student (`fewsam teach`, `{report['student_dir']}`"
+                  f"{'; ' + taught if taught else ''}) in place of the decoder, run after the rows above; it reads "
+                  "the image, not the embedding cache, and no base model:"), "",
+             "| run | wall s | load before / after |", "|---|---|---|"]
+    for kind, label in KINDS.items():
+        for i, run in enumerate(student["segment"][kind]):
+            suffix = f" (process {i + 2})" if kind == "warm" else ""
+            lines.append(_row(label.replace("`fewsam segment`", "`fewsam segment`, student") + suffix, [run]))
+    phases = student["phases"]
+    lines += ["", f"Where a warm student process spends its time ({phases['slices']} slices; seconds):", "",
+              "| phase | seconds |", "|---|---|"]
+    for key, label in STUDENT_PHASES.items():
+        lines.append(f"| {label.format(n=STUDENT_SLICES)} | {phases['seconds'][key]:.2f} |")
+    lines.append(f"| 1-minute load before / after | {phases['load'][0]:.2f} / {phases['load'][1]:.2f} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--phases-worker"]:
         image, decoder, model, cache = argv[1:5]
         print(json.dumps(phases_worker(image, decoder, model or None, cache or None)))
+        return 0
+    if argv[:1] == ["--student-phases-worker"]:
+        print(json.dumps(student_phases_worker(*argv[1:3])))
         return 0
     parser = argparse.ArgumentParser(prog="python -m bench.startup", description=__doc__.split("\n\n")[0])
     parser.add_argument("--image", required=True, help="a volume whose embeddings are cached")
@@ -212,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm-runs", type=int, default=2, help="warm-cache processes (default 2)")
     parser.add_argument("--baseline", type=Path, help="another checkout of the project, measured in turn with this one")
     parser.add_argument("--baseline-label", default="", help="what the baseline is (e.g. a commit), for the report")
+    parser.add_argument("--student", help="a student folder (fewsam teach --out): its fewsam segment runs too")
     parser.add_argument("--out", type=Path, default=None, help="folder of RESULTS.md and results/ (default bench/)")
     args = parser.parse_args(argv)
     from bench.sections import BENCH, machine_info, save_report
@@ -219,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fewsam_startup_") as work:
         report = measure(args.image, args.decoder, args.model, args.cache, args.warm_runs, Path(work),
                          args.baseline.resolve() if args.baseline else None)
+        if args.student:
+            report.update(student=measure_student(args.image, args.student, args.warm_runs, Path(work)),
+                          student_dir=args.student, student_info=student_info(args.student))
     report.update(date=datetime.date.today().isoformat(), machine=machine_info(), image=args.image,
                   decoder=args.decoder, baseline_label=args.baseline_label,
                   command="python -m bench.startup " + " ".join(argv))

@@ -38,3 +38,37 @@ def test_section_compares_baseline_and_current_run_in_turn():
 def test_tree_env_puts_the_tree_first():
     env = tree_env({"PYTHONPATH": "/other", "X": "1"}, "/tree")
     assert env["PYTHONPATH"].split(":") == ["/tree", "/other"] and env["X"] == "1"
+
+
+def test_section_adds_the_students_runs_and_phases():
+    report = _report(["current"])
+    report.update(student_dir="stu", student_info={"labelled_slices": 25, "rounds": 1},
+                  student={"segment": {"off": [{"wall_s": 2.25, "load": [1.0, 1.5]}], "cold": [], "warm": []},
+                           "phases": {"seconds": {"imports": 1.0, "load": 0.25, "segment_first": 0.5,
+                                                  "segment_second": 0.125, "predict": 0.375},
+                                      "slices": 36, "load": [1.0, 1.25]}})
+    text = section(report)
+    assert text.rstrip().endswith(END) and "`stu`; labelled_slices 25, rounds 1" in text
+    assert "| `fewsam segment`, student, compilation cache off | 2.25 | 1.00 / 1.50 |" in text
+    assert "| the student alone on 100 slices | 0.38 |" in text and "(36 slices; seconds)" in text
+
+
+def test_student_phases_worker_times_a_saved_student(tmp_path):
+    import nibabel as nib
+    import numpy as np
+    from flax import nnx
+
+    from bench.startup import STUDENT_SLICES, student_phases_worker
+    from fewsam_jax.fewshot import StudentConfig, StudentSegmenter
+    from fewsam_jax.fewshot.unet import UNet, UNetConfig
+    from fewsam_jax.preprocess import Intensity
+
+    config = StudentConfig(unet=UNetConfig(features=(4, 8), pad_multiple=2))
+    unet = UNet(config.student_unet_config, 3, rngs=nnx.Rngs(0))
+    unet.canvas = (8, 8)
+    StudentSegmenter(unet, {1: "a", 2: "b"}, 2, Intensity.coerce("percentile:0.5,99.5"), config).save(tmp_path / "stu")
+    image = tmp_path / "img.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((6, 8, 5)).astype(np.float32), np.eye(4)), image)
+    report = student_phases_worker(str(image), str(tmp_path / "stu"))
+    assert report["slices"] == 5 and report["predicted"][:2] == [STUDENT_SLICES, 3]
+    assert set(report["seconds"]) == {"imports", "load", "segment_first", "segment_second", "predict"}
