@@ -80,6 +80,14 @@ def folder_stats(folder: Path) -> dict:
     return {"files": len(files), "mb": round(sum(p.stat().st_size for p in files) / 2**20, 2)}
 
 
+def time_segments(segmenter, volume, times: dict[str, float], **kwargs) -> None:
+    """``times["segment_first"]`` / ``["segment_second"]``: two ``segmenter.segment(volume, **kwargs)`` calls."""
+    for name in ("segment_first", "segment_second"):
+        mark = time.perf_counter()
+        segmenter.segment(volume, progress=False, **kwargs)
+        times[name] = time.perf_counter() - mark
+
+
 def phases_worker(image: str, decoder: str, model: str | None, cache: str | None) -> dict:
     """Seconds of each phase (:data:`PHASES`) in this process; uses only API that older trees have too."""
     times, started = {}, time.perf_counter()
@@ -94,10 +102,7 @@ def phases_worker(image: str, decoder: str, model: str | None, cache: str | None
     segmenter = FewShotSegmenter.load(decoder, model=model)
     times["load"] = time.perf_counter() - mark
     volume = load_volume(image)
-    for name in ("segment_first", "segment_second"):
-        mark = time.perf_counter()
-        segmenter.segment(volume, cache=cache, progress=False)
-        times[name] = time.perf_counter() - mark
+    time_segments(segmenter, volume, times, cache=cache)
     from fewsam_jax.cache import embed_volume
     from fewsam_jax.config import get_config
     from fewsam_jax.fewshot.infer import predict_logits
@@ -138,10 +143,7 @@ def student_phases_worker(image: str, student: str) -> dict:
     segmenter = StudentSegmenter.load(student)
     times["load"] = time.perf_counter() - mark
     volume = load_volume(image)
-    for name in ("segment_first", "segment_second"):
-        mark = time.perf_counter()
-        segmenter.segment(volume, progress=False)
-        times[name] = time.perf_counter() - mark
+    time_segments(segmenter, volume, times)
     along = volume.array.shape[segmenter.axis]
     repeats = np.arange(STUDENT_SLICES) % along
     many = dataclasses.replace(volume, array=np.take(volume.array, repeats, axis=segmenter.axis))
@@ -164,6 +166,16 @@ def run_phases(tree: Path, args: list[str], env: dict[str, str], worker: str = "
     return report
 
 
+def run_kinds(warm_runs: int) -> list[str]:
+    """The ``fewsam segment`` runs in order (:data:`KINDS`): cache off, cold, then ``warm_runs`` warm."""
+    return ["off", "cold"] + ["warm"] * warm_runs
+
+
+def jax_cache_env(env: dict[str, str], kind: str, folder: Path) -> dict[str, str]:
+    """``env`` with the compilation cache a ``kind`` run uses: off, or ``folder``."""
+    return {**env, "FEWSAM_JAX_CACHE": "off" if kind == "off" else str(folder)}
+
+
 def measure(image: str, decoder: str, model: str | None, cache: str | None, warm_runs: int, work: Path,
             baseline: Path | None = None) -> dict:
     """Best-of-5 ``--help``; ``segment`` with the compilation cache off, cold and ``warm_runs`` times warm; the
@@ -176,12 +188,11 @@ def measure(image: str, decoder: str, model: str | None, cache: str | None, warm
             help_runs[name].append(timed_run(["--help"], env, tree))
     segment = ["segment", image, "-o", str(work / "pred.nii.gz"), "--decoder", decoder, "--overwrite", "-q",
                *(["--model", model] if model else []), *(["--cache", cache] if cache else [])]
-    runs = {name: {"off": [], "cold": [], "warm": []} for name in trees}
+    runs = {name: {kind: [] for kind in KINDS} for name in trees}
     caches = {name: work / f"jax_cache_{name}" for name in trees}
-    for kind in ["off", "cold"] + ["warm"] * warm_runs:
+    for kind in run_kinds(warm_runs):
         for name, tree in trees.items():
-            setting = "off" if kind == "off" else str(caches[name])
-            runs[name][kind].append(timed_run(segment, {**env, "FEWSAM_JAX_CACHE": setting}, tree))
+            runs[name][kind].append(timed_run(segment, jax_cache_env(env, kind, caches[name]), tree))
     worker_args = [image, decoder, model or "", cache or ""]
     phases = {name: run_phases(tree, worker_args, {**env, "FEWSAM_JAX_CACHE": str(caches[name])})
               for name, tree in trees.items()}
@@ -195,10 +206,10 @@ def measure_student(image: str, student: str, warm_runs: int, work: Path) -> dic
     the student's phases, in this tree."""
     env = clean_env()
     segment = ["segment", image, "-o", str(work / "student_pred.nii.gz"), "--decoder", student, "--overwrite", "-q"]
-    runs = {"off": [], "cold": [], "warm": []}
+    runs = {kind: [] for kind in KINDS}
     jax_cache = work / "jax_cache_student"
-    for kind in ["off", "cold"] + ["warm"] * warm_runs:
-        runs[kind].append(timed_run(segment, {**env, "FEWSAM_JAX_CACHE": "off" if kind == "off" else str(jax_cache)}))
+    for kind in run_kinds(warm_runs):
+        runs[kind].append(timed_run(segment, jax_cache_env(env, kind, jax_cache)))
     phases = run_phases(ROOT, [image, student], {**env, "FEWSAM_JAX_CACHE": str(jax_cache)},
                         worker="--student-phases-worker")
     return {"segment": runs, "phases": phases}
