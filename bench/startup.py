@@ -316,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--student", help="a student folder (fewsam teach --out): its fewsam segment runs too")
     parser.add_argument("--out", type=Path, default=None, help="folder of RESULTS.md and results/ (default bench/)")
     args = parser.parse_args(argv)
+    if args.student and not (Path(args.student) / "student.json").is_file():
+        parser.error(f"--student: {args.student} has no student.json; expected a folder written by fewsam teach")
     from bench.sections import BENCH, machine_info, save_report
 
     with tempfile.TemporaryDirectory(prefix="fewsam_startup_") as work:

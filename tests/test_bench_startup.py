@@ -72,3 +72,13 @@ def test_student_phases_worker_times_a_saved_student(tmp_path):
     report = student_phases_worker(str(image), str(tmp_path / "stu"))
     assert report["slices"] == 5 and report["predicted"][:2] == [STUDENT_SLICES, 3]
     assert set(report["seconds"]) == {"imports", "load", "segment_first", "segment_second", "predict"}
+
+
+def test_a_student_folder_without_student_json_is_refused_before_any_run(tmp_path, capsys):
+    import pytest
+
+    from bench.startup import main
+
+    with pytest.raises(SystemExit):
+        main(["--image", "img.nii.gz", "--decoder", "dec", "--student", str(tmp_path)])
+    assert f"--student: {tmp_path} has no student.json" in capsys.readouterr().err
