@@ -46,7 +46,7 @@ def test_offsets_postprocessing_and_ensembles_label_from_the_same_training(tiny_
         variant=["v:steps=2,image_features=0"], variant_names=["v"], draws=["A"], seeds=[0], shots=[2],
         offsets=[-1.0, -0.5], presence=[0.0, 0.5], unet=True, unet_only=False, curve=0, curve_volumes=1,
         postprocess=True, ensemble=[0.0, 1.0], ensemble_control=3, pseudo=[0.0], unlabelled=1,
-        student=[], decoders=None, no_decoder_rows=False, unet_seed_ensemble=False)
+        student=[], decoders=None, no_decoder_rows=False, unet_seed_ensemble=False, axis=2)
     saved = []
     rows = fewshot.run(args, saved.append)
     unets, rows, fused, pseudo = rows[:8], rows[8:16], rows[16:20], rows[20:]
@@ -114,7 +114,7 @@ def test_a_variant_adapting_the_encoder_gets_the_stage_inputs_in_the_same_encode
         data=shared_data("hippocampus").resolve(), phase="validation", volumes=1, cache=tmp_path / "cache",
         variant=["lora:steps=2,image_features=0,encoder_lora_rank=1"], variant_names=["lora"], draws=["A"], seeds=[0],
         shots=[2], offsets=[], presence=[], unet=False, unet_only=False, curve=0, curve_volumes=1, postprocess=False,
-        ensemble=[], ensemble_control=0, pseudo=[], unlabelled=0, student=[], decoders=None, no_decoder_rows=False, unet_seed_ensemble=False)
+        ensemble=[], ensemble_control=0, pseudo=[], unlabelled=0, student=[], decoders=None, no_decoder_rows=False, unet_seed_ensemble=False, axis=2)
     rows = fewshot.run(args, lambda rows: None)
     assert [r["variant"] for r in rows] == ["lora"] and rows[0]["config"]["decoder"]["encoder_lora_rank"] == 1
     entries = [CachedEmbeddings(p) for p in EmbeddingCache(args.cache).entries()]
@@ -159,7 +159,7 @@ def test_students_are_the_librarys_and_a_kept_decoder_is_reused(tiny_sam, tmp_pa
         variant_names=["v"], draws=["A"], seeds=[0], shots=[2], offsets=[], presence=[], unet=False,
         unet_only=False, curve=0, curve_volumes=1, postprocess=False, ensemble=[], ensemble_control=0,
         pseudo=[], unlabelled=0, student=["two:rounds=2,margin=0.1", "deep:context=1"],
-        decoders=tmp_path / "decoders", no_decoder_rows=False, unet_seed_ensemble=False)
+        decoders=tmp_path / "decoders", no_decoder_rows=False, unet_seed_ensemble=False, axis=2)
     rows = fewshot.run(args, lambda rows: None)
     assert [r["variant"] for r in rows] == ["unet", "v", "v>two", "unet-c1", "v>deep"]
     two, partner, deep = rows[2:]
@@ -304,18 +304,21 @@ def test_unet_rows_score_the_same_predictions_post_processed_too(tmp_path, monke
                                  Intensity.parse("percentile"))[0]) == 1
 
 
-def test_the_u_nets_of_every_seed_are_scored_averaged_too(tiny_sam, tmp_path, monkeypatch):
+@pytest.mark.parametrize("axis", [2, 0])
+def test_the_u_nets_of_every_seed_are_scored_averaged_too(tiny_sam, tmp_path, monkeypatch, axis):
     """``--unet-only --seeds 0,1 --unet-seed-ensemble``: one row per seed, then the seeds' U-Nets averaged. On the
     structure the stand-in U-Net of seed 0 gives background 0.5, the true class 0.4 and the other 0.1 (it labels
     nothing), seed 1's background 0.1 and the other class 0.5 (it swaps the classes): only their mean labels the
-    truth."""
+    truth. With ``--axis 0`` the same along sagittal slices: the U-Nets see and score those, the rows' draw says so."""
     from fewsam_jax.io import get_slices
 
     monkeypatch.setattr("fewsam_jax.weights.load_model", lambda *a, **k: tiny_sam)
     data = shared_data("hippocampus").resolve()
     truth = get_slices(fewshot.read_labels(
-        data / "labelsTr" / f"{fewshot.cases(data)[fewshot.PHASES['validation']][0]}.nii.gz"), 2)
-    monkeypatch.setattr("bench.baselines.train_unet", lambda *a, seed=0, **k: (seed, None))
+        data / "labelsTr" / f"{fewshot.cases(data)[fewshot.PHASES['validation']][0]}.nii.gz"), axis)
+    trained = []
+    monkeypatch.setattr("bench.baselines.train_unet",
+                        lambda images, *a, seed=0, **k: trained.append([i.shape for i in images]) or (seed, None))
 
     def predict(seed, slices, features=None):
         if len(slices) != len(truth):
@@ -329,9 +332,12 @@ def test_the_u_nets_of_every_seed_are_scored_averaged_too(tiny_sam, tmp_path, mo
         data=data, phase="validation", volumes=1, cache=tmp_path / "cache", variant=["v"], variant_names=["v"],
         draws=["A"], seeds=[0, 1], shots=[2], offsets=[], presence=[], unet=False, unet_only=True, curve=0,
         curve_volumes=1, postprocess=False, ensemble=[], ensemble_control=0, pseudo=[], unlabelled=0, student=[],
-        decoders=None, no_decoder_rows=False, unet_seed_ensemble=True)
+        decoders=None, no_decoder_rows=False, unet_seed_ensemble=True, axis=axis)
     rows = fewshot.run(args, lambda rows: None)
     assert [(r["variant"], r["seed"]) for r in rows] == [("unet", 0), ("unet", 1), ("unet-seeds0+1", 0)]
+    assert {r["draw"] for r in rows} == {"A" if axis == 2 else "A-sagittal"}
+    support = fewshot.read_labels(data / "labelsTr" / f"{fewshot.cases(data)[0]}.nii.gz")
+    assert trained[0][0] == get_slices(support, axis).shape[1:]  # the first support volume's slices along axis
     assert rows[0]["dice"] == rows[1]["dice"] == [0.0, 0.0] and rows[2]["dice"] == [1.0, 1.0]
     assert rows[2]["seeds"] == [0, 1]
     assert rows[2]["train_seconds"] == rows[0]["train_seconds"] + rows[1]["train_seconds"]
