@@ -211,6 +211,36 @@ def test_collection_from_nnunet(dataset):
         Collection.from_nnunet(dataset / "imagesTr", slices_per_case=1)
 
 
+def test_plane_coverage_and_the_auto_axis(tmp_path):
+    """Class 1 fills a bar along x at one y, class 2 the same bar at another y: every sagittal (x) slice through the
+    bar holds both, a coronal (y) slice one of them, an axial (z) slice both: sagittal and axial tie at 1, and the
+    tie goes to the axial plane; a slab of class 1 alone at another z makes axial slices hold one class."""
+    from fewsam_jax.fewshot import plane_coverage
+    from fewsam_jax.fewshot.collection import best_plane
+
+    labels = np.zeros((8, 6, 5), np.int32)
+    labels[2:6, 1, 2], labels[2:6, 4, 2] = 1, 2
+    assert plane_coverage([labels], (1, 2)).tolist() == [1.0, 0.0, 1.0] and best_plane([1.0, 0.0, 1.0]) == 2
+    labels[2:6, 1, 4] = 1
+    assert plane_coverage([labels], (1, 2)).tolist() == [1.0, 0.0, 0.5]
+    assert plane_coverage([labels, np.zeros_like(labels)], (1, 2)).tolist() == [1.0, 0.0, 0.5]
+    assert plane_coverage([np.zeros_like(labels)], (1, 2)).tolist() == [0.0, 0.0, 0.0]
+    assert best_plane(plane_coverage([labels], (1,))) == 2  # one class: every plane 1, axial kept
+    # the same as an nnU-Net dataset: --axis auto slices it sagittally
+    folder = tmp_path / "Dataset001_Bars"
+    for sub in ("imagesTr", "labelsTr"):
+        (folder / sub).mkdir(parents=True)
+    nib.save(nib.Nifti1Image(labels.astype(np.float32), np.eye(4)), folder / "imagesTr" / "bar_000_0000.nii.gz")
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), folder / "labelsTr" / "bar_000.nii.gz")
+    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MR"}, "labels": {
+        "background": 0, "one": 1, "two": 2}, "numTraining": 1, "file_ending": ".nii.gz"}))
+    assert Collection.from_nnunet(folder, slices_per_case=2, axis="auto").axis == 0
+    assert Collection.from_nnunet(folder, slices_per_case=2).axis == 2
+    parsed = cli.build_parser().parse_args(["train", "--nnunet", str(folder), "--slices-per-case", "2", "--out", "d",
+                                            "--axis", "auto"])
+    assert parsed.axis == "auto"
+
+
 @pytest.mark.shared_data
 def test_collection_from_the_shared_hippocampus():
     folder = shared_data("hippocampus")
