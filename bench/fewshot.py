@@ -6,9 +6,9 @@ Fixed splits of the 200 shared volumes (sorted by name), never changed between r
 - ``validation`` = the last 8 volumes: every method decision is made here;
 - ``test`` = volumes 5-44 (40): scored once per candidate default, never used to choose.
 
-A collection takes N labelled slices (axial; ``--axis`` another plane) (``--shots``, default 5, 10, 20) at the centres of equal parts of the
-labelled extent of the draw's 5 volumes, plus one label-free slice per volume. The decoder is trained on it
-(``--variant``: options of the three configs, routed by :func:`fewsam_jax.fewshot.config.configs_from_overrides`)
+A collection takes N labelled slices (``--shots``, default 5, 10, 20; axial, or the plane ``--axis`` names) at the
+centres of equal parts of the labelled extent of the draw's 5 volumes, plus one label-free slice per volume. The
+decoder is trained on it (``--variant``: options of the three configs, routed by :func:`fewsam_jax.fewshot.config.configs_from_overrides`)
 and, with ``--unet``, the project's 2D U-Net from scratch on exactly the same slices; both are scored in 3D on every
 volume of the phase's split: Dice, HD95 (mm) and predicted / true volume per class. ``--offsets`` also scores other
 threshold offsets (``InferenceConfig.threshold_offset``) and ``--presence`` other presence thresholds from the same
@@ -335,10 +335,10 @@ def run(args: argparse.Namespace, save) -> list[dict]:
                             print("curve", json.dumps(curve), flush=True)
     if args.unet_seed_ensemble and len(args.seeds) > 1:
         name = "unet-seeds" + "+".join(map(str, args.seeds))  # a row per set of seeds
-        for draw, shots in ((draw_label(d, args.axis), n) for d in args.draws for n in args.shots):
+        for draw, shots in ((draw_label(d, axis), n) for d in args.draws for n in args.shots):
             runs = [unet[draw, seed, shots] for seed in args.seeds]
             for row in averaged_rows([(run.probabilities, run.row) for run in runs], volumes, args.postprocess, name,
-                                     total_slices, args.axis):
+                                     total_slices, axis):
                 row.update(seeds=args.seeds)
                 rows.append(row)
                 save(rows)
