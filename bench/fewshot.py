@@ -10,9 +10,9 @@ A collection takes N labelled slices (``--shots``, default 5, 10, 20; axial, or 
 centres of equal parts of the labelled extent of the draw's 5 volumes, plus one label-free slice per volume. The
 decoder is trained on it (``--variant``: options of the three configs, routed by
 :func:`fewsam_jax.fewshot.config.configs_from_overrides`) and, with ``--unet``, the project's 2D U-Net from scratch on
-exactly the same slices; both are scored in 3D on every volume of the phase's split: Dice, HD95 (mm) and predicted / true volume per class. ``--offsets`` also scores other
-threshold offsets (``InferenceConfig.threshold_offset``) and ``--presence`` other presence thresholds from the same
-trained decoder, one row each (``VARIANT@OFFSET``, ``VARIANT@pTHRESHOLD``), without training again; ``--ensemble W``
+exactly the same slices; both are scored in 3D on every volume of the phase's split: Dice, HD95 (mm) and predicted
+/ true volume per class. ``--offsets`` also scores other threshold offsets (``InferenceConfig.threshold_offset``)
+and ``--presence`` other presence thresholds from the same trained decoder, one row each (``VARIANT@OFFSET``, ``VARIANT@pTHRESHOLD``), without training again; ``--ensemble W``
 scores the decoder's class probabilities averaged with the U-Net's (decoder weight W; ``--ensemble-control N``
 trains N - 1 more U-Nets and scores the N averaged, what averaging alone gains; ``--unet-seed-ensemble`` the U-Nets
 of every ``--seeds`` averaged); ``--pseudo W`` trains a U-Net on every slice of the support volumes, the unlabelled
