@@ -10,20 +10,20 @@ A collection takes N labelled slices (``--shots``, default 5, 10, 20; axial, or 
 centres of equal parts of the labelled extent of the draw's 5 volumes, plus one label-free slice per volume. The
 decoder is trained on it (``--variant``: options of the three configs, routed by
 :func:`fewsam_jax.fewshot.config.configs_from_overrides`) and, with ``--unet``, the project's 2D U-Net from scratch on
-exactly the same slices; both are scored in 3D on every volume of the phase's split: Dice, HD95 (mm) and predicted
-/ true volume per class. ``--offsets`` also scores other threshold offsets (``InferenceConfig.threshold_offset``)
-and ``--presence`` other presence thresholds from the same trained decoder, one row each (``VARIANT@OFFSET``, ``VARIANT@pTHRESHOLD``), without training again; ``--ensemble W``
-scores the decoder's class probabilities averaged with the U-Net's (decoder weight W; ``--ensemble-control N``
-trains N - 1 more U-Nets and scores the N averaged, what averaging alone gains; ``--unet-seed-ensemble`` the U-Nets
-of every ``--seeds`` averaged); ``--pseudo W`` trains a U-Net on every slice of the support volumes, the unlabelled
-ones labelled by that average (W 0: by the U-Net itself, the self-training control), and with ``--unlabelled N`` on
-every slice of N more cohort volumes (55 onwards, labels never read) labelled the same way; ``--student
-NAME:fields`` teaches one with the library's ``train_student`` and those ``StudentConfig`` fields (rows
-``VARIANT>NAME``; a 2.5D partner is scored too, rows ``unet-cK``; a seed ensemble's member 0 alone,
-``VARIANT>NAME#0``). ``--curve N`` adds a learning curve: validation Dice (threshold 0) every N steps. Embeddings go
-through the package's cache, and with ``--decoders DIR`` trained decoders are kept and reused (training is
-deterministic per seed), so a rerun only trains what is new and segments; ``--no-decoder-rows`` leaves the decoder's
-own scoring out (a decoder that only teaches: the test split's students).
+exactly the same slices; both are scored in 3D on every volume of the phase's split: Dice, HD95 (mm) and predicted /
+true volume per class. ``--offsets`` also scores other threshold offsets (``InferenceConfig.threshold_offset``) and
+``--presence`` other presence thresholds from the same trained decoder, one row each (``VARIANT@OFFSET``,
+``VARIANT@pTHRESHOLD``), without training again; ``--ensemble W`` scores the decoder's class probabilities averaged
+with the U-Net's (decoder weight W; ``--ensemble-control N`` trains N - 1 more U-Nets and scores the N averaged, what
+averaging alone gains; ``--unet-seed-ensemble`` the U-Nets of every ``--seeds`` averaged); ``--pseudo W`` trains a
+U-Net on every slice of the support volumes, the unlabelled ones labelled by that average (W 0: by the U-Net itself,
+the self-training control), and with ``--unlabelled N`` on every slice of N more cohort volumes (55 onwards, labels
+never read) labelled the same way; ``--student NAME:fields`` teaches one with the library's ``train_student`` and
+those ``StudentConfig`` fields (rows ``VARIANT>NAME``; a 2.5D partner is scored too, rows ``unet-cK``; a seed
+ensemble's member 0 alone, ``VARIANT>NAME#0``). ``--curve N`` adds a learning curve: validation Dice (threshold 0)
+every N steps. Embeddings go through the package's cache, and with ``--decoders DIR`` trained decoders are kept and
+reused (training is deterministic per seed), so a rerun only trains what is new and segments; ``--no-decoder-rows``
+leaves the decoder's own scoring out (a decoder that only teaches: the test split's students).
 
 Rows accumulate in ``bench/results/fewshot_<phase>.json`` (a rerun of the same variant, draw, seed and shot
 count replaces its row); the "Few-shot hippocampus" sections of ``bench/RESULTS.md`` are rewritten from it.
