@@ -90,7 +90,7 @@ def decoder(dataset, home, tmp_path_factory):
     assert rc == 0
     collection = seen["collection"]
     assert collection.classes == {1: "ellipse", 2: "bar"} and len(collection.support) == 2
-    assert collection.num_slices == 4 and seen["model"] == str(home / "models" / "tiny-test")
+    assert collection.num_slices == 6 and seen["model"] == str(home / "models" / "tiny-test")
     assert seen["training"].seed == 0 and seen["training"].augment.copies == 0  # --seed, --augment defaults
     assert seen["config"] == DecoderConfig()  # --encoder-lora-rank auto: resolved for the model by the training
     return out
@@ -182,12 +182,20 @@ def test_parts_cover_the_cohort_once():
         select_part(cases, 3, 3)
 
 
-def test_pick_slices_spreads_over_the_labelled_extent():
+def test_pick_slices_spreads_over_the_labelled_extent_and_adds_an_empty_slice():
+    """The benchmark's pick (bench/fewshot.py uses this function): its numbers depend on it staying as it is."""
     labels = np.zeros((4, 4, 20), np.uint8)
     labels[..., 5:15] = 1
-    assert pick_slices(labels, 3) == [7, 9, 12]
-    assert pick_slices(labels, 30) == list(range(5, 15))
+    assert pick_slices(labels, 3) == [3, 6, 10, 13]  # centres of [5..14] cut in 3, and 3: two below the extent
+    assert pick_slices(labels, 3, empty=False) == [6, 10, 13]
+    assert pick_slices(labels, 30) == [3, *range(5, 15)]
+    assert pick_slices(labels.transpose(2, 0, 1), 3, axis=0) == [3, 6, 10, 13]
     assert pick_slices(np.zeros((2, 2, 3)), 2) == []
+    edge = np.zeros((4, 4, 20), np.uint8)
+    edge[..., 0:4] = 1
+    assert pick_slices(edge, 2) == [1, 3]  # slice 0 is labelled: no empty slice below the extent
+    edge[..., 0] = 0
+    assert pick_slices(edge, 2) == [0, 1, 3]
 
 
 def test_centres_of_parts_take_the_middle_of_equal_parts():
@@ -204,8 +212,8 @@ def test_collection_from_nnunet(dataset):
     collection = Collection.from_nnunet(dataset, slices_per_case=2)
     assert collection.classes == {1: "ellipse", 2: "bar"} and collection.axis == 2
     assert [item.image.name for item in collection.support] == [f"case_{i:03d}_0000.nii.gz" for i in range(3)]
-    assert all(item.labels.parent.name == "labelsTr" and len(item.slices) == 2 and 0 not in item.slices
-               for item in collection.support)
+    # two labelled slices spread over the labelled extent, and an empty one (0) below it
+    assert all(item.labels.parent.name == "labelsTr" and item.slices == (0, 2, 4) for item in collection.support)
     assert len(Collection.from_nnunet(dataset, slices_per_case=1, cases=2).support) == 2
     with pytest.raises(ManifestError, match="no dataset.json"):
         Collection.from_nnunet(dataset / "imagesTr", slices_per_case=1)
@@ -246,11 +254,11 @@ def test_collection_from_the_shared_hippocampus():
     folder = shared_data("hippocampus")
     collection = Collection.from_nnunet(folder, slices_per_case=3, cases=4)
     assert collection.classes == {1: "anterior", 2: "posterior"}
-    assert len(collection.support) == 4 and collection.num_slices == 12
+    assert len(collection.support) == 4 and collection.num_slices == 16
     for item in collection.support:
         assert item.image.name == item.labels.name.replace(".nii.gz", "_0000.nii.gz")
         labels = np.asarray(nib.load(item.labels).dataobj)
-        assert all(labels[..., s].any() for s in item.slices)
+        assert [bool(labels[..., s].any()) for s in item.slices] == [False, True, True, True]
 
 
 # ------------------------------------------------------------------------------------------ segment and evaluate
@@ -345,7 +353,8 @@ def test_teach_a_student_then_segment_with_it(dataset, decoder, home, tmp_path, 
     assert cli.main([str(a) for a in [*teach, "--student-steps", "6", "--calibration", "volume"]]) == 0
     info = json.loads(capsys.readouterr().out)
     assert len(info["decoder_shifts"]) == 2 and len(info["decoder_shifts"][0]) == 2  # two rounds, two classes
-    assert info["labelled_slices"] == 4 and info["support_volumes"] == 2 and info["unlabelled_volumes"] == 3
+    assert info["labelled_slices"] == 6  # two per case, plus one without labels
+    assert info["support_volumes"] == 2 and info["unlabelled_volumes"] == 3
     assert info["members"] == 2
     assert info["training_slices"] == 5 * SHAPE[2]  # every slice of the 2 support and 3 unlabelled volumes
     saved = json.loads((student / "student.json").read_text())["config"]

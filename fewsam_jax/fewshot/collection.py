@@ -352,16 +352,34 @@ def centres_of_parts(slices: Sequence[int] | np.ndarray, count: int) -> np.ndarr
     return slices[((np.arange(count) + 0.5) * len(slices) / count).astype(int)]
 
 
-def pick_slices(labels: np.ndarray, count: int, axis: int = 2) -> list[int]:
-    """``count`` slice indices along ``axis`` spread evenly over the slices holding a label (all of them
-    when fewer); [] when no slice holds one."""
+def pick_slices(labels: np.ndarray, count: int, axis: int = 2, empty: bool = True) -> list[int]:
+    """Sorted slice indices along ``axis`` of the integer ``labels``: :func:`spread_over_labelled` of the
+    slices holding a label. [] when no slice holds one."""
     axes = tuple(a for a in range(labels.ndim) if a != axis)
-    labelled = np.flatnonzero((labels > 0).any(axis=axes))
-    if len(labelled) <= count:
-        return labelled.tolist()
-    n = len(labelled)
-    positions = np.linspace(0, n - 1, count + 2)[1:-1] if n >= count + 2 else np.linspace(0, n - 1, count)
-    return sorted({int(labelled[int(round(i))]) for i in positions})
+    return spread_over_labelled(np.flatnonzero((labels > 0).any(axis=axes)), count, empty)
+
+
+def spread_over_labelled(labelled: Sequence[int] | np.ndarray, count: int, empty: bool = True) -> list[int]:
+    """``count`` of the sorted ``labelled`` slice indices at the centres of equal parts of them
+    (:func:`centres_of_parts`; all of them when fewer), and with ``empty`` one slice without labels, two before
+    the first labelled one (slice 0 at the edge, left out when that one is labelled), so that the decoder also
+    learns to leave a slice empty. The benchmark's pick (bench/fewshot.py): every few-shot score in
+    bench/RESULTS.md was measured on slices picked this way. [] when ``labelled`` is empty."""
+    labelled = np.asarray(labelled)
+    if not len(labelled):
+        return []
+    chosen = {int(s) for s in centres_of_parts(labelled, count)}
+    below = max(int(labelled[0]) - 2, 0)
+    if empty and below not in labelled:
+        chosen.add(below)
+    return sorted(chosen)
+
+
+def class_presence(labels: np.ndarray, class_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which of ``class_ids`` each slice of the integer 3D ``labels`` holds, per slicing axis 0, 1, 2: three
+    bool arrays of shape (K, labels.shape[axis])."""
+    return tuple(np.stack([(labels == c).any(axis=tuple(a for a in range(3) if a != axis)) for c in class_ids])
+                 for axis in range(3))
 
 
 def plane_coverage(label_volumes: Iterable[np.ndarray], class_ids: Sequence[int]) -> np.ndarray:
@@ -370,11 +388,15 @@ def plane_coverage(label_volumes: Iterable[np.ndarray], class_ids: Sequence[int]
     (0 where no slice holds a class). Shape (3,). A labelled slice where every class shows teaches the boundaries
     between them; on the hippocampus the sagittal plane has 0.81 against the axial plane's 0.32, and labelling it
     scores higher at every slice count (bench/RESULTS.md, "Twenty-second round")."""
+    return coverage_of_presence(class_presence(labels, class_ids) for labels in label_volumes)
+
+
+def coverage_of_presence(presences: Iterable[Sequence[np.ndarray]]) -> np.ndarray:
+    """:func:`plane_coverage` from the cases' :func:`class_presence` (what ``nnunet_collection`` keeps of each
+    label map, so that it reads each once)."""
     every, any_ = np.zeros(3), np.zeros(3)
-    for labels in label_volumes:
-        for axis in range(3):
-            others = tuple(a for a in range(3) if a != axis)
-            present = np.stack([(labels == c).any(axis=others) for c in class_ids])  # (K, slices)
+    for per_axis in presences:
+        for axis, present in enumerate(per_axis):
             any_[axis] += present.any(axis=0).sum()
             every[axis] += present.all(axis=0).sum()
     return np.divide(every, any_, out=np.zeros(3), where=any_ > 0)
@@ -393,10 +415,10 @@ def nnunet_collection(folder: str | os.PathLike, slices_per_case: int, cases: in
 
     Args:
       slices_per_case: labelled slices taken from each case, spread evenly over the slices where the
-        labels are (the outermost labelled slices are left out, they hold slivers).
+        labels are, plus one slice without labels (:func:`spread_over_labelled`, the benchmark's pick).
       cases: how many cases (the first ones by name), or their names; default all.
       axis: slicing axis (2 axial), or "auto": the plane where the cases' labelled slices most often hold
-        every class (:func:`plane_coverage`, :func:`best_plane`; their label maps are read once more for it).
+        every class (:func:`plane_coverage`, :func:`best_plane`).
       channel: which image channel (``_0000`` default).
     """
     from fewsam_jax.cohort import read_dataset_labels
@@ -431,14 +453,8 @@ def nnunet_collection(folder: str | os.PathLike, slices_per_case: int, cases: in
             if unknown:
                 raise ManifestError(f"{labels_dir}: no label map for case(s) {', '.join(map(str, unknown[:5]))}")
             names = list(cases)
-    if axis == "auto":
-        coverage = plane_coverage((label_map(load_volume(labels_dir / f"{name}{ending}").array,
-                                             str(labels_dir / f"{name}{ending}")) for name in names), sorted(classes))
-        axis = best_plane(coverage)
-        log.info("%s: labelled slices holding every class, sagittal / coronal / axial: %s; slicing along axis %d",
-                 folder, " / ".join(f"{c:.2f}" for c in coverage), axis)
-    items = []
-    for name in names:
+    cases_found, presences = [], []
+    for name in names:  # each label map read once: its class presence per slice is all that is kept
         image = images_dir / f"{name}_{channel:04d}{ending}"
         if not image.is_file() and channel == 0 and (images_dir / f"{name}{ending}").is_file():
             image = images_dir / f"{name}{ending}"  # the Decathlon's own layout: no channel suffix
@@ -449,7 +465,16 @@ def nnunet_collection(folder: str | os.PathLike, slices_per_case: int, cases: in
         unknown_ids = sorted(set(np.unique(labels).tolist()) - set(classes) - {0})
         if unknown_ids:
             raise ManifestError(f"{label_path}: label ids {unknown_ids} are not in {dataset} 'labels'")
-        slices = pick_slices(labels, slices_per_case, axis)
+        cases_found.append((name, image, label_path))
+        presences.append(class_presence(labels, sorted(classes)))
+    if axis == "auto":
+        coverage = coverage_of_presence(presences)
+        axis = best_plane(coverage)
+        log.info("%s: labelled slices holding every class, sagittal / coronal / axial: %s; slicing along axis %d",
+                 folder, " / ".join(f"{c:.2f}" for c in coverage), axis)
+    items = []
+    for (name, image, label_path), presence in zip(cases_found, presences):
+        slices = spread_over_labelled(np.flatnonzero(presence[axis].any(axis=0)), slices_per_case)
         if not slices:
             log.warning("%s: no labelled voxel; case %s left out", label_path, name)
             continue
