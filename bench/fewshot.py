@@ -46,6 +46,7 @@ from typing import NamedTuple
 import numpy as np
 
 from bench.sections import machine_info, write_section
+from fewsam_jax.label_maps import read_labels  # also the other hippocampus harnesses'
 from fewsam_jax.outputs import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,31 +66,23 @@ def cases(data: Path) -> list[str]:
     return sorted(p.name[: -len("_0000.nii.gz")] for p in (data / "imagesTr").glob("*_0000.nii.gz"))
 
 
-def pick_slices(labels: np.ndarray, count: int, axis: int = 2) -> list[int]:
-    """``count`` labelled slices along ``axis`` at the centres of equal parts of the labelled extent, plus one
-    empty slice."""
-    from fewsam_jax.fewshot.collection import centres_of_parts
-    from fewsam_jax.io import get_slices
-
-    present = np.flatnonzero(get_slices(labels, axis).any(axis=(1, 2)))
-    chosen = centres_of_parts(present, count)
-    empty = max(int(present[0]) - 2, 0)
-    return sorted({int(s) for s in chosen} | {empty})
-
-
-def read_labels(path: Path) -> np.ndarray:
-    from fewsam_jax.io import load_volume
-
-    return np.rint(load_volume(path).array).astype(int)
-
-
 def draw_label(draw: str, axis: int = 2) -> str:
     """A draw's name in the rows: the draw itself along the axial axis (2, every round's), else with the plane
     (``A-sagittal``, ``A-coronal``): the same volumes sliced another way are another draw of labelled slices."""
     return draw if axis == 2 else f"{draw}-{PLANES[axis]}"
 
 
+def row_plane(row: dict) -> str:
+    """The plane a result row's labelled slices lie in, read back from its draw's name (``draw_label``)."""
+    _, _, plane = row["draw"].partition("-")
+    return plane or PLANES[2]
+
+
 def manifest(data: Path, train: list[str], shots: int, folder: Path, axis: int = 2) -> Path:
+    """The draw's support manifest: ``shots`` labelled slices spread over the ``train`` volumes, each volume's
+    picked as ``fewsam train --nnunet`` picks them (``collection.pick_slices``: plus one empty slice)."""
+    from fewsam_jax.fewshot.collection import pick_slices
+
     per_volume = np.diff(np.linspace(0, shots, len(train) + 1).round().astype(int))
     support = []
     for name, count in zip(train, per_volume):
@@ -606,23 +599,23 @@ def markdown(report: dict) -> str:
         f"voxels. `python -m bench.fewshot --phase {phase} ...` (rows accumulate; each row's command options are in "
         f"`results/fewshot_{phase}.json`). Load average (1 min) before/after each training is in the JSON.",
         "",
-        "| method / variant | positive slices | volumes | runs (draws x seeds) | Dice anterior | Dice posterior | mean Dice | "
-        "HD95 mm (mean) | volume ratio ant / post | train s | segment s / 100 slices |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method / variant | plane | positive slices | volumes | runs (draws x seeds) | Dice anterior | Dice posterior | "
+        "mean Dice | HD95 mm (mean) | volume ratio ant / post | train s | segment s / 100 slices |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    groups: dict[tuple, list[dict]] = {}  # rows scored on another number of volumes are another row
+    groups: dict[tuple, list[dict]] = {}  # another plane or another number of volumes scored is another row
     for row in report["rows"]:
-        groups.setdefault((row["variant"], row["positive_slices"], row.get("volumes", report.get("volumes"))),
-                          []).append(row)
-    for (variant, shots, volumes), rows in sorted(
-            groups.items(), key=lambda kv: (kv[0][1], not kv[0][0].startswith("unet"), kv[0][0], kv[0][2])):
+        key = (row["variant"], row["positive_slices"], row_plane(row), row.get("volumes", report.get("volumes")))
+        groups.setdefault(key, []).append(row)
+    for (variant, shots, plane, volumes), rows in sorted(
+            groups.items(), key=lambda kv: (kv[0][1], kv[0][2], not kv[0][0].startswith("unet"), kv[0][0], kv[0][3])):
         dice = np.asarray([r["dice"] for r in rows])
         mean = dice.mean(axis=1)
         hd = np.asarray([np.mean(r["hd95"]) for r in rows])
         ratio = np.asarray([r["volume_ratio"] for r in rows]).mean(axis=0)
         runs = f"{len({r['draw'] for r in rows})} x {len({r['seed'] for r in rows})}"
         lines.append(
-            f"| {variant} | {shots} | {volumes} | {runs} | {dice[:, 0].mean():.3f} | {dice[:, 1].mean():.3f} | "
+            f"| {variant} | {plane} | {shots} | {volumes} | {runs} | {dice[:, 0].mean():.3f} | {dice[:, 1].mean():.3f} | "
             f"**{mean.mean():.3f}** ± {mean.std():.3f} | {hd.mean():.2f} | {ratio[0]:.2f} / {ratio[1]:.2f} | "
             f"{np.mean([r['train_seconds'] for r in rows]):.0f} | "
             f"{np.mean([r['segment_seconds_per_100_slices'] for r in rows]):.2f} |")
