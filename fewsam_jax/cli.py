@@ -293,11 +293,13 @@ def _add_collection(parser: argparse.ArgumentParser, which: str = "") -> None:
     """The labelled slices: a MANIFEST, or ``--nnunet DIR --slices-per-case N`` (``--cases``, ``--axis``)."""
     parser.add_argument("manifest", nargs="?", help=f"collection manifest (JSON) of labelled slices{which}")
     parser.add_argument("--nnunet", metavar="DIR", help=f"nnU-Net raw dataset folder instead of a manifest{which}")
-    parser.add_argument("--slices-per-case", type=int, help="with --nnunet: labelled slices taken from each case (plus one without labels)")
+    parser.add_argument("--slices-per-case", type=int,
+                        help="with --nnunet: labelled slices taken from each case (plus one without labels)")
     parser.add_argument("--cases", type=int, help="with --nnunet: only the first N cases by name (default all)")
-    parser.add_argument("--axis", type=lambda s: s if s == "auto" else int(s), default=2, choices=(0, 1, 2, "auto"),
-                        help="with --nnunet: slicing axis, 0 sagittal, 1 coronal, 2 axial (default), or auto: the "
-                        "plane whose labelled slices most often hold every class")
+    parser.add_argument("--axis", type=lambda s: s if s == "auto" else int(s), default="auto",
+                        choices=(0, 1, 2, "auto"),
+                        help="with --nnunet: slicing axis, 0 sagittal, 1 coronal, 2 axial, or auto (the default): "
+                        "the plane whose labelled slices most often hold every class (one class: axial)")
 
 
 def _add_steps(parser: argparse.ArgumentParser) -> None:

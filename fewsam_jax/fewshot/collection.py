@@ -62,11 +62,11 @@ class Collection:
 
     @classmethod
     def from_nnunet(cls, folder: str | os.PathLike, slices_per_case: int, cases: int | Sequence[str] | None = None,
-                    axis: int | Literal["auto"] = 2, channel: int = 0) -> Collection:
+                    axis: int | Literal["auto"] = "auto", channel: int = 0) -> Collection:
         """The labelled slices of an nnU-Net raw dataset (``dataset.json``, ``imagesTr``, ``labelsTr``):
         ``slices_per_case`` slices of each case spread over its labelled extent; ``cases``: how many cases
-        (the first by name) or their names; ``axis`` "auto": the plane whose slices most often hold every class.
-        See :func:`nnunet_collection`."""
+        (the first by name) or their names; ``axis``: 0, 1, 2 or "auto" (the default), the plane whose slices
+        most often hold every class. See :func:`nnunet_collection`."""
 
         return nnunet_collection(folder, slices_per_case, cases=cases, axis=axis, channel=channel)
 
@@ -409,7 +409,7 @@ def best_plane(coverage: Sequence[float]) -> int:
 
 
 def nnunet_collection(folder: str | os.PathLike, slices_per_case: int, cases: int | Sequence[str] | None = None,
-                      axis: int | Literal["auto"] = 2, channel: int = 0):
+                      axis: int | Literal["auto"] = "auto", channel: int = 0):
     """A :class:`Collection` from an nnU-Net raw dataset (``dataset.json``,
     ``imagesTr/CASE_0000.nii.gz``, ``labelsTr/CASE.nii.gz``; v1, v2 and the Decathlon's layout).
 
@@ -417,8 +417,9 @@ def nnunet_collection(folder: str | os.PathLike, slices_per_case: int, cases: in
       slices_per_case: labelled slices taken from each case, spread evenly over the slices where the
         labels are, plus one slice without labels (:func:`spread_over_labelled`, the benchmark's pick).
       cases: how many cases (the first ones by name), or their names; default all.
-      axis: slicing axis (2 axial), or "auto": the plane where the cases' labelled slices most often hold
-        every class (:func:`plane_coverage`, :func:`best_plane`).
+      axis: slicing axis (0 sagittal, 1 coronal, 2 axial), or "auto" (the default): the plane where the cases'
+        labelled slices most often hold every class (:func:`plane_coverage`, :func:`best_plane`; one class, or
+        a tie: axial).
       channel: which image channel (``_0000`` default).
     """
     from fewsam_jax.cohort import read_dataset_labels

@@ -13,9 +13,7 @@ import pytest
 from helpers import shared_data
 
 from fewsam_jax import metrics
-from fewsam_jax.fewshot import AugmentConfig, DecoderConfig, FewShotSegmenter, TrainConfig
-from fewsam_jax.fewshot.collection import centres_of_parts
-from fewsam_jax.io import get_slices
+from fewsam_jax.fewshot import AugmentConfig, DecoderConfig, FewShotSegmenter, TrainConfig, pick_slices
 from fewsam_jax.label_maps import read_labels
 
 # SAM's decoder alone (`DecoderConfig.sam_only()`): what transfers to a new volume here is the prompts and the
@@ -32,9 +30,7 @@ def test_trained_decoder_beats_untrained_on_another_volume(litemedsam, kept_cach
     images, labels = shared_data("hippocampus", "imagesTr"), shared_data("hippocampus", "labelsTr")
     support = []
     for name in ("hippocampus_003", "hippocampus_004"):
-        truth = read_labels(labels / f"{name}.nii.gz")
-        present = np.flatnonzero(get_slices(truth, 2).any(axis=(1, 2)))
-        slices = centres_of_parts(present, 5).tolist() + [int(present[0]) - 2]
+        slices = pick_slices(read_labels(labels / f"{name}.nii.gz"), 5, axis=2)  # and one empty slice
         support.append({"image": str(images / f"{name}_0000.nii.gz"), "labels": str(labels / f"{name}.nii.gz"),
                         "slices": slices})
     manifest = tmp_path / "manifest.json"
