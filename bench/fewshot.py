@@ -74,8 +74,10 @@ def draw_label(draw: str, axis: int = 2) -> str:
 
 def row_plane(row: dict) -> str:
     """The plane a result row's labelled slices lie in, read back from its draw's name (``draw_label``)."""
-    _, _, plane = row["draw"].partition("-")
-    return plane or PLANES[2]
+    for plane in PLANES.values():
+        if row["draw"].endswith(f"-{plane}"):
+            return plane
+    return PLANES[2]
 
 
 def manifest(data: Path, train: list[str], shots: int, folder: Path, axis: int = 2) -> Path:
@@ -599,8 +601,8 @@ def markdown(report: dict) -> str:
         f"voxels. `python -m bench.fewshot --phase {phase} ...` (rows accumulate; each row's command options are in "
         f"`results/fewshot_{phase}.json`). Load average (1 min) before/after each training is in the JSON.",
         "",
-        "| method / variant | plane | positive slices | volumes | runs (draws x seeds) | Dice anterior | Dice posterior | "
-        "mean Dice | HD95 mm (mean) | volume ratio ant / post | train s | segment s / 100 slices |",
+        "| method / variant | plane | positive slices | volumes | runs (draws x seeds) | Dice anterior | "
+        "Dice posterior | mean Dice | HD95 mm (mean) | volume ratio ant / post | train s | segment s / 100 slices |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple, list[dict]] = {}  # another plane or another number of volumes scored is another row
@@ -615,7 +617,8 @@ def markdown(report: dict) -> str:
         ratio = np.asarray([r["volume_ratio"] for r in rows]).mean(axis=0)
         runs = f"{len({r['draw'] for r in rows})} x {len({r['seed'] for r in rows})}"
         lines.append(
-            f"| {variant} | {plane} | {shots} | {volumes} | {runs} | {dice[:, 0].mean():.3f} | {dice[:, 1].mean():.3f} | "
+            f"| {variant} | {plane} | {shots} | {volumes} | {runs} | {dice[:, 0].mean():.3f} | "
+            f"{dice[:, 1].mean():.3f} | "
             f"**{mean.mean():.3f}** ± {mean.std():.3f} | {hd.mean():.2f} | {ratio[0]:.2f} / {ratio[1]:.2f} | "
             f"{np.mean([r['train_seconds'] for r in rows]):.0f} | "
             f"{np.mean([r['segment_seconds_per_100_slices'] for r in rows]):.2f} |")

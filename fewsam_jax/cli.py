@@ -56,9 +56,9 @@ def _train(args: argparse.Namespace) -> None:
     log.info("trained decoder written to %s", Path(args.out).resolve())
 
 
-def _collection(args: argparse.Namespace, kind: str, inputs: list):
-    """The labelled slices of ``args.manifest`` or ``--nnunet``, the ``kind`` folder ``args.out`` checked before
-    they are read and again against their files."""
+def _collection(args: argparse.Namespace, kind: str, inputs: list, axis: int | str = "auto"):
+    """The labelled slices of ``args.manifest`` or ``--nnunet`` (sliced along ``--axis``, else ``axis``), the
+    ``kind`` folder ``args.out`` checked before they are read and again against their files."""
     from fewsam_jax.fewshot import Collection, load_collection
 
     if (args.manifest is None) == (args.nnunet is None):
@@ -70,7 +70,8 @@ def _collection(args: argparse.Namespace, kind: str, inputs: list):
     if args.manifest is not None:
         collection = load_collection(args.manifest)
     else:
-        collection = Collection.from_nnunet(args.nnunet, args.slices_per_case, cases=args.cases, axis=args.axis)
+        collection = Collection.from_nnunet(args.nnunet, args.slices_per_case, cases=args.cases,
+                                            axis=axis if args.axis is None else args.axis)
     check_output_dir(args.out, kind, overwrite=args.overwrite, inputs=[*inputs, *collection.files])
     return collection
 
@@ -106,7 +107,11 @@ def _teach(args: argparse.Namespace) -> None:
     except ValueError as err:
         raise ValueError(f"--rounds {config.rounds} with -i: {err} (--rounds 2, or --unlabelled-teacher "
                          "fused)") from None
-    collection = _collection(args, "student", [args.decoder, *unlabelled])
+    from fewsam_jax.fewshot.segmenter import read_decoder_meta
+
+    # --nnunet without --axis: the plane the decoder was trained along (what "auto" picked for it, or not)
+    axis = read_decoder_meta(args.decoder)["axis"] if args.nnunet is not None and args.axis is None else "auto"
+    collection = _collection(args, "student", [args.decoder, *unlabelled], axis=axis)
     _check_cache(args)
     segmenter = FewShotSegmenter.load(args.decoder, model=args.model)
     student = train_student(segmenter, collection, unlabelled, config, cache=args.cache, progress=_progress(args))
@@ -296,10 +301,10 @@ def _add_collection(parser: argparse.ArgumentParser, which: str = "") -> None:
     parser.add_argument("--slices-per-case", type=int,
                         help="with --nnunet: labelled slices taken from each case (plus one without labels)")
     parser.add_argument("--cases", type=int, help="with --nnunet: only the first N cases by name (default all)")
-    parser.add_argument("--axis", type=lambda s: s if s == "auto" else int(s), default="auto",
-                        choices=(0, 1, 2, "auto"),
-                        help="with --nnunet: slicing axis, 0 sagittal, 1 coronal, 2 axial, or auto (the default): "
-                        "the plane whose labelled slices most often hold every class (one class: axial)")
+    parser.add_argument("--axis", type=lambda s: s if s == "auto" else int(s), choices=(0, 1, 2, "auto"),
+                        help="with --nnunet: slicing axis, 0 sagittal, 1 coronal, 2 axial, or auto: the plane whose "
+                        "labelled slices most often hold every class (one class: axial). Default: auto for train, "
+                        "the decoder's plane for teach")
 
 
 def _add_steps(parser: argparse.ArgumentParser) -> None:

@@ -346,14 +346,17 @@ def test_the_u_nets_of_every_seed_are_scored_averaged_too(tiny_sam, tmp_path, mo
         fewshot.main()
 
 
-def test_rows_scored_on_other_volumes_are_other_table_rows():
-    """The Markdown table averages a variant's runs only over the same number of scored volumes."""
+def test_rows_scored_on_other_volumes_or_planes_are_other_table_rows():
+    """The Markdown table averages a variant's runs only over the same plane and number of scored volumes."""
     row = {"method": "U-Net", "variant": "unet", "positive_slices": 20, "draw": "A", "seed": 0, "dice": [0.8, 0.6],
            "hd95": [1.0, 1.0], "volume_ratio": [1.0, 1.0], "train_seconds": 1.0, "segment_seconds_per_100_slices": 1.0}
     report = {"phase": "test", "date": "2026-12-02", "machine": {}, "volumes": 40,
               "rows": [{**row, "volumes": 20}, {**row, "draw": "B", "volumes": 20, "dice": [0.6, 0.6]},
                        {**row, "volumes": 40, "dice": [1.0, 1.0]}]}
+    report["rows"].append({**row, "draw": fewshot.draw_label("A", 0), "volumes": 20, "dice": [0.2, 0.2]})
     table = [line for line in fewshot.markdown(report).splitlines() if line.startswith("| unet |")]
-    assert len(table) == 2
-    assert "| 20 | 20 | 2 x 1 |" in table[0] and "**0.650**" in table[0]
-    assert "| 20 | 40 | 1 x 1 |" in table[1] and "**1.000**" in table[1]
+    assert len(table) == 3
+    assert table[0].startswith("| unet | axial | 20 | 20 | 2 x 1 |") and "**0.650**" in table[0]
+    assert table[1].startswith("| unet | axial | 20 | 40 | 1 x 1 |") and "**1.000**" in table[1]
+    assert table[2].startswith("| unet | sagittal | 20 | 20 | 1 x 1 |") and "**0.200**" in table[2]
+    assert [fewshot.row_plane({"draw": d}) for d in ("A", "A-sagittal", "A-coronal")] == ["axial", "sagittal", "coronal"]

@@ -21,6 +21,7 @@ import pytest
 from fewsam_jax import cli
 from fewsam_jax.cohort import CohortError, find_cases, select_part
 from fewsam_jax.fewshot.collection import centres_of_parts, pick_slices
+from fewsam_jax.label_maps import read_labels as read_label_map
 from fewsam_jax.export import read_itksnap_labels, read_seg_nrrd
 from fewsam_jax.fewshot import Collection, DecoderConfig, FewShotSegmenter, ManifestError
 from fewsam_jax.weights import BaseModelNotFoundError, save_model
@@ -196,6 +197,9 @@ def test_pick_slices_spreads_over_the_labelled_extent_and_adds_an_empty_slice():
     assert pick_slices(edge, 2) == [1, 3]  # slice 0 is labelled: no empty slice below the extent
     edge[..., 0] = 0
     assert pick_slices(edge, 2) == [0, 1, 3]
+    assert pick_slices(labels, 0) == [3]  # the harness's volumes without a labelled slice give their empty one
+    with pytest.raises(ValueError, match="count=-1: expected an integer >= 0"):
+        pick_slices(labels, -1)
 
 
 def test_centres_of_parts_take_the_middle_of_equal_parts():
@@ -242,10 +246,17 @@ def test_plane_coverage_and_the_auto_axis(tmp_path):
     nib.save(nib.Nifti1Image(labels, np.eye(4)), folder / "labelsTr" / "bar_000.nii.gz")
     (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MR"}, "labels": {
         "background": 0, "one": 1, "two": 2}, "numTraining": 1, "file_ending": ".nii.gz"}))
-    assert Collection.from_nnunet(folder, slices_per_case=2).axis == 0  # "auto", the default
-    assert Collection.from_nnunet(folder, slices_per_case=2, axis=2).axis == 2
+    auto = Collection.from_nnunet(folder, slices_per_case=2)  # "auto", the default: sagittal leads by 0.5
+    fixed = Collection.from_nnunet(folder, slices_per_case=2, axis=2)
+    assert (auto.axis, auto.support[0].slices) == (0, (0, 3, 5))  # picked along x: the bar spans x = 2..5
+    assert (fixed.axis, fixed.support[0].slices) == (2, (0, 2, 4))
+    # "auto" leaves the axial plane only with a clear lead, for near-square pixels, more than a voxel wide
+    assert best_plane([0.55, 0.0, 0.5]) == 2 and best_plane([0.65, 0.0, 0.5]) == 0
+    assert best_plane([1.0, 0.0, 0.5], [((8, 6, 5), (1.0, 1.0, 1.0))]) == 0
+    assert best_plane([1.0, 0.0, 0.5], [((8, 6, 5), (1.0, 1.0, 5.0))]) == 2  # a 5 mm slice thickness
+    assert best_plane([1.0, 0.9, 0.5], [((8, 1, 5), (1.0, 1.0, 1.0))]) == 1  # sagittal: one voxel wide along y
     train = ["train", "--nnunet", str(folder), "--slices-per-case", "2", "--out", "d"]
-    assert cli.build_parser().parse_args(train).axis == "auto"
+    assert cli.build_parser().parse_args(train).axis is None  # train: "auto"; teach: the decoder's plane
     assert cli.build_parser().parse_args([*train, "--axis", "1"]).axis == 1
 
 
@@ -258,7 +269,7 @@ def test_collection_from_the_shared_hippocampus():
     assert len(collection.support) == 4 and collection.num_slices == 16
     for item in collection.support:
         assert item.image.name == item.labels.name.replace(".nii.gz", "_0000.nii.gz")
-        labels = np.asarray(nib.load(item.labels).dataobj)
+        labels = read_label_map(item.labels)  # the canonical grid the collection's slices index
         assert [bool(labels[s].any()) for s in item.slices] == [False, True, True, True]
 
 
@@ -325,6 +336,36 @@ def test_segment_a_folder_resumes_and_evaluates(dataset, decoder, home, tmp_path
     (out / "case_005.nii.gz").unlink()
     assert cli.main(["evaluate", "-ref", str(dataset / "labelsTs"), "-pred", str(out), "--overwrite"]) == 2
     assert "1 of the 3 references have no prediction" in capsys.readouterr().err
+
+
+def test_teach_slices_along_the_decoders_plane_unless_told(decoder, home, tmp_path, capsys, monkeypatch):
+    """`fewsam teach --nnunet` without --axis takes the plane the decoder was trained along (here axial), not what
+    "auto" would pick on its cases (sagittal, for bars whose two classes lie side by side along x)."""
+    import fewsam_jax.fewshot
+
+    folder = tmp_path / "Dataset002_Bars"
+    for sub in ("imagesTr", "labelsTr"):
+        (folder / sub).mkdir(parents=True)
+    labels = np.zeros((8, 6, 5), np.int32)
+    labels[2:6, 1, 2], labels[2:6, 4, 2], labels[2:6, 1, 4] = 1, 2, 1
+    nib.save(nib.Nifti1Image(labels.astype(np.float32), np.eye(4)), folder / "imagesTr" / "bar_000_0000.nii.gz")
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), folder / "labelsTr" / "bar_000.nii.gz")
+    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MR"}, "labels": {
+        "background": 0, "ellipse": 1, "bar": 2}, "numTraining": 1, "file_ending": ".nii.gz"}))
+    assert Collection.from_nnunet(folder, slices_per_case=2).axis == 0
+    seen = []
+
+    def train_student(segmenter, collection, *args, **kwargs):
+        seen.append(collection.axis)
+        raise ValueError("stop here")
+
+    monkeypatch.setenv("FEWSAM_HOME", str(home))
+    monkeypatch.setattr(fewsam_jax.fewshot, "train_student", train_student)
+    teach = ["teach", "--nnunet", str(folder), "--slices-per-case", "2", "-d", str(decoder), "-o",
+             str(tmp_path / "student"), "--cache", str(tmp_path / "embeddings"), "-q"]
+    for extra, axis in (([], 2), (["--axis", "auto"], 0)):
+        assert cli.main([*teach, *extra]) == 2 and "stop here" in capsys.readouterr().err
+        assert seen.pop() == axis
 
 
 @pytest.mark.slow  # trains two small U-Nets (a few steps)

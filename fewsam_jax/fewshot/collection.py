@@ -64,7 +64,8 @@ class Collection:
     def from_nnunet(cls, folder: str | os.PathLike, slices_per_case: int, cases: int | Sequence[str] | None = None,
                     axis: int | Literal["auto"] = "auto", channel: int = 0) -> Collection:
         """The labelled slices of an nnU-Net raw dataset (``dataset.json``, ``imagesTr``, ``labelsTr``):
-        ``slices_per_case`` slices of each case spread over its labelled extent; ``cases``: how many cases
+        ``slices_per_case`` slices of each case spread over its labelled extent, plus one without labels
+        (:func:`pick_slices`); ``cases``: how many cases
         (the first by name) or their names; ``axis``: 0, 1, 2 or "auto" (the default), the plane whose slices
         most often hold every class. See :func:`nnunet_collection`."""
 
@@ -364,7 +365,10 @@ def spread_over_labelled(labelled: Sequence[int] | np.ndarray, count: int, empty
     (:func:`centres_of_parts`; all of them when fewer), and with ``empty`` one slice without labels, two before
     the first labelled one (slice 0 at the edge, left out when that one is labelled), so that the decoder also
     learns to leave a slice empty. The benchmark's pick (bench/fewshot.py): every few-shot score in
-    bench/RESULTS.md was measured on slices picked this way. [] when ``labelled`` is empty."""
+    bench/RESULTS.md was measured on slices picked this way (there a volume given ``count`` 0, when there are fewer
+    labelled slices than volumes, gives its empty slice alone). [] when ``labelled`` is empty."""
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+        raise ValueError(f"count={count!r}: expected an integer >= 0")
     labelled = np.asarray(labelled)
     if not len(labelled):
         return []
@@ -378,8 +382,19 @@ def spread_over_labelled(labelled: Sequence[int] | np.ndarray, count: int, empty
 def class_presence(labels: np.ndarray, class_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Which of ``class_ids`` each slice of the integer 3D ``labels`` holds, per slicing axis 0, 1, 2: three
     bool arrays of shape (K, labels.shape[axis])."""
-    return tuple(np.stack([(labels == c).any(axis=tuple(a for a in range(3) if a != axis)) for c in class_ids])
-                 for axis in range(3))
+    if not len(class_ids):
+        raise ValueError("class_ids: expected at least one class id")
+    per_class = []
+    for c in class_ids:  # one pass over the volume per class, then three small reductions
+        mask = labels == c
+        per_class.append([mask.any(axis=tuple(a for a in range(3) if a != axis)) for axis in range(3)])
+    return tuple(np.stack([axes[axis] for axes in per_class]) for axis in range(3))
+
+
+def _presence_along(labels: np.ndarray, axis: int) -> dict[int, np.ndarray]:
+    """Which slices along ``axis`` hold any label, as (1, n) under key ``axis`` (what picking needs of a case
+    when the axis is fixed: one pass over the volume instead of one per class)."""
+    return {axis: (labels > 0).any(axis=tuple(a for a in range(3) if a != axis))[None]}
 
 
 def plane_coverage(label_volumes: Iterable[np.ndarray], class_ids: Sequence[int]) -> np.ndarray:
@@ -402,10 +417,28 @@ def coverage_of_presence(presences: Iterable[Sequence[np.ndarray]]) -> np.ndarra
     return np.divide(every, any_, out=np.zeros(3), where=any_ > 0)
 
 
-def best_plane(coverage: Sequence[float]) -> int:
-    """The axis of the highest :func:`plane_coverage`; a tie (one class: every plane 1) goes to the axial plane
-    (2, the default), then sagittal (0)."""
-    return max((2, 0, 1), key=lambda axis: coverage[axis])  # max keeps the first of equal keys
+PLANE_LEAD = 0.1
+"""How much more of its labelled slices must hold every class for "auto" to leave the axial plane."""
+MAX_IN_PLANE_ANISOTROPY = 2.0
+"""The largest ratio of a plane's two pixel sizes that "auto" slices along (thick-slice scans: axial only)."""
+
+
+def best_plane(coverage: Sequence[float], grids: Iterable[tuple[Sequence[int], Sequence[float]]] = ()) -> int:
+    """The slicing axis for ``axis="auto"``: the plane of the highest :func:`plane_coverage` among those that lead
+    the axial plane (2) by at least ``PLANE_LEAD``, else axial (a tie, as with one class where every plane scores
+    1, keeps it). A plane is eligible only where, on every case's ``grids`` ((shape, spacing in mm) of the
+    canonical grid), it is more than one voxel wide both ways and its pixels are at most
+    ``MAX_IN_PLANE_ANISOTROPY`` times longer one way than the other: a sagittal slice of a 5 mm CT is a strip."""
+    grids = list(grids)
+
+    def eligible(axis: int) -> bool:
+        others = [a for a in range(3) if a != axis]
+        return all(min(shape[a] for a in others) > 1
+                   and max(spacing[a] for a in others) <= MAX_IN_PLANE_ANISOTROPY * min(spacing[a] for a in others)
+                   for shape, spacing in grids)
+
+    leads = [axis for axis in (0, 1) if eligible(axis) and coverage[axis] >= coverage[2] + PLANE_LEAD]
+    return max(leads, key=lambda axis: coverage[axis]) if leads else 2
 
 
 def nnunet_collection(folder: str | os.PathLike, slices_per_case: int, cases: int | Sequence[str] | None = None,
@@ -418,8 +451,8 @@ def nnunet_collection(folder: str | os.PathLike, slices_per_case: int, cases: in
         labels are, plus one slice without labels (:func:`spread_over_labelled`, the benchmark's pick).
       cases: how many cases (the first ones by name), or their names; default all.
       axis: slicing axis (0 sagittal, 1 coronal, 2 axial), or "auto" (the default): the plane where the cases'
-        labelled slices most often hold every class (:func:`plane_coverage`, :func:`best_plane`; one class, or
-        a tie: axial).
+        labelled slices most often hold every class, when it leads the axial plane clearly and its pixels are near
+        square (:func:`plane_coverage`, :func:`best_plane`; one class, or a tie: axial).
       channel: which image channel (``_0000`` default).
     """
     from fewsam_jax.cohort import read_dataset_labels
@@ -454,7 +487,7 @@ def nnunet_collection(folder: str | os.PathLike, slices_per_case: int, cases: in
             if unknown:
                 raise ManifestError(f"{labels_dir}: no label map for case(s) {', '.join(map(str, unknown[:5]))}")
             names = list(cases)
-    cases_found, presences = [], []
+    cases_found, presences, grids = [], [], []
     for name in names:  # each label map read once: its class presence per slice is all that is kept
         image = images_dir / f"{name}_{channel:04d}{ending}"
         if not image.is_file() and channel == 0 and (images_dir / f"{name}{ending}").is_file():
@@ -462,15 +495,18 @@ def nnunet_collection(folder: str | os.PathLike, slices_per_case: int, cases: in
         if not image.is_file():
             raise ManifestError(f"{folder}: case {name!r} has labels but no image {image.relative_to(folder)}")
         label_path = labels_dir / f"{name}{ending}"
-        labels = label_map(load_volume(label_path).array, str(label_path))
+        volume = load_volume(label_path)
+        labels = label_map(volume.array, str(label_path))
         unknown_ids = sorted(set(np.unique(labels).tolist()) - set(classes) - {0})
         if unknown_ids:
             raise ManifestError(f"{label_path}: label ids {unknown_ids} are not in {dataset} 'labels'")
         cases_found.append((name, image, label_path))
-        presences.append(class_presence(labels, sorted(classes)))
+        presences.append(class_presence(labels, sorted(classes)) if axis == "auto" else
+                         _presence_along(labels, axis))
+        grids.append((labels.shape, volume.spacing))
     if axis == "auto":
         coverage = coverage_of_presence(presences)
-        axis = best_plane(coverage)
+        axis = best_plane(coverage, grids)
         log.info("%s: labelled slices holding every class, sagittal / coronal / axial: %s; slicing along axis %d",
                  folder, " / ".join(f"{c:.2f}" for c in coverage), axis)
     items = []

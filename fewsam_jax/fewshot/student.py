@@ -507,7 +507,7 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
     if dict(collection.classes) != dict(segmenter.classes) or collection.axis != segmenter.axis:
         raise ValueError(f"collection: classes {dict(collection.classes)} along axis {collection.axis}, but the "
                          f"decoder segments {dict(segmenter.classes)} along axis {segmenter.axis}: pass the "
-                         "collection it was trained on")
+                         f"collection it was trained on (fewsam teach --nnunet: --axis {segmenter.axis})")
     missing = [str(v) for v in unlabelled if not isinstance(v, Volume) and not Path(v).exists()]
     if missing:
         raise FileNotFoundError(f"unlabelled: no such file or folder: {', '.join(missing)}")
