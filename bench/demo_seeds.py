@@ -37,7 +37,7 @@ def run_row(work: Path, sam, name: str, overrides: dict, seed: int) -> dict:
     image_path, label_path = demo.mni_with_labels(work)
     volume = fs.load_volume(image_path)
     reference = np.rint(fs.load_volume(label_path).array).astype(np.int32)
-    labelled = [int(s) for s in demo.pick_slices(reference, axis=2, count=demo.LABELLED_SLICES)]
+    labelled = [int(s) for s in demo.pick_slices(reference, demo.LABELLED_SLICES, axis=2)]
     manifest = work / "manifest.json"
     manifest.write_text(json.dumps({"classes": {str(k): v for k, v in demo.CLASSES.items()}, "axis": 2,
                                     "support": [{"image": str(image_path), "labels": str(label_path),

@@ -37,6 +37,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -91,7 +92,7 @@ def manifest(data: Path, train: list[str], shots: int, folder: Path, axis: int =
         labels = read_labels(data / "labelsTr" / f"{name}.nii.gz")
         support.append({"image": str(data / "imagesTr" / f"{name}_0000.nii.gz"),
                         "labels": str(data / "labelsTr" / f"{name}.nii.gz"),
-                        "slices": pick_slices(labels, int(count), axis)})
+                        "slices": pick_slices(labels, int(count), axis=axis)})
     path = folder / f"hippocampus_{shots}.json"
     path.write_text(json.dumps({"classes": {str(k): v for k, v in CLASSES.items()}, "axis": axis,
                                 "support": support}))
@@ -100,12 +101,12 @@ def manifest(data: Path, train: list[str], shots: int, folder: Path, axis: int =
 
 def parse_variant(spec: str, flag: str = "--variant") -> tuple[str, dict]:
     """``NAME`` or ``NAME:key=value,key=value`` -> (name, overrides of the few-shot configs, routed by
-    :func:`~fewsam_jax.fewshot.config.configs_from_overrides`); values are JSON (numbers, true/false),
-    ``None``/empty, or else taken as strings (``image_frame=embedding``); an item without ``=`` exits with
-    the error."""
+    :func:`~fewsam_jax.fewshot.config.configs_from_overrides`); values are JSON (numbers, true/false, lists
+    ``[32,64]``), ``None``/empty, or else taken as strings (``image_frame=embedding``); an item without ``=``
+    exits with the error."""
     name, _, body = spec.partition(":")
     overrides = {}
-    for item in filter(None, body.split(",")):
+    for item in filter(None, re.split(r",(?![^\[]*\])", body)):  # commas inside [...] belong to a list
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"{flag} {spec!r}: expected key=value, got {item!r}")
@@ -657,7 +658,8 @@ def main() -> None:
                         "(from volume 55 on; labels never read), labelled by the same teacher (rows VARIANT>unet@wWuN)")
     parser.add_argument("--student", action="append", default=[], metavar="NAME:key=value,...",
                         help="also teach a student with the library's train_student (StudentConfig fields: "
-                        "teacher_weight, rounds, margin, context, members, student_steps, calibration; the run's "
+                        "teacher_weight, rounds, margin, context, members, student_steps, student_features=[a,b,...], "
+                        "calibration, unlabelled_teacher; the run's "
                         "seed), rows VARIANT>NAME (and NAME#0, member 0 of a seed ensemble); repeatable")
     parser.add_argument("--decoders", type=Path,
                         help="keep each trained decoder in this folder and reuse one trained on the same manifest "

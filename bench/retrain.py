@@ -43,7 +43,7 @@ def worker(folder: Path, steps: int) -> dict:
 
     image_path, label_path = demo.mni_with_labels(folder / "data")
     reference = np.rint(fs.load_volume(label_path).array).astype(np.int32)
-    spread = demo.pick_slices(reference, axis=2, count=max(COUNTS))
+    spread = demo.pick_slices(reference, max(COUNTS), axis=2)
     chosen = [spread[i] for i in (0, 4, 2, 1, 3)]  # the first three spread out; then one more, and one more
     model = fs.load_model("litemedsam")
     volume = fs.load_volume(image_path)

@@ -50,8 +50,10 @@ def mni_with_labels(folder: Path) -> tuple[Path, Path]:
     return image_path, label_path
 
 
-def pick_slices(labels: np.ndarray, axis: int, count: int) -> list[int]:
-    """``count`` slices evenly spread through the middle 80% of the labelled extent."""
+def pick_slices(labels: np.ndarray, count: int, *, axis: int = 2) -> list[int]:
+    """``count`` slice indices along ``axis`` of ``labels``, evenly spread through the middle 80% of its labelled
+    extent (the demo's and the notebooks' rule; the benchmark's, with an empty slice, is
+    :func:`fewsam_jax.fewshot.pick_slices`, same signature)."""
     present = np.flatnonzero(get_slices(labels, axis).any(axis=(1, 2)))
     lo, hi = np.percentile(present, [10, 90])
     return [int(s) for s in np.linspace(lo, hi, count).round()]
@@ -90,7 +92,7 @@ def run_demo(out: str | Path = "fewsam_demo", steps: int | None = None, retrain:
     started = time.perf_counter()
     image_path, label_path = mni_with_labels(out)
     truth = read_labels(label_path)
-    labelled = pick_slices(truth, axis, LABELLED_SLICES)
+    labelled = pick_slices(truth, LABELLED_SLICES, axis=axis)
     manifest = save_collection(Collection(classes=dict(CLASSES), axis=axis,
                                           support=(SupportItem(image_path, label_path, tuple(labelled)),)),
                                out / "manifest.json", overwrite=True)  # the demo's own folder (checked above)

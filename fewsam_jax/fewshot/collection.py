@@ -353,7 +353,7 @@ def centres_of_parts(slices: Sequence[int] | np.ndarray, count: int) -> np.ndarr
     return slices[((np.arange(count) + 0.5) * len(slices) / count).astype(int)]
 
 
-def pick_slices(labels: np.ndarray, count: int, axis: int = 2, empty: bool = True) -> list[int]:
+def pick_slices(labels: np.ndarray, count: int, *, axis: int = 2, empty: bool = True) -> list[int]:
     """Sorted slice indices along ``axis`` of the integer ``labels``: :func:`spread_over_labelled` of the
     slices holding a label. [] when no slice holds one."""
     axes = tuple(a for a in range(labels.ndim) if a != axis)

@@ -80,6 +80,9 @@ class StudentConfig:
       (from the second round on, the partner is the previous round's student, trained this long). The student
       trains on every slice of the support (and unlabelled) volumes, several times the partner's labelled slices,
       so at the partner's steps it visits each slice that many times less often.
+    student_features: channels per level of the student's U-Net (each member, every round); None:
+      ``unet.features``, the partner's. A wider student has the capacity for what many pseudo-labelled slices
+      teach, at the cost of its training and inference time (about the square of the width ratio).
     calibration: "volume": before each round's pseudo-labels, every class's decoder logits are shifted by one
       constant so that the decoder's predicted volume over the support volumes' unlabelled slices equals the
       partner's (:func:`volume_shifts`); the shift found there applies to every volume taught. "none": the logits
@@ -101,6 +104,7 @@ class StudentConfig:
     context: int = 0
     members: int = 1
     student_steps: int | None = None
+    student_features: tuple[int, ...] | None = None
     calibration: Calibration = "none"
     unlabelled_teacher: UnlabelledTeacher = "student"
 
@@ -125,6 +129,16 @@ class StudentConfig:
             raise ValueError(f"members: expected a positive integer, got {self.members!r}")
         if self.student_steps is not None and not _is_count(self.student_steps, 1):
             raise ValueError(f"student_steps: expected a positive integer or None, got {self.student_steps!r}")
+        if self.student_features is not None:
+            features = self.student_features
+            if not (isinstance(features, (tuple, list)) and len(features) >= 2
+                    and all(_is_count(f, 1) for f in features)):
+                raise ValueError(f"student_features: expected two or more positive channel counts or None, "
+                                 f"got {features!r}")
+            if len(features) != len(self.unet.features):
+                raise ValueError(f"student_features: {len(features)} levels, but the partner's unet.features has "
+                                 f"{len(self.unet.features)} (pad_multiple is set for that depth)")
+            object.__setattr__(self, "student_features", tuple(features))
         _check_choice("calibration", self.calibration, Calibration)
         _check_choice("unlabelled_teacher", self.unlabelled_teacher, UnlabelledTeacher)
 
@@ -159,9 +173,10 @@ class StudentConfig:
 
     @property
     def student_unet_config(self) -> UNetConfig:
-        """The student's U-Net config as trained: :attr:`unet_config` with ``student_steps`` when set."""
-        config = self.unet_config
-        return config if self.student_steps is None else dataclasses.replace(config, steps=self.student_steps)
+        """The student's U-Net config as trained: :attr:`unet_config` with ``student_steps`` and
+        ``student_features`` when set."""
+        changes = {"steps": self.student_steps, "features": self.student_features}
+        return dataclasses.replace(self.unet_config, **{k: v for k, v in changes.items() if v is not None})
 
 
 def fuse(logits: np.ndarray | None, unet_probabilities: np.ndarray, weight: float) -> np.ndarray:

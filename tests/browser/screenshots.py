@@ -45,7 +45,7 @@ def prepare(work: Path) -> tuple[Path, Path]:
     volume = load_volume(work / "mni152.nii.gz")
     truth = read_labels(work / "mni152_labels.nii.gz")
     axis = 2
-    labelled = pick_slices(truth, axis, LABELLED_SLICES)
+    labelled = pick_slices(truth, LABELLED_SLICES, axis=axis)
     classes = {str(k): v.replace("_", " ") for k, v in CLASSES.items()}
 
     annotator_dir = apps_folder(work) / "app_annotator"

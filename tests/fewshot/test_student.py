@@ -387,22 +387,25 @@ def test_a_seed_ensemble_averages_its_members_and_reloads(cohort, tmp_path):
 
 
 @pytest.mark.slow  # trains tiny U-Nets (a few steps)
-def test_student_steps_train_the_student_alone_longer(cohort, tmp_path, monkeypatch):
-    """student_steps: the partner keeps unet.steps, every student (each round, each member) trains student_steps;
-    saved and loaded."""
+def test_student_steps_and_features_shape_the_student_alone(cohort, tmp_path, monkeypatch):
+    """student_steps / student_features: the partner keeps unet's steps and widths, every student (each round, each
+    member) trains student_steps at student_features' widths; saved and loaded (the widths back as a tuple)."""
     from fewsam_jax.fewshot import student as student_module
 
     folder, truth = cohort
-    steps, real = [], student_module.train_unet
+    trained, real = [], student_module.train_unet
     monkeypatch.setattr(student_module, "train_unet",
-                        lambda *a, **k: steps.append(a[3].steps) or real(*a, **k))
-    config = CONFIG.replace(unet=UNetConfig.tiny(steps=3), student_steps=5, members=2, rounds=2)
+                        lambda *a, **k: trained.append((a[3].steps, a[3].features)) or real(*a, **k))
+    config = CONFIG.replace(unet=UNetConfig.tiny(steps=3), student_steps=5, student_features=[12, 24, 48], members=2,
+                            rounds=2)
+    assert config.student_features == (12, 24, 48)  # a list (JSON, a command line) is kept as a tuple
     taught = train_student(Oracle(truth), folder / "manifest.json", config=config, progress=False)
-    assert steps == [3, 5, 5, 5]  # the partner, the first round's student, then the last round's two members
-    assert all(unet.config.steps == 5 for unet in taught.unets)
+    # the partner, the first round's student, then the last round's two members
+    assert trained == [(3, (8, 16, 32))] + [(5, (12, 24, 48))] * 3
+    assert all(unet.config.steps == 5 and unet.config.features == (12, 24, 48) for unet in taught.unets)
     loaded = StudentSegmenter.load(taught.save(tmp_path / "student"))
     volume = load_volume(folder / "case4.nii.gz")
-    assert loaded.config.student_steps == 5 and loaded.unet.config == taught.unet.config
+    assert loaded.config == taught.config and loaded.unet.config == taught.unet.config
     assert np.array_equal(loaded.predict_volume(volume), taught.predict_volume(volume))
 
 
@@ -516,7 +519,9 @@ def test_bad_input_is_named_before_any_training(cohort, monkeypatch, tmp_path):
     for field, value in (("rounds", 0), ("rounds", True), ("margin", 0.5), ("context", -1), ("context", 1.5),
                          ("members", 0), ("members", 2.0), ("student_steps", 0), ("student_steps", True),
                          ("student_steps", 5.0), ("calibration", "size"), ("calibration", None),
-                         ("unlabelled_teacher", "decoder")):
+                         ("unlabelled_teacher", "decoder"), ("student_features", (16,)),
+                         ("student_features", (16, 0, 64, 128)), ("student_features", (16, 32, 64)),
+                         ("student_features", 32)):
         with pytest.raises(ValueError, match=field):
             StudentConfig(**{field: value})
     with pytest.raises(ValueError, match="rounds: more than one round teaches nothing new"):
