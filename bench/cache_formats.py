@@ -48,6 +48,7 @@ import numpy as np
 
 from bench.fewshot import CLASSES, DATA, PHASES, cases, read_labels
 from bench.sections import BENCH, machine_info, save_report
+from fewsam_jax.metrics import dice
 
 START, END = "<!-- cache_formats:start -->", "<!-- cache_formats:end -->"
 CT = DATA.parent / "totalseg_ct" / "ct_small_3mm"  # + .nii.gz, _seg.nii.gz
@@ -61,12 +62,6 @@ class Case:
     entry: object
     labels: np.ndarray
     class_ids: list[int]
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks; 1 when both are empty."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def hippocampus_cases(sam, source, count: int) -> dict[str, Case]:

@@ -58,7 +58,7 @@ def timed(fn) -> dict:
 
 
 def measure(volumes: list[Path], batch_size: int, rounds: int, work: Path) -> dict:
-    from fewsam_jax.cache import _encoder_for
+    from fewsam_jax.cache import encoder_for
     from fewsam_jax.cohort import embed_cases, find_cases
     from fewsam_jax.io import get_slices, load_volume
     from fewsam_jax.preprocess import Intensity
@@ -70,7 +70,7 @@ def measure(volumes: list[Path], batch_size: int, rounds: int, work: Path) -> di
         (folder / path.name).symlink_to(path)
     cases = find_cases([folder])
     model = load_model("litemedsam")
-    encoder = _encoder_for(model, batch_size, "float32")  # the one embed_cases uses
+    encoder = encoder_for(model, batch_size, "float32")  # the one embed_cases uses
     intensity = Intensity.parse("percentile")
     slices = [get_slices(intensity.apply(load_volume(case.image).array), 2) for case in cases]
     encoder.encode(slices[0][:batch_size])  # compile before timing

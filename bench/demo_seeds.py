@@ -32,11 +32,12 @@ START, END = "<!-- demo-seeds:start -->", "<!-- demo-seeds:end -->"
 def run_row(work: Path, sam, name: str, overrides: dict, seed: int) -> dict:
     import fewsam_jax as fs
     from fewsam_jax import demo
+    from fewsam_jax.label_maps import read_labels
     from fewsam_jax.fewshot.config import configs_from_overrides
 
     image_path, label_path = demo.mni_with_labels(work)
     volume = fs.load_volume(image_path)
-    reference = np.rint(fs.load_volume(label_path).array).astype(np.int32)
+    reference = read_labels(label_path)
     labelled = [int(s) for s in demo.pick_slices(reference, demo.LABELLED_SLICES, axis=2)]
     manifest = work / "manifest.json"
     manifest.write_text(json.dumps({"classes": {str(k): v for k, v in demo.CLASSES.items()}, "axis": 2,

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.sections import RESULTS_MD, machine_info, write_section
+from fewsam_jax.outputs import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- encode:start -->", "<!-- encode:end -->"
@@ -390,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     report = benchmark(args)
     write_section(out, markdown(report), START, END)
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(report, indent=2))
+    write_text(json_path, json.dumps(report, indent=2))
     print(f"wrote {out} and {json_path}")
 
 

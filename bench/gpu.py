@@ -238,11 +238,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.models:
         batches = [b for b in args.batches if name == "litemedsam" or b <= 8]  # ViT-B @1024 x 32 adds little
         report["encoders"] += bench_encoder(name, batches, args.reps)
-        (args.out_dir / "gpu.json").write_text(json.dumps(report, indent=2))
+        write_text(args.out_dir / "gpu.json", json.dumps(report, indent=2))
     if not args.no_decoder:
         report["decoder"] = bench_decoder()
-    (args.out_dir / "gpu.json").write_text(json.dumps(report, indent=2))
-    (args.out_dir / "gpu.md").write_text(markdown(report))
+    write_text(args.out_dir / "gpu.json", json.dumps(report, indent=2))
+    write_text(args.out_dir / "gpu.md", markdown(report))
     print(markdown(report))
 
 

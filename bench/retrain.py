@@ -35,14 +35,13 @@ COUNTS = (3, 4, 5)
 
 def worker(folder: Path, steps: int) -> dict:
     """In this process (the tree on PYTHONPATH): the three trainings; seconds and load around each."""
-    import numpy as np
-
     import fewsam_jax as fs
     from fewsam_jax import demo
     from fewsam_jax.fewshot import Collection, SupportItem
+    from fewsam_jax.label_maps import read_labels
 
     image_path, label_path = demo.mni_with_labels(folder / "data")
-    reference = np.rint(fs.load_volume(label_path).array).astype(np.int32)
+    reference = read_labels(label_path)
     spread = demo.pick_slices(reference, max(COUNTS), axis=2)
     chosen = [spread[i] for i in (0, 4, 2, 1, 3)]  # the first three spread out; then one more, and one more
     model = fs.load_model("litemedsam")

@@ -43,9 +43,10 @@ def prepare(work: Path, slices: int) -> None:
     """The big CT, its labels, a 3-slice collection, the cache filled and a decoder trained, under ``work``."""
     from fewsam_jax.fewshot import FewShotSegmenter, TrainConfig
     from fewsam_jax.io import from_array, load_volume, save_image, save_labels
+    from fewsam_jax.label_maps import read_labels
 
     ct = load_volume(DICOM)
-    labels = np.rint(load_volume(DICOM.parent / "dicom_series_seg.nii.gz").array).astype(np.int16)
+    labels = read_labels(DICOM.parent / "dicom_series_seg.nii.gz").astype(np.int16)
     reps = -(-slices // ct.shape[2])
     big = from_array(np.tile(ct.array, (1, 1, reps))[..., :slices].astype(np.float32), spacing=ct.spacing)
     big_labels = np.tile(labels, (1, 1, reps))[..., :slices]

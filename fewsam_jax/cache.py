@@ -39,7 +39,7 @@ Guarantees:
     entry serialise on its lock file (the second waits, then finds the slices done). Readers need
     no lock. The lock is a :mod:`filelock` lock (``flock`` on Unix, ``msvcrt.locking`` on Windows),
     reliable on a local disk; on a network filesystem
-    shared by several hosts, give each host disjoint volumes (``encode.shard_of``).
+    shared by several hosts, give each host disjoint volumes (``cohort.select_part``).
 
 Storage (``meta.json``'s ``storage``; entries without it are ``float16``), chosen when an entry is created
 (``EmbeddingCache(storage=...)``, ``embed_volume(storage=...)``, ``$FEWSAM_CACHE_STORAGE``) and kept by every
@@ -216,10 +216,6 @@ def _acquire(path: Path, blocking: bool = True) -> FileLock | None:
         if same:
             return lock
         lock.release()
-
-
-def _write_json(path: Path, data: dict) -> None:
-    write_text(path, json.dumps(data, indent=2))
 
 
 class CachedEmbeddings:
@@ -548,7 +544,7 @@ def _size(path: Path) -> int:
     return total
 
 
-def _encoder_for(model: Sam, batch_size: int, dtype: str, output: str = "embeddings") -> SliceEncoder:
+def encoder_for(model: Sam, batch_size: int, dtype: str, output: str = "embeddings") -> SliceEncoder:
     """One SliceEncoder per (model, batch size, dtype, output), so repeated calls reuse its compilation."""
     encoders = _ENCODERS.setdefault(model, {})
     if (batch_size, dtype, output) not in encoders:
@@ -571,7 +567,7 @@ def _create_entry(path: Path, shape: tuple[int, ...], meta: dict) -> None:
             "embeddings", shape=shape, chunks=(1, *shape[1:]), dtype="float16", fill_value=0.0, compressors=None
         )
     _flag_arrays(group, shape[0], "")
-    _write_json(path / "meta.json", meta)
+    write_text(path / "meta.json", json.dumps(meta, indent=2))
 
 
 def _flag_arrays(group, num_slices: int, prefix: str, overwrite: bool = False) -> None:
@@ -755,7 +751,7 @@ def embed_volume(
         name = Path(vol.source).name if vol.source else "array"
         if missing.size:
             output = "embeddings" if stage_shape is None else "both"
-            encoder = model if isinstance(model, SliceEncoder) else _encoder_for(
+            encoder = model if isinstance(model, SliceEncoder) else encoder_for(
                 model.load() if isinstance(model, LazyModel) else model, batch_size, dtype, output)
             for start, outputs in encoder.iter_batches(images[missing], progress, desc=f"embed {name}"):
                 embeddings, stage = outputs if stage_shape is not None else (outputs, None)
@@ -766,7 +762,7 @@ def embed_volume(
                     entry._write(rows[keep], stage[keep], stage=True)
         trunk_only = np.setdiff1d(missing_stage, missing)
         if trunk_only.size:
-            encoder = _encoder_for(model.load() if isinstance(model, LazyModel) else model, batch_size, dtype,
+            encoder = encoder_for(model.load() if isinstance(model, LazyModel) else model, batch_size, dtype,
                                    "stage_inputs")
             for start, stage in encoder.iter_batches(images[trunk_only], progress, desc=f"stage inputs {name}"):
                 entry._write(trunk_only[start : start + len(stage)], stage, stage=True)

@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--augment", type=int, default=0, help="augmented copies per labelled slice (default 0)")
     train.add_argument("--encoder-lora-rank", default="auto", metavar="RANK",
                        help="LoRA rank of the adapted last encoder stage (staged encoders such as litemedsam's); 0: "
-                       "the frozen encoder, about half the training time (default auto: 4 where the encoder has "
+                       "the frozen encoder, cheaper to train and segment (default auto: 4 where the encoder has "
                        "stages, else 0)")
     train.add_argument("--intensity", default="percentile",
                        help="preset window (soft_tissue, liver, lung, bone, brain), window:L,W, percentile[:lo,hi], "

@@ -7,12 +7,10 @@ devices work on one batch; the last batch of a volume is zero-padded to the fixe
 many batches or volumes with the same slice size never recompiles.
 
 Several processes or hosts (for datasets that outgrow one machine) split the *volumes*, not the
-batches: every process runs the same script over the same ordered list, keeps
-``shard_of(volumes)`` and writes into one shared embedding cache (``fewsam_jax.cache``), whose
-entries are disjoint per volume. With ``jax.distributed.initialize()`` called first, the share is
-``jax.process_index()`` of ``jax.process_count()``; otherwise ``$FEWSAM_PROCESS_INDEX`` /
-``$FEWSAM_PROCESS_COUNT`` (e.g. from a job array) choose it. Each process encodes on its own local
-devices; no collective communication is needed.
+batches: each takes its part of the sorted case list (``cohort.select_part``; ``fewsam embed
+--num-parts N --part-id I``, e.g. ``I = jax.process_index()`` under ``jax.distributed``) and writes
+into one shared embedding cache (``fewsam_jax.cache``), whose entries are disjoint per volume. Each
+process encodes on its own local devices; no collective communication is needed.
 
 Precision: ``dtype="bfloat16"`` is for accelerators' throughput and costs accuracy, far more than
 the cache's float16 storage does (measured on LiteMedSAM: bench/RESULTS.md, "Precision and prompt notes").
@@ -20,8 +18,7 @@ the cache's float16 storage does (measured on LiteMedSAM: bench/RESULTS.md, "Pre
 
 from __future__ import annotations
 
-import os
-from typing import Iterator, Sequence, TypeVar
+from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +36,6 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # what a SliceEncoder returns per slice: the embedding, the last-stage input of a staged encoder
 # (:mod:`fewsam_jax.modeling.encoder_stage`), or both from one pass
 OUTPUTS = ("embeddings", "stage_inputs", "both")
-T = TypeVar("T")
 
 
 def _cast_floats(tree, dtype):
@@ -115,7 +111,7 @@ class SliceEncoder:
         self.output = output
         self.mesh = Mesh(np.array(devices), ("data",))
         self.batch_size = -(-int(batch_size) // len(devices)) * len(devices)
-        self._traces: list[tuple[int, ...]] = []  # batch shape of every (re)trace of the compiled function
+        self._traced: list[tuple[int, ...]] = []  # batch shape of every (re)trace of the compiled function
         graphdef, state = nnx.split(model.image_encoder)
         compute = DTYPES[dtype]
         replicated = NamedSharding(self.mesh, P())
@@ -125,7 +121,7 @@ class SliceEncoder:
 
         def encode_batch(state, images):
             """(B, H, W, 1|3) float32 on the 0-255 scale -> (B, E, E, C) float32 (``output``: or stage inputs)."""
-            self._traces.append(images.shape)
+            self._traced.append(images.shape)
             images = jnp.broadcast_to(images, (*images.shape[:3], 3))
             encoder = nnx.merge(graphdef, state)
             if output == "embeddings":
@@ -142,6 +138,12 @@ class SliceEncoder:
     @property
     def num_devices(self) -> int:
         return self.mesh.size
+
+    @property
+    def traced_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """The (batch_size, H, W, C) input shape of every compilation of this encoder so far, in order: one per
+        slice size when batching works as intended (a repeated shape means a recompilation)."""
+        return tuple(self._traced)
 
     @property
     def embedding_shape(self) -> tuple[int, int, int]:
@@ -201,29 +203,3 @@ class SliceEncoder:
         for start, embeddings in self.iter_batches(slices, progress):
             out[start : start + len(embeddings)] = embeddings
         return out
-
-
-def process_share() -> tuple[int, int]:
-    """(index, count) of this process among those sharing the work.
-
-    ``$FEWSAM_PROCESS_INDEX``/``$FEWSAM_PROCESS_COUNT`` when set, else JAX's multi-process view
-    (``jax.process_index()``/``jax.process_count()``: 0/1 unless ``jax.distributed`` is initialised).
-    """
-    if "FEWSAM_PROCESS_COUNT" in os.environ or "FEWSAM_PROCESS_INDEX" in os.environ:
-        index = int(os.environ.get("FEWSAM_PROCESS_INDEX", "0"))
-        count = int(os.environ.get("FEWSAM_PROCESS_COUNT", "1"))
-    else:
-        index, count = jax.process_index(), jax.process_count()
-    if not 0 <= index < count:
-        raise ValueError(f"process index {index} is out of range for {count} processes")
-    return index, count
-
-
-def shard_of(items: Sequence[T]) -> list[T]:
-    """This process's share of ``items``: every ``count``-th item from ``index``, with (index, count)
-    from :func:`process_share`.
-
-    Every process must pass the same items in the same order; the shares are disjoint and cover all items.
-    """
-    index, count = process_share()
-    return list(items)[index::count]

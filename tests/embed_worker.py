@@ -87,7 +87,7 @@ def main() -> None:
     if args.mode == "encode":
         source, out = args.paths
         np.save(out, encoder.encode(np.load(source)))
-        print(json.dumps({"devices": encoder.num_devices, "batch_size": encoder.batch_size, "traces": len(encoder._traces)}))
+        print(json.dumps({"devices": encoder.num_devices, "batch_size": encoder.batch_size, "traces": len(encoder.traced_shapes)}))
         return
     cache, *volumes = args.paths
     slowed(encoder, args.sleep)

@@ -17,7 +17,7 @@ from fewsam_jax.cache import (
     CachedEmbeddings,
     EmbeddingCache,
     _acquire,
-    _encoder_for,
+    encoder_for,
     copy_entry,
     dequantize,
     embed_volume,
@@ -101,7 +101,7 @@ def test_embed_volume_compiles_once_per_slice_size(tmp_path, model):
     for seed in (5, 6, 7):
         entry = embed_volume(_volume(seed), model, cache=tmp_path, batch_size=3, progress=False)
         assert entry.computed.size == 8
-    assert _encoder_for(model, 3, "float32")._traces == [(3, 30, 40, 1)]
+    assert encoder_for(model, 3, "float32").traced_shapes == ((3, 30, 40, 1),)
 
 
 def test_subset_of_slices(tmp_path, encoder):

@@ -474,9 +474,9 @@ def test_segmenting_a_cached_volume_never_reads_the_encoder(dataset, decoder, ho
 
     monkeypatch.setenv("FEWSAM_HOME", str(home))
     loads, encoders = [], []
-    load_model_dir, encoder_for = fewsam_jax.model_dir.load_model_dir, fewsam_jax.cache._encoder_for
+    load_model_dir, encoder_for = fewsam_jax.model_dir.load_model_dir, fewsam_jax.cache.encoder_for
     monkeypatch.setattr(fewsam_jax.model_dir, "load_model_dir", lambda d: loads.append(d) or load_model_dir(d))
-    monkeypatch.setattr(fewsam_jax.cache, "_encoder_for", lambda *a: encoders.append(a) or encoder_for(*a))
+    monkeypatch.setattr(fewsam_jax.cache, "encoder_for", lambda *a: encoders.append(a) or encoder_for(*a))
     image, cache = dataset / "imagesTs" / "case_003_0000.nii.gz", tmp_path / "cache"
 
     first = FewShotSegmenter.load(decoder)

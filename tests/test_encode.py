@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-
-import jax
 import numpy as np
 import pytest
 
-from fewsam_jax.encode import SliceEncoder, process_share, shard_of
+from fewsam_jax.encode import SliceEncoder
 from fewsam_jax.predictor import SamPredictor
 
 from embed_worker import results, start, tiny_model  # tests/ is on sys.path (pyproject: pythonpath)
@@ -53,9 +51,9 @@ def test_no_recompilation(model):
     encoder.encode(_slices(4, seed=1))
     starts = [start for start, _ in encoder.iter_batches(_slices(7, seed=2), progress=False)]
     assert starts == [0, 4]
-    assert encoder._traces == [(4, 30, 40, 1)]
+    assert encoder.traced_shapes == ((4, 30, 40, 1),)
     encoder.encode(_slices(2, h=20, w=20))  # a new slice size compiles once more
-    assert len(encoder._traces) == 2
+    assert len(encoder.traced_shapes) == 2
     _close(encoder.encode(_slices(10)[7:]), first[7:])  # padding does not leak into real slices
 
 
@@ -103,24 +101,3 @@ def test_four_devices_match_one(tmp_path, encoder):
     proc = start("encode", tmp_path / "slices.npy", tmp_path / "out.npy", "--batch-size", "3", jax_cache=tmp_path / "jax-cache", **flags)
     assert results(proc) == [{"devices": 4, "batch_size": 4, "traces": 1}]
     _close(np.load(tmp_path / "out.npy"), encoder.encode(slices))
-
-
-def test_shard_of(monkeypatch):
-    items = [f"case{i}" for i in range(10)]
-    shares = []
-    for index in range(3):
-        monkeypatch.setenv("FEWSAM_PROCESS_INDEX", str(index))
-        monkeypatch.setenv("FEWSAM_PROCESS_COUNT", "3")
-        shares.append(shard_of(items))
-    assert sorted(sum(shares, [])) == sorted(items) and shares[1] == ["case1", "case4", "case7"]
-    monkeypatch.delenv("FEWSAM_PROCESS_INDEX", raising=False)
-    monkeypatch.delenv("FEWSAM_PROCESS_COUNT", raising=False)
-    assert process_share() == (jax.process_index(), jax.process_count()) == (0, 1)
-    assert shard_of(items) == items
-    monkeypatch.setenv("FEWSAM_PROCESS_INDEX", "2")
-    monkeypatch.setenv("FEWSAM_PROCESS_COUNT", "4")
-    assert shard_of(items) == ["case2", "case6"]
-    monkeypatch.setenv("FEWSAM_PROCESS_INDEX", "3")
-    monkeypatch.setenv("FEWSAM_PROCESS_COUNT", "3")
-    with pytest.raises(ValueError, match="out of range"):
-        shard_of(items)

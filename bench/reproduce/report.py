@@ -22,7 +22,7 @@ import numpy as np
 from bench.reproduce.datasets import Task
 from fewsam_jax.fewshot import DecoderConfig, InferenceConfig, TrainConfig
 from fewsam_jax.metrics import to_json
-from fewsam_jax.outputs import OutputExistsError, check_output_file, write_file
+from fewsam_jax.outputs import OutputExistsError, check_output_file, write_file, write_text
 
 ONE_POINT = "SAM 1 point"
 FULL_DECODER = "decoder, all pool slices"
@@ -480,11 +480,6 @@ def markdown(report: dict[str, Any], files: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, write) -> None:
-    with write_file(path) as tmp:  # readable by everyone: results are for sharing
-        write(str(tmp))
-
-
 def plot_dice(report: dict[str, Any], path: Path) -> None:
     """Dice vs labelled slices per class: few-shot and the U-Net from scratch on the same slices (mean ±
     spread over seeds), the references as lines."""
@@ -549,7 +544,8 @@ def plot_dice(report: dict[str, Any], path: Path) -> None:
     legend_inches = 0.2 * -(-len(labels) // ncol) + 0.15
     fig.suptitle(f"{report['dataset']}: Dice vs labelled slices" + (" (quick)" if report["quick"] else ""))
     fig.tight_layout(rect=(0, legend_inches / height, 1, 0.96))
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    with write_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -584,7 +580,8 @@ def plot_overlays(report: dict[str, Any], example: dict[str, Any], path: Path) -
                ncol=min(len(names), 7), fontsize=8)
     fig.suptitle(f"{report['dataset']}: {example['case']}, slice {example['volume_slice']}", fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    with write_file(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 
@@ -620,8 +617,8 @@ def write_report(report: dict[str, Any], example: dict[str, Any], out: str | os.
     names = file_names(report["dataset"], report["quick"])
     text = to_json(report)
     stored = json.loads(text)
-    _atomic_write(paths["json"], lambda tmp: Path(tmp).write_text(text + "\n"))
-    _atomic_write(paths["markdown"], lambda tmp: Path(tmp).write_text(markdown(stored, names)))
+    write_text(paths["json"], text + "\n")
+    write_text(paths["markdown"], markdown(stored, names))
     plot_dice(stored, paths["plot"])
     plot_overlays(stored, example, paths["overlays"])
     return paths

@@ -22,10 +22,11 @@ from typing import Any, Iterable, Literal, NoReturn, Sequence
 
 import numpy as np
 
-from fewsam_jax.io import Volume, get_slices, load_volume
+from fewsam_jax.cohort import split_suffix
+from fewsam_jax.io import Volume, get_slices, load_volume, save_image, save_labels
 from fewsam_jax.label_maps import same_grid
 from fewsam_jax.metrics import label_map
-from fewsam_jax.outputs import check_output_file, write_text
+from fewsam_jax.outputs import OutputExistsError, check_output_file, write_text
 
 log = logging.getLogger(__name__)
 
@@ -319,6 +320,77 @@ def entry_for(collection: Collection, image: Path | None, path: str | os.PathLik
     return matches[0]
 
 
+class EarlierLabelsError(OutputExistsError):
+    """:func:`save_entry` would replace labels an earlier save wrote for this volume (``labels``: that file), which
+    the caller did not load."""
+
+    def __init__(self, labels: Path, message: str):
+        super().__init__(message)
+        self.labels = labels
+
+
+def save_entry(path: str | os.PathLike, volume: Volume, labels: np.ndarray, slices: Sequence[int],
+               classes: dict[int, str], axis: int, *, image: Path | None = None,
+               labels_path: str | os.PathLike | None = None, owned_labels: Path | None = None,
+               overwrite: bool = False) -> SupportItem:
+    """Write ``volume``'s (X, Y, Z) ``labels`` (NIfTI on its source grid) and its entry, labelled ``slices``, into
+    the collection manifest at ``path`` (created, with its folder, when missing); returns the entry written.
+
+    An existing manifest at ``path`` must have the same ``classes`` and ``axis``; its other volumes' entries are
+    kept (:func:`other_entries`). ``image``: the file ``volume`` was read from, referenced as it is; None (a
+    volume made from an array): ``volume`` is written beside the manifest as ``<manifest stem>_image.nii.gz``
+    (numbered when that name is taken). ``labels_path`` defaults to ``<image stem>_labels.nii.gz`` beside the
+    manifest.
+
+    Nothing is written unless all of it may be (:mod:`fewsam_jax.outputs`): the labels file may replace an existing
+    file only when it is ``owned_labels`` (the caller's labels came from it or were saved to it) or with
+    ``overwrite``, so labels the manifest lists for this volume from an earlier save are never replaced by a
+    caller that did not load them; it is never the image, nor another entry's labels or image. The manifest is
+    read back before returning.
+    """
+    path = Path(path).absolute()
+    if not path.parent.is_dir():
+        if path.parent.exists():
+            raise ValueError(f"{path}: its folder {path.parent} is a file, not a folder")
+        path.parent.mkdir(parents=True)
+    if path.is_dir():
+        raise OutputExistsError(f"{path} is a folder; give a .json file path for the manifest")
+    check_output_file(path, overwrite=True, inputs=[image])  # before reading it as a manifest
+    others = other_entries(path, classes, axis, image)
+    protected = [p for item in others for p in (item.image, item.labels)] + ([image] if image is not None else [])
+    previous = listed_labels(path, image)  # this volume's labels saved before (by whoever)
+    new_image = None
+    if image is None:
+        new_image, number = path.with_name(f"{path.stem}_image.nii.gz"), 2
+        while new_image.exists() or new_image.is_symlink():
+            new_image, number = path.with_name(f"{path.stem}_image_{number}.nii.gz"), number + 1
+    labels_path = (Path(labels_path).absolute() if labels_path
+                   else path.with_name(f"{_file_stem(image or new_image)}_labels.nii.gz"))
+    owned = owned_labels is not None and labels_path.resolve() == Path(owned_labels).resolve()
+    if (not (overwrite or owned) and previous is not None and labels_path.resolve() == previous.resolve()
+            and labels_path.exists()):
+        raise EarlierLabelsError(labels_path, f"{labels_path} holds this volume's labels from an earlier save, "
+                                 f"which were not loaded here; continue from them (the manifest {path}) or pass "
+                                 "overwrite=True to replace them")
+    check_output_file(labels_path, overwrite=overwrite or owned, inputs=protected + [new_image],
+                      suffixes=(".nii.gz", ".nii"))
+    check_output_file(path, overwrite=True, inputs=protected + [new_image, labels_path])
+    if new_image is not None:
+        image = save_image(volume, new_image)
+    save_labels(labels, volume, labels_path, overwrite=True)  # checked above
+    entry = SupportItem(image=image, labels=labels_path, slices=tuple(int(s) for s in slices))
+    save_collection(Collection(classes=classes, axis=axis, support=(*others, entry)), path, overwrite=True)
+    load_collection(path)  # the manifest must read back
+    return entry
+
+
+def _file_stem(path: Path) -> str:
+    """A file name without its volume suffix (``.nii.gz`` and the others :func:`~fewsam_jax.cohort.split_suffix`
+    knows), else without its last suffix (``.dcm``, a DICOM series folder's name as it is)."""
+    stem, suffix = split_suffix(path.name)
+    return stem if suffix else path.stem
+
+
 def load_support_item(item: SupportItem, axis: int) -> tuple[Volume, np.ndarray]:
     """The image volume and its label slices (len(item.slices), H, W), checked against each other."""
     image = load_volume(item.image)
@@ -401,8 +473,8 @@ def plane_coverage(label_volumes: Iterable[np.ndarray], class_ids: Sequence[int]
     """Per slicing axis 0, 1, 2 (sagittal, coronal, axial of a canonical (X, Y, Z) grid): of the slices holding
     any of ``class_ids``, pooled over the integer ``label_volumes``, the fraction holding every one of them
     (0 where no slice holds a class). Shape (3,). A labelled slice where every class shows teaches the boundaries
-    between them; on the hippocampus the sagittal plane has 0.81 against the axial plane's 0.32, and labelling it
-    scores higher at every slice count (bench/RESULTS.md, "Twenty-second round")."""
+    between them (on the hippocampus the plane with the higher coverage scored higher at every slice count:
+    bench/RESULTS.md, "Twenty-second round")."""
     return coverage_of_presence(class_presence(labels, class_ids) for labels in label_volumes)
 
 

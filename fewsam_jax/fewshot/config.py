@@ -30,7 +30,8 @@ ImageFrame = Literal["mask", "embedding"]
 EpisodeHoldout = Literal["slice", "volume"]
 
 
-def _check_choice(name: str, value: Any, choices: Any) -> None:
+def check_choice(name: str, value: Any, choices: Any) -> None:
+    """ValueError naming ``name`` and the allowed values when ``value`` is not one of the ``Literal`` ``choices``."""
     allowed = get_args(choices)
     if value not in allowed:
         expected = " or ".join(repr(a) for a in allowed)
@@ -77,8 +78,8 @@ class DecoderConfig(_Replace):
     encoder_lora_targets: tuple[str, ...] = ("qkv", "proj")
 
     def __post_init__(self):
-        _check_choice("class_decoding", self.class_decoding, ClassDecoding)
-        _check_choice("image_frame", self.image_frame, ImageFrame)
+        check_choice("class_decoding", self.class_decoding, ClassDecoding)
+        check_choice("image_frame", self.image_frame, ImageFrame)
         given = self.encoder_lora_targets
         targets = tuple(given.split("+")) if isinstance(given, str) else given
         targets = tuple(targets) if isinstance(targets, list) else targets
@@ -114,8 +115,9 @@ class DecoderConfig(_Replace):
 
     @classmethod
     def frozen_encoder(cls) -> DecoderConfig:
-        """The default decoder without adapting the encoder (``encoder_lora_rank=0``): half the training time
-        and a third of the segmenting time of the default on LiteMedSAM, no stage inputs in the cache."""
+        """The default decoder without adapting the encoder (``encoder_lora_rank=0``): cheaper to train and to
+        segment, no stage inputs in the cache (costs and scores: bench/RESULTS.md, "Adapting the encoder's last
+        stage")."""
         return cls(encoder_lora_rank=0)
 
     def for_model(self, sam_config: SamConfig) -> DecoderConfig:
@@ -201,7 +203,7 @@ class TrainConfig(_Replace):
     seed: int = 0
 
     def __post_init__(self):
-        _check_choice("episode_holdout", self.episode_holdout, EpisodeHoldout)
+        check_choice("episode_holdout", self.episode_holdout, EpisodeHoldout)
         if not isinstance(self.augment, AugmentConfig):
             raise ValueError(f"augment: expected an AugmentConfig, got {type(self.augment).__name__}")
         if self.steps < 0 or self.batch_slices < 1:
@@ -230,8 +232,8 @@ class InferenceConfig(_Replace):
     """How a trained decoder's outputs become a label map."""
 
     # a class is kept on a slice only where its presence probability reaches this; 0: the presence head does
-    # not gate, every class competes for pixels on every slice (its mask logits alone decide). 0 since
-    # 2026-12-01: a presence head that under-rates a class on new volumes erased it from whole slices
+    # not gate, every class competes for pixels on every slice (its mask logits alone decide; the default: a
+    # presence head that under-rates a class on new volumes erases it from whole slices, bench/RESULTS.md)
     presence_threshold: float = 0.0
     # after training, tune a per-class logit threshold maximising Dice on the labelled slices (else 0);
     # with episode_holdout="volume" each support volume is predicted from the others' prompts for it

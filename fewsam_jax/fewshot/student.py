@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from fewsam_jax.fewshot.collection import Collection, load_collection, load_support_item
-from fewsam_jax.fewshot.config import _check_choice
+from fewsam_jax.fewshot.config import check_choice
 from fewsam_jax.fewshot.infer import labels_from_logits, postprocess_3d
 from fewsam_jax.fewshot.label_files import LabelFiles
 from fewsam_jax.fewshot.unet import UNet, UNetConfig, predict_unet_probabilities, train_unet
@@ -80,20 +80,19 @@ class StudentConfig:
       (from the second round on, the partner is the previous round's student, trained this long). The student
       trains on every slice of the support (and unlabelled) volumes, several times the partner's labelled slices,
       so at the partner's steps it visits each slice that many times less often.
-    student_features: channels per level of the student's U-Net (each member, every round); None:
-      ``unet.features``, the partner's. A wider student has the capacity for what many pseudo-labelled slices
-      teach, at the cost of its training and inference time (about the square of the width ratio).
+    student_features: channels per level of the student's U-Net (each member, every round), as many levels as
+      ``unet.features``; None: ``unet.features``, the partner's. A wider student has more capacity for what many
+      pseudo-labelled slices teach, at a cost in training and inference time that grows with the width.
     calibration: "volume": before each round's pseudo-labels, every class's decoder logits are shifted by one
       constant so that the decoder's predicted volume over the support volumes' unlabelled slices equals the
       partner's (:func:`volume_shifts`); the shift found there applies to every volume taught. "none": the logits
-      as they are. (Measured: on the support volumes the decoder labels slightly more than the partner, not less;
-      bench/RESULTS.md, "Seventeenth round".)
+      as they are (how the two compare on the hippocampus: bench/RESULTS.md, "Seventeenth round").
     unlabelled_teacher: who labels ``train_student``'s unlabelled volumes. "student" (the default): the previous
       round's student alone, so they join from the second round on (``rounds`` >= 2 when any is given:
       :meth:`cohort`) and the decoder never reads them: no embedding, no decoder pass (self-training on the rest
       of the cohort, seeded by what the decoder taught on the support volumes, whose teacher is unchanged).
       "fused": the teacher of the support volumes (decoder and partner), in every round (the behaviour before
-      this option; measured: bench/RESULTS.md, "Twentieth round").
+      this option; compared in bench/RESULTS.md, "Twentieth round").
     """
 
     teacher_weight: float = 0.5
@@ -139,8 +138,8 @@ class StudentConfig:
                 raise ValueError(f"student_features: {len(features)} levels, but the partner's unet.features has "
                                  f"{len(self.unet.features)} (pad_multiple is set for that depth)")
             object.__setattr__(self, "student_features", tuple(features))
-        _check_choice("calibration", self.calibration, Calibration)
-        _check_choice("unlabelled_teacher", self.unlabelled_teacher, UnlabelledTeacher)
+        check_choice("calibration", self.calibration, Calibration)
+        check_choice("unlabelled_teacher", self.unlabelled_teacher, UnlabelledTeacher)
 
     def replace(self, **changes) -> StudentConfig:
         return dataclasses.replace(self, **changes)

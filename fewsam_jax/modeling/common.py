@@ -75,7 +75,7 @@ class StridedConvTranspose(nnx.ConvTranspose):
     """``nn.ConvTranspose2d`` with stride == kernel size (no overlap) as one matmul + pixel shuffle.
 
     Same parameters and layout as ``nnx.ConvTranspose``, but its gradient avoids the dilated
-    convolution that makes the generic backward pass ~40x slower than the forward on CPU.
+    convolution that makes the generic backward pass many times slower than the forward on CPU.
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, rngs: nnx.Rngs):

@@ -74,8 +74,9 @@ def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     ``lax.map`` walks over the B items (several per step when they are small) and, when one item's
     (heads, N, N) scores exceed ``SCORES_BLOCK_BYTES``, over blocks of queries. Same result as one
     big softmax; but every intermediate stays small enough for malloc to recycle it from its heap,
-    where a full (heads, 4096, 4096) score tensor of a global block (805 MB) would be mmapped fresh
-    and page-faulted in on every call (on a 2-core CPU, ~1.2 s of kernel time per block).
+    where a full (heads, 4096, 4096) float32 score tensor of a global block would be mmapped fresh
+    and page-faulted in on every call (its kernel time: bench/RESULTS.md, "Encoder throughput: what
+    bounds JAX").
     """
     b, heads, n, d = q.shape
     row_bytes = heads * k.shape[2] * q.dtype.itemsize

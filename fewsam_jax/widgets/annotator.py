@@ -21,21 +21,11 @@ from pathlib import Path
 import ipywidgets as W
 import numpy as np
 
-from fewsam_jax.fewshot.collection import (
-    Collection,
-    ManifestError,
-    SupportItem,
-    entry_for,
-    listed_labels,
-    load_collection,
-    other_entries,
-    save_collection,
-)
-from fewsam_jax.io import AXIS_NAMES, Volume, save_image, save_labels
+from fewsam_jax.fewshot.collection import EarlierLabelsError, ManifestError, entry_for, load_collection, save_entry
+from fewsam_jax.io import AXIS_NAMES, Volume
 from fewsam_jax.label_editor import LabelEditor, brush_mask, check_classes
 from fewsam_jax.label_maps import as_volume, labels_on_grid
 from fewsam_jax.modeling.sam import Sam
-from fewsam_jax.outputs import OutputExistsError, check_output_file
 from fewsam_jax.preprocess import Intensity
 from fewsam_jax.sam_assist import SamAssist
 from fewsam_jax.shortcuts import KEYS, key_action, scrolled_index
@@ -57,14 +47,6 @@ __all__ = ["SliceAnnotator", "brush_mask"]
 
 TOOL_NAMES = {"brush": "brush", "eraser": "eraser", "point": "SAM click", "box": "SAM box"}
 _WHITE = np.array([255, 255, 255], np.uint8)
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".npy", ".png", ".jpg", ".jpeg", ".dcm"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 class SliceAnnotator:
@@ -358,56 +340,25 @@ class SliceAnnotator:
         defaults to ``<image stem>_labels.nii.gz`` beside the manifest. Returns the manifest path
         (``fewsam_jax.load_collection`` reads it).
 
-        Nothing is written unless all of it may be: the labels file may replace an existing file only
-        when this annotator's labels came from it or were saved to it (``from_manifest``, ``load_manifest``,
-        an earlier ``save_manifest``) or with ``overwrite=True``: a fresh annotator never replaces labels saved
-        before, even those the manifest lists for this volume. It is never the image or another volume's labels
-        or image.
+        Nothing is written unless all of it may be (:func:`~fewsam_jax.fewshot.collection.save_entry`): the labels
+        file may replace an existing file only when this annotator's labels came from it or were saved to it
+        (``from_manifest``, ``load_manifest``, an earlier ``save_manifest``) or with ``overwrite=True``: a fresh
+        annotator never replaces labels saved before, even those the manifest lists for this volume. It is never
+        the image or another volume's labels or image.
         """
-        path = Path(path).absolute()
         if not self.labelled_slices:
             raise ValueError("save_manifest: no slice is labelled yet; paint, accept a proposal or mark a slice empty")
-        if not path.parent.is_dir():  # a new folder for the manifest (README: save_manifest("liver/manifest.json"))
-            if path.parent.exists():
-                raise ValueError(f"save_manifest: {path.parent} is a file, not a folder")
-            path.parent.mkdir(parents=True)
-        if path.is_dir():
-            raise OutputExistsError(f"save_manifest: {path} is a folder; give a .json file path")
-        image = self._source_image()
-        check_output_file(path, overwrite=True, inputs=[image])  # before reading it as a manifest
-        others = other_entries(path, self.classes, self.axis, image)
-        protected = [p for item in others for p in (item.image, item.labels)]
-        if image is not None:
-            protected.append(image)
-        previous = listed_labels(path, image)  # this volume's labels saved before (by whoever)
-        new_image = None
-        if image is None:
-            new_image = path.with_name(f"{path.stem}_image.nii.gz")
-            number = 2
-            while new_image.exists() or new_image.is_symlink():
-                new_image = path.with_name(f"{path.stem}_image_{number}.nii.gz")
-                number += 1
-        labels_path = (Path(labels_path).absolute() if labels_path
-                       else path.with_name(f"{_stem(image or new_image)}_labels.nii.gz"))
-        mine = self._labels_file is not None and labels_path.resolve() == self._labels_file.resolve()
-        if (not (overwrite or mine) and previous is not None and labels_path.resolve() == previous.resolve()
-                and labels_path.exists()):
-            raise OutputExistsError(f"{labels_path} holds this volume's labels from an earlier save, and this "
-                                    f"annotator did not load them; continue from them (load_manifest({str(path)!r}) or "
-                                    "SliceAnnotator.from_manifest) or pass overwrite=True to replace them")
-        check_output_file(labels_path, overwrite=overwrite or mine, inputs=protected + [new_image],
-                          suffixes=(".nii.gz", ".nii"))
-        check_output_file(path, overwrite=True, inputs=protected + [new_image, labels_path])
-        if new_image is not None:
-            image = save_image(self.volume, new_image)
-            self._image_path = image
-        save_labels(self.labels, self.volume, labels_path, overwrite=True)  # checked above
-        self._labels_file = labels_path
-        mine = SupportItem(image=image, labels=labels_path, slices=tuple(self.labelled_slices))
-        save_collection(Collection(classes=self.classes, axis=self.axis, support=(*others, mine)), path,
-                        overwrite=True)
-        load_collection(path)  # the manifest must read back
-        return path
+        try:
+            entry = save_entry(path, self.volume, self.labels, self.labelled_slices, self.classes, self.axis,
+                               image=self._source_image(), labels_path=labels_path, owned_labels=self._labels_file,
+                               overwrite=overwrite)
+        except EarlierLabelsError as err:  # the same refusal, with this class's ways to load them
+            raise EarlierLabelsError(err.labels, f"{err.labels} holds this volume's labels from an earlier save, and "
+                                     f"this annotator did not load them; continue from them "
+                                     f"(load_manifest({str(Path(path).absolute())!r}) or SliceAnnotator.from_manifest) "
+                                     "or pass overwrite=True to replace them") from None
+        self._image_path, self._labels_file = entry.image, entry.labels
+        return Path(path).absolute()
 
     def _source_image(self) -> Path | None:
         if self._image_path is not None and self._image_path.exists():

@@ -16,7 +16,10 @@ from fewsam_jax.fewshot.collection import (
     load_support_item,
     other_entries,
     save_collection,
+    save_entry,
 )
+from fewsam_jax.io import from_array, load_volume
+from fewsam_jax.outputs import OutputExistsError, OutputIsInputError
 
 
 def write_nifti(path, array, affine=np.eye(4)):
@@ -209,3 +212,37 @@ def test_entry_for_an_image(manifest, tmp_path):
     assert entry_for(two, tmp_path / "b.nii.gz", path).slices == (0,)
     with pytest.raises(ManifestError, match="no entry for this volume"):
         entry_for(two, tmp_path / "c.nii.gz", path)
+
+
+def test_save_entry_adds_a_volume_to_a_manifest_and_never_replaces_what_it_does_not_own(manifest, tmp_path):
+    """save_entry: an array volume is written beside the manifest (numbered when the name is taken), its labels
+    on its grid, the other entries kept; labels an earlier save wrote are replaced only by their owner or with
+    overwrite; another entry's files and the image are never outputs."""
+    path, raw = manifest
+    (tmp_path / "manifest_image.nii.gz").write_bytes(b"a user's file")
+    volume = from_array(np.random.default_rng(1).random((8, 9, 6)).astype(np.float32))
+    labels = np.zeros((8, 9, 6), np.int32)
+    labels[1:4, 2:5, 2] = 1
+    entry = save_entry(path, volume, labels, [2], {1: "organ"}, 2)
+    assert entry.image == tmp_path / "manifest_image_2.nii.gz"  # the taken name is left alone
+    assert (tmp_path / "manifest_image.nii.gz").read_bytes() == b"a user's file"
+    assert entry.labels == tmp_path / "manifest_image_2_labels.nii.gz" and entry.slices == (2,)
+    collection = load_collection(path)
+    assert [item.image.name for item in collection.support] == ["a.nii.gz", "manifest_image_2.nii.gz"]
+    np.testing.assert_array_equal(np.asarray(nib.load(entry.labels).dataobj), labels)
+    np.testing.assert_allclose(load_volume(entry.image).array, volume.array, atol=1e-6)
+
+    again = labels.copy()
+    again[1:4, 2:5, 3] = 1
+    with pytest.raises(OutputExistsError, match="earlier save"):  # a caller that did not load those labels
+        save_entry(path, load_volume(entry.image), again, [2, 3], {1: "organ"}, 2, image=entry.image)
+    assert load_collection(path).support[1].slices == (2,)
+    owned = save_entry(path, load_volume(entry.image), again, [2, 3], {1: "organ"}, 2, image=entry.image,
+                       owned_labels=entry.labels)
+    assert owned.labels == entry.labels and load_collection(path).support[1].slices == (2, 3)
+    with pytest.raises(OutputIsInputError, match="also an input"):  # another entry's labels, even with overwrite
+        save_entry(path, load_volume(entry.image), again, [3], {1: "organ"}, 2, image=entry.image,
+                   labels_path=tmp_path / "a_seg.nii.gz", overwrite=True)
+    with pytest.raises(ManifestError):  # another axis than the manifest's
+        save_entry(path, volume, labels, [2], {1: "organ"}, 0)
+    assert len(load_collection(path).support) == 2

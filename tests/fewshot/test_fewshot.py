@@ -644,6 +644,69 @@ def test_support_copies_follow_the_training_seed():
     assert not np.array_equal(first[0], other[0])
 
 
+def test_flip_mirrors_some_copies_left_right_with_their_labels():
+    """AugmentConfig.flip, nothing else drawn (no rotation, scale or gamma): each copy is its slice as it is or
+    mirrored along the last axis (about half of them), the labels with it; off, every copy is its slice."""
+    from fewsam_jax.fewshot.augment import augment_slices
+
+    rng = np.random.default_rng(0)
+    images = rng.random((3, 12, 12)).astype(np.float32)
+    labels = (images > 0.7).astype(np.int32)
+    still = AugmentConfig(copies=4, rotation_deg=0.0, scale=0.0, gamma=0.0)
+    for config, can_flip in ((still, False), (still.replace(flip=True), True)):
+        copies, copy_labels, sources = augment_slices(images, labels, config, seed=0)
+        flipped = []
+        for copy, copy_label, source in zip(copies, copy_labels, sources):
+            mirrored = np.array_equal(copy, images[source][:, ::-1]) and np.array_equal(copy_label,
+                                                                                      labels[source][:, ::-1])
+            assert mirrored or (np.allclose(copy, images[source], atol=1e-6)
+                                and np.array_equal(copy_label, labels[source]))
+            flipped.append(mirrored)
+        assert any(flipped) == can_flip and (not can_flip or not all(flipped))
+
+
+def test_the_loss_weighs_focal_dice_and_presence_as_configured():
+    """segmentation_loss = focal_weight x focal + dice_weight x soft Dice + presence_weight x presence BCE, each
+    term the mean over items and classes, ignored pixels left out; focal_alpha None weighs no class side,
+    focal_gamma 0 makes the focal term plain BCE. Checked against NumPy."""
+    from fewsam_jax.fewshot.train import segmentation_loss
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 2, 4, 4)).astype(np.float32)
+    presence = rng.normal(size=(2, 2)).astype(np.float32)
+    labels = rng.integers(0, 3, size=(2, 4, 4)).astype(np.int32)
+    labels[0, 0] = IGNORE
+    labels[1] = np.where(labels[1] == 2, 0, labels[1])  # class 2 absent from item 1
+    target = (labels[:, None] == np.arange(1, 3)[None, :, None, None]).astype(np.float64)
+    valid = (labels != IGNORE)[:, None].astype(np.float64)
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    bce = -(target * np.log(p) + (1 - target) * np.log(1 - p))
+    p_true = np.where(target == 1, p, 1 - p)
+
+    def loss(**weights):
+        cfg = TrainConfig(**{"focal_weight": 0.0, "dice_weight": 0.0, "presence_weight": 0.0, **weights})
+        return float(segmentation_loss(jnp.asarray(logits), jnp.asarray(presence), jnp.asarray(labels), cfg))
+
+    def focal(alpha, gamma):
+        side = 1.0 if alpha is None else np.where(target == 1, alpha, 1 - alpha)
+        per_pixel = side * (1 - p_true) ** gamma * bce * valid
+        return (per_pixel.sum(axis=(2, 3)) / valid.sum(axis=(2, 3))).mean()
+
+    prob = p * valid
+    dice = (1 - (2 * (prob * target).sum(axis=(2, 3)) + 1) / (prob.sum(axis=(2, 3)) + target.sum(axis=(2, 3)) + 1))
+    present = (target.sum(axis=(2, 3)) > 0).astype(np.float64)
+    q = 1 / (1 + np.exp(-presence.astype(np.float64)))
+    presence_bce = -(present * np.log(q) + (1 - present) * np.log(1 - q))
+    assert present[1, 1] == 0 and present[0, 0] == 1
+    np.testing.assert_allclose(loss(focal_weight=1.0), focal(0.25, 2.0), rtol=1e-5)
+    np.testing.assert_allclose(loss(focal_weight=1.0, focal_alpha=None), focal(None, 2.0), rtol=1e-5)
+    np.testing.assert_allclose(loss(focal_weight=1.0, focal_alpha=None, focal_gamma=0.0), focal(None, 0.0), rtol=1e-5)
+    np.testing.assert_allclose(loss(dice_weight=1.0), dice.mean(), rtol=1e-5)
+    np.testing.assert_allclose(loss(presence_weight=1.0), presence_bce.mean(), rtol=1e-5)
+    np.testing.assert_allclose(loss(focal_weight=20.0, dice_weight=1.0, presence_weight=0.5),
+                               20 * focal(0.25, 2.0) + dice.mean() + 0.5 * presence_bce.mean(), rtol=1e-5)
+
+
 def test_warp_moves_embeddings_labels_and_images_together():
     import jax
 
