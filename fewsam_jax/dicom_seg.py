@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fewsam_jax.export import ExportError, _check_classes, class_colours
+from fewsam_jax.export import ExportError, check_class_ids, class_colours
 from fewsam_jax.io import Volume, dicom_series_files
+from fewsam_jax.metrics import label_map
 from fewsam_jax.outputs import write_file
 
 log = logging.getLogger(__name__)
@@ -122,14 +123,17 @@ def write_dicom_seg(labels: np.ndarray, like: Volume, path: str | os.PathLike, c
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
 
-    classes = _check_classes(classes)
+    classes = check_class_ids(classes)
     if not classes:
         raise ExportError(f"{path}: classes is empty; expected at least one {{id: name}}")
     labels = np.asarray(labels)
     if labels.shape != like.shape:
         raise ExportError(f"{path}: labels of shape {labels.shape} are not on the grid of {like._name()} ({like.shape})")
-    if not (labels.dtype == bool or np.issubdtype(labels.dtype, np.integer)) and not np.array_equal(labels, np.rint(labels)):
-        raise ExportError(f"{path}: labels must be integer ids, got dtype {labels.dtype} with fractional values")
+    try:  # the one integer-id check (metrics.label_map) for float arrays
+        if not (labels.dtype == bool or np.issubdtype(labels.dtype, np.integer)):
+            labels = label_map(labels, f"{path}: labels")
+    except ValueError as err:
+        raise ExportError(str(err)) from None
     series = like.source if series is None else series
     if series is None:
         raise ExportError(f"{path}: the volume was not read from a file; pass series= (the DICOM series folder)")

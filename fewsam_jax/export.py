@@ -60,7 +60,10 @@ def sidecar_paths(label_path: str | os.PathLike) -> dict[str, Path]:
             "nrrd": path.with_name(f"{name}.seg.nrrd"), "dicom": path.with_name(f"{name}.seg.dcm")}
 
 
-def _check_classes(classes: Mapping[int, str]) -> dict[int, str]:
+def check_class_ids(classes: Mapping[int, str]) -> dict[int, str]:
+    """``classes`` as {int id: str name} sorted by id; ExportError naming an id that is not an integer > 0 (empty
+    is allowed here: a description with the background alone; the annotator's stricter check is
+    :func:`fewsam_jax.label_editor.check_classes`)."""
     out = {}
     for class_id, name in classes.items():
         if isinstance(class_id, bool) or not isinstance(class_id, (int, np.integer)) or class_id <= 0:
@@ -70,7 +73,7 @@ def _check_classes(classes: Mapping[int, str]) -> dict[int, str]:
 
 
 def itksnap_text(classes: Mapping[int, str]) -> str:
-    classes = _check_classes(classes)
+    classes = check_class_ids(classes)
     colours = class_colours(classes)
     lines = ["# ITK-SNAP label description file written by fewsam_jax",
              "# columns: label id, red, green, blue (0-255), opacity (0-1), visible, visible in 3D, \"name\"",
@@ -83,7 +86,7 @@ def itksnap_text(classes: Mapping[int, str]) -> str:
 
 
 def labels_json(classes: Mapping[int, str]) -> str:
-    classes = _check_classes(classes)
+    classes = check_class_ids(classes)
     colours = class_colours(classes)
     table = [{"id": k, "name": v, "color": list(colours[k])} for k, v in classes.items()]
     return json.dumps({"background": 0, "labels": table}, indent=2) + "\n"
@@ -133,7 +136,7 @@ def write_seg_nrrd(labels: np.ndarray, like, path: str | os.PathLike, classes: M
     """Write ``labels`` (on ``like``'s canonical grid, a :class:`~fewsam_jax.io.Volume`) as a 3D Slicer
     segmentation on the source grid: one label layer, a named and coloured segment per class."""
     nrrd = require_pynrrd()
-    classes = _check_classes(classes)
+    classes = check_class_ids(classes)
     labels = np.asarray(labels)
     if labels.shape != like.shape:
         raise ExportError(f"{path}: labels of shape {labels.shape} are not on the grid of {like._name()} ({like.shape})")

@@ -40,6 +40,7 @@ from PIL import Image
 from pydicom.errors import InvalidDicomError
 from pydicom.misc import is_dicom
 
+from fewsam_jax.metrics import label_map
 from fewsam_jax.outputs import check_output_file, write_file
 
 __all__ = [
@@ -552,9 +553,11 @@ def save_labels(labels: np.ndarray, like: Volume, path: str | os.PathLike, *, ov
     labels = np.asarray(labels)
     if labels.shape != like.shape:
         raise VolumeError(f"{p}: labels of shape {labels.shape} do not match {like._name()} (shape {like.shape})")
-    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
-        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
-            raise VolumeError(f"{p}: labels must be integer-valued, got dtype {labels.dtype} with non-integer values")
+    try:  # the one integer-id check (metrics.label_map) for float arrays, before anything is written
+        if not (labels.dtype == bool or np.issubdtype(labels.dtype, np.integer)):
+            labels = label_map(labels, f"{p}: labels")
+    except ValueError as err:
+        raise VolumeError(str(err)) from None
     lo, hi = int(labels.min()), int(labels.max())
     if 0 <= lo and hi <= 255:
         dtype = np.uint8

@@ -117,7 +117,7 @@ def test_bad_inputs_are_named(tmp_path):
     labels = blobs(volume.shape)
     with pytest.raises(ExportError, match=r"label values \[7\] are not among the classes \[1, 3\]"):
         write_dicom_seg(np.where(labels == 3, 7, labels), volume, tmp_path / "x.seg.dcm", CLASSES)
-    with pytest.raises(ExportError, match="integer ids, got dtype float32"):
+    with pytest.raises(ExportError, match="labels: a label map must hold integer ids, but .* dtype float32"):
         write_dicom_seg(labels.astype(np.float32) * 0.5, volume, tmp_path / "x.seg.dcm", CLASSES)
     with pytest.raises(ExportError, match="not on the grid"):
         write_dicom_seg(labels[:-1], volume, tmp_path / "x.seg.dcm", CLASSES)

@@ -328,7 +328,7 @@ def test_save_labels_errors(tmp_path):
     vol = from_array(np.zeros((2, 3, 4), np.float32))
     with pytest.raises(VolumeError, match=r"bad.nii.gz: labels of shape \(3, 3, 4\) do not match"):
         save_labels(np.zeros((3, 3, 4), np.uint8), vol, tmp_path / "bad.nii.gz")
-    with pytest.raises(VolumeError, match="frac.nii.gz: labels must be integer-valued"):
+    with pytest.raises(VolumeError, match="frac.nii.gz: labels: a label map must hold integer ids"):
         save_labels(np.full(vol.shape, 0.5), vol, tmp_path / "frac.nii.gz")
     with pytest.raises(VolumeError, match="big.nii.gz: label values 70000..70000 do not fit"):
         save_labels(np.full(vol.shape, 70000), vol, tmp_path / "big.nii.gz")
