@@ -50,12 +50,18 @@ class Conv2dBN(nnx.Module):
         self.c = conv(in_ch, out_ch, kernel, rngs, stride=stride, padding=padding, groups=groups, bias=False)
         self.bn = nnx.BatchNorm(out_ch, use_running_average=True, epsilon=1e-5, rngs=rngs)
         self.depthwise = groups > 1 and groups == in_ch == out_ch
+        self.pointwise = kernel == 1 and stride == 1 and padding == 0 and groups == 1
         self.stride, self.padding = stride, padding
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """(B, H, W, in_ch) -> (B, Ho, Wo, out_ch)."""
+        """(B, H, W, in_ch) -> (B, Ho, Wo, out_ch).
+
+        A 1x1 convolution runs as a matmul over the channel axis: XLA:CPU runs the same product several times
+        faster as a dot than as a convolution (bench/RESULTS.md, "Encoder throughput: what bounds JAX")."""
         if self.depthwise:
             x = depthwise_conv(x, self.c.kernel[...], self.stride, self.padding)
+        elif self.pointwise:
+            x = x @ self.c.kernel[...][0, 0]  # (in_ch, out_ch)
         else:
             x = self.c(x)
         return self.bn(x)
