@@ -40,7 +40,7 @@ from PIL import Image
 from pydicom.errors import InvalidDicomError
 from pydicom.misc import is_dicom
 
-from fewsam_jax.metrics import label_map
+from fewsam_jax.metrics import check_label_ids
 from fewsam_jax.outputs import check_output_file, write_file
 
 __all__ = [
@@ -553,9 +553,8 @@ def save_labels(labels: np.ndarray, like: Volume, path: str | os.PathLike, *, ov
     labels = np.asarray(labels)
     if labels.shape != like.shape:
         raise VolumeError(f"{p}: labels of shape {labels.shape} do not match {like._name()} (shape {like.shape})")
-    try:  # the one integer-id check (metrics.label_map) for float arrays, before anything is written
-        if not (labels.dtype == bool or np.issubdtype(labels.dtype, np.integer)):
-            labels = label_map(labels, f"{p}: labels")
+    try:  # the one integer-id check, before anything is written
+        check_label_ids(labels, f"{p}: labels")
     except ValueError as err:
         raise VolumeError(str(err)) from None
     lo, hi = int(labels.min()), int(labels.max())

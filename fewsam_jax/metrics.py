@@ -184,15 +184,22 @@ def _per_slice(pred: np.ndarray, gt: np.ndarray, axis: int) -> list[dict[str, An
 
 
 def label_map(array: np.ndarray, name: str = "label map") -> np.ndarray:
-    """``array`` as an integer (int64) label map; ``ValueError`` naming ``name`` unless every value is
-    an integer id: integer/bool arrays pass, float arrays only when all values are finite and integral.
+    """``array`` as an integer (int64) label map, after :func:`check_label_ids`."""
+    array = np.asarray(array)
+    check_label_ids(array, name)
+    return array.astype(np.int64, copy=False)
+
+
+def check_label_ids(array: np.ndarray, name: str = "label map") -> None:
+    """``ValueError`` naming ``name`` unless every value of ``array`` is an integer id: integer/bool arrays
+    pass (without a copy), float arrays only when all values are finite and integral.
 
     A float image with fractional values is an intensity image or a probability map, not labels;
     rounding it would score garbage without a word.
     """
     array = np.asarray(array)
     if array.dtype == bool or np.issubdtype(array.dtype, np.integer):
-        return array.astype(np.int64, copy=False)
+        return
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"{name}: a label map must hold integer ids, got dtype {array.dtype}")
     finite = np.isfinite(array)
@@ -204,7 +211,6 @@ def label_map(array: np.ndarray, name: str = "label map") -> np.ndarray:
             f"integers (e.g. {float(example)!r}, dtype {array.dtype}); is it an intensity image or a probability "
             "map? Threshold or argmax it into integer labels first"
         )
-    return array.astype(np.int64)
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -353,10 +353,8 @@ class SliceAnnotator:
                                image=self._source_image(), labels_path=labels_path, owned_labels=self._labels_file,
                                overwrite=overwrite)
         except EarlierLabelsError as err:  # the same refusal, with this class's ways to load them
-            raise EarlierLabelsError(err.labels, f"{err.labels} holds this volume's labels from an earlier save, and "
-                                     f"this annotator did not load them; continue from them "
-                                     f"(load_manifest({str(Path(path).absolute())!r}) or SliceAnnotator.from_manifest) "
-                                     "or pass overwrite=True to replace them") from None
+            raise EarlierLabelsError(err.labels, f"{err} (here: load_manifest({str(Path(path).absolute())!r}) or "
+                                     "SliceAnnotator.from_manifest)") from None
         self._image_path, self._labels_file = entry.image, entry.labels
         return Path(path).absolute()
 
