@@ -522,12 +522,13 @@ def student_rows(args, spec: str, variant: str, overrides: dict, segmenter, path
     load_before = os.getloadavg()[0]
     taught = train_student(segmenter, path, unlabelled, config, cache=args.cache, progress=False, partner=partner)
     row_name = f"{variant}>{name}" + (f"u{len(unlabelled)}" if unlabelled else "")
-    # a seed ensemble's member 0 is the student members=1 teaches: scored too (row NAME#0), at no training cost;
-    # its seconds are the teaching's less the other members' trainings
-    first_member_seconds = taught.info["student_seconds"] - sum(taught.info["member_seconds"][1:])
+    # member 0 of a seed ensemble or of a student with planes is the student members=1 (no planes) teaches: scored
+    # too (row NAME#0), at no training cost; its seconds are the teaching's less the other U-Nets' trainings
+    first_member_seconds = (taught.info["student_seconds"] - sum(taught.info["member_seconds"][1:])
+                            - sum(taught.info.get("plane_seconds", [])))
     students = [(row_name, taught, fields, taught.info["student_seconds"])] + (
-        [(f"{row_name}#0", taught.member(0), {**fields, "members": 1}, first_member_seconds)]
-        if config.members > 1 else [])
+        [(f"{row_name}#0", taught.member(0), {**fields, "members": 1, **({"planes": []} if config.planes else {})}, first_member_seconds)]
+        if config.members > 1 or config.planes else [])
     for student_name, student, student_fields, student_seconds in students:
         started = time.perf_counter()
         probabilities = [student.predict_volume(volume) for volume, _ in volumes]
@@ -659,8 +660,8 @@ def main() -> None:
     parser.add_argument("--student", action="append", default=[], metavar="NAME:key=value,...",
                         help="also teach a student with the library's train_student (StudentConfig fields: "
                         "teacher_weight, rounds, margin, context, members, student_steps, student_features=[a,b,...], "
-                        "calibration, unlabelled_teacher; the run's "
-                        "seed), rows VARIANT>NAME (and NAME#0, member 0 of a seed ensemble); repeatable")
+                        "planes=[a,...], calibration, unlabelled_teacher; the run's seed), rows VARIANT>NAME (and "
+                        "NAME#0, member 0 of a seed ensemble or of a student with planes); repeatable")
     parser.add_argument("--decoders", type=Path,
                         help="keep each trained decoder in this folder and reuse one trained on the same manifest "
                         "with the same configs (training is deterministic per seed; not with --curve)")

@@ -87,7 +87,7 @@ def _teach(args: argparse.Namespace) -> None:
         raise ValueError(f"--steps: {err}") from None
     fields = {"teacher_weight": args.teacher_weight, "rounds": args.rounds, "margin": args.margin,
               "context": args.context, "members": args.members, "student_steps": args.student_steps,
-              "calibration": args.calibration, "unlabelled_teacher": args.unlabelled_teacher}
+              "planes": tuple(args.planes), "calibration": args.calibration, "unlabelled_teacher": args.unlabelled_teacher}
     fields = {field: value for field, value in fields.items() if value is not None}  # None: the base config's
     for field, value in fields.items():  # each flag checked alone, so the error names it
         try:
@@ -376,6 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     teach.add_argument("--members", type=int, default=1,
                        help="students taught on the same labels with seeds SEED, SEED+1, ...; they segment with "
                             "their probabilities averaged (a seed ensemble; default %(default)s)")
+    teach.add_argument("--planes", type=int, nargs="+", choices=(0, 1, 2), default=[], metavar="AXIS",
+                       help="more slicing axes (0 sagittal, 1 coronal, 2 axial; not the collection's), one more "
+                            "student each, taught on the pseudo-labelled volumes cut along it; all students segment "
+                            "together, their probabilities averaged on the volume's grid (default: none)")
     teach.add_argument("--steps", type=int, help="training steps of each U-Net (default: UNetConfig.steps; the "
                        "student's too unless --student-steps)")
     teach.add_argument("--student-steps", type=int,

@@ -165,7 +165,7 @@ def test_students_are_the_librarys_and_a_kept_decoder_is_reused(tiny_sam, tmp_pa
     two, partner, deep = rows[2:]
     assert two["method"] == "student" and two["dice"] == [1.0, 1.0] and two["student_info"]["rounds"] == 2
     assert two["student"] == {"teacher_weight": 0.5, "seed": 0, "rounds": 2, "margin": 0.1, "context": 0, "members": 1,
-                              "student_steps": None, "student_features": None, "calibration": "none",
+                              "student_steps": None, "student_features": None, "planes": (), "calibration": "none",
                               "unlabelled_teacher": "student"}
     assert two["overrides"] == {"steps": 2, "image_features": 0, "rounds": 2, "margin": 0.1}
     assert partner["overrides"] == {"context": 1} and deep["student"]["context"] == 1
@@ -182,16 +182,19 @@ def test_students_are_the_librarys_and_a_kept_decoder_is_reused(tiny_sam, tmp_pa
     passes, predict_volume = [], FewShotSegmenter.predict_volume  # the decoder's passes: teaching and scoring
     monkeypatch.setattr(FewShotSegmenter, "predict_volume", lambda *a, **k: passes.append(1) or predict_volume(*a, **k))
     seeds[:] = []
-    again = fewshot.run(argparse.Namespace(**{**vars(args), "student": ["two:rounds=2,margin=0.1", "ens:members=2"]}),
+    again = fewshot.run(argparse.Namespace(**{**vars(args), "student": ["two:rounds=2,margin=0.1", "ens:members=2,planes=[0]"]}),
                         lambda r: None)
     scoring_and_teaching, passes[:] = len(passes) - 5, []  # less "ens"'s teaching (a pass per support volume)
     assert [r["variant"] for r in again] == ["unet", "v", "v>two", "v>ens", "v>ens#0"]
-    # a seed ensemble of two, taught once: its member 0 is scored alone too, as the one-member student it is
-    assert seeds == [0, 0, 0, 1] and again[3]["student"]["members"] == 2 and again[3]["student_info"]["members"] == 2
-    assert again[4]["student"] == {**again[3]["student"], "members": 1} and again[4]["overrides"]["members"] == 1
+    # a seed ensemble of two and a student along axis 0, taught once: member 0 is scored alone too, as the
+    # one-member student without planes it is
+    assert seeds == [0, 0, 0, 1, 0] and again[3]["student"]["members"] == 2 and again[3]["student_info"]["members"] == 2
+    assert again[4]["student"] == {**again[3]["student"], "members": 1, "planes": ()}
+    assert again[3]["student"]["planes"] == (0,) and again[4]["overrides"] == {**again[3]["overrides"], "members": 1,
+                                                                             "planes": []}
     assert again[4]["dice"] == [1.0, 1.0] and len(again[3]["student_info"]["member_seconds"]) == 2
     assert again[3]["train_seconds"] - again[4]["train_seconds"] == pytest.approx(
-        again[3]["student_info"]["member_seconds"][1])  # less member 1's training
+        again[3]["student_info"]["member_seconds"][1] + again[3]["student_info"]["plane_seconds"][0])  # less theirs
     assert again[1]["dice"] == rows[1]["dice"] and again[1]["thresholds"] == rows[1]["thresholds"]
     assert again[1]["decoder_reused"] and "decoder_reused" not in rows[1]
     # --no-decoder-rows: the kept decoder teaches, its own scoring (one pass over the one scored volume) is left out

@@ -43,7 +43,8 @@ from fewsam_jax.weights import ShapeRngs, restore_pytree, save_pytree
 __all__ = [
     "IGNORE", "Calibration", "StudentConfig", "StudentFileError", "StudentSegmenter", "TeacherPrediction",
     "UnlabelledTeacher", "fuse", "labelled_slices", "neighbours", "partner_predictions", "pseudo_labels",
-    "support_volumes", "teacher_predictions", "train_partner", "train_student", "unet_probabilities", "volume_shifts",
+    "resliced", "support_volumes", "teacher_predictions", "train_partner", "train_student", "unet_probabilities",
+    "volume_shifts",
 ]
 
 
@@ -83,6 +84,12 @@ class StudentConfig:
     student_features: channels per level of the student's U-Net (each member, every round), as many levels as
       ``unet.features``; None: ``unet.features``, the partner's. A wider student has more capacity for what many
       pseudo-labelled slices teach, at a cost in training and inference time that grows with the width.
+    planes: more slicing axes (0 sagittal, 1 coronal, 2 axial; not the collection's), one more student each in the
+      last round: trained like member 0 (seed ``seed``) on the same pseudo-labelled volumes sliced along that axis
+      (each volume's pseudo-label slices stacked back into 3D, then cut the other way); the student segments with
+      every U-Net's class probabilities (members and planes, one vote each) averaged on the volume's grid, which
+      puts the shapes of the other planes into each label. (): the collection's axis alone. Costs a student
+      training and a U-Net pass per plane; segmenting holds the volume's class probabilities whole.
     calibration: "volume": before each round's pseudo-labels, every class's decoder logits are shifted by one
       constant so that the decoder's predicted volume over the support volumes' unlabelled slices equals the
       partner's (:func:`volume_shifts`); the shift found there applies to every volume taught. "none": the logits
@@ -104,6 +111,7 @@ class StudentConfig:
     members: int = 1
     student_steps: int | None = None
     student_features: tuple[int, ...] | None = None
+    planes: tuple[int, ...] = ()
     calibration: Calibration = "none"
     unlabelled_teacher: UnlabelledTeacher = "student"
 
@@ -138,6 +146,11 @@ class StudentConfig:
                 raise ValueError(f"student_features: {len(features)} levels, but the partner's unet.features has "
                                  f"{len(self.unet.features)} (pad_multiple is set for that depth)")
             object.__setattr__(self, "student_features", tuple(features))
+        planes = self.planes
+        if not (isinstance(planes, (tuple, list)) and all(_is_count(a, 0) and a <= 2 for a in planes)
+                and len(set(planes)) == len(planes)):
+            raise ValueError(f"planes: expected distinct slicing axes among 0, 1, 2, got {planes!r}")
+        object.__setattr__(self, "planes", tuple(planes))
         check_choice("calibration", self.calibration, Calibration)
         check_choice("unlabelled_teacher", self.unlabelled_teacher, UnlabelledTeacher)
 
@@ -194,7 +207,7 @@ def fuse(logits: np.ndarray | None, unet_probabilities: np.ndarray, weight: floa
 # how a student saved before these StudentConfig fields existed was taught (its student.json lacks them): a load
 # fills them with these, never with today's defaults
 _SAVED_BEFORE_OPTIONS = {"rounds": 1, "margin": 0.0, "context": 0, "members": 1, "student_steps": None,
-                         "calibration": "none", "unlabelled_teacher": "fused"}
+                         "student_features": None, "planes": (), "calibration": "none", "unlabelled_teacher": "fused"}
 
 
 class StudentFileError(FewSamError, ValueError):
@@ -204,8 +217,8 @@ class StudentFileError(FewSamError, ValueError):
 @dataclasses.dataclass
 class StudentSegmenter(LabelFiles):
     """U-Nets taught by a few-shot decoder, and what they need to segment a volume: ``unets`` (one per
-    ``config.members``; a single UNet is taken as one member), ``classes`` ({id: name}, the U-Nets' outputs 1..K
-    in id order), the slicing ``axis``, the ``intensity`` normalisation of its inputs, how it was taught
+    ``config.members``, then one per ``config.planes``; a single UNet is taken as one member), ``classes``
+    ({id: name}, the U-Nets' outputs 1..K in id order), the slicing ``axis``, the ``intensity`` normalisation of its inputs, how it was taught
     (``config``, ``info``)."""
 
     unets: tuple[UNet, ...]
@@ -217,10 +230,17 @@ class StudentSegmenter(LabelFiles):
 
     def __post_init__(self):
         self.unets = (self.unets,) if isinstance(self.unets, UNet) else tuple(self.unets)
-        if len(self.unets) != self.config.members:
-            raise ValueError(f"unets: {len(self.unets)} U-Nets for config.members = {self.config.members}")
-        if len({getattr(unet, "canvas", None) for unet in self.unets}) > 1:
-            raise ValueError("unets: the members were trained on different canvases (save keeps one)")
+        expected = self.config.members + len(self.config.planes)
+        if len(self.unets) != expected:
+            raise ValueError(f"unets: {len(self.unets)} U-Nets for config.members = {self.config.members} and "
+                             f"{len(self.config.planes)} planes")
+        if self.axis in self.config.planes:
+            raise ValueError(f"config.planes {self.config.planes}: holds the student's own axis {self.axis}")
+
+    @property
+    def axes(self) -> tuple[int, ...]:
+        """Each U-Net's slicing axis: ``axis`` for the members, then ``config.planes``."""
+        return (self.axis,) * self.config.members + self.config.planes
 
     @property
     def unet(self) -> UNet:
@@ -236,23 +256,30 @@ class StudentSegmenter(LabelFiles):
         member's and ``info["member"]`` its index. Member 0 is exactly what ``train_student`` teaches with
         ``members=1``; a later member learned from the same partner and pseudo-labels (those of ``seed``), so its
         config alone does not reproduce it."""
-        if not 0 <= index < len(self.unets):
-            raise IndexError(f"member: expected an index in 0..{len(self.unets) - 1}, got {index}")
-        config = self.config.replace(members=1, seed=self.config.seed + index)
+        if not 0 <= index < self.config.members:
+            raise IndexError(f"member: expected an index in 0..{self.config.members - 1}, got {index}")
+        config = self.config.replace(members=1, seed=self.config.seed + index, planes=())
         return dataclasses.replace(self, unets=(self.unets[index],), config=config,
                                    info={**self.info, "member": index})
 
     def _probabilities(self, slices: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
-        """The members' mean class probabilities (n, K+1, H, W) of ``slices[rows]`` ((N, H, W) in [0, 1])."""
+        """The members' summed class probabilities (n, K+1, H, W) of ``slices[rows]`` ((N, H, W) in [0, 1])."""
         total = unet_probabilities(self.unets[0], slices, self.config.context, rows)
-        for unet in self.unets[1:]:
+        for unet in self.unets[1: self.config.members]:
             total += unet_probabilities(unet, slices, self.config.context, rows)
-        return total / len(self.unets)  # exact for one member (x / 1 == x)
+        return total
 
     def predict_volume(self, volume: Volume) -> np.ndarray:
-        """Class probabilities (N, K+1, H, W), background first, of the N slices along ``axis`` (the members'
-        mean)."""
-        return self._probabilities(get_slices(self.intensity.apply(volume.array), self.axis))
+        """Class probabilities (N, K+1, H, W), background first, of the N slices along ``axis``: every U-Net's
+        mean (the planes' students read the volume along their own axes; their probabilities are brought onto
+        these slices)."""
+        image = self.intensity.apply(volume.array)
+        total = self._probabilities(get_slices(image, self.axis))
+        for unet, plane in zip(self.unets[self.config.members:], self.config.planes):
+            across = unet_probabilities(unet, get_slices(image, plane), self.config.context)  # (M, K+1, h, w)
+            total += np.stack([get_slices(stack_slices(across[:, c], plane), self.axis)
+                               for c in range(across.shape[1])], axis=1)
+        return total / len(self.unets)  # exact for one U-Net (x / 1 == x)
 
     def _slice_labels(self, probabilities: np.ndarray) -> np.ndarray:
         """(n, K+1, H, W) probabilities -> (n, H, W) label slices: each pixel's most probable class id."""
@@ -267,13 +294,15 @@ class StudentSegmenter(LabelFiles):
     def segment(self, volume: Volume | str | os.PathLike, cache: Any = None, postprocess: bool = False,
                 progress: bool = True, chunk: int = 32) -> np.ndarray:
         """Label map (X, Y, Z) on the volume's canonical grid, ``chunk`` slices at a time (memory: one chunk's
-        probabilities). ``cache`` is accepted for the decoder's interface (cohorts, :meth:`segment_file`) and not
+        probabilities; with ``config.planes``, the whole volume's at once). ``cache`` is accepted for the decoder's interface (cohorts, :meth:`segment_file`) and not
         used: the student reads the image alone."""
         if chunk < 1:
             raise ValueError(f"chunk: expected a positive number of slices, got {chunk}")
         volume = volume if isinstance(volume, Volume) else load_volume(volume)
+        if self.config.planes:  # the other planes' students see the volume whole
+            return self.labels_from(self.predict_volume(volume), postprocess)
         slices = get_slices(self.intensity.apply(volume.array), self.axis)
-        parts = [self._slice_labels(self._probabilities(slices, slice(start, start + chunk)))
+        parts = [self._slice_labels(self._probabilities(slices, slice(start, start + chunk)) / len(self.unets))
                  for start in tqdm(range(0, len(slices), chunk), desc="segment", disable=not progress, unit="chunk")]
         labels = stack_slices(np.concatenate(parts), self.axis)
         return postprocess_3d(labels, self.class_ids) if postprocess else labels
@@ -287,7 +316,8 @@ class StudentSegmenter(LabelFiles):
             save_pytree(staging / "state", _member_tree([nnx.state(unet) for unet in self.unets]))
             meta = {"classes": {str(k): v for k, v in self.classes.items()}, "axis": self.axis,
                     "intensity": self.intensity.key(), "num_outputs": len(self.classes) + 1,
-                    "canvas": list(self.unet.canvas), "config": dataclasses.asdict(self.config), "info": self.info,
+                    "canvas": list(self.unet.canvas), "canvases": [list(unet.canvas) for unet in self.unets],
+                    "config": dataclasses.asdict(self.config), "info": self.info,
                     "checksums": tree_checksums(staging)}
             (staging / "student.json").write_text(json.dumps(meta, indent=2))
         return Path(directory)
@@ -307,11 +337,15 @@ class StudentSegmenter(LabelFiles):
             raw = {**_SAVED_BEFORE_OPTIONS, **meta["config"]}
             unet = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.pop("unet").items()}
             config = StudentConfig(**raw, unet=UNetConfig(**unet))
-            axis, canvas, outputs = int(meta["axis"]), tuple(int(c) for c in meta["canvas"]), int(meta["num_outputs"])
+            axis, outputs = int(meta["axis"]), int(meta["num_outputs"])
+            count = config.members + len(config.planes)
+            canvases = [tuple(int(c) for c in canvas) for canvas in meta.get("canvases", [meta["canvas"]] * count)]
             intensity = Intensity.parse(meta["intensity"])
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise StudentFileError(f"{path}: {type(err).__name__}: {err}; expected what StudentSegmenter.save "
                                    "writes") from None
+        if len(canvases) != count:
+            raise StudentFileError(f"{path}: {len(canvases)} canvases for {count} U-Nets (members and planes)")
         if outputs != len(classes) + 1 or axis not in (0, 1, 2):
             raise StudentFileError(f"{path}: {len(classes)} classes, {outputs} outputs and axis {axis} do not fit "
                                    "(outputs = classes + background, axis 0-2)")
@@ -319,14 +353,17 @@ class StudentSegmenter(LabelFiles):
         unet_config = config.student_unet_config
         graphdef, abstract = nnx.split(nnx.eval_shape(lambda: UNet(unet_config, outputs, rngs=ShapeRngs())))
         try:
-            states = restore_pytree(directory / "state", _member_tree([abstract] * config.members))
+            states = restore_pytree(directory / "state", _member_tree([abstract] * count))
         except Exception as err:  # Orbax raises anything from ValueError to XlaRuntimeError on a bad folder
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise StudentFileError(f"{directory / 'state'}: cannot restore the student ({first})") from None
-        unets = tuple(nnx.merge(graphdef, states[_member_key(i)]) for i in range(config.members))
-        for unet in unets:
+        unets = tuple(nnx.merge(graphdef, states[_member_key(i)]) for i in range(count))
+        for unet, canvas in zip(unets, canvases):
             unet.canvas = canvas
-        return cls(unets, classes, axis, intensity, config, meta.get("info", {}))
+        try:
+            return cls(unets, classes, axis, intensity, config, meta.get("info", {}))
+        except ValueError as err:
+            raise StudentFileError(f"{path}: {err}") from None
 
 
 def _member_key(index: int) -> str:
@@ -354,6 +391,20 @@ def neighbours(slices: np.ndarray, context: int, rows: slice = slice(None)) -> l
     offsets = [o for o in range(-context, context + 1) if o]
     return [np.stack([slices[min(max(i + o, 0), count - 1)] for o in offsets], axis=-1)
             for i in range(count)[rows]]
+
+
+def resliced(slices: Sequence[np.ndarray], counts: Sequence[int], axis: int,
+             plane: int) -> tuple[list[np.ndarray], list[int]]:
+    """Slices of several volumes along ``axis`` (``counts[i]`` consecutive (H, W) slices from volume i, in order)
+    -> the same volumes' slices along ``plane``, volume by volume (each stacked back into 3D, then cut the other
+    way), and their counts per volume: how a plane's student sees the pseudo-labelled volumes."""
+    out, out_counts, start = [], [], 0
+    for count in counts:
+        across = get_slices(stack_slices(np.stack(slices[start: start + count]), axis), plane)
+        out += list(across)
+        out_counts.append(len(across))
+        start += count
+    return out, out_counts
 
 
 def unet_probabilities(unet: UNet, slices: np.ndarray, context: int = 0, rows: slice = slice(None)) -> np.ndarray:
@@ -529,6 +580,9 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
         config.check_unlabelled(len(unlabelled))
     except ValueError as err:
         raise ValueError(f"unlabelled: {err}") from None
+    if segmenter.axis in config.planes:
+        raise ValueError(f"config.planes {config.planes}: holds the collection's own axis {segmenter.axis} (planes "
+                         "are the other slicing axes)")
     if partner is not None and (partner.config != config.unet_config
                                 or partner.num_classes != len(segmenter.classes) + 1):
         raise ValueError("partner: trained with another U-Net config or class count than this StudentConfig's "
@@ -558,13 +612,14 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
             more = teacher_predictions(segmenter, partner, ((v, [], None) for v in volumes), cache, config.context)
         else:
             more = partner_predictions(partner, volumes, segmenter.intensity, segmenter.axis, config.context)
-        images, labels, features = [], [], [] if config.context else None
+        images, labels, features, counts = [], [], [] if config.context else None, []
         for prediction in tqdm(itertools.chain(predictions, more), desc="teacher", unit="volume",
                                total=len(support) + len(joining), disable=not progress):
             more_images, more_labels = pseudo_labels([prediction], config.teacher_weight, threshold, config.margin,
                                                      shift)
             images += more_images
             labels += more_labels
+            counts.append(len(more_images))
             if config.context:
                 features += neighbours(prediction.slices, config.context)
         teacher_seconds += time.perf_counter() - taught
@@ -577,6 +632,18 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
             member_seconds.append(round(time.perf_counter() - taught, 2))
         partner, losses = trained[0]
         student_seconds += sum(member_seconds)
+    plane_seconds = []
+    for plane in config.planes:  # the last round's pseudo-labelled volumes, cut along another axis
+        taught = time.perf_counter()
+        across_images, across_counts = resliced(images, counts, segmenter.axis, plane)
+        across_labels, _ = resliced(labels, counts, segmenter.axis, plane)
+        across_features = [f for start, count in zip(np.cumsum([0, *across_counts]), across_counts)
+                           for f in neighbours(np.stack(across_images[start: start + count]), config.context)] \
+            if config.context else None
+        trained.append(train_unet(across_images, across_labels, outputs, config.student_unet_config,
+                                  seed=config.seed, progress=progress, features=across_features))
+        plane_seconds.append(round(time.perf_counter() - taught, 2))
+    student_seconds += sum(plane_seconds)
     unets = tuple(unet for unet, _ in trained)
     info = {"labelled_slices": sum(len(s) for _, s, _ in support), "training_slices": len(images),
             "support_volumes": len(support), "unlabelled_volumes": len(unlabelled), "rounds": config.rounds,
@@ -584,6 +651,7 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
             "ignored_fraction": float(np.mean([np.mean(lab == IGNORE) for lab in labels])),
             "partner_seconds": round(partner_done - started, 2), "teacher_seconds": round(teacher_seconds, 2),
             "student_seconds": round(student_seconds, 2), "member_seconds": member_seconds,
+            **({"plane_seconds": plane_seconds} if plane_seconds else {}),
             "loss_last": float(np.mean(losses[-10:])) if losses else None,
             **({"decoder_shifts": shifts} if shifts else {}),
             "decoder_train_seconds": segmenter.info.get("train_seconds")}

@@ -29,6 +29,7 @@ from fewsam_jax.fewshot.student import (
     neighbours,
     partner_predictions,
     pseudo_labels,
+    resliced,
     support_volumes,
     train_partner,
     train_student,
@@ -36,7 +37,7 @@ from fewsam_jax.fewshot.student import (
     volume_shifts,
 )
 from fewsam_jax.fewshot.unet import UNetConfig
-from fewsam_jax.io import get_slices, load_volume
+from fewsam_jax.io import get_slices, load_volume, stack_slices
 from fewsam_jax.outputs import ChecksumError, OutputError
 from fewsam_jax.preprocess import Intensity
 
@@ -409,6 +410,57 @@ def test_student_steps_and_features_shape_the_student_alone(cohort, tmp_path, mo
     assert np.array_equal(loaded.predict_volume(volume), taught.predict_volume(volume))
 
 
+def test_resliced_cuts_each_volume_along_another_axis():
+    """resliced: volume by volume, the slices along one axis stacked back and cut along another (get_slices)."""
+    volumes = [np.random.default_rng(i).random((5 + i, 4, 3)) for i in range(2)]
+    slices = [s for v in volumes for s in get_slices(v, 0)]
+    across, counts = resliced(slices, [5, 6], axis=0, plane=2)
+    expected = [s for v in volumes for s in get_slices(v, 2)]
+    assert counts == [3, 3] and len(across) == 6 and all(np.array_equal(a, b) for a, b in zip(across, expected))
+
+
+@pytest.mark.slow  # trains tiny U-Nets (a few steps)
+def test_a_student_per_plane_learns_the_volumes_cut_the_other_way_and_votes_in_3d(cohort, tmp_path, monkeypatch):
+    """planes=(0,): after the members (along the collection's axis 2), one more student trained on the same
+    pseudo-labelled volumes cut along axis 0 (with its own neighbouring slices); the student's probabilities are
+    every U-Net's mean on the volume's grid; member(0) is the student without planes; saved and loaded (a canvas
+    per U-Net)."""
+    from fewsam_jax.fewshot import student as student_module
+
+    folder, truth = cohort
+    trained, real = [], student_module.train_unet
+    monkeypatch.setattr(student_module, "train_unet",
+                        lambda *a, **k: trained.append((a[0], a[1], k["features"])) or real(*a, **k))
+    config = CONFIG.replace(unet=UNetConfig.tiny(steps=3), context=1, planes=[0], teacher_weight=1.0)  # the oracle
+    assert config.planes == (0,)  # a list (JSON, a command line) is kept as a tuple
+    taught = train_student(Oracle(truth), folder / "manifest.json", config=config, progress=False)
+    images, labels, features = trained[-1]  # the last U-Net trained: the plane's student
+    plain = train_student(Oracle(truth), folder / "manifest.json", config=config.replace(planes=()), progress=False)
+    assert len(taught.unets) == 2 and taught.axes == (2, 0) and "plane_seconds" in taught.info
+    # the plane's student: every support volume's pseudo-labels (the oracle's, the truth), cut along axis 0
+    first = truth[key(load_volume(folder / "case0.nii.gz").array)]
+    as_indices = np.select([first == 3, first == 7], [1, 2], 0)
+    assert len(images) == len(labels) == len(features) == 3 * 40 and images[0].shape == (6, 36)
+    assert np.array_equal(np.stack(labels[:40]), get_slices(as_indices, 0))
+    assert np.array_equal(features[1], np.stack([images[0], images[2]], axis=-1))  # its neighbours along axis 0
+    volume = load_volume(folder / "case4.nii.gz")
+    member = taught.member(0)
+    assert member.config.planes == () and np.array_equal(member.predict_volume(volume), plain.predict_volume(volume))
+    across = unet_probabilities(taught.unets[1], get_slices(taught.intensity.apply(volume.array), 0), 1)
+    on_axis = np.stack([get_slices(stack_slices(across[:, c], 0), 2) for c in range(3)], axis=1)
+    np.testing.assert_allclose(taught.predict_volume(volume), (member.predict_volume(volume) + on_axis) / 2,
+                               atol=1e-6)
+    assert np.array_equal(taught.segment(volume, progress=False), taught.labels_from(taught.predict_volume(volume)))
+    loaded = StudentSegmenter.load(taught.save(tmp_path / "planes"))
+    assert loaded.config == taught.config and [u.canvas for u in loaded.unets] == [u.canvas for u in taught.unets]
+    assert taught.unets[0].canvas != taught.unets[1].canvas
+    assert np.array_equal(loaded.predict_volume(volume), taught.predict_volume(volume))
+    with pytest.raises(ValueError, match="holds the collection's own axis 2"):
+        train_student(Oracle(truth), folder / "manifest.json", config=config.replace(planes=(2,)), progress=False)
+    with pytest.raises(ValueError, match="1 planes"):
+        StudentSegmenter(taught.unets[:1], taught.classes, taught.axis, taught.intensity, config)
+
+
 class Shy(Oracle):
     """A decoder that ranks pixels right but labels none: every logit 6 below the oracle's (inside about -2,
     outside about -10; a little noise, fixed per volume, breaks the ties)."""
@@ -460,8 +512,8 @@ def test_fewsam_teach_defaults_are_the_configs():
 
     args = build_parser().parse_args(["teach", "manifest.json", "-d", "decoder", "-o", "student"])
     defaults = StudentConfig()
-    assert (args.teacher_weight, args.seed, args.margin, args.context, args.members) == (
-        defaults.teacher_weight, defaults.seed, defaults.margin, defaults.context, defaults.members)
+    assert (args.teacher_weight, args.seed, args.margin, args.context, args.members, tuple(args.planes)) == (
+        defaults.teacher_weight, defaults.seed, defaults.margin, defaults.context, defaults.members, defaults.planes)
     # rounds and student steps: StudentConfig's, or StudentConfig.cohort's with -i (the test below)
     assert args.rounds is None and args.steps is None and args.student_steps is None
     assert (defaults.rounds, defaults.student_steps) == (1, None)
@@ -521,7 +573,8 @@ def test_bad_input_is_named_before_any_training(cohort, monkeypatch, tmp_path):
                          ("student_steps", 5.0), ("calibration", "size"), ("calibration", None),
                          ("unlabelled_teacher", "decoder"), ("student_features", (16,)),
                          ("student_features", (16, 0, 64, 128)), ("student_features", (16, 32, 64)),
-                         ("student_features", 32)):
+                         ("student_features", 32), ("planes", (0, 0)), ("planes", (3,)), ("planes", 1),
+                         ("planes", (True,))):
         with pytest.raises(ValueError, match=field):
             StudentConfig(**{field: value})
     with pytest.raises(ValueError, match="rounds: more than one round teaches nothing new"):
