@@ -231,4 +231,8 @@ def dicom_seg_from_label_file(label_path: str | os.PathLike, series: str | os.Pa
 
     out = sidecar_paths(label_path)["dicom"] if out is None else Path(out)
     like = load_volume(label_path)  # its source grid is the series' (save_labels writes the source affine)
-    return write_dicom_seg(read_labels(like), like, out, classes, series=series, overwrite=overwrite)
+    try:
+        labels = read_labels(like)
+    except ValueError as err:  # a probability map, say: refused as write_dicom_seg refuses it
+        raise ExportError(str(err)) from None
+    return write_dicom_seg(labels, like, out, classes, series=series, overwrite=overwrite)

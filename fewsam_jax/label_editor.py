@@ -181,7 +181,7 @@ class LabelEditor:
             array = np.asarray(labels)
             if array.shape != self.shape:
                 raise ValueError(f"labels: expected shape {self.shape} (the volume's canonical grid), got {array.shape}")
-            array = label_ids(array)
+            array = label_ids(array, "labels")
             unknown = sorted(set(np.unique(array).tolist()) - {0, *self.classes})
             if unknown:
                 raise ValueError(f"labels: values {unknown[:10]} are not among the classes {sorted(self.classes)}")

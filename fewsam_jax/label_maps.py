@@ -1,8 +1,9 @@
 """Label maps as the library reads them: integer ids on a volume's canonical (X, Y, Z) grid.
 
 One place for "is this on the same grid" (:func:`same_grid`), "a Volume or a path" (:func:`as_volume`)
-and "read as int32 labels" (:func:`read_labels`, :func:`labels_on_grid`), so every reader rounds and
-checks the same way.
+and "read as int32 labels" (:func:`label_ids`, :func:`read_labels`, :func:`labels_on_grid`), so every reader
+checks the same way: integer ids only (:func:`~fewsam_jax.metrics.check_label_ids`), never a rounded intensity or
+probability image.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import numpy as np
 
 from fewsam_jax.io import Volume, load_volume
+from fewsam_jax.metrics import check_label_ids
 
 AFFINE_ATOL = 1e-3  # mm: affines closer than this describe the same grid
 
@@ -31,28 +33,33 @@ def as_volume(value: Volume | str | os.PathLike, name: str = "volume") -> Volume
     raise TypeError(f"{name}: expected a fewsam_jax.Volume or a path, got {type(value).__name__}")
 
 
-def label_ids(array: np.ndarray) -> np.ndarray:
-    """``array`` (any numeric label map) as int32 ids, each value rounded to the nearest integer (label
-    files often store ids as floats)."""
-    return np.rint(np.asarray(array)).astype(np.int32)
+def label_ids(array: np.ndarray, name: str = "labels") -> np.ndarray:
+    """``array`` as int32 ids; ValueError naming ``name`` unless every value is an integer id (integer or bool
+    arrays, or floats holding whole numbers, as label files often store them: :func:`~fewsam_jax.metrics.
+    check_label_ids`)."""
+    array = np.asarray(array)
+    check_label_ids(array, name)
+    return array.astype(np.int32)
 
 
 def read_labels(source: Volume | str | os.PathLike) -> np.ndarray:
     """The label map at ``source`` (a Volume or a path) as (X, Y, Z) int32 ids (:func:`label_ids`)."""
-    return label_ids(as_volume(source, "labels").array)
+    volume = as_volume(source, "labels")
+    return label_ids(volume.array, volume._name())
 
 
 def labels_on_grid(value, volume: Volume, name: str = "labels") -> np.ndarray:
-    """A label map (array, Volume or path) as (X, Y, Z) int32 on ``volume``'s canonical grid; ValueError
-    naming ``name`` when its shape (or, for a Volume or file, its grid) differs from ``volume``'s."""
+    """A label map (array, Volume or path) as (X, Y, Z) int32 on ``volume``'s canonical grid (:func:`label_ids`);
+    ValueError naming ``name`` when its shape (or, for a Volume or file, its grid) differs from ``volume``'s or
+    its values are not integer ids."""
     if isinstance(value, (str, os.PathLike)):
         value = as_volume(value, name)
     if isinstance(value, Volume):
         if not same_grid(value, volume):
             raise ValueError(f"{name}: grid of {value.source or 'the label volume'} (shape {value.shape}) differs "
                              f"from the image's (shape {volume.shape})")
-        value = value.array
+        name, value = f"{name} ({value._name()})", value.array
     array = np.asarray(value)
     if array.shape != volume.shape:
         raise ValueError(f"{name}: expected shape {volume.shape} (the volume's canonical grid), got {array.shape}")
-    return label_ids(array)
+    return label_ids(array, name)

@@ -14,7 +14,7 @@ import pydicom
 import pytest
 
 from fewsam_jax import cli
-from fewsam_jax.dicom_seg import check_dicom_seg_output, read_dicom_seg, write_dicom_seg
+from fewsam_jax.dicom_seg import check_dicom_seg_output, dicom_seg_from_label_file, read_dicom_seg, write_dicom_seg
 from fewsam_jax.export import ExportError, class_colours, sidecar_paths
 from fewsam_jax.io import from_array, load_volume
 from fewsam_jax.weights import save_model
@@ -128,6 +128,10 @@ def test_bad_inputs_are_named(tmp_path):
         write_dicom_seg(flipped.array, flipped, tmp_path / "x.seg.dcm", CLASSES, series=tmp_path / "ct")
     nifti = tmp_path / "img.nii.gz"
     nib.save(nib.Nifti1Image(labels, np.eye(4)), nifti)
+    soft = tmp_path / "soft.nii.gz"  # a probability map saved where a label map was expected: refused, not rounded
+    nib.save(nib.Nifti1Image(labels.astype(np.float32) * 0.4, np.eye(4)), soft)
+    with pytest.raises(ExportError, match=r"soft\.nii\.gz: a label map must hold integer ids"):
+        dicom_seg_from_label_file(soft, tmp_path / "ct", CLASSES, tmp_path / "x.seg.dcm")
     with pytest.raises(ExportError, match=r"dicom_seg \(--dicom-seg\) needs a DICOM series as input"):
         check_dicom_seg_output(nifti, tmp_path / "out.nii.gz")
     (tmp_path / "out.seg.dcm").write_text("someone's file")

@@ -265,6 +265,27 @@ def test_label_maps_must_hold_integers():
         metrics.evaluate(np.zeros((4, 4, 2), np.int32), labels, (1.0,) * 3, {2: "x"})
 
 
+def test_every_label_reader_refuses_fractional_values(tmp_path):
+    """label_maps' readers (files, Volumes, arrays on a grid) take whole-number floats and refuse a probability map
+    naming it, as metrics does; nothing is rounded."""
+    from fewsam_jax.io import load_volume
+    from fewsam_jax.label_maps import label_ids, labels_on_grid, read_labels
+
+    whole = np.zeros((4, 4, 2), np.float32)
+    whole[1, 1, 1] = 2.0
+    path = _nifti(tmp_path / "whole.nii.gz", whole)
+    assert read_labels(path).dtype == np.int32 and read_labels(path)[1, 1, 1] == 2
+    soft = _nifti(tmp_path / "soft.nii.gz", whole * 0.37)
+    with pytest.raises(ValueError, match=r"soft\.nii\.gz: a label map must hold integer ids"):
+        read_labels(soft)
+    image = load_volume(path)
+    with pytest.raises(ValueError, match=r"prediction \(.*soft\.nii\.gz\): a label map must hold integer ids"):
+        labels_on_grid(soft, image, "prediction")
+    with pytest.raises(ValueError, match=r"labels: a label map must hold integer ids, but 1 of 32"):
+        labels_on_grid(whole + 0.5 * (whole > 0), image)
+    assert np.array_equal(label_ids(np.array([[True, False]]), "x"), [[1, 0]])
+
+
 def _nifti(path, array):
     nib.save(nib.Nifti1Image(array, np.eye(4)), str(path))
     return str(path)
