@@ -64,3 +64,6 @@ def test_seg_nrrd_round_trip_keeps_grid_names_and_colours(tmp_path):
     assert segments == {k: (v, colours[k]) for k, v in CLASSES.items()}
     with pytest.raises(ExportError, match="not on the grid"):
         write_seg_nrrd(labels[:-1], volume, tmp_path / "bad.seg.nrrd", CLASSES)
+    with pytest.raises(ExportError, match=r"bad\.seg\.nrrd: labels: a label map must hold integer ids"):
+        write_seg_nrrd(labels * 0.5, volume, tmp_path / "bad.seg.nrrd", CLASSES)  # 3.5 would become 3
+    assert not (tmp_path / "bad.seg.nrrd").exists()
