@@ -76,6 +76,17 @@ def _collection(args: argparse.Namespace, kind: str, inputs: list, axis: int | s
     return collection
 
 
+def _planes(values: list[str] | None) -> tuple[int, ...] | str | None:
+    """``--planes``: None (the base config's), "auto" alone, or axes."""
+    if values is None:
+        return None
+    if "auto" in values:
+        if values != ["auto"]:
+            raise ValueError(f"--planes: auto stands alone, got {' '.join(values)}")
+        return "auto"
+    return tuple(int(v) for v in values)
+
+
 def _teach(args: argparse.Namespace) -> None:
     from fewsam_jax import cohort
     from fewsam_jax.fewshot import FewShotSegmenter, StudentConfig, train_student
@@ -87,7 +98,8 @@ def _teach(args: argparse.Namespace) -> None:
         raise ValueError(f"--steps: {err}") from None
     fields = {"teacher_weight": args.teacher_weight, "rounds": args.rounds, "margin": args.margin,
               "context": args.context, "members": args.members, "student_steps": args.student_steps,
-              "planes": tuple(args.planes), "calibration": args.calibration, "unlabelled_teacher": args.unlabelled_teacher}
+              "planes": _planes(args.planes), "calibration": args.calibration,
+              "unlabelled_teacher": args.unlabelled_teacher}
     fields = {field: value for field, value in fields.items() if value is not None}  # None: the base config's
     for field, value in fields.items():  # each flag checked alone, so the error names it
         try:
@@ -376,10 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     teach.add_argument("--members", type=int, default=1,
                        help="students taught on the same labels with seeds SEED, SEED+1, ...; they segment with "
                             "their probabilities averaged (a seed ensemble; default %(default)s)")
-    teach.add_argument("--planes", type=int, nargs="+", choices=(0, 1, 2), default=[], metavar="AXIS",
+    teach.add_argument("--planes", nargs="+", choices=("0", "1", "2", "auto"), metavar="AXIS",
                        help="more slicing axes (0 sagittal, 1 coronal, 2 axial; not the collection's), one more "
                             "student each, taught on the pseudo-labelled volumes cut along it; all students segment "
-                            "together, their probabilities averaged on the volume's grid (default: none)")
+                            "together, their probabilities averaged on the volume's grid; auto: one, the other plane "
+                            "whose slices most often show every class (default: none; auto with -i)")
     teach.add_argument("--steps", type=int, help="training steps of each U-Net (default: UNetConfig.steps; the "
                        "student's too unless --student-steps)")
     teach.add_argument("--student-steps", type=int,

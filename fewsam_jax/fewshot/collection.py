@@ -500,17 +500,20 @@ def best_plane(coverage: Sequence[float], grids: Iterable[tuple[Sequence[int], S
     the axial plane (2) by at least ``PLANE_LEAD``, else axial (a tie, as with one class where every plane scores
     1, keeps it). A plane is eligible only where, on every case's ``grids`` ((shape, spacing in mm) of the
     canonical grid), it is more than one voxel wide both ways and its pixels are at most
-    ``MAX_IN_PLANE_ANISOTROPY`` times longer one way than the other: a sagittal slice of a 5 mm CT is a strip."""
+    ``MAX_IN_PLANE_ANISOTROPY`` times longer one way than the other (:func:`plane_eligible`)."""
     grids = list(grids)
-
-    def eligible(axis: int) -> bool:
-        others = [a for a in range(3) if a != axis]
-        return all(min(shape[a] for a in others) > 1
-                   and max(spacing[a] for a in others) <= MAX_IN_PLANE_ANISOTROPY * min(spacing[a] for a in others)
-                   for shape, spacing in grids)
-
-    leads = [axis for axis in (0, 1) if eligible(axis) and coverage[axis] >= coverage[2] + PLANE_LEAD]
+    leads = [axis for axis in (0, 1) if plane_eligible(axis, grids) and coverage[axis] >= coverage[2] + PLANE_LEAD]
     return max(leads, key=lambda axis: coverage[axis]) if leads else 2
+
+
+def plane_eligible(axis: int, grids: Iterable[tuple[Sequence[int], Sequence[float]]]) -> bool:
+    """Whether slices along ``axis`` are fit to label or learn from on every case's ``grids`` ((shape, spacing in
+    mm) of the canonical grid): more than one voxel wide both ways, pixels at most ``MAX_IN_PLANE_ANISOTROPY``
+    times longer one way than the other (a sagittal slice of a 5 mm CT is a strip)."""
+    others = [a for a in range(3) if a != axis]
+    return all(min(shape[a] for a in others) > 1
+               and max(spacing[a] for a in others) <= MAX_IN_PLANE_ANISOTROPY * min(spacing[a] for a in others)
+               for shape, spacing in grids)
 
 
 def nnunet_collection(folder: str | os.PathLike, slices_per_case: int, cases: int | Sequence[str] | None = None,

@@ -29,7 +29,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from flax import nnx
 
-from fewsam_jax.fewshot.collection import Collection, load_collection, load_support_item
+from fewsam_jax.fewshot.collection import Collection, load_collection, load_support_item, plane_coverage, plane_eligible
 from fewsam_jax.fewshot.config import check_choice
 from fewsam_jax.fewshot.infer import labels_from_logits, postprocess_3d
 from fewsam_jax.fewshot.label_files import LabelFiles
@@ -42,7 +42,7 @@ from fewsam_jax.weights import ShapeRngs, restore_pytree, save_pytree
 
 __all__ = [
     "IGNORE", "Calibration", "StudentConfig", "StudentFileError", "StudentSegmenter", "TeacherPrediction",
-    "UnlabelledTeacher", "fuse", "labelled_slices", "neighbours", "partner_predictions", "pseudo_labels",
+    "UnlabelledTeacher", "auto_planes", "fuse", "labelled_slices", "neighbours", "partner_predictions", "pseudo_labels",
     "resliced", "support_volumes", "teacher_predictions", "train_partner", "train_student", "unet_probabilities",
     "volume_shifts",
 ]
@@ -88,8 +88,11 @@ class StudentConfig:
       last round: trained like member 0 (seed ``seed``) on the same pseudo-labelled volumes sliced along that axis
       (each volume's pseudo-label slices stacked back into 3D, then cut the other way); the student segments with
       every U-Net's class probabilities (members and planes, one vote each) averaged on the volume's grid, which
-      puts the shapes of the other planes into each label. (): the collection's axis alone. Costs a student
-      training and a U-Net pass per plane; segmenting holds the volume's class probabilities whole.
+      puts the shapes of the other planes into each label. (): the collection's axis alone. "auto": one plane,
+      chosen on the last round's pseudo-labelled volumes (:func:`auto_planes`: of the two other axes, the one
+      where the most slices holding a class hold every class; none when neither suits the volumes' voxel
+      grids); the student keeps the planes chosen in its config. Costs a student training and a U-Net pass per
+      plane; segmenting holds the volume's class probabilities whole.
     calibration: "volume": before each round's pseudo-labels, every class's decoder logits are shifted by one
       constant so that the decoder's predicted volume over the support volumes' unlabelled slices equals the
       partner's (:func:`volume_shifts`); the shift found there applies to every volume taught. "none": the logits
@@ -111,7 +114,7 @@ class StudentConfig:
     members: int = 1
     student_steps: int | None = None
     student_features: tuple[int, ...] | None = None
-    planes: tuple[int, ...] = ()
+    planes: tuple[int, ...] | Literal["auto"] = ()
     calibration: Calibration = "none"
     unlabelled_teacher: UnlabelledTeacher = "student"
 
@@ -147,10 +150,11 @@ class StudentConfig:
                                  f"{len(self.unet.features)} (pad_multiple is set for that depth)")
             object.__setattr__(self, "student_features", tuple(features))
         planes = self.planes
-        if not (isinstance(planes, (tuple, list)) and all(_is_count(a, 0) and a <= 2 for a in planes)
-                and len(set(planes)) == len(planes)):
-            raise ValueError(f"planes: expected distinct slicing axes among 0, 1, 2, got {planes!r}")
-        object.__setattr__(self, "planes", tuple(planes))
+        if planes != "auto":
+            if not (isinstance(planes, (tuple, list)) and all(_is_count(a, 0) and a <= 2 for a in planes)
+                    and len(set(planes)) == len(planes)):
+                raise ValueError(f"planes: expected distinct slicing axes among 0, 1, 2, or 'auto', got {planes!r}")
+            object.__setattr__(self, "planes", tuple(planes))
         check_choice("calibration", self.calibration, Calibration)
         check_choice("unlabelled_teacher", self.unlabelled_teacher, UnlabelledTeacher)
 
@@ -218,8 +222,8 @@ class StudentFileError(FewSamError, ValueError):
 class StudentSegmenter(LabelFiles):
     """U-Nets taught by a few-shot decoder, and what they need to segment a volume: ``unets`` (one per
     ``config.members``, then one per ``config.planes``; a single UNet is taken as one member), ``classes``
-    ({id: name}, the U-Nets' outputs 1..K in id order), the slicing ``axis``, the ``intensity`` normalisation of its inputs, how it was taught
-    (``config``, ``info``)."""
+    ({id: name}, the U-Nets' outputs 1..K in id order), the slicing ``axis``, the ``intensity`` normalisation of
+    its inputs, how it was taught (``config``, ``info``)."""
 
     unets: tuple[UNet, ...]
     classes: dict[int, str]
@@ -230,6 +234,8 @@ class StudentSegmenter(LabelFiles):
 
     def __post_init__(self):
         self.unets = (self.unets,) if isinstance(self.unets, UNet) else tuple(self.unets)
+        if self.config.planes == "auto":
+            raise ValueError("config.planes: 'auto' is resolved when teaching; a student holds the planes chosen")
         expected = self.config.members + len(self.config.planes)
         if len(self.unets) != expected:
             raise ValueError(f"unets: {len(self.unets)} U-Nets for config.members = {self.config.members} and "
@@ -294,8 +300,8 @@ class StudentSegmenter(LabelFiles):
     def segment(self, volume: Volume | str | os.PathLike, cache: Any = None, postprocess: bool = False,
                 progress: bool = True, chunk: int = 32) -> np.ndarray:
         """Label map (X, Y, Z) on the volume's canonical grid, ``chunk`` slices at a time (memory: one chunk's
-        probabilities; with ``config.planes``, the whole volume's at once). ``cache`` is accepted for the decoder's interface (cohorts, :meth:`segment_file`) and not
-        used: the student reads the image alone."""
+        probabilities; with ``config.planes``, the whole volume's at once). ``cache`` is accepted for the decoder's
+        interface (cohorts, :meth:`segment_file`) and not used: the student reads the image alone."""
         if chunk < 1:
             raise ValueError(f"chunk: expected a positive number of slices, got {chunk}")
         volume = volume if isinstance(volume, Volume) else load_volume(volume)
@@ -391,6 +397,23 @@ def neighbours(slices: np.ndarray, context: int, rows: slice = slice(None)) -> l
     offsets = [o for o in range(-context, context + 1) if o]
     return [np.stack([slices[min(max(i + o, 0), count - 1)] for o in offsets], axis=-1)
             for i in range(count)[rows]]
+
+
+def auto_planes(labels: Sequence[np.ndarray], counts: Sequence[int], axis: int, classes: int,
+                grids: Sequence[tuple[Sequence[int], Sequence[float]]]) -> tuple[tuple[int, ...], np.ndarray]:
+    """``StudentConfig.planes="auto"``: the plane a second student learns from, and the coverage it was chosen by.
+    ``labels`` are the pseudo-labelled volumes' slices along ``axis`` (``counts[i]`` from volume i, U-Net indices
+    1..``classes``), ``grids`` each volume's (shape, spacing). Of the two other axes, those whose slices suit every
+    volume's grid (:func:`~fewsam_jax.fewshot.collection.plane_eligible`), the one with the highest
+    :func:`~fewsam_jax.fewshot.collection.plane_coverage` on the pseudo-labelled volumes (a tie: the higher axis,
+    axial before coronal); () when neither suits."""
+    if sum(counts) != len(labels) or len(counts) != len(grids):
+        raise ValueError(f"auto_planes: {len(labels)} label slices and {len(grids)} grids for counts {list(counts)}")
+    starts = np.cumsum([0, *counts])
+    volumes = [stack_slices(np.stack(labels[start: start + count]), axis) for start, count in zip(starts, counts)]
+    coverage = plane_coverage(volumes, range(1, classes + 1))
+    eligible = [a for a in (2, 1, 0) if a != axis and plane_eligible(a, grids)]
+    return ((max(eligible, key=lambda a: coverage[a]),) if eligible else ()), coverage
 
 
 def resliced(slices: Sequence[np.ndarray], counts: Sequence[int], axis: int,
@@ -580,7 +603,7 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
         config.check_unlabelled(len(unlabelled))
     except ValueError as err:
         raise ValueError(f"unlabelled: {err}") from None
-    if segmenter.axis in config.planes:
+    if config.planes != "auto" and segmenter.axis in config.planes:
         raise ValueError(f"config.planes {config.planes}: holds the collection's own axis {segmenter.axis} (planes "
                          "are the other slicing axes)")
     if partner is not None and (partner.config != config.unet_config
@@ -607,7 +630,9 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
         # "student": the unlabelled volumes join from the second round on, labelled by the last round's student
         # (now the partner) alone; "fused": in every round, by the decoder and the partner
         joining = unlabelled if config.unlabelled_teacher == "fused" or round_ else ()
-        volumes = (v if isinstance(v, Volume) else load_volume(v) for v in joining)
+        grids = [(v.shape, v.spacing) for v, _, _ in support]  # the taught volumes' grids (planes "auto")
+        volumes = (grids.append((v.shape, v.spacing)) or v
+                   for v in (v if isinstance(v, Volume) else load_volume(v) for v in joining))
         if config.unlabelled_teacher == "fused":
             more = teacher_predictions(segmenter, partner, ((v, [], None) for v in volumes), cache, config.context)
         else:
@@ -632,8 +657,12 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
             member_seconds.append(round(time.perf_counter() - taught, 2))
         partner, losses = trained[0]
         student_seconds += sum(member_seconds)
+    planes, coverage = config.planes, None
+    if planes == "auto":
+        planes, coverage = auto_planes(labels, counts, segmenter.axis, len(segmenter.classes), grids)
+        config = config.replace(planes=planes)
     plane_seconds = []
-    for plane in config.planes:  # the last round's pseudo-labelled volumes, cut along another axis
+    for plane in planes:  # the last round's pseudo-labelled volumes, cut along another axis
         taught = time.perf_counter()
         across_images, across_counts = resliced(images, counts, segmenter.axis, plane)
         across_labels, _ = resliced(labels, counts, segmenter.axis, plane)
@@ -652,6 +681,7 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
             "partner_seconds": round(partner_done - started, 2), "teacher_seconds": round(teacher_seconds, 2),
             "student_seconds": round(student_seconds, 2), "member_seconds": member_seconds,
             **({"plane_seconds": plane_seconds} if plane_seconds else {}),
+            **({"plane_coverage": [round(float(c), 4) for c in coverage]} if coverage is not None else {}),
             "loss_last": float(np.mean(losses[-10:])) if losses else None,
             **({"decoder_shifts": shifts} if shifts else {}),
             "decoder_train_seconds": segmenter.info.get("train_seconds")}

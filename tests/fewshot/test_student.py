@@ -25,6 +25,7 @@ from fewsam_jax.fewshot.student import (
     StudentSegmenter,
     TeacherPrediction,
     UnlabelledTeacher,
+    auto_planes,
     fuse,
     neighbours,
     partner_predictions,
@@ -461,6 +462,40 @@ def test_a_student_per_plane_learns_the_volumes_cut_the_other_way_and_votes_in_3
         StudentSegmenter(taught.unets[:1], taught.classes, taught.axis, taught.intensity, config)
 
 
+def test_auto_planes_take_the_other_plane_where_slices_show_every_class():
+    """planes="auto": of the two other axes, the one whose slices of the pseudo-labelled volumes most often hold
+    every class they hold (a tie: axial); none where the volumes' pixels along it would be strips."""
+    labels = np.zeros((6, 8, 5), np.int32)
+    labels[1:3, 2:6, 1:4] = 1
+    labels[3:5, 2:6, 1:4] = 2  # side by side along x: every coronal (y) and axial (z) slice holding one holds both
+    slices = list(get_slices(labels, 0))  # the collection's axis: sagittal, where no slice holds both
+    planes, coverage = auto_planes(slices, [6], 0, 2, [((6, 8, 5), (1.0, 1.0, 1.0))])
+    assert planes == (2,) and coverage.tolist() == [0.0, 1.0, 1.0]  # coronal and axial tie: axial
+    labels[3:5, 2:6, 1] = 0  # now one axial slice holds class 1 alone; coronal slices still hold both
+    planes, coverage = auto_planes(list(get_slices(labels, 0)), [6], 0, 2, [((6, 8, 5), (1.0, 1.0, 1.0))])
+    assert planes == (1,) and coverage[1] == 1.0 > coverage[2]
+    # 5 mm along z: coronal (x-z) and sagittal (y-z) pixels are strips, only axial ones stay square
+    assert auto_planes(list(get_slices(labels, 0)), [6], 0, 2, [((6, 8, 5), (1.0, 1.0, 5.0))])[0] == (2,)
+    assert auto_planes(list(get_slices(labels, 2)), [5], 2, 2, [((6, 8, 5), (1.0, 1.0, 5.0))])[0] == ()
+    with pytest.raises(ValueError, match="auto_planes: 6 label slices and 1 grids for counts"):
+        auto_planes(slices, [3, 3], 0, 2, [((6, 8, 5), (1.0, 1.0, 1.0))])
+
+
+@pytest.mark.slow  # trains tiny U-Nets (a few steps)
+def test_auto_planes_are_chosen_when_teaching_and_kept_in_the_students_config(cohort, tmp_path):
+    """The phantoms' disc and square lie side by side along x, so no sagittal slice holds both and many coronal ones
+    do: teaching along the axial axis, "auto" adds the coronal plane; the student saves the planes chosen."""
+    folder, truth = cohort
+    config = CONFIG.replace(unet=UNetConfig.tiny(steps=3), planes="auto", teacher_weight=1.0)
+    taught = train_student(Oracle(truth), folder / "manifest.json", config=config, progress=False)
+    assert taught.config.planes == (1,) and taught.axes == (2, 1) and len(taught.info["plane_coverage"]) == 3
+    assert taught.info["plane_coverage"][0] == 0.0 < taught.info["plane_coverage"][1]
+    loaded = StudentSegmenter.load(taught.save(tmp_path / "auto"))
+    assert loaded.config.planes == (1,)
+    with pytest.raises(ValueError, match="'auto' is resolved when teaching"):
+        StudentSegmenter(taught.unets, taught.classes, taught.axis, taught.intensity, config)
+
+
 class Shy(Oracle):
     """A decoder that ranks pixels right but labels none: every logit 6 below the oracle's (inside about -2,
     outside about -10; a little noise, fixed per volume, breaks the ties)."""
@@ -512,8 +547,14 @@ def test_fewsam_teach_defaults_are_the_configs():
 
     args = build_parser().parse_args(["teach", "manifest.json", "-d", "decoder", "-o", "student"])
     defaults = StudentConfig()
-    assert (args.teacher_weight, args.seed, args.margin, args.context, args.members, tuple(args.planes)) == (
-        defaults.teacher_weight, defaults.seed, defaults.margin, defaults.context, defaults.members, defaults.planes)
+    assert (args.teacher_weight, args.seed, args.margin, args.context, args.members) == (
+        defaults.teacher_weight, defaults.seed, defaults.margin, defaults.context, defaults.members)
+    assert args.planes is None  # StudentConfig's, or StudentConfig.cohort's with -i
+    from fewsam_jax.cli import _planes
+
+    assert (_planes(["auto"]), _planes(["0", "2"]), _planes(None)) == ("auto", (0, 2), None)
+    with pytest.raises(ValueError, match="--planes: auto stands alone"):
+        _planes(["auto", "1"])
     # rounds and student steps: StudentConfig's, or StudentConfig.cohort's with -i (the test below)
     assert args.rounds is None and args.steps is None and args.student_steps is None
     assert (defaults.rounds, defaults.student_steps) == (1, None)
