@@ -388,6 +388,8 @@ def test_teach_a_student_then_segment_with_it(dataset, decoder, home, tmp_path, 
     assert "--student-steps: student_steps: expected a positive integer" in capsys.readouterr().err
     assert cli.main([str(a) for a in [*teach, "--rounds", "1"]]) == 2
     assert "--rounds 1 with -i: " in capsys.readouterr().err and not student.exists()
+    assert cli.main([str(a) for a in [*teach, "--planes", "2"]]) == 2  # the decoder's own axis
+    assert "holds the collection's own axis 2" in capsys.readouterr().err and not student.exists()
     with pytest.raises(SystemExit) as refused:  # argparse's choices
         cli.main([str(a) for a in [*teach, "--calibration", "size"]])
     assert refused.value.code == 2
@@ -402,6 +404,8 @@ def test_teach_a_student_then_segment_with_it(dataset, decoder, home, tmp_path, 
     saved = json.loads((student / "student.json").read_text())["config"]
     assert saved["context"] == 1 and saved["student_steps"] == 6 and saved["unet"]["steps"] == 5
     assert saved["calibration"] == "volume" and (saved["rounds"], saved["unlabelled_teacher"]) == (2, "student")
+    # StudentConfig.cohort's planes "auto": the plane chosen is saved, with the coverage it was chosen by
+    assert saved["planes"] in ([0], [1]) and len(info["plane_coverage"]) == 3 and len(info["plane_seconds"]) == 1
     assert cli.main([str(a) for a in teach]) == 2 and "--overwrite" in capsys.readouterr().err
     out = tmp_path / "pred"
     assert cli.main(["segment", "-i", str(dataset / "imagesTs"), "-o", str(out), "--decoder", str(student), "-q"]) == 0

@@ -173,11 +173,12 @@ class StudentConfig:
     def cohort(cls, unet: UNetConfig = UNetConfig(), **changes) -> StudentConfig:
         """How to teach with unlabelled volumes (what ``fewsam teach -i`` uses): two rounds, the first on the
         support volumes, the second also on the unlabelled ones labelled by the first round's student, each
-        student trained ``3 x unet.steps`` steps (it sees every slice of many volumes); ``changes`` override any
-        field. Chosen on hippocampus validation volumes with 40 unlabelled ones: bench/RESULTS.md, "Twentieth
-        round"."""
-        return cls(**{"rounds": 2, "unlabelled_teacher": "student", "student_steps": 3 * unet.steps, "unet": unet,
-                      **changes})
+        student trained ``3 x unet.steps`` steps (it sees every slice of many volumes), with a second student on
+        the volumes cut along the other plane ``planes="auto"`` picks; ``changes`` override any field. Chosen on
+        hippocampus validation volumes with 40 unlabelled ones: bench/RESULTS.md, "Twentieth round" and
+        "Twenty-sixth round"."""
+        return cls(**{"rounds": 2, "unlabelled_teacher": "student", "student_steps": 3 * unet.steps, "planes": "auto",
+                      "unet": unet, **changes})
 
     @property
     def unet_config(self) -> UNetConfig:

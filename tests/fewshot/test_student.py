@@ -567,10 +567,11 @@ def test_fewsam_teach_defaults_are_the_configs():
 
 def test_the_cohort_preset_teaches_unlabelled_volumes_in_a_second_round():
     """StudentConfig.cohort: two rounds, the last student labelling the unlabelled volumes, each student trained
-    three times the U-Net's steps; any field can be overridden."""
+    three times the U-Net's steps, a second student along the plane "auto" picks; any field can be overridden."""
     config = StudentConfig.cohort()
-    assert (config.rounds, config.unlabelled_teacher, config.student_steps) == (2, "student", 3 * UNetConfig().steps)
-    assert config.replace(rounds=1, student_steps=None, unlabelled_teacher="student") == StudentConfig()
+    assert (config.rounds, config.unlabelled_teacher, config.student_steps, config.planes) == (
+        2, "student", 3 * UNetConfig().steps, "auto")
+    assert config.replace(rounds=1, student_steps=None, unlabelled_teacher="student", planes=()) == StudentConfig()
     small = StudentConfig.cohort(unet=UNetConfig.tiny(steps=7), margin=0.1)
     assert (small.student_steps, small.unet.steps, small.margin, small.rounds) == (21, 7, 0.1, 2)
 
