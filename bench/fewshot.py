@@ -527,8 +527,9 @@ def student_rows(args, spec: str, variant: str, overrides: dict, segmenter, path
     first_member_seconds = (taught.info["student_seconds"] - sum(taught.info["member_seconds"][1:])
                             - sum(taught.info.get("plane_seconds", [])))
     students = [(row_name, taught, fields, taught.info["student_seconds"])] + (
-        [(f"{row_name}#0", taught.member(0), {**fields, "members": 1, **({"planes": []} if config.planes else {})}, first_member_seconds)]
-        if config.members > 1 or config.planes else [])
+        [(f"{row_name}#0", taught.member(0),
+          {**fields, "members": 1, **({"planes": []} if taught.config.planes else {})}, first_member_seconds)]
+        if config.members > 1 or taught.config.planes else [])  # planes as taught ("auto" may add none)
     for student_name, student, student_fields, student_seconds in students:
         started = time.perf_counter()
         probabilities = [student.predict_volume(volume) for volume, _ in volumes]

@@ -26,7 +26,7 @@ import numpy as np
 
 from fewsam_jax.export import ExportError, check_class_ids, class_colours
 from fewsam_jax.io import Volume, dicom_series_files
-from fewsam_jax.metrics import check_label_ids
+from fewsam_jax.metrics import integer_labels
 from fewsam_jax.outputs import write_file
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def write_dicom_seg(labels: np.ndarray, like: Volume, path: str | os.PathLike, c
     if labels.shape != like.shape:
         raise ExportError(f"{path}: labels of shape {labels.shape} are not on the grid of {like._name()} ({like.shape})")
     try:  # the one integer-id check
-        check_label_ids(labels, f"{path}: labels")
+        labels = integer_labels(labels, f"{path}: labels")
     except ValueError as err:
         raise ExportError(str(err)) from None
     series = like.source if series is None else series

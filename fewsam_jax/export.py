@@ -24,7 +24,7 @@ from typing import Mapping
 
 import numpy as np
 
-from fewsam_jax.metrics import check_label_ids
+from fewsam_jax.metrics import integer_labels
 from fewsam_jax.outputs import FewSamError, write_file, write_text
 
 # distinct, saturated colours for the first classes; later ones step round the hue circle
@@ -142,7 +142,7 @@ def write_seg_nrrd(labels: np.ndarray, like, path: str | os.PathLike, classes: M
     if labels.shape != like.shape:
         raise ExportError(f"{path}: labels of shape {labels.shape} are not on the grid of {like._name()} ({like.shape})")
     try:  # the one integer-id check
-        check_label_ids(labels, f"{path}: labels")
+        labels = integer_labels(labels, f"{path}: labels")
     except ValueError as err:
         raise ExportError(str(err)) from None
     if labels.min() < 0 or labels.max() > 255:

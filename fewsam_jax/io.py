@@ -40,7 +40,7 @@ from PIL import Image
 from pydicom.errors import InvalidDicomError
 from pydicom.misc import is_dicom
 
-from fewsam_jax.metrics import check_label_ids
+from fewsam_jax.metrics import integer_labels
 from fewsam_jax.outputs import check_output_file, write_file
 
 __all__ = [
@@ -554,7 +554,7 @@ def save_labels(labels: np.ndarray, like: Volume, path: str | os.PathLike, *, ov
     if labels.shape != like.shape:
         raise VolumeError(f"{p}: labels of shape {labels.shape} do not match {like._name()} (shape {like.shape})")
     try:  # the one integer-id check, before anything is written
-        check_label_ids(labels, f"{p}: labels")
+        labels = integer_labels(labels, f"{p}: labels")
     except ValueError as err:
         raise VolumeError(str(err)) from None
     lo, hi = int(labels.min()), int(labels.max())

@@ -2,8 +2,8 @@
 
 One place for "is this on the same grid" (:func:`same_grid`), "a Volume or a path" (:func:`as_volume`)
 and "read as int32 labels" (:func:`label_ids`, :func:`read_labels`, :func:`labels_on_grid`), so every reader
-checks the same way: integer ids only (:func:`~fewsam_jax.metrics.check_label_ids`), never a rounded intensity or
-probability image.
+checks the same way: integer ids only (:func:`~fewsam_jax.metrics.integer_labels`), never a rounded intensity
+or probability image.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from fewsam_jax.io import Volume, load_volume
-from fewsam_jax.metrics import check_label_ids
+from fewsam_jax.metrics import integer_labels
 
 AFFINE_ATOL = 1e-3  # mm: affines closer than this describe the same grid
 
@@ -35,11 +35,9 @@ def as_volume(value: Volume | str | os.PathLike, name: str = "volume") -> Volume
 
 def label_ids(array: np.ndarray, name: str = "labels") -> np.ndarray:
     """``array`` as int32 ids; ValueError naming ``name`` unless every value is an integer id (integer or bool
-    arrays, or floats holding whole numbers, as label files often store them: :func:`~fewsam_jax.metrics.
-    check_label_ids`)."""
-    array = np.asarray(array)
-    check_label_ids(array, name)
-    return array.astype(np.int32)
+    arrays, or floats holding whole numbers, as label files often store them, rounded:
+    :func:`~fewsam_jax.metrics.integer_labels`)."""
+    return integer_labels(array, name).astype(np.int32)
 
 
 def read_labels(source: Volume | str | os.PathLike) -> np.ndarray:

@@ -183,16 +183,31 @@ def _per_slice(pred: np.ndarray, gt: np.ndarray, axis: int) -> list[dict[str, An
     ]
 
 
+LABEL_ID_TOLERANCE = 0.01
+"""How far from a whole number a float label value may lie and still be read as that id: label files stored as
+scaled integers (NIfTI ``scl_slope``) read back as 1.0000153 or 0.99608; a probability map or an intensity image has
+values far from any whole number."""
+
+
 def label_map(array: np.ndarray, name: str = "label map") -> np.ndarray:
-    """``array`` as an integer (int64) label map, after :func:`check_label_ids`."""
+    """``array`` as an integer (int64) label map (:func:`integer_labels`)."""
+    return integer_labels(array, name).astype(np.int64, copy=False)
+
+
+def integer_labels(array: np.ndarray, name: str = "label map") -> np.ndarray:
+    """``array`` as integer label ids: integer/bool arrays as they are (no copy), float arrays rounded to the nearest
+    whole number after :func:`check_label_ids` (int64). What every label reader and writer uses, so none truncates
+    0.996 to 0 or rounds a probability map."""
     array = np.asarray(array)
     check_label_ids(array, name)
-    return array.astype(np.int64, copy=False)
+    if array.dtype == bool or np.issubdtype(array.dtype, np.integer):
+        return array
+    return np.rint(array).astype(np.int64)
 
 
 def check_label_ids(array: np.ndarray, name: str = "label map") -> None:
     """``ValueError`` naming ``name`` unless every value of ``array`` is an integer id: integer/bool arrays
-    pass (without a copy), float arrays only when all values are finite and integral.
+    pass, float arrays only when all values are finite and within ``LABEL_ID_TOLERANCE`` of a whole number.
 
     A float image with fractional values is an intensity image or a probability map, not labels;
     rounding it would score garbage without a word.
@@ -203,7 +218,8 @@ def check_label_ids(array: np.ndarray, name: str = "label map") -> None:
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"{name}: a label map must hold integer ids, got dtype {array.dtype}")
     finite = np.isfinite(array)
-    bad = ~finite | (np.where(finite, array, 0) != np.round(np.where(finite, array, 0)))
+    values = np.where(finite, array, 0)
+    bad = ~finite | (np.abs(values - np.rint(values)) > LABEL_ID_TOLERANCE)
     if bad.any():
         example = array[bad].ravel()[0]
         raise ValueError(

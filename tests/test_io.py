@@ -86,6 +86,9 @@ def test_save_labels_int16_plain_nii_and_leaves_no_temp(tmp_path):
     assert img.get_data_dtype() == np.int16
     np.testing.assert_array_equal(np.asarray(img.dataobj), vol.to_source(labels))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lab.nii"]
+    # float labels a little off whole numbers (scaled integers read back) are rounded, never truncated
+    out = save_labels(np.full(vol.shape, 0.99608, np.float32), vol, tmp_path / "near.nii.gz")
+    assert np.asarray(nib.load(out).dataobj).min() == 1
 
 
 def test_save_labels_is_atomic(tmp_path, monkeypatch):

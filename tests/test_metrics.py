@@ -284,6 +284,10 @@ def test_every_label_reader_refuses_fractional_values(tmp_path):
     with pytest.raises(ValueError, match=r"labels: a label map must hold integer ids, but 1 of 32"):
         labels_on_grid(whole + 0.5 * (whole > 0), image)
     assert np.array_equal(label_ids(np.array([[True, False]]), "x"), [[1, 0]])
+    # scaled integers (NIfTI scl_slope) read back a little off whole numbers: rounded, never truncated
+    assert np.array_equal(label_ids(np.array([0.0, 0.99608, 1.0000153, 2.004]), "x"), [0, 1, 1, 2])
+    with pytest.raises(ValueError, match="1 of 1 voxels are not integers"):
+        label_ids(np.array([0.98]), "x")
 
 
 def _nifti(path, array):
