@@ -196,25 +196,15 @@ def label_map(array: np.ndarray, name: str = "label map") -> np.ndarray:
 
 def integer_labels(array: np.ndarray, name: str = "label map") -> np.ndarray:
     """``array`` as integer label ids: integer/bool arrays as they are (no copy), float arrays rounded to the nearest
-    whole number after :func:`check_label_ids` (int64). What every label reader and writer uses, so none truncates
-    0.996 to 0 or rounds a probability map."""
-    array = np.asarray(array)
-    check_label_ids(array, name)
-    if array.dtype == bool or np.issubdtype(array.dtype, np.integer):
-        return array
-    return np.rint(array).astype(np.int64)
-
-
-def check_label_ids(array: np.ndarray, name: str = "label map") -> None:
-    """``ValueError`` naming ``name`` unless every value of ``array`` is an integer id: integer/bool arrays
-    pass, float arrays only when all values are finite and within ``LABEL_ID_TOLERANCE`` of a whole number.
+    whole number (int64) when every value is finite and within ``LABEL_ID_TOLERANCE`` of one; ``ValueError`` naming
+    ``name`` otherwise. What every label reader and writer uses, so none truncates 0.996 to 0.
 
     A float image with fractional values is an intensity image or a probability map, not labels;
     rounding it would score garbage without a word.
     """
     array = np.asarray(array)
     if array.dtype == bool or np.issubdtype(array.dtype, np.integer):
-        return
+        return array
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"{name}: a label map must hold integer ids, got dtype {array.dtype}")
     finite = np.isfinite(array)
@@ -227,6 +217,7 @@ def check_label_ids(array: np.ndarray, name: str = "label map") -> None:
             f"integers (e.g. {float(example)!r}, dtype {array.dtype}); is it an intensity image or a probability "
             "map? Threshold or argmax it into integer labels first"
         )
+    return np.rint(values).astype(np.int64)
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -400,6 +400,14 @@ def neighbours(slices: np.ndarray, context: int, rows: slice = slice(None)) -> l
             for i in range(count)[rows]]
 
 
+def _loaded(sources: Iterable[Volume | str | os.PathLike], grids: list) -> Iterator[Volume]:
+    """Each of ``sources`` as a Volume, one at a time, its (shape, spacing) appended to ``grids`` as it is read."""
+    for source in sources:
+        volume = source if isinstance(source, Volume) else load_volume(source)
+        grids.append((volume.shape, volume.spacing))
+        yield volume
+
+
 def auto_planes(labels: Sequence[np.ndarray], counts: Sequence[int], axis: int, classes: int,
                 grids: Sequence[tuple[Sequence[int], Sequence[float]]]) -> tuple[tuple[int, ...], np.ndarray]:
     """``StudentConfig.planes="auto"``: the plane a second student learns from, and the coverage it was chosen by.
@@ -632,8 +640,7 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
         # (now the partner) alone; "fused": in every round, by the decoder and the partner
         joining = unlabelled if config.unlabelled_teacher == "fused" or round_ else ()
         grids = [(v.shape, v.spacing) for v, _, _ in support]  # the taught volumes' grids (planes "auto")
-        volumes = (grids.append((v.shape, v.spacing)) or v
-                   for v in (v if isinstance(v, Volume) else load_volume(v) for v in joining))
+        volumes = _loaded(joining, grids)
         if config.unlabelled_teacher == "fused":
             more = teacher_predictions(segmenter, partner, ((v, [], None) for v in volumes), cache, config.context)
         else:
