@@ -532,7 +532,10 @@ def student_rows(args, spec: str, variant: str, overrides: dict, segmenter, path
         if config.members > 1 or taught.config.planes else [])  # planes as taught ("auto" may add none)
     for student_name, student, student_fields, student_seconds in students:
         started = time.perf_counter()
-        probabilities = [student.predict_volume(volume) for volume, _ in volumes]
+        if args.save_probabilities and student is taught:
+            probabilities = saved_views(student, volumes, args.save_probabilities / f"{draw}-s{seed}-n{shots}-{name}")
+        else:
+            probabilities = [student.predict_volume(volume) for volume, _ in volumes]
         seconds = time.perf_counter() - started
         for row in score_unet(probabilities, volumes, args.postprocess, student_name, seconds, total_slices,
                               segmenter.axis):
@@ -549,6 +552,24 @@ def student_rows(args, spec: str, variant: str, overrides: dict, segmenter, path
             rows.append(row)
             save(rows)
             print(json.dumps(row), flush=True)
+
+
+def saved_views(student, volumes: list, folder: Path) -> list[np.ndarray]:
+    """``student.predict_volume`` of each scored volume, its U-Nets' views also written to ``folder/NNN.npz``
+    (``views`` (U, N, K+1, H, W) float16 in ``student.unets`` order, ``axes`` each U-Net's slicing axis, ``truth`` the
+    label map, ``spacing``, ``axis``), for decoding rules screened afterwards (``--save-probabilities``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probabilities = []
+    for index, (volume, truth) in enumerate(volumes):
+        views = list(student.views(volume))
+        np.savez_compressed(folder / f"{index:03d}.npz", views=np.stack(views).astype(np.float16),
+                            axes=np.asarray(student.axes), truth=np.asarray(truth, np.int8),
+                            spacing=np.asarray(volume.spacing), axis=student.axis)
+        total = views[0].copy()
+        for view in views[1:]:  # predict_volume's sum, in its order
+            total += view
+        probabilities.append(total / len(views))
+    return probabilities
 
 
 def pseudo_name(variant: str, weight: float, unlabelled: int = 0) -> str:
@@ -684,6 +705,10 @@ def main() -> None:
     parser.add_argument("--presence", type=lambda s: [float(x) for x in s.split(",")], default=[],
                         help="also score these presence thresholds (InferenceConfig.presence_threshold; 0: every "
                         "class present on every slice) from the same trained decoder, rows VARIANT@pTHRESHOLD")
+    parser.add_argument("--save-probabilities", type=Path, metavar="DIR",
+                        help="also write each --student's per-U-Net class probabilities on every scored volume to "
+                        "DIR/DRAW-sSEED-nSHOTS-NAME/NNN.npz (with the true labels), to screen decoding rules after "
+                        "the run")
     parser.add_argument("--volumes", type=int, help="score only the first N volumes of the phase's split")
     parser.add_argument("--curve", type=int, default=0, help="learning curve: score every N steps (0: off)")
     parser.add_argument("--curve-volumes", type=int, default=4, help="phase volumes the learning curve scores")

@@ -276,16 +276,27 @@ class StudentSegmenter(LabelFiles):
             total += unet_probabilities(unet, slices, self.config.context, rows)
         return total
 
-    def predict_volume(self, volume: Volume) -> np.ndarray:
-        """Class probabilities (N, K+1, H, W), background first, of the N slices along ``axis``: every U-Net's
-        mean (the planes' students read the volume along their own axes; their probabilities are brought onto
-        these slices)."""
+    def views(self, volume: Volume) -> Iterator[np.ndarray]:
+        """Each U-Net's class probabilities (N, K+1, H, W), background first, of the N slices along ``axis``, in
+        ``unets`` order (the planes' students read the volume along their own axes; their probabilities are
+        brought onto these slices)."""
         image = self.intensity.apply(volume.array)
-        total = self._probabilities(get_slices(image, self.axis))
-        for unet, plane in zip(self.unets[self.config.members:], self.config.planes):
+        slices = get_slices(image, self.axis)
+        for unet, plane in zip(self.unets, self.axes):
+            if plane == self.axis:
+                yield unet_probabilities(unet, slices, self.config.context)
+                continue
             across = unet_probabilities(unet, get_slices(image, plane), self.config.context)  # (M, K+1, h, w)
-            total += np.stack([get_slices(stack_slices(across[:, c], plane), self.axis)
-                               for c in range(across.shape[1])], axis=1)
+            yield np.stack([get_slices(stack_slices(across[:, c], plane), self.axis)
+                            for c in range(across.shape[1])], axis=1)
+
+    def predict_volume(self, volume: Volume) -> np.ndarray:
+        """Class probabilities (N, K+1, H, W), background first, of the N slices along ``axis``: the mean of
+        every U-Net's :meth:`views`."""
+        views = self.views(volume)
+        total = next(views)
+        for view in views:
+            total += view
         return total / len(self.unets)  # exact for one U-Net (x / 1 == x)
 
     def _slice_labels(self, probabilities: np.ndarray) -> np.ndarray:

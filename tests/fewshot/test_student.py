@@ -451,6 +451,10 @@ def test_a_student_per_plane_learns_the_volumes_cut_the_other_way_and_votes_in_3
     on_axis = np.stack([get_slices(stack_slices(across[:, c], 0), 2) for c in range(3)], axis=1)
     np.testing.assert_allclose(taught.predict_volume(volume), (member.predict_volume(volume) + on_axis) / 2,
                                atol=1e-6)
+    views = list(taught.views(volume))  # each U-Net's, on the volume's slices along the student's axis
+    assert len(views) == 2 and np.array_equal(views[0], member.predict_volume(volume))
+    np.testing.assert_array_equal(views[1], on_axis)
+    assert np.array_equal(taught.predict_volume(volume), (views[0] + views[1]) / 2)
     assert np.array_equal(taught.segment(volume, progress=False), taught.labels_from(taught.predict_volume(volume)))
     loaded = StudentSegmenter.load(taught.save(tmp_path / "planes"))
     assert loaded.config == taught.config and [u.canvas for u in loaded.unets] == [u.canvas for u in taught.unets]
