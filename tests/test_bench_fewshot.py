@@ -46,8 +46,8 @@ def test_offsets_postprocessing_and_ensembles_label_from_the_same_training(tiny_
         variant=["v:steps=2,image_features=0"], variant_names=["v"], draws=["A"], seeds=[0], shots=[2],
         offsets=[-1.0, -0.5], presence=[0.0, 0.5], unet=True, unet_only=False, curve=0, curve_volumes=1,
         postprocess=True, ensemble=[0.0, 1.0], ensemble_control=3, pseudo=[0.0], unlabelled=1,
-        student=[], decoders=None, no_decoder_rows=False, unet_seed_ensemble=False, axis=2,
-        save_probabilities=None)
+        student=[], decoders=None, no_decoder_rows=False, unet_seed_ensemble=False,
+        axis=2, save_probabilities=None)
     saved = []
     rows = fewshot.run(args, saved.append)
     unets, rows, fused, pseudo = rows[:8], rows[8:16], rows[16:20], rows[20:]
@@ -115,8 +115,8 @@ def test_a_variant_adapting_the_encoder_gets_the_stage_inputs_in_the_same_encode
         data=shared_data("hippocampus").resolve(), phase="validation", volumes=1, cache=tmp_path / "cache",
         variant=["lora:steps=2,image_features=0,encoder_lora_rank=1"], variant_names=["lora"], draws=["A"], seeds=[0],
         shots=[2], offsets=[], presence=[], unet=False, unet_only=False, curve=0, curve_volumes=1, postprocess=False,
-        ensemble=[], ensemble_control=0, pseudo=[], unlabelled=0, student=[], decoders=None, no_decoder_rows=False, unet_seed_ensemble=False, axis=2,
-        save_probabilities=None)
+        ensemble=[], ensemble_control=0, pseudo=[], unlabelled=0, student=[], decoders=None, no_decoder_rows=False,
+        unet_seed_ensemble=False, axis=2, save_probabilities=None)
     rows = fewshot.run(args, lambda rows: None)
     assert [r["variant"] for r in rows] == ["lora"] and rows[0]["config"]["decoder"]["encoder_lora_rank"] == 1
     entries = [CachedEmbeddings(p) for p in EmbeddingCache(args.cache).entries()]
@@ -161,8 +161,8 @@ def test_students_are_the_librarys_and_a_kept_decoder_is_reused(tiny_sam, tmp_pa
         variant_names=["v"], draws=["A"], seeds=[0], shots=[2], offsets=[], presence=[], unet=False,
         unet_only=False, curve=0, curve_volumes=1, postprocess=False, ensemble=[], ensemble_control=0,
         pseudo=[], unlabelled=0, student=["two:rounds=2,margin=0.1", "deep:context=1"],
-        decoders=tmp_path / "decoders", no_decoder_rows=False, unet_seed_ensemble=False, axis=2,
-        save_probabilities=None)
+        decoders=tmp_path / "decoders", no_decoder_rows=False, unet_seed_ensemble=False,
+        axis=2, save_probabilities=None)
     rows = fewshot.run(args, lambda rows: None)
     assert [r["variant"] for r in rows] == ["unet", "v", "v>two", "unet-c1", "v>deep"]
     two, partner, deep = rows[2:]
@@ -201,7 +201,8 @@ def test_students_are_the_librarys_and_a_kept_decoder_is_reused(tiny_sam, tmp_pa
                                              "save_probabilities": tmp_path / "views"}), lambda r: None)
     saved = np.load(tmp_path / "views" / "A-s0-n2-ens" / "000.npz")
     assert saved["views"].shape[0] == 3 and saved["axes"].tolist() == [2, 2, 0] and int(saved["axis"]) == 2
-    assert saved["views"].shape[2] == 3 and saved["truth"].size == np.prod(saved["views"].shape[3:]) * len(saved["views"][0])
+    views = saved["views"]  # (U, N, K+1, H, W)
+    assert views.shape[2] == 3 and saved["truth"].size == views.shape[1] * views.shape[3] * views.shape[4]
     assert [r["variant"] for r in kept[2:]] == ["v>ens", "v>ens#0"]
     assert [r["dice"] for r in kept[2:]] == [r["dice"] for r in again[3:]]
     passes[:] = []
