@@ -99,7 +99,7 @@ def _teach(args: argparse.Namespace) -> None:
     fields = {"teacher_weight": args.teacher_weight, "rounds": args.rounds, "margin": args.margin,
               "context": args.context, "members": args.members, "student_steps": args.student_steps,
               "planes": _planes(args.planes), "calibration": args.calibration,
-              "unlabelled_teacher": args.unlabelled_teacher}
+              "unlabelled_teacher": args.unlabelled_teacher, "fusion": args.fusion}
     fields = {field: value for field, value in fields.items() if value is not None}  # None: the base config's
     for field, value in fields.items():  # each flag checked alone, so the error names it
         try:
@@ -391,8 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     teach.add_argument("--planes", nargs="+", choices=("0", "1", "2", "auto"), metavar="AXIS",
                        help="more slicing axes (0 sagittal, 1 coronal, 2 axial; not the collection's), one more "
                             "student each, taught on the pseudo-labelled volumes cut along it; all students segment "
-                            "together, their probabilities averaged on the volume's grid; auto: one, the other plane "
-                            "whose slices most often show every class (default: none; auto with -i)")
+                            "together, their probabilities combined on the volume's grid (--fusion); auto: one, the "
+                            "other plane whose slices most often show every class (default: none; auto with -i)")
     teach.add_argument("--steps", type=int, help="training steps of each U-Net (default: UNetConfig.steps; the "
                        "student's too unless --student-steps)")
     teach.add_argument("--student-steps", type=int,
@@ -405,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="who labels the -i images: student, the last round's student alone from the second round "
                             "on (the decoder never reads them); fused, the decoder with the U-Net, every round "
                             "(default %(default)s)")
+    teach.add_argument("--fusion", choices=("mean", "union"), default="mean",
+                       help="how several students' probabilities combine: mean, averaged; union, a pixel stays "
+                            "background only where every student puts it there (default %(default)s)")
     teach.add_argument("--seed", type=int, default=0,
                        help="random seed of both U-Nets (default 0; ensemble member i: SEED + i)")
     teach.add_argument("--model", help="base model folder written by `fewsam convert` (default: the one in "

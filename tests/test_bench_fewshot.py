@@ -169,7 +169,7 @@ def test_students_are_the_librarys_and_a_kept_decoder_is_reused(tiny_sam, tmp_pa
     assert two["method"] == "student" and two["dice"] == [1.0, 1.0] and two["student_info"]["rounds"] == 2
     assert two["student"] == {"teacher_weight": 0.5, "seed": 0, "rounds": 2, "margin": 0.1, "context": 0, "members": 1,
                               "student_steps": None, "student_features": None, "planes": (), "calibration": "none",
-                              "unlabelled_teacher": "student"}
+                              "unlabelled_teacher": "student", "fusion": "mean"}
     assert two["overrides"] == {"steps": 2, "image_features": 0, "rounds": 2, "margin": 0.1}
     assert partner["overrides"] == {"context": 1} and deep["student"]["context"] == 1
     # "two" taught twice with the baseline as its first partner (it trained nothing else); "deep" trained its 2.5D

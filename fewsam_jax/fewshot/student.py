@@ -41,15 +41,16 @@ from fewsam_jax.preprocess import Intensity
 from fewsam_jax.weights import ShapeRngs, restore_pytree, save_pytree
 
 __all__ = [
-    "IGNORE", "Calibration", "StudentConfig", "StudentFileError", "StudentSegmenter", "TeacherPrediction",
-    "UnlabelledTeacher", "auto_planes", "fuse", "labelled_slices", "neighbours", "partner_predictions", "pseudo_labels",
-    "resliced", "support_volumes", "teacher_predictions", "train_partner", "train_student", "unet_probabilities",
-    "volume_shifts",
+    "IGNORE", "Calibration", "Fusion", "StudentConfig", "StudentFileError", "StudentSegmenter", "TeacherPrediction",
+    "UnlabelledTeacher", "auto_planes", "combine_views", "fuse", "labelled_slices", "neighbours",
+    "partner_predictions", "pseudo_labels", "resliced", "support_volumes", "teacher_predictions", "train_partner",
+    "train_student", "unet_probabilities", "volume_shifts",
 ]
 
 
 Calibration = Literal["none", "volume"]
 UnlabelledTeacher = Literal["fused", "student"]
+Fusion = Literal["mean", "union"]
 
 
 def _is_count(value: Any, least: int) -> bool:
@@ -103,6 +104,10 @@ class StudentConfig:
       of the cohort, seeded by what the decoder taught on the support volumes, whose teacher is unchanged).
       "fused": the teacher of the support volumes (decoder and partner), in every round (the behaviour before
       this option; compared in bench/RESULTS.md, "Twentieth round").
+    fusion: how the U-Nets' (members' and planes') class probabilities combine when segmenting
+      (:func:`combine_views`): "mean", their average; "union", the classes' average with the background's lowest
+      probability over the U-Nets, so a pixel stays background only where every U-Net puts it there (larger
+      structures; compared in bench/RESULTS.md, "Twenty-seventh round"). Nothing changes with one U-Net.
     """
 
     teacher_weight: float = 0.5
@@ -117,6 +122,7 @@ class StudentConfig:
     planes: tuple[int, ...] | Literal["auto"] = ()
     calibration: Calibration = "none"
     unlabelled_teacher: UnlabelledTeacher = "student"
+    fusion: Fusion = "mean"
 
     def __post_init__(self):
         if not (isinstance(self.teacher_weight, (int, float)) and 0 <= self.teacher_weight <= 1):
@@ -157,6 +163,7 @@ class StudentConfig:
             object.__setattr__(self, "planes", tuple(planes))
         check_choice("calibration", self.calibration, Calibration)
         check_choice("unlabelled_teacher", self.unlabelled_teacher, UnlabelledTeacher)
+        check_choice("fusion", self.fusion, Fusion)
 
     def replace(self, **changes) -> StudentConfig:
         return dataclasses.replace(self, **changes)
@@ -212,7 +219,8 @@ def fuse(logits: np.ndarray | None, unet_probabilities: np.ndarray, weight: floa
 # how a student saved before these StudentConfig fields existed was taught (its student.json lacks them): a load
 # fills them with these, never with today's defaults
 _SAVED_BEFORE_OPTIONS = {"rounds": 1, "margin": 0.0, "context": 0, "members": 1, "student_steps": None,
-                         "student_features": None, "planes": (), "calibration": "none", "unlabelled_teacher": "fused"}
+                         "student_features": None, "planes": (), "calibration": "none", "unlabelled_teacher": "fused",
+                         "fusion": "mean"}
 
 
 class StudentFileError(FewSamError, ValueError):
@@ -269,13 +277,6 @@ class StudentSegmenter(LabelFiles):
         return dataclasses.replace(self, unets=(self.unets[index],), config=config,
                                    info={**self.info, "member": index})
 
-    def _probabilities(self, slices: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
-        """The members' summed class probabilities (n, K+1, H, W) of ``slices[rows]`` ((N, H, W) in [0, 1])."""
-        total = unet_probabilities(self.unets[0], slices, self.config.context, rows)
-        for unet in self.unets[1: self.config.members]:
-            total += unet_probabilities(unet, slices, self.config.context, rows)
-        return total
-
     def views(self, volume: Volume) -> Iterator[np.ndarray]:
         """Each U-Net's class probabilities (N, K+1, H, W), background first, of the N slices along ``axis``, in
         ``unets`` order (the planes' students read the volume along their own axes; their probabilities are
@@ -291,13 +292,10 @@ class StudentSegmenter(LabelFiles):
                             for c in range(across.shape[1])], axis=1)
 
     def predict_volume(self, volume: Volume) -> np.ndarray:
-        """Class probabilities (N, K+1, H, W), background first, of the N slices along ``axis``: the mean of
-        every U-Net's :meth:`views`."""
-        views = self.views(volume)
-        total = next(views)
-        for view in views:
-            total += view
-        return total / len(self.unets)  # exact for one U-Net (x / 1 == x)
+        """Class probabilities (N, K+1, H, W), background first, of the N slices along ``axis``: every U-Net's
+        :meth:`views` combined by ``config.fusion`` (:func:`combine_views`; "union" gives scores to take the most
+        probable class of, not probabilities)."""
+        return combine_views(self.views(volume), self.config.fusion)
 
     def _slice_labels(self, probabilities: np.ndarray) -> np.ndarray:
         """(n, K+1, H, W) probabilities -> (n, H, W) label slices: each pixel's most probable class id."""
@@ -320,8 +318,10 @@ class StudentSegmenter(LabelFiles):
         if self.config.planes:  # the other planes' students see the volume whole
             return self.labels_from(self.predict_volume(volume), postprocess)
         slices = get_slices(self.intensity.apply(volume.array), self.axis)
-        parts = [self._slice_labels(self._probabilities(slices, slice(start, start + chunk)) / len(self.unets))
-                 for start in tqdm(range(0, len(slices), chunk), desc="segment", disable=not progress, unit="chunk")]
+        parts = [self._slice_labels(combine_views((unet_probabilities(unet, slices, self.config.context, rows)
+                                                   for unet in self.unets), self.config.fusion))
+                 for rows in (slice(start, start + chunk) for start in tqdm(
+                     range(0, len(slices), chunk), desc="segment", disable=not progress, unit="chunk"))]
         labels = stack_slices(np.concatenate(parts), self.axis)
         return postprocess_3d(labels, self.class_ids) if postprocess else labels
 
@@ -417,6 +417,27 @@ def _loaded(sources: Iterable[Volume | str | os.PathLike], grids: list) -> Itera
         volume = source if isinstance(source, Volume) else load_volume(source)
         grids.append((volume.shape, volume.spacing))
         yield volume
+
+
+def combine_views(views: Iterable[np.ndarray], fusion: Fusion = "mean") -> np.ndarray:
+    """One (n, K+1, H, W) array from U-Nets' class probabilities on the same slices (each (n, K+1, H, W),
+    background first; the first is added into): "mean", their average; "union", their average with the
+    background's replaced by its lowest value over the views (a pixel stays background only where every view puts
+    it there), scores for taking the most probable class. One view comes back as it is."""
+    check_choice("fusion", fusion, Fusion)
+    views = iter(views)
+    total = next(views)
+    lowest = total[:, :1].copy() if fusion == "union" else None
+    count = 1
+    for view in views:
+        total += view
+        if lowest is not None:
+            np.minimum(lowest, view[:, :1], out=lowest)
+        count += 1
+    total /= count  # exact for one view (x / 1 == x)
+    if lowest is not None:
+        total[:, :1] = lowest
+    return total
 
 
 def auto_planes(labels: Sequence[np.ndarray], counts: Sequence[int], axis: int, classes: int,

@@ -20,12 +20,14 @@ from fewsam_jax.fewshot.infer import labels_from_logits
 from fewsam_jax.fewshot.student import (
     IGNORE,
     Calibration,
+    Fusion,
     StudentConfig,
     StudentFileError,
     StudentSegmenter,
     TeacherPrediction,
     UnlabelledTeacher,
     auto_planes,
+    combine_views,
     fuse,
     neighbours,
     partner_predictions,
@@ -386,6 +388,13 @@ def test_a_seed_ensemble_averages_its_members_and_reloads(cohort, tmp_path):
     assert np.array_equal(loaded.predict_volume(volume), pair.predict_volume(volume))
     with pytest.raises(ValueError, match="2 U-Nets for config.members = 1"):
         StudentSegmenter(pair.unets, pair.classes, pair.axis, pair.intensity, config)
+    # fusion="union": the same members, background only where both put it; slice by slice as the whole volume
+    union = dataclasses.replace(pair, config=pair.config.replace(fusion="union"))
+    scores = union.predict_volume(volume)
+    np.testing.assert_allclose(scores[:, 1:], (first + second)[:, 1:] / 2, atol=1e-6)
+    assert np.array_equal(scores[:, :1], np.minimum(first, second)[:, :1])
+    assert np.array_equal(union.segment(volume, chunk=4, progress=False), union.labels_from(scores))
+    assert StudentSegmenter.load(union.save(tmp_path / "union")).config.fusion == "union"
 
 
 @pytest.mark.slow  # trains tiny U-Nets (a few steps)
@@ -464,6 +473,26 @@ def test_a_student_per_plane_learns_the_volumes_cut_the_other_way_and_votes_in_3
         train_student(Oracle(truth), folder / "manifest.json", config=config.replace(planes=(2,)), progress=False)
     with pytest.raises(ValueError, match="1 planes"):
         StudentSegmenter(taught.unets[:1], taught.classes, taught.axis, taught.intensity, config)
+
+
+def test_views_combine_by_their_mean_or_as_a_union_of_foreground():
+    """combine_views: "mean" averages the U-Nets' probabilities; "union" keeps the classes' average and the
+    background's lowest value, so a pixel one view calls foreground leaves the background; one view is itself."""
+    first = np.array([[[[0.6]], [[0.3]], [[0.1]]]], np.float32)  # (n=1, K+1=3, 1, 1): background 0.6
+    second = np.array([[[[0.2]], [[0.7]], [[0.1]]]], np.float32)
+    mean = combine_views([first.copy(), second.copy()])
+    np.testing.assert_allclose(mean[0, :, 0, 0], [0.4, 0.5, 0.1], atol=1e-7)
+    union = combine_views([first.copy(), second.copy()], "union")
+    np.testing.assert_allclose(union[0, :, 0, 0], [0.2, 0.5, 0.1], atol=1e-7)
+    assert np.array_equal(combine_views([first.copy()], "union"), first)  # one view: no change
+    lone = np.array([[[[0.3]], [[0.7]], [[0.0]]]], np.float32)  # one view calls the pixel class 1, the other not:
+    background = np.array([[[[0.9]], [[0.1]], [[0.0]]]], np.float32)  # the mean keeps background, the union class 1
+    assert combine_views([lone.copy(), background.copy()]).argmax(axis=1).item() == 0
+    assert combine_views([lone.copy(), background.copy()], "union").argmax(axis=1).item() == 1
+    with pytest.raises(ValueError, match="fusion: expected 'mean' or 'union', got 'max'"):
+        combine_views([first], "max")
+    with pytest.raises(ValueError, match="fusion: expected 'mean' or 'union'"):
+        StudentConfig(fusion="max")
 
 
 def test_auto_planes_take_the_other_plane_where_slices_show_every_class():
@@ -564,9 +593,11 @@ def test_fewsam_teach_defaults_are_the_configs():
     assert (defaults.rounds, defaults.student_steps) == (1, None)
     assert args.calibration == defaults.calibration == "none"
     assert args.unlabelled_teacher == defaults.unlabelled_teacher == "student"
+    assert args.fusion == defaults.fusion == "mean"
     teach = build_parser()._subparsers._group_actions[0].choices["teach"]
     assert tuple(teach._option_string_actions["--calibration"].choices) == get_args(Calibration)
     assert tuple(teach._option_string_actions["--unlabelled-teacher"].choices) == get_args(UnlabelledTeacher)
+    assert tuple(teach._option_string_actions["--fusion"].choices) == get_args(Fusion)
 
 
 def test_the_cohort_preset_teaches_unlabelled_volumes_in_a_second_round():
