@@ -558,6 +558,8 @@ def saved_views(student, volumes: list, folder: Path) -> list[np.ndarray]:
     """``student.predict_volume`` of each scored volume, its U-Nets' views also written to ``folder/NNN.npz``
     (``views`` (U, N, K+1, H, W) float16 in ``student.unets`` order, ``axes`` each U-Net's slicing axis, ``truth`` the
     label map, ``spacing``, ``axis``), for decoding rules screened afterwards (``--save-probabilities``)."""
+    from fewsam_jax.fewshot.student import combine_views
+
     folder.mkdir(parents=True, exist_ok=True)
     probabilities = []
     for index, (volume, truth) in enumerate(volumes):
@@ -565,10 +567,7 @@ def saved_views(student, volumes: list, folder: Path) -> list[np.ndarray]:
         np.savez_compressed(folder / f"{index:03d}.npz", views=np.stack(views).astype(np.float16),
                             axes=np.asarray(student.axes), truth=np.asarray(truth, np.int8),
                             spacing=np.asarray(volume.spacing), axis=student.axis)
-        total = views[0].copy()
-        for view in views[1:]:  # predict_volume's sum, in its order
-            total += view
-        probabilities.append(total / len(views))
+        probabilities.append(combine_views(views, student.config.fusion))  # predict_volume's, from the same views
     return probabilities
 
 

@@ -226,6 +226,19 @@ def test_students_are_the_librarys_and_a_kept_decoder_is_reused(tiny_sam, tmp_pa
     assert prompted[0]["config"]["inference"]["self_prompt"] == 1.0 and firsts  # a first pass ran
 
 
+def test_saved_views_score_what_the_students_fusion_gives(tmp_path):
+    """--save-probabilities: the scored probabilities are the student's own combination of the views it saves
+    (a union-fused student's background is its views' lowest, not their mean)."""
+    views = [np.array([[[[0.6]], [[0.3]], [[0.1]]]], np.float32), np.array([[[[0.2]], [[0.7]], [[0.1]]]], np.float32)]
+    student = SimpleNamespace(views=lambda volume: (v.copy() for v in views), axes=(2, 0), axis=2,
+                              config=SimpleNamespace(fusion="union"))
+    volume = SimpleNamespace(spacing=(1.0, 1.0, 1.0))
+    [scored] = fewshot.saved_views(student, [(volume, np.zeros((1, 1, 1), np.int8))], tmp_path / "views")
+    np.testing.assert_allclose(scored[0, :, 0, 0], [0.2, 0.5, 0.1], atol=1e-7)
+    saved = np.load(tmp_path / "views" / "000.npz")
+    assert saved["views"].shape == (2, 1, 3, 1, 1) and saved["axes"].tolist() == [2, 0]
+
+
 def test_a_kept_decoder_is_found_only_by_the_same_manifest_configs_and_code(tmp_path, monkeypatch):
     from fewsam_jax.fewshot import DecoderConfig, InferenceConfig, TrainConfig
 

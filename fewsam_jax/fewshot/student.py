@@ -318,10 +318,11 @@ class StudentSegmenter(LabelFiles):
         if self.config.planes:  # the other planes' students see the volume whole
             return self.labels_from(self.predict_volume(volume), postprocess)
         slices = get_slices(self.intensity.apply(volume.array), self.axis)
-        parts = [self._slice_labels(combine_views((unet_probabilities(unet, slices, self.config.context, rows)
-                                                   for unet in self.unets), self.config.fusion))
-                 for rows in (slice(start, start + chunk) for start in tqdm(
-                     range(0, len(slices), chunk), desc="segment", disable=not progress, unit="chunk"))]
+        parts = []
+        for start in tqdm(range(0, len(slices), chunk), desc="segment", disable=not progress, unit="chunk"):
+            rows = slice(start, start + chunk)
+            views = (unet_probabilities(unet, slices, self.config.context, rows) for unet in self.unets)
+            parts.append(self._slice_labels(combine_views(views, self.config.fusion)))
         labels = stack_slices(np.concatenate(parts), self.axis)
         return postprocess_3d(labels, self.class_ids) if postprocess else labels
 
