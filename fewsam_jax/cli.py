@@ -77,13 +77,14 @@ def _collection(args: argparse.Namespace, kind: str, inputs: list, axis: int | s
 
 
 def _planes(values: list[str] | None) -> tuple[int, ...] | str | None:
-    """``--planes``: None (the base config's), "auto" alone, or axes."""
+    """``--planes``: None (the base config's), "auto" or "all" alone, or axes."""
     if values is None:
         return None
-    if "auto" in values:
-        if values != ["auto"]:
-            raise ValueError(f"--planes: auto stands alone, got {' '.join(values)}")
-        return "auto"
+    for word in ("auto", "all"):
+        if word in values:
+            if values != [word]:
+                raise ValueError(f"--planes: {word} stands alone, got {' '.join(values)}")
+            return word
     return tuple(int(v) for v in values)
 
 
@@ -388,11 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     teach.add_argument("--members", type=int, default=1,
                        help="students taught on the same labels with seeds SEED, SEED+1, ...; they segment with "
                             "their probabilities averaged (a seed ensemble; default %(default)s)")
-    teach.add_argument("--planes", nargs="+", choices=("0", "1", "2", "auto"), metavar="AXIS",
+    teach.add_argument("--planes", nargs="+", choices=("0", "1", "2", "auto", "all"), metavar="AXIS",
                        help="more slicing axes (0 sagittal, 1 coronal, 2 axial; not the collection's), one more "
                             "student each, taught on the pseudo-labelled volumes cut along it; all students segment "
                             "together, their probabilities combined on the volume's grid (--fusion); auto: one, the "
-                            "other plane whose slices most often show every class (default: none; auto with -i)")
+                            "other plane whose slices most often show every class; all: every other plane whose "
+                            "pixels are near square (default: none; all with -i)")
     teach.add_argument("--steps", type=int, help="training steps of each U-Net (default: UNetConfig.steps; the "
                        "student's too unless --student-steps)")
     teach.add_argument("--student-steps", type=int,
@@ -405,9 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="who labels the -i images: student, the last round's student alone from the second round "
                             "on (the decoder never reads them); fused, the decoder with the U-Net, every round "
                             "(default %(default)s)")
-    teach.add_argument("--fusion", choices=("mean", "union"), default="mean",
+    teach.add_argument("--fusion", choices=("mean", "union"),
                        help="how several students' probabilities combine: mean, averaged; union, a pixel stays "
-                            "background only where every student puts it there (default %(default)s)")
+                            "background only where every student puts it there (default: mean; union with -i)")
     teach.add_argument("--seed", type=int, default=0,
                        help="random seed of both U-Nets (default 0; ensemble member i: SEED + i)")
     teach.add_argument("--model", help="base model folder written by `fewsam convert` (default: the one in "

@@ -404,8 +404,10 @@ def test_teach_a_student_then_segment_with_it(dataset, decoder, home, tmp_path, 
     saved = json.loads((student / "student.json").read_text())["config"]
     assert saved["context"] == 1 and saved["student_steps"] == 6 and saved["unet"]["steps"] == 5
     assert saved["calibration"] == "volume" and (saved["rounds"], saved["unlabelled_teacher"]) == (2, "student")
-    # StudentConfig.cohort's planes "auto": the plane chosen is saved, with the coverage it was chosen by
-    assert saved["planes"] in ([0], [1]) and len(info["plane_coverage"]) == 3 and len(info["plane_seconds"]) == 1
+    # StudentConfig.cohort's planes "all", fused as a union: the planes chosen are saved, with the coverage they were
+    # chosen by
+    assert sorted(saved["planes"]) == [0, 1] and len(info["plane_coverage"]) == 3 and len(info["plane_seconds"]) == 2
+    assert saved["fusion"] == "union"
     assert cli.main([str(a) for a in teach]) == 2 and "--overwrite" in capsys.readouterr().err
     out = tmp_path / "pred"
     assert cli.main(["segment", "-i", str(dataset / "imagesTs"), "-o", str(out), "--decoder", str(student), "-q"]) == 0

@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
 from flax import nnx
@@ -41,7 +41,7 @@ from fewsam_jax.preprocess import Intensity
 from fewsam_jax.weights import ShapeRngs, restore_pytree, save_pytree
 
 __all__ = [
-    "IGNORE", "Calibration", "Fusion", "StudentConfig", "StudentFileError", "StudentSegmenter", "TeacherPrediction",
+    "IGNORE", "Calibration", "ChosenPlanes", "Fusion", "StudentConfig", "StudentFileError", "StudentSegmenter", "TeacherPrediction",
     "UnlabelledTeacher", "auto_planes", "combine_views", "fuse", "labelled_slices", "neighbours",
     "partner_predictions", "pseudo_labels", "resliced", "support_volumes", "teacher_predictions", "train_partner",
     "train_student", "unet_probabilities", "volume_shifts",
@@ -51,6 +51,7 @@ __all__ = [
 Calibration = Literal["none", "volume"]
 UnlabelledTeacher = Literal["fused", "student"]
 Fusion = Literal["mean", "union"]
+ChosenPlanes = Literal["auto", "all"]
 
 
 def _is_count(value: Any, least: int) -> bool:
@@ -92,7 +93,8 @@ class StudentConfig:
       puts the shapes of the other planes into each label. (): the collection's axis alone. "auto": one plane,
       chosen on the last round's pseudo-labelled volumes (:func:`auto_planes`: of the two other axes, the one
       where the most slices holding a class hold every class; none when neither suits the volumes' voxel
-      grids); the student keeps the planes chosen in its config. Costs a student training and a U-Net pass per
+      grids); "all": every other axis that suits the grids, in that order; the student keeps the planes chosen in
+      its config. Costs a student training and a U-Net pass per
       plane; segmenting holds the volume's class probabilities whole.
     calibration: "volume": before each round's pseudo-labels, every class's decoder logits are shifted by one
       constant so that the decoder's predicted volume over the support volumes' unlabelled slices equals the
@@ -119,7 +121,7 @@ class StudentConfig:
     members: int = 1
     student_steps: int | None = None
     student_features: tuple[int, ...] | None = None
-    planes: tuple[int, ...] | Literal["auto"] = ()
+    planes: tuple[int, ...] | ChosenPlanes = ()
     calibration: Calibration = "none"
     unlabelled_teacher: UnlabelledTeacher = "student"
     fusion: Fusion = "mean"
@@ -156,10 +158,11 @@ class StudentConfig:
                                  f"{len(self.unet.features)} (pad_multiple is set for that depth)")
             object.__setattr__(self, "student_features", tuple(features))
         planes = self.planes
-        if planes != "auto":
+        if planes not in get_args(ChosenPlanes):
             if not (isinstance(planes, (tuple, list)) and all(_is_count(a, 0) and a <= 2 for a in planes)
                     and len(set(planes)) == len(planes)):
-                raise ValueError(f"planes: expected distinct slicing axes among 0, 1, 2, or 'auto', got {planes!r}")
+                raise ValueError(f"planes: expected distinct slicing axes among 0, 1, 2, 'auto' or 'all', "
+                                 f"got {planes!r}")
             object.__setattr__(self, "planes", tuple(planes))
         check_choice("calibration", self.calibration, Calibration)
         check_choice("unlabelled_teacher", self.unlabelled_teacher, UnlabelledTeacher)
@@ -180,12 +183,13 @@ class StudentConfig:
     def cohort(cls, unet: UNetConfig = UNetConfig(), **changes) -> StudentConfig:
         """How to teach with unlabelled volumes (what ``fewsam teach -i`` uses): two rounds, the first on the
         support volumes, the second also on the unlabelled ones labelled by the first round's student, each
-        student trained ``3 x unet.steps`` steps (it sees every slice of many volumes), with a second student on
-        the volumes cut along the other plane ``planes="auto"`` picks; ``changes`` override any field. Chosen on
-        hippocampus validation volumes with 40 unlabelled ones: bench/RESULTS.md, "Twentieth round" and
-        "Twenty-sixth round"."""
-        return cls(**{"rounds": 2, "unlabelled_teacher": "student", "student_steps": 3 * unet.steps, "planes": "auto",
-                      "unet": unet, **changes})
+        student trained ``3 x unet.steps`` steps (it sees every slice of many volumes), with one more student on
+        the volumes cut along each other plane that suits their grids (``planes="all"``), the students fused as a
+        union of foreground (``fusion="union"``); ``changes`` override any field. Chosen on hippocampus validation
+        volumes with 40 unlabelled ones, confirmed once on test volumes: bench/RESULTS.md, "Twentieth round",
+        "Twenty-sixth round" and "Twenty-seventh round"."""
+        return cls(**{"rounds": 2, "unlabelled_teacher": "student", "student_steps": 3 * unet.steps, "planes": "all",
+                      "fusion": "union", "unet": unet, **changes})
 
     @property
     def unet_config(self) -> UNetConfig:
@@ -243,8 +247,9 @@ class StudentSegmenter(LabelFiles):
 
     def __post_init__(self):
         self.unets = (self.unets,) if isinstance(self.unets, UNet) else tuple(self.unets)
-        if self.config.planes == "auto":
-            raise ValueError("config.planes: 'auto' is resolved when teaching; a student holds the planes chosen")
+        if self.config.planes in get_args(ChosenPlanes):
+            raise ValueError(f"config.planes: {self.config.planes!r} is resolved when teaching; a student holds the "
+                             "planes chosen")
         expected = self.config.members + len(self.config.planes)
         if len(self.unets) != expected:
             raise ValueError(f"unets: {len(self.unets)} U-Nets for config.members = {self.config.members} and "
@@ -442,8 +447,10 @@ def combine_views(views: Iterable[np.ndarray], fusion: Fusion = "mean") -> np.nd
 
 
 def auto_planes(labels: Sequence[np.ndarray], counts: Sequence[int], axis: int, classes: int,
-                grids: Sequence[tuple[Sequence[int], Sequence[float]]]) -> tuple[tuple[int, ...], np.ndarray]:
-    """``StudentConfig.planes="auto"``: the plane a second student learns from, and the coverage it was chosen by.
+                grids: Sequence[tuple[Sequence[int], Sequence[float]]],
+                every: bool = False) -> tuple[tuple[int, ...], np.ndarray]:
+    """``StudentConfig.planes="auto"``: the plane a second student learns from, and the coverage it was chosen by
+    (``every``, ``planes="all"``: every plane that suits, highest coverage first).
     ``labels`` are the pseudo-labelled volumes' slices along ``axis`` (``counts[i]`` from volume i, U-Net indices
     1..``classes``), ``grids`` each volume's (shape, spacing). Of the two other axes, those whose slices suit every
     volume's grid (:func:`~fewsam_jax.fewshot.collection.plane_eligible`), the one with the highest
@@ -454,8 +461,8 @@ def auto_planes(labels: Sequence[np.ndarray], counts: Sequence[int], axis: int, 
     starts = np.cumsum([0, *counts])
     volumes = [stack_slices(np.stack(labels[start: start + count]), axis) for start, count in zip(starts, counts)]
     coverage = plane_coverage(volumes, range(1, classes + 1))
-    eligible = [a for a in (2, 1, 0) if a != axis and plane_eligible(a, grids)]
-    return ((max(eligible, key=lambda a: coverage[a]),) if eligible else ()), coverage
+    eligible = sorted((a for a in (2, 1, 0) if a != axis and plane_eligible(a, grids)), key=lambda a: -coverage[a])
+    return tuple(eligible if every else eligible[:1]), coverage
 
 
 def resliced(slices: Sequence[np.ndarray], counts: Sequence[int], axis: int,
@@ -645,7 +652,7 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
         config.check_unlabelled(len(unlabelled))
     except ValueError as err:
         raise ValueError(f"unlabelled: {err}") from None
-    if config.planes != "auto" and segmenter.axis in config.planes:
+    if config.planes not in get_args(ChosenPlanes) and segmenter.axis in config.planes:
         raise ValueError(f"config.planes {config.planes}: holds the collection's own axis {segmenter.axis} (planes "
                          "are the other slicing axes)")
     if partner is not None and (partner.config != config.unet_config
@@ -672,7 +679,7 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
         # "student": the unlabelled volumes join from the second round on, labelled by the last round's student
         # (now the partner) alone; "fused": in every round, by the decoder and the partner
         joining = unlabelled if config.unlabelled_teacher == "fused" or round_ else ()
-        grids = [(v.shape, v.spacing) for v, _, _ in support]  # the taught volumes' grids (planes "auto")
+        grids = [(v.shape, v.spacing) for v, _, _ in support]  # the taught volumes' grids (planes "auto", "all")
         volumes = _loaded(joining, grids)
         if config.unlabelled_teacher == "fused":
             more = teacher_predictions(segmenter, partner, ((v, [], None) for v in volumes), cache, config.context)
@@ -699,8 +706,9 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
         partner, losses = trained[0]
         student_seconds += sum(member_seconds)
     planes, coverage = config.planes, None
-    if planes == "auto":
-        planes, coverage = auto_planes(labels, counts, segmenter.axis, len(segmenter.classes), grids)
+    if planes in get_args(ChosenPlanes):
+        planes, coverage = auto_planes(labels, counts, segmenter.axis, len(segmenter.classes), grids,
+                                       every=planes == "all")
         config = config.replace(planes=planes)
     plane_seconds = []
     for plane in planes:  # the last round's pseudo-labelled volumes, cut along another axis

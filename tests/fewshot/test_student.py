@@ -504,11 +504,15 @@ def test_auto_planes_take_the_other_plane_where_slices_show_every_class():
     slices = list(get_slices(labels, 0))  # the collection's axis: sagittal, where no slice holds both
     planes, coverage = auto_planes(slices, [6], 0, 2, [((6, 8, 5), (1.0, 1.0, 1.0))])
     assert planes == (2,) and coverage.tolist() == [0.0, 1.0, 1.0]  # coronal and axial tie: axial
+    assert auto_planes(slices, [6], 0, 2, [((6, 8, 5), (1.0, 1.0, 1.0))], every=True)[0] == (2, 1)  # "all"
     labels[3:5, 2:6, 1] = 0  # now one axial slice holds class 1 alone; coronal slices still hold both
     planes, coverage = auto_planes(list(get_slices(labels, 0)), [6], 0, 2, [((6, 8, 5), (1.0, 1.0, 1.0))])
     assert planes == (1,) and coverage[1] == 1.0 > coverage[2]
+    assert auto_planes(list(get_slices(labels, 0)), [6], 0, 2, [((6, 8, 5), (1.0, 1.0, 1.0))],
+                       every=True)[0] == (1, 2)  # "all": highest coverage first
     # 5 mm along z: coronal (x-z) and sagittal (y-z) pixels are strips, only axial ones stay square
     assert auto_planes(list(get_slices(labels, 0)), [6], 0, 2, [((6, 8, 5), (1.0, 1.0, 5.0))])[0] == (2,)
+    assert auto_planes(list(get_slices(labels, 0)), [6], 0, 2, [((6, 8, 5), (1.0, 1.0, 5.0))], every=True)[0] == (2,)
     assert auto_planes(list(get_slices(labels, 2)), [5], 2, 2, [((6, 8, 5), (1.0, 1.0, 5.0))])[0] == ()
     with pytest.raises(ValueError, match="auto_planes: 6 label slices and 1 grids for counts"):
         auto_planes(slices, [3, 3], 0, 2, [((6, 8, 5), (1.0, 1.0, 1.0))])
@@ -525,8 +529,10 @@ def test_auto_planes_are_chosen_when_teaching_and_kept_in_the_students_config(co
     assert taught.info["plane_coverage"][0] == 0.0 < taught.info["plane_coverage"][1]
     loaded = StudentSegmenter.load(taught.save(tmp_path / "auto"))
     assert loaded.config.planes == (1,)
-    with pytest.raises(ValueError, match="'auto' is resolved when teaching"):
-        StudentSegmenter(taught.unets, taught.classes, taught.axis, taught.intensity, config)
+    for unresolved in ("auto", "all"):
+        with pytest.raises(ValueError, match=f"'{unresolved}' is resolved when teaching"):
+            StudentSegmenter(taught.unets, taught.classes, taught.axis, taught.intensity,
+                             config.replace(planes=unresolved))
 
 
 class Shy(Oracle):
@@ -585,15 +591,17 @@ def test_fewsam_teach_defaults_are_the_configs():
     assert args.planes is None  # StudentConfig's, or StudentConfig.cohort's with -i
     from fewsam_jax.cli import _planes
 
-    assert (_planes(["auto"]), _planes(["0", "2"]), _planes(None)) == ("auto", (0, 2), None)
+    assert (_planes(["auto"]), _planes(["all"]), _planes(["0", "2"]), _planes(None)) == ("auto", "all", (0, 2), None)
     with pytest.raises(ValueError, match="--planes: auto stands alone"):
         _planes(["auto", "1"])
+    with pytest.raises(ValueError, match="--planes: all stands alone"):
+        _planes(["0", "all"])
     # rounds and student steps: StudentConfig's, or StudentConfig.cohort's with -i (the test below)
     assert args.rounds is None and args.steps is None and args.student_steps is None
     assert (defaults.rounds, defaults.student_steps) == (1, None)
     assert args.calibration == defaults.calibration == "none"
     assert args.unlabelled_teacher == defaults.unlabelled_teacher == "student"
-    assert args.fusion == defaults.fusion == "mean"
+    assert args.fusion is None and defaults.fusion == "mean"  # StudentConfig's, or StudentConfig.cohort's with -i
     teach = build_parser()._subparsers._group_actions[0].choices["teach"]
     assert tuple(teach._option_string_actions["--calibration"].choices) == get_args(Calibration)
     assert tuple(teach._option_string_actions["--unlabelled-teacher"].choices) == get_args(UnlabelledTeacher)
@@ -602,11 +610,13 @@ def test_fewsam_teach_defaults_are_the_configs():
 
 def test_the_cohort_preset_teaches_unlabelled_volumes_in_a_second_round():
     """StudentConfig.cohort: two rounds, the last student labelling the unlabelled volumes, each student trained
-    three times the U-Net's steps, a second student along the plane "auto" picks; any field can be overridden."""
+    three times the U-Net's steps, one more student along every other plane that suits, fused as a union; any field
+    can be overridden."""
     config = StudentConfig.cohort()
-    assert (config.rounds, config.unlabelled_teacher, config.student_steps, config.planes) == (
-        2, "student", 3 * UNetConfig().steps, "auto")
-    assert config.replace(rounds=1, student_steps=None, unlabelled_teacher="student", planes=()) == StudentConfig()
+    assert (config.rounds, config.unlabelled_teacher, config.student_steps, config.planes, config.fusion) == (
+        2, "student", 3 * UNetConfig().steps, "all", "union")
+    assert config.replace(rounds=1, student_steps=None, unlabelled_teacher="student", planes=(),
+                          fusion="mean") == StudentConfig()
     small = StudentConfig.cohort(unet=UNetConfig.tiny(steps=7), margin=0.1)
     assert (small.student_steps, small.unet.steps, small.margin, small.rounds) == (21, 7, 0.1, 2)
 
@@ -651,7 +661,7 @@ def test_bad_input_is_named_before_any_training(cohort, monkeypatch, tmp_path):
                          ("unlabelled_teacher", "decoder"), ("student_features", (16,)),
                          ("student_features", (16, 0, 64, 128)), ("student_features", (16, 32, 64)),
                          ("student_features", 32), ("planes", (0, 0)), ("planes", (3,)), ("planes", 1),
-                         ("planes", (True,))):
+                         ("planes", (True,)), ("planes", "every")):
         with pytest.raises(ValueError, match=field):
             StudentConfig(**{field: value})
     with pytest.raises(ValueError, match="rounds: more than one round teaches nothing new"):
