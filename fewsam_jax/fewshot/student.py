@@ -41,8 +41,8 @@ from fewsam_jax.preprocess import Intensity
 from fewsam_jax.weights import ShapeRngs, restore_pytree, save_pytree
 
 __all__ = [
-    "IGNORE", "Calibration", "ChosenPlanes", "Fusion", "StudentConfig", "StudentFileError", "StudentSegmenter", "TeacherPrediction",
-    "UnlabelledTeacher", "auto_planes", "combine_views", "fuse", "labelled_slices", "neighbours",
+    "IGNORE", "Calibration", "ChosenPlanes", "Fusion", "StudentConfig", "StudentFileError", "StudentSegmenter",
+    "TeacherPrediction", "UnlabelledTeacher", "auto_planes", "combine_views", "fuse", "labelled_slices", "neighbours",
     "partner_predictions", "pseudo_labels", "resliced", "support_volumes", "teacher_predictions", "train_partner",
     "train_student", "unet_probabilities", "volume_shifts",
 ]
