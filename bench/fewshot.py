@@ -681,7 +681,8 @@ def main() -> None:
     parser.add_argument("--student", action="append", default=[], metavar="NAME:key=value,...",
                         help="also teach a student with the library's train_student (StudentConfig fields: "
                         "teacher_weight, rounds, margin, context, members, student_steps, student_features=[a,b,...], "
-                        "planes=[a,...], calibration, unlabelled_teacher; the run's seed), rows VARIANT>NAME (and "
+                        "planes=[a,...] (or auto, all), calibration, unlabelled_teacher, fusion; the run's seed), "
+                        "rows VARIANT>NAME (and "
                         "NAME#0, member 0 of a seed ensemble or of a student with planes); repeatable")
     parser.add_argument("--decoders", type=Path,
                         help="keep each trained decoder in this folder and reuse one trained on the same manifest "

@@ -107,7 +107,7 @@ def _teach(args: argparse.Namespace) -> None:
             StudentConfig(**{field: value})
         except ValueError as err:
             raise ValueError(f"--{field.replace('_', '-')}: {err}") from None
-    # with unlabelled images, StudentConfig.cohort's rounds and student steps unless given
+    # with unlabelled images, StudentConfig.cohort's rounds, student steps, planes and fusion unless given
     base = StudentConfig.cohort(unet=unet) if args.unlabelled else StudentConfig(unet=unet)
     try:  # the checks between flags
         config = base.replace(**fields, seed=args.seed)

@@ -355,9 +355,12 @@ def test_teach_slices_along_the_decoders_plane_unless_told(decoder, home, tmp_pa
     assert Collection.from_nnunet(folder, slices_per_case=2).axis == 0
     seen = []
 
-    def train_student(segmenter, collection, *args, **kwargs):
+    def train_student(segmenter, collection, unlabelled, config, **kwargs):
         seen.append(collection.axis)
+        configs.append(config)
         raise ValueError("stop here")
+
+    configs = []
 
     monkeypatch.setenv("FEWSAM_HOME", str(home))
     monkeypatch.setattr(fewsam_jax.fewshot, "train_student", train_student)
@@ -366,6 +369,14 @@ def test_teach_slices_along_the_decoders_plane_unless_told(decoder, home, tmp_pa
     for extra, axis in (([], 2), (["--axis", "auto"], 0)):
         assert cli.main([*teach, *extra]) == 2 and "stop here" in capsys.readouterr().err
         assert seen.pop() == axis
+    # the planes and fusion: StudentConfig's, StudentConfig.cohort's with -i, or the flags'
+    image = ["-i", str(folder / "imagesTr" / "bar_000_0000.nii.gz")]
+    for extra, planes, fusion in (([], (), "mean"), (image, "all", "union"),
+                                  ([*image, "--fusion", "mean"], "all", "mean"),
+                                  ([*image, "--planes", "auto"], "auto", "union"),
+                                  (["--planes", "all"], "all", "mean")):
+        assert cli.main([*teach, *extra]) == 2 and "stop here" in capsys.readouterr().err, extra
+        assert (configs[-1].planes, configs[-1].fusion) == (planes, fusion), extra
 
 
 @pytest.mark.slow  # trains two small U-Nets (a few steps)

@@ -77,7 +77,8 @@ class StudentConfig:
       edge slices repeated at the volume's ends; they go in as the U-Net's extra features, so its training jitter
       moves them with the slice but leaves their contrast alone); 0: the slice alone.
     members: students taught in the last round, on the same pseudo-labels, member i with seed ``seed + i``; the
-      student segments with their class probabilities averaged (a seed ensemble; 1: one student). Member 0 is
+      student segments with their class probabilities combined by ``fusion`` (a seed ensemble; 1: one student;
+      the union fusion was measured with one member only). Member 0 is
       the student ``members=1`` teaches. Costs a student training and a U-Net pass per member.
     student_steps: training steps of the student (each member, every round); None: ``unet.steps``, the partner's
       (from the second round on, the partner is the previous round's student, trained this long). The student
@@ -89,12 +90,12 @@ class StudentConfig:
     planes: more slicing axes (0 sagittal, 1 coronal, 2 axial; not the collection's), one more student each in the
       last round: trained like member 0 (seed ``seed``) on the same pseudo-labelled volumes sliced along that axis
       (each volume's pseudo-label slices stacked back into 3D, then cut the other way); the student segments with
-      every U-Net's class probabilities (members and planes, one vote each) averaged on the volume's grid, which
-      puts the shapes of the other planes into each label. (): the collection's axis alone. "auto": one plane,
-      chosen on the last round's pseudo-labelled volumes (:func:`auto_planes`: of the two other axes, the one
-      where the most slices holding a class hold every class; none when neither suits the volumes' voxel
-      grids); "all": every other axis that suits the grids, in that order; the student keeps the planes chosen in
-      its config. Costs a student training and a U-Net pass per
+      every U-Net's class probabilities (members and planes, one vote each) combined by ``fusion`` on the volume's
+      grid, which puts the shapes of the other planes into each label. (): the collection's axis alone. "auto":
+      one plane, chosen on the last round's pseudo-labelled volumes (:func:`auto_planes`: of the two other axes,
+      the one where the most slices holding a class hold every class; none when neither suits the volumes' voxel
+      grids); "all": every other axis that suits the grids, highest coverage first (ties: axial, coronal,
+      sagittal); the student keeps the planes chosen in its config. Costs a student training and a U-Net pass per
       plane; segmenting holds the volume's class probabilities whole.
     calibration: "volume": before each round's pseudo-labels, every class's decoder logits are shifted by one
       constant so that the decoder's predicted volume over the support volumes' unlabelled slices equals the
@@ -187,7 +188,7 @@ class StudentConfig:
         the volumes cut along each other plane that suits their grids (``planes="all"``), the students fused as a
         union of foreground (``fusion="union"``); ``changes`` override any field. Chosen on hippocampus validation
         volumes with 40 unlabelled ones, confirmed once on test volumes: bench/RESULTS.md, "Twentieth round",
-        "Twenty-sixth round" and "Twenty-seventh round"."""
+        "Twenty-sixth round", "Twenty-seventh round" and "Twenty-eighth round"."""
         return cls(**{"rounds": 2, "unlabelled_teacher": "student", "student_steps": 3 * unet.steps, "planes": "all",
                       "fusion": "union", "unet": unet, **changes})
 

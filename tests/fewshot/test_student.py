@@ -241,7 +241,8 @@ def test_student_learns_from_the_teacher_and_segments_with_the_class_ids(taught,
     # logits as they were, the fused teacher on unlabelled volumes), whatever the defaults are by then (a
     # StudentConfig with other defaults stands in for a later one)
     meta = json.loads((saved / "student.json").read_text())
-    later_fields = ("rounds", "margin", "context", "members", "student_steps", "calibration", "unlabelled_teacher")
+    later_fields = ("rounds", "margin", "context", "members", "student_steps", "calibration", "unlabelled_teacher",
+                    "fusion")
     meta["config"] = {k: v for k, v in meta["config"].items() if k not in later_fields}
     (saved / "student.json").write_text(json.dumps(meta))
 
@@ -254,11 +255,13 @@ def test_student_learns_from_the_teacher_and_segments_with_the_class_ids(taught,
         student_steps: int | None = 900
         calibration: str = "volume"
         unlabelled_teacher: str = "student"
+        fusion: str = "union"
 
     monkeypatch.setattr("fewsam_jax.fewshot.student.StudentConfig", Later)
     old = StudentSegmenter.load(saved)
     assert (old.config.rounds, old.config.margin, old.config.context, old.config.members, old.config.student_steps,
-            old.config.calibration, old.config.unlabelled_teacher) == (1, 0.0, 0, 1, None, "none", "fused")
+            old.config.calibration, old.config.unlabelled_teacher, old.config.fusion) == (
+        1, 0.0, 0, 1, None, "none", "fused", "mean")
     assert np.array_equal(old.segment(folder / "case4.nii.gz"), labels)
     monkeypatch.undo()
 
