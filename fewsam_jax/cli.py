@@ -364,8 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
         "teach", help="teach a U-Net student with a trained decoder: faster to segment, often better across volumes",
         description="Train a 2D U-Net on every slice of MANIFEST's support volumes: the labelled slices as labelled, "
         "the others as the decoder averaged with a U-Net trained on the labelled slices labels them; with -i, a "
-        "second round also trains on every slice of those images, labelled by the first round's student. The "
-        "student segments from the image alone (fewsam segment --decoder OUT).")
+        "second round also trains on every slice of those images, labelled by the first round's student, and one "
+        "more student learns the same volumes cut along each other plane (their foregrounds joined when segmenting). "
+        "The student segments from the image alone (fewsam segment --decoder OUT).")
     _add_collection(teach, " (the one the decoder was trained on)")
     teach.add_argument("--decoder", "-d", required=True, help="trained decoder folder (fewsam train --out)")
     teach.add_argument("-i", "--unlabelled", action="extend", nargs="+", metavar="IN",
