@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "%(default)s: the slice alone)")
     teach.add_argument("--members", type=int, default=1,
                        help="students taught on the same labels with seeds SEED, SEED+1, ...; they segment with "
-                            "their probabilities averaged (a seed ensemble; default %(default)s)")
+                            "their probabilities combined (--fusion; a seed ensemble; default %(default)s)")
     teach.add_argument("--planes", nargs="+", choices=("0", "1", "2", "auto", "all"), metavar="AXIS",
                        help="more slicing axes (0 sagittal, 1 coronal, 2 axial; not the collection's), one more "
                             "student each, taught on the pseudo-labelled volumes cut along it; all students segment "

@@ -353,14 +353,12 @@ def test_teach_slices_along_the_decoders_plane_unless_told(decoder, home, tmp_pa
     (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MR"}, "labels": {
         "background": 0, "ellipse": 1, "bar": 2}, "numTraining": 1, "file_ending": ".nii.gz"}))
     assert Collection.from_nnunet(folder, slices_per_case=2).axis == 0
-    seen = []
+    seen, configs = [], []
 
     def train_student(segmenter, collection, unlabelled, config, **kwargs):
         seen.append(collection.axis)
         configs.append(config)
         raise ValueError("stop here")
-
-    configs = []
 
     monkeypatch.setenv("FEWSAM_HOME", str(home))
     monkeypatch.setattr(fewsam_jax.fewshot, "train_student", train_student)

@@ -20,6 +20,7 @@ from fewsam_jax.fewshot.infer import labels_from_logits
 from fewsam_jax.fewshot.student import (
     IGNORE,
     Calibration,
+    ChosenPlanes,
     Fusion,
     StudentConfig,
     StudentFileError,
@@ -609,6 +610,7 @@ def test_fewsam_teach_defaults_are_the_configs():
     assert tuple(teach._option_string_actions["--calibration"].choices) == get_args(Calibration)
     assert tuple(teach._option_string_actions["--unlabelled-teacher"].choices) == get_args(UnlabelledTeacher)
     assert tuple(teach._option_string_actions["--fusion"].choices) == get_args(Fusion)
+    assert tuple(teach._option_string_actions["--planes"].choices) == ("0", "1", "2", *get_args(ChosenPlanes))
 
 
 def test_the_cohort_preset_teaches_unlabelled_volumes_in_a_second_round():
