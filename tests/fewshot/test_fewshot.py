@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 
-import nibabel as nib
+import jax
 import jax.numpy as jnp
+import nibabel as nib
 import numpy as np
 import pytest
+from flax import nnx
 
 from fewsam_jax import metrics
 from fewsam_jax.fewshot import AugmentConfig, DecoderConfig, FewShotSegmenter, SupportSet, TrainConfig
@@ -311,6 +314,52 @@ def test_a_support_grown_by_a_few_slices_trains_with_the_step_already_compiled(t
     choice = train_module.inference_choice(support, decoder.config.slice_tokens, np.ones(5, bool))
     expected = train_module._tokens(decoder, unpadded, jnp.ones(5, jnp.float32), jnp.asarray(choice))
     np.testing.assert_allclose(train_module.support_tokens(decoder, support), expected, rtol=1e-5, atol=1e-6)
+
+
+def committed_copy(sam):
+    """``sam`` with every array committed to the default device, as :func:`fewsam_jax.load_model` returns it."""
+    graph, state = nnx.split(sam)
+    return nnx.merge(graph, jax.device_put(state, jax.devices()[0]))
+
+
+def leaves(module) -> list[jax.Array]:
+    return [leaf for leaf in jax.tree.leaves(nnx.state(module)) if isinstance(leaf, jax.Array)]
+
+
+@pytest.mark.parametrize("committed", [True, False])
+def test_training_state_is_committed_together_or_left_alone(tiny_sam, committed):
+    from fewsam_jax.fewshot.decoder import FewShotDecoder
+    from fewsam_jax.fewshot.train import make_optimizer, place_together
+
+    sam = committed_copy(tiny_sam) if committed else tiny_sam
+    decoder = FewShotDecoder(sam, DecoderConfig(slice_tokens=2), rngs=nnx.Rngs(0))
+    optimizer = make_optimizer(decoder, TrainConfig(steps=3))
+    before = {leaf.committed for leaf in leaves(decoder)}
+    assert before == ({False, True} if committed else {False})  # the decoder's own arrays are new
+    place_together(decoder, optimizer)
+    for module in (decoder, optimizer):
+        assert {leaf.committed for leaf in leaves(module)} == {committed}
+
+
+@pytest.mark.slow  # compiles the training step (not from the persistent cache, which would hide a second one)
+def test_a_committed_decoder_compiles_the_training_step_once(tiny_sam, tmp_path, caplog):
+    """A loaded model is committed to a device (Orbax restores onto one): the decoder's new arrays and the
+    optimizer's fresh state are committed beside it, or the first step's committed outputs compile the step again."""
+    write_case(tmp_path, "a", 0)
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text('{"classes": {"1": "ellipse", "2": "bar"}, "axis": 2, "support": '
+                        '[{"image": "a.nii.gz", "labels": "a_seg.nii.gz", "slices": [0, 2, 4]}]}')
+    training = TrainConfig(steps=3, batch_slices=1, seed=424242)  # a config no other test compiles the step for
+    cache_enabled = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        with jax.log_compiles(True), caplog.at_level(logging.WARNING, logger="jax"):
+            FewShotSegmenter.train(manifest, sam=committed_copy(tiny_sam), config=DecoderConfig(slice_tokens=2),
+                                   training=training, cache=tmp_path / "cache", progress=False)
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache_enabled)
+    compiled = [r.getMessage() for r in caplog.records if "compilation of jit(train_step)" in r.getMessage()]
+    assert len(compiled) == 1, compiled
 
 
 def test_support_volumes_must_match_rows():
