@@ -3,22 +3,29 @@ and vs a U-Net from scratch on the same labelled slices at every count.
 
 ``run_study("hippocampus", quick=True)`` (or ``python -m bench.reproduce --dataset hippocampus --quick``)
 writes ``reproduce_{dataset}[_quick].md``, ``.json``, ``_dice_vs_shots.png`` and ``_overlays.png``
-into ``out`` (default: this checkout's ``bench/results``). Data sets: :mod:`bench.reproduce.datasets`; methods
-and scoring: :mod:`bench.reproduce.study`; aggregation and files: :mod:`bench.reproduce.report`.
+into ``out`` (default: this checkout's ``bench/results``), and keeps every finished unit of the study in
+``reproduce_{dataset}[_quick].runs.json`` there as it goes, so that an interrupted run continues with ``--resume``.
+Data sets: :mod:`bench.reproduce.datasets`; methods and scoring: :mod:`bench.reproduce.study`; the runs file:
+:mod:`bench.reproduce.runs`; aggregation and files: :mod:`bench.reproduce.report`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from bench.reproduce.datasets import DATASETS, Case, Fold, Task, load_task
-from bench.reproduce.report import check_report_files, make_report, write_report
+from bench.reproduce.datasets import DATASETS, Case, Fold, Task, load_task, task_name
+from bench.reproduce.report import check_report_files, file_names, make_report, write_report
+from bench.reproduce.runs import RUNS_SUFFIX, RunStore
 from bench.reproduce.study import StudyConfig, draw_support, run_methods, score_item
 from bench.sections import RESULTS_DIR
+from fewsam_jax.fewshot import DecoderConfig, InferenceConfig, StudentConfig, TrainConfig
 from fewsam_jax.modeling.sam import Sam
+from fewsam_jax.outputs import OutputExistsError, check_output_file
 from fewsam_jax.weights import load_model
 
 __all__ = ["DATASETS", "Case", "Fold", "StudyConfig", "Task", "draw_support", "load_task", "run_study", "score_item"]
@@ -40,6 +47,9 @@ def run_study(
     command: str | None = None,
     log=_log,
     overwrite: bool = False,
+    axis: int | None = None,
+    unlabelled: int = 0,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run the comparison on ``dataset`` and write its report into ``out``.
 
@@ -51,21 +61,60 @@ def run_study(
       cache: embedding cache (default ``$FEWSAM_HOME/embeddings``).
       command: the command line recorded in the report.
       overwrite: replace this study's report files in ``out`` if they exist (checked before the study runs;
-        without it an existing report is an OutputExistsError). Other files in ``out`` are never touched.
+        without it an existing report is an OutputExistsError), and start its runs file afresh. Other files in
+        ``out`` are never touched.
+      axis: hippocampus only, the plane of the labelled and scored slices (0 sagittal, 1 coronal; the report is
+        then named ``reproduce_hippocampus_sagittal...``).
+      unlabelled: hippocampus only, that many more volumes' images for the students (``config.student``).
+      resume: take the units an earlier run of the same study left in its runs file (``out/reproduce_NAME.runs.json``,
+        :mod:`bench.reproduce.runs`; written after every unit of every run) and compute only the others. Without
+        it an existing runs file is an OutputExistsError (``overwrite`` starts over).
     Returns:
       the report as written to JSON, plus ``files``: {"markdown", "json", "plot", "overlays"} paths.
     """
     started = time.perf_counter()
     load_start = os.getloadavg()[0]
-    check_report_files(out, dataset.name if isinstance(dataset, Task) else dataset, quick, overwrite)
-    task = dataset if isinstance(dataset, Task) else load_task(dataset, quick, data_root)
+    name = dataset.name if isinstance(dataset, Task) else task_name(dataset, axis)
+    check_report_files(out, name, quick, overwrite)
+    runs_file = runs_path(out, name, quick)
+    if runs_file.exists() and not resume:  # the units of an earlier run: kept unless asked
+        if not overwrite:
+            raise OutputExistsError(f"{runs_file} exists (the finished units of an earlier run of this study): pass "
+                                    "--resume to continue it, or --overwrite to start over")
+        check_output_file(runs_file, overwrite=True)  # a regular file, not the study's input
+    task = dataset if isinstance(dataset, Task) else load_task(dataset, quick, data_root, axis, unlabelled)
     config = config or (StudyConfig.quick() if quick else StudyConfig())
     sam = model if isinstance(model, Sam) else load_model(model, checkpoint)
     log(f"{task.name}: {len(task.folds)} fold(s), {task.test_items} test item(s), model {sam.config.name}")
-    raw = run_methods(task, sam, config, cache=cache, log=log)
+    if runs_file.exists() and not resume:  # --overwrite: start over
+        runs_file.unlink()
+    store = RunStore(runs_file, fingerprint(task, config, sam))
+    raw = run_methods(task, sam, config, cache=cache, log=log, store=store)
     report = make_report(task, raw, config, model={"name": sam.config.name, "weights_id": sam.weights_id},
                          quick=quick, command=command or f"run_study({task.name!r}, quick={quick})",
                          load_start=load_start, total_seconds=time.perf_counter() - started)
     files = write_report(report, raw["example"], out, overwrite=overwrite)
     log(f"wrote {', '.join(str(p) for p in files.values())} ({report['timings']['total_seconds'] / 60:.1f} min)")
     return {**report, "files": files}
+
+
+def runs_path(out: str | os.PathLike, name: str, quick: bool) -> Path:
+    """Where the study ``name`` keeps its finished units in ``out`` (:mod:`bench.reproduce.runs`)."""
+    return Path(out) / (file_names(name, quick)["json"].removesuffix(".json") + RUNS_SUFFIX)
+
+
+def fingerprint(task: Task, config: StudyConfig, sam: Sam) -> dict[str, Any]:
+    """What a study measures, for its runs file: the task's split and settings, the study's config, the methods'
+    default configs and the model's weights."""
+    return {
+        "task": {"name": task.name, "axis": task.axis, "intensity": task.intensity, "protocol": task.protocol,
+                 "classes": {str(k): v for k, v in sorted(task.classes.items())},
+                 "folds": [{"name": f.name, "pool": [c.name for c in f.pool], "pool_slices": f.pool_slices,
+                            "test": [c.name for c in f.test], "test_slices": f.test_slices} for f in task.folds],
+                 "unlabelled": [p.name for p in task.unlabelled]},
+        "study": dataclasses.asdict(config),
+        "methods": {"decoder": dataclasses.asdict(DecoderConfig()), "training": dataclasses.asdict(TrainConfig()),
+                    "inference": dataclasses.asdict(InferenceConfig()),
+                    "student": dataclasses.asdict(StudentConfig.cohort() if task.unlabelled else StudentConfig())},
+        "model": {"name": sam.config.name, "weights_id": sam.weights_id},
+    }

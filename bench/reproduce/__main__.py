@@ -3,7 +3,8 @@
 ``python -m bench.reproduce --dataset hippocampus [--quick]`` (from the checkout root; ``fewsam
 reproduce`` forwards its arguments here). Results: ``bench/results/reproduce_{dataset}[_quick].md``
 (+ .json, plots); ``--out`` defaults to this checkout's ``bench/results`` wherever it is run from.
-Every output is checked before the study runs (:mod:`fewsam_jax.outputs`).
+Every output is checked before the study runs (:mod:`fewsam_jax.outputs`). Each finished unit is kept in
+``reproduce_{dataset}[_quick].runs.json`` there; the same command with ``--resume`` continues a run that stopped.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ def build_parser(prog: str = "python -m bench.reproduce") -> argparse.ArgumentPa
     parser.add_argument("--dataset", default="hippocampus", choices=DATASETS)
     parser.add_argument("--quick", action="store_true", help="small split, one seed, fewer steps")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="folder for the Markdown, JSON and PNG files")
-    parser.add_argument("--overwrite", action="store_true", help="replace this study's existing report files")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace this study's existing report files (and, without --resume, start its runs file "
+                             "afresh)")
     parser.add_argument("--model", default="litemedsam", help="preset name or converted model directory")
     parser.add_argument("--checkpoint", help="official .pth for vit_b/vit_l/vit_h (converted once into the cache)")
     parser.add_argument("--data", help="data root (default: ../shared/data beside the checkout)")
@@ -32,7 +35,26 @@ def build_parser(prog: str = "python -m bench.reproduce") -> argparse.ArgumentPa
     parser.add_argument("--student", action="store_true",
                         help="also teach a U-Net student with every few-shot decoder (fewsam teach's defaults) and "
                              "score it beside the decoder and the U-Net from scratch on the same slices")
+    parser.add_argument("--unlabelled", type=int, default=0, metavar="N",
+                        help="hippocampus with --student: the students also learn from the images of N more volumes "
+                             "(after the pool and test volumes; labels never read), as fewsam teach -i teaches")
+    parser.add_argument("--axis", type=int, choices=(0, 1, 2),
+                        help="hippocampus: label and score slices along this axis (0 sagittal, 1 coronal, 2 axial, the "
+                             "default); another than 2 names the report reproduce_hippocampus_sagittal (or _coronal)")
+    parser.add_argument("--shots", type=_counts, metavar="N,N,...",
+                        help="the few-shot counts to run (default: the data set's sweep)")
+    parser.add_argument("--seeds", type=int, help="draws (seeds) per count (default 3, 1 with --quick)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run of the same study: its finished units (kept in "
+                             "reproduce_NAME.runs.json in --out after each one) are not run again")
     return parser
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated counts (5,10,20), got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> None:
@@ -40,13 +62,22 @@ def run(args: argparse.Namespace) -> None:
     from bench.reproduce import StudyConfig, run_study
     from fewsam_jax.cache import EmbeddingCache
 
-    command = (f"python -m bench.reproduce --dataset {args.dataset}" + (" --quick" if args.quick else "")
-               + (" --student" if args.student else ""))
+    if args.unlabelled and not args.student:
+        raise ValueError(f"--unlabelled {args.unlabelled}: the unlabelled volumes are the students'; add --student")
+    command = " ".join(["python -m bench.reproduce --dataset", args.dataset, *(["--quick"] if args.quick else []),
+                        *(["--axis", str(args.axis)] if args.axis is not None else []),
+                        *(["--shots", ",".join(map(str, args.shots))] if args.shots else []),
+                        *(["--seeds", str(args.seeds)] if args.seeds else []),
+                        *(["--student"] if args.student else []),
+                        *(["--unlabelled", str(args.unlabelled)] if args.unlabelled else [])])
     EmbeddingCache(args.cache).check_writable()
     config = StudyConfig.quick() if args.quick else StudyConfig()
+    sizes = {"student": args.student, **({"shots": args.shots} if args.shots else {}),
+             **({"seeds": args.seeds} if args.seeds else {})}
     report = run_study(args.dataset, quick=args.quick, out=args.out, model=args.model, checkpoint=args.checkpoint,
-                       config=dataclasses.replace(config, student=args.student), cache=args.cache,
-                       data_root=args.data, command=command, overwrite=args.overwrite)
+                       config=dataclasses.replace(config, **sizes), cache=args.cache, data_root=args.data,
+                       command=command, overwrite=args.overwrite, axis=args.axis, unlabelled=args.unlabelled,
+                       resume=args.resume)
     print("\n".join(str(path) for path in report["files"].values()))
 
 

@@ -85,7 +85,8 @@ class Task:
     (positive labelled slices, or images for ``cross_image``); notes: lines printed with the results
     (where the data comes from, how labels were made, split sizes); hd95_unit: "mm" or "px";
     reference: a published result quoted as an external row, ``{"method", "dice": {class name: value},
-    "labelled", "source"}``, or None.
+    "labelled", "source"}``, or None; unlabelled: images of other cases, outside every fold, whose labels are
+    never read (the student's unlabelled volumes).
     """
 
     name: str
@@ -98,6 +99,7 @@ class Task:
     notes: tuple[str, ...] = ()
     hd95_unit: str = "mm"
     reference: dict | None = None
+    unlabelled: tuple[Path, ...] = ()
 
     def __post_init__(self):
         if self.protocol not in ("cross_volume", "within_volume", "cross_image"):
@@ -128,11 +130,32 @@ def _all_slices(case: Case, axis: int) -> tuple[int, ...]:
     return tuple(range(case.volume.shape[axis]))
 
 
-def hippocampus(root: Path, quick: bool = False) -> Task:
-    """MSD Task04 hippocampus (manual labels). Full: 10 pool volumes, 20 test volumes; quick: 2 and 2."""
+PLANES = {0: "sagittal", 1: "coronal", 2: "axial"}  # axes of the canonical (RAS) grid
+
+
+def task_name(dataset: str, axis: int | None = None) -> str:
+    """The name a study of ``dataset`` sliced along ``axis`` reports under (its files' stem): the data set's own
+    name for its usual axis (None or 2), ``hippocampus_sagittal`` / ``_coronal`` for another."""
+    if axis is None or axis == 2:
+        return dataset
+    if dataset != "hippocampus" or axis not in PLANES:
+        raise ValueError(f"axis: only the hippocampus study slices along another axis (0 or 1), got {dataset} "
+                         f"with axis {axis}")
+    return f"{dataset}_{PLANES[axis]}"
+
+
+def hippocampus(root: Path, quick: bool = False, axis: int = 2, unlabelled: int = 0) -> Task:
+    """MSD Task04 hippocampus (manual labels). Full: 10 pool volumes, 20 test volumes; quick: 2 and 2. ``axis``:
+    the plane of the labelled and scored slices (0 sagittal, 1 coronal, 2 axial); ``unlabelled``: the images of
+    that many further volumes (after the pool and test ones, labels never read) for the students."""
     folder = _require(root / "hippocampus")
     names = sorted(p.name[: -len("_0000.nii.gz")] for p in (folder / "imagesTr").glob("*_0000.nii.gz"))
     pool_names, test_names = (names[:2], names[5:7]) if quick else (names[:10], names[10:30])
+    others = names[7:] if quick else names[30:]
+    if not 0 <= unlabelled <= len(others):
+        raise ValueError(f"unlabelled: expected 0 to {len(others)} volumes (outside the pool and test volumes), "
+                         f"got {unlabelled}")
+    unlabelled_images = tuple(_require(folder / "imagesTr" / f"{n}_0000.nii.gz") for n in others[:unlabelled])
 
     def case(name: str) -> Case:
         image = folder / "imagesTr" / f"{name}_0000.nii.gz"
@@ -140,23 +163,26 @@ def hippocampus(root: Path, quick: bool = False) -> Task:
 
     pool = tuple(case(n) for n in pool_names)
     test = tuple(case(n) for n in test_names)
-    fold = Fold("hippocampus", pool, tuple(_all_slices(c, 2) for c in pool), test,
-                tuple(_all_slices(c, 2) for c in test))
-    pool_slices = sum(c.volume.shape[2] for c in pool)
-    test_slices = sum(c.volume.shape[2] for c in test)
+    fold = Fold("hippocampus", pool, tuple(_all_slices(c, axis) for c in pool), test,
+                tuple(_all_slices(c, axis) for c in test))
+    pool_slices = sum(c.volume.shape[axis] for c in pool)
+    test_slices = sum(c.volume.shape[axis] for c in test)
     return Task(
-        name="hippocampus",
+        name=task_name("hippocampus", axis),
         classes={1: "anterior", 2: "posterior"},
-        axis=2,
+        axis=axis,
         intensity="percentile",
         protocol="cross_volume",
         folds=(fold,),
         shots=(1, 5, 10) if quick else (1, 3, 5, 10, 20, 50),
         notes=(
-            "Hippocampus MRI (Medical Segmentation Decathlon Task04, manual labels), axial slices.",
+            f"Hippocampus MRI (Medical Segmentation Decathlon Task04, manual labels), {PLANES[axis]} slices.",
             (f"Pool (labelled slices are drawn from it): {len(pool)} volumes, {pool_slices} slices "
              f"({', '.join(pool_names)}); test: {len(test)} other volumes, {test_slices} slices, scored in 3D."),
+            *([f"Unlabelled volumes for the students (images only): {len(unlabelled_images)} "
+               f"({others[0]} to {others[unlabelled - 1]})."] if unlabelled else []),
         ),
+        unlabelled=unlabelled_images,
         reference={"method": "nnU-Net, published", "dice": {"anterior": 0.90, "posterior": 0.89},
                    "labelled": "all 260 training volumes",
                    "source": "Medical Segmentation Decathlon test set (quoted, not run here)"},
@@ -262,10 +288,19 @@ def cxr_lungs(root: Path, quick: bool = False) -> Task:
     ))
 
 
-def load_task(dataset: str, quick: bool = False, data_root: str | Path | None = None) -> Task:
-    """The named data set (one of :data:`DATASETS`) as a Task; ``quick`` picks the small split."""
+def load_task(dataset: str, quick: bool = False, data_root: str | Path | None = None, axis: int | None = None,
+              unlabelled: int = 0) -> Task:
+    """The named data set (one of :data:`DATASETS`) as a Task; ``quick`` picks the small split. ``axis`` (another
+    slicing plane) and ``unlabelled`` (volumes for the students) only for hippocampus (:func:`hippocampus`)."""
     loaders = {"hippocampus": hippocampus, "totalseg_ct": totalseg_ct, "ct_slices_2d": ct_slices_2d,
                "cxr_lungs": cxr_lungs}
     if dataset not in loaders:
         raise ValueError(f"dataset: expected one of {', '.join(DATASETS)}, got {dataset!r}")
-    return loaders[dataset](Path(data_root) if data_root is not None else default_data_root(), quick)
+    task_name(dataset, axis)  # another axis than the data set's: hippocampus only
+    if unlabelled and dataset != "hippocampus":
+        raise ValueError(f"unlabelled: only the hippocampus study has unlabelled volumes, got {unlabelled} for "
+                         f"{dataset}")
+    root = Path(data_root) if data_root is not None else default_data_root()
+    if dataset == "hippocampus":
+        return hippocampus(root, quick, 2 if axis is None else axis, unlabelled)
+    return loaders[dataset](root, quick)

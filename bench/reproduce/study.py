@@ -14,7 +14,9 @@ ground truth contains the class):
 * **student** (``StudyConfig.student``, off by default): every few-shot run's decoder teaches a U-Net student
   (:func:`fewsam_jax.fewshot.train_student`, ``fewsam teach``: :class:`StudentConfig`'s defaults with the
   study's U-Net config and the run's seed) on every slice of the run's support volumes, scored on the same test
-  slices. Not run for ``cross_image`` tasks, where every support image is labelled whole (nothing to teach).
+  slices; with the task's unlabelled volumes (``Task.unlabelled``, ``--unlabelled N``) on those too, as
+  ``fewsam teach -i`` teaches (:meth:`StudentConfig.cohort`). Not run for ``cross_image`` tasks, where every
+  support image is labelled whole (nothing to teach).
 * **fully supervised decoder**: the few-shot decoder trained on every slice of the pool (no augmented
   copies; ``full_steps`` steps), and the **2D U-Net** from scratch on the same slices (seed 0). Not run
   for ``cross_image`` tasks, whose pool is two or three images.
@@ -41,6 +43,7 @@ import numpy as np
 
 from bench.baselines import PROMPT_SUITE, PromptSpec, UNetConfig, predict_unet, segment_prompted, train_unet
 from bench.reproduce.datasets import Case, Fold, Task
+from bench.reproduce.runs import RunStore
 from fewsam_jax import metrics
 from fewsam_jax.cache import embed_volume
 from fewsam_jax.fewshot import (
@@ -175,6 +178,26 @@ class _Context:
     log: Log
     example: dict[str, Any] = dataclasses.field(default_factory=dict)
     normalised: dict[Case, np.ndarray] = dataclasses.field(default_factory=dict)
+    store: RunStore | None = None
+    kept: list[str] = dataclasses.field(default_factory=list)
+
+    def unit(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()``'s result for the unit ``key`` of the study: taken from :attr:`store` when it holds the unit
+        (with the overlay predictions the unit kept), else computed and, with a store, written there at once.
+        Either way the result is returned as the store gives it back (JSON values), so a resumed study reports
+        exactly what an uninterrupted one does."""
+        if self.store is not None and key in self.store:
+            record = self.store.get(key)
+            self.example["predictions"].update({m: np.asarray(p) for m, p in record["overlays"].items()})
+            self.kept.append(key)
+            self.log(f"{key}: kept from {self.store.path.name}")
+            return record["result"]
+        before = dict(self.example["predictions"])
+        result = compute()
+        overlays = {m: p for m, p in self.example["predictions"].items() if before.get(m) is not p}
+        if self.store is None:
+            return result
+        return self.store.put(key, {"result": result, "overlays": overlays})["result"]
 
     @property
     def class_ids(self) -> tuple[int, ...]:
@@ -256,32 +279,41 @@ def run_fewshot(ctx: _Context, shots_list: tuple[int, ...]) -> tuple[list[dict],
                     notes.append(f"{shots} labelled slices: fold {fold.name} cannot supply a draw covering every "
                                  "class; skipped")
                     continue
-                training = base.replace(seed=seed, **(
-                    {"steps": ctx.config.fewshot_steps} if ctx.config.fewshot_steps else {}))
-                collection = _support_collection(ctx, fold, support)
-                started = time.perf_counter()
-                segmenter = FewShotSegmenter.train(collection, sam=ctx.sam, training=training,
-                                                   intensity=ctx.task.intensity, cache=ctx.cache, progress=False)
-                trained = time.perf_counter()
-                method = f"few-shot {shots}"
-                items = ctx.score_fold(method if seed == 0 else None, fold_index, _segment_tests(ctx, segmenter, fold))
-                labelled, positives = ctx.support_counts(fold, support)
-                run = {
-                    "method": method, "shots": shots, "seed": seed, "fold": fold.name,
-                    "support": [{"case": fold.pool[i].name, "slices": list(s)} for i, s in support],
-                    "labelled_slices": labelled, "positive_slices": positives,
-                    "steps": training.steps, "train_seconds": round(trained - started, 1),
-                    "segment_seconds": round(time.perf_counter() - trained, 1), "items": items,
-                }
-                runs.append(run)
-                ctx.log(f"few-shot {shots} slices, seed {seed}, fold {fold.name}: trained in "
-                        f"{trained - started:.0f} s, {len(items)} test items segmented")
-                if teach:
-                    students.append(_teach(ctx, fold_index, segmenter, collection, run))
+                done = ctx.unit(f"few-shot {shots}, seed {seed}, fold {fold.name}",
+                                lambda: _fewshot_run(ctx, fold_index, support, shots, seed, base, teach))
+                runs.append(done["run"])
+                if done["student"] is not None:
+                    students.append(done["student"])
     if ctx.config.student and not teach:
         notes.append("No student: every support image of a cross-image task is labelled whole, so a student would "
                      "be the U-Net from scratch on the same images.")
     return runs, students, sorted(set(notes))
+
+
+def _fewshot_run(ctx: _Context, fold_index: int, support: list[tuple[int, tuple[int, ...]]], shots: int, seed: int,
+                 base: TrainConfig, teach: bool) -> dict[str, dict | None]:
+    """One few-shot run (the decoder trained on ``support`` of fold ``fold_index`` with ``seed``, scored on the fold's
+    test slices) and, with ``teach``, the student it taught: ``{"run": record, "student": record or None}``."""
+    fold = ctx.task.folds[fold_index]
+    training = base.replace(seed=seed, **({"steps": ctx.config.fewshot_steps} if ctx.config.fewshot_steps else {}))
+    collection = _support_collection(ctx, fold, support)
+    started = time.perf_counter()
+    segmenter = FewShotSegmenter.train(collection, sam=ctx.sam, training=training,
+                                       intensity=ctx.task.intensity, cache=ctx.cache, progress=False)
+    trained = time.perf_counter()
+    method = f"few-shot {shots}"
+    items = ctx.score_fold(method if seed == 0 else None, fold_index, _segment_tests(ctx, segmenter, fold))
+    labelled, positives = ctx.support_counts(fold, support)
+    run = {
+        "method": method, "shots": shots, "seed": seed, "fold": fold.name,
+        "support": [{"case": fold.pool[i].name, "slices": list(s)} for i, s in support],
+        "labelled_slices": labelled, "positive_slices": positives,
+        "steps": training.steps, "train_seconds": round(trained - started, 1),
+        "segment_seconds": round(time.perf_counter() - trained, 1), "items": items,
+    }
+    ctx.log(f"few-shot {shots} slices, seed {seed}, fold {fold.name}: trained in "
+            f"{trained - started:.0f} s, {len(items)} test items segmented")
+    return {"run": run, "student": _teach(ctx, fold_index, segmenter, collection, run) if teach else None}
 
 
 def _teach(ctx: _Context, fold_index: int, segmenter: FewShotSegmenter, collection: Collection,
@@ -289,9 +321,11 @@ def _teach(ctx: _Context, fold_index: int, segmenter: FewShotSegmenter, collecti
     """The student ``segmenter`` (few-shot ``run``'s decoder, trained on ``collection``) teaches, scored on the
     fold's test slices: a record with ``run``'s fields."""
     fold, shots, seed = ctx.task.folds[fold_index], run["shots"], run["seed"]
-    config = StudentConfig(unet=ctx.config.unet, seed=seed)
+    unlabelled = list(ctx.task.unlabelled)
+    config = (StudentConfig.cohort(ctx.config.unet) if unlabelled else StudentConfig(unet=ctx.config.unet)).replace(
+        seed=seed)
     started = time.perf_counter()
-    student = train_student(segmenter, collection, config=config, cache=ctx.cache, progress=False)
+    student = train_student(segmenter, collection, unlabelled, config=config, cache=ctx.cache, progress=False)
     taught = time.perf_counter()
 
     method = f"student {shots}"
@@ -300,7 +334,8 @@ def _teach(ctx: _Context, fold_index: int, segmenter: FewShotSegmenter, collecti
             f"slices in {taught - started:.0f} s")
     return {**{key: run[key] for key in ("shots", "seed", "fold", "support", "labelled_slices", "positive_slices")},
             "method": method, "steps": config.student_unet_config.steps, "training_slices":
-            student.info["training_slices"], "train_seconds": round(taught - started, 1),
+            student.info["training_slices"], "unlabelled_volumes": len(unlabelled),
+            "train_seconds": round(taught - started, 1),
             "segment_seconds": round(time.perf_counter() - taught, 1), "items": items}
 
 
@@ -368,26 +403,29 @@ def run_unet_per_count(ctx: _Context, fewshot_runs: list[dict]) -> list[dict]:
     folds = {fold.name: (index, fold) for index, fold in enumerate(ctx.task.folds)}
     if len(folds) != len(ctx.task.folds):
         raise ValueError(f"task {ctx.task.name}: fold names must be unique")
-    runs = []
-    for fewshot in fewshot_runs:
-        fold_index, fold = folds[fewshot["fold"]]
-        pool = {case.name: i for i, case in enumerate(fold.pool)}
-        support = [(pool[entry["case"]], tuple(entry["slices"])) for entry in fewshot["support"]]
-        shots, seed = fewshot["shots"], fewshot["seed"]
-        predict, seconds = train_unet_on(ctx, fold, support, seed)
-        started = time.perf_counter()
-        method = f"U-Net {shots}"
-        items = ctx.score_fold(method if seed == 0 else None, fold_index, predict)
-        labelled, positives = ctx.support_counts(fold, support)
-        runs.append({
-            "method": method, "shots": shots, "seed": seed, "fold": fold.name, "support": fewshot["support"],
-            "labelled_slices": labelled, "positive_slices": positives, "steps": ctx.config.unet.steps,
-            "train_seconds": round(seconds, 1), "segment_seconds": round(time.perf_counter() - started, 1),
-            "items": items,
-        })
-        ctx.log(f"U-Net from scratch, {shots} slices, seed {seed}, fold {fold.name}: {labelled} slices, "
-                f"trained in {seconds:.0f} s")
-    return runs
+    return [ctx.unit(f"U-Net {fewshot['shots']}, seed {fewshot['seed']}, fold {fewshot['fold']}",
+                     lambda fewshot=fewshot: _unet_run(ctx, *folds[fewshot["fold"]], fewshot))
+            for fewshot in fewshot_runs]
+
+
+def _unet_run(ctx: _Context, fold_index: int, fold: Fold, fewshot: dict) -> dict:
+    """The U-Net from scratch on the support slices of the few-shot run record ``fewshot``, with its seed."""
+    pool = {case.name: i for i, case in enumerate(fold.pool)}
+    support = [(pool[entry["case"]], tuple(entry["slices"])) for entry in fewshot["support"]]
+    shots, seed = fewshot["shots"], fewshot["seed"]
+    predict, seconds = train_unet_on(ctx, fold, support, seed)
+    started = time.perf_counter()
+    method = f"U-Net {shots}"
+    items = ctx.score_fold(method if seed == 0 else None, fold_index, predict)
+    labelled, positives = ctx.support_counts(fold, support)
+    ctx.log(f"U-Net from scratch, {shots} slices, seed {seed}, fold {fold.name}: {labelled} slices, "
+            f"trained in {seconds:.0f} s")
+    return {
+        "method": method, "shots": shots, "seed": seed, "fold": fold.name, "support": fewshot["support"],
+        "labelled_slices": labelled, "positive_slices": positives, "steps": ctx.config.unet.steps,
+        "train_seconds": round(seconds, 1), "segment_seconds": round(time.perf_counter() - started, 1),
+        "items": items,
+    }
 
 
 def run_supervised(ctx: _Context) -> list[dict]:
@@ -452,22 +490,25 @@ def _example(task: Task) -> dict[str, Any]:
             "image": image[fold.test_slices[0][index]], "truth": truth[index], "predictions": {}}
 
 
-def run_methods(task: Task, sam: Sam, config: StudyConfig, cache: Any = None, log: Log = print) -> dict[str, Any]:
+def run_methods(task: Task, sam: Sam, config: StudyConfig, cache: Any = None, log: Log = print,
+                store: RunStore | None = None) -> dict[str, Any]:
     """Run every method of the study on ``task``; raw runs (per-item scores; ``unet_fewshot``: the U-Net
     on each few-shot run's slices, empty when ``config.unet_per_count`` is off; ``student_fewshot``: the student
     each run's decoder taught, empty without ``config.student``), timings (the students' inside
-    ``fewshot_seconds``) and the overlay example. Aggregation and files: :mod:`bench.reproduce.report`."""
+    ``fewshot_seconds``) and the overlay example. With ``store`` every finished unit is kept there and the units
+    it already holds are not run again (:mod:`bench.reproduce.runs`; the timings then cover this run's units only,
+    ``kept_units`` names the others). Aggregation and files: :mod:`bench.reproduce.report`."""
     shots = tuple(config.shots or task.shots)
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="fewsam-reproduce-") as scratch:
-        ctx = _Context(task, sam, config, cache, Path(scratch), log, _example(task))
+        ctx = _Context(task, sam, config, cache, Path(scratch), log, _example(task), store=store)
         started = time.perf_counter()
         computed = _embed_everything(ctx)
         timings["embed_seconds"] = round(time.perf_counter() - started, 1)
         log(f"embeddings ready: {computed} slices encoded now, the rest from the cache "
             f"({timings['embed_seconds']:.0f} s)")
         started = time.perf_counter()
-        prompted = run_prompted(ctx)
+        prompted = ctx.unit("prompted SAM", lambda: run_prompted(ctx))
         timings["prompted_seconds"] = round(time.perf_counter() - started, 1)
         started = time.perf_counter()
         fewshot, students, notes = run_fewshot(ctx, shots)
@@ -480,12 +521,15 @@ def run_methods(task: Task, sam: Sam, config: StudyConfig, cache: Any = None, lo
         supervised = []
         if task.protocol != "cross_image":
             started = time.perf_counter()
-            supervised = run_supervised(ctx)
+            supervised = ctx.unit("fully supervised", lambda: run_supervised(ctx))
             timings["supervised_seconds"] = round(time.perf_counter() - started, 1)
         else:
             notes.append("No fully supervised reference: the pool of each fold is two or three images.")
+        if ctx.kept:
+            notes.append(f"Resumed: {len(ctx.kept)} unit(s) kept from an earlier, interrupted run of the same study "
+                         f"({store.path.name}); the study's timings cover only the others.")
     return {"fewshot": fewshot, "unet_fewshot": unet_fewshot, "student_fewshot": students, "prompted": prompted,
             "supervised": supervised,
             "notes": notes, "timings": timings, "slices_encoded": computed, "shots": list(shots),
-            "example": ctx.example, "load_average": os.getloadavg()[0]}
+            "example": ctx.example, "load_average": os.getloadavg()[0], "kept_units": ctx.kept}
 

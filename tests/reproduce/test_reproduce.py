@@ -3,6 +3,7 @@ adapters of the shared data sets."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -84,7 +85,9 @@ def test_study_writes_consistent_report(synthetic_task, tiny_sam, tmp_path, monk
 
     train_unet_on = study.train_unet_on
     monkeypatch.setattr(study, "train_unet_on", spy)
-    report = run_study(synthetic_task, out=tmp_path / "results", model=tiny_sam, config=config,
+    other = _case(tmp_path, "other", np.random.default_rng(5))  # an unlabelled volume: the student is taught as -i
+    task = dataclasses.replace(synthetic_task, unlabelled=(other.image,))
+    report = run_study(task, out=tmp_path / "results", model=tiny_sam, config=config,
                        cache=tmp_path / "cache", log=lambda message: None)
 
     names = file_names("synthetic", quick=False)
@@ -131,7 +134,9 @@ def test_study_writes_consistent_report(synthetic_task, tiny_sam, tmp_path, monk
     (taught,) = stored["runs"]["student_fewshot"]
     for key in ("shots", "seed", "fold", "support", "labelled_slices", "positive_slices"):
         assert taught[key] == run[key], key
-    assert taught["training_slices"] == 8 * len(run["support"]) and taught["steps"] == 2 and len(taught["items"]) == 2
+    # with the unlabelled volume, as `fewsam teach -i` teaches (StudentConfig.cohort: 3x the U-Net's steps)
+    assert taught["training_slices"] == 8 * (len(run["support"]) + 1) and taught["unlabelled_volumes"] == 1
+    assert taught["steps"] == 6 and len(taught["items"]) == 2
     student = rows["student, 1 slice"]
     assert student["family"] == "student" and math.isclose(
         student["minus_unet_same_count"]["dice"], student["mean"]["dice"] - scratch["mean"]["dice"])
@@ -144,6 +149,46 @@ def test_study_writes_consistent_report(synthetic_task, tiny_sam, tmp_path, monk
     assert math.isclose(arm["iou_ratio_vs_one_point"],
                         rows["few-shot, 1 slice"]["mean"]["iou"] / rows["SAM 1 point"]["mean"]["iou"])
     assert f"{arm['iou_ratio_vs_one_point']:.2f}" in text
+
+    # every unit was kept as it finished; a resumed run takes them all and reports the same rows without training
+    runs_file = tmp_path / "results" / "reproduce_synthetic.runs.json"
+    assert sorted(json.loads(runs_file.read_text())["units"]) == [
+        "U-Net 1, seed 0, fold synthetic", "few-shot 1, seed 0, fold synthetic", "fully supervised", "prompted SAM"]
+    for module, name in ((study, "train_unet_on"), (study.FewShotSegmenter, "train"), (study, "train_student"),
+                         (study, "segment_prompted")):
+        monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("a kept unit ran again"))
+    run_study(task, out=tmp_path / "results", model=tiny_sam, config=config, cache=tmp_path / "cache",
+              log=lambda message: None, resume=True, overwrite=True)
+    again = json.loads((tmp_path / "results" / names["json"]).read_text())  # as JSON (NaN as null), like `stored`
+    assert again["rows"] == stored["rows"] and again["runs"] == stored["runs"]
+    assert any("Resumed: 4 unit(s) kept" in note for note in again["notes"])
+
+
+def test_runs_file_is_refused_for_another_study_and_kept_without_resume(synthetic_task, tiny_sam, tmp_path,
+                                                                         monkeypatch):
+    import bench.reproduce as reproduce
+    from bench.reproduce.runs import RunStore
+    from fewsam_jax.outputs import OutputExistsError
+
+    store = RunStore(tmp_path / "a.runs.json", {"study": {"seeds": 3}, "model": "m"})
+    assert store.put("unit", {"dice": math.inf, "items": (1, np.float32(0.5))}) == {"dice": math.inf, "items": [1, 0.5]}
+    assert RunStore(tmp_path / "a.runs.json", {"study": {"seeds": 3}, "model": "m"}).get("unit")["dice"] == math.inf
+    with pytest.raises(ValueError, match=r"a.runs.json: written for another study \(study.seeds: 3 in the file, 1 now"):
+        RunStore(tmp_path / "a.runs.json", {"study": {"seeds": 1}, "model": "m"})
+    (tmp_path / "b.runs.json").write_text("notes")
+    with pytest.raises(ValueError, match="b.runs.json: not a study's runs file"):
+        RunStore(tmp_path / "b.runs.json", {})
+
+    results = tmp_path / "results"
+    results.mkdir()
+    kept = results / "reproduce_synthetic.runs.json"
+    kept.write_text("an interrupted run's units")
+    monkeypatch.setattr(reproduce, "run_methods", lambda *a, **k: pytest.fail("the study ran first"))
+    with pytest.raises(OutputExistsError, match="runs.json exists .* pass --resume to continue it, or --overwrite"):
+        run_study(synthetic_task, out=results, model=tiny_sam, log=lambda message: None)
+    with pytest.raises(ValueError, match="not a study's runs file"):  # --resume reads it, before any compute
+        run_study(synthetic_task, out=results, model=tiny_sam, log=lambda message: None, resume=True)
+    assert kept.read_text() == "an interrupted run's units"
 
 
 def _run(seed: int, shots: int, dice: tuple[float, float], empty_right: bool = False) -> dict:
@@ -351,6 +396,22 @@ def test_shared_datasets_become_tasks(dataset):
         assert all(fold.test[0] not in fold.pool for fold in task.folds)
 
 
+@pytest.mark.shared_data
+def test_hippocampus_along_another_axis_with_unlabelled_volumes():
+    root = shared_data("hippocampus").parent
+    task = load_task("hippocampus", quick=True, data_root=root, axis=0, unlabelled=3)
+    (fold,) = task.folds
+    assert (task.name, task.axis) == ("hippocampus_sagittal", 0) and "sagittal slices" in task.notes[0]
+    assert all(slices == tuple(range(case.volume.shape[0])) for case, slices in zip(fold.pool, fold.pool_slices))
+    scored = {case.name for case in (*fold.pool, *fold.test)}
+    assert len(task.unlabelled) == 3 and not {p.name.removesuffix("_0000.nii.gz") for p in task.unlabelled} & scored
+    assert load_task("hippocampus", quick=True, data_root=root).name == "hippocampus"
+    with pytest.raises(ValueError, match="only the hippocampus study slices along another axis"):
+        load_task("totalseg_ct", quick=True, data_root=root, axis=0)
+    with pytest.raises(ValueError, match="unlabelled: expected 0 to"):
+        load_task("hippocampus", quick=True, data_root=root, unlabelled=10_000)
+
+
 def test_fold_rejects_unevenly_spaced_test_slices(synthetic_task):
     case = synthetic_task.folds[0].pool[0]
     with pytest.raises(ValueError, match="evenly spaced"):
@@ -377,6 +438,18 @@ def test_cli_reproduce_arguments(monkeypatch):
     monkeypatch.setattr("bench.reproduce.__main__.run", seen.append)
     assert main(["reproduce", "--dataset", "cxr_lungs", "--quick"]) == 0
     assert (seen[0].dataset, seen[0].quick) == ("cxr_lungs", True)
+    args = study_parser().parse_args(["--axis", "0", "--shots", "5,10,20", "--seeds", "2", "--student",
+                                      "--unlabelled", "40", "--resume"])
+    assert (args.axis, args.shots, args.seeds, args.unlabelled, args.resume) == (0, (5, 10, 20), 2, 40, True)
+    with pytest.raises(SystemExit):
+        study_parser().parse_args(["--shots", "five"])
+
+
+def test_cli_reproduce_refuses_unlabelled_volumes_without_students(capsys):
+    from bench.reproduce.__main__ import main
+
+    assert main(["--dataset", "hippocampus", "--unlabelled", "4"]) == 2
+    assert "add --student" in capsys.readouterr().err
 
 
 def test_cli_reproduce_without_the_research_tree_says_where_it_is(monkeypatch, capsys):
