@@ -132,17 +132,22 @@ def make_optimizer(decoder: FewShotDecoder, cfg: TrainConfig) -> nnx.Optimizer:
 
 
 def place_together(decoder: FewShotDecoder, optimizer: nnx.Optimizer) -> None:
-    """Commit every array of ``decoder`` and ``optimizer`` to the device that any of the decoder's is committed to
-    (none committed: left as they are).
+    """Commit every array of ``decoder`` and ``optimizer`` to the one device that the decoder's committed arrays are
+    on (none committed, or committed across several devices: left as they are).
 
     ``jax.jit`` compiles once per placement of its arguments. A decoder on a loaded model (Orbax restores onto a
     device) holds committed arrays beside its new, uncommitted ones and the optimizer's fresh state; a step's
     outputs are all committed, so the second step compiled :func:`train_step` again (measured 2026-12-04: twice
     ~20 s on a 2-core CPU for the default decoder on LiteMedSAM)."""
-    committed = [leaf for leaf in jax.tree.leaves(nnx.state(decoder)) if isinstance(leaf, jax.Array) and leaf.committed]
-    if committed:
-        for module in (decoder, optimizer):
-            nnx.update(module, jax.device_put(nnx.state(module), committed[0].sharding))
+    shardings = {leaf.sharding for leaf in jax.tree.leaves(nnx.state(decoder))
+                 if isinstance(leaf, jax.Array) and leaf.committed}
+    if len(shardings) != 1 or len(next(iter(shardings)).device_set) != 1:
+        return  # nothing committed, or a sharded model: its placement is the caller's
+    (sharding,) = shardings
+    for module in (decoder, optimizer):
+        state = nnx.state(module)
+        nnx.update(module, jax.tree.map(lambda x: jax.device_put(x, sharding) if isinstance(x, jax.Array) else x,
+                                        state))
 
 
 @functools.lru_cache(maxsize=16)
