@@ -20,10 +20,9 @@ from typing import Any
 
 from bench.reproduce.datasets import DATASETS, Case, Fold, Task, load_task, task_name
 from bench.reproduce.report import check_report_files, file_names, make_report, write_report
-from bench.reproduce.runs import RUNS_SUFFIX, RunStore
-from bench.reproduce.study import StudyConfig, draw_support, run_methods, score_item
+from bench.reproduce.runs import RUNS_SUFFIX, RunStore, read_runs
+from bench.reproduce.study import StudyConfig, draw_support, method_configs, run_methods, score_item
 from bench.sections import RESULTS_DIR
-from fewsam_jax.fewshot import DecoderConfig, InferenceConfig, StudentConfig, TrainConfig
 from fewsam_jax.modeling.sam import Sam
 from fewsam_jax.outputs import OutputExistsError, check_output_file
 from fewsam_jax.weights import load_model
@@ -61,19 +60,24 @@ def run_study(
       cache: embedding cache (default ``$FEWSAM_HOME/embeddings``).
       command: the command line recorded in the report.
       overwrite: replace this study's report files in ``out`` if they exist (checked before the study runs;
-        without it an existing report is an OutputExistsError), and start its runs file afresh. Other files in
-        ``out`` are never touched.
+        without it an existing report is an OutputExistsError); without ``resume`` also start its runs file afresh.
+        Other files in ``out`` are never touched.
       axis: hippocampus only, the plane of the labelled and scored slices (0 sagittal, 1 coronal; the report is
         then named ``reproduce_hippocampus_sagittal...``).
-      unlabelled: hippocampus only, that many more volumes' images for the students (``config.student``).
+      unlabelled: hippocampus only, that many more volumes' images for the students (needs ``config.student``).
       resume: take the units an earlier run of the same study left in its runs file (``out/reproduce_NAME.runs.json``,
-        :mod:`bench.reproduce.runs`; written after every unit of every run) and compute only the others. Without
-        it an existing runs file is an OutputExistsError (``overwrite`` starts over).
+        :mod:`bench.reproduce.runs`: written after every unit of every run, removed once the report is written) and
+        compute only the others. Without it an existing runs file is an OutputExistsError (``overwrite`` starts
+        over).
     Returns:
       the report as written to JSON, plus ``files``: {"markdown", "json", "plot", "overlays"} paths.
     """
     started = time.perf_counter()
     load_start = os.getloadavg()[0]
+    config = config or (StudyConfig.quick() if quick else StudyConfig())
+    if unlabelled and not config.student:
+        raise ValueError(f"unlabelled: {unlabelled} volumes for the students, but the study teaches none (set "
+                         "StudyConfig.student: --student)")
     name = dataset.name if isinstance(dataset, Task) else task_name(dataset, axis)
     check_report_files(out, name, quick, overwrite)
     runs_file = runs_path(out, name, quick)
@@ -81,9 +85,9 @@ def run_study(
         if not overwrite:
             raise OutputExistsError(f"{runs_file} exists (the finished units of an earlier run of this study): pass "
                                     "--resume to continue it, or --overwrite to start over")
-        check_output_file(runs_file, overwrite=True)  # a regular file, not the study's input
+        check_output_file(runs_file, overwrite=True)  # a regular file
+        read_runs(runs_file)  # and a runs file: anything else there is not the library's to remove
     task = dataset if isinstance(dataset, Task) else load_task(dataset, quick, data_root, axis, unlabelled)
-    config = config or (StudyConfig.quick() if quick else StudyConfig())
     sam = model if isinstance(model, Sam) else load_model(model, checkpoint)
     log(f"{task.name}: {len(task.folds)} fold(s), {task.test_items} test item(s), model {sam.config.name}")
     if runs_file.exists() and not resume:  # --overwrite: start over
@@ -94,6 +98,7 @@ def run_study(
                          quick=quick, command=command or f"run_study({task.name!r}, quick={quick})",
                          load_start=load_start, total_seconds=time.perf_counter() - started)
     files = write_report(report, raw["example"], out, overwrite=overwrite)
+    runs_file.unlink(missing_ok=True)  # every run is in the report's JSON now
     log(f"wrote {', '.join(str(p) for p in files.values())} ({report['timings']['total_seconds'] / 60:.1f} min)")
     return {**report, "files": files}
 
@@ -104,17 +109,18 @@ def runs_path(out: str | os.PathLike, name: str, quick: bool) -> Path:
 
 
 def fingerprint(task: Task, config: StudyConfig, sam: Sam) -> dict[str, Any]:
-    """What a study measures, for its runs file: the task's split and settings, the study's config, the methods'
-    default configs and the model's weights."""
+    """What a study measures, for its runs file: the task's split and settings, the study's config but its seeds
+    and counts (a resumed run may add some), the methods' configs, the model's weights, JAX and the device kind."""
+    import jax
+
     return {
         "task": {"name": task.name, "axis": task.axis, "intensity": task.intensity, "protocol": task.protocol,
                  "classes": {str(k): v for k, v in sorted(task.classes.items())},
                  "folds": [{"name": f.name, "pool": [c.name for c in f.pool], "pool_slices": f.pool_slices,
                             "test": [c.name for c in f.test], "test_slices": f.test_slices} for f in task.folds],
                  "unlabelled": [p.name for p in task.unlabelled]},
-        "study": dataclasses.asdict(config),
-        "methods": {"decoder": dataclasses.asdict(DecoderConfig()), "training": dataclasses.asdict(TrainConfig()),
-                    "inference": dataclasses.asdict(InferenceConfig()),
-                    "student": dataclasses.asdict(StudentConfig.cohort() if task.unlabelled else StudentConfig())},
+        "study": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("seeds", "shots")},
+        "methods": method_configs(task, config),
         "model": {"name": sam.config.name, "weights_id": sam.weights_id},
+        "software": {"jax": jax.__version__, "device": jax.devices()[0].device_kind},
     }

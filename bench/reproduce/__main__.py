@@ -46,7 +46,8 @@ def build_parser(prog: str = "python -m bench.reproduce") -> argparse.ArgumentPa
     parser.add_argument("--seeds", type=int, help="draws (seeds) per count (default 3, 1 with --quick)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run of the same study: its finished units (kept in "
-                             "reproduce_NAME.runs.json in --out after each one) are not run again")
+                             "reproduce_NAME.runs.json in --out after each one, until the report is written) are not "
+                             "run again")
     return parser
 
 
@@ -62,18 +63,16 @@ def run(args: argparse.Namespace) -> None:
     from bench.reproduce import StudyConfig, run_study
     from fewsam_jax.cache import EmbeddingCache
 
-    if args.unlabelled and not args.student:
-        raise ValueError(f"--unlabelled {args.unlabelled}: the unlabelled volumes are the students'; add --student")
     command = " ".join(["python -m bench.reproduce --dataset", args.dataset, *(["--quick"] if args.quick else []),
                         *(["--axis", str(args.axis)] if args.axis is not None else []),
                         *(["--shots", ",".join(map(str, args.shots))] if args.shots else []),
-                        *(["--seeds", str(args.seeds)] if args.seeds else []),
+                        *(["--seeds", str(args.seeds)] if args.seeds is not None else []),
                         *(["--student"] if args.student else []),
                         *(["--unlabelled", str(args.unlabelled)] if args.unlabelled else [])])
     EmbeddingCache(args.cache).check_writable()
     config = StudyConfig.quick() if args.quick else StudyConfig()
     sizes = {"student": args.student, **({"shots": args.shots} if args.shots else {}),
-             **({"seeds": args.seeds} if args.seeds else {})}
+             **({"seeds": args.seeds} if args.seeds is not None else {})}
     report = run_study(args.dataset, quick=args.quick, out=args.out, model=args.model, checkpoint=args.checkpoint,
                        config=dataclasses.replace(config, **sizes), cache=args.cache, data_root=args.data,
                        command=command, overwrite=args.overwrite, axis=args.axis, unlabelled=args.unlabelled,

@@ -108,6 +108,8 @@ class Task:
             raise ValueError(f"task {self.name}: classes must name label ids other than 0")
         if not self.folds:
             raise ValueError(f"task {self.name}: no folds")
+        if len({fold.name for fold in self.folds}) < len(self.folds):
+            raise ValueError(f"task {self.name}: fold names must be unique (they name the study's units)")
         if not self.shots or min(self.shots) < 1:
             raise ValueError(f"task {self.name}: shots must be positive counts, got {self.shots}")
 

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from bench.reproduce.datasets import Task
-from fewsam_jax.fewshot import DecoderConfig, InferenceConfig, TrainConfig
+from bench.reproduce.study import method_configs
+from fewsam_jax.fewshot import TrainConfig
 from fewsam_jax.metrics import to_json
 from fewsam_jax.outputs import OutputExistsError, check_output_file, write_file, write_text
 
@@ -279,15 +280,13 @@ def make_report(task: Task, raw: dict[str, Any], config: Any, *, model: dict[str
         "task": {
             "classes": {str(k): v for k, v in sorted(task.classes.items())}, "axis": task.axis,
             "intensity": task.intensity, "protocol": task.protocol, "hd95_unit": task.hd95_unit,
-            "notes": list(task.notes), "reference": task.reference,
+            "notes": list(task.notes), "reference": task.reference, "unlabelled": [p.name for p in task.unlabelled],
             "folds": [{"name": f.name, "pool": [c.name for c in f.pool], "pool_slices": sum(map(len, f.pool_slices)),
                        "test": [c.name for c in f.test], "test_slices": sum(map(len, f.test_slices))}
                       for f in task.folds],
         },
         "config": {**dataclasses.asdict(config), "fewshot_steps": config.fewshot_steps or TrainConfig().steps,
-                   "fewshot": {"decoder": dataclasses.asdict(DecoderConfig()),
-                               "training": dataclasses.asdict(TrainConfig()),
-                               "inference": dataclasses.asdict(InferenceConfig())}},
+                   **method_configs(task, config)},
         "notes": raw["notes"],
         "slices_encoded": raw["slices_encoded"],
         "timings": {**raw["timings"], "total_seconds": round(total_seconds, 1)},
@@ -380,11 +379,18 @@ def markdown(report: dict[str, Any], files: dict[str, str]) -> str:
             "empty slices included), with the draw's seed; ± over seeds. Few-shot minus this U-Net is what SAM's "
             "prior adds over training from scratch on the same labels.")
     if any(r["family"] == STUDENT for r in rows):
+        unlabelled, student = len(report["task"].get("unlabelled", [])), config.get("student") or {}
         lines.append(
             "- Student, N slices: each few-shot draw's decoder teaches a 2D U-Net (`fewsam teach`, `StudentConfig` "
             "defaults, the same U-Net config, the draw's seed) on every slice of the draw's support volumes: the "
             "labelled slices as labelled, the others as the decoder averaged with a U-Net on the labelled slices "
-            "labels them; ± over seeds.")
+            "labels them; ± over seeds." if not unlabelled else
+            f"- Student, N slices: each few-shot draw's decoder teaches as `fewsam teach -i` does "
+            f"(`StudentConfig.cohort()`, the same U-Net config, the draw's seed): {student.get('rounds')} rounds of "
+            f"students ({student.get('student_steps')} steps each), the first on every slice of the draw's support "
+            f"volumes, the second also on every slice of {unlabelled} unlabelled volumes labelled by the first; then "
+            f"one more student along each other plane that suits (planes {student.get('planes')!r}), the students "
+            f"fused ({student.get('fusion')}); ± over seeds.")
     if report["model"]["name"] == "litemedsam":
         lines.append("- LiteMedSAM, like MedSAM, was trained with box prompts; clicks are outside its training, so the "
                      "point rows understate SAM with clicks. The paper's point baseline is SAM ViT: "

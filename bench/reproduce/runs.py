@@ -4,10 +4,14 @@ A full hippocampus study with students takes hours on a CPU, more than one worki
 :class:`RunStore` every unit (the prompted baselines, each few-shot run with its student, each U-Net from
 scratch, the fully supervised references) is written to ``reproduce_{name}[_quick].runs.json`` beside the report
 as soon as it finishes; a rerun of the same command with ``--resume`` takes the units found there and computes
-only the others. The file records what the study measures (its fingerprint: the task's split, the study's and the
-methods' configs, the model): a file written for another study is refused before any compute, so runs of
-different settings are never mixed in one report. Code changes that leave every config as it was are not
-detected: resume across such a change only when it does not move the numbers.
+only the others. The file is removed once the report is written (the report's JSON holds every run).
+
+The file records what the study measures (its fingerprint: the task's split, the study's and the methods'
+configs, the model, the JAX version and device kind), and a file written for another study is refused before any
+compute, so runs of different settings never mix in one report. The seeds and counts are not part of it: a resumed
+run may add some (each draw depends on its own seed and count only). Code changes that leave every config as it
+was, and data files changed under the same names, are not detected: resume across such a change only when it does
+not move the numbers.
 """
 
 from __future__ import annotations
@@ -41,12 +45,27 @@ def _default(value: Any) -> Any:
 
 
 def _first_difference(stored: Any, current: Any, path: str = "") -> str:
-    """The first key path where two JSON values differ, with both values."""
+    """The first key path (``task.folds[0].test``) where two JSON values differ, with both values there."""
     if isinstance(stored, dict) and isinstance(current, dict):
         for key in sorted(set(stored) | set(current)):
             if stored.get(key) != current.get(key):
                 return _first_difference(stored.get(key), current.get(key), f"{path}.{key}" if path else key)
+    if isinstance(stored, list) and isinstance(current, list) and len(stored) == len(current):
+        for index, (a, b) in enumerate(zip(stored, current)):
+            if a != b:
+                return _first_difference(a, b, f"{path}[{index}]")
     return f"{path or 'fingerprint'}: {stored!r} in the file, {current!r} now"
+
+
+def read_runs(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``{"fingerprint", "units"}`` of the runs file at ``path``; ValueError naming it if it is not one."""
+    try:
+        stored = json.loads(Path(path).read_text())
+        if not isinstance(stored["units"], dict) or not isinstance(stored["fingerprint"], dict):
+            raise TypeError("units and fingerprint must be objects")
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a study's runs file ({err}); move it away to start over") from None
+    return stored
 
 
 class RunStore:
@@ -62,16 +81,12 @@ class RunStore:
         self.fingerprint = _plain(fingerprint)
         self.units: dict[str, Any] = {}
         if self.path.exists():
-            try:
-                stored = json.loads(self.path.read_text())
-                units, written_for = stored["units"], stored["fingerprint"]
-            except (ValueError, KeyError, TypeError) as err:
-                raise ValueError(f"{self.path}: not a study's runs file ({err}); move it away to start over") from None
-            if written_for != self.fingerprint:
-                difference = _first_difference(written_for, self.fingerprint)
+            stored = read_runs(self.path)
+            if stored["fingerprint"] != self.fingerprint:
+                difference = _first_difference(stored["fingerprint"], self.fingerprint)
                 raise ValueError(f"{self.path}: written for another study ({difference}); run with the settings it "
-                                 "was written for, or choose another --out to start over")
-            self.units = units
+                                 "was written for, or start over (--overwrite without --resume, or another --out)")
+            self.units = stored["units"]
 
     def __contains__(self, key: str) -> bool:
         return key in self.units

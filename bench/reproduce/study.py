@@ -47,7 +47,8 @@ from bench.reproduce.runs import RunStore
 from fewsam_jax import metrics
 from fewsam_jax.cache import embed_volume
 from fewsam_jax.fewshot import (
-    Collection, FewShotSegmenter, StudentConfig, StudentSegmenter, SupportItem, TrainConfig, train_student)
+    Collection, DecoderConfig, FewShotSegmenter, InferenceConfig, StudentConfig, StudentSegmenter, SupportItem,
+    TrainConfig, train_student)
 from fewsam_jax.io import get_slices, save_labels
 from fewsam_jax.modeling.sam import Sam
 from fewsam_jax.preprocess import Intensity
@@ -75,8 +76,8 @@ class StudyConfig:
     def __post_init__(self):
         if self.seeds < 1:
             raise ValueError(f"seeds: expected at least 1, got {self.seeds}")
-        if self.shots is not None and (not self.shots or min(self.shots) < 1):
-            raise ValueError(f"shots: expected positive counts, got {self.shots}")
+        if self.shots is not None and (not self.shots or min(self.shots) < 1 or len(set(self.shots)) < len(self.shots)):
+            raise ValueError(f"shots: expected distinct positive counts, got {self.shots}")
 
     @classmethod
     def quick(cls) -> StudyConfig:
@@ -87,6 +88,20 @@ class StudyConfig:
 
 
 Log = Callable[[str], None]
+
+
+def student_config(task: Task, config: StudyConfig, seed: int = 0) -> StudentConfig:
+    """The student a few-shot run teaches: ``fewsam teach``'s (:meth:`StudentConfig.cohort` when the task has
+    unlabelled volumes, as with ``-i``, else :class:`StudentConfig`'s defaults) with the study's U-Net and ``seed``."""
+    base = StudentConfig.cohort(config.unet) if task.unlabelled else StudentConfig(unet=config.unet)
+    return base.replace(seed=seed)
+
+
+def method_configs(task: Task, config: StudyConfig) -> dict[str, Any]:
+    """The configs the study's methods run with (JSON-able): the few-shot decoder's defaults and the student's."""
+    return {"fewshot": {"decoder": dataclasses.asdict(DecoderConfig()), "training": dataclasses.asdict(TrainConfig()),
+                        "inference": dataclasses.asdict(InferenceConfig())},
+            "student": dataclasses.asdict(student_config(task, config)) if config.student else None}
 
 
 def _present(labels: np.ndarray, class_ids: tuple[int, ...]) -> np.ndarray:
@@ -183,9 +198,9 @@ class _Context:
 
     def unit(self, key: str, compute: Callable[[], Any]) -> Any:
         """``compute()``'s result for the unit ``key`` of the study: taken from :attr:`store` when it holds the unit
-        (with the overlay predictions the unit kept), else computed and, with a store, written there at once.
-        Either way the result is returned as the store gives it back (JSON values), so a resumed study reports
-        exactly what an uninterrupted one does."""
+        (with the overlay predictions the unit kept), else computed and, with a store, written there at once. With
+        a store the result is returned as the store gives it back (JSON values) whether kept or computed now, so a
+        resumed study reports exactly what an uninterrupted one does."""
         if self.store is not None and key in self.store:
             record = self.store.get(key)
             self.example["predictions"].update({m: np.asarray(p) for m, p in record["overlays"].items()})
@@ -322,8 +337,7 @@ def _teach(ctx: _Context, fold_index: int, segmenter: FewShotSegmenter, collecti
     fold's test slices: a record with ``run``'s fields."""
     fold, shots, seed = ctx.task.folds[fold_index], run["shots"], run["seed"]
     unlabelled = list(ctx.task.unlabelled)
-    config = (StudentConfig.cohort(ctx.config.unet) if unlabelled else StudentConfig(unet=ctx.config.unet)).replace(
-        seed=seed)
+    config = student_config(ctx.task, ctx.config, seed)
     started = time.perf_counter()
     student = train_student(segmenter, collection, unlabelled, config=config, cache=ctx.cache, progress=False)
     taught = time.perf_counter()

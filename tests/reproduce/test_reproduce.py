@@ -85,6 +85,11 @@ def test_study_writes_consistent_report(synthetic_task, tiny_sam, tmp_path, monk
 
     train_unet_on = study.train_unet_on
     monkeypatch.setattr(study, "train_unet_on", spy)
+    import bench.reproduce as reproduce
+
+    overlays, write_report = [], reproduce.write_report  # the overlay predictions each report is drawn with
+    monkeypatch.setattr(reproduce, "write_report", lambda report, example, *a, **k: overlays.append(
+        dict(example["predictions"])) or write_report(report, example, *a, **k))
     other = _case(tmp_path, "other", np.random.default_rng(5))  # an unlabelled volume: the student is taught as -i
     task = dataclasses.replace(synthetic_task, unlabelled=(other.image,))
     report = run_study(task, out=tmp_path / "results", model=tiny_sam, config=config,
@@ -150,18 +155,32 @@ def test_study_writes_consistent_report(synthetic_task, tiny_sam, tmp_path, monk
                         rows["few-shot, 1 slice"]["mean"]["iou"] / rows["SAM 1 point"]["mean"]["iou"])
     assert f"{arm['iou_ratio_vs_one_point']:.2f}" in text
 
-    # every unit was kept as it finished; a resumed run takes them all and reports the same rows without training
+    # an interrupted run keeps every unit finished before the interruption; resumed, it runs only the rest and
+    # reports what the uninterrupted run did (the supervised unit is trained again: deterministic per seed)
     runs_file = tmp_path / "results" / "reproduce_synthetic.runs.json"
-    assert sorted(json.loads(runs_file.read_text())["units"]) == [
-        "U-Net 1, seed 0, fold synthetic", "few-shot 1, seed 0, fold synthetic", "fully supervised", "prompted SAM"]
-    for module, name in ((study, "train_unet_on"), (study.FewShotSegmenter, "train"), (study, "train_student"),
-                         (study, "segment_prompted")):
-        monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("a kept unit ran again"))
+    assert not runs_file.exists()  # removed with the report written
+    run_supervised = study.run_supervised
+    monkeypatch.setattr(study, "run_supervised", lambda ctx: pytest.fail("interrupted"))
+    with pytest.raises(pytest.fail.Exception, match="interrupted"):
+        run_study(task, out=tmp_path / "results", model=tiny_sam, config=config, cache=tmp_path / "cache",
+                  log=lambda message: None, overwrite=True)
+    units = json.loads(runs_file.read_text())["units"]
+    assert {key: sorted(unit["overlays"]) for key, unit in units.items()} == {
+        "prompted SAM": ["SAM 1 point"], "few-shot 1, seed 0, fold synthetic": ["few-shot 1", "student 1"],
+        "U-Net 1, seed 0, fold synthetic": ["U-Net 1"]}
+    monkeypatch.setattr(study, "run_supervised", run_supervised)
+    for name in ("_fewshot_run", "_unet_run", "run_prompted"):
+        monkeypatch.setattr(study, name, lambda *a, **k: pytest.fail("a kept unit ran again"))
     run_study(task, out=tmp_path / "results", model=tiny_sam, config=config, cache=tmp_path / "cache",
               log=lambda message: None, resume=True, overwrite=True)
     again = json.loads((tmp_path / "results" / names["json"]).read_text())  # as JSON (NaN as null), like `stored`
-    assert again["rows"] == stored["rows"] and again["runs"] == stored["runs"]
-    assert any("Resumed: 4 unit(s) kept" in note for note in again["notes"])
+    assert [(r["method"], r["classes"], r["mean"]) for r in again["rows"]] == [
+        (r["method"], r["classes"], r["mean"]) for r in stored["rows"]]
+    assert {k: [r["items"] for r in v] for k, v in again["runs"].items()} == {
+        k: [r["items"] for r in v] for k, v in stored["runs"].items()}
+    assert any("Resumed: 3 unit(s) kept" in note for note in again["notes"]) and not runs_file.exists()
+    first, resumed = overlays[0], overlays[-1]
+    assert sorted(first) == sorted(resumed) and all(np.array_equal(first[m], resumed[m]) for m in first)
 
 
 def test_runs_file_is_refused_for_another_study_and_kept_without_resume(synthetic_task, tiny_sam, tmp_path,
@@ -173,8 +192,16 @@ def test_runs_file_is_refused_for_another_study_and_kept_without_resume(syntheti
     store = RunStore(tmp_path / "a.runs.json", {"study": {"seeds": 3}, "model": "m"})
     assert store.put("unit", {"dice": math.inf, "items": (1, np.float32(0.5))}) == {"dice": math.inf, "items": [1, 0.5]}
     assert RunStore(tmp_path / "a.runs.json", {"study": {"seeds": 3}, "model": "m"}).get("unit")["dice"] == math.inf
-    with pytest.raises(ValueError, match=r"a.runs.json: written for another study \(study.seeds: 3 in the file, 1 now"):
+    with pytest.raises(ValueError, match=r"a.runs.json: written for another study \(study.seeds: 3 in the file, 1"):
         RunStore(tmp_path / "a.runs.json", {"study": {"seeds": 1}, "model": "m"})
+    RunStore(tmp_path / "c.runs.json", {"folds": [{"test": [1, 2]}]}).put("unit", {})
+    with pytest.raises(ValueError, match=r"\(folds\[0\].test\[1\]: 2 in the file, 3 now\)"):
+        RunStore(tmp_path / "c.runs.json", {"folds": [{"test": [1, 3]}]})
+    with pytest.raises(ValueError, match="distinct positive counts"):  # a repeated count would be one unit twice
+        StudyConfig(shots=(5, 5))
+    fold = synthetic_task.folds[0]
+    with pytest.raises(ValueError, match="fold names must be unique"):
+        dataclasses.replace(synthetic_task, folds=(fold, fold))
     (tmp_path / "b.runs.json").write_text("notes")
     with pytest.raises(ValueError, match="b.runs.json: not a study's runs file"):
         RunStore(tmp_path / "b.runs.json", {})
@@ -182,13 +209,23 @@ def test_runs_file_is_refused_for_another_study_and_kept_without_resume(syntheti
     results = tmp_path / "results"
     results.mkdir()
     kept = results / "reproduce_synthetic.runs.json"
-    kept.write_text("an interrupted run's units")
-    monkeypatch.setattr(reproduce, "run_methods", lambda *a, **k: pytest.fail("the study ran first"))
+    kept.write_text("someone's notes")
+    monkeypatch.setattr(reproduce, "run_methods", lambda *a, **k: pytest.fail("the study ran"))
     with pytest.raises(OutputExistsError, match="runs.json exists .* pass --resume to continue it, or --overwrite"):
         run_study(synthetic_task, out=results, model=tiny_sam, log=lambda message: None)
-    with pytest.raises(ValueError, match="not a study's runs file"):  # --resume reads it, before any compute
+    for options in ({"resume": True}, {"overwrite": True}):  # neither reads nor removes what is not a runs file
+        with pytest.raises(ValueError, match="not a study's runs file"):
+            run_study(synthetic_task, out=results, model=tiny_sam, log=lambda message: None, **options)
+    assert kept.read_text() == "someone's notes"
+    kept.unlink()
+    RunStore(kept, {"study": "another"}).put("unit", {})
+    with pytest.raises(ValueError, match=r"written for another study \(methods: None in the file"):
         run_study(synthetic_task, out=results, model=tiny_sam, log=lambda message: None, resume=True)
-    assert kept.read_text() == "an interrupted run's units"
+    with pytest.raises(pytest.fail.Exception, match="the study ran"):  # --overwrite: the runs file starts afresh
+        run_study(synthetic_task, out=results, model=tiny_sam, log=lambda message: None, overwrite=True)
+    assert not kept.exists()  # the old units are gone; the first unit finished writes it anew
+    with pytest.raises(ValueError, match="unlabelled: 2 volumes for the students, but the study teaches none"):
+        run_study("hippocampus", out=results, unlabelled=2, log=lambda message: None)
 
 
 def _run(seed: int, shots: int, dice: tuple[float, float], empty_right: bool = False) -> dict:
@@ -449,7 +486,7 @@ def test_cli_reproduce_refuses_unlabelled_volumes_without_students(capsys):
     from bench.reproduce.__main__ import main
 
     assert main(["--dataset", "hippocampus", "--unlabelled", "4"]) == 2
-    assert "add --student" in capsys.readouterr().err
+    assert "teaches none (set StudyConfig.student: --student)" in capsys.readouterr().err
 
 
 def test_cli_reproduce_without_the_research_tree_says_where_it_is(monkeypatch, capsys):
