@@ -81,7 +81,8 @@ def run_study(
     name = dataset.name if isinstance(dataset, Task) else task_name(dataset, axis)
     check_report_files(out, name, quick, overwrite)
     runs_file = runs_path(out, name, quick)
-    if runs_file.exists() and not resume:  # the units of an earlier run: kept unless asked
+    start_over = runs_file.exists() and not resume
+    if start_over:  # the units of an earlier run: kept unless asked
         if not overwrite:
             raise OutputExistsError(f"{runs_file} exists (the finished units of an earlier run of this study): pass "
                                     "--resume to continue it, or --overwrite to start over")
@@ -90,7 +91,7 @@ def run_study(
     task = dataset if isinstance(dataset, Task) else load_task(dataset, quick, data_root, axis, unlabelled)
     sam = model if isinstance(model, Sam) else load_model(model, checkpoint)
     log(f"{task.name}: {len(task.folds)} fold(s), {task.test_items} test item(s), model {sam.config.name}")
-    if runs_file.exists() and not resume:  # --overwrite: start over
+    if start_over:  # --overwrite, checked above; removed only once the task and the model have loaded
         runs_file.unlink()
     store = RunStore(runs_file, fingerprint(task, config, sam))
     raw = run_methods(task, sam, config, cache=cache, log=log, store=store)

@@ -414,9 +414,7 @@ def train_unet_on(ctx: _Context, fold: Fold, support: list[tuple[int, tuple[int,
 def run_unet_per_count(ctx: _Context, fewshot_runs: list[dict]) -> list[dict]:
     """The U-Net from scratch on exactly the support slices of every few-shot run (empty slices
     included), with the run's seed; one run record per few-shot run, with the same fields."""
-    folds = {fold.name: (index, fold) for index, fold in enumerate(ctx.task.folds)}
-    if len(folds) != len(ctx.task.folds):
-        raise ValueError(f"task {ctx.task.name}: fold names must be unique")
+    folds = {fold.name: (index, fold) for index, fold in enumerate(ctx.task.folds)}  # unique: Task checks them
     return [ctx.unit(f"U-Net {fewshot['shots']}, seed {fewshot['seed']}, fold {fewshot['fold']}",
                      lambda fewshot=fewshot: _unet_run(ctx, *folds[fewshot["fold"]], fewshot))
             for fewshot in fewshot_runs]
