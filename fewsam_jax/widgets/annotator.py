@@ -624,8 +624,10 @@ class SliceAnnotator:
     def _refresh(self) -> None:
         if not hasattr(self, "_widget"):
             return
-        self.canvas.set_image(self.render())
+        # the text first: the browser applies it on arrival but draws the image once decoded, so a
+        # newly drawn image never sits beside the previous status line
         self._status.value = self.status()
         shown = ", ".join(map(str, self.labelled_slices)) or "none yet"
         self._listing.value = f"labelled slices ({len(self.labelled_slices)}): {shown}"
+        self.canvas.set_image(self.render())
 

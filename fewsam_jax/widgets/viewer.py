@@ -383,7 +383,7 @@ class ResultViewer:
                 box.value = class_id in self.visible
         finally:
             self._syncing = False
+        self._status.value = self.status()  # before the images, as in the annotator
         for plane, canvas in self.canvases.items():
             canvas.set_image(self.render_plane(plane))
         self.plot_canvas.set_image(self.render_plot())
-        self._status.value = self.status()

@@ -92,6 +92,9 @@ def test_annotator_brush_click_and_drag_label_pixels(voila, browser_page, artifa
     count = render_count(page, canvas)
     page.mouse.click(box["x"] + 0.3 * box["width"], y)
     wait_for_new_image(page, canvas, count)
+    # an image drawn after the click may still be an earlier one (the app's first renders): wait for the status
+    page.wait_for_function("() => !document.querySelector('.fewsam-annotator .fewsam-status')"
+                           ".textContent.startsWith('0 labelled')", timeout=UPDATE_TIMEOUT_MS)
     clicked = labelled_pixels(page)
     assert 20 <= clicked <= 40, f"a brush click of radius 3 should paint ~29 pixels, status says {clicked}"
     assert page.inner_text(".fewsam-annotator .fewsam-labelled") == "labelled slices (1): 6"

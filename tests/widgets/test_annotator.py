@@ -237,6 +237,18 @@ def test_dom_hooks_and_display():
     assert "application/vnd.jupyter.widget-view+json" in data
 
 
+def test_each_new_image_follows_the_text_it_belongs_to():
+    """The browser shows text on arrival but an image once decoded: text first keeps them in step."""
+    annotator = SliceAnnotator(make_volume(), CLASSES)
+    sent = []
+    annotator._status.observe(lambda change: sent.append(("status", change["new"])), "value")
+    annotator._listing.observe(lambda change: sent.append(("listing", change["new"])), "value")
+    annotator.canvas.observe(lambda change: sent.append(("image", None)), "png")
+    send(annotator, pointer("down", 10, 10), pointer("up", 10, 10))
+    assert [kind for kind, _ in sent][-3:] == ["status", "listing", "image"], sent
+    assert not sent[-3][1].startswith("0 labelled") and sent[-2][1] == "labelled slices (1): 3"
+
+
 def test_sam_assist_off_without_model():
     annotator = SliceAnnotator(make_volume(), CLASSES)
     with pytest.raises(RuntimeError, match="SAM assist is off"):
