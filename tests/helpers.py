@@ -141,3 +141,119 @@ def tiny_staged_sam():
     from fewsam_jax.modeling.sam import Sam
 
     return Sam(tiny_staged_config(), rngs=nnx.Rngs(0), weights_id=f"{TINY_STAGED}-seed0")
+
+
+# Few-shot training on synthetic volumes with the tiny random SAM (tests/fewshot): a bright ellipse (class 1) and a
+# mid-grey bar (class 2, absent from every third slice) on a dark, noisy background, both moving along axis 2.
+
+
+def synthetic_training_configs():
+    """``(DecoderConfig, TrainConfig)`` the synthetic few-shot tests start from: two slice tokens; 150 steps of
+    two slices at 1e-3 after 5 warm-up steps."""
+    from fewsam_jax.fewshot import DecoderConfig, TrainConfig
+
+    return (DecoderConfig(slice_tokens=2),
+            TrainConfig(steps=150, batch_slices=2, learning_rate=1e-3, warmup_steps=5))
+
+
+def synthetic_volume(seed: int, shape=(48, 40, 12)):
+    """``(image float32, labels uint8)`` of ``shape``, the shapes placed by ``seed``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x, y = np.mgrid[: shape[0], : shape[1]]
+    image = rng.normal(0.1, 0.03, shape).astype(np.float32)
+    labels = np.zeros(shape, np.uint8)
+    for z in range(shape[2]):
+        cx, cy = 24 + 6 * np.sin(z / 2 + seed), 20 + 4 * np.cos(z / 3)
+        ellipse = ((x - cx) / 11) ** 2 + ((y - cy) / 8) ** 2 < 1
+        labels[..., z][ellipse] = 1
+        if z % 3:
+            bar = (np.abs(x - 8) < 5) & (np.abs(y - cy) < 12)
+            labels[..., z][bar & ~ellipse] = 2
+    image += 0.8 * (labels == 1) + 0.45 * (labels == 2)
+    return image, labels
+
+
+def write_case(folder: Path, name: str, seed: int, affine=None, shape=(48, 40, 12)) -> tuple[Path, Path]:
+    """:func:`synthetic_volume` written as ``NAME.nii.gz`` and ``NAME_seg.nii.gz`` (``affine`` default: 1.5 x 1 x 2
+    mm voxels); returns both paths."""
+    import nibabel as nib
+    import numpy as np
+
+    affine = np.diag([1.5, 1.0, 2.0, 1.0]) if affine is None else affine
+    image, labels = synthetic_volume(seed, shape)
+    nib.save(nib.Nifti1Image(image, affine), folder / f"{name}.nii.gz")
+    nib.save(nib.Nifti1Image(labels, affine), folder / f"{name}_seg.nii.gz")
+    return folder / f"{name}.nii.gz", folder / f"{name}_seg.nii.gz"
+
+
+def synthetic_case(sam, folder: Path, support: dict[str, dict], test: dict, config=None, training=None,
+                   repeats: int = 1) -> dict:
+    """A collection of its own in (empty) ``folder``: support volumes ``support`` (file stem -> write_case's
+    keywords plus the labelled ``slices``), the test volume ``b`` (``test``: write_case's keywords), the
+    manifest of both classes on axis 2, and ``repeats`` decoders trained on it with ``sam``, ``config`` and
+    ``training`` (default: :func:`synthetic_training_configs`), the cache in the folder. Returns folder, cache,
+    test_image, test_labels, sam and ``segmenters`` (the trained decoders, in order)."""
+    import json
+
+    from fewsam_jax.fewshot import FewShotSegmenter
+
+    default_config, default_training = synthetic_training_configs()
+    config = default_config if config is None else config
+    training = default_training if training is None else training
+    items = []
+    for stem, options in support.items():
+        options = dict(options)
+        slices = options.pop("slices")
+        write_case(folder, stem, **options)
+        items.append({"image": f"{stem}.nii.gz", "labels": f"{stem}_seg.nii.gz", "slices": slices})
+    test_image, test_labels = write_case(folder, "b", **test)
+    manifest = folder / "manifest.json"
+    manifest.write_text(json.dumps({"classes": {"1": "ellipse", "2": "bar"}, "axis": 2, "support": items}))
+    segmenters = [FewShotSegmenter.train(manifest, sam=sam, config=config, training=training, cache=folder / "cache",
+                                         progress=False) for _ in range(repeats)]
+    return dict(folder=folder, cache=folder / "cache", test_image=test_image, test_labels=test_labels,
+                segmenters=segmenters, sam=sam)
+
+
+def save_legacy(segmenter, folder: Path, drop=(), **changes) -> None:
+    """``segmenter`` (a FewShotSegmenter) saved as decoders were before the configs were split: one flat
+    ``fewshot`` object (``FewShotConfig``, without the keys in ``drop``, which did not exist yet, and with
+    ``changes``), the support copies' options (with their own seed) in ``info``, and a state holding the
+    similarity prior's vector (trained, but unused with the prior off) and the mean prototypes."""
+    import json
+    import shutil
+
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from fewsam_jax.outputs import tree_checksums
+    from fewsam_jax.weights import save_pytree
+
+    segmenter.save(folder)
+    meta = json.loads((folder / "fewshot.json").read_text())
+    training = meta.pop("training")
+    augment = training.pop("augment")
+    flat = {**meta.pop("decoder"), **training, **meta.pop("inference"), "similarity_prior": False,
+            "trainable": "decoder", **changes}
+    meta["fewshot"] = {k: v for k, v in flat.items() if k not in (*drop, "threshold_offset")}  # not yet then
+    meta["info"]["augment"] = {**augment, "seed": training["seed"]}
+    legacy = nnx.clone(segmenter.decoder)
+    k, _, c = segmenter.tokens.shape
+    legacy.similarity_embed = nnx.Param(jnp.full((c,), 0.5, jnp.float32))
+    shutil.rmtree(folder / "state")
+    save_pytree(folder / "state", {"decoder": nnx.state(legacy), "tokens": segmenter.tokens,
+                                   "prototypes": jnp.ones((k, c), jnp.float32)})
+    meta["checksums"] = tree_checksums(folder)
+    (folder / "fewshot.json").write_text(json.dumps(meta))
+
+
+def param_leaves(module) -> dict:
+    """``{top-level attribute: [each nnx.Param leaf under it as a numpy array]}`` of an NNX module."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    state = nnx.state(module, nnx.Param).to_pure_dict()
+    return {key: [np.asarray(x) for x in jax.tree_util.tree_leaves(value)] for key, value in state.items()}

@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import save_legacy, synthetic_case, synthetic_training_configs, write_case
 
 from fewsam_jax import metrics
 from fewsam_jax.fewshot import AugmentConfig, DecoderConfig, FewShotSegmenter, SupportSet, TrainConfig
@@ -23,53 +24,7 @@ from fewsam_jax.fewshot.infer import calibrate_thresholds, labels_from_logits, p
 from fewsam_jax.fewshot.prompts import IGNORE
 from fewsam_jax.io import get_slices, load_volume
 
-DECODER = DecoderConfig(slice_tokens=2)
-TRAINING = TrainConfig(steps=150, batch_slices=2, learning_rate=1e-3, warmup_steps=5)
-
-
-def synthetic_volume(seed: int, shape=(48, 40, 12)) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x, y = np.mgrid[: shape[0], : shape[1]]
-    image = rng.normal(0.1, 0.03, shape).astype(np.float32)
-    labels = np.zeros(shape, np.uint8)
-    for z in range(shape[2]):
-        cx, cy = 24 + 6 * np.sin(z / 2 + seed), 20 + 4 * np.cos(z / 3)
-        ellipse = ((x - cx) / 11) ** 2 + ((y - cy) / 8) ** 2 < 1
-        labels[..., z][ellipse] = 1
-        if z % 3:
-            bar = (np.abs(x - 8) < 5) & (np.abs(y - cy) < 12)
-            labels[..., z][bar & ~ellipse] = 2
-    image += 0.8 * (labels == 1) + 0.45 * (labels == 2)
-    return image, labels
-
-
-def write_case(folder, name, seed, affine=np.diag([1.5, 1.0, 2.0, 1.0]), shape=(48, 40, 12)):
-    image, labels = synthetic_volume(seed, shape)
-    nib.save(nib.Nifti1Image(image, affine), folder / f"{name}.nii.gz")
-    nib.save(nib.Nifti1Image(labels, affine), folder / f"{name}_seg.nii.gz")
-    return folder / f"{name}.nii.gz", folder / f"{name}_seg.nii.gz"
-
-
-def synthetic_case(sam, folder, support: dict[str, dict], test: dict, config=DECODER, training=TRAINING,
-                   repeats: int = 1) -> dict:
-    """A collection of its own in (empty) ``folder``: support volumes ``support`` (file stem -> write_case's
-    keywords plus the labelled ``slices``), the test volume ``b`` (``test``: write_case's keywords), the
-    manifest of both classes on axis 2, and ``repeats`` decoders trained on it with ``sam``, ``config`` and
-    ``training``, the cache in the folder. Returns folder, cache, test_image, test_labels, sam and
-    ``segmenters`` (the trained decoders, in order)."""
-    items = []
-    for stem, options in support.items():
-        options = dict(options)
-        slices = options.pop("slices")
-        write_case(folder, stem, **options)
-        items.append({"image": f"{stem}.nii.gz", "labels": f"{stem}_seg.nii.gz", "slices": slices})
-    test_image, test_labels = write_case(folder, "b", **test)
-    manifest = folder / "manifest.json"
-    manifest.write_text(json.dumps({"classes": {"1": "ellipse", "2": "bar"}, "axis": 2, "support": items}))
-    segmenters = [FewShotSegmenter.train(manifest, sam=sam, config=config, training=training, cache=folder / "cache",
-                                         progress=False) for _ in range(repeats)]
-    return dict(folder=folder, cache=folder / "cache", test_image=test_image, test_labels=test_labels,
-                segmenters=segmenters, sam=sam)
+DECODER, TRAINING = synthetic_training_configs()
 
 
 @pytest.fixture(scope="module")
@@ -399,36 +354,6 @@ def plain_case(tiny_sam, tmp_path_factory):
     return dict(case, segmenter=case["segmenters"][0])
 
 
-def save_legacy(segmenter: FewShotSegmenter, folder, drop=(), **changes) -> None:
-    """``segmenter`` saved as decoders were before the configs were split: one flat ``fewshot`` object
-    (``FewShotConfig``, without the keys in ``drop``, which did not exist yet, and with ``changes``), the
-    support copies' options (with their own seed) in ``info``, and a state holding the similarity prior's
-    vector (trained, but unused with the prior off) and the mean prototypes."""
-    import shutil
-
-    from flax import nnx
-
-    from fewsam_jax.outputs import tree_checksums
-    from fewsam_jax.weights import save_pytree
-
-    segmenter.save(folder)
-    meta = json.loads((folder / "fewshot.json").read_text())
-    training = meta.pop("training")
-    augment = training.pop("augment")
-    flat = {**meta.pop("decoder"), **training, **meta.pop("inference"), "similarity_prior": False,
-            "trainable": "decoder", **changes}
-    meta["fewshot"] = {k: v for k, v in flat.items() if k not in (*drop, "threshold_offset")}  # not yet then
-    meta["info"]["augment"] = {**augment, "seed": training["seed"]}
-    legacy = nnx.clone(segmenter.decoder)
-    k, _, c = segmenter.tokens.shape
-    legacy.similarity_embed = nnx.Param(jnp.full((c,), 0.5, jnp.float32))
-    shutil.rmtree(folder / "state")
-    save_pytree(folder / "state", {"decoder": nnx.state(legacy), "tokens": segmenter.tokens,
-                                   "prototypes": jnp.ones((k, c), jnp.float32)})
-    meta["checksums"] = tree_checksums(folder)
-    (folder / "fewshot.json").write_text(json.dumps(meta))
-
-
 def test_legacy_decoder_loads_to_identical_predictions(plain_case, tmp_path):
     """A decoder saved with the flat FewShotConfig, the similarity prior's vector and the prototypes in its
     state: both are dropped on restore, the configs split, and it predicts exactly as before (at its thresholds:
@@ -467,158 +392,6 @@ def test_decoder_saved_before_joint_decoding_loads_as_separate(plain_case, tmp_p
                 drop=("class_decoding", "image_features", "image_context", "image_frame", "warp_rotation_deg",
                       "warp_scale", "image_jitter"))
     assert FewShotSegmenter.load(tmp_path / "decoder").decoder.config.class_decoding == "separate"
-
-
-@pytest.mark.slow  # compiles the decoder with and without the image branch
-@pytest.mark.parametrize("frame", ["mask", "embedding"])
-def test_image_branch_starts_as_sams_decoder(tiny_sam, frame):
-    """Zero-initialised fusion: before training, the image branch (in either frame) changes nothing."""
-    from flax import nnx
-
-    from fewsam_jax.fewshot.decoder import FewShotDecoder
-
-    rng = np.random.default_rng(0)
-    e, c = tiny_sam.config.embedding_size, tiny_sam.config.prompt_embed_dim
-    embeddings = jnp.asarray(rng.normal(size=(2, e, e, c)), jnp.float32)
-    tokens = jnp.asarray(rng.normal(size=(2, 5, c)), jnp.float32)
-    images = jnp.asarray(rng.random(size=(2, 4 * e, 4 * e, 3)), jnp.float32)
-    plain = FewShotDecoder(tiny_sam, DecoderConfig.sam_only(), rngs=nnx.Rngs(0))
-    branch = FewShotDecoder(tiny_sam, DecoderConfig(image_features=4, image_context=1, image_frame=frame),
-                            rngs=nnx.Rngs(0))
-    expected = plain(embeddings, tokens)
-    got = branch(embeddings, tokens, images=images)
-    assert got[0].shape == (2, 2, 4 * e, 4 * e) and got[1].shape == (2, 2)
-    for x, y in zip(expected, got):
-        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
-    with pytest.raises(ValueError, match="images must be given exactly when"):
-        branch(embeddings, tokens)
-
-
-def test_image_branch_config_is_checked():
-    with pytest.raises(ValueError, match="needs class_decoding='joint'"):
-        DecoderConfig(image_features=8, class_decoding="separate")
-    with pytest.raises(ValueError, match="image_context needs the image branch"):
-        DecoderConfig(image_features=0, image_context=1)
-    with pytest.raises(ValueError, match="expected >= 0"):
-        DecoderConfig(image_features=-1)
-    with pytest.raises(ValueError, match="image_frame: expected 'mask' or 'embedding'"):
-        DecoderConfig(image_frame="pixels")
-    with pytest.raises(ValueError, match="image_learning_rate: expected None without the image branch"):
-        TrainConfig(image_learning_rate=1e-3).check(DecoderConfig.sam_only())
-    TrainConfig(image_learning_rate=1e-3).check(DecoderConfig())
-    with pytest.raises(ValueError, match="image_learning_rate: expected None or >= 0"):
-        TrainConfig(image_learning_rate=-1.0)
-
-
-@pytest.mark.slow  # compiles and runs the image branch's training step
-def test_image_learning_rate_drives_the_branch_alone(tiny_sam):
-    """image_learning_rate=0 freezes the branch while SAM's decoder still trains at learning_rate."""
-    from flax import nnx
-
-    from fewsam_jax.fewshot.decoder import FewShotDecoder
-    from fewsam_jax.fewshot.train import SupportSet, train_decoder
-
-    e, c = tiny_sam.config.embedding_size, tiny_sam.config.prompt_embed_dim
-    rng = np.random.default_rng(0)
-    labels = np.zeros((3, 4 * e, 4 * e), np.int32)
-    labels[:, 8:40, 12:30] = 1
-    support = SupportSet(rng.normal(size=(3, e, e, c)).astype(np.float32), labels, np.arange(3), (1,),
-                         images=rng.random((3, 4 * e, 4 * e, 1)).astype(np.float32))
-    training = TRAINING.replace(steps=3, warmup_steps=1, image_learning_rate=0.0)
-    decoder = FewShotDecoder(tiny_sam, DECODER.replace(image_features=4), rngs=nnx.Rngs(0))
-    before = nnx_state_leaves(decoder)
-    train_decoder(decoder, support, training, progress=False)
-    after = nnx_state_leaves(decoder)
-    for a, b in zip(before["image_branch"], after["image_branch"]):
-        np.testing.assert_array_equal(a, b)
-    assert any(not np.array_equal(a, b) for a, b in zip(before["mask_decoder"], after["mask_decoder"]))
-
-
-def test_space_to_depth_is_lossless():
-    from fewsam_jax.fewshot.image_branch import _depth_to_space, _space_to_depth
-
-    x = jnp.arange(2 * 8 * 12 * 3, dtype=jnp.float32).reshape(2, 8, 12, 3)
-    cells = _space_to_depth(x, 4)
-    assert cells.shape == (2, 2, 3, 48)
-    np.testing.assert_array_equal(cells[1, 1, 2].reshape(4, 4, 3), x[1, 4:8, 8:12])  # one cell holds its block
-    np.testing.assert_array_equal(_depth_to_space(cells, 4), x)
-
-
-def test_context_slices_repeat_the_edges():
-    from fewsam_jax.fewshot.image_branch import context_slices
-
-    slices = np.arange(4, dtype=np.float32)[:, None, None] * np.ones((4, 2, 3), np.float32)
-    out = context_slices(slices, [0, 2, 3], context=1)
-    assert out.shape == (3, 2, 3, 3)
-    np.testing.assert_array_equal(out[:, 0, 0], [[0, 0, 1], [1, 2, 3], [2, 3, 3]])
-
-
-def test_images_and_labels_share_the_low_res_frame(tiny_sam):
-    from fewsam_jax.fewshot.prompts import images_to_low_res, labels_to_low_res
-
-    labels = np.zeros((1, 40, 20), np.int32)
-    labels[0, 10:30, 5:15] = 1
-    images = labels[..., None].astype(np.float32)
-    low_images = images_to_low_res(images, tiny_sam.config)
-    low_labels = labels_to_low_res(labels, (1,), tiny_sam.config)
-    size = tiny_sam.config.low_res_size
-    assert low_images.shape == (1, size, size, 1)
-    assert (low_images[0, ..., 0][low_labels[0] == IGNORE] == 0).all()  # padding is zero
-    inside = low_images[0, ..., 0] > 0.5
-    assert metrics.dice(inside, low_labels[0] == 1) > 0.9
-
-
-@pytest.fixture(scope="module", params=["mask", "embedding"])
-def image_branch_case(tiny_sam, tmp_path_factory, request):
-    """Two decoders with the image branch (frame ``request.param``) trained alike (12 steps, same seed)."""
-    config = DECODER.replace(image_features=4, image_context=1, image_frame=request.param)
-    return synthetic_case(tiny_sam, tmp_path_factory.mktemp("image_branch"),
-                          {"a": dict(seed=0, shape=(48, 40, 8), slices=[0, 2, 4, 7])}, dict(seed=1, shape=(48, 40, 6)),
-                          config=config, training=TRAINING.replace(steps=12), repeats=2)
-
-
-@pytest.mark.slow  # trains the image branch twice
-def test_image_branch_training_is_deterministic_and_reloads(image_branch_case, tmp_path):
-    first, second = image_branch_case["segmenters"]
-    volume = load_volume(image_branch_case["test_image"])
-    cache = image_branch_case["cache"]
-    a = first.predict_volume(volume, cache=cache, progress=False)
-    b = second.predict_volume(volume, cache=cache, progress=False)
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x, y)  # same seed, same decoder
-    first.save(tmp_path / "decoder")
-    reloaded = FewShotSegmenter.load(tmp_path / "decoder")
-    reloaded._sam = image_branch_case["sam"]
-    assert reloaded.decoder.config.image_features == 4 and reloaded.decoder.config.image_context == 1
-    assert reloaded.decoder.config.image_frame == first.decoder.config.image_frame
-    c = reloaded.predict_volume(volume, cache=cache, progress=False)
-    for x, y in zip(a, c):
-        np.testing.assert_array_equal(x, y)
-    branch = nnx_state_leaves(first.decoder.image_branch)
-    assert any(np.abs(leaf).max() > 0 for leaf in branch["fuse"])  # training moved the zero-initialised fusion
-
-
-@pytest.mark.slow  # the module's `image_branch_case`: trains the image branch
-def test_branch_decoder_saved_before_image_frame_loads_in_the_mask_frame(image_branch_case, tmp_path):
-    first = image_branch_case["segmenters"][0]
-    if first.decoder.config.image_frame != "mask":
-        pytest.skip("only mask-frame decoders were saved before image_frame existed")
-    save_legacy(first, tmp_path / "decoder", drop=("image_frame",))
-    reloaded = FewShotSegmenter.load(tmp_path / "decoder")
-    assert reloaded.decoder.config.image_frame == "mask" and reloaded.decoder.config.image_features == 4
-
-
-def nnx_state_leaves(module) -> dict[str, list[np.ndarray]]:
-    from flax import nnx
-
-    state = nnx.state(module, nnx.Param).to_pure_dict()
-    return {key: [np.asarray(x) for x in jax_leaves(value)] for key, value in state.items()}
-
-
-def jax_leaves(tree):
-    import jax
-
-    return jax.tree_util.tree_leaves(tree)
 
 
 def test_decoder_saved_before_the_image_branch_loads_without_one(plain_case, tmp_path):
