@@ -10,9 +10,10 @@ Rules (see README, "Safety"):
     kind (or, for folders written before markers existed, exactly the files the library writes) and
     nothing else. Any other folder is never deleted.
   * Folders are written into a staging folder beside the destination and renamed into place; files
-    into a temporary file and ``os.replace``-d. Failures remove the staging folder or temporary file;
-    staging folders left by killed runs (name prefix + marker, writer process gone) are removed by the
-    next write into the same parent folder.
+    into a temporary file, flushed to disk and ``os.replace``-d. Failures while computing remove the
+    staging folder or temporary file; a finished folder that cannot be put in place is kept, visible, as
+    ``<name>.fewsam-kept.<hex>`` and the error names it. Staging folders left by killed runs (name
+    prefix + marker, writer process gone) are removed by the next write into the same parent folder.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ MARKER = ".fewsam"  # JSON {"kind", "library", "created", "pid", "host"} in ever
 STAGING = ".fewsam-staging"  # name part of staging folders: .<name>.fewsam-staging.<hex>
 RETIRED = ".fewsam-retired"  # a replaced folder between the two renames: .<name>.fewsam-retired.<hex>
 TMP = ".fewsam-tmp."  # temporary files: .<name>.fewsam-tmp.<hex><suffix>
+KEPT = ".fewsam-kept."  # a finished folder that could not be renamed into place: <name>.fewsam-kept.<hex>
 STALE_SECONDS = 24 * 3600  # staging folders of another host are stale after this long
 
 # files a library folder of each kind holds besides MARKER, and those a folder written before markers existed
@@ -74,13 +76,21 @@ def _within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Two existing paths naming one file: a hard link, or another spelling on a case-insensitive disk."""
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _check_not_input(out: Path, inputs: Iterable[str | os.PathLike | None], folder_output: bool) -> None:
     target = _resolve(out)
     for item in inputs:
         if item is None:
             continue
         source = _resolve(item)
-        if target == source:
+        if target == source or _same_file(target, source):
             raise OutputIsInputError(f"{out} is also an input of this command; it would be overwritten. "
                                      "Choose another output path")
         if source.is_dir() and _within(target, source):
@@ -158,6 +168,9 @@ def check_output_dir(out: str | os.PathLike, kind: str, *, overwrite: bool = Fal
     if out.exists():
         if not out.is_dir():
             raise OutputExistsError(f"{out} exists and is a file, not a {kind} folder; choose a new folder path")
+        if os.path.ismount(out):  # a folder is written beside it and renamed into place: not possible on a mount
+            raise OutputError(f"{out} is a mount point; fewsam_jax writes a new folder and renames it into place, "
+                              f"which a mount point does not allow. Give a new folder inside it, e.g. {out / kind}")
         problem = library_folder_problem(out, kind)
         if problem is not None:
             raise OutputExistsError(f"{out} exists and {problem}; fewsam_jax never deletes a folder it did not "
@@ -243,18 +256,34 @@ def write_dir(out: str | os.PathLike, kind: str, *, overwrite: bool = False,
     remove_stale_staging(target.parent)
     staging = target.parent / f".{target.name}{STAGING}.{secrets.token_hex(4)}"
     staging.mkdir()
-    retired = None
+    retired, finished, kept = None, False, None
     try:
         write_marker(staging, kind)
         yield staging
+        finished = True
         check_output_dir(out, kind, overwrite=overwrite, inputs=inputs)  # nothing appeared meanwhile
         write_marker(staging, kind)  # refreshed: the folder's creation time
         if target.exists():
             retired = target.parent / f".{target.name}{RETIRED}.{secrets.token_hex(4)}"
             target.rename(retired)
         staging.rename(target)
+    except Exception as err:
+        if not finished:
+            raise
+        # the result is complete: keep it where the user sees it rather than lose hours of compute
+        kept = target.parent / f"{target.name}{KEPT}{secrets.token_hex(4)}"
+        try:
+            staging.rename(kept)
+        except OSError:
+            kept = staging
+        where = f"kept as {kept}" if kept != staging else (
+            f"left in the hidden folder {kept}; move it before anything else is written into {target.parent}, "
+            "which would remove it")
+        error = type(err) if isinstance(err, OutputError) else OutputError
+        raise error(f"{out} could not be put in place ({err}); the finished {kind} folder is {where}") from err
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if kept != staging:
+            shutil.rmtree(staging, ignore_errors=True)
         if retired is not None:
             if target.exists():
                 shutil.rmtree(retired, ignore_errors=True)
@@ -286,12 +315,19 @@ def write_file(out: str | os.PathLike, *, overwrite: bool = True, mode: int | No
         yield tmp
         if mode is not None and tmp.exists():
             os.chmod(tmp, mode)
+        if tmp.is_file():  # on disk before the rename: a crash never leaves a short file under the final name
+            _flush_to_disk(tmp)
         if not overwrite and (out.exists() or out.is_symlink()):
             raise OutputExistsError(f"{out} appeared while it was being computed; nothing written. "
                                     "Pass --overwrite (overwrite=True) to replace it")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _flush_to_disk(path: Path) -> None:
+    with contextlib.suppress(OSError), open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def write_text(out: str | os.PathLike, text: str, *, overwrite: bool = True) -> Path:

@@ -26,10 +26,12 @@ from fewsam_jax.fewshot.segmenter import DecoderFileError
 from fewsam_jax.outputs import (
     MARKER,
     ChecksumError,
+    OutputError,
     OutputExistsError,
     OutputIsInputError,
     check_output_dir,
     check_output_file,
+    read_marker,
     write_dir,
     write_marker,
 )
@@ -158,6 +160,46 @@ def test_failed_save_leaves_no_staging_and_the_old_folder_intact(segmenter, tmp_
     with pytest.raises(OSError, match="disk full"):
         segmenter.save(tmp_path / "decoder", overwrite=True)
     assert snapshot(tmp_path / "decoder") == before and sorted(os.listdir(tmp_path)) == ["decoder"]
+
+
+def test_a_finished_folder_that_cannot_be_put_in_place_is_kept(tmp_path, monkeypatch):
+    """Hours of training are not thrown away when the last rename fails (a busy mount, a file held open)."""
+    (tmp_path / "decoder").mkdir()
+    real_rename = Path.rename
+
+    def busy(self, target):
+        if Path(target).name == "decoder" and ".fewsam-staging." in self.name:
+            raise OSError(16, "Device or resource busy")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", busy)
+    with pytest.raises(OutputError, match="could not be put in place .*busy.*kept as .*decoder.fewsam-kept") as err:
+        with write_dir(tmp_path / "decoder", "decoder") as staging:
+            (staging / "fewshot.json").write_text("{}")
+    kept = [p for p in tmp_path.iterdir() if ".fewsam-kept." in p.name]
+    assert len(kept) == 1 and str(kept[0]) in str(err.value)
+    assert (kept[0] / "fewshot.json").read_text() == "{}" and read_marker(kept[0])["kind"] == "decoder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["decoder", kept[0].name])  # no staging left
+    # a failure while computing still leaves nothing behind
+    with pytest.raises(RuntimeError, match="diverged"):
+        with write_dir(tmp_path / "other", "decoder"):
+            raise RuntimeError("diverged")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["decoder", kept[0].name])
+
+
+def test_a_mount_point_is_refused_before_compute(tmp_path, monkeypatch):
+    (tmp_path / "out").mkdir()
+    monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == tmp_path / "out")
+    with pytest.raises(OutputError, match="out is a mount point.*new folder inside it"):
+        check_output_dir(tmp_path / "out", "decoder")
+
+
+def test_a_hard_link_to_an_input_is_the_input(tmp_path):
+    (tmp_path / "img.nii.gz").write_bytes(b"the scan")
+    os.link(tmp_path / "img.nii.gz", tmp_path / "copy.nii.gz")
+    with pytest.raises(OutputIsInputError, match="also an input"):
+        check_output_file(tmp_path / "copy.nii.gz", overwrite=True, inputs=[tmp_path / "img.nii.gz"])
+    assert (tmp_path / "img.nii.gz").read_bytes() == b"the scan"
 
 
 def test_staging_folders_of_killed_runs_are_removed_by_the_next_write(tmp_path):
