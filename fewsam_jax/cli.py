@@ -65,7 +65,10 @@ def _collection(args: argparse.Namespace, kind: str, inputs: list, axis: int | s
         raise ValueError("give either a MANIFEST or --nnunet DIR (an nnU-Net raw dataset), not both or neither")
     if args.nnunet is not None and args.slices_per_case is None:
         raise ValueError("--nnunet needs --slices-per-case N (labelled slices taken from each case)")
-    inputs = [args.manifest or args.nnunet, *inputs]
+    from fewsam_jax.cache import EmbeddingCache
+
+    # the cache counts as an input: an output folder holding it would be refused only once written
+    inputs = [args.manifest or args.nnunet, EmbeddingCache(args.cache).root, *inputs]
     check_output_dir(args.out, kind, overwrite=args.overwrite, inputs=inputs)
     if args.manifest is not None:
         collection = load_collection(args.manifest)

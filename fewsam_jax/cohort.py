@@ -376,8 +376,8 @@ def segment_cases(segmenter, cases: Sequence[Case], out_dir: str | os.PathLike, 
     if dicom_seg:
         from fewsam_jax.dicom_seg import check_dicom_seg_output
 
-        for case, out in todo:
-            check_dicom_seg_output(case.image, out, overwrite=overwrite or resume, inputs=inputs)
+        for case, out in todo:  # written after its label map: beside a case still to do, it is not from our run
+            check_dicom_seg_output(case.image, out, overwrite=overwrite, inputs=inputs)
         for case, out in done:
             if not sidecar_paths(out)["dicom"].exists():
                 check_dicom_seg_output(case.image, out, inputs=inputs)

@@ -182,6 +182,13 @@ def test_segment_writes_dicom_seg_beside_the_label_map(tmp_path, decoder, monkey
     assert (folder / "s2.nii.gz").stat().st_mtime_ns == before  # not segmented again
     np.testing.assert_array_equal(read_dicom_seg(folder / "s2.seg.dcm", tmp_path / "s2")[0],
                                   np.asarray(nib.load(folder / "s2.nii.gz").dataobj))
+    # a DICOM-SEG beside a case still to do is not from a run of ours (written after the label map): kept
+    (folder / "s2.nii.gz").unlink()
+    (folder / "s2.seg.dcm").write_bytes(b"a reader's own segmentation")
+    capsys.readouterr()
+    assert cli.main([str(a) for a in [*argv, "--continue"]]) == 2
+    assert "s2.seg.dcm exists" in capsys.readouterr().err
+    assert (folder / "s2.seg.dcm").read_bytes() == b"a reader's own segmentation"
 
     # not a DICOM series: refused before anything is computed or written
     nifti = tmp_path / "img.nii.gz"

@@ -278,6 +278,10 @@ def test_outputs_are_checked_before_any_compute(tmp_path, capsys, monkeypatch):
     assert rc == 2 and "decoder_file exists and is a file" in err and "Traceback" not in err
     rc, err = fewsam(capsys, "train", tmp_path / "ok.json", "--out", tmp_path / "d", "--cache", tmp_path / "notes.txt")
     assert rc == 2 and "notes.txt is a file" in err
+    for command in ("train", "teach"):  # the cache inside the output folder: refused now, not after training
+        rc, err = fewsam(capsys, command, tmp_path / "ok.json", *(("--decoder", tmp_path / "d") * (command == "teach")),
+                         "--out", tmp_path / "new", "--cache", tmp_path / "new" / "cache")
+        assert rc == 2 and "new holds the input" in err and "cache" in err, err
     assert (tmp_path / "decoder_file").read_text() == "not a folder"
     assert (tmp_path / "labels_dir" / "img.nii.gz").read_bytes() == b"earlier labels"
 

@@ -649,6 +649,9 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
     missing = [str(v) for v in unlabelled if not isinstance(v, Volume) and not Path(v).exists()]
     if missing:
         raise FileNotFoundError(f"unlabelled: no such file or folder: {', '.join(missing)}")
+    for source in unlabelled:  # each read once now (and let go): a bad one fails here, not rounds into teaching
+        if not isinstance(source, Volume):
+            load_volume(source)
     try:
         config.check_unlabelled(len(unlabelled))
     except ValueError as err:

@@ -41,7 +41,7 @@ from fewsam_jax.fewshot.student import (
     volume_shifts,
 )
 from fewsam_jax.fewshot.unet import UNetConfig
-from fewsam_jax.io import get_slices, load_volume, stack_slices
+from fewsam_jax.io import VolumeError, get_slices, load_volume, stack_slices
 from fewsam_jax.outputs import ChecksumError, OutputError
 from fewsam_jax.preprocess import Intensity
 
@@ -654,6 +654,12 @@ def test_bad_input_is_named_before_any_training(cohort, monkeypatch, tmp_path):
     monkeypatch.setattr("fewsam_jax.fewshot.student.train_unet", lambda *a, **k: pytest.fail("trained"))
     with pytest.raises(FileNotFoundError, match="missing.nii.gz"):
         train_student(Oracle(truth), folder / "manifest.json", unlabelled=[tmp_path / "missing.nii.gz"])
+    broken = np.zeros((40, 36, 6), np.float32)
+    broken[3, 4, 5] = np.nan
+    nib.save(nib.Nifti1Image(broken, np.eye(4)), tmp_path / "broken.nii.gz")
+    with pytest.raises(VolumeError, match="broken.nii.gz"):  # read before the partner trains, not in round 2
+        train_student(Oracle(truth), folder / "manifest.json", config=CONFIG.replace(rounds=2, teacher_weight=0.5),
+                      unlabelled=[folder / "case3.nii.gz", tmp_path / "broken.nii.gz"])
     other = Oracle(truth)
     other.classes = {1: "disc", 2: "square"}
     with pytest.raises(ValueError, match="the collection it was trained on"):
