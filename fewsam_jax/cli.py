@@ -167,6 +167,9 @@ def _segment(args: argparse.Namespace) -> None:
             return
         check_output_file(args.out, overwrite=args.overwrite, inputs=[inputs[0], args.decoder],
                           suffixes=LABEL_SUFFIXES)
+        from fewsam_jax.io import check_png_output
+
+        check_png_output(inputs[0], args.out)
         if args.dicom_seg:
             from fewsam_jax.dicom_seg import check_dicom_seg_output
 

@@ -25,6 +25,7 @@ Conventions
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import os
@@ -589,6 +590,25 @@ def save_labels(labels: np.ndarray, like: Volume, path: str | os.PathLike, *, ov
     with write_file(p, overwrite=overwrite) as tmp:
         write(tmp)
     return p
+
+
+def check_png_output(image: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Before segmenting ``image``: a ``.png`` label output ``out`` needs a one-slice volume (what
+    :func:`save_labels` writes as PNG). Reads headers only (NIfTI, .npy); a volume whose grid has more than one
+    voxel along every axis raises VolumeError now. DICOM and 2D images pass (checked again when writing)."""
+    if not str(out).lower().endswith(".png"):
+        return
+    p = Path(image)
+    name = p.name.lower()
+    shape = None
+    with contextlib.suppress(Exception):  # an unreadable header is load_volume's to report
+        if name.endswith((".nii", ".nii.gz")):
+            shape = nib.load(p).shape
+        elif name.endswith(".npy"):
+            shape = np.load(p, mmap_mode="r", allow_pickle=False).shape
+    if shape is not None and len(shape) >= 3 and min(shape[:3]) > 1:
+        raise VolumeError(f"{out}: PNG output needs a one-slice volume, but {image} has shape {tuple(shape)}; "
+                          "use .nii.gz")
 
 
 def source_nifti(array: np.ndarray, like: Volume) -> nib.Nifti1Image:

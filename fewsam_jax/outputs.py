@@ -84,6 +84,19 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _is_dicom_file(path: Path) -> bool:
+    """A file named .dcm or starting with the DICOM preamble (what io.load_volume reads as its whole series)."""
+    if not path.is_file():
+        return False
+    if path.name.lower().endswith(".dcm"):
+        return True
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
 def _check_not_input(out: Path, inputs: Iterable[str | os.PathLike | None], folder_output: bool) -> None:
     target = _resolve(out)
     for item in inputs:
@@ -95,6 +108,9 @@ def _check_not_input(out: Path, inputs: Iterable[str | os.PathLike | None], fold
                                      "Choose another output path")
         if source.is_dir() and _within(target, source):
             raise OutputIsInputError(f"{out} lies inside the input folder {item}; choose an output outside it")
+        if _is_dicom_file(source) and _within(target, source.parent):  # one file stands for its whole series
+            raise OutputIsInputError(f"{out} lies inside the folder of the DICOM series {item} is part of; choose "
+                                     "an output outside it")
         if folder_output and _within(source, target):
             raise OutputIsInputError(f"{out} holds the input {item}; writing the output folder would replace it. "
                                      "Choose a new folder")

@@ -194,6 +194,17 @@ def test_a_mount_point_is_refused_before_compute(tmp_path, monkeypatch):
         check_output_dir(tmp_path / "out", "decoder")
 
 
+def test_one_dicom_file_stands_for_its_series_folder(tmp_path):
+    from helpers import write_dicom_series
+
+    uids = write_dicom_series(tmp_path / "series", np.zeros((3, 8, 8)))
+    one = next(p for p in (tmp_path / "series").iterdir())
+    assert uids["instances"]
+    with pytest.raises(OutputIsInputError, match="inside the folder of the DICOM series"):
+        check_output_file(tmp_path / "series" / "seg.nii.gz", inputs=[one])
+    check_output_file(tmp_path / "seg.nii.gz", inputs=[one])  # beside the folder: fine
+
+
 def test_a_hard_link_to_an_input_is_the_input(tmp_path):
     (tmp_path / "img.nii.gz").write_bytes(b"the scan")
     os.link(tmp_path / "img.nii.gz", tmp_path / "copy.nii.gz")
@@ -271,6 +282,10 @@ def test_outputs_are_checked_before_any_compute(tmp_path, capsys, monkeypatch):
     rc, err = fewsam(capsys, "segment", tmp_path / "img.nii.gz", "--decoder", tmp_path / "d",
                      "--out", tmp_path / "labels.txt")
     assert rc == 2 and "unsupported output type" in err
+    rc, err = fewsam(capsys, "segment", tmp_path / "img.nii.gz", "--decoder", tmp_path / "d",
+                     "--out", tmp_path / "labels.png")
+    assert rc == 2 and "labels.png: PNG output needs a one-slice volume, but" in err and "(24, 20, 6)" in err
+    assert not list(tmp_path.glob("labels.*"))
     rc, err = fewsam(capsys, "segment", tmp_path / "img.nii.gz", "--decoder", tmp_path / "d",
                      "--out", tmp_path / "missing" / "labels.nii.gz")
     assert rc == 2 and "does not exist" in err

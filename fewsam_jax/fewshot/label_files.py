@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fewsam_jax.export import ExportError, itksnap_text, labels_json, require_pynrrd, sidecar_paths, write_seg_nrrd
-from fewsam_jax.io import load_volume, save_labels
+from fewsam_jax.io import check_png_output, load_volume, save_labels
 from fewsam_jax.outputs import check_output_file, write_text
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".png")  # what io.save_labels writes
@@ -33,7 +33,8 @@ class LabelFiles:
         """What :meth:`segment_file` would write for ``image`` at ``out`` may be written (an OutputError or
         ExportError names the file if not): none is ``image`` (or inside an input folder); an existing file is
         replaced only with ``overwrite`` (description files already holding the same text excepted); class ids
-        fit an 8-bit output (``.png``, ``seg_nrrd``). Reads no image; a cohort calls it for every case first."""
+        fit an 8-bit output (``.png``, ``seg_nrrd``); a ``.png`` is for a one-slice image. Reads image headers
+        only; a cohort calls it for every case first."""
         sidecars = sidecar_paths(out)
         check_output_file(out, overwrite=overwrite, inputs=[image], suffixes=LABEL_SUFFIXES)
         for kind, text in self._descriptions().items():
@@ -46,6 +47,7 @@ class LabelFiles:
         if eight_bit is not None and max(self.classes) > 255:
             raise ExportError(f"{eight_bit}: class ids up to {max(self.classes)} do not fit its 8-bit labels "
                               "(0-255); write NIfTI (.nii.gz) without --seg-nrrd, or renumber the classes")
+        check_png_output(image, out)
 
     def _descriptions(self) -> dict[str, str]:
         return {"itksnap": itksnap_text(self.classes), "json": labels_json(self.classes)}
