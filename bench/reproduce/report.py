@@ -23,7 +23,7 @@ from bench.reproduce.datasets import Task
 from bench.reproduce.study import method_configs
 from fewsam_jax.fewshot import TrainConfig
 from fewsam_jax.metrics import to_json
-from fewsam_jax.outputs import OutputExistsError, check_output_file, write_file, write_text
+from fewsam_jax.outputs import OutputError, OutputExistsError, check_output_file, write_file, write_text
 
 ONE_POINT = "SAM 1 point"
 FULL_DECODER = "decoder, all pool slices"
@@ -606,6 +606,8 @@ def check_report_files(out: str | os.PathLike, dataset: str, quick: bool, overwr
         existing = existing.parent
     if not existing.is_dir():
         raise OutputExistsError(f"{out}: {existing} is a file; --out must be a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{out}: folder {existing} is not writable; choose another --out")
     paths = {key: out / name for key, name in file_names(dataset, quick).items()}
     if out.is_dir():
         for path in paths.values():

@@ -391,8 +391,10 @@ def _file_stem(path: Path) -> str:
     return stem if suffix else path.stem
 
 
-def load_support_item(item: SupportItem, axis: int) -> tuple[Volume, np.ndarray]:
-    """The image volume and its label slices (len(item.slices), H, W), checked against each other."""
+def load_support_item(item: SupportItem, axis: int, classes: Iterable[int] = ()) -> tuple[Volume, np.ndarray]:
+    """The image volume and its label slices (len(item.slices), H, W), checked against each other. With the
+    collection's ``classes`` (ids), other ids on the labelled slices are logged as a warning naming the file: they
+    are learnt as background (a subset of a label map's structures is a valid choice, but should not be silent)."""
     image = load_volume(item.image)
     labels = load_volume(item.labels)
     if not same_grid(image, labels):
@@ -412,6 +414,11 @@ def load_support_item(item: SupportItem, axis: int) -> tuple[Volume, np.ndarray]
         raise ManifestError(f"{item.labels}: a label map holds ids >= 0, but this one holds {int(label_ids.min())}: "
                             "an intensity image rather than labels?")
     label_slices = get_slices(label_ids.astype(np.int32), axis)[list(item.slices)]
+    classes = set(classes)
+    other = sorted(set(np.unique(label_slices).tolist()) - classes - {0}) if classes else []
+    if other:
+        log.warning("%s: label ids %s on the labelled slices are not among the classes %s; they are learnt as "
+                    "background", item.labels, other, sorted(classes))
     return image, label_slices
 
 

@@ -108,7 +108,7 @@ def support_set(
     channels = config.image_channels
     next_group = 0
     for volume_id, item in enumerate(collection.support):
-        image, label_slices = load_support_item(item, collection.axis)
+        image, label_slices = load_support_item(item, collection.axis, collection.classes)
         entry = embed_volume(image, sam, axis=collection.axis, intensity=intensity, cache=cache,
                              slices=item.slices, stage_inputs=staged, progress=progress)
         embeddings.append(entry.load(list(item.slices)))

@@ -511,7 +511,7 @@ def support_volumes(collection: Collection, class_ids: Sequence[int]) -> list[tu
     """The collection's support volumes: (volume, labelled slice indices, their label slices as U-Net indices)."""
     out = []
     for item in collection.support:
-        volume, label_slices = load_support_item(item, collection.axis)
+        volume, label_slices = load_support_item(item, collection.axis, class_ids)
         out.append((volume, list(item.slices), _index_labels(label_slices, class_ids)))
     return out
 

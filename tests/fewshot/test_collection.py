@@ -94,6 +94,23 @@ def test_labels_must_be_integer_ids(manifest, tmp_path, values, message):
         load_support_item(item, 2)
 
 
+def test_ids_outside_the_classes_are_learnt_as_background_with_a_warning(manifest, tmp_path, caplog):
+    path, raw = manifest
+    labels = np.zeros((8, 9, 6), np.uint8)
+    labels[2:5, 3:6, 1:4] = 1
+    labels[6:8, 0:2, 2] = 7  # another structure of the same label map, on a labelled slice
+    raw["support"][0]["labels"] = write_nifti(tmp_path / "c_seg.nii.gz", labels)
+    collection = load_collection(rewrite(path, raw))
+    with caplog.at_level("WARNING", logger="fewsam_jax.fewshot.collection"):
+        _, label_slices = load_support_item(collection.support[0], 2, collection.classes)
+    assert "c_seg.nii.gz: label ids [7] on the labelled slices are not among the classes [1]" in caplog.text
+    assert label_slices.max() == 7  # read as they are; the prompts take them as background
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fewsam_jax.fewshot.collection"):
+        load_support_item(collection.support[0], 2, {1: "organ", 7: "other"})
+    assert not caplog.text
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("support", [], "the collection is empty"),
     ("classes", {}, "at least one label id"),

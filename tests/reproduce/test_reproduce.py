@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -501,7 +502,7 @@ def test_cli_reproduce_without_the_research_tree_says_where_it_is(monkeypatch, c
 
 def test_existing_report_files_are_checked_before_the_study(synthetic_task, tiny_sam, tmp_path, monkeypatch):
     import bench.reproduce as reproduce
-    from fewsam_jax.outputs import OutputExistsError
+    from fewsam_jax.outputs import OutputError, OutputExistsError
 
     results = tmp_path / "results"
     results.mkdir()
@@ -513,5 +514,10 @@ def test_existing_report_files_are_checked_before_the_study(synthetic_task, tiny
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputExistsError, match="is a file; --out must be a folder"):
         run_study(synthetic_task, out=tmp_path / "file" / "results", model=tiny_sam, log=lambda message: None)
+    (tmp_path / "locked").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path / "locked" and real_access(path, mode))
+    with pytest.raises(OutputError, match="locked is not writable; choose another --out"):
+        run_study(synthetic_task, out=tmp_path / "locked" / "new", model=tiny_sam, log=lambda message: None)
     assert (results / "reproduce_synthetic.json").read_text() == "last week's report"
     assert (results / "other.md").read_text() == "someone else's notes"
