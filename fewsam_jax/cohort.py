@@ -372,7 +372,7 @@ def segment_cases(segmenter, cases: Sequence[Case], out_dir: str | os.PathLike, 
     todo, done = plan_outputs(cases, out_dir, overwrite=overwrite, resume=resume, inputs=inputs)
     Path(out_dir).expanduser().mkdir(parents=True, exist_ok=True)
     for case, out in todo:  # the files beside every label map too, before the first case is computed
-        segmenter.check_outputs(case.image, out, overwrite=overwrite or resume, seg_nrrd=seg_nrrd)
+        segmenter.check_outputs(case.image, out, overwrite=overwrite, seg_nrrd=seg_nrrd, replace_own=resume)
     if dicom_seg:
         from fewsam_jax.dicom_seg import check_dicom_seg_output
 
@@ -388,9 +388,9 @@ def segment_cases(segmenter, cases: Sequence[Case], out_dir: str | os.PathLike, 
     written = []
     for i, (case, out) in enumerate(todo, 1):
         log.info("[%d/%d] %s: segmenting %s", i, len(todo), case.name, case.image)
-        # resuming, a case still to do has no label map: files beside it are from the run that was interrupted
-        written.append(segment_to_files(segmenter, case.image, out, overwrite=overwrite or resume, cache=cache,
-                                        seg_nrrd=seg_nrrd, dicom_seg=dicom_seg, inputs=inputs,
+        # resuming, a case still to do has no label map: a .seg.nrrd of ours beside it is from the interrupted run
+        written.append(segment_to_files(segmenter, case.image, out, overwrite=overwrite, replace_own=resume,
+                                        cache=cache, seg_nrrd=seg_nrrd, dicom_seg=dicom_seg, inputs=inputs,
                                         postprocess=postprocess, progress=progress))
         log.info("[%d/%d] %s: labels written to %s", i, len(todo), case.name, out)
     return {"written": written, "skipped": [out for _, out in done]}

@@ -28,6 +28,7 @@ from fewsam_jax.metrics import integer_labels
 from fewsam_jax.outputs import FewSamError, write_file, write_text
 
 # distinct, saturated colours for the first classes; later ones step round the hue circle
+WRITER_FIELD = "fewsam_jax_writer"  # a .seg.nrrd header field naming the library that wrote the file
 _PALETTE = [(230, 60, 50), (60, 160, 70), (50, 110, 220), (245, 190, 30), (150, 80, 200), (30, 190, 200),
             (240, 120, 180), (140, 100, 60), (120, 200, 60), (250, 140, 40)]
 
@@ -160,6 +161,7 @@ def write_seg_nrrd(labels: np.ndarray, like, path: str | os.PathLike, classes: M
         "Segmentation_MasterRepresentation": "Binary labelmap",
         "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
         "Segmentation_ReferenceImageExtentOffset": "0 0 0",
+        WRITER_FIELD: "fewsam_jax",  # Slicer keeps no unknown fields when it saves: an edited file is the user's
     }
     colours = class_colours(classes)
     extent = " ".join(f"0 {n - 1}" for n in data.shape)
@@ -175,6 +177,16 @@ def write_seg_nrrd(labels: np.ndarray, like, path: str | os.PathLike, classes: M
     with write_file(path, overwrite=overwrite) as tmp:
         nrrd.write(str(tmp), data, header, index_order="F")
     return path
+
+
+def written_by_fewsam(path: str | os.PathLike) -> bool:
+    """Whether the ``.seg.nrrd`` at ``path`` is as :func:`write_seg_nrrd` wrote it (its header names the
+    library; files written before the field existed, or saved again by Slicer, do not)."""
+    nrrd = require_pynrrd()
+    try:
+        return nrrd.read_header(str(path)).get(WRITER_FIELD) == "fewsam_jax"
+    except Exception:  # not an NRRD at all: not ours
+        return False
 
 
 def read_seg_nrrd(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[str, tuple[int, int, int]]]]:

@@ -325,6 +325,19 @@ def test_segment_a_folder_resumes_and_evaluates(dataset, decoder, home, tmp_path
     assert cli.main([str(a) for a in [*args[:-1], "--continue"]]) == 0
     assert "1 to segment, 2 finished" in capsys.readouterr().err
     assert (out / "case_004.nii.gz").is_file() and (out / "case_003.nii.gz").stat().st_mtime_ns == before
+    # a .seg.nrrd saved again by 3D Slicer (which drops our header field) beside a case still to do is the user's
+    import nrrd
+
+    label_map = (out / "case_004.nii.gz").read_bytes()
+    (out / "case_004.nii.gz").unlink()
+    data, header = nrrd.read(str(out / "case_004.seg.nrrd"))
+    assert header.pop("fewsam_jax_writer") == "fewsam_jax"
+    nrrd.write(str(out / "case_004.seg.nrrd"), data, header)
+    edited = (out / "case_004.seg.nrrd").read_bytes()
+    assert cli.main([str(a) for a in [*args[:-1], "--continue"]]) == 2
+    assert "case_004.seg.nrrd exists; pass --overwrite" in capsys.readouterr().err
+    assert (out / "case_004.seg.nrrd").read_bytes() == edited and not (out / "case_004.nii.gz").exists()
+    (out / "case_004.nii.gz").write_bytes(label_map)
 
     assert cli.main(["evaluate", "-ref", str(dataset / "labelsTs"), "-pred", str(out), "-q"]) == 0
     summary = json.loads((out / "summary.json").read_text())

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fewsam_jax.export import ExportError, itksnap_text, labels_json, require_pynrrd, sidecar_paths, write_seg_nrrd
+from fewsam_jax.export import (
+    ExportError,
+    itksnap_text,
+    labels_json,
+    require_pynrrd,
+    sidecar_paths,
+    write_seg_nrrd,
+    written_by_fewsam,
+)
 from fewsam_jax.io import check_png_output, load_volume, save_labels
 from fewsam_jax.outputs import check_output_file, write_text
 
@@ -29,10 +37,11 @@ class LabelFiles:
         raise NotImplementedError
 
     def check_outputs(self, image: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
-                      seg_nrrd: bool = False) -> None:
+                      seg_nrrd: bool = False, replace_own: bool = False) -> None:
         """What :meth:`segment_file` would write for ``image`` at ``out`` may be written (an OutputError or
         ExportError names the file if not): none is ``image`` (or inside an input folder); an existing file is
-        replaced only with ``overwrite`` (description files already holding the same text excepted); class ids
+        replaced only with ``overwrite`` (description files already holding the same text excepted, and with
+        ``replace_own``, resuming a cohort, a ``.seg.nrrd`` this library wrote, not one saved by Slicer); class ids
         fit an 8-bit output (``.png``, ``seg_nrrd``); a ``.png`` is for a one-slice image. Reads image headers
         only; a cohort calls it for every case first."""
         sidecars = sidecar_paths(out)
@@ -42,7 +51,8 @@ class LabelFiles:
             check_output_file(sidecars[kind], overwrite=overwrite or same, inputs=[image])
         if seg_nrrd:
             require_pynrrd()
-            check_output_file(sidecars["nrrd"], overwrite=overwrite, inputs=[image])
+            own = replace_own and sidecars["nrrd"].is_file() and written_by_fewsam(sidecars["nrrd"])
+            check_output_file(sidecars["nrrd"], overwrite=overwrite or own, inputs=[image])
         eight_bit = sidecars["nrrd"] if seg_nrrd else Path(out) if str(out).lower().endswith(".png") else None
         if eight_bit is not None and max(self.classes) > 255:
             raise ExportError(f"{eight_bit}: class ids up to {max(self.classes)} do not fit its 8-bit labels "
@@ -53,7 +63,7 @@ class LabelFiles:
         return {"itksnap": itksnap_text(self.classes), "json": labels_json(self.classes)}
 
     def segment_file(self, image: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
-                     seg_nrrd: bool = False, **kwargs) -> Path:
+                     seg_nrrd: bool = False, replace_own: bool = False, **kwargs) -> Path:
         """Segment ``image`` and write the label map as NIfTI on its source grid and orientation, with its
         class names and colours beside it (``CASE.labels.txt`` for ITK-SNAP, ``CASE.labels.json``) and,
         with ``seg_nrrd=True``, ``CASE.seg.nrrd`` for 3D Slicer (:mod:`fewsam_jax.export`).
@@ -62,10 +72,11 @@ class LabelFiles:
         writing. The label map is written last: once it exists, all is written.
         """
         sidecars = sidecar_paths(out)
-        self.check_outputs(image, out, overwrite=overwrite, seg_nrrd=seg_nrrd)
+        self.check_outputs(image, out, overwrite=overwrite, seg_nrrd=seg_nrrd, replace_own=replace_own)
         volume = load_volume(image)
         labels = self.segment(volume, **kwargs)
-        self.check_outputs(image, out, overwrite=overwrite, seg_nrrd=seg_nrrd)  # nothing appeared meanwhile
+        # nothing appeared meanwhile
+        self.check_outputs(image, out, overwrite=overwrite, seg_nrrd=seg_nrrd, replace_own=replace_own)
         for kind, text in self._descriptions().items():  # check_outputs allowed each of these
             write_text(sidecars[kind], text)
         if seg_nrrd:
