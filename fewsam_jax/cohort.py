@@ -87,7 +87,8 @@ def _folder_cases(folder: Path, channel: int) -> list[Case]:
     files = sorted(p for p in folder.iterdir() if _is_volume_file(p))
     if not files:
         if is_series_folder(folder):
-            return [Case(folder.name, folder)]  # a DICOM series: load_volume reads (and checks) the folder
+            # a DICOM series: load_volume reads (and checks) the folder; "." is named as the folder it is
+            return [Case(folder.resolve().name or "series", folder)]
         raise CohortError(f"{folder}: no images in this folder; expected NIfTI (.nii.gz, .nii), .npy, PNG/JPEG "
                           "files or the files of one DICOM series")
     stems = [split_suffix(p.name)[0] for p in files]

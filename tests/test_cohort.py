@@ -156,6 +156,10 @@ def test_cases_follow_nnunet_naming(tmp_path):
         (tmp_path / "series_42" / f"IM{i:04d}").write_bytes(b"")
     (case,) = find_cases([tmp_path / "series_42"])
     assert case.name == "series_42" and case.image == tmp_path / "series_42"
+    with pytest.MonkeyPatch.context() as patch:  # `fewsam segment -i .` inside the series folder
+        patch.chdir(tmp_path / "series_42")
+        (case,) = find_cases([Path(".")])
+    assert case.name == "series_42"
     (tmp_path / "empty").mkdir()
     with pytest.raises(CohortError, match="empty: no images in this folder"):
         find_cases([tmp_path / "empty"])
