@@ -161,7 +161,7 @@ def write_seg_nrrd(labels: np.ndarray, like, path: str | os.PathLike, classes: M
         "Segmentation_MasterRepresentation": "Binary labelmap",
         "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
         "Segmentation_ReferenceImageExtentOffset": "0 0 0",
-        WRITER_FIELD: "fewsam_jax",  # Slicer keeps no unknown fields when it saves: an edited file is the user's
+        WRITER_FIELD: "fewsam_jax",  # Slicer's writer sets its own fields only: a file it saved again is the user's
     }
     colours = class_colours(classes)
     extent = " ".join(f"0 {n - 1}" for n in data.shape)

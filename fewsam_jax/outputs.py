@@ -172,10 +172,12 @@ def library_folder_problem(folder: str | os.PathLike, kind: str) -> str | None:
 
 
 def check_output_dir(out: str | os.PathLike, kind: str, *, overwrite: bool = False,
-                     inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+                     inputs: Iterable[str | os.PathLike | None] = (), in_place: bool = False) -> Path:
     """Check that folder ``out`` may be (re)written with a ``kind`` folder; raise OutputError if not.
 
-    Missing parent folders are created when writing. Returns ``out`` as given.
+    ``in_place``: the caller writes into ``out`` itself (the demo) rather than renaming a folder into place
+    (:func:`write_dir`), so ``out`` may be a mount point. Missing parent folders are created when writing.
+    Returns ``out`` as given.
     """
     out = Path(out).expanduser()
     _check_not_input(out, inputs, folder_output=True)
@@ -184,7 +186,7 @@ def check_output_dir(out: str | os.PathLike, kind: str, *, overwrite: bool = Fal
     if out.exists():
         if not out.is_dir():
             raise OutputExistsError(f"{out} exists and is a file, not a {kind} folder; choose a new folder path")
-        if os.path.ismount(out):  # a folder is written beside it and renamed into place: not possible on a mount
+        if not in_place and os.path.ismount(out):  # write_dir renames a folder into place: not onto a mount
             raise OutputError(f"{out} is a mount point; fewsam_jax writes a new folder and renames it into place, "
                               f"which a mount point does not allow. Give a new folder inside it, e.g. {out / kind}")
         problem = library_folder_problem(out, kind)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -180,6 +181,17 @@ def test_a_finished_folder_that_cannot_be_put_in_place_is_kept(tmp_path, monkeyp
     assert len(kept) == 1 and str(kept[0]) in str(err.value)
     assert (kept[0] / "fewshot.json").read_text() == "{}" and read_marker(kept[0])["kind"] == "decoder"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["decoder", kept[0].name])  # no staging left
+    # another folder appearing at the destination meanwhile: refused, the result kept all the same
+    with pytest.raises(OutputExistsError, match="new exists .* the finished decoder folder is kept as"):
+        with write_dir(tmp_path / "new", "decoder") as staging:
+            (staging / "fewshot.json").write_text("{}")
+            (tmp_path / "new").mkdir()
+            (tmp_path / "new" / "notes.txt").write_text("the user's")
+    assert (tmp_path / "new" / "notes.txt").read_text() == "the user's"
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("new.fewsam-kept.")]) == 1
+    for extra in tmp_path.iterdir():
+        if extra.name.startswith("new"):
+            shutil.rmtree(extra)
     # a failure while computing still leaves nothing behind
     with pytest.raises(RuntimeError, match="diverged"):
         with write_dir(tmp_path / "other", "decoder"):
@@ -192,6 +204,7 @@ def test_a_mount_point_is_refused_before_compute(tmp_path, monkeypatch):
     monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == tmp_path / "out")
     with pytest.raises(OutputError, match="out is a mount point.*new folder inside it"):
         check_output_dir(tmp_path / "out", "decoder")
+    check_output_dir(tmp_path / "out", "demo", overwrite=True, in_place=True)  # the demo writes into it: fine
 
 
 def test_one_dicom_file_stands_for_its_series_folder(tmp_path):

@@ -649,9 +649,6 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
     missing = [str(v) for v in unlabelled if not isinstance(v, Volume) and not Path(v).exists()]
     if missing:
         raise FileNotFoundError(f"unlabelled: no such file or folder: {', '.join(missing)}")
-    for source in unlabelled:  # each read once now (and let go): a bad one fails here, not rounds into teaching
-        if not isinstance(source, Volume):
-            load_volume(source)
     try:
         config.check_unlabelled(len(unlabelled))
     except ValueError as err:
@@ -663,6 +660,9 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
                                 or partner.num_classes != len(segmenter.classes) + 1):
         raise ValueError("partner: trained with another U-Net config or class count than this StudentConfig's "
                          "unet_config and the decoder's classes (train_partner with the same config and decoder)")
+    for source in unlabelled:  # each read once now (and let go): a bad one fails here, not rounds into teaching
+        if not isinstance(source, Volume):
+            load_volume(source)
     started = time.perf_counter()
     support = support_volumes(collection, segmenter.class_ids)
     if partner is None:
