@@ -163,12 +163,23 @@ def library_folder_problem(folder: str | os.PathLike, kind: str) -> str | None:
 
     if marker is None and not (names <= layout and required <= names):
         return f"it is not a fewsam_jax {kind} folder (no {MARKER} marker; it holds {shown(names)})"
+    if marker is None and kind == "model" and not _legacy_model_config(folder / "config.json"):
+        # config.json + state/ is a common checkpoint layout: only fewsam_jax's own config makes it ours
+        return f"it is not a fewsam_jax model folder (no {MARKER} marker; its config.json is not one fewsam_jax wrote)"
     if marker is not None and marker.get("kind") != kind:
         return f"it is a fewsam_jax {marker.get('kind')} folder, not a {kind} folder"
     foreign = names - layout - {MARKER}
     if foreign:
         return f"it holds files fewsam_jax did not write ({shown(foreign)})"
     return None
+
+
+def _legacy_model_config(path: Path) -> bool:
+    """Whether ``path`` is the config.json of a model folder written before markers existed (preset and weights id)."""
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(path.read_text())
+        return isinstance(data, dict) and {"model", "weights_id"} <= set(data)
+    return False
 
 
 def check_output_dir(out: str | os.PathLike, kind: str, *, overwrite: bool = False,

@@ -455,6 +455,16 @@ def test_a_user_folder_holding_one_name_of_a_library_layout_is_not_the_librarys(
     assert (folder / lone_file).read_text() == "the user's"
 
 
+def test_another_tools_checkpoint_with_config_and_state_is_not_a_model_folder(tmp_path):
+    folder = tmp_path / "ckpt"
+    (folder / "state").mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"learning_rate": 1e-3}))  # another JAX tool's checkpoint
+    with pytest.raises(OutputExistsError, match="not a fewsam_jax model folder.*config.json is not one"):
+        check_output_dir(folder, "model", overwrite=True)
+    (folder / "config.json").write_text(json.dumps({"model": "vit_b", "weights_id": "0" * 64}))  # ours, pre-marker
+    check_output_dir(folder, "model", overwrite=True)
+
+
 @pytest.mark.parametrize(("name", "seg_nrrd"), [("pred.nii.gz", True), ("pred.png", False)])
 def test_class_ids_too_large_for_an_8_bit_output_are_refused_before_segmenting(segmenter, tmp_path, monkeypatch,
                                                                                name, seg_nrrd):
