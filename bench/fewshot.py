@@ -638,7 +638,9 @@ def markdown(report: dict) -> str:
         mean = dice.mean(axis=1)
         hd = np.asarray([np.mean(r["hd95"]) for r in rows])
         ratio = np.asarray([r["volume_ratio"] for r in rows]).mean(axis=0)
-        runs = f"{len({r['draw'] for r in rows})} x {len({r['seed'] for r in rows})}"
+        draws, seeds = len({r["draw"] for r in rows}), len({r["seed"] for r in rows})
+        # a full grid reads "draws x seeds"; otherwise the run count (e.g. 3 seeds of one draw, 1 of another)
+        runs = f"{draws} x {seeds}" if draws * seeds == len(rows) else f"{len(rows)} ({draws} draws)"
         lines.append(
             f"| {variant} | {plane} | {shots} | {volumes} | {runs} | {dice[:, 0].mean():.3f} | "
             f"{dice[:, 1].mean():.3f} | "
