@@ -390,3 +390,6 @@ def test_rows_scored_on_other_volumes_or_planes_are_other_table_rows():
     assert table[1].startswith("| unet | axial | 20 | 40 | 1 x 1 |") and "**1.000**" in table[1]
     assert table[2].startswith("| unet | sagittal | 20 | 20 | 1 x 1 |") and "**0.200**" in table[2]
     assert [fewshot.row_plane({"draw": d}) for d in ("A", "A-sagittal", "A-coronal")] == ["axial", "sagittal", "coronal"]
+    report["rows"] = [{**row, "seed": 1}, row, {**row, "draw": "B"}]  # two seeds of draw A, one of B: not a grid
+    (line,) = [line for line in fewshot.markdown(report).splitlines() if line.startswith("| unet |")]
+    assert line.startswith("| unet | axial | 20 | 40 | 3 (2 draws) |"), line
