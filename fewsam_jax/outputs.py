@@ -85,14 +85,13 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _is_dicom_file(path: Path) -> bool:
-    """A file named .dcm or starting with the DICOM preamble (what io.load_volume reads as its whole series)."""
+    """A file named .dcm or starting with the DICOM preamble: what io.load_volume reads as its whole series."""
+    from pydicom.misc import is_dicom  # reached only for an output beside an input file
+
     if not path.is_file():
         return False
-    if path.name.lower().endswith(".dcm"):
-        return True
     try:
-        with open(path, "rb") as handle:
-            return handle.read(132)[128:] == b"DICM"
+        return path.name.lower().endswith(".dcm") or is_dicom(path)
     except OSError:
         return False
 
@@ -108,7 +107,7 @@ def _check_not_input(out: Path, inputs: Iterable[str | os.PathLike | None], fold
                                      "Choose another output path")
         if source.is_dir() and _within(target, source):
             raise OutputIsInputError(f"{out} lies inside the input folder {item}; choose an output outside it")
-        if _is_dicom_file(source) and _within(target, source.parent):  # one file stands for its whole series
+        if _within(target, source.parent) and _is_dicom_file(source):  # one file stands for its whole series
             raise OutputIsInputError(f"{out} lies inside the folder of the DICOM series {item} is part of; choose "
                                      "an output outside it")
         if folder_output and _within(source, target):
