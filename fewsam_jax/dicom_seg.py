@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fewsam_jax.export import ExportError, check_class_ids, class_colours
+from fewsam_jax.export import ExportError, check_class_ids, class_colours, grid_labels
 from fewsam_jax.io import Volume, dicom_series_files
-from fewsam_jax.metrics import integer_labels
 from fewsam_jax.outputs import write_file
 
 log = logging.getLogger(__name__)
@@ -126,13 +125,7 @@ def write_dicom_seg(labels: np.ndarray, like: Volume, path: str | os.PathLike, c
     classes = check_class_ids(classes)
     if not classes:
         raise ExportError(f"{path}: classes is empty; expected at least one {{id: name}}")
-    labels = np.asarray(labels)
-    if labels.shape != like.shape:
-        raise ExportError(f"{path}: labels of shape {labels.shape} are not on the grid of {like._name()} ({like.shape})")
-    try:  # the one integer-id check
-        labels = integer_labels(labels, f"{path}: labels")
-    except ValueError as err:
-        raise ExportError(str(err)) from None
+    labels = grid_labels(labels, like, path)
     series = like.source if series is None else series
     if series is None:
         raise ExportError(f"{path}: the volume was not read from a file; pass series= (the DICOM series folder)")

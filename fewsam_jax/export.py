@@ -133,19 +133,26 @@ def require_pynrrd():
     return nrrd
 
 
+def grid_labels(labels, like, path: str | os.PathLike) -> np.ndarray:
+    """``labels`` as integer ids (:func:`~fewsam_jax.metrics.integer_labels`), checked to lie on ``like``'s grid
+    (a :class:`~fewsam_jax.io.Volume`, canonical order): the check of every writer of a label file, raising
+    :class:`ExportError` naming ``path``."""
+    labels = np.asarray(labels)
+    if labels.shape != like.shape:
+        raise ExportError(f"{path}: labels of shape {labels.shape} are not on the grid of {like._name()} ({like.shape})")
+    try:  # the one integer-id check
+        return integer_labels(labels, f"{path}: labels")
+    except ValueError as err:
+        raise ExportError(str(err)) from None
+
+
 def write_seg_nrrd(labels: np.ndarray, like, path: str | os.PathLike, classes: Mapping[int, str],
                    overwrite: bool = True) -> Path:
     """Write ``labels`` (on ``like``'s canonical grid, a :class:`~fewsam_jax.io.Volume`) as a 3D Slicer
     segmentation on the source grid: one label layer, a named and coloured segment per class."""
     nrrd = require_pynrrd()
     classes = check_class_ids(classes)
-    labels = np.asarray(labels)
-    if labels.shape != like.shape:
-        raise ExportError(f"{path}: labels of shape {labels.shape} are not on the grid of {like._name()} ({like.shape})")
-    try:  # the one integer-id check
-        labels = integer_labels(labels, f"{path}: labels")
-    except ValueError as err:
-        raise ExportError(str(err)) from None
+    labels = grid_labels(labels, like, path)
     if labels.min() < 0 or labels.max() > 255:
         raise ExportError(f"{path}: label values {labels.min()}..{labels.max()} do not fit a Slicer label layer (0-255)")
     data = like.to_source(labels).astype(np.uint8)
