@@ -39,10 +39,9 @@ import pydicom
 from nibabel import orientations as ornt_lib
 from PIL import Image
 from pydicom.errors import InvalidDicomError
-from pydicom.misc import is_dicom
 
 from fewsam_jax.metrics import integer_labels
-from fewsam_jax.outputs import check_output_file, write_file
+from fewsam_jax.outputs import check_output_file, is_dicom_file, write_file
 
 __all__ = [
     "Volume",
@@ -216,7 +215,7 @@ def load_volume(path: str | os.PathLike) -> Volume:
         return _canonical_or_image(data, (1.0, 1.0, 1.0), str(p))
     if name.endswith(_IMAGE_EXTS):
         return _load_image(p)
-    if name.endswith(".dcm") or is_dicom(p):
+    if is_dicom_file(p):
         try:
             pydicom.dcmread(p, stop_before_pixels=True)
         except Exception as e:
@@ -504,7 +503,7 @@ def dicom_series_files(path: str | os.PathLike) -> list[Path]:
         raise VolumeError(f"{p}: no such file or folder")
     if p.is_dir():
         items, _, _ = _series_items(p)
-    elif p.name.lower().endswith(".dcm") or is_dicom(p):
+    elif is_dicom_file(p):
         items, _, _ = _series_items(p.parent, pick=p)
     else:
         raise VolumeError(f"{p}: not a DICOM series; expected a DICOM series folder or one of its files")

@@ -84,14 +84,20 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _is_dicom_file(path: Path) -> bool:
-    """A file named .dcm or starting with the DICOM preamble: what io.load_volume reads as its whole series."""
-    from pydicom.misc import is_dicom  # reached only for an output beside an input file
+def is_dicom_file(path: Path) -> bool:
+    """A file named .dcm or starting with the DICOM preamble: what :func:`fewsam_jax.io.load_volume` reads as one
+    file of a DICOM series (the whole series, from its folder). Reads the first 132 bytes unless the name ends in
+    .dcm; an unreadable file raises OSError. (Here, at the bottom of the library, so that the output checks and the
+    readers share it.)"""
+    from pydicom.misc import is_dicom  # lazy: the CLI's start-up imports this module
 
-    if not path.is_file():
-        return False
+    return path.name.lower().endswith(".dcm") or is_dicom(path)
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """:func:`is_dicom_file` for the output checks: False for anything but a readable regular file."""
     try:
-        return path.name.lower().endswith(".dcm") or is_dicom(path)
+        return path.is_file() and is_dicom_file(path)
     except OSError:
         return False
 
