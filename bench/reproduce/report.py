@@ -28,6 +28,7 @@ from fewsam_jax.outputs import OutputError, OutputExistsError, check_output_file
 ONE_POINT = "SAM 1 point"
 FULL_DECODER = "decoder, all pool slices"
 UNET = "U-Net, all pool slices"
+FULL_STUDENT = "student, all pool slices"  # the student the fully supervised decoder taught (with --student)
 FROM_SCRATCH = "from scratch"  # the family of the U-Net rows trained on each few-shot run's slices
 STUDENT = "student"  # the family of the rows of the students the few-shot decoders taught
 
@@ -371,7 +372,9 @@ def markdown(report: dict[str, Any], files: dict[str, str]) -> str:
         lines.append(
             f"- Full supervision: the same decoder trained on every pool slice ({config['full_steps']} steps, no "
             f"augmented copies) and a 2D U-Net from scratch on the same slices ({config['unet']['steps']} steps, "
-            f"features {tuple(config['unet']['features'])}).")
+            f"features {tuple(config['unet']['features'])})" + (
+                "; the student that decoder teaches, as each few-shot draw's decoder does (seed 0): the default "
+                "method's full-supervision path" if _row(rows, FULL_STUDENT) else "") + ".")
     if any(r["family"] == FROM_SCRATCH for r in rows):
         lines.append(
             f"- U-Net from scratch, N slices: the same 2D U-Net ({config['unet']['steps']} steps, features "
@@ -506,7 +509,7 @@ def plot_dice(report: dict[str, Any], path: Path) -> None:
               (FROM_SCRATCH, "tab:brown", "s", "U-Net from scratch, same slices"),
               (STUDENT, "tab:olive", "^", "student taught by the decoder"))
     styles = {ONE_POINT: ("tab:orange", ":"), "SAM 5 points + neg": ("tab:red", ":"), "SAM box": ("tab:purple", ":"),
-              FULL_DECODER: ("tab:green", "--"), UNET: ("tab:brown", "--")}
+              FULL_DECODER: ("tab:green", "--"), UNET: ("tab:brown", "--"), FULL_STUDENT: ("tab:olive", "--")}
     for ax, name in zip(axes.flat, panels):
         def pick(r: dict, name: str = name) -> dict | None:
             return r["mean"] if name == "mean" else r["classes"].get(name)

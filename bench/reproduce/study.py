@@ -18,8 +18,10 @@ ground truth contains the class):
   ``fewsam teach -i`` teaches (:meth:`StudentConfig.cohort`). Not run for ``cross_image`` tasks, where every
   support image is labelled whole (nothing to teach).
 * **fully supervised decoder**: the few-shot decoder trained on every slice of the pool (no augmented
-  copies; ``full_steps`` steps), and the **2D U-Net** from scratch on the same slices (seed 0). Not run
-  for ``cross_image`` tasks, whose pool is two or three images.
+  copies; ``full_steps`` steps), and the **2D U-Net** from scratch on the same slices (seed 0); with
+  ``StudyConfig.student``, also the **student** that decoder teaches (seed 0, as a few-shot run's decoder
+  teaches): the default method's full-supervision path. Not run for ``cross_image`` tasks, whose pool is two or
+  three images.
 
 Every U-Net of a fold pads its slices onto the canvas of the fold's largest pool slice.
 
@@ -441,18 +443,22 @@ def _unet_run(ctx: _Context, fold_index: int, fold: Fold, fewshot: dict) -> dict
 
 
 def run_supervised(ctx: _Context) -> list[dict]:
-    """The decoder on every pool slice, and the U-Net from scratch on the same slices (seed 0)."""
-    decoder_run = {"method": "decoder, all pool slices", "items": [], "labelled_slices": 0, "positive_slices": 0,
-                   "train_seconds": 0.0}
-    unet_run = {"method": "U-Net, all pool slices", "items": [], "labelled_slices": 0, "positive_slices": 0,
-                "train_seconds": 0.0}
+    """The decoder on every pool slice, the U-Net from scratch on the same slices (seed 0) and, with
+    ``StudyConfig.student``, the student that decoder teaches (seed 0)."""
+    def record(method: str) -> dict:
+        return {"method": method, "items": [], "labelled_slices": 0, "positive_slices": 0, "train_seconds": 0.0}
+
+    decoder_run, unet_run = record("decoder, all pool slices"), record("U-Net, all pool slices")
+    student_run = record("student, all pool slices") if ctx.config.student else None
+    runs = [r for r in (decoder_run, unet_run, student_run) if r is not None]
+    unlabelled = list(ctx.task.unlabelled)
     for fold_index, fold in enumerate(ctx.task.folds):
         support = [(i, tuple(s)) for i, s in enumerate(fold.pool_slices)]
         labelled, positives = ctx.support_counts(fold, support)
         training = TrainConfig(steps=ctx.config.full_steps)  # no support copies (the default)
+        collection = _support_collection(ctx, fold, support)
         started = time.perf_counter()
-        segmenter = FewShotSegmenter.train(_support_collection(ctx, fold, support), sam=ctx.sam, training=training,
-                                           intensity=ctx.task.intensity,
+        segmenter = FewShotSegmenter.train(collection, sam=ctx.sam, training=training, intensity=ctx.task.intensity,
                                            cache=ctx.cache, progress=False)
         decoder_run["train_seconds"] += time.perf_counter() - started
         decoder_run["items"] += ctx.score_fold(decoder_run["method"], fold_index, _segment_tests(ctx, segmenter, fold))
@@ -465,17 +471,29 @@ def run_supervised(ctx: _Context) -> list[dict]:
         unet_run["items"] += ctx.score_fold(unet_run["method"], fold_index, predict)
         ctx.log(f"U-Net, fold {fold.name}: {labelled} slices, {ctx.config.unet.steps} steps, "
                 f"{time.perf_counter() - started:.0f} s")
-        for run in (decoder_run, unet_run):
+
+        if student_run is not None:
+            config = student_config(ctx.task, ctx.config, seed=0)
+            started = time.perf_counter()
+            student = train_student(segmenter, collection, unlabelled, config=config, cache=ctx.cache, progress=False)
+            student_run["train_seconds"] += time.perf_counter() - started
+            student_run["items"] += ctx.score_fold(student_run["method"], fold_index,
+                                                   _segment_tests(ctx, student, fold))
+            student_run.update(steps=config.student_unet_config.steps, unlabelled_volumes=len(unlabelled),
+                               training_slices=student.info["training_slices"])
+            ctx.log(f"student of the fully supervised decoder, fold {fold.name}: taught on "
+                    f"{student.info['training_slices']} slices in {time.perf_counter() - started:.0f} s")
+        for run in runs:
             run["labelled_slices"] += labelled
             run["positive_slices"] += positives
     decoder_run.update(steps=ctx.config.full_steps, augment_copies=0)
     unet_run.update(steps=ctx.config.unet.steps, unet=dataclasses.asdict(ctx.config.unet))
     folds = len(ctx.task.folds)
-    for run in (decoder_run, unet_run):  # per trained model: the mean over folds
+    for run in runs:  # per trained model: the mean over folds
         run["labelled_slices"] /= folds
         run["positive_slices"] /= folds
         run["train_seconds"] = round(run["train_seconds"] / folds, 1)
-    return [decoder_run, unet_run]
+    return runs
 
 
 def _embed_everything(ctx: _Context) -> int:

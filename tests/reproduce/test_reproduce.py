@@ -108,12 +108,18 @@ def test_study_writes_consistent_report(synthetic_task, tiny_sam, tmp_path, monk
 
     methods = [row["method"] for row in stored["rows"]]
     assert methods == ["few-shot, 1 slice", "U-Net from scratch, 1 slice", "student, 1 slice", "SAM 1 point",
-                       "decoder, all pool slices", "U-Net, all pool slices", "published"]
+                       "decoder, all pool slices", "U-Net, all pool slices", "student, all pool slices", "published"]
     rows = {row["method"]: row for row in stored["rows"]}
     (run,) = stored["runs"]["fewshot"]
     assert (run["shots"], run["seed"], len(run["items"])) == (1, 0, 2)
     assert run["positive_slices"] == 1 and run["labelled_slices"] == 2  # + one empty slice
     assert rows["decoder, all pool slices"]["labelled_slices"] == 16  # every slice of both pool volumes
+    # the fully supervised decoder's student (the default method's full-supervision path): every pool slice
+    # labelled, plus the unlabelled volume's slices
+    (_, _, full_student) = stored["runs"]["supervised"]
+    assert (full_student["labelled_slices"], full_student["training_slices"]) == (16, 16 + 8)
+    assert full_student["unlabelled_volumes"] == 1 and len(full_student["items"]) == 2
+    assert "the default method's full-supervision path" in text
     assert rows["SAM 1 point"]["interactions_per_item"] == 8  # 1 click x (4 + 4 slices with a class) per volume
 
     # the U-Net from scratch on exactly the few-shot draw's slices (its empty slice included), with its seed,
