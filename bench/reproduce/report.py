@@ -250,6 +250,10 @@ def headline(task: Task, rows: list[dict]) -> dict[str, Any]:
     if taught:
         result["student_same_count"] = {"counts": len(taught),
                                         "student_ahead": sum(d > 0 for d in taught if math.isfinite(d))}
+    full_student = _row(rows, FULL_STUDENT)
+    if full_student and unet:
+        result["full_supervision"] = {"student_dice": full_student["mean"]["dice"], "unet_dice": unet["mean"]["dice"],
+                                      "difference": full_student["mean"]["dice"] - unet["mean"]["dice"]}
     return result
 
 
@@ -432,6 +436,11 @@ def markdown(report: dict[str, Any], files: dict[str, str]) -> str:
             same = result["student_same_count"]
             lines.append(f"- The student the decoder taught beats the U-Net trained on the same slices at "
                          f"{same['student_ahead']} of {same['counts']} counts (Dice).")
+        if "full_supervision" in result:
+            full = result["full_supervision"]
+            lines.append(f"- Full supervision, the default method's path (the fully supervised decoder's student): "
+                         f"Dice {_fmt(full['student_dice'])} against the U-Net from scratch on the same slices' "
+                         f"{_fmt(full['unet_dice'])} ({full['difference']:+.3f}).")
         if result["losses"]:
             lines.append(f"- Where few-shot loses (best arm, {result['best']}, per class, Dice):")
             lines += [f"  - {loss['method']}, {loss['class']}: {_fmt(loss['dice'])} vs {_fmt(loss['fewshot_dice'])} "

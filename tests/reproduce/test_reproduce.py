@@ -120,6 +120,10 @@ def test_study_writes_consistent_report(synthetic_task, tiny_sam, tmp_path, monk
     assert (full_student["labelled_slices"], full_student["training_slices"]) == (16, 16 + 8)
     assert full_student["unlabelled_volumes"] == 1 and len(full_student["items"]) == 2
     assert "the default method's full-supervision path" in text
+    full = stored["headline"]["full_supervision"]
+    assert math.isclose(full["difference"], rows["student, all pool slices"]["mean"]["dice"]
+                        - rows["U-Net, all pool slices"]["mean"]["dice"])
+    assert f"({full['difference']:+.3f})." in text
     assert rows["SAM 1 point"]["interactions_per_item"] == 8  # 1 click x (4 + 4 slices with a class) per volume
 
     # the U-Net from scratch on exactly the few-shot draw's slices (its empty slice included), with its seed,
