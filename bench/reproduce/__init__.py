@@ -4,7 +4,8 @@ and vs a U-Net from scratch on the same labelled slices at every count.
 ``run_study("hippocampus", quick=True)`` (or ``python -m bench.reproduce --dataset hippocampus --quick``)
 writes ``reproduce_{dataset}[_quick].md``, ``.json``, ``_dice_vs_shots.png`` and ``_overlays.png``
 into ``out`` (default: this checkout's ``bench/results``), and keeps every finished unit of the study in
-``reproduce_{dataset}[_quick].runs.json`` there as it goes, so that an interrupted run continues with ``--resume``.
+``reproduce_{dataset}[_quick].runs.json`` there as it goes (kept after the report), so that an interrupted run
+continues with ``--resume``, and a finished one takes more seeds or counts without running its units again.
 Data sets: :mod:`bench.reproduce.datasets`; methods and scoring: :mod:`bench.reproduce.study`; the runs file:
 :mod:`bench.reproduce.runs`; aggregation and files: :mod:`bench.reproduce.report`.
 """
@@ -66,8 +67,8 @@ def run_study(
         then named ``reproduce_hippocampus_sagittal...``).
       unlabelled: hippocampus only, that many more volumes' images for the students (needs ``config.student``).
       resume: take the units an earlier run of the same study left in its runs file (``out/reproduce_NAME.runs.json``,
-        :mod:`bench.reproduce.runs`: written after every unit of every run, removed once the report is written) and
-        compute only the others. Without it an existing runs file is an OutputExistsError (``overwrite`` starts
+        :mod:`bench.reproduce.runs`: written after every unit of every run, and kept with the report) and compute
+        only the others. Without it an existing runs file is an OutputExistsError (``overwrite`` starts
         over).
     Returns:
       the report as written to JSON, plus ``files``: {"markdown", "json", "plot", "overlays"} paths.
@@ -99,7 +100,7 @@ def run_study(
                          quick=quick, command=command or f"run_study({task.name!r}, quick={quick})",
                          load_start=load_start, total_seconds=time.perf_counter() - started)
     files = write_report(report, raw["example"], out, overwrite=overwrite)
-    runs_file.unlink(missing_ok=True)  # every run is in the report's JSON now
+    # the runs file stays: a later --resume with more seeds or counts adds to this study without rerunning its units
     log(f"wrote {', '.join(str(p) for p in files.values())} ({report['timings']['total_seconds'] / 60:.1f} min)")
     return {**report, "files": files}
 

@@ -45,9 +45,9 @@ def build_parser(prog: str = "python -m bench.reproduce") -> argparse.ArgumentPa
                         help="the few-shot counts to run (default: the data set's sweep)")
     parser.add_argument("--seeds", type=int, help="draws (seeds) per count (default 3, 1 with --quick)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run of the same study: its finished units (kept in "
-                             "reproduce_NAME.runs.json in --out after each one, until the report is written) are not "
-                             "run again")
+                        help="continue an interrupted run of the same study, or extend a finished one with more "
+                             "--seeds or --shots: its finished units (kept in reproduce_NAME.runs.json in --out after "
+                             "each one) are not run again")
     return parser
 
 

@@ -4,7 +4,9 @@ A full hippocampus study with students takes hours on a CPU, more than one worki
 :class:`RunStore` every unit (the prompted baselines, each few-shot run with its student, each U-Net from
 scratch, the fully supervised references) is written to ``reproduce_{name}[_quick].runs.json`` beside the report
 as soon as it finishes; a rerun of the same command with ``--resume`` takes the units found there and computes
-only the others. The file is removed once the report is written (the report's JSON holds every run).
+only the others. The file is kept once the report is written (the report's JSON holds every run, but not each
+unit's overlay predictions): the same command with ``--resume`` and more ``--seeds`` or ``--shots`` then extends a
+finished study without running its units again.
 
 The file records what the study measures (its fingerprint: the task's split, the study's and the methods'
 configs, the model, the JAX version and device kind), and a file written for another study is refused before any

@@ -556,7 +556,7 @@ def run_methods(task: Task, sam: Sam, config: StudyConfig, cache: Any = None, lo
         else:
             notes.append("No fully supervised reference: the pool of each fold is two or three images.")
         if ctx.kept:
-            notes.append(f"Resumed: {len(ctx.kept)} unit(s) kept from an earlier, interrupted run of the same study "
+            notes.append(f"Resumed: {len(ctx.kept)} unit(s) kept from an earlier run of the same study "
                          f"({store.path.name}); the study's timings cover only the others.")
     return {"fewshot": fewshot, "unet_fewshot": unet_fewshot, "student_fewshot": students, "prompted": prompted,
             "supervised": supervised,

@@ -167,10 +167,19 @@ def test_study_writes_consistent_report(synthetic_task, tiny_sam, tmp_path, monk
                         rows["few-shot, 1 slice"]["mean"]["iou"] / rows["SAM 1 point"]["mean"]["iou"])
     assert f"{arm['iou_ratio_vs_one_point']:.2f}" in text
 
+    # the finished study keeps its units: the same study resumed runs none of them again
+    runs_file = tmp_path / "results" / "reproduce_synthetic.runs.json"
+    assert sorted(json.loads(runs_file.read_text())["units"]) == [
+        "U-Net 1, seed 0, fold synthetic", "few-shot 1, seed 0, fold synthetic", "fully supervised", "prompted SAM"]
+    with monkeypatch.context() as patched:
+        for name in ("_fewshot_run", "_unet_run", "run_prompted", "run_supervised"):
+            patched.setattr(study, name, lambda *a, **k: pytest.fail("a kept unit ran again"))
+        run_study(task, out=tmp_path / "results", model=tiny_sam, config=config, cache=tmp_path / "cache",
+                  log=lambda message: None, resume=True, overwrite=True)
+    rerendered = json.loads((tmp_path / "results" / names["json"]).read_text())
+    assert [r["mean"] for r in rerendered["rows"]] == [r["mean"] for r in stored["rows"]]
     # an interrupted run keeps every unit finished before the interruption; resumed, it runs only the rest and
     # reports what the uninterrupted run did (the supervised unit is trained again: deterministic per seed)
-    runs_file = tmp_path / "results" / "reproduce_synthetic.runs.json"
-    assert not runs_file.exists()  # removed with the report written
     run_supervised = study.run_supervised
     monkeypatch.setattr(study, "run_supervised", lambda ctx: pytest.fail("interrupted"))
     with pytest.raises(pytest.fail.Exception, match="interrupted"):
@@ -190,7 +199,8 @@ def test_study_writes_consistent_report(synthetic_task, tiny_sam, tmp_path, monk
         (r["method"], r["classes"], r["mean"]) for r in stored["rows"]]
     assert {k: [r["items"] for r in v] for k, v in again["runs"].items()} == {
         k: [r["items"] for r in v] for k, v in stored["runs"].items()}
-    assert any("Resumed: 3 unit(s) kept" in note for note in again["notes"]) and not runs_file.exists()
+    assert any("Resumed: 3 unit(s) kept" in note for note in again["notes"])
+    assert "fully supervised" in json.loads(runs_file.read_text())["units"]  # kept with the report
     first, resumed = overlays[0], overlays[-1]
     assert sorted(first) == sorted(resumed) and all(np.array_equal(first[m], resumed[m]) for m in first)
 
