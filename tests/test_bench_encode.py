@@ -33,3 +33,29 @@ def test_quick_benchmark_writes_its_section(tmp_path):
     assert [r["framework"] for r in report["runs"]] == ["torch", "jax"]
     assert all(r["s_per_image"] > 0 and r["rss_peak_mb"] > 0 for r in report["runs"])
     assert report["agreement"][0][2] <= 1e-4
+
+
+def test_flop_counts_see_through_the_blocked_attention(monkeypatch):
+    """XLA counts a loop's body once; both counters must count every block of ``blocked_attention``."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from bench.encode import matmul_flops, unblocked_cost
+    from fewsam_jax.modeling import image_encoder
+
+    heads, n, d = 2, 64, 8
+    monkeypatch.setattr(image_encoder, "SCORES_BLOCK_BYTES", 2 * heads * n * 4)  # two query rows a block
+
+    class Attend(nnx.Module):
+        def __call__(self, x):  # x (1, heads, n, d): self-attention of x on itself
+            return image_encoder.blocked_attention(x, x, x)
+
+    x = jnp.ones((1, heads, n, d), jnp.float32)
+    expected = 2 * (2 * heads * n * n * d)  # scores and the weighted sum, 2 FLOPs a multiply-add
+    assert matmul_flops(jax.make_jaxpr(Attend())(x).jaxpr) == expected
+    blocked = jax.jit(Attend()).lower(x).cost_analysis()
+    blocked = blocked[0] if isinstance(blocked, (list, tuple)) else blocked
+    assert blocked["flops"] < expected / 4  # what the section used to report for ViT-B's attention
+    assert expected <= unblocked_cost(Attend(), x)["flops"] < 1.5 * expected
+    assert image_encoder.SCORES_BLOCK_BYTES == 2 * heads * n * 4  # restored
