@@ -57,8 +57,11 @@ def test_offsets_postprocessing_and_ensembles_label_from_the_same_training(tiny_
     assert seeds[:3] == [0, 1000, 2000]  # then the pseudo-labelled U-Net's
     assert unets[6]["train_seconds"] == sum(r["train_seconds"] for r in unets[:6:2]) and unets[6]["seed"] == 0
     assert [r["variant"] for r in fused] == ["v+unet@w0", "v+unet@w0+3d", "v+unet@w1", "v+unet@w1+3d"]
-    assert fused[0]["dice"] == [1.0, 1.0] and fused[2]["dice"] == rows[0]["dice"]
-    assert fused[3]["dice"] == rows[1]["dice"] and fused[2]["same_training_as"] == "v"
+    # weight 1 labels from sigmoid(logit) - 0.5 in float32, the decoder from the logits: the same labels except where
+    # the sigmoid maps two classes' logits to one float32 value (seen: 0.4790658 and 0.47906598 on one pixel, a tie
+    # the first class wins); whether the random tiny model has such a pixel depends on the CPU's float code paths
+    assert fused[0]["dice"] == [1.0, 1.0] and fused[2]["dice"] == pytest.approx(rows[0]["dice"], abs=1e-4)
+    assert fused[3]["dice"] == pytest.approx(rows[1]["dice"], abs=1e-4) and fused[2]["same_training_as"] == "v"
     assert fused[2]["overrides"] == {"steps": 2, "image_features": 0, "ensemble_weight": 1.0}
     assert [r["variant"] for r in pseudo] == ["v>unet@w0u1", "v>unet@w0u1+3d"] and pseudo[0]["dice"] == [1.0, 1.0]
     assert pseudo[1]["overrides"] == {"steps": 2, "image_features": 0, "pseudo_weight": 0.0, "unlabelled_volumes": 1,
