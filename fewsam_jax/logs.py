@@ -80,13 +80,17 @@ class _LineProgress:
         self.close()
 
     def update(self, n: int = 1) -> None:
+        """One line when the count crosses a quarter of the total (one however many it crosses at once); none
+        at the total, which the closing line reports."""
         self.n += n
-        if self.total:
-            while self._next_quarter < 4 and self.n * 4 >= self._next_quarter * self.total:
-                elapsed = time.perf_counter() - self._started
-                LOGGER.info("%s: %d/%d %s (%d%%, %.0f s)%s", self.desc, self.n, self.total, self.unit,
-                            100 * self.n // self.total, elapsed, self.postfix)
-                self._next_quarter += 1
+        if not self.total:
+            return
+        crossed = False
+        while self._next_quarter < 4 and self.n * 4 >= self._next_quarter * self.total:
+            self._next_quarter, crossed = self._next_quarter + 1, True
+        if crossed and self.n < self.total:
+            LOGGER.info("%s: %d/%d %s (%d%%, %.0f s)%s", self.desc, self.n, self.total, self.unit,
+                        100 * self.n // self.total, time.perf_counter() - self._started, self.postfix)
 
     def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
         items = {**(ordered_dict or {}), **kwargs}

@@ -45,6 +45,17 @@ def test_progress_writes_a_few_lines_when_not_a_terminal(log_stream):
     assert any("train: 25/50 step (50%" in line and "loss=0.5" in line for line in lines)
 
 
+def test_progress_in_big_steps_writes_each_count_once(log_stream):
+    with logs.tqdm(total=3, desc="embed", unit="slice") as bar:  # a whole volume in one batch
+        bar.update(3)
+    with logs.tqdm(total=8, desc="encode", unit="slice") as bar:  # 2 of 8 then the rest: one quarter line
+        bar.update(2)
+        bar.update(6)
+    lines = log_stream.getvalue().splitlines()
+    assert [line.split(" (")[0].split(" in ")[0] for line in lines] == [
+        "embed: started", "embed: done, 3 slice", "encode: started", "encode: 2/8 slice", "encode: done, 8 slice"]
+
+
 def test_quiet_hides_progress_and_info(log_stream):
     logs.configure(-1, stream=log_stream)
     for _ in logs.tqdm(range(10), desc="encode"):
