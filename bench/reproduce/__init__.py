@@ -50,6 +50,7 @@ def run_study(
     axis: int | None = None,
     unlabelled: int = 0,
     resume: bool = False,
+    kept_only: bool = False,
 ) -> dict[str, Any]:
     """Run the comparison on ``dataset`` and write its report into ``out``.
 
@@ -70,6 +71,8 @@ def run_study(
         :mod:`bench.reproduce.runs`: written after every unit of every run, and kept with the report) and compute
         only the others. Without it an existing runs file is an OutputExistsError (``overwrite`` starts
         over).
+      kept_only: with ``resume``, render the report from the kept units alone: nothing is trained, units not run
+        yet are left out and named in the report's notes (e.g. more seeds for some counts than for others).
     Returns:
       the report as written to JSON, plus ``files``: {"markdown", "json", "plot", "overlays"} paths.
     """
@@ -82,6 +85,9 @@ def run_study(
     name = dataset.name if isinstance(dataset, Task) else task_name(dataset, axis)
     check_report_files(out, name, quick, overwrite)
     runs_file = runs_path(out, name, quick)
+    if kept_only and not (resume and runs_file.exists()):
+        raise ValueError(f"kept units only: needs resume and the study's runs file {runs_file}"
+                         f"{'' if runs_file.exists() else ' (not found)'}")
     start_over = runs_file.exists() and not resume
     if start_over:  # the units of an earlier run: kept unless asked
         if not overwrite:
@@ -95,7 +101,7 @@ def run_study(
     if start_over:  # --overwrite, checked above; removed only once the task and the model have loaded
         runs_file.unlink()
     store = RunStore(runs_file, fingerprint(task, config, sam))
-    raw = run_methods(task, sam, config, cache=cache, log=log, store=store)
+    raw = run_methods(task, sam, config, cache=cache, log=log, store=store, kept_only=kept_only)
     report = make_report(task, raw, config, model={"name": sam.config.name, "weights_id": sam.weights_id},
                          quick=quick, command=command or f"run_study({task.name!r}, quick={quick})",
                          load_start=load_start, total_seconds=time.perf_counter() - started)

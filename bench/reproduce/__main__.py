@@ -48,6 +48,9 @@ def build_parser(prog: str = "python -m bench.reproduce") -> argparse.ArgumentPa
                         help="continue an interrupted run of the same study, or extend a finished one with more "
                              "--seeds or --shots: its finished units (kept in reproduce_NAME.runs.json in --out after "
                              "each one) are not run again")
+    parser.add_argument("--kept-only", action="store_true",
+                        help="with --resume: write the report from the runs file's units alone, training nothing; "
+                             "units not run yet are left out and named in the report")
     return parser
 
 
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> None:
     report = run_study(args.dataset, quick=args.quick, out=args.out, model=args.model, checkpoint=args.checkpoint,
                        config=dataclasses.replace(config, **sizes), cache=args.cache, data_root=args.data,
                        command=command, overwrite=args.overwrite, axis=args.axis, unlabelled=args.unlabelled,
-                       resume=args.resume)
+                       resume=args.resume, kept_only=args.kept_only)
     print("\n".join(str(path) for path in report["files"].values()))
 
 

@@ -197,6 +197,16 @@ class _Context:
     normalised: dict[Case, np.ndarray] = dataclasses.field(default_factory=dict)
     store: RunStore | None = None
     kept: list[str] = dataclasses.field(default_factory=list)
+    kept_only: bool = False
+    left_out: list[str] = dataclasses.field(default_factory=list)
+
+    def left_out_now(self, key: str) -> bool:
+        """True (and ``key`` recorded in :attr:`left_out`) when the study renders from kept units only
+        (:attr:`kept_only`) and its store lacks the unit ``key``, which is then not run."""
+        if self.kept_only and (self.store is None or key not in self.store):
+            self.left_out.append(key)
+            return True
+        return False
 
     def unit(self, key: str, compute: Callable[[], Any]) -> Any:
         """``compute()``'s result for the unit ``key`` of the study: taken from :attr:`store` when it holds the unit
@@ -296,8 +306,10 @@ def run_fewshot(ctx: _Context, shots_list: tuple[int, ...]) -> tuple[list[dict],
                     notes.append(f"{shots} labelled slices: fold {fold.name} cannot supply a draw covering every "
                                  "class; skipped")
                     continue
-                done = ctx.unit(f"few-shot {shots}, seed {seed}, fold {fold.name}",
-                                lambda: _fewshot_run(ctx, fold_index, support, shots, seed, base, teach))
+                key = f"few-shot {shots}, seed {seed}, fold {fold.name}"
+                if ctx.left_out_now(key):
+                    continue
+                done = ctx.unit(key, lambda: _fewshot_run(ctx, fold_index, support, shots, seed, base, teach))
                 runs.append(done["run"])
                 if done["student"] is not None:
                     students.append(done["student"])
@@ -417,9 +429,10 @@ def run_unet_per_count(ctx: _Context, fewshot_runs: list[dict]) -> list[dict]:
     """The U-Net from scratch on exactly the support slices of every few-shot run (empty slices
     included), with the run's seed; one run record per few-shot run, with the same fields."""
     folds = {fold.name: (index, fold) for index, fold in enumerate(ctx.task.folds)}  # unique: Task checks them
-    return [ctx.unit(f"U-Net {fewshot['shots']}, seed {fewshot['seed']}, fold {fewshot['fold']}",
-                     lambda fewshot=fewshot: _unet_run(ctx, *folds[fewshot["fold"]], fewshot))
-            for fewshot in fewshot_runs]
+    keys = {id(fewshot): f"U-Net {fewshot['shots']}, seed {fewshot['seed']}, fold {fewshot['fold']}"
+            for fewshot in fewshot_runs}
+    return [ctx.unit(keys[id(fewshot)], lambda fewshot=fewshot: _unet_run(ctx, *folds[fewshot["fold"]], fewshot))
+            for fewshot in fewshot_runs if not ctx.left_out_now(keys[id(fewshot)])]
 
 
 def _unet_run(ctx: _Context, fold_index: int, fold: Fold, fewshot: dict) -> dict:
@@ -521,19 +534,27 @@ def _example(task: Task) -> dict[str, Any]:
 
 
 def run_methods(task: Task, sam: Sam, config: StudyConfig, cache: Any = None, log: Log = print,
-                store: RunStore | None = None) -> dict[str, Any]:
+                store: RunStore | None = None, kept_only: bool = False) -> dict[str, Any]:
     """Run every method of the study on ``task``; raw runs (per-item scores; ``unet_fewshot``: the U-Net
     on each few-shot run's slices, empty when ``config.unet_per_count`` is off; ``student_fewshot``: the student
     each run's decoder taught, empty without ``config.student``), timings (the students' inside
     ``fewshot_seconds``) and the overlay example. With ``store`` every finished unit is kept there and the units
     it already holds are not run again (:mod:`bench.reproduce.runs`; the timings then cover this run's units only,
-    ``kept_units`` names the others). Aggregation and files: :mod:`bench.reproduce.report`."""
+    ``kept_units`` names the others). With ``kept_only`` nothing is trained or embedded: the few-shot and per-count
+    U-Net units the store lacks are left out (named in the notes and ``left_out_units``), and a missing prompted or
+    fully supervised unit is a ValueError. Aggregation and files: :mod:`bench.reproduce.report`."""
     shots = tuple(config.shots or task.shots)
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="fewsam-reproduce-") as scratch:
-        ctx = _Context(task, sam, config, cache, Path(scratch), log, _example(task), store=store)
+        ctx = _Context(task, sam, config, cache, Path(scratch), log, _example(task), store=store, kept_only=kept_only)
+        if kept_only:
+            baselines = ["prompted SAM"] + (["fully supervised"] if task.protocol != "cross_image" else [])
+            missing = [key for key in baselines if store is None or key not in store]
+            if missing:
+                raise ValueError(f"kept units only: the runs file lacks {', '.join(missing)}; run the study without "
+                                 "--kept-only first")
         started = time.perf_counter()
-        computed = _embed_everything(ctx)
+        computed = 0 if kept_only else _embed_everything(ctx)
         timings["embed_seconds"] = round(time.perf_counter() - started, 1)
         log(f"embeddings ready: {computed} slices encoded now, the rest from the cache "
             f"({timings['embed_seconds']:.0f} s)")
@@ -558,8 +579,12 @@ def run_methods(task: Task, sam: Sam, config: StudyConfig, cache: Any = None, lo
         if ctx.kept:
             notes.append(f"Resumed: {len(ctx.kept)} unit(s) kept from an earlier run of the same study "
                          f"({store.path.name}); the study's timings cover only the others.")
+        if ctx.left_out:
+            notes.append(f"Rendered from kept units only (--kept-only): {len(ctx.left_out)} unit(s) not run yet are "
+                         f"left out ({'; '.join(ctx.left_out)}), so the counts do not all have every seed.")
     return {"fewshot": fewshot, "unet_fewshot": unet_fewshot, "student_fewshot": students, "prompted": prompted,
             "supervised": supervised,
             "notes": notes, "timings": timings, "slices_encoded": computed, "shots": list(shots),
-            "example": ctx.example, "load_average": os.getloadavg()[0], "kept_units": ctx.kept}
+            "example": ctx.example, "load_average": os.getloadavg()[0], "kept_units": ctx.kept,
+            "left_out_units": ctx.left_out}
 

@@ -203,6 +203,21 @@ def test_study_writes_consistent_report(synthetic_task, tiny_sam, tmp_path, monk
     assert "fully supervised" in json.loads(runs_file.read_text())["units"]  # kept with the report
     first, resumed = overlays[0], overlays[-1]
     assert sorted(first) == sorted(resumed) and all(np.array_equal(first[m], resumed[m]) for m in first)
+    # --kept-only: a second seed asked for is left out and named, nothing trains or embeds, the rows are the kept ones
+    monkeypatch.setattr(study, "run_supervised", lambda *a, **k: pytest.fail("a kept unit ran again"))
+    monkeypatch.setattr(study, "_embed_everything", lambda *a, **k: pytest.fail("embedded"))
+    two_seeds = dataclasses.replace(config, seeds=2)
+    with pytest.raises(ValueError, match="kept units only: needs resume"):
+        run_study(task, out=tmp_path / "results", model=tiny_sam, config=two_seeds, log=lambda message: None,
+                  overwrite=True, kept_only=True)
+    run_study(task, out=tmp_path / "results", model=tiny_sam, config=two_seeds, cache=tmp_path / "cache",
+              log=lambda message: None, resume=True, overwrite=True, kept_only=True)
+    partial = json.loads((tmp_path / "results" / names["json"]).read_text())
+    assert [r["mean"] for r in partial["rows"]] == [r["mean"] for r in stored["rows"]]
+    assert any("1 unit(s) not run yet are left out (few-shot 1, seed 1, fold synthetic)" in note
+               for note in partial["notes"])
+    assert sorted(json.loads(runs_file.read_text())["units"]) == [
+        "U-Net 1, seed 0, fold synthetic", "few-shot 1, seed 0, fold synthetic", "fully supervised", "prompted SAM"]
 
 
 def test_runs_file_is_refused_for_another_study_and_kept_without_resume(synthetic_task, tiny_sam, tmp_path,
@@ -499,8 +514,9 @@ def test_cli_reproduce_arguments(monkeypatch):
     assert main(["reproduce", "--dataset", "cxr_lungs", "--quick"]) == 0
     assert (seen[0].dataset, seen[0].quick) == ("cxr_lungs", True)
     args = study_parser().parse_args(["--axis", "0", "--shots", "5,10,20", "--seeds", "2", "--student",
-                                      "--unlabelled", "40", "--resume"])
-    assert (args.axis, args.shots, args.seeds, args.unlabelled, args.resume) == (0, (5, 10, 20), 2, 40, True)
+                                      "--unlabelled", "40", "--resume", "--kept-only"])
+    assert (args.axis, args.shots, args.seeds, args.unlabelled, args.resume, args.kept_only) == (
+        0, (5, 10, 20), 2, 40, True, True)
     with pytest.raises(SystemExit):
         study_parser().parse_args(["--shots", "five"])
 
