@@ -429,10 +429,13 @@ def run_unet_per_count(ctx: _Context, fewshot_runs: list[dict]) -> list[dict]:
     """The U-Net from scratch on exactly the support slices of every few-shot run (empty slices
     included), with the run's seed; one run record per few-shot run, with the same fields."""
     folds = {fold.name: (index, fold) for index, fold in enumerate(ctx.task.folds)}  # unique: Task checks them
-    keys = {id(fewshot): f"U-Net {fewshot['shots']}, seed {fewshot['seed']}, fold {fewshot['fold']}"
-            for fewshot in fewshot_runs}
-    return [ctx.unit(keys[id(fewshot)], lambda fewshot=fewshot: _unet_run(ctx, *folds[fewshot["fold"]], fewshot))
-            for fewshot in fewshot_runs if not ctx.left_out_now(keys[id(fewshot)])]
+    return [ctx.unit(_unet_key(fewshot), lambda fewshot=fewshot: _unet_run(ctx, *folds[fewshot["fold"]], fewshot))
+            for fewshot in fewshot_runs if not ctx.left_out_now(_unet_key(fewshot))]
+
+
+def _unet_key(fewshot: dict) -> str:
+    """The runs-file key of the U-Net trained on the slices of the few-shot run record ``fewshot``."""
+    return f"U-Net {fewshot['shots']}, seed {fewshot['seed']}, fold {fewshot['fold']}"
 
 
 def _unet_run(ctx: _Context, fold_index: int, fold: Fold, fewshot: dict) -> dict:
