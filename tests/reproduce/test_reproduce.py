@@ -214,10 +214,26 @@ def test_study_writes_consistent_report(synthetic_task, tiny_sam, tmp_path, monk
               log=lambda message: None, resume=True, overwrite=True, kept_only=True)
     partial = json.loads((tmp_path / "results" / names["json"]).read_text())
     assert [r["mean"] for r in partial["rows"]] == [r["mean"] for r in stored["rows"]]
-    assert any("1 unit(s) not run yet are left out (few-shot 1, seed 1, fold synthetic)" in note
-               for note in partial["notes"])
+    assert any("1 unit(s) left out (few-shot 1, seed 1, fold synthetic)" in note for note in partial["notes"])
+    assert partial["left_out_units"] == ["few-shot 1, seed 1, fold synthetic"]
     assert sorted(json.loads(runs_file.read_text())["units"]) == [
         "U-Net 1, seed 0, fold synthetic", "few-shot 1, seed 0, fold synthetic", "fully supervised", "prompted SAM"]
+    # a few-shot run kept without its U-Net is left out too (its difference would be over other seeds); a missing
+    # baseline is refused
+    units = json.loads(runs_file.read_text())
+    del units["units"]["U-Net 1, seed 0, fold synthetic"]
+    runs_file.write_text(json.dumps(units))
+    run_study(task, out=tmp_path / "results", model=tiny_sam, config=config, cache=tmp_path / "cache",
+              log=lambda message: None, resume=True, overwrite=True, kept_only=True)
+    unpaired = json.loads((tmp_path / "results" / names["json"]).read_text())
+    assert unpaired["runs"]["fewshot"] == unpaired["runs"]["unet_fewshot"] == unpaired["runs"]["student_fewshot"] == []
+    assert unpaired["left_out_units"] == ["U-Net 1, seed 0, fold synthetic",
+                                          "few-shot 1, seed 0, fold synthetic (kept, but its U-Net is not)"]
+    del units["units"]["prompted SAM"]
+    runs_file.write_text(json.dumps(units))
+    with pytest.raises(ValueError, match="the runs file lacks prompted SAM"):
+        run_study(task, out=tmp_path / "results", model=tiny_sam, config=config, cache=tmp_path / "cache",
+                  log=lambda message: None, resume=True, overwrite=True, kept_only=True)
 
 
 def test_runs_file_is_refused_for_another_study_and_kept_without_resume(synthetic_task, tiny_sam, tmp_path,
