@@ -306,7 +306,7 @@ def run_fewshot(ctx: _Context, shots_list: tuple[int, ...]) -> tuple[list[dict],
                     notes.append(f"{shots} labelled slices: fold {fold.name} cannot supply a draw covering every "
                                  "class; skipped")
                     continue
-                key = f"few-shot {shots}, seed {seed}, fold {fold.name}"
+                key = _unit_key("few-shot", shots, seed, fold.name)
                 if ctx.left_out_now(key):
                     continue
                 done = ctx.unit(key, lambda: _fewshot_run(ctx, fold_index, support, shots, seed, base, teach))
@@ -429,13 +429,19 @@ def run_unet_per_count(ctx: _Context, fewshot_runs: list[dict]) -> list[dict]:
     """The U-Net from scratch on exactly the support slices of every few-shot run (empty slices
     included), with the run's seed; one run record per few-shot run, with the same fields."""
     folds = {fold.name: (index, fold) for index, fold in enumerate(ctx.task.folds)}  # unique: Task checks them
-    return [ctx.unit(_unet_key(fewshot), lambda fewshot=fewshot: _unet_run(ctx, *folds[fewshot["fold"]], fewshot))
-            for fewshot in fewshot_runs if not ctx.left_out_now(_unet_key(fewshot))]
+    keys = [_unit_key("U-Net", *_draw(fewshot)) for fewshot in fewshot_runs]
+    return [ctx.unit(key, lambda fewshot=fewshot: _unet_run(ctx, *folds[fewshot["fold"]], fewshot))
+            for key, fewshot in zip(keys, fewshot_runs) if not ctx.left_out_now(key)]
 
 
-def _unet_key(fewshot: dict) -> str:
-    """The runs-file key of the U-Net trained on the slices of the few-shot run record ``fewshot``."""
-    return f"U-Net {fewshot['shots']}, seed {fewshot['seed']}, fold {fewshot['fold']}"
+def _draw(run: dict) -> tuple[int, int, str]:
+    """(shots, seed, fold) of a few-shot, U-Net or student run record: the draw it was trained on."""
+    return run["shots"], run["seed"], run["fold"]
+
+
+def _unit_key(kind: str, shots: int, seed: int, fold: str) -> str:
+    """The runs-file key of one per-draw unit: ``kind`` "few-shot" (with its student) or "U-Net"."""
+    return f"{kind} {shots}, seed {seed}, fold {fold}"
 
 
 def _unet_run(ctx: _Context, fold_index: int, fold: Fold, fewshot: dict) -> dict:
@@ -583,11 +589,9 @@ def run_methods(task: Task, sam: Sam, config: StudyConfig, cache: Any = None, lo
             notes.append(f"Resumed: {len(ctx.kept)} unit(s) kept from an earlier run of the same study "
                          f"({store.path.name}); the study's timings cover only the others.")
         if kept_only and config.unet_per_count:  # a few-shot run is compared with its own U-Net only
-            paired = {(r["shots"], r["seed"], r["fold"]) for r in unet_fewshot}
-            unpaired = [f"few-shot {r['shots']}, seed {r['seed']}, fold {r['fold']}" for r in fewshot
-                        if (r["shots"], r["seed"], r["fold"]) not in paired]
-            fewshot, students = ([r for r in runs if (r["shots"], r["seed"], r["fold"]) in paired]
-                                 for runs in (fewshot, students))
+            paired = {_draw(r) for r in unet_fewshot}
+            unpaired = [_unit_key("few-shot", *_draw(r)) for r in fewshot if _draw(r) not in paired]
+            fewshot, students = ([r for r in runs if _draw(r) in paired] for runs in (fewshot, students))
             ctx.left_out += [f"{key} (kept, but its U-Net is not)" for key in unpaired]
         if ctx.left_out:
             notes.append(f"Rendered from kept units only (--kept-only): {len(ctx.left_out)} unit(s) left out "
