@@ -45,6 +45,12 @@ def _train(args: argparse.Namespace) -> None:
         config = DecoderConfig(encoder_lora_rank=int(rank) if rank.lstrip("-").isdigit() else rank)
     except ValueError as err:
         raise ValueError(f"--encoder-lora-rank {rank}: {err}") from None
+    from fewsam_jax.preprocess import Intensity
+
+    try:
+        Intensity.coerce(args.intensity)
+    except ValueError as err:
+        raise ValueError(f"--intensity {args.intensity}: {err}") from None
     collection = _collection(args, "decoder", [args.model if Path(args.model).exists() else None])
     _check_cache(args)
     training = TrainConfig(seed=args.seed, augment=AugmentConfig(copies=args.augment),
@@ -166,7 +172,7 @@ def _segment(args: argparse.Namespace) -> None:
                 cohort.finish_dicom_seg(_load_segmenter(args), inputs[0], args.out, inputs=[args.decoder])
             return
         check_output_file(args.out, overwrite=args.overwrite, inputs=[inputs[0], args.decoder],
-                          suffixes=LABEL_SUFFIXES)
+                          suffixes=LABEL_SUFFIXES, own_only=True)
         from fewsam_jax.io import check_png_output
 
         check_png_output(inputs[0], args.out)

@@ -38,8 +38,10 @@ from fewsam_jax.outputs import (
     _check_not_input,
     _check_parent,
     check_output_file,
+    check_own_file,
     write_text,
 )
+from fewsam_jax.provenance import LIBRARY
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +136,14 @@ def find_cases(inputs: Sequence[str | os.PathLike], channel: int = 0) -> list[Ca
             cases.append(Case(stem or path.name, path))
         else:
             raise CohortError(f"{path}: no such file or folder")
-    seen: dict[str, Path] = {}
+    seen: dict[str, Path] = {}  # by case-folded name: on a case-insensitive disk A.nii.gz and a.nii.gz are one file
     for case in cases:
-        if case.name in seen:
-            raise CohortError(f"two inputs give the case name {case.name!r} ({seen[case.name]} and {case.image}); "
-                              "their label maps would have one file name. Segment them into separate folders")
-        seen[case.name] = case.image
+        key = case.name.casefold()
+        if key in seen:
+            raise CohortError(f"two inputs give the case name {case.name!r} ({seen[key]} and {case.image}), or names "
+                              "that differ in letter case only; their label maps would have one file name. Segment "
+                              "them into separate folders")
+        seen[key] = case.image
     return sorted(cases, key=lambda c: c.name)
 
 
@@ -161,9 +165,10 @@ def plan_outputs(cases: Sequence[Case], out_dir: str | os.PathLike, *, overwrite
                  suffix: str = ".nii.gz") -> tuple[list[tuple[Case, Path]], list[tuple[Case, Path]]]:
     """(to compute, already finished) as (case, output) pairs; checked before any compute.
 
-    An existing output is skipped with ``resume``, replaced with ``overwrite`` and an error otherwise
-    (naming the first one and how many). No output may be an input or lie inside an input folder; the
-    output folder is created when missing (never emptied: only the cases' own files are written).
+    An existing output is skipped with ``resume``, replaced with ``overwrite`` when this library wrote it
+    (:mod:`fewsam_jax.provenance`; another file is an error naming it) and an error otherwise (naming the first
+    one and how many). No output may be an input or lie inside an input folder; the output folder is created
+    when missing (never emptied: only the cases' own files are written).
     """
     out_dir = Path(out_dir).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
@@ -182,6 +187,8 @@ def plan_outputs(cases: Sequence[Case], out_dir: str | os.PathLike, *, overwrite
                 continue
             if not overwrite:
                 existing.append(out)
+            else:
+                check_own_file(out)
         todo.append((case, out))
     if existing:
         raise OutputExistsError(f"{existing[0]} exists ({len(existing)} of the {len(cases)} outputs exist); pass "
@@ -227,6 +234,8 @@ def dataset_classes(folder: str | os.PathLike) -> dict[int, str] | None:
 def read_dataset_labels(path: str | os.PathLike) -> dict[int, str]:
     """The classes of an nnU-Net ``dataset.json``: v2 ``{"name": id}`` or v1/MSD ``{"id": "name"}``;
     background (0) left out. A CohortError names the file and key otherwise."""
+    from fewsam_jax.io import MAX_LABEL_ID
+
     path = Path(path)
     try:
         meta = json.loads(path.read_text())
@@ -244,8 +253,9 @@ def read_dataset_labels(path: str | os.PathLike) -> dict[int, str]:
         else:
             raise CohortError(f"{path}: labels[{key!r}] is {value!r}; expected a label id (nnU-Net v2 "
                               "{\"name\": id}) or a name (v1 {\"id\": \"name\"}); region-based labels are not supported")
-        if label < 0:
-            raise CohortError(f"{path}: labels[{key!r}]: label ids are >= 0, got {label}")
+        if not 0 <= label <= MAX_LABEL_ID:
+            raise CohortError(f"{path}: labels[{key!r}]: expected a label id from 0 to {MAX_LABEL_ID} (label maps "
+                              f"are written as 8- or 16-bit integers), got {label}")
         if label != 0:
             classes[label] = name
     if not classes:
@@ -264,10 +274,11 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
     """Score every prediction of ``pred_dir`` against the reference of the same file name in ``ref_dir``.
 
     Classes: ``classes``, else the ``dataset.json`` beside or above ``ref_dir``, else every id found in
-    either folder. Returns (and writes to ``out``, default ``pred_dir/summary.json``) ``{"classes",
-    "reference", "prediction", "num_cases", "metric_per_case": [{"case", "reference_file", "prediction_file",
-    "metrics": {class: {dice, iou, hd95, surface_dice, ...}}}], "mean": {class: {dice, iou, hd95,
-    hd95_finite, surface_dice}}, "foreground_mean": {...}}``. A reference without a prediction is an
+    either folder. Returns (and writes to ``out``, default ``pred_dir/summary.json``; an existing one is replaced
+    with ``overwrite`` when this library wrote it) ``{"writer": "fewsam_jax", "classes", "reference",
+    "prediction", "num_cases", "metric_per_case": [{"case", "reference_file", "prediction_file", "metrics":
+    {class: {dice, iou, hd95, surface_dice, ...}}}], "mean": {class: {dice, iou, hd95, hd95_finite,
+    surface_dice}}, "foreground_mean": {...}}``. A reference without a prediction is an
     error (listing them) checked before anything is scored; predictions without a reference are ignored.
     """
     from fewsam_jax import metrics
@@ -288,7 +299,7 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
     out = Path(out).expanduser() if out is not None else pred_dir / "summary.json"
     check_output_file(out, overwrite=overwrite,  # dataset.json: read for the class names
                       inputs=[*refs.values(), *(pred_dir / n for n in refs), *dataset_json_paths(ref_dir)],
-                      suffixes=(".json",))
+                      suffixes=(".json",), own_only=True)
     pairs = [(name, pred_dir / name, path) for name, path in refs.items()]
     loaded = None
     if classes is None:
@@ -321,7 +332,7 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
                             "cases_missed": sum(row["pred_empty"] and not row["gt_empty"] for row in rows)}
     foreground = {key: float(np.mean([m[key] for m in mean.values()])) for key in ("dice", "iou", "surface_dice")}
     foreground["hd95"] = float(np.mean([m["hd95"] for m in mean.values()]))
-    summary = {"classes": {str(k): v for k, v in classes.items()}, "reference": str(ref_dir),
+    summary = {"writer": LIBRARY, "classes": {str(k): v for k, v in classes.items()}, "reference": str(ref_dir),
                "prediction": str(pred_dir), "num_cases": len(per_case), "metric_per_case": per_case,
                "mean": mean, "foreground_mean": foreground}
     write_text(out, metrics.to_json(summary) + "\n", overwrite=overwrite)

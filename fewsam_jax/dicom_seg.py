@@ -26,7 +26,8 @@ import numpy as np
 
 from fewsam_jax.export import ExportError, check_class_ids, class_colours, grid_labels
 from fewsam_jax.io import Volume, dicom_series_files
-from fewsam_jax.outputs import write_file
+from fewsam_jax.outputs import check_output_file, write_file
+from fewsam_jax.provenance import LIBRARY
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +111,14 @@ def _check_grid(headers: list, like: Volume, series) -> None:
 
 
 def write_dicom_seg(labels: np.ndarray, like: Volume, path: str | os.PathLike, classes: Mapping[int, str], *,
-                    series: str | os.PathLike | None = None, overwrite: bool = True,
+                    series: str | os.PathLike | None = None, overwrite: bool = False,
                     series_description: str = "fewsam_jax segmentation") -> Path:
     """Write ``labels`` (X, Y, Z ids on ``like``'s canonical grid, ``like`` read from a DICOM series) as a
     DICOM-SEG referencing that series (``series``: its folder or one of its files; default ``like.source``).
 
-    Raises ExportError when highdicom is missing, the series is not ``like``'s grid, or ``labels`` holds an
-    id that is not a class (0 is the background).
+    ``path`` is never an input (``like.source``, ``series``, or inside the series' folder); an existing file is
+    replaced only with ``overwrite``. Raises ExportError when highdicom is missing, the series is not ``like``'s
+    grid, or ``labels`` holds an id that is not a class (0 is the background).
     """
     hd = require_highdicom()
     from pydicom.sr.codedict import codes
@@ -129,6 +131,7 @@ def write_dicom_seg(labels: np.ndarray, like: Volume, path: str | os.PathLike, c
     series = like.source if series is None else series
     if series is None:
         raise ExportError(f"{path}: the volume was not read from a file; pass series= (the DICOM series folder)")
+    check_output_file(path, overwrite=overwrite, inputs=[like.source, series])
     headers = series_headers(series)
     _check_grid(headers, like, series)
     ids = np.unique(labels)
@@ -157,7 +160,7 @@ def write_dicom_seg(labels: np.ndarray, like: Volume, path: str | os.PathLike, c
     seg = hd.seg.Segmentation(
         source_images=headers, pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=SERIES_NUMBER,
-        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="fewsam_jax",
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer=LIBRARY,  # the library's mark
         manufacturer_model_name="fewsam_jax few-shot SAM", software_versions=_version(),
         device_serial_number="0", series_description=series_description[:64],
         omit_empty_frames=bool(frames.any()))  # an empty map keeps its frames: a SEG needs at least one
@@ -202,7 +205,6 @@ def check_dicom_seg_output(image: str | os.PathLike, label_path: str | os.PathLi
     and the output may be written (:func:`fewsam_jax.outputs.check_output_file`). Returns its path."""
     from fewsam_jax.export import sidecar_paths
     from fewsam_jax.io import VolumeError
-    from fewsam_jax.outputs import check_output_file
 
     require_highdicom()
     try:
@@ -210,7 +212,8 @@ def check_dicom_seg_output(image: str | os.PathLike, label_path: str | os.PathLi
     except VolumeError as e:
         raise ExportError(f"dicom_seg (--dicom-seg) needs a DICOM series as input; {e}") from None
     series_headers(image)  # missing UIDs or a series of several studies: now, not after segmenting
-    return check_output_file(sidecar_paths(label_path)["dicom"], overwrite=overwrite, inputs=[image, *inputs])
+    return check_output_file(sidecar_paths(label_path)["dicom"], overwrite=overwrite, inputs=[image, *inputs],
+                             own_only=True)
 
 
 def dicom_seg_from_label_file(label_path: str | os.PathLike, series: str | os.PathLike, classes: Mapping[int, str],

@@ -25,10 +25,10 @@ from typing import Mapping
 import numpy as np
 
 from fewsam_jax.metrics import integer_labels
-from fewsam_jax.outputs import FewSamError, write_file, write_text
+from fewsam_jax.outputs import FewSamError, check_output_file, write_file, write_text
+from fewsam_jax.provenance import ITKSNAP_HEADER, LIBRARY, NRRD_WRITER_FIELD
 
 # distinct, saturated colours for the first classes; later ones step round the hue circle
-WRITER_FIELD = "fewsam_jax_writer"  # a .seg.nrrd header field naming the library that wrote the file
 _PALETTE = [(230, 60, 50), (60, 160, 70), (50, 110, 220), (245, 190, 30), (150, 80, 200), (30, 190, 200),
             (240, 120, 180), (140, 100, 60), (120, 200, 60), (250, 140, 40)]
 
@@ -77,7 +77,7 @@ def check_class_ids(classes: Mapping[int, str]) -> dict[int, str]:
 def itksnap_text(classes: Mapping[int, str]) -> str:
     classes = check_class_ids(classes)
     colours = class_colours(classes)
-    lines = ["# ITK-SNAP label description file written by fewsam_jax",
+    lines = [ITKSNAP_HEADER,
              "# columns: label id, red, green, blue (0-255), opacity (0-1), visible, visible in 3D, \"name\"",
              f'{0:5d} {0:5d} {0:5d} {0:5d} {0.0:8.2f} {0:2d} {0:2d}    "Clear Label"']
     for class_id, name in classes.items():
@@ -114,11 +114,15 @@ def read_itksnap_labels(path: str | os.PathLike) -> dict[int, tuple[str, tuple[i
 
 
 def write_label_descriptions(label_path: str | os.PathLike, classes: Mapping[int, str],
-                             overwrite: bool = True) -> dict[str, Path]:
-    """Write the ITK-SNAP and JSON label descriptions beside ``label_path``; returns their paths."""
+                             overwrite: bool = False) -> dict[str, Path]:
+    """Write the ITK-SNAP and JSON label descriptions beside ``label_path``; returns their paths. Neither may be
+    the label map itself; an existing one is replaced only with ``overwrite``."""
     paths = sidecar_paths(label_path)
-    write_text(paths["itksnap"], itksnap_text(classes), overwrite=overwrite)
-    write_text(paths["json"], labels_json(classes), overwrite=overwrite)
+    texts = {"itksnap": itksnap_text(classes), "json": labels_json(classes)}
+    for kind in texts:  # both checked before either is written
+        check_output_file(paths[kind], overwrite=overwrite, inputs=[label_path])
+    for kind, text in texts.items():
+        write_text(paths[kind], text, overwrite=overwrite)
     return {"itksnap": paths["itksnap"], "json": paths["json"]}
 
 
@@ -147,10 +151,12 @@ def grid_labels(labels, like, path: str | os.PathLike) -> np.ndarray:
 
 
 def write_seg_nrrd(labels: np.ndarray, like, path: str | os.PathLike, classes: Mapping[int, str],
-                   overwrite: bool = True) -> Path:
+                   overwrite: bool = False) -> Path:
     """Write ``labels`` (on ``like``'s canonical grid, a :class:`~fewsam_jax.io.Volume`) as a 3D Slicer
-    segmentation on the source grid: one label layer, a named and coloured segment per class."""
+    segmentation on the source grid: one label layer, a named and coloured segment per class. ``path`` is never
+    ``like.source`` (the image); an existing file is replaced only with ``overwrite``."""
     nrrd = require_pynrrd()
+    check_output_file(path, overwrite=overwrite, inputs=[like.source])
     classes = check_class_ids(classes)
     labels = grid_labels(labels, like, path)
     if labels.min() < 0 or labels.max() > 255:
@@ -168,7 +174,7 @@ def write_seg_nrrd(labels: np.ndarray, like, path: str | os.PathLike, classes: M
         "Segmentation_MasterRepresentation": "Binary labelmap",
         "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
         "Segmentation_ReferenceImageExtentOffset": "0 0 0",
-        WRITER_FIELD: "fewsam_jax",  # Slicer's writer sets its own fields only: a file it saved again is the user's
+        NRRD_WRITER_FIELD: LIBRARY,  # Slicer's writer sets its own fields only: a file it saved again is the user's
     }
     colours = class_colours(classes)
     extent = " ".join(f"0 {n - 1}" for n in data.shape)
@@ -184,16 +190,6 @@ def write_seg_nrrd(labels: np.ndarray, like, path: str | os.PathLike, classes: M
     with write_file(path, overwrite=overwrite) as tmp:
         nrrd.write(str(tmp), data, header, index_order="F")
     return path
-
-
-def written_by_fewsam(path: str | os.PathLike) -> bool:
-    """Whether the ``.seg.nrrd`` at ``path`` is as :func:`write_seg_nrrd` wrote it (its header names the
-    library; files written before the field existed, or saved again by Slicer, do not)."""
-    nrrd = require_pynrrd()
-    try:
-        return nrrd.read_header(str(path)).get(WRITER_FIELD) == "fewsam_jax"
-    except Exception:  # not an NRRD at all: not ours
-        return False
 
 
 def read_seg_nrrd(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[str, tuple[int, int, int]]]]:

@@ -38,10 +38,12 @@ import numpy as np
 import pydicom
 from nibabel import orientations as ornt_lib
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from pydicom.errors import InvalidDicomError
 
 from fewsam_jax.metrics import integer_labels
 from fewsam_jax.outputs import check_output_file, is_dicom_file, write_file
+from fewsam_jax.provenance import LIBRARY, NIFTI_DESCRIP
 
 __all__ = [
     "Volume",
@@ -57,6 +59,7 @@ __all__ = [
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _RAS_ORNT = ornt_lib.axcodes2ornt(("R", "A", "S"))
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+MAX_LABEL_ID = 2**15 - 1  # label maps are written as uint8 or int16 (save_labels)
 _SUPPORTED = ".nii, .nii.gz, .npy, .png, .jpg, .jpeg, a DICOM file or a DICOM series folder"
 
 
@@ -104,24 +107,25 @@ class Volume:
         return self.source or "the volume"
 
 
+def check_shape(shape: tuple[int, ...], name: str) -> None:
+    """VolumeError naming ``name`` unless ``shape`` is a non-empty 3D grid (2D, or 4D+ with extra dimensions of 1,
+    stand for one)."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) > 3 and any(d != 1 for d in shape[3:]):
+        raise VolumeError(f"{name}: {len(shape)}D image of shape {shape}; expected a 3D volume "
+                          "(4D inputs are accepted only when the extra dimensions are 1)")
+    if len(shape) < 2:
+        raise VolumeError(f"{name}: {len(shape)}D array of shape {shape}; expected a 3D volume")
+    if math.prod(shape) == 0:
+        raise VolumeError(f"{name}: empty image (shape {shape})")
+
+
 def _volume(data: np.ndarray, source_affine: np.ndarray, source: str | None) -> Volume:
     """Validates source-grid ``data`` (3D, or 2D/4D with singleton dims) and builds a Volume."""
     name = source or "array"
     data = np.asarray(data)
-    if data.ndim > 3:
-        extra = data.shape[3:]
-        if any(d != 1 for d in extra):
-            raise VolumeError(
-                f"{name}: {data.ndim}D image of shape {data.shape}; expected a 3D volume "
-                "(4D inputs are accepted only when the extra dimensions are 1)"
-            )
-        data = data.reshape(data.shape[:3])
-    elif data.ndim == 2:
-        data = data[:, :, None]
-    elif data.ndim != 3:
-        raise VolumeError(f"{name}: {data.ndim}D array of shape {data.shape}; expected a 3D volume")
-    if data.size == 0:
-        raise VolumeError(f"{name}: empty image (shape {data.shape})")
+    check_shape(data.shape, name)
+    data = data.reshape(data.shape[:3]) if data.ndim > 3 else data[:, :, None] if data.ndim == 2 else data
     if data.dtype == bool:
         data = data.astype(np.uint8)
     elif not np.issubdtype(data.dtype, np.integer):
@@ -222,6 +226,41 @@ def load_volume(path: str | os.PathLike) -> Volume:
             raise VolumeError(f"{p}: cannot read DICOM file: {e}") from e
         return _load_dicom_series(p.parent, pick=p)
     raise VolumeError(f"{p}: unsupported file type; expected {_SUPPORTED}")
+
+
+def check_volume_header(path: str | os.PathLike) -> None:
+    """What :func:`load_volume` would refuse that headers show, checked without reading voxels: a cohort checks
+    every case this way before it computes anything. VolumeError naming the file: missing, unsupported type,
+    unreadable header, not a 3D grid, or (NIfTI, .npy) less data in the file than the header declares; a DICOM
+    series' headers are read as a series (:func:`dicom_series_files`)."""
+    p = Path(path)
+    if not p.exists():
+        raise VolumeError(f"{p}: no such file or folder")
+    name = p.name.lower()
+    if p.is_dir() or (not name.endswith((".nii", ".nii.gz", ".npy", *_IMAGE_EXTS)) and is_dicom_file(p)):
+        dicom_series_files(p)
+    elif name.endswith((".nii", ".nii.gz")):
+        try:
+            img = nib.load(p)
+        except Exception as e:
+            raise VolumeError(f"{p}: cannot read NIfTI file ({type(e).__name__}: {e})") from e
+        _check_nifti_size(p, img)
+        check_shape(img.shape, str(p))
+    elif name.endswith(".npy"):
+        _check_npy_size(p)
+        try:
+            shape = np.load(p, mmap_mode="r", allow_pickle=False).shape
+        except Exception as e:
+            raise VolumeError(f"{p}: cannot read .npy file: {e}") from e
+        check_shape(shape, str(p))
+    elif name.endswith(_IMAGE_EXTS):
+        try:
+            with Image.open(p) as im:  # the header: pixels are read on load()
+                im.verify()
+        except Exception as e:
+            raise VolumeError(f"{p}: cannot read image ({type(e).__name__}: {e})") from e
+    else:
+        raise VolumeError(f"{p}: unsupported file type; expected {_SUPPORTED}")
 
 
 # Deflate cannot expand data by more than 1032:1; a .nii.gz declaring more is lying.
@@ -570,6 +609,7 @@ def save_labels(labels: np.ndarray, like: Volume, path: str | os.PathLike, *, ov
         raise VolumeError(f"{p}: folder {p.parent} does not exist")
     if name.endswith((".nii", ".nii.gz")):
         img = source_nifti(labels, like)
+        img.header["descrip"] = NIFTI_DESCRIP  # the library's mark (fewsam_jax.provenance)
 
         def write(tmp):
             nib.save(img, tmp)
@@ -581,7 +621,9 @@ def save_labels(labels: np.ndarray, like: Volume, path: str | os.PathLike, *, ov
             raise VolumeError(f"{p}: label values {lo}..{hi} do not fit an 8-bit PNG; use .nii.gz")
 
         def write(tmp):
-            Image.fromarray(get_slices(labels, 2)[0]).save(tmp)
+            mark = PngInfo()
+            mark.add_text("Software", LIBRARY)  # the library's mark (fewsam_jax.provenance)
+            Image.fromarray(get_slices(labels, 2)[0]).save(tmp, pnginfo=mark)
 
     else:
         raise VolumeError(f"{p}: unsupported output type; expected .nii, .nii.gz or .png")
@@ -593,21 +635,27 @@ def save_labels(labels: np.ndarray, like: Volume, path: str | os.PathLike, *, ov
 
 def check_png_output(image: str | os.PathLike, out: str | os.PathLike) -> None:
     """Before segmenting ``image``: a ``.png`` label output ``out`` needs a one-slice volume (what
-    :func:`save_labels` writes as PNG). Reads headers only (NIfTI, .npy); a volume whose grid has more than one
-    voxel along every axis raises VolumeError now. DICOM and 2D images pass (checked again when writing)."""
+    :func:`save_labels` writes as PNG). Reads headers only (NIfTI, .npy, a DICOM series' files); a volume whose
+    grid has more than one voxel along every axis raises VolumeError now. 2D images pass."""
     if not str(out).lower().endswith(".png"):
         return
     p = Path(image)
     name = p.name.lower()
-    shape = None
+    found = None
     with contextlib.suppress(Exception):  # an unreadable header is load_volume's to report
         if name.endswith((".nii", ".nii.gz")):
             shape = nib.load(p).shape
         elif name.endswith(".npy"):
             shape = np.load(p, mmap_mode="r", allow_pickle=False).shape
-    if shape is not None and len(shape) >= 3 and min(shape[:3]) > 1:
-        raise VolumeError(f"{out}: PNG output needs a one-slice volume, but {image} has shape {tuple(shape)}; "
-                          "use .nii.gz")
+        else:
+            shape = ()
+        if len(shape) >= 3 and min(shape[:3]) > 1:
+            found = f"shape {tuple(shape)}"
+        elif not name.endswith((".nii", ".nii.gz", ".npy", *_IMAGE_EXTS)) and (p.is_dir() or is_dicom_file(p)):
+            files = len(dicom_series_files(p))  # a DICOM series: one slice per file
+            found = f"{files} slices (DICOM files)" if files > 1 else None
+    if found is not None:
+        raise VolumeError(f"{out}: PNG output needs a one-slice volume, but {image} has {found}; use .nii.gz")
 
 
 def source_nifti(array: np.ndarray, like: Volume) -> nib.Nifti1Image:
@@ -622,7 +670,8 @@ def source_nifti(array: np.ndarray, like: Volume) -> nib.Nifti1Image:
 
 def save_image(volume: Volume, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Writes ``volume``'s intensities to ``path`` (.nii/.nii.gz) as NIfTI on its source grid, atomically;
-    an existing file is replaced only with ``overwrite``."""
+    an existing file is replaced only with ``overwrite``, and never ``volume.source`` (the image read)."""
+    check_output_file(path, overwrite=overwrite, inputs=[volume.source])
     with write_file(path, overwrite=overwrite) as tmp:
         nib.save(source_nifti(volume.array, volume), tmp)
     return Path(path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 from fewsam_jax import cli
-from fewsam_jax.cohort import CohortError, find_cases, select_part
+from fewsam_jax.cohort import CohortError, find_cases, read_dataset_labels, select_part
 from fewsam_jax.fewshot.collection import centres_of_parts, pick_slices
 from fewsam_jax.label_maps import read_labels as read_label_map
 from fewsam_jax.export import read_itksnap_labels, read_seg_nrrd
@@ -104,6 +105,8 @@ def test_train_encoder_lora_rank_is_checked_before_any_file_and_then_passed(tmp_
         assert cli.main(["train", str(manifest), "--out", str(tmp_path / "d"), "--encoder-lora-rank", bad]) == 2
         err = capsys.readouterr().err
         assert f"--encoder-lora-rank {bad}: encoder_lora_rank: expected an integer >= 0 or 'auto', got {got}" in err
+    assert cli.main(["train", str(manifest), "--out", str(tmp_path / "d"), "--intensity", "sof_tissue"]) == 2
+    assert "--intensity sof_tissue: Intensity.parse: unknown intensity spec" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
 
     class Trained(Exception):
@@ -149,6 +152,10 @@ def test_cases_follow_nnunet_naming(tmp_path):
     assert [c.name for c in find_cases([tmp_path / "ts" / "a_0000.nii.gz"])] == ["a"]
     with pytest.raises(CohortError, match="case name 'a'"):
         find_cases([tmp_path / "ts", tmp_path / "ts" / "a_0000.nii.gz"])
+    (tmp_path / "site_b").mkdir()  # on a case-insensitive disk A.nii.gz and a.nii.gz are one output file
+    (tmp_path / "site_b" / "A_0000.nii.gz").write_bytes(b"")
+    with pytest.raises(CohortError, match="differ in letter case only"):
+        find_cases([tmp_path / "ts", tmp_path / "site_b"])
     with pytest.raises(CohortError, match="missing.nii.gz: no such file"):
         find_cases([tmp_path / "missing.nii.gz"])
     (tmp_path / "series_42").mkdir()  # a DICOM series: files without a volume suffix
@@ -667,6 +674,32 @@ def test_a_users_file_beside_a_later_case_stops_the_run_before_the_first_case(da
     assert cli.main([str(a) for a in args]) == 2
     assert "case_005.labels.txt exists" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["case_005.labels.txt"]
+
+
+def test_a_bad_image_or_class_id_stops_the_run_before_the_first_case(dataset, decoder, home, tmp_path, capsys,
+                                                                     monkeypatch):
+    """Every case's header is read before anything is segmented: a 4D image or a damaged file later in the
+    cohort is named up front, not hours in; so is a class id too large for a label map's 16 bits."""
+    monkeypatch.setenv("FEWSAM_HOME", str(home))
+    monkeypatch.setattr(FewShotSegmenter, "segment", lambda *a, **k: pytest.fail("segmented before checking"))
+    images = tmp_path / "imagesTs"
+    shutil.copytree(dataset / "imagesTs", images)
+    last = sorted(images.iterdir())[-1]
+    args = ["segment", "-i", images, "-o", tmp_path / "pred", "--decoder", decoder, "--cache", home / "embeddings",
+            "-q"]
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4, 2), np.float32), np.eye(4)), last)  # two channels in one file
+    assert cli.main([str(a) for a in args]) == 2
+    assert f"{last.name}: 4D image of shape (8, 8, 4, 2); expected a 3D volume" in capsys.readouterr().err
+    last.write_bytes(last.read_bytes()[:60])  # cut inside its header
+    assert cli.main([str(a) for a in args]) == 2
+    assert f"{last.name}: cannot read NIfTI file" in capsys.readouterr().err
+    assert not (tmp_path / "pred").exists() or not list((tmp_path / "pred").iterdir())
+
+    labels = json.loads((dataset / "dataset.json").read_text())
+    labels["labels"] = {"background": 0, "lesion": 40000}
+    (tmp_path / "dataset.json").write_text(json.dumps(labels))
+    with pytest.raises(CohortError, match=r"dataset.json: labels\['lesion'\]: expected a label id from 0 to 32767"):
+        read_dataset_labels(tmp_path / "dataset.json")
 
 
 def test_evaluate_never_writes_over_the_dataset_json_it_reads(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Volume IO: NIfTI orientations round trip, arrays, 2D images, slicing, errors."""
 
 import gzip
+import os
 import tracemalloc
 from pathlib import Path
 
@@ -9,7 +10,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fewsam_jax.io import Volume, VolumeError, from_array, get_slices, load_volume, save_labels, stack_slices
+from fewsam_jax.io import (
+    Volume,
+    VolumeError,
+    check_png_output,
+    check_volume_header,
+    from_array,
+    get_slices,
+    load_volume,
+    save_labels,
+    stack_slices,
+)
+
+from helpers import write_dicom_series
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -342,6 +355,38 @@ def test_save_labels_errors(tmp_path):
     with pytest.raises(VolumeError, match="lab.png: PNG output needs a one-slice volume"):
         save_labels(np.zeros(vol.shape, np.uint8), vol, tmp_path / "lab.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_headers_are_checked_as_load_volume_checks_the_data(tmp_path):
+    """check_volume_header refuses, from headers alone, what load_volume would (a cohort calls it on every case
+    before computing), and lets a good volume of every kind through."""
+    nib.save(nib.Nifti1Image(np.zeros((4, 3, 2), np.float32), np.eye(4)), tmp_path / "ok.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((4, 3, 2, 1), np.float32), np.eye(4)), tmp_path / "ok4d.nii")
+    np.save(tmp_path / "ok.npy", np.zeros((4, 3, 2), np.float32))
+    Image.fromarray(np.zeros((3, 4), np.uint8)).save(tmp_path / "ok.png")
+    write_dicom_series(tmp_path / "series", np.zeros((3, 4, 5), np.int16))
+    one_file = f"series/{sorted(os.listdir(tmp_path / 'series'))[0]}"  # stands for its series
+    for name in ("ok.nii.gz", "ok4d.nii", "ok.npy", "ok.png", "series", one_file):
+        check_volume_header(tmp_path / name)
+        load_volume(tmp_path / name)
+    nib.save(nib.Nifti1Image(np.zeros((4, 3, 2, 2), np.float32), np.eye(4)), tmp_path / "two.nii.gz")
+    np.save(tmp_path / "flat.npy", np.zeros(5, np.float32))
+    (tmp_path / "cut.nii.gz").write_bytes((tmp_path / "ok.nii.gz").read_bytes()[:60])
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "scan.mha").write_bytes(b"x")
+    for name, message in (("two.nii.gz", "4D image of shape (4, 3, 2, 2)"), ("flat.npy", "1D array"),
+                          ("cut.nii.gz", "cannot read NIfTI file"), ("broken.png", "cannot read image"),
+                          ("scan.mha", "unsupported file type"), ("missing.nii.gz", "no such file")):
+        with pytest.raises(VolumeError, match=f"{name}: {message}".replace("(", r"\(").replace(")", r"\)")):
+            check_volume_header(tmp_path / name)
+
+
+def test_png_output_of_a_dicom_series_is_refused_before_segmenting(tmp_path):
+    write_dicom_series(tmp_path / "series", np.zeros((3, 4, 5), np.int16))
+    with pytest.raises(VolumeError, match=r"out.png: PNG output needs a one-slice volume, but .*series has 3 slices"):
+        check_png_output(tmp_path / "series", tmp_path / "out.png")
+    write_dicom_series(tmp_path / "one", np.zeros((1, 4, 5), np.int16))
+    check_png_output(tmp_path / "one", tmp_path / "out.png")  # one slice: a PNG holds it
 
 
 # ---- shared data --------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from fewsam_jax.outputs import (
     write_marker,
 )
 from fewsam_jax.preprocess import Intensity
+from fewsam_jax.provenance import written_by_library
 from fewsam_jax.weights import load_model_dir, save_model
 
 CLASSES = {1: "ellipse", 2: "bar"}
@@ -276,7 +277,16 @@ def test_segment_needs_overwrite_to_replace_an_output(segmenter, tiny_sam, tmp_p
     assert (tmp_path / "pred.nii.gz").read_bytes() == b"yesterday's labels"
     with pytest.raises(OutputExistsError, match="pred.nii.gz exists"):
         segmenter.segment_file(tmp_path / "img.nii.gz", tmp_path / "pred.nii.gz")
-    assert fewsam(capsys, *args, "--overwrite")[0] == 0
+    # --overwrite replaces only a label map this library wrote: not the user's (or another tool's) file
+    rc, err = fewsam(capsys, *args, "--overwrite")
+    assert rc == 2 and "pred.nii.gz exists and was not written by fewsam_jax" in err
+    assert (tmp_path / "pred.nii.gz").read_bytes() == b"yesterday's labels"
+    (tmp_path / "pred.nii.gz").unlink()
+    assert fewsam(capsys, *args)[0] == 0
+    assert written_by_library(tmp_path / "pred.nii.gz")
+    first = (tmp_path / "pred.nii.gz").stat().st_mtime_ns
+    assert fewsam(capsys, *args, "--overwrite")[0] == 0  # its own output: replaced
+    assert (tmp_path / "pred.nii.gz").stat().st_mtime_ns != first
     written = nib.load(tmp_path / "pred.nii.gz")
     assert written.shape == (24, 20, 6)
     assert not [p for p in os.listdir(tmp_path) if "fewsam-tmp" in p]

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Literal, NoReturn, Sequence
 import numpy as np
 
 from fewsam_jax.cohort import split_suffix
-from fewsam_jax.io import Volume, get_slices, load_volume, save_image, save_labels
+from fewsam_jax.io import MAX_LABEL_ID, Volume, get_slices, load_volume, save_image, save_labels
 from fewsam_jax.label_maps import same_grid
 from fewsam_jax.metrics import label_map
 from fewsam_jax.outputs import OutputExistsError, check_output_file, write_text
@@ -76,7 +76,6 @@ class Collection:
 MANIFEST_VERSION = 1
 """The manifest format this code writes; it reads this version and every older one."""
 
-MAX_LABEL_ID = 2**15 - 1  # label maps are written as uint8 or int16 (io.save_labels)
 
 _TOP_KEYS = ("version", "classes", "axis", "support")
 _ENTRY_KEYS = ("image", "labels", "slices")

@@ -20,10 +20,10 @@ from fewsam_jax.export import (
     require_pynrrd,
     sidecar_paths,
     write_seg_nrrd,
-    written_by_fewsam,
 )
-from fewsam_jax.io import check_png_output, load_volume, save_labels
+from fewsam_jax.io import MAX_LABEL_ID, check_png_output, check_volume_header, load_volume, save_labels
 from fewsam_jax.outputs import check_output_file, write_text
+from fewsam_jax.provenance import written_by_library
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".png")  # what io.save_labels writes
 
@@ -40,20 +40,26 @@ class LabelFiles:
                       seg_nrrd: bool = False, replace_own: bool = False) -> None:
         """What :meth:`segment_file` would write for ``image`` at ``out`` may be written (an OutputError or
         ExportError names the file if not): none is ``image`` (or inside an input folder); an existing file is
-        replaced only with ``overwrite`` (description files already holding the same text excepted, and with
-        ``replace_own``, resuming a cohort, a ``.seg.nrrd`` this library wrote, not one saved by Slicer); class ids
-        fit an 8-bit output (``.png``, ``seg_nrrd``); a ``.png`` is for a one-slice image. Reads image headers
-        only; a cohort calls it for every case first."""
+        replaced only with ``overwrite`` and only when this library wrote it (:mod:`fewsam_jax.provenance`; a
+        description file already holding the same text is rewritten as it is, and with ``replace_own``, resuming a
+        cohort, a ``.seg.nrrd`` this library wrote, not one saved by Slicer, is replaced without ``overwrite``);
+        class ids fit an 8-bit output (``.png``, ``seg_nrrd``); a ``.png`` is for a one-slice image; ``image``'s
+        header is one :func:`~fewsam_jax.io.load_volume` reads (:func:`~fewsam_jax.io.check_volume_header`). Reads
+        image headers only; a cohort calls it for every case first."""
         sidecars = sidecar_paths(out)
-        check_output_file(out, overwrite=overwrite, inputs=[image], suffixes=LABEL_SUFFIXES)
+        check_volume_header(image)
+        check_output_file(out, overwrite=overwrite, inputs=[image], suffixes=LABEL_SUFFIXES, own_only=True)
         for kind, text in self._descriptions().items():
             same = sidecars[kind].is_file() and sidecars[kind].read_text(errors="replace") == text
-            check_output_file(sidecars[kind], overwrite=overwrite or same, inputs=[image])
+            check_output_file(sidecars[kind], overwrite=overwrite or same, inputs=[image], own_only=True)
         if seg_nrrd:
             require_pynrrd()
-            own = replace_own and sidecars["nrrd"].is_file() and written_by_fewsam(sidecars["nrrd"])
-            check_output_file(sidecars["nrrd"], overwrite=overwrite or own, inputs=[image])
+            own = replace_own and written_by_library(sidecars["nrrd"])
+            check_output_file(sidecars["nrrd"], overwrite=overwrite or own, inputs=[image], own_only=True)
         eight_bit = sidecars["nrrd"] if seg_nrrd else Path(out) if str(out).lower().endswith(".png") else None
+        if max(self.classes) > MAX_LABEL_ID:
+            raise ExportError(f"{out}: class ids up to {max(self.classes)} do not fit a label map's 16-bit ids "
+                              f"(at most {MAX_LABEL_ID}); renumber the classes")
         if eight_bit is not None and max(self.classes) > 255:
             raise ExportError(f"{eight_bit}: class ids up to {max(self.classes)} do not fit its 8-bit labels "
                               "(0-255); write NIfTI (.nii.gz) without --seg-nrrd, or renumber the classes")

@@ -42,7 +42,7 @@ from fewsam_jax.fewshot.label_files import LabelFiles
 from fewsam_jax.fewshot.prompts import images_to_low_res, labels_to_low_res
 from fewsam_jax.fewshot.self_prompt import VolumePrompts, frame_labels
 from fewsam_jax.fewshot.train import SupportSet, support_images, support_sources, support_tokens, train_decoder
-from fewsam_jax.io import Volume, from_array, get_slices, load_volume, stack_slices
+from fewsam_jax.io import Volume, check_volume_header, from_array, get_slices, load_volume, stack_slices
 from fewsam_jax.logs import tqdm
 from fewsam_jax.modeling.encoder_stage import check_staged, is_staged
 from fewsam_jax.modeling.sam import Sam, build_image_encoder, build_prompt_side
@@ -107,6 +107,9 @@ def support_set(
     embeddings, labels, groups, volumes, images, stage_inputs = [], [], [], [], [], []
     channels = config.image_channels
     next_group = 0
+    for item in collection.support:  # every file's header readable before the first slice is embedded
+        check_volume_header(item.image)
+        check_volume_header(item.labels)
     for volume_id, item in enumerate(collection.support):
         image, label_slices = load_support_item(item, collection.axis, collection.classes)
         entry = embed_volume(image, sam, axis=collection.axis, intensity=intensity, cache=cache,
