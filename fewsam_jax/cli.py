@@ -16,6 +16,7 @@ from pathlib import Path
 from fewsam_jax import cli_embed
 from fewsam_jax.config import PRESETS
 from fewsam_jax.outputs import FewSamError, check_output_dir, check_output_file
+from fewsam_jax.provenance import check_own_file
 
 log = logging.getLogger("fewsam_jax.cli")
 # `fewsam segment` options that replace a field of the decoder's InferenceConfig: flag -> field
@@ -172,7 +173,7 @@ def _segment(args: argparse.Namespace) -> None:
                 cohort.finish_dicom_seg(_load_segmenter(args), inputs[0], args.out, inputs=[args.decoder])
             return
         check_output_file(args.out, overwrite=args.overwrite, inputs=[inputs[0], args.decoder],
-                          suffixes=LABEL_SUFFIXES, own_only=True)
+                          suffixes=LABEL_SUFFIXES, replace=check_own_file)
         from fewsam_jax.io import check_png_output
 
         check_png_output(inputs[0], args.out)

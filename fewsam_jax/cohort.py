@@ -38,10 +38,9 @@ from fewsam_jax.outputs import (
     _check_not_input,
     _check_parent,
     check_output_file,
-    check_own_file,
     write_text,
 )
-from fewsam_jax.provenance import LIBRARY
+from fewsam_jax.provenance import LIBRARY, check_own_file
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +135,12 @@ def find_cases(inputs: Sequence[str | os.PathLike], channel: int = 0) -> list[Ca
             cases.append(Case(stem or path.name, path))
         else:
             raise CohortError(f"{path}: no such file or folder")
-    seen: dict[str, Path] = {}  # by case-folded name: on a case-insensitive disk A.nii.gz and a.nii.gz are one file
+    seen: dict[str, Path] = {}
     for case in cases:
-        key = case.name.casefold()
-        if key in seen:
-            raise CohortError(f"two inputs give the case name {case.name!r} ({seen[key]} and {case.image}), or names "
-                              "that differ in letter case only; their label maps would have one file name. Segment "
-                              "them into separate folders")
-        seen[key] = case.image
+        if case.name in seen:
+            raise CohortError(f"two inputs give the case name {case.name!r} ({seen[case.name]} and {case.image}); "
+                              "their label maps would have one file name. Segment them into separate folders")
+        seen[case.name] = case.image
     return sorted(cases, key=lambda c: c.name)
 
 
@@ -176,7 +173,13 @@ def plan_outputs(cases: Sequence[Case], out_dir: str | os.PathLike, *, overwrite
     _check_parent(out_dir / "probe", create=True)
     inputs = list(inputs) + [case.image for case in cases]
     todo, done, existing = [], [], []
+    named: dict[str, Case] = {}  # on a case-insensitive disk (macOS, Windows) A.nii.gz and a.nii.gz are one file
     for case in cases:
+        other = named.setdefault(case.name.casefold(), case)
+        if other is not case:
+            raise CohortError(f"the cases {other.name!r} ({other.image}) and {case.name!r} ({case.image}) differ in "
+                              "letter case only: on many disks their label maps would be one file. Segment them "
+                              "into separate folders")
         out = output_path(out_dir, case, suffix)
         _check_not_input(out, inputs, folder_output=False)
         if out.exists() or out.is_symlink():
@@ -299,7 +302,7 @@ def evaluate_folders(ref_dir: str | os.PathLike, pred_dir: str | os.PathLike,
     out = Path(out).expanduser() if out is not None else pred_dir / "summary.json"
     check_output_file(out, overwrite=overwrite,  # dataset.json: read for the class names
                       inputs=[*refs.values(), *(pred_dir / n for n in refs), *dataset_json_paths(ref_dir)],
-                      suffixes=(".json",), own_only=True)
+                      suffixes=(".json",), replace=check_own_file)
     pairs = [(name, pred_dir / name, path) for name, path in refs.items()]
     loaded = None
     if classes is None:

@@ -109,7 +109,7 @@ def run_demo(out: str | Path = "fewsam_demo", steps: int | None = None, retrain:
         segmenter = FewShotSegmenter.load(decoder_dir)
     volume = load_volume(image_path)
     pred = segmenter.segment(volume)
-    pred_path = save_labels(pred, volume, out / "prediction.nii.gz", overwrite=True)
+    pred_path = save_labels(pred, volume, out / "prediction.nii.gz", overwrite=True, mark=True)
 
     unlabelled = np.setdiff1d(np.arange(truth.shape[axis]), labelled)
     held_pred = np.take(pred, unlabelled, axis=axis)

@@ -27,7 +27,7 @@ import numpy as np
 from fewsam_jax.export import ExportError, check_class_ids, class_colours, grid_labels
 from fewsam_jax.io import Volume, dicom_series_files
 from fewsam_jax.outputs import check_output_file, write_file
-from fewsam_jax.provenance import LIBRARY
+from fewsam_jax.provenance import LIBRARY, check_own_file
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def check_dicom_seg_output(image: str | os.PathLike, label_path: str | os.PathLi
         raise ExportError(f"dicom_seg (--dicom-seg) needs a DICOM series as input; {e}") from None
     series_headers(image)  # missing UIDs or a series of several studies: now, not after segmenting
     return check_output_file(sidecar_paths(label_path)["dicom"], overwrite=overwrite, inputs=[image, *inputs],
-                             own_only=True)
+                             replace=check_own_file)
 
 
 def dicom_seg_from_label_file(label_path: str | os.PathLike, series: str | os.PathLike, classes: Mapping[int, str],

@@ -5,8 +5,8 @@ Beside ``CASE.nii.gz`` the library writes
 
 * ``CASE.labels.txt``: an ITK-SNAP label description file (Segmentation > Import Label Descriptions);
   one line per label: id, red, green, blue (0-255), opacity (0-1), visibility, mesh visibility, "name".
-* ``CASE.labels.json``: ``{"labels": [{"id", "name", "color": [r, g, b]}], "background": 0}`` for scripts
-  and other viewers.
+* ``CASE.labels.json``: ``{"labels": [{"id", "name", "color": [r, g, b]}], "background": 0, "writer"}`` for
+  scripts and other viewers (``writer``: the library's mark, :mod:`fewsam_jax.provenance`).
 
 and, on request, ``CASE.seg.nrrd``: a 3D Slicer segmentation (one layer; each class a named, coloured
 segment; the grid and orientation of the source image, in LPS), which needs ``pynrrd``, and, for a DICOM
@@ -26,7 +26,7 @@ import numpy as np
 
 from fewsam_jax.metrics import integer_labels
 from fewsam_jax.outputs import FewSamError, check_output_file, write_file, write_text
-from fewsam_jax.provenance import ITKSNAP_HEADER, LIBRARY, NRRD_WRITER_FIELD
+from fewsam_jax.provenance import LIBRARY, NRRD_WRITER_FIELD, itksnap_mark, json_mark
 
 # distinct, saturated colours for the first classes; later ones step round the hue circle
 _PALETTE = [(230, 60, 50), (60, 160, 70), (50, 110, 220), (245, 190, 30), (150, 80, 200), (30, 190, 200),
@@ -75,23 +75,27 @@ def check_class_ids(classes: Mapping[int, str]) -> dict[int, str]:
 
 
 def itksnap_text(classes: Mapping[int, str]) -> str:
+    """An ITK-SNAP label description file naming ``classes``; its first line marks it as the library's
+    (:func:`fewsam_jax.provenance.itksnap_mark`)."""
     classes = check_class_ids(classes)
     colours = class_colours(classes)
-    lines = [ITKSNAP_HEADER,
-             "# columns: label id, red, green, blue (0-255), opacity (0-1), visible, visible in 3D, \"name\"",
+    lines = ["# columns: label id, red, green, blue (0-255), opacity (0-1), visible, visible in 3D, \"name\"",
              f'{0:5d} {0:5d} {0:5d} {0:5d} {0.0:8.2f} {0:2d} {0:2d}    "Clear Label"']
     for class_id, name in classes.items():
         r, g, b = colours[class_id]
         label = name.replace('"', "'")
         lines.append(f'{class_id:5d} {r:5d} {g:5d} {b:5d} {1.0:8.2f} {1:2d} {1:2d}    "{label}"')
-    return "\n".join(lines) + "\n"
+    body = "\n".join(lines) + "\n"
+    return f"{itksnap_mark(body)}\n{body}"
 
 
 def labels_json(classes: Mapping[int, str]) -> str:
+    """``{"background": 0, "labels": [{"id", "name", "color"}], "writer"}``: ``writer`` marks it as the library's
+    (:func:`fewsam_jax.provenance.json_mark`)."""
     classes = check_class_ids(classes)
     colours = class_colours(classes)
-    table = [{"id": k, "name": v, "color": list(colours[k])} for k, v in classes.items()]
-    return json.dumps({"background": 0, "labels": table}, indent=2) + "\n"
+    table = {"background": 0, "labels": [{"id": k, "name": v, "color": list(colours[k])} for k, v in classes.items()]}
+    return json.dumps({**table, "writer": json_mark(table)}, indent=2) + "\n"
 
 
 _ITKSNAP_LINE = re.compile(r'^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+([0-9.eE+-]+)\s+(\d+)\s+(\d+)\s+"(.*)"\s*$')

@@ -43,7 +43,7 @@ from pydicom.errors import InvalidDicomError
 
 from fewsam_jax.metrics import integer_labels
 from fewsam_jax.outputs import check_output_file, is_dicom_file, write_file
-from fewsam_jax.provenance import LIBRARY, NIFTI_DESCRIP
+from fewsam_jax.provenance import PNG_KEY, label_digest, label_mark
 
 __all__ = [
     "Volume",
@@ -255,10 +255,11 @@ def check_volume_header(path: str | os.PathLike) -> None:
         check_shape(shape, str(p))
     elif name.endswith(_IMAGE_EXTS):
         try:
-            with Image.open(p) as im:  # the header: pixels are read on load()
-                im.verify()
+            with Image.open(p) as im:  # the header only: pixels are decoded by load_volume
+                size = im.size
         except Exception as e:
             raise VolumeError(f"{p}: cannot read image ({type(e).__name__}: {e})") from e
+        check_shape(size, str(p))
     else:
         raise VolumeError(f"{p}: unsupported file type; expected {_SUPPORTED}")
 
@@ -573,7 +574,8 @@ def _load_dicom_series(folder: Path, pick: Path | None = None) -> Volume:
     return _volume(np.stack(slices, axis=2), _LPS_TO_RAS @ lps, str(folder))
 
 
-def save_labels(labels: np.ndarray, like: Volume, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def save_labels(labels: np.ndarray, like: Volume, path: str | os.PathLike, *, overwrite: bool = False,
+                mark: bool = False) -> Path:
     """Writes a label map on ``like``'s canonical grid to ``path`` on the SOURCE grid.
 
     ``.nii``/``.nii.gz``: NIfTI with exactly ``like.source_affine`` (overlays the source in
@@ -586,6 +588,9 @@ def save_labels(labels: np.ndarray, like: Volume, path: str | os.PathLike, *, ov
       like: the Volume the labels belong to.
       path: output file; never ``like.source`` (the image itself), whatever ``overwrite`` says.
       overwrite: replace an existing file at ``path`` (else OutputExistsError, nothing written).
+      mark: record in the file that it is a prediction of this library, with a digest of its voxels
+        (:mod:`fewsam_jax.provenance`), so that ``fewsam segment --overwrite`` may replace it while it is unchanged;
+        label maps drawn or corrected by people are saved without.
     Returns: the written path.
     """
     p = Path(path)
@@ -609,7 +614,8 @@ def save_labels(labels: np.ndarray, like: Volume, path: str | os.PathLike, *, ov
         raise VolumeError(f"{p}: folder {p.parent} does not exist")
     if name.endswith((".nii", ".nii.gz")):
         img = source_nifti(labels, like)
-        img.header["descrip"] = NIFTI_DESCRIP  # the library's mark (fewsam_jax.provenance)
+        if mark:
+            img.header["descrip"] = label_mark(np.asarray(img.dataobj))
 
         def write(tmp):
             nib.save(img, tmp)
@@ -620,10 +626,13 @@ def save_labels(labels: np.ndarray, like: Volume, path: str | os.PathLike, *, ov
         if dtype != np.uint8:
             raise VolumeError(f"{p}: label values {lo}..{hi} do not fit an 8-bit PNG; use .nii.gz")
 
+        pixels = get_slices(labels, 2)[0]
+        text = PngInfo()
+        if mark:
+            text.add_text(PNG_KEY, label_digest(pixels))
+
         def write(tmp):
-            mark = PngInfo()
-            mark.add_text("Software", LIBRARY)  # the library's mark (fewsam_jax.provenance)
-            Image.fromarray(get_slices(labels, 2)[0]).save(tmp, pnginfo=mark)
+            Image.fromarray(pixels).save(tmp, pnginfo=text)
 
     else:
         raise VolumeError(f"{p}: unsupported output type; expected .nii, .nii.gz or .png")

@@ -8,10 +8,10 @@ Rules (see README, "Safety"):
   * An existing output is replaced only with ``overwrite=True`` (``--overwrite``). Even then a folder
     is replaced only when the library made it: it holds the marker file :data:`MARKER` of the same
     kind (or, for folders written before markers existed, exactly the files the library writes) and
-    nothing else. Any other folder is never deleted. The commands' label files, description files,
-    segmentations and summaries are replaced only when they carry the library's mark
-    (``own_only``, :mod:`fewsam_jax.provenance`); the low-level writers (``save_labels``, ``write_seg_nrrd``,
-    ...) replace a non-input file when their caller passes ``overwrite=True``.
+    nothing else. Any other folder is never deleted. The files of ``fewsam segment``, ``fewsam evaluate``
+    and ``--dicom-seg`` are replaced only when they are those commands' unchanged outputs (``replace=``,
+    :mod:`fewsam_jax.provenance`); the low-level writers (``save_labels``, ``write_seg_nrrd``, ...) replace a
+    non-input file when their caller passes ``overwrite=True``.
   * Folders are written into a staging folder beside the destination and renamed into place; files
     into a temporary file, flushed to disk and ``os.replace``-d. Failures while computing remove the
     staging folder or temporary file; a finished folder that cannot be put in place is kept, visible, as
@@ -31,7 +31,7 @@ import socket
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 MARKER = ".fewsam"  # JSON {"kind", "library", "created", "pid", "host"} in every folder the library writes
 STAGING = ".fewsam-staging"  # name part of staging folders: .<name>.fewsam-staging.<hex>
@@ -221,10 +221,10 @@ def check_output_dir(out: str | os.PathLike, kind: str, *, overwrite: bool = Fal
 
 def check_output_file(out: str | os.PathLike, *, overwrite: bool = False,
                       inputs: Iterable[str | os.PathLike | None] = (), suffixes: tuple[str, ...] = (),
-                      own_only: bool = False) -> Path:
-    """Check that file ``out`` may be written; raise OutputError if not. The folder must exist. With
-    ``own_only`` (what the commands' ``--overwrite`` means), ``overwrite`` replaces a file only when this
-    library wrote it (:func:`fewsam_jax.provenance.written_by_library`)."""
+                      replace: Callable[[Path], None] | None = None) -> Path:
+    """Check that file ``out`` may be written; raise OutputError if not. The folder must exist. ``replace``,
+    given, is called on an existing ``out`` that ``overwrite`` would replace and raises when it may not be
+    (the commands pass :func:`fewsam_jax.provenance.check_own_file`: their own unchanged outputs only)."""
     out = Path(out).expanduser()
     _check_not_input(out, inputs, folder_output=False)
     if out.is_dir():
@@ -237,21 +237,10 @@ def check_output_file(out: str | os.PathLike, *, overwrite: bool = False,
                                     "or choose another path")
         if not out.is_file():
             raise OutputError(f"{out} exists and is not a regular file; choose another path")
-        if own_only:
-            check_own_file(out)
+        if replace is not None:
+            replace(out)
     _check_parent(out, create=False)
     return out
-
-
-def check_own_file(out: str | os.PathLike) -> None:
-    """OutputExistsError unless the existing file ``out`` was written by this library (it carries the library's
-    mark, :mod:`fewsam_jax.provenance`): ``--overwrite`` never replaces another program's or the user's file."""
-    from fewsam_jax.provenance import written_by_library
-
-    if not written_by_library(out):
-        raise OutputExistsError(f"{out} exists and was not written by fewsam_jax (it lacks the library's mark); "
-                                "--overwrite replaces only files this library wrote. Move or delete it yourself, "
-                                "or choose another path")
 
 
 def _alive(pid: int) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from fewsam_jax import cli
-from fewsam_jax.cohort import CohortError, find_cases, read_dataset_labels, select_part
+from fewsam_jax.cohort import CohortError, find_cases, plan_outputs, read_dataset_labels, select_part
 from fewsam_jax.fewshot.collection import centres_of_parts, pick_slices
 from fewsam_jax.label_maps import read_labels as read_label_map
 from fewsam_jax.export import read_itksnap_labels, read_seg_nrrd
@@ -154,8 +154,10 @@ def test_cases_follow_nnunet_naming(tmp_path):
         find_cases([tmp_path / "ts", tmp_path / "ts" / "a_0000.nii.gz"])
     (tmp_path / "site_b").mkdir()  # on a case-insensitive disk A.nii.gz and a.nii.gz are one output file
     (tmp_path / "site_b" / "A_0000.nii.gz").write_bytes(b"")
-    with pytest.raises(CohortError, match="differ in letter case only"):
-        find_cases([tmp_path / "ts", tmp_path / "site_b"])
+    cases = find_cases([tmp_path / "ts", tmp_path / "site_b"])  # two volumes to embed: fine
+    assert [c.name for c in cases] == ["A", "a", "b"]
+    with pytest.raises(CohortError, match="'A' .* and 'a' .* differ in letter case only"):
+        plan_outputs(cases, tmp_path / "pred")  # two label maps of one name: refused before anything is computed
     with pytest.raises(CohortError, match="missing.nii.gz: no such file"):
         find_cases([tmp_path / "missing.nii.gz"])
     (tmp_path / "series_42").mkdir()  # a DICOM series: files without a volume suffix

@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import write_dicom_series
 from PIL import Image
 
 from fewsam_jax.io import (
@@ -21,8 +22,6 @@ from fewsam_jax.io import (
     save_labels,
     stack_slices,
 )
-
-from helpers import write_dicom_series
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

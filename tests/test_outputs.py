@@ -279,7 +279,7 @@ def test_segment_needs_overwrite_to_replace_an_output(segmenter, tiny_sam, tmp_p
         segmenter.segment_file(tmp_path / "img.nii.gz", tmp_path / "pred.nii.gz")
     # --overwrite replaces only a label map this library wrote: not the user's (or another tool's) file
     rc, err = fewsam(capsys, *args, "--overwrite")
-    assert rc == 2 and "pred.nii.gz exists and was not written by fewsam_jax" in err
+    assert rc == 2 and "pred.nii.gz exists and is not an unchanged output of fewsam_jax" in err
     assert (tmp_path / "pred.nii.gz").read_bytes() == b"yesterday's labels"
     (tmp_path / "pred.nii.gz").unlink()
     assert fewsam(capsys, *args)[0] == 0

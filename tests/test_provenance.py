@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 from helpers import write_dicom_series
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from fewsam_jax.cohort import Case, evaluate_folders, plan_outputs
 from fewsam_jax.dicom_seg import check_dicom_seg_output, write_dicom_seg
 from fewsam_jax.export import labels_json, write_label_descriptions, write_seg_nrrd
 from fewsam_jax.io import from_array, load_volume, save_image, save_labels
 from fewsam_jax.outputs import OutputExistsError, OutputIsInputError, check_output_file
-from fewsam_jax.provenance import written_by_library
+from fewsam_jax.provenance import check_own_file, written_by_library
 
 CLASSES = {1: "liver", 2: "spleen"}
-NOT_OURS = "was not written by fewsam_jax"
+NOT_OURS = "is not an unchanged output of fewsam_jax"
 
 
 def labelled_image(tmp_path, name="img.nii.gz"):
@@ -35,15 +36,28 @@ def labelled_image(tmp_path, name="img.nii.gz"):
 
 def test_the_library_marks_every_file_kind_it_writes_and_nothing_else_counts(tmp_path):
     volume, labels = labelled_image(tmp_path)
-    ours = [save_labels(labels, volume, tmp_path / "ours.nii.gz"), save_labels(labels, volume, tmp_path / "ours.nii"),
+    ours = [save_labels(labels, volume, tmp_path / "ours.nii.gz", mark=True),
+            save_labels(labels.astype(np.int32) * 300, volume, tmp_path / "ours.nii", mark=True),  # int16
             *write_label_descriptions(tmp_path / "ours.nii.gz", CLASSES).values()]
     flat = from_array(np.zeros((6, 5, 1), np.float32))
-    ours.append(save_labels(np.ones(flat.shape, np.uint8), flat, tmp_path / "ours.png"))
+    ours.append(save_labels(np.eye(6, 5, dtype=np.uint8)[..., None], flat, tmp_path / "ours.png", mark=True))
     ours.append(write_seg_nrrd(labels, volume, tmp_path / "ours.seg.nrrd", CLASSES))
     assert all(written_by_library(path) for path in ours), [p for p in ours if not written_by_library(p)]
 
-    # the same kinds written by someone else, a damaged file, a link to one of ours, a folder, nothing
+    # the same kinds written by someone else, saved unmarked (the annotator's ground truth), or ours corrected and
+    # saved again with the header copied (as editors do); a damaged file, a link to one of ours, a folder, nothing
     nib.save(nib.Nifti1Image(labels, np.eye(4)), tmp_path / "theirs.nii.gz")
+    save_labels(labels, volume, tmp_path / "drawn.nii.gz")
+    ours_image = nib.load(tmp_path / "ours.nii.gz")
+    corrected = np.asarray(ours_image.dataobj).copy()
+    corrected[0, 0, 0] = 2
+    nib.save(nib.Nifti1Image(corrected, ours_image.affine, ours_image.header), tmp_path / "corrected.nii.gz")
+    assert ours_image.header["descrip"] == nib.load(tmp_path / "corrected.nii.gz").header["descrip"]
+    Image.fromarray(np.asarray(Image.open(tmp_path / "ours.png")) * 2).save(
+        tmp_path / "corrected.png", pnginfo=_same_text(tmp_path / "ours.png"))
+    edited = (tmp_path / "ours.labels.txt").read_text().replace('"spleen"', '"Spleen"')
+    (tmp_path / "edited.labels.txt").write_text(edited)
+    (tmp_path / "edited.labels.json").write_text((tmp_path / "ours.labels.json").read_text().replace("60", "61"))
     Image.fromarray(np.ones((5, 6), np.uint8)).save(tmp_path / "theirs.png")
     (tmp_path / "theirs.labels.txt").write_text('    1   255 0 0 1.00  1  1    "liver"\n')
     table = json.loads(labels_json(CLASSES))
@@ -53,27 +67,37 @@ def test_the_library_marks_every_file_kind_it_writes_and_nothing_else_counts(tmp
     (tmp_path / "summary.json").write_text(json.dumps({"mean": {}, "foreground_mean": {}}))  # nnU-Net's layout
     (tmp_path / "link.nii.gz").symlink_to(tmp_path / "ours.nii.gz")
     (tmp_path / "folder.nii.gz").mkdir()
-    theirs = ["theirs.nii.gz", "theirs.png", "theirs.labels.txt", "theirs.labels.json", "broken.nii.gz",
-              "summary.json", "link.nii.gz", "folder.nii.gz", "missing.nii.gz", "img.nii.gz"]
+    theirs = ["theirs.nii.gz", "drawn.nii.gz", "corrected.nii.gz", "theirs.png", "corrected.png", "theirs.labels.txt",
+              "theirs.labels.json", "edited.labels.txt", "edited.labels.json", "broken.nii.gz", "summary.json",
+              "link.nii.gz", "folder.nii.gz", "missing.nii.gz", "img.nii.gz"]
     assert not [name for name in theirs if written_by_library(tmp_path / name)]
+
+
+def _same_text(path):
+    """A PngInfo carrying the text chunks of the PNG at ``path``."""
+    text = PngInfo()
+    for key, value in Image.open(path).text.items():
+        text.add_text(key, value)
+    return text
 
 
 def test_overwrite_in_the_commands_checks_replaces_only_the_librarys_files(tmp_path):
     volume, labels = labelled_image(tmp_path)
-    save_labels(labels, volume, tmp_path / "ours.nii.gz")
+    save_labels(labels, volume, tmp_path / "ours.nii.gz", mark=True)
     nib.save(nib.Nifti1Image(labels, np.eye(4)), tmp_path / "theirs.nii.gz")
     before = (tmp_path / "theirs.nii.gz").read_bytes()
-    assert check_output_file(tmp_path / "ours.nii.gz", overwrite=True, own_only=True) == tmp_path / "ours.nii.gz"
+    mine = check_output_file(tmp_path / "ours.nii.gz", overwrite=True, replace=check_own_file)
+    assert mine == tmp_path / "ours.nii.gz"
     with pytest.raises(OutputExistsError, match=NOT_OURS):
-        check_output_file(tmp_path / "theirs.nii.gz", overwrite=True, own_only=True)
+        check_output_file(tmp_path / "theirs.nii.gz", overwrite=True, replace=check_own_file)
     with pytest.raises(OutputExistsError, match="pass --overwrite"):  # without overwrite: as before
-        check_output_file(tmp_path / "ours.nii.gz", own_only=True)
+        check_output_file(tmp_path / "ours.nii.gz", replace=check_own_file)
 
     # a cohort: planned up front, before any compute; the first foreign output named
     out = tmp_path / "out"
     out.mkdir()
     cases = [Case(name=name, image=tmp_path / "img.nii.gz") for name in ("a", "b")]  # one image serves both
-    save_labels(labels, volume, out / "a.nii.gz")
+    save_labels(labels, volume, out / "a.nii.gz", mark=True)
     (out / "b.nii.gz").write_bytes(before)
     with pytest.raises(OutputExistsError, match=f"b.nii.gz exists and {NOT_OURS}"):
         plan_outputs(cases, out, overwrite=True)
@@ -115,10 +139,10 @@ def test_public_writers_never_replace_an_input_and_replace_other_files_only_when
     for overwrite in (False, True):
         with pytest.raises(OutputIsInputError, match="also an input"):
             save_image(volume, tmp_path / "img.nii.gz", overwrite=overwrite)
-    (tmp_path / "case.labels.txt").write_text("the user's label table\n")
-    with pytest.raises(OutputExistsError, match="case.labels.txt exists"):
+    (tmp_path / "case.labels.json").write_text("the user's label table\n")
+    with pytest.raises(OutputExistsError, match="case.labels.json exists"):
         write_label_descriptions(tmp_path / "case.nii.gz", CLASSES)
-    assert not (tmp_path / "case.labels.json").exists()  # both checked before either is written
+    assert not (tmp_path / "case.labels.txt").exists()  # both checked before either is written
     assert (tmp_path / "img.nii.gz").read_bytes() == image
 
 

@@ -23,7 +23,7 @@ from fewsam_jax.export import (
 )
 from fewsam_jax.io import MAX_LABEL_ID, check_png_output, check_volume_header, load_volume, save_labels
 from fewsam_jax.outputs import check_output_file, write_text
-from fewsam_jax.provenance import written_by_library
+from fewsam_jax.provenance import check_own_file, written_by_library
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".png")  # what io.save_labels writes
 
@@ -48,14 +48,14 @@ class LabelFiles:
         image headers only; a cohort calls it for every case first."""
         sidecars = sidecar_paths(out)
         check_volume_header(image)
-        check_output_file(out, overwrite=overwrite, inputs=[image], suffixes=LABEL_SUFFIXES, own_only=True)
+        check_output_file(out, overwrite=overwrite, inputs=[image], suffixes=LABEL_SUFFIXES, replace=check_own_file)
         for kind, text in self._descriptions().items():
             same = sidecars[kind].is_file() and sidecars[kind].read_text(errors="replace") == text
-            check_output_file(sidecars[kind], overwrite=overwrite or same, inputs=[image], own_only=True)
+            check_output_file(sidecars[kind], overwrite=overwrite or same, inputs=[image], replace=check_own_file)
         if seg_nrrd:
             require_pynrrd()
             own = replace_own and written_by_library(sidecars["nrrd"])
-            check_output_file(sidecars["nrrd"], overwrite=overwrite or own, inputs=[image], own_only=True)
+            check_output_file(sidecars["nrrd"], overwrite=overwrite or own, inputs=[image], replace=check_own_file)
         eight_bit = sidecars["nrrd"] if seg_nrrd else Path(out) if str(out).lower().endswith(".png") else None
         if max(self.classes) > MAX_LABEL_ID:
             raise ExportError(f"{out}: class ids up to {max(self.classes)} do not fit a label map's 16-bit ids "
@@ -87,4 +87,4 @@ class LabelFiles:
             write_text(sidecars[kind], text)
         if seg_nrrd:
             write_seg_nrrd(labels, volume, sidecars["nrrd"], self.classes, overwrite=True)
-        return save_labels(labels, volume, out, overwrite=True)
+        return save_labels(labels, volume, out, overwrite=True, mark=True)

@@ -18,7 +18,7 @@ from fewsam_jax.fewshot.collection import (
     save_collection,
     save_entry,
 )
-from fewsam_jax.io import from_array, load_volume
+from fewsam_jax.io import VolumeError, from_array, load_volume
 from fewsam_jax.outputs import OutputExistsError, OutputIsInputError
 
 
@@ -61,6 +61,20 @@ def test_missing_file_is_named(manifest):
     raw["support"][0]["labels"] = "nope.nii.gz"
     with pytest.raises(ManifestError, match=r"support\[0\]\.labels not found: .*nope\.nii\.gz"):
         load_collection(rewrite(path, raw))
+
+
+def test_every_labelled_volume_is_read_before_the_first_slice_is_embedded(manifest, tiny_sam, tmp_path,
+                                                                         monkeypatch):
+    from fewsam_jax.fewshot import segmenter
+    from fewsam_jax.preprocess import Intensity
+
+    path, raw = manifest
+    (tmp_path / "b_seg.nii.gz").write_bytes((tmp_path / "a_seg.nii.gz").read_bytes()[:60])  # cut inside its header
+    raw["support"].append({"image": "a.nii.gz", "labels": "b_seg.nii.gz", "slices": [1]})
+    collection = load_collection(rewrite(path, raw))
+    monkeypatch.setattr(segmenter, "embed_volume", lambda *a, **k: pytest.fail("embedded before the check"))
+    with pytest.raises(VolumeError, match="b_seg.nii.gz: cannot read NIfTI file"):
+        segmenter.support_set(collection, tiny_sam, Intensity.parse("minmax"))
 
 
 def test_slice_out_of_range(manifest):
