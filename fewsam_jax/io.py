@@ -284,7 +284,7 @@ def _decompressed_at_least(p: Path, needed: int) -> int:
         with open(p, "rb") as f:
             f.seek(-4, os.SEEK_END)
             isize = int.from_bytes(f.read(4), "little")  # length mod 2**32 of the last member
-        if isize >= needed:
+        if needed <= isize <= size * _DEFLATE_MAX_RATIO:  # more is impossible: a truncated file's last bytes
             return isize
     total = 0
     try:

@@ -373,7 +373,11 @@ def test_headers_are_checked_as_load_volume_checks_the_data(tmp_path):
     (tmp_path / "cut.nii.gz").write_bytes((tmp_path / "ok.nii.gz").read_bytes()[:60])
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     (tmp_path / "scan.mha").write_bytes(b"x")
+    noise = np.random.default_rng(0).normal(size=(24, 20, 16)).astype(np.float32)  # barely compresses
+    nib.save(nib.Nifti1Image(noise, np.eye(4)), tmp_path / "whole.nii.gz")
+    (tmp_path / "short.nii.gz").write_bytes((tmp_path / "whole.nii.gz").read_bytes()[:20_000])  # a cut download
     for name, message in (("two.nii.gz", "4D image of shape (4, 3, 2, 2)"), ("flat.npy", "1D array"),
+                          ("short.nii.gz", "cannot read NIfTI file: the header declares 24x20x16 voxels"),
                           ("cut.nii.gz", "cannot read NIfTI file"), ("broken.png", "cannot read image"),
                           ("scan.mha", "unsupported file type"), ("missing.nii.gz", "no such file")):
         with pytest.raises(VolumeError, match=f"{name}: {message}".replace("(", r"\(").replace(")", r"\)")):
