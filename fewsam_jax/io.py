@@ -228,40 +228,50 @@ def load_volume(path: str | os.PathLike) -> Volume:
     raise VolumeError(f"{p}: unsupported file type; expected {_SUPPORTED}")
 
 
-def check_volume_header(path: str | os.PathLike) -> None:
-    """What :func:`load_volume` would refuse that headers show, checked without reading voxels: a cohort checks
-    every case this way before it computes anything. VolumeError naming the file: missing, unsupported type,
-    unreadable header, not a 3D grid, or (NIfTI, .npy) less data in the file than the header declares; a DICOM
-    series' headers are read as a series (:func:`dicom_series_files`)."""
+def _is_series(p: Path) -> bool:
+    """Whether ``p`` names a DICOM series (its folder, or one of its files whatever its name)."""
+    return p.is_dir() or (not p.name.lower().endswith((".nii", ".nii.gz", ".npy", *_IMAGE_EXTS)) and is_dicom_file(p))
+
+
+def header_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The source-grid shape of the image at ``path`` as :func:`load_volume` would read it, from headers alone
+    (a DICOM series: columns, rows, files). VolumeError naming the file: missing, unsupported type, unreadable
+    header, or (NIfTI, .npy) less data in the file than the header declares; a DICOM series' headers are read as
+    a series (:func:`dicom_series_files`)."""
     p = Path(path)
     if not p.exists():
         raise VolumeError(f"{p}: no such file or folder")
     name = p.name.lower()
-    if p.is_dir() or (not name.endswith((".nii", ".nii.gz", ".npy", *_IMAGE_EXTS)) and is_dicom_file(p)):
-        dicom_series_files(p)
-    elif name.endswith((".nii", ".nii.gz")):
+    if _is_series(p):
+        files = dicom_series_files(p)
+        first = pydicom.dcmread(files[0], stop_before_pixels=True)
+        return int(first.Columns), int(first.Rows), len(files)
+    if name.endswith((".nii", ".nii.gz")):
         try:
             img = nib.load(p)
         except Exception as e:
             raise VolumeError(f"{p}: cannot read NIfTI file ({type(e).__name__}: {e})") from e
         _check_nifti_size(p, img)
-        check_shape(img.shape, str(p))
-    elif name.endswith(".npy"):
+        return tuple(img.shape)
+    if name.endswith(".npy"):
         _check_npy_size(p)
         try:
-            shape = np.load(p, mmap_mode="r", allow_pickle=False).shape
+            return tuple(np.load(p, mmap_mode="r", allow_pickle=False).shape)
         except Exception as e:
             raise VolumeError(f"{p}: cannot read .npy file: {e}") from e
-        check_shape(shape, str(p))
-    elif name.endswith(_IMAGE_EXTS):
+    if name.endswith(_IMAGE_EXTS):
         try:
             with Image.open(p) as im:  # the header only: pixels are decoded by load_volume
-                size = im.size
+                return tuple(im.size)
         except Exception as e:
             raise VolumeError(f"{p}: cannot read image ({type(e).__name__}: {e})") from e
-        check_shape(size, str(p))
-    else:
-        raise VolumeError(f"{p}: unsupported file type; expected {_SUPPORTED}")
+    raise VolumeError(f"{p}: unsupported file type; expected {_SUPPORTED}")
+
+
+def check_volume_header(path: str | os.PathLike) -> None:
+    """What :func:`load_volume` would refuse that headers show (:func:`header_shape`, then :func:`check_shape`),
+    checked without reading voxels: a cohort checks every case this way before it computes anything."""
+    check_shape(header_shape(path), str(path))
 
 
 # Deflate cannot expand data by more than 1032:1; a .nii.gz declaring more is lying.
@@ -649,21 +659,11 @@ def check_png_output(image: str | os.PathLike, out: str | os.PathLike) -> None:
     if not str(out).lower().endswith(".png"):
         return
     p = Path(image)
-    name = p.name.lower()
-    found = None
+    shape = ()
     with contextlib.suppress(Exception):  # an unreadable header is load_volume's to report
-        if name.endswith((".nii", ".nii.gz")):
-            shape = nib.load(p).shape
-        elif name.endswith(".npy"):
-            shape = np.load(p, mmap_mode="r", allow_pickle=False).shape
-        else:
-            shape = ()
-        if len(shape) >= 3 and min(shape[:3]) > 1:
-            found = f"shape {tuple(shape)}"
-        elif not name.endswith((".nii", ".nii.gz", ".npy", *_IMAGE_EXTS)) and (p.is_dir() or is_dicom_file(p)):
-            files = len(dicom_series_files(p))  # a DICOM series: one slice per file
-            found = f"{files} slices (DICOM files)" if files > 1 else None
-    if found is not None:
+        shape = header_shape(p)
+    if len(shape) >= 3 and min(shape[:3]) > 1:
+        found = f"{shape[2]} slices (DICOM files)" if _is_series(p) else f"shape {shape}"
         raise VolumeError(f"{out}: PNG output needs a one-slice volume, but {image} has {found}; use .nii.gz")
 
 

@@ -25,6 +25,7 @@ library's: it is never replaced; the user moves or deletes it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -121,15 +122,24 @@ _KINDS = ((".labels.txt", _itksnap), (".labels.json", _labels_json), (".seg.nrrd
 
 def written_by_library(path: str | os.PathLike) -> bool:
     """Whether the existing file ``path`` carries this library's mark for its kind, unchanged (module docstring).
-    A file of another kind, an unreadable one or a symbolic link is not the library's."""
+    A file of another kind, an unreadable one or a symbolic link is not the library's. A cohort asks about each
+    existing output several times (planned, checked before compute, before and after writing): the answer is
+    kept per file version (inode, size, modification time), so a label map's voxels are digested once."""
     path = Path(path)
-    name = path.name.lower()
     if path.is_symlink() or not path.is_file():
         return False
+    stat = path.stat()
+    return _marked(str(path.resolve()), (stat.st_ino, stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=1024)
+def _marked(path: str, version: tuple[int, int, int]) -> bool:
+    """:func:`written_by_library` of the file ``path`` as it is at ``version`` (inode, size, mtime in ns)."""
+    name = path.lower()
     for ending, test in _KINDS:
         if name.endswith(ending):
             with contextlib.suppress(Exception):  # unreadable, or not that format at all: not ours
-                return bool(test(path))
+                return bool(test(Path(path)))
             return False
     return False
 
