@@ -34,7 +34,8 @@ Guarantees:
     corrupt, truncated or missing chunk with a :class:`CacheWarning` naming the entry and slice;
     :meth:`CachedEmbeddings.load` raises :class:`CacheCorruptionError` rather than return one.
   * Contained: ``clear`` and ``info`` only touch folders with an entry's name and layout (a
-    64-hex-digit key holding only zarr's files), never other folders under the root.
+    64-hex-digit key holding only zarr's files), never other folders under the root; ``clear`` deletes
+    nothing under a root without the ``.fewsam-cache`` marker.
   * Concurrency: writers of different volumes touch disjoint directories; two writers of the SAME
     entry serialise on its lock file (the second waits, then finds the slices done). Readers need
     no lock. The lock is a :mod:`filelock` lock (``flock`` on Unix, ``msvcrt.locking`` on Windows),
@@ -103,6 +104,9 @@ ROOT_MARKER = ".fewsam-cache"
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 STAGE_ARRAYS = ("stage_inputs", "stage_checksums", "stage_done")  # created in this order: stage_done marks them
 _ENTRY_FILES = {"zarr.json", "meta.json", "embeddings", "done", "checksums", "low", "scale", *STAGE_ARRAYS}
+_ENTRY_JSON = {"zarr.json", "meta.json"}  # the entry's files; the other names are its arrays' folders
+_MISSING = (FileNotFoundError, IsADirectoryError, NotADirectoryError)  # an entry's file absent or misplaced
+_PARTIAL = re.compile(r"^(zarr|\d+)\.[0-9a-f]{32}\.partial$")  # zarr's atomic-write temporary, left by a kill
 
 
 class CacheCorruptionError(FewSamError, ValueError):
@@ -113,13 +117,49 @@ class CacheWarning(UserWarning):
     """A cache entry needed repair: corrupt slices are re-encoded."""
 
 
-def _is_entry(path: Path) -> bool:
-    """Whether ``path`` has a cache entry's name and layout (and nothing else in it)."""
+def _is_entry(path: Path, *, deep: bool = False) -> bool:
+    """Whether ``path`` has a cache entry's name and layout, and nothing else: a key-named folder holding the
+    zarr group's ``zarr.json``, ``meta.json`` (and its temporary) and arrays, each a folder of its ``zarr.json``
+    and a ``c/`` tree of chunks, plus the temporaries of zarr writes that a kill interrupted. ``deep`` also
+    checks every chunk's name (a walk over the entry: done before an entry is deleted or rebuilt). No symbolic
+    links anywhere."""
     if not _KEY.match(path.name) or path.is_symlink() or not path.is_dir():
         return False
-    with contextlib.suppress(OSError):
-        return all(name in _ENTRY_FILES or name.startswith(".meta.json.") for name in os.listdir(path))
-    return False
+    try:
+        names = os.listdir(path)
+        if not all(name in _ENTRY_FILES or name.startswith(".meta.json.") or _PARTIAL.match(name) for name in names):
+            return False
+        arrays = [name for name in names if name in _ENTRY_FILES and name not in _ENTRY_JSON]
+        if arrays and not _is_file(path / "zarr.json"):  # zarr writes the group's zarr.json before any array
+            return False
+        return (all(_is_file(path / name) for name in names if name not in arrays)
+                and all(_is_array(path / name, deep) for name in arrays))
+    except OSError:
+        return False
+
+
+def _is_file(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
+
+
+def _is_array(path: Path, deep: bool) -> bool:
+    """A zarr array's folder as :func:`_create_entry` makes it: ``zarr.json`` and the ``c/`` tree of chunks."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    names = os.listdir(path)
+    if not all(name == "zarr.json" and _is_file(path / name) or name == "c" or _PARTIAL.match(name)
+               for name in names):
+        return False
+    chunks = path / "c"
+    if chunks.is_symlink() or chunks.exists() and not chunks.is_dir():
+        return False
+    for folder, dirs, files in os.walk(chunks) if deep else ():
+        if not all(name.isdigit() and not os.path.islink(os.path.join(folder, name)) for name in dirs):
+            return False
+        if not all((name.isdigit() or _PARTIAL.match(name)) and not os.path.islink(os.path.join(folder, name))
+                   for name in files):
+            return False
+    return True
 
 
 def slice_checksum(values: np.ndarray, low: np.ndarray | None = None, scale: np.ndarray | None = None) -> int:
@@ -248,6 +288,8 @@ class CachedEmbeddings:
             self.slice_shape = tuple(self.meta["slice_shape"])
             self.axis = int(self.meta["axis"])
         except Exception as err:  # json, zarr or a missing key: the entry's own files are damaged
+            if isinstance(err, OSError) and not isinstance(err, _MISSING):
+                raise  # permissions, too many open files, a failing disk: the entry may be whole; never rebuilt
             raise CacheCorruptionError(f"{self.path}: damaged cache entry ({type(err).__name__}: {err}); "
                                        "embed_volume (or `fewsam embed`) rebuilds it") from None
         arrays = [a for a in (self._embeddings, self._done, self._checksums, self._low, self._scale,
@@ -505,8 +547,14 @@ class EmbeddingCache:
         """Deletes the entries of ``model`` (default: all). Entries being written are skipped; folders and
         files under the root that are not entries (or entry locks) are left alone.
 
-        Returns ``removed`` (entries), ``bytes`` freed and ``in_use`` (paths skipped).
+        Returns ``removed`` (entries), ``bytes`` freed and ``in_use`` (paths skipped). OutputError when the root
+        is not marked as a cache (no ``.fewsam-cache`` file, which every write puts there): nothing is deleted
+        in a folder the library never wrote embeddings into, whatever its folders look like.
         """
+        if self.root.is_dir() and not _is_file(self.root / ROOT_MARKER):
+            raise OutputError(f"{self.root} is not an embedding cache of fewsam_jax (it has no {ROOT_MARKER} file); "
+                              "nothing was deleted. Check --cache; a cache written before the marker existed "
+                              "is marked again by the next `fewsam embed` into it")
         removed, freed, in_use = 0, 0, []
         models = [_check_name(model)] if model else self.models()
         for path in [p for name in models for p in self.entries(name)]:
@@ -516,7 +564,7 @@ class EmbeddingCache:
                 in_use.append(str(path))
                 continue
             try:
-                if _is_entry(path):  # still an entry once locked
+                if _is_entry(path, deep=True):  # still an entry once locked
                     freed += _size(path)
                     shutil.rmtree(path, ignore_errors=True)
                     removed += 1
@@ -706,7 +754,7 @@ def embed_volume(
     held = _acquire(path.with_name(key + ".lock"))
     try:
         images = prepared.slices if prepared is not None else get_slices(intensity.apply(vol.array), axis)
-        if path.exists() and not _is_entry(path):
+        if path.exists() and not _is_entry(path, deep=True):
             raise OutputError(f"{path} holds files that are not a cache entry's; it is left alone. Move it away "
                               "or use another --cache")
         entry = None
@@ -814,7 +862,7 @@ def copy_entry(entry: CachedEmbeddings, cache: EmbeddingCache | str | os.PathLik
     cache._mark()
     held = _acquire(path.with_name(entry.key + ".lock"))
     try:
-        if path.exists() and not _is_entry(path):
+        if path.exists() and not _is_entry(path, deep=True):
             raise OutputError(f"{path} holds files that are not a cache entry's; it is left alone")
         if not (path / "meta.json").is_file():
             meta = {**entry.meta, "storage": storage, "checksums": CHECKSUMS_NOTE,

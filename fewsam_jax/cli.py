@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fewsam_jax import cli_embed
 from fewsam_jax.config import PRESETS
-from fewsam_jax.outputs import FewSamError, check_output_dir, check_output_file
+from fewsam_jax.outputs import FewSamError, check_output_dir, check_output_file, save_finished
 from fewsam_jax.provenance import check_own_file
 
 log = logging.getLogger("fewsam_jax.cli")
@@ -58,7 +58,7 @@ def _train(args: argparse.Namespace) -> None:
                            **({"steps": args.steps} if args.steps else {}))
     segmenter = FewShotSegmenter.train(collection, model=args.model, config=config, training=training,
                                        intensity=args.intensity, cache=args.cache, progress=_progress(args))
-    segmenter.save(args.out, overwrite=args.overwrite)
+    save_finished(segmenter.save, args.out, "decoder", overwrite=args.overwrite)
     print(json.dumps(segmenter.info, indent=2))
     log.info("trained decoder written to %s", Path(args.out).resolve())
 
@@ -138,7 +138,7 @@ def _teach(args: argparse.Namespace) -> None:
     _check_cache(args)
     segmenter = FewShotSegmenter.load(args.decoder, model=args.model)
     student = train_student(segmenter, collection, unlabelled, config, cache=args.cache, progress=_progress(args))
-    student.save(args.out, overwrite=args.overwrite)
+    save_finished(student.save, args.out, "student", overwrite=args.overwrite)
     print(json.dumps(student.info, indent=2))
     log.info("student written to %s", Path(args.out).resolve())
 

@@ -8,6 +8,7 @@ labels; the decoder segments every slice and is scored on the slices nobody labe
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from fewsam_jax.fewshot import AugmentConfig, FewShotSegmenter, TrainConfig, loa
 from fewsam_jax.fewshot.collection import Collection, SupportItem, save_collection
 from fewsam_jax.io import get_slices, load_volume, save_labels
 from fewsam_jax.label_maps import read_labels
-from fewsam_jax.outputs import check_output_dir, read_marker, write_file, write_marker, write_text
+from fewsam_jax.outputs import check_output_dir, check_output_file, read_marker, write_file, write_marker, write_text
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,32 @@ CLASSES = {1: "white_matter", 2: "grey_matter", 3: "other_brain"}
 LABELLED_SLICES = 4
 
 
-def mni_with_labels(folder: Path) -> tuple[Path, Path]:
+def mni_with_labels(folder: Path, *, overwrite: bool = False) -> tuple[Path, Path]:
     """Write the template and its reference label map as NIfTI files into ``folder`` (``mni152.nii.gz``,
-    ``mni152_labels.nii.gz``, each written atomically: a run stopped midway leaves the earlier file whole)."""
+    ``mni152_labels.nii.gz``, each written atomically: a run stopped midway leaves the earlier file whole).
+
+    A file already there that holds the same image (grid, dtype and voxels: an earlier call's) is kept as it
+    is; any other file of those names is replaced only with ``overwrite=True``, else OutputExistsError before
+    anything is written (``mni152.nii.gz`` is a common name for a neuroimaging user's own copy)."""
+    template, labels, affine = _mni()
+    folder.mkdir(parents=True, exist_ok=True)
+    image_path, label_path = folder / "mni152.nii.gz", folder / "mni152_labels.nii.gz"
+    files = ((image_path, nib.Nifti1Image(template, affine)), (label_path, nib.Nifti1Image(labels, affine)))
+    kept = {path for path, image in files if _holds(path, image)}
+    for path, _ in files:  # both checked before either is written
+        if path not in kept:
+            check_output_file(path, overwrite=overwrite)
+    for path, image in files:
+        if path not in kept:
+            with write_file(path, overwrite=True) as tmp:
+                nib.save(image, tmp)
+    return image_path, label_path
+
+
+@functools.lru_cache(maxsize=1)
+def _mni() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The 2 mm template (float32), its reference labels (uint8; module docstring) and their affine, read from
+    nilearn's wheel once per process."""
     from nilearn import datasets
 
     template = datasets.load_mni152_template(resolution=2)
@@ -41,13 +65,22 @@ def mni_with_labels(folder: Path) -> tuple[Path, Path]:
     labels[brain] = 3
     labels[brain & (grey >= 0.5) & (grey >= white)] = 2
     labels[brain & (white >= 0.5) & (white > grey)] = 1
-    folder.mkdir(parents=True, exist_ok=True)
-    image_path, label_path = folder / "mni152.nii.gz", folder / "mni152_labels.nii.gz"
-    for path, image in ((image_path, nib.Nifti1Image(template.get_fdata().astype(np.float32), template.affine)),
-                        (label_path, nib.Nifti1Image(labels, template.affine))):
-        with write_file(path) as tmp:
-            nib.save(image, tmp)
-    return image_path, label_path
+    image = template.get_fdata().astype(np.float32)
+    image.flags.writeable = labels.flags.writeable = False  # shared by every call
+    return image, labels, template.affine
+
+
+def _holds(path: Path, image: nib.Nifti1Image) -> bool:
+    """Whether the NIfTI file ``path`` (a regular file) stores ``image``: same shape, affine, dtype and voxels."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        stored = nib.load(path)
+        return (stored.shape == image.shape and stored.get_data_dtype() == image.get_data_dtype()
+                and np.allclose(stored.affine, image.affine)
+                and np.array_equal(np.asarray(stored.dataobj), np.asarray(image.dataobj)))
+    except Exception:  # unreadable or not a NIfTI: not the demo's file
+        return False
 
 
 def pick_slices(labels: np.ndarray, count: int, *, axis: int = 2) -> list[int]:
@@ -91,7 +124,7 @@ def run_demo(out: str | Path = "fewsam_demo", steps: int | None = None, retrain:
     if read_marker(out) is None:
         write_marker(out, "demo")
     started = time.perf_counter()
-    image_path, label_path = mni_with_labels(out)
+    image_path, label_path = mni_with_labels(out, overwrite=True)  # the demo's own folder (checked above)
     truth = read_labels(label_path)
     labelled = pick_slices(truth, LABELLED_SLICES, axis=axis)
     manifest = save_collection(Collection(classes=dict(CLASSES), axis=axis,

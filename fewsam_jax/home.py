@@ -8,7 +8,8 @@ resizes, the encoder) from disk instead of compiling them again. Where it lives,
 * otherwise ``$FEWSAM_HOME/jax_cache`` (default ``~/.cache/fewsam_jax/jax_cache``).
 
 Programs that compile in at least :data:`MIN_COMPILE_SECS` are kept (JAX's default, 1 s, would skip most of
-the decoder's helpers); the folder is bounded at :data:`MAX_BYTES`, least recently used entries evicted by JAX.
+the decoder's helpers); the default folder is bounded at :data:`MAX_BYTES`, least recently used entries evicted
+by JAX (a folder the user named is not bounded: JAX would evict other programs' entries in it).
 Any ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` / ``JAX_COMPILATION_CACHE_MAX_SIZE`` in the environment
 wins over these.
 """
@@ -56,8 +57,8 @@ def enable_compilation_cache() -> Path | None:
     if folder is None:
         return None
     settings = {_DIR: str(folder), _MIN_SECS: str(MIN_COMPILE_SECS)}
-    if not os.environ.get(_DIR.upper()):  # a size bound evicts entries: only in fewsam's own folder, never the user's
-        settings[_MAX_SIZE] = str(MAX_BYTES)
+    if folder == fewsam_home() / "jax_cache":  # a size bound evicts entries, whoever wrote them: fewsam's own
+        settings[_MAX_SIZE] = str(MAX_BYTES)   # folder only, never one the user named (JAX's or FEWSAM_JAX_CACHE)
     for option, value in settings.items():
         os.environ.setdefault(option.upper(), value)
     if "jax" in sys.modules:

@@ -16,6 +16,7 @@ from fewsam_jax.io import Volume, load_volume
 from fewsam_jax.metrics import integer_labels
 
 AFFINE_ATOL = 1e-3  # mm: affines closer than this describe the same grid
+_INT32 = np.iinfo(np.int32)
 
 
 def same_grid(a: Volume, b: Volume) -> bool:
@@ -36,8 +37,14 @@ def as_volume(value: Volume | str | os.PathLike, name: str = "volume") -> Volume
 def label_ids(array: np.ndarray, name: str = "labels") -> np.ndarray:
     """``array`` as int32 ids; ValueError naming ``name`` unless every value is an integer id (integer or bool
     arrays, or floats holding whole numbers, as label files often store them, rounded:
-    :func:`~fewsam_jax.metrics.integer_labels`)."""
-    return integer_labels(array, name).astype(np.int32)
+    :func:`~fewsam_jax.metrics.integer_labels`) that int32 holds (a wider id would wrap into another class)."""
+    ids = integer_labels(array, name)
+    if ids.size and not np.can_cast(ids.dtype, np.int32):
+        low, high = int(ids.min()), int(ids.max())
+        if low < _INT32.min or high > _INT32.max:
+            raise ValueError(f"{name}: label ids must lie in {_INT32.min}..{_INT32.max}, but this map holds "
+                             f"{low}..{high}")
+    return ids.astype(np.int32)
 
 
 def read_labels(source: Volume | str | os.PathLike) -> np.ndarray:

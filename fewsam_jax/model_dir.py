@@ -36,13 +36,22 @@ def save_pytree(path: Path, tree: Any) -> None:
         checkpointer.save(path.absolute(), tree)
 
 
-def restore_pytree(path: Path, abstract_tree: Any) -> Any:
+def restore_pytree(path: Path, abstract_tree: Any, what: str = "checkpoint",
+                   error: type[Exception] = ChecksumError, hint: str = "") -> Any:
     """``abstract_tree``'s structure filled from the checkpoint at ``path``, on this process's default
-    device whatever device it was saved from (a model converted on a CPU machine loads on a GPU one)."""
+    device whatever device it was saved from (a model converted on a CPU machine loads on a GPU one).
+
+    A checkpoint that does not restore into that structure raises ``error`` naming ``path`` and ``what`` it
+    should hold, with the first line of Orbax's message (which raises anything from ValueError to
+    XlaRuntimeError, and dumps whole trees) and ``hint``."""
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), abstract_tree)
-    with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(path.absolute(), target)
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            return checkpointer.restore(path.absolute(), target)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise error(f"{path}: cannot restore the {what} ({first}){hint}") from None
 
 
 def checkpoint_sha256(path: str | os.PathLike) -> str:
@@ -120,7 +129,9 @@ def load_model_dir(directory: str | os.PathLike) -> Sam:
     directory = _check_model_dir(directory)
     meta = _read_model_config(directory)
     graphdef, abstract_state = nnx.split(abstract_model(get_config(meta["model"]), meta["weights_id"]))
-    return nnx.merge(graphdef, restore_pytree(directory / "state", abstract_state))
+    state = restore_pytree(directory / "state", abstract_state, f"{meta['model']} model",
+                           hint="; does config.json match the state it was saved with? Convert the model again")
+    return nnx.merge(graphdef, state)
 
 
 def _check_model_dir(directory: str | os.PathLike) -> Path:

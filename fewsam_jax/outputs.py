@@ -31,7 +31,7 @@ import socket
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 MARKER = ".fewsam"  # JSON {"kind", "library", "created", "pid", "host"} in every folder the library writes
 STAGING = ".fewsam-staging"  # name part of staging folders: .<name>.fewsam-staging.<hex>
@@ -283,6 +283,28 @@ def remove_stale_staging(parent: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def kept_path(out: str | os.PathLike) -> Path:
+    """A new ``<out>.fewsam-kept.<hex>`` beside ``out``: where a finished folder goes when ``out`` can't take it."""
+    out = Path(out).expanduser().absolute()
+    return out.parent / f"{out.name}{KEPT}{secrets.token_hex(4)}"
+
+
+def save_finished(save: Callable[..., Any], out: str | os.PathLike, kind: str, *, overwrite: bool = False,
+                  inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """``save(out, overwrite=overwrite)`` for a result that took long to compute (a trained decoder or student),
+    whose ``kind`` folder ``out`` was checked before the compute: when ``out`` may no longer be written (a file or
+    folder appeared there meanwhile, e.g. a second run with the same ``--out``), the result is saved into a new
+    :func:`kept_path` folder instead and the OutputError names it, so the compute is not lost. Returns ``out``."""
+    try:
+        check_output_dir(out, kind, overwrite=overwrite, inputs=inputs)
+    except OutputError as err:
+        kept = kept_path(out)
+        save(kept)
+        raise type(err)(f"{err}; the finished {kind} folder is kept as {kept}") from None
+    save(out, overwrite=overwrite)
+    return Path(out)
+
+
 @contextlib.contextmanager
 def write_dir(out: str | os.PathLike, kind: str, *, overwrite: bool = False,
               inputs: Iterable[str | os.PathLike | None] = ()) -> Iterator[Path]:
@@ -313,7 +335,7 @@ def write_dir(out: str | os.PathLike, kind: str, *, overwrite: bool = False,
         if not finished:
             raise
         # the result is complete: keep it where the user sees it rather than lose hours of compute
-        kept = target.parent / f"{target.name}{KEPT}{secrets.token_hex(4)}"
+        kept = kept_path(target)
         try:
             staging.rename(kept)
         except OSError:

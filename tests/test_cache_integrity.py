@@ -208,3 +208,52 @@ def test_a_foreign_folder_at_an_entry_path_is_left_alone(tmp_path, encoder, volu
     with pytest.raises(OutputError, match="not a cache entry's; it is left alone"):
         embed_volume(volume, encoder, cache=tmp_path, progress=False)
     assert [p.name for p in entry.path.iterdir()] == ["thesis.tex"]
+
+
+def test_clear_deletes_nothing_in_a_folder_that_is_not_a_cache(tmp_path, capsys):
+    """Hash-named run folders with an ``embeddings/`` subfolder look like entries by name: without the cache's
+    marker, ``cache clear`` deletes nothing, and with it, an entry-named folder holding other files stays too."""
+    work = tmp_path / "work"
+    run_dir = work / "experiments" / ("b" * 64)
+    (run_dir / "embeddings").mkdir(parents=True)
+    (run_dir / "meta.json").write_text("{}")
+    (run_dir / "embeddings" / "vectors.npy").write_bytes(b"\x93NUMPY")
+    before = _snapshot(work)
+    with pytest.raises(OutputError, match="not an embedding cache of fewsam_jax.*nothing was deleted"):
+        EmbeddingCache(work).clear()
+    with pytest.raises(OutputError, match="nothing was deleted"):
+        embed_cli(capsys)("cache", "clear", "--cache", work)
+    assert _snapshot(work) == before
+    (work / ROOT_MARKER).write_text("{}")  # even under a marked root: the layout inside must be zarr's
+    (run_dir / "zarr.json").write_text("{}")
+    assert EmbeddingCache(work).clear()["removed"] == 0
+    assert _snapshot(work) == {**before, ROOT_MARKER: b"{}", f"experiments/{'b' * 64}/zarr.json": b"{}"}
+
+
+def test_an_entry_left_by_a_killed_zarr_write_stays_usable(tmp_path, encoder, volume, clean):
+    """zarr writes each file through ``NAME.<uuid hex>.partial``; a kill leaves it behind. The entry is still
+    the library's: reused, cleared, never refused as foreign."""
+    entry = embed_volume(volume, encoder, cache=tmp_path, progress=False)
+    (entry.path / "zarr.0123456789abcdef0123456789abcdef.partial").write_bytes(b"{")
+    (chunk(entry, 0).parent / "0.0123456789abcdef0123456789abcdef.partial").write_bytes(b"\0")
+    assert_clean(embed_volume(volume, encoder, cache=tmp_path, progress=False).load(), clean)
+    assert EmbeddingCache(tmp_path).clear()["removed"] == 1 and not entry.path.exists()
+
+
+def test_an_entry_that_cannot_be_opened_for_want_of_permission_is_not_rebuilt(tmp_path, encoder, volume,
+                                                                              monkeypatch):
+    """Only damage rebuilds an entry: an OSError such as a permission error or too many open files propagates,
+    and the entry's files stay as they were."""
+    entry = embed_volume(volume, encoder, cache=tmp_path, progress=False, slices=[0, 1])
+    before = _snapshot(entry.path)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(entry.path / "zarr.json"))
+
+    monkeypatch.setattr("fewsam_jax.cache.zarr.open_group", denied)
+    with pytest.raises(PermissionError):
+        CachedEmbeddings(entry.path)
+    with pytest.raises(PermissionError):
+        embed_volume(volume, encoder, cache=tmp_path, progress=False)
+    monkeypatch.undo()
+    assert _snapshot(entry.path) == before

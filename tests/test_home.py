@@ -81,6 +81,10 @@ def test_a_cache_folder_the_user_set_for_jax_gets_no_size_bound(clean_env, monke
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(clean_env / "shared_jax_cache"))
     assert home.enable_compilation_cache() == clean_env / "shared_jax_cache"
     assert "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")  # nor a folder named for fewsam, e.g. ~/.cache/jax
+    monkeypatch.setenv(home.ENV, str(clean_env / "jax"))
+    assert home.enable_compilation_cache() == clean_env / "jax"
+    assert "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ
 
 
 def test_enable_does_nothing_when_turned_off(clean_env, monkeypatch):

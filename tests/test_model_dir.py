@@ -57,6 +57,18 @@ def test_lazy_model_checks_the_state_when_it_loads(tiny_sam, tmp_path):
         lazy.load()
 
 
+def test_a_state_that_is_not_its_configs_model_is_named_on_load(tiny_sam, tmp_path):
+    """config.json naming another architecture than the state holds: the folder and the model named, one line
+    of Orbax's message (not its tree dump)."""
+    save_model(tiny_sam, tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**meta, "model": "litemedsam"}))
+    with pytest.raises(ChecksumError, match=r"m/state: cannot restore the litemedsam model \(.*\); does config.json "
+                                            "match") as err:
+        load_model_dir(tmp_path / "m")
+    assert len(str(err.value).splitlines()) == 1
+
+
 def test_embed_volume_reads_a_lazy_model_only_for_missing_slices(tiny_sam, tmp_path):
     save_model(tiny_sam, tmp_path / "m")
     volume = np.random.default_rng(0).normal(100.0, 30.0, (24, 20, 4)).astype(np.float32)

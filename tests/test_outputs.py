@@ -33,6 +33,7 @@ from fewsam_jax.outputs import (
     check_output_dir,
     check_output_file,
     read_marker,
+    save_finished,
     write_dir,
     write_marker,
 )
@@ -192,6 +193,24 @@ def test_a_finished_folder_that_cannot_be_put_in_place_is_kept(tmp_path, monkeyp
     assert len([p for p in tmp_path.iterdir() if p.name.startswith("new.fewsam-kept.")]) == 1
     for extra in tmp_path.iterdir():
         if extra.name.startswith("new"):
+            shutil.rmtree(extra)
+    # a folder appearing at the destination while computing, before the save begins (a second run with the same
+    # --out): save_finished keeps the finished result beside it and names it
+    def save(out, overwrite=False):
+        with write_dir(out, "decoder", overwrite=overwrite) as staging:
+            (staging / "fewshot.json").write_text("{}")
+
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("the user's")
+    with pytest.raises(OutputExistsError, match="taken exists .* the finished decoder folder is kept as .*taken.fews"):
+        save_finished(save, tmp_path / "taken", "decoder", overwrite=True)
+    assert snapshot(tmp_path / "taken") == {"notes.txt": b"the user's"}
+    kept_taken = [p for p in tmp_path.iterdir() if p.name.startswith("taken.fewsam-kept.")]
+    assert len(kept_taken) == 1 and (kept_taken[0] / "fewshot.json").read_text() == "{}"
+    assert save_finished(save, tmp_path / "free", "decoder") == tmp_path / "free"
+    assert (tmp_path / "free" / "fewshot.json").is_file()
+    for extra in tmp_path.iterdir():
+        if extra.name.startswith(("taken", "free")):
             shutil.rmtree(extra)
     # a failure while computing still leaves nothing behind
     with pytest.raises(RuntimeError, match="diverged"):

@@ -24,7 +24,7 @@ import numpy as np
 
 from fewsam_jax.cohort import split_suffix
 from fewsam_jax.io import MAX_LABEL_ID, Volume, get_slices, load_volume, save_image, save_labels
-from fewsam_jax.label_maps import same_grid
+from fewsam_jax.label_maps import label_ids, same_grid
 from fewsam_jax.metrics import label_map
 from fewsam_jax.outputs import OutputExistsError, check_output_file, write_text
 
@@ -406,13 +406,13 @@ def load_support_item(item: SupportItem, axis: int, classes: Iterable[int] = ())
     if bad:
         raise ManifestError(f"{item.image}: slice indices {bad} out of range 0..{count - 1} along axis {axis}")
     try:
-        label_ids = label_map(labels.array, str(item.labels))
+        ids = label_ids(labels.array, str(item.labels))
     except ValueError as err:
         raise ManifestError(str(err)) from None
-    if label_ids.min() < 0:
-        raise ManifestError(f"{item.labels}: a label map holds ids >= 0, but this one holds {int(label_ids.min())}: "
+    if ids.min() < 0:
+        raise ManifestError(f"{item.labels}: a label map holds ids >= 0, but this one holds {int(ids.min())}: "
                             "an intensity image rather than labels?")
-    label_slices = get_slices(label_ids.astype(np.int32), axis)[list(item.slices)]
+    label_slices = get_slices(ids, axis)[list(item.slices)]
     classes = set(classes)
     other = sorted(set(np.unique(label_slices).tolist()) - classes - {0}) if classes else []
     if other:

@@ -107,11 +107,13 @@ def support_set(
     embeddings, labels, groups, volumes, images, stage_inputs = [], [], [], [], [], []
     channels = config.image_channels
     next_group = 0
-    for item in collection.support:  # every file's header readable before the first slice is embedded
+    for item in collection.support:  # every file's header readable before the first file is read whole
         check_volume_header(item.image)
         check_volume_header(item.labels)
-    for volume_id, item in enumerate(collection.support):
-        image, label_slices = load_support_item(item, collection.axis, collection.classes)
+    # every item read and checked before the first slice is embedded: its labelled slices are kept, its image let go
+    support_labels = [load_support_item(item, collection.axis, collection.classes)[1] for item in collection.support]
+    for volume_id, (item, label_slices) in enumerate(zip(collection.support, support_labels)):
+        image = load_volume(item.image)
         entry = embed_volume(image, sam, axis=collection.axis, intensity=intensity, cache=cache,
                              slices=item.slices, stage_inputs=staged, progress=progress)
         embeddings.append(entry.load(list(item.slices)))
@@ -450,12 +452,8 @@ class FewShotSegmenter(LabelFiles):
         abstract = {"decoder": abstract_state, "tokens": jax.ShapeDtypeStruct((k, t, c), jnp.float32)}
         if legacy:  # and the mean class prototypes it read
             abstract["prototypes"] = jax.ShapeDtypeStruct((k, c), jnp.float32)
-        try:
-            restored = restore_pytree(directory / "state", abstract)
-        except Exception as err:  # Orbax raises anything from ValueError to XlaRuntimeError on a bad folder
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise DecoderFileError(f"{directory / 'state'}: cannot restore the decoder ({first}); "
-                                   "does fewshot.json match the state it was saved with?") from None
+        restored = restore_pytree(directory / "state", abstract, "decoder", DecoderFileError,
+                                  "; does fewshot.json match the state it was saved with?")
         decoder = nnx.merge(graphdef, restored["decoder"])
         if legacy:
             del decoder.similarity_embed

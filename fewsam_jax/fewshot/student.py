@@ -377,11 +377,7 @@ class StudentSegmenter(LabelFiles):
         verify_checksums(directory, meta.get("checksums", {}), "student.json")
         unet_config = config.student_unet_config
         graphdef, abstract = nnx.split(nnx.eval_shape(lambda: UNet(unet_config, outputs, rngs=ShapeRngs())))
-        try:
-            states = restore_pytree(directory / "state", _member_tree([abstract] * count))
-        except Exception as err:  # Orbax raises anything from ValueError to XlaRuntimeError on a bad folder
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise StudentFileError(f"{directory / 'state'}: cannot restore the student ({first})") from None
+        states = restore_pytree(directory / "state", _member_tree([abstract] * count), "student", StudentFileError)
         unets = tuple(nnx.merge(graphdef, states[_member_key(i)]) for i in range(count))
         for unet, canvas in zip(unets, canvases):
             unet.canvas = canvas
@@ -663,6 +659,7 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
     for source in unlabelled:  # each read once now (and let go): a bad one fails here, not rounds into teaching
         if not isinstance(source, Volume):
             load_volume(source)
+    segmenter.base_model()  # where the decoder's base model comes from: not found fails now, not after the partner
     started = time.perf_counter()
     support = support_volumes(collection, segmenter.class_ids)
     if partner is None:

@@ -63,17 +63,25 @@ def test_missing_file_is_named(manifest):
         load_collection(rewrite(path, raw))
 
 
+@pytest.mark.parametrize("damage, error, message", [
+    ("header", VolumeError, "b_seg.nii.gz: cannot read NIfTI file"),  # cut inside its header
+    ("grid", ManifestError, r"label grid of .*b_seg\.nii\.gz .*differs"),  # readable, but not on the image's grid
+    ("slices", ManifestError, r"slice indices \[9\] out of range"),
+])
 def test_every_labelled_volume_is_read_before_the_first_slice_is_embedded(manifest, tiny_sam, tmp_path,
-                                                                         monkeypatch):
+                                                                         monkeypatch, damage, error, message):
     from fewsam_jax.fewshot import segmenter
     from fewsam_jax.preprocess import Intensity
 
     path, raw = manifest
-    (tmp_path / "b_seg.nii.gz").write_bytes((tmp_path / "a_seg.nii.gz").read_bytes()[:60])  # cut inside its header
-    raw["support"].append({"image": "a.nii.gz", "labels": "b_seg.nii.gz", "slices": [1]})
+    if damage == "header":
+        (tmp_path / "b_seg.nii.gz").write_bytes((tmp_path / "a_seg.nii.gz").read_bytes()[:60])
+    else:
+        write_nifti(tmp_path / "b_seg.nii.gz", np.zeros((8, 9, 7 if damage == "grid" else 6), np.uint8))
+    raw["support"].append({"image": "a.nii.gz", "labels": "b_seg.nii.gz", "slices": [9 if damage == "slices" else 1]})
     collection = load_collection(rewrite(path, raw))
     monkeypatch.setattr(segmenter, "embed_volume", lambda *a, **k: pytest.fail("embedded before the check"))
-    with pytest.raises(VolumeError, match="b_seg.nii.gz: cannot read NIfTI file"):
+    with pytest.raises(error, match=message):
         segmenter.support_set(collection, tiny_sam, Intensity.parse("minmax"))
 
 
@@ -96,6 +104,8 @@ def test_label_grid_differs(manifest, tmp_path):
 @pytest.mark.parametrize("values, message", [
     (np.float32(0.5), r"b_seg\.nii\.gz: a label map must hold integer ids, but 27 of 432 voxels are not integers"),
     (np.int16(-3), r"b_seg\.nii\.gz: a label map holds ids >= 0, but this one holds -3"),
+    (np.uint32(2**32 - 1), r"b_seg\.nii\.gz: label ids must lie in -2147483648\.\.2147483647, but this map holds "
+                           r"0\.\.4294967295"),  # would wrap to id -1
 ])
 def test_labels_must_be_integer_ids(manifest, tmp_path, values, message):
     """An intensity image or a probability map given as labels is refused, not rounded."""

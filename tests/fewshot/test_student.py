@@ -44,6 +44,7 @@ from fewsam_jax.fewshot.unet import UNetConfig
 from fewsam_jax.io import VolumeError, get_slices, load_volume, stack_slices
 from fewsam_jax.outputs import ChecksumError, OutputError
 from fewsam_jax.preprocess import Intensity
+from fewsam_jax.weights import BaseModelNotFoundError
 
 CLASSES = {3: "disc", 7: "square"}  # not 1..K: the student maps them to its outputs and back
 CONFIG = StudentConfig(unet=UNetConfig.tiny(steps=200), rounds=1, margin=0.0, context=0,  # the slice alone, every pixel
@@ -80,6 +81,9 @@ class Oracle:
     def __init__(self, volumes: dict[str, np.ndarray]):
         self.truth = volumes  # key(image) -> labels
         self.seen = []
+
+    def base_model(self):
+        return self  # where a decoder's base model comes from: the oracle needs none
 
     def predict_volume(self, volume, cache=None, progress=False):
         slices = get_slices(self.truth[key(volume.array)], self.axis)
@@ -660,6 +664,13 @@ def test_bad_input_is_named_before_any_training(cohort, monkeypatch, tmp_path):
     with pytest.raises(VolumeError, match="broken.nii.gz"):  # read before the partner trains, not in round 2
         train_student(Oracle(truth), folder / "manifest.json", config=CONFIG.replace(rounds=2, teacher_weight=0.5),
                       unlabelled=[folder / "case3.nii.gz", tmp_path / "broken.nii.gz"])
+    def not_converted():
+        raise BaseModelNotFoundError("vit_b: convert it first")
+
+    unconverted = Oracle(truth)  # a decoder whose base model is not converted on this machine: found out now
+    unconverted.base_model = not_converted
+    with pytest.raises(BaseModelNotFoundError, match="vit_b: convert it first"):
+        train_student(unconverted, folder / "manifest.json")
     other = Oracle(truth)
     other.classes = {1: "disc", 2: "square"}
     with pytest.raises(ValueError, match="the collection it was trained on"):
