@@ -130,12 +130,17 @@ def _is_entry(path: Path, *, deep: bool = False) -> bool:
         if not all(name in _ENTRY_FILES or name.startswith(".meta.json.") or _PARTIAL.match(name) for name in names):
             return False
         arrays = [name for name in names if name in _ENTRY_FILES and name not in _ENTRY_JSON]
-        if arrays and not _is_file(path / "zarr.json"):  # zarr writes the group's zarr.json before any array
-            return False
         return (all(_is_file(path / name) for name in names if name not in arrays)
                 and all(_is_array(path / name, deep) for name in arrays))
     except OSError:
         return False
+
+
+def _raise_if_io(err: Exception) -> None:
+    """Re-raise ``err`` when it is an OSError other than a missing file (permissions, too many open files, a
+    failing disk): the entry may be whole, so it is never rebuilt or re-encoded over such an error."""
+    if isinstance(err, OSError) and not isinstance(err, _MISSING):
+        raise err
 
 
 def _is_file(path: Path) -> bool:
@@ -288,8 +293,7 @@ class CachedEmbeddings:
             self.slice_shape = tuple(self.meta["slice_shape"])
             self.axis = int(self.meta["axis"])
         except Exception as err:  # json, zarr or a missing key: the entry's own files are damaged
-            if isinstance(err, OSError) and not isinstance(err, _MISSING):
-                raise  # permissions, too many open files, a failing disk: the entry may be whole; never rebuilt
+            _raise_if_io(err)
             raise CacheCorruptionError(f"{self.path}: damaged cache entry ({type(err).__name__}: {err}); "
                                        "embed_volume (or `fewsam embed`) rebuilds it") from None
         arrays = [a for a in (self._embeddings, self._done, self._checksums, self._low, self._scale,
@@ -336,11 +340,14 @@ class CachedEmbeddings:
     def _flags(self, done) -> np.ndarray:
         try:
             return np.asarray(done[:], bool)
-        except Exception:  # a damaged flag chunk: read one by one
+        except Exception as err:  # a damaged flag chunk: read one by one
+            _raise_if_io(err)
             flags = np.zeros(self.num_slices, bool)
             for i in range(self.num_slices):
-                with contextlib.suppress(Exception):
+                try:
                     flags[i] = bool(done[i])
+                except Exception as err:  # that slice is not done
+                    _raise_if_io(err)
             return flags
 
     def _read_slice(self, index: int, stage: bool = False) -> tuple[np.ndarray | None, str | None]:
@@ -353,11 +360,13 @@ class CachedEmbeddings:
             values = np.asarray(stored[index])
             offsets = (np.asarray(low[index]), np.asarray(self._scale[index])) if low is not None else ()
         except Exception as err:  # a truncated chunk fails to decode
+            _raise_if_io(err)
             return None, f"unreadable chunk ({type(err).__name__})"
         if checksums is not None:
             try:
                 expected = int(checksums[index])
             except Exception as err:
+                _raise_if_io(err)
                 return None, f"unreadable checksum ({type(err).__name__})"
             if slice_checksum(values, *offsets) != expected:
                 return None, "checksum mismatch (corrupt or missing chunk)"
@@ -536,7 +545,7 @@ class EmbeddingCache:
             for path in self.entries(model):
                 stats["entries"] += 1
                 stats["bytes"] += _size(path)
-                with contextlib.suppress(FileNotFoundError, KeyError, ValueError):
+                with contextlib.suppress(OSError, KeyError, ValueError):  # unreadable: counted, its slices not
                     done = CachedEmbeddings(path).done()
                     stats["slices"] += int(done.sum())
                     stats["complete"] += bool(done.all())
@@ -551,7 +560,7 @@ class EmbeddingCache:
         is not marked as a cache (no ``.fewsam-cache`` file, which every write puts there): nothing is deleted
         in a folder the library never wrote embeddings into, whatever its folders look like.
         """
-        if self.root.is_dir() and not _is_file(self.root / ROOT_MARKER):
+        if self.root.is_dir() and any(self.root.iterdir()) and not _is_file(self.root / ROOT_MARKER):
             raise OutputError(f"{self.root} is not an embedding cache of fewsam_jax (it has no {ROOT_MARKER} file); "
                               "nothing was deleted. Check --cache; a cache written before the marker existed "
                               "is marked again by the next `fewsam embed` into it")
@@ -744,13 +753,13 @@ def embed_volume(
     else:
         key = entry_key(vol.array, model_name, weights_id, intensity.key(), axis, dtype)
     path = cache.entry_path(model_name, key)
+    cache._mark()  # on a hit too: a cache written before the marker existed gets it (and `cache clear` works)
     with contextlib.suppress(FileNotFoundError, CacheCorruptionError):  # damage is repaired below, under the lock
         entry = CachedEmbeddings(path)
         if entry.done()[wanted].all() and not entry.verify(wanted) and (
                 stage_shape is None or entry.stage_input_shape == stage_shape and entry.stage_done()[wanted].all()
                 and not entry.verify(wanted, stage=True)):
             return entry
-    cache._mark()
     held = _acquire(path.with_name(key + ".lock"))
     try:
         images = prepared.slices if prepared is not None else get_slices(intensity.apply(vol.array), axis)

@@ -22,6 +22,7 @@ from fewsam_jax.fewshot.collection import Collection, SupportItem, save_collecti
 from fewsam_jax.io import get_slices, load_volume, save_labels
 from fewsam_jax.label_maps import read_labels
 from fewsam_jax.outputs import check_output_dir, check_output_file, read_marker, write_file, write_marker, write_text
+from fewsam_jax.provenance import label_mark, written_by_library
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +34,20 @@ def mni_with_labels(folder: Path, *, overwrite: bool = False) -> tuple[Path, Pat
     """Write the template and its reference label map as NIfTI files into ``folder`` (``mni152.nii.gz``,
     ``mni152_labels.nii.gz``, each written atomically: a run stopped midway leaves the earlier file whole).
 
-    A file already there that holds the same image (grid, dtype and voxels: an earlier call's) is kept as it
-    is; any other file of those names is replaced only with ``overwrite=True``, else OutputExistsError before
-    anything is written (``mni152.nii.gz`` is a common name for a neuroimaging user's own copy)."""
+    Both carry the library's mark (:func:`fewsam_jax.provenance.label_mark`). A file already there that holds
+    the same image (grid, dtype and voxels: an earlier call's, marked or not) is kept as it is; an unchanged
+    file of an earlier version (marked) is replaced; any other file of those names only with ``overwrite=True``,
+    else OutputExistsError before anything is written (``mni152.nii.gz`` is a common name for a neuroimaging
+    user's own copy)."""
     template, labels, affine = _mni()
     folder.mkdir(parents=True, exist_ok=True)
     image_path, label_path = folder / "mni152.nii.gz", folder / "mni152_labels.nii.gz"
     files = ((image_path, nib.Nifti1Image(template, affine)), (label_path, nib.Nifti1Image(labels, affine)))
+    for _, image in files:
+        image.header["descrip"] = label_mark(np.asarray(image.dataobj))
     kept = {path for path, image in files if _holds(path, image)}
     for path, _ in files:  # both checked before either is written
-        if path not in kept:
+        if path not in kept and not written_by_library(path):
             check_output_file(path, overwrite=overwrite)
     for path, image in files:
         if path not in kept:

@@ -209,7 +209,7 @@ def integer_labels(array: np.ndarray, name: str = "label map") -> np.ndarray:
         raise ValueError(f"{name}: a label map must hold integer ids, got dtype {array.dtype}")
     finite = np.isfinite(array)
     values = np.where(finite, array, 0)
-    bad = ~finite | (np.abs(values - np.rint(values)) > LABEL_ID_TOLERANCE)
+    bad = ~finite | (np.abs(values - np.rint(values)) > LABEL_ID_TOLERANCE) | (np.abs(values) >= 2.0**63)
     if bad.any():
         example = array[bad].ravel()[0]
         raise ValueError(

@@ -43,13 +43,17 @@ def restore_pytree(path: Path, abstract_tree: Any, what: str = "checkpoint",
 
     A checkpoint that does not restore into that structure raises ``error`` naming ``path`` and ``what`` it
     should hold, with the first line of Orbax's message (which raises anything from ValueError to
-    XlaRuntimeError, and dumps whole trees) and ``hint``."""
+    XlaRuntimeError, and dumps whole trees) and ``hint``. Failures of the machine rather than the folder (an
+    OSError such as a permission error, running out of host or device memory) propagate as they are."""
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), abstract_tree)
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             return checkpointer.restore(path.absolute(), target)
     except Exception as err:
+        if isinstance(err, (OSError, MemoryError)) and not isinstance(err, FileNotFoundError) \
+                or "RESOURCE_EXHAUSTED" in str(err):
+            raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise error(f"{path}: cannot restore the {what} ({first}){hint}") from None
 
@@ -124,7 +128,8 @@ def load_model_dir(directory: str | os.PathLike) -> Sam:
     """Restore a model saved by :func:`save_model` into an abstract (shape-only) model.
 
     Raises FileNotFoundError when ``directory`` is not a model folder, ChecksumError when its
-    config.json is malformed or a state file differs from its recorded SHA-256.
+    config.json is malformed, a state file differs from its recorded SHA-256 or the state is not the model
+    config.json names.
     """
     directory = _check_model_dir(directory)
     meta = _read_model_config(directory)

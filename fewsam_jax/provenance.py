@@ -15,7 +15,8 @@ the commands' own outputs".
 * ``CASE.seg.nrrd``: the header field :data:`NRRD_WRITER_FIELD` (3D Slicer drops it on saving the file again, which
   makes an edited segmentation the user's);
 * ``CASE.seg.dcm``: the DICOM Manufacturer :data:`LIBRARY`;
-* ``summary.json`` of ``fewsam evaluate``: ``"writer": "fewsam_jax"``.
+* ``summary.json`` of ``fewsam evaluate``: ``"writer": "fewsam_jax"``;
+* the demo's ``mni152.nii.gz`` and ``mni152_labels.nii.gz`` (:func:`fewsam_jax.demo.mni_with_labels`): as a label map.
 
 :func:`written_by_library` reads headers and, for label maps, the voxels (only when ``--overwrite`` meets an
 existing file). A file it cannot read, or one written before these marks existed (2026-12-05), is not the

@@ -256,4 +256,28 @@ def test_an_entry_that_cannot_be_opened_for_want_of_permission_is_not_rebuilt(tm
     with pytest.raises(PermissionError):
         embed_volume(volume, encoder, cache=tmp_path, progress=False)
     monkeypatch.undo()
+    entry = CachedEmbeddings(entry.path)
+
+    class Denied:
+        shape = entry._embeddings.shape
+
+        def __getitem__(self, index):
+            raise PermissionError(13, "Permission denied", "a chunk")
+
+    entry._embeddings = Denied()  # a chunk that cannot be read is not a corrupt one
+    with pytest.raises(PermissionError):
+        entry.load([0])
     assert _snapshot(entry.path) == before
+
+
+def test_an_entry_half_deleted_by_a_killed_clear_is_cleared_or_rebuilt(tmp_path, encoder, volume, clean):
+    """rmtree removes names in directory order: a kill can leave arrays without the group's zarr.json and
+    meta.json. The folder is still the library's: `embed_volume` rebuilds it and `clear` removes it."""
+    entry = embed_volume(volume, encoder, cache=tmp_path, progress=False)
+    for name in ("zarr.json", "meta.json"):
+        (entry.path / name).unlink()
+    shutil.rmtree(entry.path / "done")
+    assert_clean(embed_volume(volume, encoder, cache=tmp_path, progress=False).load(), clean, reencoded=range(8))
+    for name in ("zarr.json", "meta.json"):
+        (entry.path / name).unlink()
+    assert EmbeddingCache(tmp_path).clear()["removed"] == 1 and not entry.path.exists()

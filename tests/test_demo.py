@@ -8,6 +8,7 @@ import pytest
 
 from fewsam_jax.demo import mni_with_labels
 from fewsam_jax.outputs import OutputExistsError
+from fewsam_jax.provenance import label_mark, written_by_library
 
 
 def test_the_template_is_written_once_and_a_users_file_of_that_name_is_kept(tmp_path):
@@ -26,4 +27,12 @@ def test_the_template_is_written_once_and_a_users_file_of_that_name_is_kept(tmp_
     assert sorted(p.name for p in own.iterdir()) == ["mni152.nii.gz"]  # nothing written, not even the labels
     assert (own / "mni152.nii.gz").read_bytes() == b"my registered template"
     mni_with_labels(own, overwrite=True)
-    assert nib.load(own / "mni152.nii.gz").shape == labels.shape
+    assert nib.load(own / "mni152.nii.gz").shape == labels.shape and written_by_library(own / "mni152.nii.gz")
+
+    # a file an earlier version wrote (marked, unchanged, another image): replaced without overwrite
+    older = nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4))
+    older.header["descrip"] = label_mark(np.asarray(older.dataobj))
+    nib.save(older, own / "mni152_labels.nii.gz")
+    assert written_by_library(own / "mni152_labels.nii.gz")
+    mni_with_labels(own)
+    assert nib.load(own / "mni152_labels.nii.gz").shape == labels.shape

@@ -113,6 +113,26 @@ def test_train_into_a_non_library_folder_is_refused_even_with_overwrite(tmp_path
     assert snapshot(tmp_path / "other") == before
 
 
+def test_a_decoder_whose_out_was_taken_while_training_is_kept_beside_it(segmenter, tmp_path, capsys, monkeypatch):
+    """`fewsam train --out X` checks X before training and again when saving: a folder that appeared there in
+    between (a second run with the same --out) is left alone, and the finished decoder is saved beside it."""
+    user_folder(tmp_path / "work")
+    out = tmp_path / "dec"
+
+    def train(*args, **kwargs):  # the training, during which another program takes the output folder
+        out.mkdir()
+        (out / "notes.txt").write_text("the other run's")
+        return segmenter
+
+    monkeypatch.setattr(FewShotSegmenter, "train", train)
+    rc, err = fewsam(capsys, "train", tmp_path / "work" / "ok.json", "--out", out, "--steps", "1",
+                     "--cache", tmp_path / "cache")
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("dec.fewsam-kept.")]
+    assert rc == 2 and len(kept) == 1 and f"the finished decoder folder is kept as {kept[0]}" in err
+    assert snapshot(out) == {"notes.txt": b"the other run's"}
+    assert FewShotSegmenter.load(kept[0]).classes == CLASSES
+
+
 def test_convert_never_deletes_files_in_out(tmp_path, capsys, monkeypatch):
     import converters.convert
 

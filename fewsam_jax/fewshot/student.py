@@ -656,10 +656,10 @@ def train_student(segmenter, collection: Collection | str | os.PathLike,
                                 or partner.num_classes != len(segmenter.classes) + 1):
         raise ValueError("partner: trained with another U-Net config or class count than this StudentConfig's "
                          "unet_config and the decoder's classes (train_partner with the same config and decoder)")
+    segmenter.base_model()  # where the decoder's base model comes from: not found fails now, not after the partner
     for source in unlabelled:  # each read once now (and let go): a bad one fails here, not rounds into teaching
         if not isinstance(source, Volume):
             load_volume(source)
-    segmenter.base_model()  # where the decoder's base model comes from: not found fails now, not after the partner
     started = time.perf_counter()
     support = support_volumes(collection, segmenter.class_ids)
     if partner is None:
