@@ -289,14 +289,13 @@ def kept_path(out: str | os.PathLike) -> Path:
     return out.parent / f"{out.name}{KEPT}{secrets.token_hex(4)}"
 
 
-def save_finished(save: Callable[..., Any], out: str | os.PathLike, kind: str, *, overwrite: bool = False,
-                  inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+def save_finished(save: Callable[..., Any], out: str | os.PathLike, kind: str, *, overwrite: bool = False) -> Path:
     """``save(out, overwrite=overwrite)`` for a result that took long to compute (a trained decoder or student),
     whose ``kind`` folder ``out`` was checked before the compute: when ``out`` may no longer be written (a file or
     folder appeared there meanwhile, e.g. a second run with the same ``--out``), the result is saved into a new
     :func:`kept_path` folder instead and the OutputError names it, so the compute is not lost. Returns ``out``."""
     try:
-        check_output_dir(out, kind, overwrite=overwrite, inputs=inputs)
+        check_output_dir(out, kind, overwrite=overwrite)  # its inputs were checked with it before the compute
     except OutputError as err:
         kept = kept_path(out)
         save(kept)
