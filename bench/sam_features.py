@@ -9,9 +9,17 @@ levels (``--levels``: 0 = input resolution; 2,3 = 1/4 and 1/8). Everything else 
 is the baseline's, so the difference is what the embedding adds. Scored in 3D on the validation volumes of
 ``bench.fewshot`` (the test split is not used: this is a screen, not a candidate default).
 
+``--source`` screens an earlier feature map of the TinyViT encoder instead of the final embedding (the quality
+issue's "screen early features with a convolutional head, not per cell"): ``patch`` (the patch embedding, 256 x 256
+x 64 in the encoder's frame), ``stage0`` (the first stage's output after its patch merging, 128 x 128 x 128) or
+``stage1`` (64 x 64 x 160). They are not cached: the encoder's front runs on every slice the row needs. ``--axis``
+picks the plane of the labelled and scored slices (2, axial, as in the first rows; 0, sagittal, the default
+method's plane).
+
 Rows accumulate in ``bench/results/sam_features.json``; its section of ``bench/RESULTS.md`` is rewritten.
 
     python -m bench.sam_features --shots 5,10,20 --levels none --levels 0 --levels 2,3
+    python -m bench.sam_features --axis 0 --shots 5,10,20 --levels none --levels 0 --source stage0
 """
 
 from __future__ import annotations
@@ -56,9 +64,52 @@ def slice_features(embeddings: np.ndarray, slice_shape: tuple[int, int], mean, b
     return np.moveaxis(logits_to_native(np.moveaxis(projected, -1, 1), slice_shape), 1, -1)
 
 
+# --source: which encoder feature map is screened, and how many of TinyViT's layers run after its patch embedding
+# to reach it (None: the final embedding, read from the embedding cache)
+SOURCES = {"embedding": None, "patch": 0, "stage0": 1, "stage1": 2}
+
+
+class EncoderFront:
+    """A TinyViT encoder run up to one of :data:`SOURCES` (not cached: this is a screen).
+
+    ``front(slices)``: (N, H, W) slices in [0, 1] of one size -> (N, G, G, D) float32 feature maps in the encoder's
+    square frame (the slice resized to fit, padded at the bottom and right, as for the embedding)."""
+
+    def __init__(self, sam, source: str, batch: int = 4):
+        import jax
+        import jax.numpy as jnp
+        from flax import nnx
+
+        from fewsam_jax.transforms import prepare_images
+
+        graphdef, self._state = nnx.split(sam.image_encoder)
+        layers, cfg = SOURCES[source], sam.config
+
+        def run(state, images):
+            encoder = nnx.merge(graphdef, state)
+            rgb = jnp.broadcast_to(images[..., None] * 255.0, (*images.shape, 3))
+            x = encoder.patch_embed(prepare_images(rgb, cfg))
+            for layer in list(encoder.layers)[:layers]:
+                x = layer(x)
+            return x
+
+        self._run, self.batch = jax.jit(run), batch
+
+    def __call__(self, slices: np.ndarray) -> np.ndarray:
+        slices = np.asarray(slices, np.float32)
+        out = []
+        for start in range(0, len(slices), self.batch):
+            chunk = slices[start:start + self.batch]
+            padded = np.zeros((self.batch, *chunk.shape[1:]), np.float32)  # one compiled shape per slice size
+            padded[:len(chunk)] = chunk
+            out.append(np.asarray(self._run(self._state, padded))[:len(chunk)])
+        return np.concatenate(out)
+
+
 def run_row(shots: int, levels: tuple[int, ...] | None, components: int, draw: str, seed: int, volumes, sam,
-            cache) -> dict:
-    """Train (image alone when ``levels`` is None) and score one row."""
+            cache, source: str = "embedding", axis: int = 2) -> dict:
+    """Train (image alone when ``levels`` is None) and score one row: ``source``'s feature map (:data:`SOURCES`)
+    fed at ``levels``; slices along ``axis``."""
     from bench.baselines import UNetConfig, predict_unet, train_unet
     from fewsam_jax.cache import embed_volume
     from fewsam_jax.fewshot import load_collection
@@ -67,38 +118,47 @@ def run_row(shots: int, levels: tuple[int, ...] | None, components: int, draw: s
     from fewsam_jax.preprocess import Intensity
 
     intensity = Intensity.parse("percentile")
+    front = EncoderFront(sam, source) if levels is not None and source != "embedding" else None
+
+    def feature_maps(volume, slices: np.ndarray, index: list[int] | None = None) -> np.ndarray:
+        """The screened map of ``slices`` (the volume's slices ``index``, or all of them)."""
+        if front is not None:
+            return front(slices)
+        entry = embed_volume(volume, sam, axis=axis, intensity=intensity, cache=cache, slices=index, progress=False)
+        return entry.load(index)
+
     names = cases(DATA)
     images, labels, embeddings = [], [], []
     with tempfile.TemporaryDirectory() as scratch:
-        collection = load_collection(manifest(DATA, names[DRAWS[draw]], shots, Path(scratch)))
+        collection = load_collection(manifest(DATA, names[DRAWS[draw]], shots, Path(scratch), axis=axis))
         for item in collection.support:
-            volume, label_slices = load_support_item(item, 2)
-            images += list(get_slices(intensity.apply(volume.array), 2)[list(item.slices)])
+            volume, label_slices = load_support_item(item, axis)
+            picked = get_slices(intensity.apply(volume.array), axis)[list(item.slices)]
+            images += list(picked)
             labels += list(np.clip(label_slices, 0, 2).astype(np.int32))
             if levels is not None:
-                entry = embed_volume(volume, sam, axis=2, intensity=intensity, cache=cache, slices=list(item.slices),
-                                     progress=False)
-                embeddings += list(entry.load(list(item.slices)))
+                embeddings += list(feature_maps(volume, picked, list(item.slices)))
     config, features, project = UNetConfig(), None, None
     if levels is not None:
         mean, basis, scale = pca_basis(embeddings, [im.shape for im in images], components)
         project = lambda emb, shape: slice_features(emb, shape, mean, basis, scale)
         features = [project(e[None], im.shape)[0] for e, im in zip(embeddings, images)]
+        del embeddings
         config = UNetConfig(feature_channels=components, feature_levels=levels)
     load_before, started = os.getloadavg()[0], time.perf_counter()
     model, losses = train_unet(images, labels, 3, config, seed=seed, progress=False, features=features)
     train_seconds = time.perf_counter() - started
     per_volume = []
     for volume, truth in volumes:
-        slices = get_slices(intensity.apply(volume.array), 2)
+        slices = get_slices(intensity.apply(volume.array), axis)
         extra = None
         if project is not None:
-            entry = embed_volume(volume, sam, axis=2, intensity=intensity, cache=cache, progress=False)
-            extra = list(project(entry.load(), slices.shape[1:]))
-        pred = stack_slices(np.stack(predict_unet(model, list(slices), extra)), 2)
+            extra = list(project(feature_maps(volume, slices), slices.shape[1:]))
+        pred = stack_slices(np.stack(predict_unet(model, list(slices), extra)), axis)
         per_volume.append(score_volume(pred, truth, volume.spacing))
     dice = np.asarray([v["dice"] for v in per_volume])
     return {"levels": None if levels is None else list(levels), "components": components if levels else 0,
+            "source": source if levels else None, "axis": axis,
             "positive_slices": shots, "draw": draw, "seed": seed, "volumes": len(volumes),
             "dice": dice.mean(axis=0).tolist(), "mean_dice": float(dice.mean()),
             "volume_ratio": np.mean([v["volume_ratio"] for v in per_volume], axis=0).tolist(),
@@ -110,15 +170,21 @@ def markdown(report: dict) -> str:
     lines = [f"## Does SAM's embedding help a pixel model? (`python -m bench.sam_features`, last run {report['date']})", "",
              f"{report['machine'].get('cpu', '?')} ({report['machine'].get('cores', '?')} cores). The U-Net baseline "
              "(default config) on exactly the labelled slices of `bench.fewshot`'s draw, on the image alone and with "
-             "LiteMedSAM's embedding (whitened principal components fitted on the support's cells, resampled to the "
-             "slice grid) concatenated at the given levels (0: input resolution; 2,3: 1/4 and 1/8). 3D Dice on the "
-             "validation volumes. Load average before/after training in the JSON.", "",
-             "| embedding at levels | components | positive slices | draw | seed | Dice anterior | Dice posterior | "
-             "mean Dice | volume ratio ant / post | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
-    rows = sorted(report["rows"], key=lambda r: (r["positive_slices"], r["draw"], r["seed"], str(r["levels"])))
+             "LiteMedSAM's embedding, or an earlier feature map of its encoder (*source*: `patch`, the patch "
+             "embedding at 256 x 256; `stage0`, the first stage's output at 128 x 128; `stage1`, 64 x 64), as "
+             "whitened principal components fitted on the support's cells, resampled to the slice grid, concatenated "
+             "at the given levels (0: input resolution; 2,3: 1/4 and 1/8). Slices along the given axis (2 axial, 0 "
+             "sagittal). 3D Dice on the validation volumes. Load average before/after training in the JSON.", "",
+             "| axis | source | at levels | components | positive slices | draw | seed | Dice anterior | "
+             "Dice posterior | mean Dice | volume ratio ant / post | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = sorted(report["rows"], key=lambda r: (r.get("axis", 2), r["positive_slices"], r["draw"], r["seed"],
+                                                 str(r.get("source")), str(r["levels"])))
     for r in rows:
         levels = "none (image only)" if r["levels"] is None else ",".join(map(str, r["levels"]))
-        lines.append(f"| {levels} | {r['components']} | {r['positive_slices']} | {r['draw']} | {r['seed']} | "
+        source = "-" if r["levels"] is None else r.get("source") or "embedding"
+        lines.append(f"| {r.get('axis', 2)} | {source} | {levels} | {r['components']} | {r['positive_slices']} | "
+                     f"{r['draw']} | {r['seed']} | "
                      f"{r['dice'][0]:.3f} | {r['dice'][1]:.3f} | **{r['mean_dice']:.3f}** | "
                      f"{r['volume_ratio'][0]:.2f} / {r['volume_ratio'][1]:.2f} | {r['train_seconds']:.0f} |")
     return "\n".join(lines)
@@ -133,7 +199,12 @@ def main() -> None:
     parser.add_argument("--shots", type=lambda s: [int(x) for x in s.split(",")], default=[20])
     parser.add_argument("--levels", action="append", type=parse_levels,
                         help="'none' (image only) or comma-separated U-Net levels; repeatable (default: none, 0)")
-    parser.add_argument("--components", type=int, default=32, help="principal components of the embedding fed")
+    parser.add_argument("--components", type=int, default=32, help="principal components of the feature map fed")
+    parser.add_argument("--source", choices=tuple(SOURCES), default="embedding",
+                        help="the encoder's feature map screened: the cached final embedding (default) or an "
+                             "earlier one, computed on the fly")
+    parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=2,
+                        help="plane of the labelled and scored slices (default 2, axial; 0 sagittal)")
     parser.add_argument("--draws", type=lambda s: s.split(","), default=["A"])
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0])
     parser.add_argument("--cache", help="embedding cache folder (default $FEWSAM_HOME/embeddings)")
@@ -152,12 +223,14 @@ def main() -> None:
     sam = load_model("litemedsam")
     out = RESULTS_DIR / "sam_features.json"
     report = json.loads(out.read_text()) if out.exists() else {"rows": []}
-    key = lambda r: (str(r["levels"]), r["components"], r["positive_slices"], r["draw"], r["seed"])
+    key = lambda r: (str(r["levels"]), r["components"], r.get("source") if r["levels"] else None, r.get("axis", 2),
+                     r["positive_slices"], r["draw"], r["seed"])
     for shots in args.shots:
         for draw in args.draws:
             for seed in args.seeds:
                 for levels in levels_list:
-                    row = run_row(shots, levels, args.components, draw, seed, volumes, sam, args.cache)
+                    row = run_row(shots, levels, args.components, draw, seed, volumes, sam, args.cache,
+                                  source=args.source, axis=args.axis)
                     row["command"] = "python -m bench.sam_features " + " ".join(sys.argv[1:])
                     print(json.dumps(row), flush=True)
                     report["rows"] = [r for r in report["rows"] if key(r) != key(row)] + [row]

@@ -1,0 +1,28 @@
+"""bench.sam_features' encoder front: the screened early feature maps are the encoder's own intermediate
+activations (the rest of the encoder run on them gives the embedding), in the frame the embedding uses."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import tiny_staged_sam
+
+from bench.sam_features import SOURCES, EncoderFront
+from fewsam_jax.transforms import prepare_images
+
+
+@pytest.mark.parametrize("source, side, channels", [("patch", 32, 8), ("stage0", 16, 16), ("stage1", 8, 16)])
+def test_each_source_is_the_encoder_prefix_in_its_frame(source, side, channels):
+    sam = tiny_staged_sam()
+    slices = np.random.default_rng(0).uniform(size=(5, 20, 28)).astype(np.float32)  # 5: one padded batch of 4
+    maps = EncoderFront(sam, source, batch=4)(slices)
+    assert maps.shape == (5, side, side, channels)
+    encoder = sam.image_encoder
+    x = jnp.asarray(maps)
+    for layer in list(encoder.layers)[SOURCES[source]:]:
+        x = layer(x)
+    for part in encoder.neck:
+        x = part(x)
+    rgb = jnp.broadcast_to(jnp.asarray(slices)[..., None] * 255.0, (*slices.shape, 3))
+    np.testing.assert_allclose(np.asarray(x), np.asarray(encoder(prepare_images(rgb, sam.config))), atol=1e-4)
