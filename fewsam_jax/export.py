@@ -196,14 +196,26 @@ def write_seg_nrrd(labels: np.ndarray, like, path: str | os.PathLike, classes: M
     return path
 
 
+# NRRD's anatomical spaces (its specification's names and their abbreviations) -> the signs that take them to RAS
+NRRD_SPACES = {**dict.fromkeys(("right-anterior-superior", "ras"), (1.0, 1.0, 1.0)),
+               **dict.fromkeys(("left-anterior-superior", "las"), (-1.0, 1.0, 1.0)),
+               **dict.fromkeys(("left-posterior-superior", "lps"), (-1.0, -1.0, 1.0))}
+
+
 def read_seg_nrrd(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[str, tuple[int, int, int]]]]:
     """(labels on the file's grid, 4x4 voxel -> RAS affine, ``{label value: (name, (r, g, b))}``) of a
-    ``.seg.nrrd`` with one label layer."""
+    ``.seg.nrrd`` with one label layer in one of NRRD's 3D anatomical spaces (:data:`NRRD_SPACES`); anything else
+    (several layers, another space) is a ValueError naming the file."""
     nrrd = require_pynrrd()
     data, header = nrrd.read(str(path), index_order="F")
+    space = str(header.get("space", "")).lower()
+    if space not in NRRD_SPACES:
+        raise ValueError(f"{path}: NRRD space {header.get('space')!r}: expected one of {sorted(NRRD_SPACES)}")
+    if data.ndim != 3:
+        raise ValueError(f"{path}: a label volume of shape {data.shape}: expected one 3D label layer")
     directions = np.asarray(header["space directions"], np.float64).T
     origin = np.asarray(header["space origin"], np.float64)
-    to_ras = np.diag([-1.0, -1.0, 1.0]) if header.get("space") == "left-posterior-superior" else np.eye(3)
+    to_ras = np.diag(NRRD_SPACES[space])
     affine = np.eye(4)
     affine[:3, :3], affine[:3, 3] = to_ras @ directions, to_ras @ origin
     segments = {}

@@ -32,6 +32,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -67,6 +68,19 @@ class VolumeError(ValueError):
     """A volume could not be read, written or is not a valid 3D image."""
 
 
+class NiftiXforms(NamedTuple):
+    """A source NIfTI's two orientation fields as the file stores them (nibabel's ``get_qform`` / ``get_sform`` with
+    ``coded=True``: the matrix, None where its code is 0). Label maps on that file's grid are written with them
+    unchanged, so that every reader places the labels where it places the image: nibabel prefers the sform, ITK
+    (3D Slicer, SimpleITK) the qform, and a file whose two fields disagree or are both unset is read differently by
+    each."""
+
+    qform: np.ndarray | None
+    qform_code: int
+    sform: np.ndarray | None
+    sform_code: int
+
+
 @dataclass(frozen=True, eq=False)
 class Volume:
     """A 3D image in canonical RAS+ voxel order plus what is needed to go back to its source grid.
@@ -78,6 +92,8 @@ class Volume:
       source_affine: (4, 4) voxel -> RAS+ affine of the source grid (as in the file).
       source_shape: shape of the source grid.
       source: the path it was read from, or None.
+      source_xforms: a NIfTI source's qform and sform as stored (:class:`NiftiXforms`), written back on its label
+        maps; None for other sources.
     """
 
     array: np.ndarray
@@ -86,6 +102,7 @@ class Volume:
     source_affine: np.ndarray
     source_shape: tuple[int, int, int]
     source: str | None = None
+    source_xforms: NiftiXforms | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -120,7 +137,8 @@ def check_shape(shape: tuple[int, ...], name: str) -> None:
         raise VolumeError(f"{name}: empty image (shape {shape})")
 
 
-def _volume(data: np.ndarray, source_affine: np.ndarray, source: str | None) -> Volume:
+def _volume(data: np.ndarray, source_affine: np.ndarray, source: str | None,
+            xforms: NiftiXforms | None = None) -> Volume:
     """Validates source-grid ``data`` (3D, or 2D/4D with singleton dims) and builds a Volume."""
     name = source or "array"
     data = np.asarray(data)
@@ -153,6 +171,7 @@ def _volume(data: np.ndarray, source_affine: np.ndarray, source: str | None) -> 
         source_affine=source_affine,
         source_shape=tuple(data.shape),
         source=source,
+        source_xforms=xforms,
     )
 
 
@@ -365,12 +384,14 @@ def _load_nifti(p: Path) -> Volume:
         if scaled or not np.issubdtype(data.dtype, np.integer):
             data = np.asarray(data, dtype=np.float32)
         affine = img.affine
+        header = img.header
+        xforms = NiftiXforms(*header.get_qform(coded=True), *header.get_sform(coded=True))
     except MemoryError:
         raise VolumeError(f"{p}: not enough memory to load {img.shape} voxels of {img.get_data_dtype()} "
                           f"({_human_bytes(math.prod(img.shape) * 4)} as float32)") from None
     except Exception as e:
         raise VolumeError(f"{p}: cannot read NIfTI file ({type(e).__name__}: {e})") from e
-    return _volume(data, affine, str(p))
+    return _volume(data, affine, str(p), xforms)
 
 
 def _image_affine(spacing: tuple[float, float, float]) -> np.ndarray:
@@ -526,6 +547,13 @@ def _series_items(folder: Path, pick: Path | None = None) -> tuple[list, np.ndar
                 f"{dist[i + 1]:.3f} mm) where {step:.3f} mm was expected: missing slice(s)?"
             )
         slice_vec = (pos[-1] - pos[0]) / (len(items) - 1)
+        off = np.linalg.norm(pos - (pos[0] + np.arange(len(items))[:, None] * slice_vec), axis=1)
+        if off.max() > 0.01 * np.linalg.norm(slice_vec) + 1e-3:
+            i = int(np.argmax(off))
+            raise VolumeError(
+                f"{items[i][0]}: ImagePositionPatient {pos[i].round(3).tolist()} lies {off[i]:.3f} mm off the line "
+                f"through the series' first and last slices ({folder}); expected the slices of one regular grid"
+            )
     else:
         ds = items[0][1]
         thickness = float(ds.get("SpacingBetweenSlices", None) or ds.get("SliceThickness", None) or 1.0)
@@ -534,6 +562,11 @@ def _series_items(folder: Path, pick: Path | None = None) -> tuple[list, np.ndar
     if "PixelSpacing" not in items[0][1]:
         raise VolumeError(f"{items[0][0]}: no PixelSpacing; expected a CT/MR image series")
     dr, dc = (float(v) for v in items[0][1].PixelSpacing)  # row spacing, column spacing
+    for f, ds in items[1:]:
+        spacing = [float(v) for v in ds.get("PixelSpacing", None) or ()]
+        if len(spacing) != 2 or not np.allclose(spacing, (dr, dc), rtol=1e-4, atol=1e-6):
+            raise VolumeError(f"{f}: PixelSpacing {spacing or 'missing'} differs from the first slice's "
+                              f"{[dr, dc]} in {folder}; expected one pixel grid for the whole series")
     lps = np.eye(4)
     lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row_dir * dc, col_dir * dr, slice_vec, pos[0]
     return items, lps, pos
@@ -668,13 +701,30 @@ def check_png_output(image: str | os.PathLike, out: str | os.PathLike) -> None:
 
 
 def source_nifti(array: np.ndarray, like: Volume) -> nib.Nifti1Image:
-    """(X, Y, Z) ``array`` on ``like``'s canonical grid as a NIfTI image on ``like``'s SOURCE grid, with
-    exactly ``like.source_affine`` (sform and qform) and mm units: it overlays the source in any viewer."""
+    """(X, Y, Z) ``array`` on ``like``'s canonical grid as a NIfTI image on ``like``'s SOURCE grid, in mm units,
+    that overlays the source in any viewer. A NIfTI source's qform and sform are copied as stored, codes included
+    (``like.source_xforms``); otherwise both are ``like.source_affine`` with code 1 (scanner), except that a sheared
+    affine (a gantry-tilted DICOM series) leaves the qform unset (code 0): a qform cannot hold a shear, and nibabel
+    would store the nearest unsheared grid there, which ITK-based readers would then use."""
     img = nib.Nifti1Image(like.to_source(array), like.source_affine)
-    img.set_sform(like.source_affine, code=1)
-    img.set_qform(like.source_affine, code=1)
+    xforms = like.source_xforms
+    if xforms is not None:
+        img.set_sform(xforms.sform, code=xforms.sform_code)
+        img.set_qform(xforms.qform, code=xforms.qform_code)
+    else:
+        img.set_sform(like.source_affine, code=1)
+        if _sheared(like.source_affine):
+            img.set_qform(None, code=0)
+        else:
+            img.set_qform(like.source_affine, code=1)
     img.header.set_xyzt_units("mm")
     return img
+
+
+def _sheared(affine: np.ndarray) -> bool:
+    """Whether the voxel axes of ``affine`` are not mutually perpendicular (beyond rounding)."""
+    axes = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    return bool(np.abs(axes.T @ axes - np.eye(3)).max() > 1e-5)
 
 
 def save_image(volume: Volume, path: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -67,3 +67,28 @@ def test_seg_nrrd_round_trip_keeps_grid_names_and_colours(tmp_path):
     with pytest.raises(ExportError, match=r"bad\.seg\.nrrd: labels: a label map must hold integer ids"):
         write_seg_nrrd(labels * 0.5, volume, tmp_path / "bad.seg.nrrd", CLASSES)  # 3.5 would become 3
     assert not (tmp_path / "bad.seg.nrrd").exists()
+
+
+@pytest.mark.parametrize("space, signs", [("LPS", (-1, -1, 1)), ("left-anterior-superior", (-1, 1, 1)),
+                                          ("RAS", (1, 1, 1)), ("right-anterior-superior", (1, 1, 1))])
+def test_seg_nrrd_in_any_anatomical_space_reads_to_ras(tmp_path, space, signs):
+    """NRRD names its spaces long or short ("LPS"); each must flip the axes it says, not only the long LPS name."""
+    nrrd = pytest.importorskip("nrrd")
+    header = {"space": space, "space directions": np.diag([0.5, 0.7, 2.0]), "space origin": np.array([10.0, 20.0, 30.0])}
+    nrrd.write(str(tmp_path / "a.seg.nrrd"), np.zeros((3, 4, 5), np.uint8), header, index_order="F")
+    _, affine, _ = read_seg_nrrd(tmp_path / "a.seg.nrrd")
+    np.testing.assert_allclose(affine[:3, 3], np.multiply(signs, (10.0, 20.0, 30.0)))
+    np.testing.assert_allclose(affine[:3, :3], np.diag(np.multiply(signs, (0.5, 0.7, 2.0))))
+
+
+def test_seg_nrrd_outside_what_is_read_is_an_error(tmp_path):
+    nrrd = pytest.importorskip("nrrd")
+    header = {"space": "scanner-xyz", "space directions": np.eye(3), "space origin": np.zeros(3)}
+    nrrd.write(str(tmp_path / "scanner.seg.nrrd"), np.zeros((3, 4, 5), np.uint8), header, index_order="F")
+    with pytest.raises(ValueError, match=r"scanner\.seg\.nrrd: NRRD space 'scanner-xyz': expected one of"):
+        read_seg_nrrd(tmp_path / "scanner.seg.nrrd")
+    header = {"space": "LPS", "space directions": np.vstack([np.full(3, np.nan), np.eye(3)]), "space origin": np.zeros(3),
+              "kinds": ["list", "domain", "domain", "domain"]}
+    nrrd.write(str(tmp_path / "layers.seg.nrrd"), np.zeros((2, 3, 4, 5), np.uint8), header, index_order="F")
+    with pytest.raises(ValueError, match=r"layers\.seg\.nrrd: a label volume of shape \(2, 3, 4, 5\)"):
+        read_seg_nrrd(tmp_path / "layers.seg.nrrd")

@@ -103,6 +103,58 @@ def test_save_labels_int16_plain_nii_and_leaves_no_temp(tmp_path):
     assert np.asarray(nib.load(out).dataobj).min() == 1
 
 
+def _xforms(path):
+    header = nib.load(path).header
+    return header.get_qform(coded=True), header.get_sform(coded=True)
+
+
+def _assert_same_xforms(a, b):
+    for (matrix_a, code_a), (matrix_b, code_b) in zip(a, b):
+        assert code_a == code_b
+        assert (matrix_a is None) == (matrix_b is None)
+        if matrix_a is not None:
+            np.testing.assert_allclose(matrix_a, matrix_b, atol=1e-5)
+
+
+def test_label_maps_keep_a_nifti_sources_qform_and_sform(tmp_path):
+    """ITK-based viewers read the qform, nibabel the sform: a label map written with one matrix in both would land
+    elsewhere than its image in one of them whenever the source's two fields disagree or are unset."""
+    data = np.zeros((6, 7, 8), np.int16)
+    data[2, 3, 4] = 100
+    qform, sform = np.eye(4), np.diag([1.0, 1.0, 2.0, 1.0])
+    qform[:3, 3], sform[:3, 3] = (-5, -5, -5), (10, 20, 30)
+    disagree = nib.Nifti1Image(data, None)
+    disagree.set_qform(qform, code=1)
+    disagree.set_sform(sform, code=2)
+    unset = nib.Nifti1Image(data, None)  # both codes 0: readers fall back to the voxel sizes
+    unset.header.set_zooms((2.0, 3.0, 4.0))
+    for name, img in (("disagree", disagree), ("unset", unset)):
+        nib.save(img, tmp_path / f"{name}.nii.gz")
+        vol = load_volume(tmp_path / f"{name}.nii.gz")
+        out = save_labels((vol.array > 0).astype(np.uint8), vol, tmp_path / f"{name}_labels.nii.gz")
+        _assert_same_xforms(_xforms(out), _xforms(tmp_path / f"{name}.nii.gz"))
+        again = load_volume(out)
+        np.testing.assert_allclose(again.source_affine, vol.source_affine, atol=1e-6)
+        np.testing.assert_array_equal(again.array, vol.array > 0)
+
+
+def test_a_sheared_grid_leaves_the_qform_unset():
+    """A qform cannot hold a shear (a gantry-tilted series): nibabel would store the nearest unsheared grid, up to
+    centimetres off at the far corner of a CT; the label map carries the affine in its sform alone."""
+    from fewsam_jax.io import source_nifti
+
+    sheared = np.diag([0.7, 0.7, 2.5, 1.0])
+    sheared[1, 2] = 2.5 * np.tan(np.radians(20))
+    vol = from_array(np.zeros((4, 5, 6), np.float32), affine=sheared)
+    header = source_nifti(np.zeros(vol.shape, np.uint8), vol).header
+    assert header.get_qform(coded=True)[1] == 0
+    sform, code = header.get_sform(coded=True)
+    assert code == 1
+    np.testing.assert_allclose(sform, sheared, atol=1e-6)
+    header = source_nifti(np.zeros(vol.shape, np.uint8), from_array(np.zeros((4, 5, 6)), affine=AFFINES["LPS"])).header
+    assert header.get_qform(coded=True)[1] == 1  # an unsheared grid keeps both
+
+
 def test_save_labels_is_atomic(tmp_path, monkeypatch):
     vol = from_array(np.zeros((3, 4, 5), np.float32))
     final = tmp_path / "lab.nii.gz"

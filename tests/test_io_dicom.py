@@ -6,10 +6,10 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from helpers import write_dicom_slice
 from pydicom.uid import generate_uid
 
 from fewsam_jax.io import VolumeError, get_slices, load_volume, save_labels
-from helpers import write_dicom_slice
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -80,6 +80,30 @@ def test_missing_slice_error(tmp_path):
     by_z[2].unlink()
     with pytest.raises(VolumeError, match=r"s: non-uniform slice spacing, gap of 4\.000 mm .* where 2\.000 mm was expected: missing slice"):
         load_volume(tmp_path / "s")
+
+
+def test_pixel_spacing_that_changes_within_the_series_is_an_error(tmp_path):
+    """Only the first slice's PixelSpacing builds the grid: slices with another would get labels at the wrong scale."""
+    _series(tmp_path / "s", n=5, spacing=lambda k: (0.7, 0.9) if k < 2 else (1.4, 1.8))
+    with pytest.raises(VolumeError, match=r"PixelSpacing \[1\.4, 1\.8\] differs from the first slice's \[0\.7, 0\.9\]"):
+        load_volume(tmp_path / "s")
+
+
+def test_slices_off_one_line_are_an_error_and_a_tilted_line_is_a_grid(tmp_path):
+    """Positions must lie on one line (the grid's slice axis); a line slanted against the normal, as from a tilted
+    gantry, is a regular (sheared) grid."""
+    (tmp_path / "zig").mkdir()
+    for k, x in enumerate((0, 10, 0, 10, 0)):  # spaced evenly along the normal, zig-zagging in x
+        write_dicom_slice(tmp_path / "zig" / f"im{k}", np.zeros((4, 5)), (-20.0 + x, 30.0, 40.0 + 2.5 * k), AXIAL,
+                          "1.2.3")
+    with pytest.raises(VolumeError, match=r"im1: ImagePositionPatient .* lies .* mm off the line through the series"):
+        load_volume(tmp_path / "zig")
+    (tmp_path / "tilt").mkdir()
+    for k in range(5):  # each slice 0.9 mm further along y: a 20-degree tilt of a 2.5 mm step
+        write_dicom_slice(tmp_path / "tilt" / f"im{k}", np.zeros((4, 5)), (-20.0, 30.0 + 0.91 * k, 40.0 + 2.5 * k),
+                          AXIAL, "1.2.4")
+    vol = load_volume(tmp_path / "tilt")
+    np.testing.assert_allclose(vol.source_affine[:3, 2], [0.0, -0.91, 2.5], atol=1e-6)  # RAS: y flips sign
 
 
 def test_duplicate_position_error(tmp_path):
