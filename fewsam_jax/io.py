@@ -149,10 +149,13 @@ def _volume(data: np.ndarray, source_affine: np.ndarray, source: str | None,
     elif not np.issubdtype(data.dtype, np.integer):
         if not np.issubdtype(data.dtype, np.floating):
             raise VolumeError(f"{name}: unsupported voxel dtype {data.dtype}; expected numbers")
-        data = data.astype(np.float32, copy=False)
         bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
         if bad:
             raise VolumeError(f"{name}: {bad} voxels are NaN or Inf; expected finite intensities")
+        data = data.astype(np.float32, copy=False)
+        if not np.isfinite(data).all():  # finite in float64, beyond float32's range
+            raise VolumeError(f"{name}: intensities beyond float32's range (|value| > 3.4e38); expected "
+                              "finite float32 intensities")
     source_affine = np.asarray(source_affine, dtype=np.float64)
     if (
         source_affine.shape != (4, 4)
@@ -185,7 +188,9 @@ def from_array(
     Args:
       array: (X, Y, Z) voxels; or (H, W) an image (read like a PNG, see module doc).
       spacing: voxel size in mm (default 1 mm); used when ``affine`` is None: the array is
-        then taken to be in canonical RAS+ order already (image: as described for PNGs).
+        then taken to be in canonical RAS+ order already (image: as described for PNGs), so it is
+        ordered (X, Y, Z): for an (H, W) image (column spacing, row spacing, slice thickness), the
+        reverse of DICOM's PixelSpacing (row, column).
       affine: (4, 4) voxel -> RAS+ affine of ``array``; the array is reoriented to canonical.
         If ``spacing`` is also given it must match the affine's voxel sizes.
     """

@@ -349,6 +349,8 @@ def test_non_finite_voxels(tmp_path):
         load_volume(_nifti(tmp_path / "nan.nii.gz", data))
     with pytest.raises(VolumeError, match="array: 2 voxels are NaN or Inf"):
         from_array(data)
+    with pytest.raises(VolumeError, match="array: intensities beyond float32's range"):
+        from_array(np.full((3, 3, 3), 1e39))
 
 
 def test_4d(tmp_path):
