@@ -152,7 +152,8 @@ def _volume(data: np.ndarray, source_affine: np.ndarray, source: str | None,
         bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
         if bad:
             raise VolumeError(f"{name}: {bad} voxels are NaN or Inf; expected finite intensities")
-        data = data.astype(np.float32, copy=False)
+        with np.errstate(over="ignore"):
+            data = data.astype(np.float32, copy=False)
         if not np.isfinite(data).all():  # finite in float64, beyond float32's range
             raise VolumeError(f"{name}: intensities beyond float32's range (|value| > 3.4e38); expected "
                               "finite float32 intensities")
