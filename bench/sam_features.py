@@ -223,7 +223,8 @@ def main() -> None:
     sam = load_model("litemedsam")
     out = RESULTS_DIR / "sam_features.json"
     report = json.loads(out.read_text()) if out.exists() else {"rows": []}
-    key = lambda r: (str(r["levels"]), r["components"], r.get("source") if r["levels"] else None, r.get("axis", 2),
+    key = lambda r: (str(r["levels"]), r["components"], (r.get("source") or "embedding") if r["levels"] else None,
+                     r.get("axis", 2),
                      r["positive_slices"], r["draw"], r["seed"])
     for shots in args.shots:
         for draw in args.draws:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import colorsys
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -26,6 +27,8 @@ import numpy as np
 
 from fewsam_jax.metrics import integer_labels
 from fewsam_jax.outputs import FewSamError, check_output_file, write_file, write_text
+
+log = logging.getLogger(__name__)
 from fewsam_jax.provenance import LIBRARY, NRRD_WRITER_FIELD, itksnap_mark, json_mark
 
 # distinct, saturated colours for the first classes; later ones step round the hue circle
@@ -168,6 +171,12 @@ def write_seg_nrrd(labels: np.ndarray, like, path: str | os.PathLike, classes: M
     data = like.to_source(labels).astype(np.uint8)
     ras_to_lps = np.diag([-1.0, -1.0, 1.0])
     affine = np.asarray(like.source_affine, np.float64)
+    xforms = getattr(like, "source_xforms", None)
+    if xforms is not None and xforms.qform_code > 0 and xforms.sform_code > 0 and not np.allclose(
+            xforms.qform, xforms.sform, atol=1e-3):
+        log.warning("%s: %s's qform and sform place the image differently; the segmentation follows the sform "
+                    "(as nibabel reads it), so a viewer that shows the image at its qform shows the two apart",
+                    path, like.source)
     header = {
         "type": "unsigned char",
         "space": "left-posterior-superior",

@@ -92,3 +92,17 @@ def test_seg_nrrd_outside_what_is_read_is_an_error(tmp_path):
     nrrd.write(str(tmp_path / "layers.seg.nrrd"), np.zeros((2, 3, 4, 5), np.uint8), header, index_order="F")
     with pytest.raises(ValueError, match=r"layers\.seg\.nrrd: a label volume of shape \(2, 3, 4, 5\)"):
         read_seg_nrrd(tmp_path / "layers.seg.nrrd")
+
+
+def test_seg_nrrd_warns_when_the_images_qform_and_sform_disagree(tmp_path, caplog):
+    pytest.importorskip("nrrd")
+    img = nib.Nifti1Image(np.zeros((3, 4, 5), np.float32), None)
+    qform, sform = np.eye(4), np.eye(4)
+    qform[:3, 3], sform[:3, 3] = (-5, -5, -5), (10, 20, 30)
+    img.set_qform(qform, code=1)
+    img.set_sform(sform, code=2)
+    nib.save(img, tmp_path / "img.nii.gz")
+    volume = load_volume(tmp_path / "img.nii.gz")
+    with caplog.at_level("WARNING", logger="fewsam_jax.export"):
+        write_seg_nrrd(np.zeros(volume.shape, np.uint8), volume, tmp_path / "img.seg.nrrd", CLASSES)
+    assert "img.nii.gz's qform and sform place the image differently" in caplog.text

@@ -351,6 +351,8 @@ def test_non_finite_voxels(tmp_path):
         from_array(data)
     with pytest.raises(VolumeError, match="array: intensities beyond float32's range"):
         from_array(np.full((3, 3, 3), 1e39))
+    with pytest.raises(VolumeError, match="big.nii.gz: intensities beyond float32's range"):
+        load_volume(_nifti(tmp_path / "big.nii.gz", np.full((3, 3, 3), 1e39)))
 
 
 def test_4d(tmp_path):
