@@ -589,7 +589,8 @@ def _pixel_spacing(ds) -> list[float]:
     value = ds.get("PixelSpacing", None)
     if value is None or value == "":
         return []
-    return [float(v) for v in value] if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [float(value)]
+    several = isinstance(value, (list, tuple, pydicom.multival.MultiValue))
+    return [float(v) for v in value] if several else [float(value)]
 
 
 def dicom_series_files(path: str | os.PathLike) -> list[Path]:
