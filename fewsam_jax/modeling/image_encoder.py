@@ -60,7 +60,10 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: jax.Array) -> jax.Array:
     return rel_pos[index.astype(np.int64)]
 
 
-SCORES_BLOCK_BYTES = 16 * 2**20
+# The largest score block: under glibc's largest dynamic mmap threshold (32 MiB), so blocks are recycled from the
+# heap rather than mapped and page-faulted afresh; ViT-B's global blocks get 128 queries a block, 8% faster at
+# batch 1 than 16 MiB's 64 (bench/RESULTS.md, "Encoder throughput: what bounds JAX").
+SCORES_BLOCK_BYTES = 28 * 2**20
 
 
 def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array,
