@@ -730,6 +730,10 @@ def source_nifti(array: np.ndarray, like: Volume) -> nib.Nifti1Image:
     centimetres off; without it they refuse the file (ITK reads no sheared grid), nibabel-based ones read it right."""
     img = nib.Nifti1Image(like.to_source(array), like.source_affine)
     xforms = like.source_xforms
+    if xforms is not None:  # the fields nibabel took the affine from must still be the volume's (not a derived grid)
+        stored = xforms.sform if xforms.sform_code > 0 else xforms.qform if xforms.qform_code > 0 else None
+        if stored is not None and not np.allclose(stored, like.source_affine, atol=1e-4):
+            xforms = None
     if xforms is not None:
         img.set_sform(xforms.sform, code=xforms.sform_code)
         img.set_qform(xforms.qform, code=xforms.qform_code)

@@ -137,6 +137,17 @@ def test_label_maps_keep_a_nifti_sources_qform_and_sform(tmp_path):
         np.testing.assert_allclose(again.source_affine, vol.source_affine, atol=1e-6)
         np.testing.assert_array_equal(again.array, vol.array > 0)
 
+    # a volume derived on another grid (here: shifted) does not take the file's fields along
+    import dataclasses
+
+    from fewsam_jax.io import source_nifti
+
+    vol = load_volume(tmp_path / "disagree.nii.gz")
+    shifted = vol.source_affine + np.array([[0, 0, 0, 7.0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    header = source_nifti(np.zeros(vol.shape, np.uint8), dataclasses.replace(vol, source_affine=shifted)).header
+    assert header.get_qform(coded=True)[1] == header.get_sform(coded=True)[1] == 1
+    np.testing.assert_allclose(header.get_sform(), shifted, atol=1e-6)
+
 
 def test_a_sheared_grid_leaves_the_qform_unset():
     """A qform cannot hold a shear (a gantry-tilted series): nibabel would store the nearest unsheared grid, up to
