@@ -224,8 +224,7 @@ def main() -> None:
     out = RESULTS_DIR / "sam_features.json"
     report = json.loads(out.read_text()) if out.exists() else {"rows": []}
     key = lambda r: (str(r["levels"]), r["components"], (r.get("source") or "embedding") if r["levels"] else None,
-                     r.get("axis", 2),
-                     r["positive_slices"], r["draw"], r["seed"])
+                     r.get("axis", 2), r["positive_slices"], r["draw"], r["seed"])
     for shots in args.shots:
         for draw in args.draws:
             for seed in args.seeds:

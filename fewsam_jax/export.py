@@ -27,9 +27,9 @@ import numpy as np
 
 from fewsam_jax.metrics import integer_labels
 from fewsam_jax.outputs import FewSamError, check_output_file, write_file, write_text
+from fewsam_jax.provenance import LIBRARY, NRRD_WRITER_FIELD, itksnap_mark, json_mark
 
 log = logging.getLogger(__name__)
-from fewsam_jax.provenance import LIBRARY, NRRD_WRITER_FIELD, itksnap_mark, json_mark
 
 # distinct, saturated colours for the first classes; later ones step round the hue circle
 _PALETTE = [(230, 60, 50), (60, 160, 70), (50, 110, 220), (245, 190, 30), (150, 80, 200), (30, 190, 200),

@@ -568,9 +568,9 @@ def _series_items(folder: Path, pick: Path | None = None) -> tuple[list, np.ndar
         thickness = float(ds.get("SpacingBetweenSlices", None) or ds.get("SliceThickness", None) or 1.0)
         slice_vec = normal * thickness
 
-    if "PixelSpacing" not in items[0][1]:
-        raise VolumeError(f"{items[0][0]}: no PixelSpacing; expected a CT/MR image series")
     first = _pixel_spacing(items[0][1])
+    if not first:
+        raise VolumeError(f"{items[0][0]}: no PixelSpacing; expected a CT/MR image series")
     if len(first) != 2 or min(first) <= 0:
         raise VolumeError(f"{items[0][0]}: PixelSpacing {first}: expected two positive numbers (row, column) in mm")
     dr, dc = first  # row spacing, column spacing

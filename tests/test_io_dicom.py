@@ -87,6 +87,9 @@ def test_pixel_spacing_that_changes_within_the_series_is_an_error(tmp_path):
     _series(tmp_path / "s", n=5, spacing=lambda k: (0.7, 0.9) if k < 2 else (1.4, 1.8))
     with pytest.raises(VolumeError, match=r"PixelSpacing \[1\.4, 1\.8\] differs from the first slice's \[0\.7, 0\.9\]"):
         load_volume(tmp_path / "s")
+    _series(tmp_path / "none", n=3, spacing=())
+    with pytest.raises(VolumeError, match=r"no PixelSpacing; expected a CT/MR image series"):
+        load_volume(tmp_path / "none")
     _series(tmp_path / "one", n=3, spacing=(0.7,))
     with pytest.raises(VolumeError, match=r"PixelSpacing \[0\.7\]: expected two positive numbers \(row, column\)"):
         load_volume(tmp_path / "one")
