@@ -6,14 +6,17 @@ reads the cache.
 Layout (root: ``$FEWSAM_HOME/embeddings`` by default)::
 
     root/<model>/<key>/            a zarr group, one entry per (volume, model, preprocessing)
-        embeddings                 (N, E, E, C), one chunk per slice: float16, or uint8 codes (q8/q6/q4)
+        embeddings                 (N, E, E, C), one chunk per slice: float16, or uint8 codes (q8/q6/q5/q4;
+                                   stored as planar-prediction residuals in entries whose meta.json says
+                                   ``"coding": "planar"``)
         low, scale                 (N, C) float32, one chunk per slice: the codes' per-channel offsets and
                                    steps (quantized storages only)
         checksums                  (N,) uint32 CRC-32 of each slice's stored bytes (codes, low, scale)
         done                       (N,) bool, one chunk per slice, set AFTER the slice's chunk and checksum
-        stage_inputs               optional: (N, E, E, D) float16 whatever the storage, one chunk per slice, a
-                                   staged (TinyViT) encoder's last-stage inputs
-                                   (:mod:`fewsam_jax.modeling.encoder_stage`)
+        stage_inputs               optional: (N, E, E, D), one chunk per slice, a staged (TinyViT) encoder's
+                                   last-stage inputs (:mod:`fewsam_jax.modeling.encoder_stage`), stored as
+                                   meta.json's ``stage_storage`` says (float16 when it is absent)
+        stage_low, stage_scale     (N, D) float32: their offsets and steps (a quantized ``stage_storage`` only)
         stage_checksums, stage_done  (N,) their CRC-32 and done flags, kept as for the embeddings
         meta.json                  storage, slice shape, axis, source, intensity, model, created (written last)
     root/<model>/<key>.lock        lock file (filelock) held while the entry is written
@@ -48,10 +51,14 @@ later write to it; every storage reads back as float32:
 
 * ``float16``: uncompressed, 2 bytes a value, within half a float16 ulp (bench/RESULTS.md, "Precision and
   prompt notes");
-* ``q8`` / ``q6`` / ``q4``: per slice and channel, the values are quantized to 2**bits - 1 equal steps
-  between the channel's minimum and maximum over the slice (:func:`quantize`), one uint8 code per value,
-  zstd-compressed; the error is at most half a step, ``scale / 2`` of that slice and channel. Size, speed
-  and the masks they give: bench/RESULTS.md, "Compact embedding cache".
+* ``q8`` / ``q6`` / ``q5`` / ``q4``: per slice and channel, the values are quantized to 2**bits - 1 equal
+  steps between the channel's minimum and maximum over the slice (:func:`quantize`), one uint8 code per value,
+  zstd-compressed; the error is at most half a step, ``scale / 2`` of that slice and channel. Entries created
+  since ``q5`` store each code's difference from its planar prediction (:func:`planar_residuals`; meta.json's
+  ``"coding": "planar"``; the codes come back exactly, the maps being smooth the residuals compress ~1.3x
+  better), and store their stage inputs in the same storage (``stage_storage``); older quantized entries keep
+  plain codes and float16 stage inputs. Size, speed and the masks they give: bench/RESULTS.md, "Compact
+  embedding cache".
 
 Which storage an entry has never changes its key: a volume cached in one storage is a cache hit for a
 caller asking for another.
@@ -94,7 +101,7 @@ from fewsam_jax.preprocess import Intensity
 from fewsam_jax.weights import fewsam_home
 
 FORMAT_VERSION = 1  # part of every key: changing it orphans every existing entry
-QUANTIZED = {"q8": 8, "q6": 6, "q4": 4}  # storage -> bits per value
+QUANTIZED = {"q8": 8, "q6": 6, "q5": 5, "q4": 4}  # storage -> bits per value
 STORAGES = ("float16", *QUANTIZED)
 DEFAULT_STORAGE = "float16"
 STORAGE_ENV = "FEWSAM_CACHE_STORAGE"
@@ -103,7 +110,10 @@ _ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Sam -> {(b
 ROOT_MARKER = ".fewsam-cache"
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 STAGE_ARRAYS = ("stage_inputs", "stage_checksums", "stage_done")  # created in this order: stage_done marks them
-_ENTRY_FILES = {"zarr.json", "meta.json", "embeddings", "done", "checksums", "low", "scale", *STAGE_ARRAYS}
+STAGE_OFFSETS = ("stage_low", "stage_scale")  # a quantized stage_storage's, created before stage_done
+CODINGS = ("plain", "planar")  # how a quantized entry stores its codes (meta.json's "coding"; absent: plain)
+_ENTRY_FILES = {"zarr.json", "meta.json", "embeddings", "done", "checksums", "low", "scale", *STAGE_ARRAYS,
+                *STAGE_OFFSETS}
 _ENTRY_JSON = {"zarr.json", "meta.json"}  # the entry's files; the other names are its arrays' folders
 _MISSING = (FileNotFoundError, IsADirectoryError, NotADirectoryError)  # an entry's file absent or misplaced
 _PARTIAL = re.compile(r"^(zarr|\d+)\.[0-9a-f]{32}\.partial$")  # zarr's atomic-write temporary, left by a kill
@@ -167,12 +177,15 @@ def _is_array(path: Path, deep: bool) -> bool:
     return True
 
 
-def slice_checksum(values: np.ndarray, low: np.ndarray | None = None, scale: np.ndarray | None = None) -> int:
+def slice_checksum(values: np.ndarray, low: np.ndarray | None = None, scale: np.ndarray | None = None,
+                   coding: str = "plain") -> int:
     """CRC-32 of one slice as stored: its float16 values (little-endian), or its uint8 codes followed by
-    the float32 ``low`` and ``scale`` of a quantized storage."""
+    the float32 ``low`` and ``scale`` of a quantized storage. A ``planar`` entry's CRC starts from that of
+    ``b"planar"``: a library version older than the coding, which would take the residuals for codes, finds such a
+    slice corrupt (and re-encodes it) instead of reading wrong values."""
     if low is None:
         return zlib.crc32(np.ascontiguousarray(values, dtype="<f2"))
-    crc = zlib.crc32(np.ascontiguousarray(values, dtype=np.uint8))
+    crc = zlib.crc32(np.ascontiguousarray(values, dtype=np.uint8), zlib.crc32(b"planar") if coding == "planar" else 0)
     crc = zlib.crc32(np.ascontiguousarray(low, dtype="<f4"), crc)
     return zlib.crc32(np.ascontiguousarray(scale, dtype="<f4"), crc)
 
@@ -203,6 +216,26 @@ def quantize(values: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.
 def dequantize(codes: np.ndarray, low: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """``low + codes * scale`` as float32, shape of ``codes`` (the inverse of :func:`quantize`)."""
     return low + codes.astype(np.float32) * scale
+
+
+def planar_residuals(codes: np.ndarray, bits: int) -> np.ndarray:
+    """One slice's codes (E, E, C) -> what a ``planar`` entry stores (E, E, C) uint8: each code minus its planar
+    prediction (the code to its left plus the one above minus the one above-left, 0 outside the grid), modulo
+    ``2**bits``. Neighbouring cells of an embedding map are close, so the residuals cluster near 0 and compress
+    better than the codes (bench/RESULTS.md, "Compact embedding cache"); :func:`planar_codes` inverts it exactly."""
+    x = np.asarray(codes).astype(np.int16)
+    r = x.copy()
+    r[1:] -= x[:-1]
+    r[:, 1:] -= x[:, :-1]
+    r[1:, 1:] += x[:-1, :-1]
+    return (r % (1 << bits)).astype(np.uint8)
+
+
+def planar_codes(residuals: np.ndarray, bits: int) -> np.ndarray:
+    """The inverse of :func:`planar_residuals`: the codes (E, E, C) uint8 are the residuals' cumulative sums over
+    both grid axes, modulo ``2**bits``."""
+    total = np.cumsum(np.cumsum(residuals, axis=0, dtype=np.int32), axis=1)
+    return (total % (1 << bits)).astype(np.uint8)
 
 
 def default_root() -> Path:
@@ -268,7 +301,9 @@ class CachedEmbeddings:
 
     Attributes:
       key: the entry's content key; ``path``: its directory; ``meta``: the contents of meta.json.
-      storage: how the slices are stored (:data:`STORAGES`; ``float16`` for entries older than the option).
+      storage: how the slices are stored (:data:`STORAGES`; ``float16`` for entries older than the option);
+        ``stage_storage``: how their last-stage inputs are (float16 unless a quantized entry made since ``q5``);
+        ``coding``: how a quantized storage lays out its codes (:data:`CODINGS`).
       num_slices: N; ``slice_shape``: (H, W) of the encoded slices; ``axis``: the slicing axis.
       computed: indices of the slices encoded by the :func:`embed_volume` call that returned it;
         ``stage_computed``: those whose last-stage inputs it stored.
@@ -285,9 +320,16 @@ class CachedEmbeddings:
             self._embeddings, self._done = group["embeddings"], group["done"]
             self._checksums = group["checksums"] if "checksums" in group else None  # None: written before checksums
             self.storage = check_storage(self.meta.get("storage", "float16"))
+            self.stage_storage = check_storage(self.meta.get("stage_storage", "float16"))
+            self.coding = self.meta.get("coding", "plain")
+            if self.coding not in CODINGS:
+                raise ValueError(f"unknown coding {self.coding!r}")
             self._low, self._scale = (group["low"], group["scale"]) if self.storage in QUANTIZED else (None, None)
             stage = [group[name] for name in STAGE_ARRAYS] if STAGE_ARRAYS[-1] in group else [None] * 3
             self._stage_inputs, self._stage_checksums, self._stage_done = stage
+            self._stage_low, self._stage_scale = (
+                (group["stage_low"], group["stage_scale"]) if stage[-1] is not None and self.stage_storage in QUANTIZED
+                else (None, None))
             self.key = self.meta["key"]
             self.num_slices = int(self.meta["num_slices"])
             self.slice_shape = tuple(self.meta["slice_shape"])
@@ -297,7 +339,8 @@ class CachedEmbeddings:
             raise CacheCorruptionError(f"{self.path}: damaged cache entry ({type(err).__name__}: {err}); "
                                        "embed_volume (or `fewsam embed`) rebuilds it") from None
         arrays = [a for a in (self._embeddings, self._done, self._checksums, self._low, self._scale,
-                              self._stage_inputs, self._stage_checksums, self._stage_done) if a is not None]
+                              self._stage_inputs, self._stage_checksums, self._stage_done, self._stage_low,
+                              self._stage_scale) if a is not None]
         if any(a.shape[0] != self.num_slices for a in arrays):
             raise CacheCorruptionError(f"{self.path}: arrays do not hold {self.num_slices} slices as meta.json says; "
                                        "embed_volume (or `fewsam embed`) rebuilds it")
@@ -350,15 +393,21 @@ class CachedEmbeddings:
                     _raise_if_io(err)
             return flags
 
+    def _arrays(self, stage: bool) -> tuple:
+        """(values, checksums, done, low, scale, bits) of the embeddings, or with ``stage`` of the stage inputs;
+        low, scale and bits are None unless that array is quantized."""
+        if stage:
+            arrays = (self._stage_inputs, self._stage_checksums, self._stage_done, self._stage_low, self._stage_scale)
+            return *arrays, QUANTIZED.get(self.stage_storage)
+        return self._embeddings, self._checksums, self._done, self._low, self._scale, QUANTIZED.get(self.storage)
+
     def _read_slice(self, index: int, stage: bool = False) -> tuple[np.ndarray | None, str | None]:
         """One stored slice (E, E, C) (float16, or float32 from a quantized storage), or with ``stage`` its
-        float16 last-stage input (E, E, D), and None; or None and what is wrong with it."""
-        stored, checksums = ((self._stage_inputs, self._stage_checksums) if stage
-                             else (self._embeddings, self._checksums))
-        low = None if stage else self._low
+        last-stage input (E, E, D) likewise, and None; or None and what is wrong with it."""
+        stored, checksums, _, low, scale, bits = self._arrays(stage)
         try:
             values = np.asarray(stored[index])
-            offsets = (np.asarray(low[index]), np.asarray(self._scale[index])) if low is not None else ()
+            offsets = (np.asarray(low[index]), np.asarray(scale[index])) if low is not None else ()
         except Exception as err:  # a truncated chunk fails to decode
             _raise_if_io(err)
             return None, f"unreadable chunk ({type(err).__name__})"
@@ -368,13 +417,16 @@ class CachedEmbeddings:
             except Exception as err:
                 _raise_if_io(err)
                 return None, f"unreadable checksum ({type(err).__name__})"
-            if slice_checksum(values, *offsets) != expected:
+            if slice_checksum(values, *offsets, coding=self.coding) != expected:
                 return None, "checksum mismatch (corrupt or missing chunk)"
         elif not np.isfinite(values).all():
             return None, "non-finite values"
         elif not values.any():
             return None, "all zeros (missing chunk)"
-        return (dequantize(values, *offsets) if offsets else values), None
+        if not offsets:
+            return values, None
+        codes = planar_codes(values, bits) if self.coding == "planar" else values
+        return dequantize(codes, *offsets), None
 
     def verify(self, indices=None, stage: bool = False) -> dict[int, str]:
         """{slice: problem} for the stored slices among ``indices`` (default: all) that fail verification (with
@@ -434,27 +486,27 @@ class CachedEmbeddings:
 
     def _write(self, indices: np.ndarray, embeddings: np.ndarray, stage: bool = False) -> None:
         """Store ``embeddings`` (n, E, E, C) as slices ``indices`` in this entry's storage (with ``stage``:
-        last-stage inputs (n, E, E, D), float16)."""
+        last-stage inputs (n, E, E, D), in its ``stage_storage``)."""
         indices = [int(i) for i in np.atleast_1d(indices)]
-        if self.storage in QUANTIZED and not stage:
-            stored = [quantize(v, QUANTIZED[self.storage]) for v in np.asarray(embeddings)]
+        target, checksums, done, low, scale, bits = self._arrays(stage)
+        if bits is not None:
+            stored = [quantize(v, bits) for v in np.asarray(embeddings)]
+            if self.coding == "planar":
+                stored = [(planar_residuals(codes, bits), *offsets) for codes, *offsets in stored]
         else:
             values = np.asarray(embeddings).astype(np.float16)
             if not np.isfinite(values).all():
                 raise ValueError(f"{self.path}: {'stage inputs' if stage else 'embeddings'} overflow float16 "
                                  "(|value| > 65504)")
             stored = [(v,) for v in values]
-        target, checksums, done = ((self._stage_inputs, self._stage_checksums, self._stage_done) if stage
-                                   else (self._embeddings, self._checksums, self._done))
-        low = None if stage else self._low
         # one whole chunk per assignment: zarr then never reads the old chunk, which may be damaged
         for i, arrays in zip(indices, stored):
             target[i] = arrays[0]
             if low is not None:
-                low[i], self._scale[i] = arrays[1], arrays[2]
+                low[i], scale[i] = arrays[1], arrays[2]
         if checksums is not None:
             for i, arrays in zip(indices, stored):
-                checksums[i] = np.uint32(slice_checksum(*arrays))
+                checksums[i] = np.uint32(slice_checksum(*arrays, coding=self.coding))
         for i in indices:
             done[i] = True  # only after the data (and checksum) chunks are in place
 
@@ -463,10 +515,11 @@ class CachedEmbeddings:
         ``shape`` (E, E, D) per slice, ``stage_done`` last; the embeddings' arrays are not touched. Only under
         the entry's lock, on an entry opened writable."""
         group = zarr.open_group(self.path, mode="r+")
-        group.create_array("stage_inputs", shape=(self.num_slices, *shape), chunks=(1, *shape), dtype="float16",
-                           fill_value=0.0, compressors=None, overwrite=True)
+        _value_arrays(group, (self.num_slices, *shape), self.stage_storage, "stage_", overwrite=True)
         _flag_arrays(group, self.num_slices, "stage_", overwrite=True)
         self._stage_inputs, self._stage_checksums, self._stage_done = (group[name] for name in STAGE_ARRAYS)
+        if self.stage_storage in QUANTIZED:
+            self._stage_low, self._stage_scale = (group[name] for name in STAGE_OFFSETS)
 
 
 class EmbeddingCache:
@@ -613,18 +666,32 @@ def _create_entry(path: Path, shape: tuple[int, ...], meta: dict) -> None:
     """(Re)initialises the zarr group at ``path`` for embeddings of ``shape`` (N, E, E, C) in
     ``meta["storage"]``; meta.json, written last, marks it usable."""
     group = zarr.open_group(path, mode="w")
-    if meta["storage"] in QUANTIZED:
-        group.create_array("embeddings", shape=shape, chunks=(1, *shape[1:]), dtype="uint8", fill_value=0,
-                           compressors=ZstdCodec(level=3))
-        for name in ("low", "scale"):
-            group.create_array(name, shape=(shape[0], shape[-1]), chunks=(1, shape[-1]), dtype="float32",
-                               fill_value=0.0, compressors=None)
-    else:
-        group.create_array(
-            "embeddings", shape=shape, chunks=(1, *shape[1:]), dtype="float16", fill_value=0.0, compressors=None
-        )
+    _value_arrays(group, shape, meta["storage"], "")
     _flag_arrays(group, shape[0], "")
     write_text(path / "meta.json", json.dumps(meta, indent=2))
+
+
+def _storage_meta(storage: str) -> dict:
+    """meta.json's fields for a new entry in ``storage``: a quantized one codes planar residuals and stores its
+    stage inputs quantized alike."""
+    if storage not in QUANTIZED:
+        return {"storage": storage}
+    return {"storage": storage, "stage_storage": storage, "coding": "planar"}
+
+
+def _value_arrays(group, shape: tuple[int, ...], storage: str, prefix: str, overwrite: bool = False) -> None:
+    """The value arrays of slices of ``shape`` (N, E, E, C) in ``storage``: ``embeddings`` (``prefix`` "") or
+    ``stage_inputs`` ("stage_"), float16, or uint8 codes (zstd) with their ``low`` and ``scale`` (N, C)."""
+    name = "embeddings" if not prefix else prefix + "inputs"
+    if storage in QUANTIZED:
+        group.create_array(name, shape=shape, chunks=(1, *shape[1:]), dtype="uint8", fill_value=0,
+                           compressors=ZstdCodec(level=3), overwrite=overwrite)
+        for offsets in ("low", "scale"):
+            group.create_array(prefix + offsets, shape=(shape[0], shape[-1]), chunks=(1, shape[-1]), dtype="float32",
+                               fill_value=0.0, compressors=None, overwrite=overwrite)
+    else:
+        group.create_array(name, shape=shape, chunks=(1, *shape[1:]), dtype="float16", fill_value=0.0,
+                           compressors=None, overwrite=overwrite)
 
 
 def _flag_arrays(group, num_slices: int, prefix: str, overwrite: bool = False) -> None:
@@ -715,7 +782,8 @@ def embed_volume(
       storage: how a new entry stores slices (:data:`STORAGES`; default the cache's ``storage``). An
         existing entry keeps its own: its missing slices are added in it, and a complete one is a hit.
       stage_inputs: also store the requested slices' last-stage inputs (a ``Sam`` or LazyModel with a staged,
-        TinyViT encoder; ValueError otherwise), float16 in the same entry: slices missing both get both from
+        TinyViT encoder; ValueError otherwise), in the same entry (in its ``stage_storage``: the storage of a
+        quantized entry made since ``q5``, else float16): slices missing both get both from
         one encoder pass, slices whose embedding is stored get the stage input from the encoder's trunk
         alone (their embedding stays as stored).
       progress: tqdm progress bar with ETA.
@@ -780,7 +848,7 @@ def embed_volume(
         if entry is None:
             meta = {
                 "format": FORMAT_VERSION,
-                "storage": storage,
+                **_storage_meta(storage),
                 "key": key,
                 "model": model_name,
                 "weights_id": weights_id,
@@ -858,8 +926,9 @@ def copy_entry(entry: CachedEmbeddings, cache: EmbeddingCache | str | os.PathLik
     """Store the slices of ``entry`` again in ``cache`` (another root), same key and metadata, in ``storage``
     (default the cache's), e.g. to turn a float16 cache into a compact one. Resumable: an entry already at the
     destination keeps its storage and gets only its missing slices; ``entry``'s slices are verified as read
-    (CacheCorruptionError). Returns the destination entry, with ``computed`` = the slices copied. Stage inputs are
-    not copied: ``embed_volume(..., stage_inputs=True)`` adds them at the destination when needed.
+    (CacheCorruptionError). Returns the destination entry, with ``computed`` = the slices copied. Stored stage inputs
+    are copied too, into the destination's ``stage_storage`` (``embed_volume(..., stage_inputs=True)`` adds the
+    others when needed).
     """
     cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(cache)
     storage = check_storage(storage or cache.storage)
@@ -874,7 +943,8 @@ def copy_entry(entry: CachedEmbeddings, cache: EmbeddingCache | str | os.PathLik
         if path.exists() and not _is_entry(path, deep=True):
             raise OutputError(f"{path} holds files that are not a cache entry's; it is left alone")
         if not (path / "meta.json").is_file():
-            meta = {**entry.meta, "storage": storage, "checksums": CHECKSUMS_NOTE,
+            kept = {k: v for k, v in entry.meta.items() if k not in ("storage", "stage_storage", "coding")}
+            meta = {**kept, **_storage_meta(storage), "checksums": CHECKSUMS_NOTE,
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
             _create_entry(path, (entry.num_slices, *entry.embedding_shape), meta)
         copy = CachedEmbeddings(path, _writable=True)
@@ -883,6 +953,15 @@ def copy_entry(entry: CachedEmbeddings, cache: EmbeddingCache | str | os.PathLik
             batch = missing[start : start + 8]
             copy._write(batch, entry.load(batch))
         copy.computed = missing
+        staged = np.flatnonzero(entry.stage_done())
+        if staged.size:
+            if copy.stage_input_shape != entry.stage_input_shape:
+                copy._add_stage_arrays(entry.stage_input_shape)
+            staged = staged[~copy.stage_done()[staged]]
+            for start in range(0, staged.size, 8):
+                batch = staged[start : start + 8]
+                copy._write(batch, entry.load_stage_inputs(batch), stage=True)
+        copy.stage_computed = staged
     finally:
         held.release()
     return copy

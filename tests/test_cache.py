@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import zarr
 from embed_worker import results, start, tiny_model  # tests/ is on sys.path (pyproject: pythonpath)
 from helpers import SHARED_DATA, embed_cli
 
@@ -22,6 +23,8 @@ from fewsam_jax.cache import (
     dequantize,
     embed_volume,
     entry_key,
+    planar_codes,
+    planar_residuals,
     quantize,
     slice_checksum,
 )
@@ -264,7 +267,7 @@ def _within_quantization_error(stored: np.ndarray, exact: np.ndarray, bits: int)
     return bool(np.all(np.abs(stored - exact) <= bound[:, None, None, :] * (1 + 1e-5) + 1e-6 * np.abs(exact).max()))
 
 
-@pytest.mark.parametrize("bits", [8, 6, 4])
+@pytest.mark.parametrize("bits", [8, 6, 5, 4])
 def test_quantize_is_within_half_a_step(bits):
     values = np.random.default_rng(bits).standard_t(3, (8, 8, 32)).astype(np.float32)
     values[..., 5] = 2.5  # a constant channel comes back exactly
@@ -278,11 +281,40 @@ def test_quantize_is_within_half_a_step(bits):
         quantize(np.full((2, 2, 3), np.inf, np.float32), bits)
 
 
+@pytest.mark.parametrize("bits", [8, 5, 4])
+def test_planar_residuals_invert_exactly(bits):
+    rng = np.random.default_rng(bits)
+    codes = rng.integers(0, 2**bits, (16, 12, 5)).astype(np.uint8)  # any codes, edges and wrap-around included
+    residuals = planar_residuals(codes, bits)
+    assert residuals.dtype == np.uint8 and residuals.shape == codes.shape and residuals.max() < 2**bits
+    np.testing.assert_array_equal(planar_codes(residuals, bits), codes)
+    assert residuals[0, 0].tolist() == codes[0, 0].tolist()  # nothing to predict the first cell from
+
+
+def test_planar_residuals_of_a_smooth_map_compress_better():
+    """An embedding's channels vary slowly over the grid: the residuals cluster near 0 (real slices:
+    bench/RESULTS.md, "Compact embedding cache")."""
+    from numcodecs import Zstd
+
+    y, x = np.mgrid[:64, :64]
+    noise = np.random.default_rng(0).standard_normal((64, 64, 8))
+    smooth = np.stack([np.sin(x / 9 + c) + np.cos(y / 7 - c) for c in range(8)], -1) + 0.05 * noise
+    codes = quantize(smooth.astype(np.float32), 5)[0]
+    residuals = planar_residuals(codes, 5)
+    np.testing.assert_array_equal(planar_codes(residuals, 5), codes)
+    assert len(Zstd(level=3).encode(residuals)) < 0.8 * len(Zstd(level=3).encode(codes))
+
+
 @pytest.mark.parametrize("storage", sorted(QUANTIZED))
 def test_compact_storage_round_trips_within_its_bound(tmp_path, encoder, storage):
     array = _volume(11)
     entry = embed_volume(array, encoder, cache=tmp_path / storage, storage=storage, progress=False)
     assert entry.storage == entry.meta["storage"] == storage and "storage" in (entry.path / "meta.json").read_text()
+    assert entry.coding == entry.meta["coding"] == "planar" and entry.stage_storage == storage
+    group = zarr.open_group(entry.path, mode="r")
+    stored = [np.asarray(group[name][3]) for name in ("embeddings", "low", "scale")]
+    # a reader that predates the coding (plain CRC over the same bytes) finds the slice corrupt, never reads residuals
+    assert slice_checksum(*stored) != int(group["checksums"][3]) == slice_checksum(*stored, coding="planar")
     exact = encoder.encode(_percentile_slices(array))
     stored = entry.load()
     assert stored.dtype == np.float32 and stored.shape == exact.shape
@@ -322,6 +354,27 @@ def test_entries_older_than_the_storage_option_stay_readable(tmp_path, encoder):
     assert hit.path == path and hit.computed.size == 0 and hit.storage == "float16"
 
 
+def test_quantized_entries_with_plain_codes_stay_readable(tmp_path, encoder, monkeypatch):
+    """A quantized entry as written before planar coding (codes stored as they are, no ``coding`` or
+    ``stage_storage`` in meta.json) reads back the same values as a planar one, and is resumed in its own coding."""
+    import fewsam_jax.cache as cache_module
+
+    array = _volume(15)
+    planar = embed_volume(array, encoder, cache=tmp_path / "planar", storage="q6", progress=False)
+    with monkeypatch.context() as m:  # the meta.json such an entry got
+        m.setattr(cache_module, "_storage_meta", lambda storage: {"storage": storage})
+        old = embed_volume(array, encoder, slices=[0, 1, 2], cache=tmp_path / "old", storage="q6", progress=False)
+    assert "coding" not in old.meta and old.coding == "plain" and old.stage_storage == "float16"
+    rest = embed_volume(array, encoder, cache=tmp_path / "old", storage="q6", progress=False)
+    assert rest.path == old.path and rest.computed.tolist() == [3, 4, 5, 6, 7] and rest.coding == "plain"
+    exact = encoder.encode(_percentile_slices(array))
+    assert _within_quantization_error(rest.load(), exact, 6) and _within_quantization_error(planar.load(), exact, 6)
+    assert not rest.verify()
+    group = zarr.open_group(old.path, mode="r")  # the codes themselves are stored, not their residuals
+    np.testing.assert_array_equal(dequantize(np.asarray(group["embeddings"][4]), group["low"][4], group["scale"][4]),
+                                  rest.load([4])[0])
+
+
 def test_a_resumed_entry_keeps_its_storage(tmp_path, encoder):
     array = _volume(13)
     part = embed_volume(array, encoder, slices=[1, 5], cache=tmp_path, storage="q4", progress=False)
@@ -350,8 +403,10 @@ def test_copy_entry_into_a_compact_cache(tmp_path, encoder):
     assert copy.key == source.key and copy.storage == "q8" and copy.computed.tolist() == [0, 2, 4]
     assert copy.done().tolist() == source.done().tolist()
     assert _within_quantization_error(copy.load([0, 2, 4]), source.load([0, 2, 4]), 8)
-    assert {k: v for k, v in copy.meta.items() if k not in ("storage", "created")} == {
-        k: v for k, v in source.meta.items() if k not in ("storage", "created")}
+    storage_keys = ("storage", "stage_storage", "coding", "created")
+    assert {k: v for k, v in copy.meta.items() if k not in storage_keys} == {
+        k: v for k, v in source.meta.items() if k not in storage_keys}
+    assert copy_entry(copy, tmp_path / "back", storage="float16").meta.keys() == source.meta.keys()
     full = embed_volume(array, encoder, cache=tmp_path / "f16", progress=False)
     assert copy_entry(full, tmp_path / "q8").computed.tolist() == [1, 3, 5, 6, 7]  # resumed, still q8
     assert CachedEmbeddings(copy.path).storage == "q8"

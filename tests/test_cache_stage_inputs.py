@@ -11,7 +11,7 @@ from embed_worker import tiny_model
 from flax import nnx
 from helpers import tiny_staged_sam
 
-from fewsam_jax.cache import CachedEmbeddings, CacheWarning, embed_volume
+from fewsam_jax.cache import CachedEmbeddings, CacheWarning, copy_entry, embed_volume
 from fewsam_jax.encode import SliceEncoder
 from fewsam_jax.io import get_slices
 from fewsam_jax.modeling.encoder_stage import last_stage
@@ -96,3 +96,29 @@ def test_stage_inputs_need_a_staged_encoder(tmp_path, sam):
     with pytest.raises(TypeError, match="not a SliceEncoder"):
         embed_volume(_volume(), SliceEncoder(sam), cache=tmp_path, stage_inputs=True, progress=False)
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+@pytest.mark.slow  # encodes with a staged tiny SAM, several caches
+def test_a_compact_entry_quantizes_its_stage_inputs_and_copies_carry_them(tmp_path, sam):
+    """A quantized entry stores its stage inputs in its own storage (within half a step of the float16 ones,
+    verified and repaired like the embeddings); copy_entry carries stored stage inputs into the copy's storage."""
+    array = _volume(2)
+    float16 = embed_volume(array, sam, cache=tmp_path / "f16", stage_inputs=True, progress=False)
+    compact = embed_volume(array, sam, cache=tmp_path / "q5", storage="q5", stage_inputs=True, progress=False)
+    assert compact.stage_storage == "q5" and compact.meta["stage_storage"] == "q5"
+    exact = float16.load_stage_inputs()
+    half_step = (exact.max(axis=(1, 2)) - exact.min(axis=(1, 2))) / 31 / 2  # (slices, D)
+    error = np.abs(compact.load_stage_inputs() - exact)
+    assert np.all(error <= half_step[:, None, None, :] * 1.01 + 2e-3 * np.abs(exact).max())
+    writable = CachedEmbeddings(compact.path, _writable=True)
+    writable._stage_scale[2] = writable._stage_scale[2] * 2  # slice 2's stage offsets damaged
+    assert writable.verify(stage=True) == {2: "checksum mismatch (corrupt or missing chunk)"}
+    with pytest.warns(CacheWarning, match=r"stage input\(s\) failed verification \(slice 2"):
+        repaired = embed_volume(array, sam, cache=tmp_path / "q5", stage_inputs=True, progress=False)
+    assert repaired.stage_computed.tolist() == [2] and not repaired.verify(stage=True)
+    copy = copy_entry(float16, tmp_path / "copy", storage="q8")
+    assert copy.stage_computed.tolist() == list(range(6)) and copy.stage_storage == "q8"
+    assert np.abs(copy.load_stage_inputs() - exact).max() <= half_step.max() * 31 / 255 * 1.01 + 1e-3
+    back = copy_entry(compact, tmp_path / "back", storage="float16")
+    np.testing.assert_array_equal(back.load_stage_inputs(), compact.load_stage_inputs().astype(np.float16))
+    assert copy_entry(compact, tmp_path / "back").stage_computed.size == 0  # resumed: nothing left to copy

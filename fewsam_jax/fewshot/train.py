@@ -36,7 +36,7 @@ class SupportSet:
     from (augmented copies share their original's id); volumes: (S,) id of the volume it comes from
     (default: every labelled slice its own volume); images: (S, L, L, 1 + 2 * context) the slices (and
     their neighbours) in the low-resolution frame, for a decoder with an image branch, else None;
-    stage_inputs: (S, E, E, D) their cached last-stage inputs (float16 as cached), for a decoder that adapts
+    stage_inputs: (S, E, E, D) their cached last-stage inputs (as float16), for a decoder that adapts
     the encoder's last stage (``encoder_lora_rank`` > 0), else None.
     """
 
