@@ -119,9 +119,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     embed.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only; no progress bar")
     embed.add_argument("--batch-size", type=int, default=4, help="slices per compiled batch (default 4)")
     embed.add_argument("--storage", choices=STORAGES, default=None,
-                       help="how a new cache entry stores slices (and stage inputs): float16 (2 MB a LiteMedSAM slice), "
-                       "or q8/q6/q5/q4, 8/6/5/4-bit codes per channel, prediction-coded and zstd-compressed (default "
-                       "$FEWSAM_CACHE_STORAGE, else float16); an existing entry keeps its own")
+                       help="how a new cache entry stores slices (and stage inputs): float16 (2 MB a LiteMedSAM "
+                       "slice), or q8/q6/q5/q4, 8/6/5/4-bit codes per channel, prediction-coded and zstd-compressed "
+                       "(default $FEWSAM_CACHE_STORAGE, else float16); an existing entry keeps its own")
     embed.add_argument("--stage-inputs", action="store_true",
                        help="also cache each slice's last-stage input (2.6 MB a litemedsam slice), which decoders "
                             "that adapt the encoder's last stage (encoder_lora_rank > 0, the default on litemedsam) read; "
