@@ -105,7 +105,7 @@ QUANTIZED = {"q8": 8, "q6": 6, "q5": 5, "q4": 4}  # storage -> bits per value
 STORAGES = ("float16", *QUANTIZED)
 DEFAULT_STORAGE = "float16"
 STORAGE_ENV = "FEWSAM_CACHE_STORAGE"
-CHECKSUMS_NOTE = "crc32 of each slice's stored bytes (array 'checksums')"  # meta.json's note
+CHECKSUMS_NOTE = "crc32 of each slice's stored bytes (array 'checksums')"  # meta.json's note (slice_checksum)
 _ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Sam -> {(batch, dtype, output): SliceEncoder}
 ROOT_MARKER = ".fewsam-cache"
 _KEY = re.compile(r"^[0-9a-f]{64}$")
@@ -121,6 +121,11 @@ _PARTIAL = re.compile(r"^(zarr|\d+)\.[0-9a-f]{32}\.partial$")  # zarr's atomic-w
 
 class CacheCorruptionError(FewSamError, ValueError):
     """Stored embeddings do not read back as written (corrupt, truncated or missing chunks)."""
+
+
+class CacheFormatError(FewSamError, ValueError):
+    """An entry in a format this version does not know (a storage or coding of a newer fewsam): never rebuilt or
+    written to, so the newer version's entry stays as it is."""
 
 
 class CacheWarning(UserWarning):
@@ -205,7 +210,7 @@ def quantize(values: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.
     """
     values = np.asarray(values, np.float32)
     if not np.isfinite(values).all():
-        raise ValueError("embeddings hold NaN or Inf: nothing to quantize")
+        raise ValueError("values hold NaN or Inf: nothing to quantize")
     low = values.min(axis=(0, 1))
     scale = (values.max(axis=(0, 1)) - low) / np.float32(2**bits - 1)
     steps = np.divide(values - low, scale, out=np.zeros_like(values), where=scale > 0)
@@ -319,21 +324,25 @@ class CachedEmbeddings:
             group = zarr.open_group(self.path, mode="r+" if _writable else "r")
             self._embeddings, self._done = group["embeddings"], group["done"]
             self._checksums = group["checksums"] if "checksums" in group else None  # None: written before checksums
-            self.storage = check_storage(self.meta.get("storage", "float16"))
-            self.stage_storage = check_storage(self.meta.get("stage_storage", "float16"))
-            self.coding = self.meta.get("coding", "plain")
-            if self.coding not in CODINGS:
-                raise ValueError(f"unknown coding {self.coding!r}")
+            self.storage, self._new_stage_storage, self.coding = _entry_format(self.path, self.meta)
             self._low, self._scale = (group["low"], group["scale"]) if self.storage in QUANTIZED else (None, None)
             stage = [group[name] for name in STAGE_ARRAYS] if STAGE_ARRAYS[-1] in group else [None] * 3
+            self._stage_low = self._stage_scale = None
+            self.stage_storage = self._new_stage_storage  # the stored stage inputs' storage, read from their dtype:
+            if stage[0] is not None and stage[0].dtype == np.float16:  # float16 also where an older fewsam added
+                self.stage_storage = "float16"                         # them to a newer quantized entry
+            elif stage[0] is not None:
+                if self.stage_storage not in QUANTIZED or not all(name in group for name in STAGE_OFFSETS):
+                    stage = [None] * 3  # codes without their offsets: unusable, made again when needed
+                else:
+                    self._stage_low, self._stage_scale = (group[name] for name in STAGE_OFFSETS)
             self._stage_inputs, self._stage_checksums, self._stage_done = stage
-            self._stage_low, self._stage_scale = (
-                (group["stage_low"], group["stage_scale"]) if stage[-1] is not None and self.stage_storage in QUANTIZED
-                else (None, None))
             self.key = self.meta["key"]
             self.num_slices = int(self.meta["num_slices"])
             self.slice_shape = tuple(self.meta["slice_shape"])
             self.axis = int(self.meta["axis"])
+        except CacheFormatError:
+            raise
         except Exception as err:  # json, zarr or a missing key: the entry's own files are damaged
             _raise_if_io(err)
             raise CacheCorruptionError(f"{self.path}: damaged cache entry ({type(err).__name__}: {err}); "
@@ -515,11 +524,12 @@ class CachedEmbeddings:
         ``shape`` (E, E, D) per slice, ``stage_done`` last; the embeddings' arrays are not touched. Only under
         the entry's lock, on an entry opened writable."""
         group = zarr.open_group(self.path, mode="r+")
+        self.stage_storage = self._new_stage_storage
         _value_arrays(group, (self.num_slices, *shape), self.stage_storage, "stage_", overwrite=True)
         _flag_arrays(group, self.num_slices, "stage_", overwrite=True)
         self._stage_inputs, self._stage_checksums, self._stage_done = (group[name] for name in STAGE_ARRAYS)
-        if self.stage_storage in QUANTIZED:
-            self._stage_low, self._stage_scale = (group[name] for name in STAGE_OFFSETS)
+        quantized = self.stage_storage in QUANTIZED
+        self._stage_low, self._stage_scale = (group[name] for name in STAGE_OFFSETS) if quantized else (None, None)
 
 
 class EmbeddingCache:
@@ -669,6 +679,19 @@ def _create_entry(path: Path, shape: tuple[int, ...], meta: dict) -> None:
     _value_arrays(group, shape, meta["storage"], "")
     _flag_arrays(group, shape[0], "")
     write_text(path / "meta.json", json.dumps(meta, indent=2))
+
+
+def _entry_format(path: Path, meta: dict) -> tuple[str, str, str]:
+    """(storage, stage_storage, coding) of an entry's meta.json (absent: float16, float16, plain); a
+    CacheFormatError when one of them is unknown to this version (an entry of a newer fewsam, left as it is)."""
+    storage, stage_storage = meta.get("storage", "float16"), meta.get("stage_storage", "float16")
+    coding = meta.get("coding", "plain")
+    if storage not in STORAGES or stage_storage not in STORAGES or coding not in CODINGS:
+        raise CacheFormatError(
+            f"{path}: cache entry in a format this fewsam version does not know (storage {storage!r}, stage storage "
+            f"{stage_storage!r}, coding {coding!r}), written by a newer version: it is left as it is; use that "
+            "version, or another cache (--cache)")
+    return storage, stage_storage, coding
 
 
 def _storage_meta(storage: str) -> dict:
@@ -927,8 +950,8 @@ def copy_entry(entry: CachedEmbeddings, cache: EmbeddingCache | str | os.PathLik
     (default the cache's), e.g. to turn a float16 cache into a compact one. Resumable: an entry already at the
     destination keeps its storage and gets only its missing slices; ``entry``'s slices are verified as read
     (CacheCorruptionError). Returns the destination entry, with ``computed`` = the slices copied. Stored stage inputs
-    are copied too, into the destination's ``stage_storage`` (``embed_volume(..., stage_inputs=True)`` adds the
-    others when needed).
+    are copied too (``stage_computed``), into the destination's ``stage_storage``; those failing verification are
+    left out with a CacheWarning (``embed_volume(..., stage_inputs=True)`` adds missing ones when needed).
     """
     cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(cache)
     storage = check_storage(storage or cache.storage)
@@ -954,6 +977,11 @@ def copy_entry(entry: CachedEmbeddings, cache: EmbeddingCache | str | os.PathLik
             copy._write(batch, entry.load(batch))
         copy.computed = missing
         staged = np.flatnonzero(entry.stage_done())
+        problems = entry.verify(staged, stage=True)
+        if problems:  # left for embed_volume to compute at the destination
+            warnings.warn(f"embedding cache entry {entry.path}: stage inputs of slices {sorted(problems)[:10]} fail "
+                          "verification and are not copied", CacheWarning, stacklevel=2)
+            staged = np.setdiff1d(staged, list(problems))
         if staged.size:
             if copy.stage_input_shape != entry.stage_input_shape:
                 copy._add_stage_arrays(entry.stage_input_shape)

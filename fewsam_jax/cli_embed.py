@@ -123,9 +123,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                        "slice), or q8/q6/q5/q4, 8/6/5/4-bit codes per channel, prediction-coded and zstd-compressed "
                        "(default $FEWSAM_CACHE_STORAGE, else float16); an existing entry keeps its own")
     embed.add_argument("--stage-inputs", action="store_true",
-                       help="also cache each slice's last-stage input (2.6 MB a litemedsam slice), which decoders "
-                            "that adapt the encoder's last stage (encoder_lora_rank > 0, the default on litemedsam) read; "
-                            "without it they add it when they first segment the volume (TinyViT models only)")
+                       help="also cache each slice's last-stage input (2.5 MiB a litemedsam slice in float16, less "
+                            "in a quantized --storage), which decoders that adapt the encoder's last stage "
+                            "(encoder_lora_rank > 0, the default on litemedsam) read; without it they add it when they "
+                            "first segment the volume (TinyViT models only)")
     embed.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="encoder compute dtype (default float32)")
     embed.set_defaults(run=_embed)
 

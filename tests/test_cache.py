@@ -15,6 +15,7 @@ from helpers import SHARED_DATA, embed_cli
 from fewsam_jax.cache import (
     QUANTIZED,
     STORAGES,
+    CacheFormatError,
     CachedEmbeddings,
     EmbeddingCache,
     _acquire,
@@ -281,7 +282,7 @@ def test_quantize_is_within_half_a_step(bits):
         quantize(np.full((2, 2, 3), np.inf, np.float32), bits)
 
 
-@pytest.mark.parametrize("bits", [8, 5, 4])
+@pytest.mark.parametrize("bits", [8, 7, 6, 5, 4])
 def test_planar_residuals_invert_exactly(bits):
     rng = np.random.default_rng(bits)
     codes = rng.integers(0, 2**bits, (16, 12, 5)).astype(np.uint8)  # any codes, edges and wrap-around included
@@ -373,6 +374,22 @@ def test_quantized_entries_with_plain_codes_stay_readable(tmp_path, encoder, mon
     group = zarr.open_group(old.path, mode="r")  # the codes themselves are stored, not their residuals
     np.testing.assert_array_equal(dequantize(np.asarray(group["embeddings"][4]), group["low"][4], group["scale"][4]),
                                   rest.load([4])[0])
+
+
+@pytest.mark.parametrize("field, value", [("storage", "q3"), ("coding", "wavelet"), ("stage_storage", "int2")])
+def test_an_entry_of_a_newer_format_is_refused_and_left_as_it_is(tmp_path, encoder, field, value):
+    import json
+
+    array = _volume(16)
+    entry = embed_volume(array, encoder, slices=[0, 1], cache=tmp_path, storage="q6", progress=False)
+    meta = json.loads((entry.path / "meta.json").read_text())
+    (entry.path / "meta.json").write_text(json.dumps({**meta, field: value}))
+    before = {p: p.read_bytes() for p in entry.path.rglob("*") if p.is_file()}
+    with pytest.raises(CacheFormatError, match=f"does not know .*{value!r}.* left as it is"):
+        embed_volume(array, encoder, cache=tmp_path, progress=False)  # would add slices 2-7: refused instead
+    with pytest.raises(CacheFormatError):
+        copy_entry(embed_volume(array, encoder, slices=[0], cache=tmp_path / "other", progress=False), tmp_path)
+    assert {p: p.read_bytes() for p in entry.path.rglob("*") if p.is_file()} == before  # not rebuilt, not written
 
 
 def test_a_resumed_entry_keeps_its_storage(tmp_path, encoder):

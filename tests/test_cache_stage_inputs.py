@@ -122,3 +122,48 @@ def test_a_compact_entry_quantizes_its_stage_inputs_and_copies_carry_them(tmp_pa
     back = copy_entry(compact, tmp_path / "back", storage="float16")
     np.testing.assert_array_equal(back.load_stage_inputs(), compact.load_stage_inputs().astype(np.float16))
     assert copy_entry(compact, tmp_path / "back").stage_computed.size == 0  # resumed: nothing left to copy
+
+
+@pytest.mark.slow  # encodes with a staged tiny SAM, several caches
+def test_stage_inputs_keep_the_format_they_were_stored_in(tmp_path, sam, monkeypatch):
+    """Stage inputs are read in the format their arrays have: float16 ones added to a newer quantized entry (as an
+    older fewsam adds them) read as float16, and a quantized entry older than the option gets float16 ones."""
+    import zarr
+
+    import fewsam_jax.cache as cache_module
+    from fewsam_jax.cache import slice_checksum
+
+    array = _volume(3)
+    exact = embed_volume(array, sam, cache=tmp_path / "f16", stage_inputs=True, progress=False).load_stage_inputs()
+    entry = embed_volume(array, sam, cache=tmp_path / "new", storage="q6", progress=False)
+    group = zarr.open_group(entry.path, mode="r+")  # the arrays an older fewsam makes, float16, no offsets
+    values = exact.astype(np.float16)
+    group.create_array("stage_inputs", shape=values.shape, chunks=(1, *values.shape[1:]), dtype="float16",
+                       fill_value=0.0, compressors=None)[:] = values
+    group.create_array("stage_checksums", shape=(6,), chunks=(1,), dtype="uint32", fill_value=0,
+                       compressors=None)[:] = [slice_checksum(v) for v in values]
+    group.create_array("stage_done", shape=(6,), chunks=(1,), dtype="bool", fill_value=False,
+                       compressors=None)[:] = True
+    mixed = CachedEmbeddings(entry.path)
+    assert mixed.storage == "q6" and mixed.stage_storage == "float16" and not mixed.verify(stage=True)
+    np.testing.assert_array_equal(mixed.load_stage_inputs(), values.astype(np.float32))
+    hit = embed_volume(array, sam, cache=tmp_path / "new", stage_inputs=True, progress=False)
+    assert hit.computed.size == hit.stage_computed.size == 0  # neither rebuilt nor re-encoded
+    with monkeypatch.context() as m:  # a quantized entry as written before stage inputs could be quantized
+        m.setattr(cache_module, "_storage_meta", lambda storage: {"storage": storage})
+        old = embed_volume(array, sam, cache=tmp_path / "old", storage="q6", progress=False)
+    added = embed_volume(array, sam, cache=tmp_path / "old", stage_inputs=True, progress=False)
+    assert added.path == old.path and added.stage_storage == "float16"
+    assert added.stage_computed.tolist() == list(range(6))
+    assert zarr.open_group(old.path, mode="r")["stage_inputs"].dtype == np.float16
+
+
+@pytest.mark.slow  # encodes with a staged tiny SAM
+def test_copy_entry_leaves_out_a_damaged_stage_input(tmp_path, sam):
+    array = _volume(4)
+    source = embed_volume(array, sam, cache=tmp_path / "f16", stage_inputs=True, progress=False)
+    CachedEmbeddings(source.path, _writable=True)._stage_inputs[1] = np.full((8, 8, 32), 3.0, np.float16)
+    with pytest.warns(CacheWarning, match=r"stage inputs of slices \[1\] fail verification and are not copied"):
+        copy = copy_entry(source, tmp_path / "q5", storage="q5")
+    assert copy.computed.tolist() == list(range(6)) and copy.stage_computed.tolist() == [0, 2, 3, 4, 5]
+    assert copy.stage_done().tolist() == [True, False, True, True, True, True]
