@@ -321,10 +321,10 @@ class CachedEmbeddings:
             raise FileNotFoundError(f"{self.path}: not an embedding cache entry (no meta.json)")
         try:
             self.meta = json.loads(meta_file.read_text())
+            self.storage, self._new_stage_storage, self.coding = _entry_format(self.path, self.meta)  # before arrays
             group = zarr.open_group(self.path, mode="r+" if _writable else "r")
             self._embeddings, self._done = group["embeddings"], group["done"]
             self._checksums = group["checksums"] if "checksums" in group else None  # None: written before checksums
-            self.storage, self._new_stage_storage, self.coding = _entry_format(self.path, self.meta)
             self._low, self._scale = (group["low"], group["scale"]) if self.storage in QUANTIZED else (None, None)
             stage = [group[name] for name in STAGE_ARRAYS] if STAGE_ARRAYS[-1] in group else [None] * 3
             self._stage_low = self._stage_scale = None
@@ -977,15 +977,15 @@ def copy_entry(entry: CachedEmbeddings, cache: EmbeddingCache | str | os.PathLik
             copy._write(batch, entry.load(batch))
         copy.computed = missing
         staged = np.flatnonzero(entry.stage_done())
-        problems = entry.verify(staged, stage=True)
-        if problems:  # left for embed_volume to compute at the destination
-            warnings.warn(f"embedding cache entry {entry.path}: stage inputs of slices {sorted(problems)[:10]} fail "
-                          "verification and are not copied", CacheWarning, stacklevel=2)
-            staged = np.setdiff1d(staged, list(problems))
         if staged.size:
             if copy.stage_input_shape != entry.stage_input_shape:
                 copy._add_stage_arrays(entry.stage_input_shape)
             staged = staged[~copy.stage_done()[staged]]
+            problems = entry.verify(staged, stage=True)
+            if problems:  # left for embed_volume to compute at the destination
+                warnings.warn(f"embedding cache entry {entry.path}: stage inputs of slices {sorted(problems)[:10]} "
+                              "fail verification and are not copied", CacheWarning, stacklevel=2)
+                staged = np.setdiff1d(staged, list(problems))
             for start in range(0, staged.size, 8):
                 batch = staged[start : start + 8]
                 copy._write(batch, entry.load_stage_inputs(batch), stage=True)

@@ -390,6 +390,7 @@ def test_an_entry_of_a_newer_format_is_refused_and_left_as_it_is(tmp_path, encod
     with pytest.raises(CacheFormatError):
         copy_entry(embed_volume(array, encoder, slices=[0], cache=tmp_path / "other", progress=False), tmp_path)
     assert {p: p.read_bytes() for p in entry.path.rglob("*") if p.is_file()} == before  # not rebuilt, not written
+    assert EmbeddingCache(tmp_path).info()["tiny"]["entries"] == 1  # counted; its slices unknown to this version
 
 
 def test_a_resumed_entry_keeps_its_storage(tmp_path, encoder):
