@@ -108,21 +108,21 @@ def codec_ms(slices: list[np.ndarray], storage: str) -> tuple[float, float]:
     planar residuals, zstd, as a new entry stores them)."""
     from numcodecs import Zstd
 
-    from fewsam_jax.cache import QUANTIZED, dequantize, planar_codes, planar_residuals, quantize
+    from fewsam_jax.cache import QUANTIZED, decode_slice, encode_slice
 
     encode, decode = [], []
     for values in slices:
         start = time.perf_counter()
         if storage in QUANTIZED:
             bits = QUANTIZED[storage]
-            codes, low, scale = quantize(values, bits)
-            blob = Zstd(level=3).encode(planar_residuals(codes, bits))
+            stored, low, scale = encode_slice(values, bits, "planar")
+            blob = Zstd(level=3).encode(stored)
         else:
             blob = values.astype(np.float16)
         middle = time.perf_counter()
         if storage in QUANTIZED:
-            residuals = np.frombuffer(Zstd().decode(blob), np.uint8).reshape(values.shape)
-            dequantize(planar_codes(residuals, bits), low, scale)
+            stored = np.frombuffer(Zstd().decode(blob), np.uint8).reshape(values.shape)
+            decode_slice(stored, low, scale, bits, "planar")
         else:
             blob.astype(np.float32)
         decode.append(time.perf_counter() - middle)

@@ -112,6 +112,7 @@ _KEY = re.compile(r"^[0-9a-f]{64}$")
 STAGE_ARRAYS = ("stage_inputs", "stage_checksums", "stage_done")  # created in this order: stage_done marks them
 STAGE_OFFSETS = ("stage_low", "stage_scale")  # a quantized stage_storage's, created before stage_done
 CODINGS = ("plain", "planar")  # how a quantized entry stores its codes (meta.json's "coding"; absent: plain)
+_PLANAR_CRC = zlib.crc32(b"planar")  # where a planar slice's CRC starts (slice_checksum)
 _ENTRY_FILES = {"zarr.json", "meta.json", "embeddings", "done", "checksums", "low", "scale", *STAGE_ARRAYS,
                 *STAGE_OFFSETS}
 _ENTRY_JSON = {"zarr.json", "meta.json"}  # the entry's files; the other names are its arrays' folders
@@ -190,7 +191,7 @@ def slice_checksum(values: np.ndarray, low: np.ndarray | None = None, scale: np.
     slice corrupt (and re-encodes it) instead of reading wrong values."""
     if low is None:
         return zlib.crc32(np.ascontiguousarray(values, dtype="<f2"))
-    crc = zlib.crc32(np.ascontiguousarray(values, dtype=np.uint8), zlib.crc32(b"planar") if coding == "planar" else 0)
+    crc = zlib.crc32(np.ascontiguousarray(values, dtype=np.uint8), _PLANAR_CRC if coding == "planar" else 0)
     crc = zlib.crc32(np.ascontiguousarray(low, dtype="<f4"), crc)
     return zlib.crc32(np.ascontiguousarray(scale, dtype="<f4"), crc)
 
@@ -241,6 +242,18 @@ def planar_codes(residuals: np.ndarray, bits: int) -> np.ndarray:
     both grid axes, modulo ``2**bits``."""
     total = np.cumsum(np.cumsum(residuals, axis=0, dtype=np.int32), axis=1)
     return (total % (1 << bits)).astype(np.uint8)
+
+
+def encode_slice(values: np.ndarray, bits: int, coding: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One slice (E, E, C) -> what a quantized entry of ``coding`` stores: (codes or, ``planar``, their residuals
+    (E, E, C) uint8, low (C,), scale (C,)); :func:`decode_slice` reads it back."""
+    codes, low, scale = quantize(values, bits)
+    return (planar_residuals(codes, bits) if coding == "planar" else codes), low, scale
+
+
+def decode_slice(stored: np.ndarray, low: np.ndarray, scale: np.ndarray, bits: int, coding: str) -> np.ndarray:
+    """The inverse of :func:`encode_slice`: float32 values (E, E, C), within half a step of those encoded."""
+    return dequantize(planar_codes(stored, bits) if coding == "planar" else stored, low, scale)
 
 
 def default_root() -> Path:
@@ -432,10 +445,7 @@ class CachedEmbeddings:
             return None, "non-finite values"
         elif not values.any():
             return None, "all zeros (missing chunk)"
-        if not offsets:
-            return values, None
-        codes = planar_codes(values, bits) if self.coding == "planar" else values
-        return dequantize(codes, *offsets), None
+        return (decode_slice(values, *offsets, bits, self.coding) if offsets else values), None
 
     def verify(self, indices=None, stage: bool = False) -> dict[int, str]:
         """{slice: problem} for the stored slices among ``indices`` (default: all) that fail verification (with
@@ -499,9 +509,7 @@ class CachedEmbeddings:
         indices = [int(i) for i in np.atleast_1d(indices)]
         target, checksums, done, low, scale, bits = self._arrays(stage)
         if bits is not None:
-            stored = [quantize(v, bits) for v in np.asarray(embeddings)]
-            if self.coding == "planar":
-                stored = [(planar_residuals(codes, bits), *offsets) for codes, *offsets in stored]
+            stored = [encode_slice(v, bits, self.coding) for v in np.asarray(embeddings)]
         else:
             values = np.asarray(embeddings).astype(np.float16)
             if not np.isfinite(values).all():
